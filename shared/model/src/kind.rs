@@ -1,0 +1,171 @@
+//! The registry of resource kinds: one table from which the `Kind` and `Spec` enums, REST
+//! paths and schemas are all derived, so adding a kind is one line here plus its spec type.
+
+use schemars::{Schema, SchemaGenerator};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::FieldError;
+use crate::policies::*;
+use crate::validate::{Validate, Validator, join_path};
+
+/// Where a kind lives: in a mesh, or beside meshes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Global,
+    Mesh,
+}
+
+macro_rules! kinds {
+    ($( $kind:ident { spec: $spec:ident, plural: $plural:literal, scope: $scope:ident, inline: $inline:literal } ),+ $(,)?) => {
+        /// Every kind of resource Meridian stores.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Kind { $($kind),+ }
+
+        impl Kind {
+            pub const ALL: &'static [Kind] = &[$(Kind::$kind),+];
+
+            /// The name used in `type:` and `kind:` (`MeshTrace`).
+            pub fn name(self) -> &'static str {
+                match self { $(Kind::$kind => stringify!($kind)),+ }
+            }
+
+            /// The path segment of the REST API (`meshtraces`).
+            pub fn plural(self) -> &'static str {
+                match self { $(Kind::$kind => $plural),+ }
+            }
+
+            pub fn scope(self) -> Scope {
+                match self { $(Kind::$kind => Scope::$scope),+ }
+            }
+
+            /// Kuma's older kinds write their spec inline beside `type`/`name`/`mesh` in the
+            /// universal form; the newer policies nest it under `spec`.
+            pub fn spec_inline(self) -> bool {
+                match self { $(Kind::$kind => $inline),+ }
+            }
+
+            /// The JSON schema of this kind's spec.
+            pub fn spec_schema(self, generator: &mut SchemaGenerator) -> Schema {
+                match self { $(Kind::$kind => generator.subschema_for::<$spec>()),+ }
+            }
+        }
+
+        /// A resource's spec, typed by kind.
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum Spec { $($kind($spec)),+ }
+
+        impl Spec {
+            pub fn kind(&self) -> Kind {
+                match self { $(Spec::$kind(_) => Kind::$kind),+ }
+            }
+
+            /// Decodes a spec of `kind`; the error names the field under `root`.
+            pub fn from_value(kind: Kind, root: &str, value: Value) -> Result<Spec, FieldError> {
+                match kind { $(Kind::$kind => decode::<$spec>(root, value).map(Spec::$kind)),+ }
+            }
+
+            pub fn to_value(&self) -> Value {
+                let encoded = match self { $(Spec::$kind(s) => serde_json::to_value(s)),+ };
+                // Spec types are plain data with string keys: encoding cannot fail.
+                encoded.unwrap_or(Value::Null)
+            }
+        }
+
+        impl Validate for Spec {
+            fn validate(&self, v: &mut Validator) {
+                match self { $(Spec::$kind(s) => s.validate(v)),+ }
+            }
+        }
+    };
+}
+
+kinds! {
+    Mesh { spec: MeshSpec, plural: "meshes", scope: Global, inline: true },
+    Dataplane { spec: DataplaneSpec, plural: "dataplanes", scope: Mesh, inline: true },
+    TrafficPermission { spec: TrafficPermissionSpec, plural: "traffic-permissions", scope: Mesh, inline: true },
+    MeshTrafficPermission { spec: MeshTrafficPermissionSpec, plural: "meshtrafficpermissions", scope: Mesh, inline: false },
+    MeshTrace { spec: MeshTraceSpec, plural: "meshtraces", scope: Mesh, inline: false },
+    MeshLoadBalancingStrategy { spec: MeshLoadBalancingStrategySpec, plural: "meshloadbalancingstrategies", scope: Mesh, inline: false },
+    MeshHealthCheck { spec: MeshHealthCheckSpec, plural: "meshhealthchecks", scope: Mesh, inline: false },
+    MeshCircuitBreaker { spec: MeshCircuitBreakerSpec, plural: "meshcircuitbreakers", scope: Mesh, inline: false },
+    MeshRetry { spec: MeshRetrySpec, plural: "meshretries", scope: Mesh, inline: false },
+    MeshTimeout { spec: MeshTimeoutSpec, plural: "meshtimeouts", scope: Mesh, inline: false },
+}
+
+impl Kind {
+    /// The exact name, as written in `type:` or `kind:`.
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.iter().copied().find(|k| k.name() == name)
+    }
+
+    /// The kind whose REST path segment is `plural`.
+    pub fn from_plural(plural: &str) -> Option<Kind> {
+        Kind::ALL.iter().copied().find(|k| k.plural() == plural)
+    }
+
+    /// The kind a person meant on a command line: `MeshTrace`, `meshtrace`, `meshtraces`,
+    /// `traffic-permission` and `trafficpermissions` all work.
+    pub fn from_cli(text: &str) -> Option<Kind> {
+        let norm = |s: &str| s.to_ascii_lowercase().replace(['-', '_'], "");
+        let wanted = norm(text);
+        Kind::ALL
+            .iter()
+            .copied()
+            .find(|k| norm(k.name()) == wanted || norm(k.plural()) == wanted)
+    }
+
+    pub fn names() -> Vec<&'static str> {
+        Kind::ALL.iter().map(|k| k.name()).collect()
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn decode<T: DeserializeOwned>(root: &str, value: Value) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = join_path(root, &err.path().to_string());
+        let message = err.into_inner().to_string();
+        // serde reports an unknown field at its parent; name the field itself instead.
+        if let Some(rest) = message.strip_prefix("unknown field `") {
+            if let Some((field, expected)) = rest.split_once('`') {
+                let expected = expected.trim_start_matches(", ");
+                return FieldError::new(join_path(&path, field), format!("unknown field; {expected}"));
+            }
+        }
+        FieldError::new(path, message)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_names() {
+        for text in ["MeshTrace", "meshtrace", "meshtraces", "MESHTRACES"] {
+            assert_eq!(Kind::from_cli(text), Some(Kind::MeshTrace), "{text}");
+        }
+        assert_eq!(
+            Kind::from_cli("traffic-permission"),
+            Some(Kind::TrafficPermission)
+        );
+        assert_eq!(
+            Kind::from_cli("trafficpermissions"),
+            Some(Kind::TrafficPermission)
+        );
+        assert_eq!(Kind::from_cli("meshretries"), Some(Kind::MeshRetry));
+        assert_eq!(Kind::from_cli("nope"), None);
+    }
+
+    #[test]
+    fn plurals_are_unique() {
+        for a in Kind::ALL {
+            assert_eq!(Kind::from_plural(a.plural()), Some(*a));
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Dataplane: one proxy and the workload beside it, in Kuma's universal shape.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::validate::{Validate, Validator, dns1123_subdomain, validate_labels};
+
+/// The tag that names the service an inbound belongs to.
+pub const SERVICE_TAG: &str = "kuma.io/service";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DataplaneSpec {
+    pub networking: DataplaneNetworking,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DataplaneNetworking {
+    /// Where other proxies reach this one.
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertised_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<Vec<Inbound>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<Vec<Outbound>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Gateway>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transparent_proxying: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<Admin>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Inbound {
+    /// The port the proxy listens on for this service.
+    pub port: u32,
+    /// The port the local application listens on (defaults to `port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_port: Option<u32>,
+    /// The address of the local application (defaults to 127.0.0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_probe: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<InboundState>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum InboundState {
+    Ready,
+    NotReady,
+    Ignored,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Health {
+    pub ready: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Outbound {
+    /// The local port the application connects to.
+    pub port: u32,
+    /// The local address to listen on (defaults to 127.0.0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// Kuma's deprecated way of naming the destination service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+impl Outbound {
+    /// The destination service, from `tags` or the deprecated `service`.
+    pub fn service(&self) -> Option<&str> {
+        self.tags
+            .as_ref()
+            .and_then(|t| t.get(SERVICE_TAG))
+            .or(self.service.as_ref())
+            .map(String::as_str)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Gateway {
+    pub tags: BTreeMap<String, String>,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub gateway_type: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Admin {
+    pub port: u32,
+}
+
+fn validate_address(v: &mut Validator, field: &str, address: &str) {
+    if address.parse::<IpAddr>().is_err() && dns1123_subdomain(&address.to_ascii_lowercase()).is_err() {
+        v.error_at(
+            field,
+            format!("{address:?} is neither an IP address nor a host name"),
+        );
+    }
+}
+
+fn validate_port(v: &mut Validator, field: &str, port: u32) {
+    if !(1..=65535).contains(&port) {
+        v.error_at(field, format!("{port} is not a port: expected 1 to 65535"));
+    }
+}
+
+fn validate_tags(v: &mut Validator, tags: &BTreeMap<String, String>, need_service: bool) {
+    v.field("tags", |v| {
+        validate_labels(v, tags);
+        if need_service && tags.get(SERVICE_TAG).is_none_or(String::is_empty) {
+            v.error_at(SERVICE_TAG, "must be set: it names the service");
+        }
+    });
+}
+
+impl Validate for DataplaneSpec {
+    fn validate(&self, v: &mut Validator) {
+        let n = &self.networking;
+        v.field("networking", |v| {
+            validate_address(v, "address", &n.address);
+            if let Some(a) = &n.advertised_address {
+                validate_address(v, "advertisedAddress", a);
+            }
+            let inbound = n.inbound.as_deref().unwrap_or_default();
+            if inbound.is_empty() && n.gateway.is_none() {
+                v.error_at("inbound", "must list at least one inbound (or set gateway)");
+            }
+            if !inbound.is_empty() && n.gateway.is_some() {
+                v.error_at("gateway", "must not be set together with inbound");
+            }
+            v.field("inbound", |v| {
+                for (i, ib) in inbound.iter().enumerate() {
+                    v.index(i, |v| {
+                        validate_port(v, "port", ib.port);
+                        if let Some(p) = ib.service_port {
+                            validate_port(v, "servicePort", p);
+                        }
+                        if let Some(a) = &ib.service_address {
+                            validate_address(v, "serviceAddress", a);
+                        }
+                        if let Some(a) = &ib.address {
+                            validate_address(v, "address", a);
+                        }
+                        validate_tags(v, &ib.tags, true);
+                    });
+                }
+            });
+            v.field("outbound", |v| {
+                for (i, ob) in n.outbound.iter().flatten().enumerate() {
+                    v.index(i, |v| {
+                        validate_port(v, "port", ob.port);
+                        if let Some(a) = &ob.address {
+                            validate_address(v, "address", a);
+                        }
+                        if let Some(tags) = &ob.tags {
+                            validate_tags(v, tags, false);
+                        }
+                        if ob.service().is_none_or(str::is_empty) {
+                            v.error_at("tags", format!("must name the destination with {SERVICE_TAG}"));
+                        }
+                    });
+                }
+            });
+            if let Some(gw) = &n.gateway {
+                v.field("gateway", |v| validate_tags(v, &gw.tags, true));
+            }
+            if let Some(admin) = &n.admin {
+                v.field("admin", |v| validate_port(v, "port", admin.port));
+            }
+        });
+    }
+}

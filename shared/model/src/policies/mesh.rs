@@ -1,0 +1,240 @@
+//! Mesh: a tenant of the service mesh, with its mTLS settings and defaults.
+
+use std::collections::BTreeSet;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::validate::{Validate, Validator};
+use crate::values::GoDuration;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<Mtls>,
+    /// Kuma's older per-mesh tracing backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Backends>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<Backends>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsBackends>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networking: Option<MeshNetworking>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<MeshRouting>,
+    /// Kuma's constraints on which Dataplanes may join; kept as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraints: Option<Value>,
+    /// Names of the default policies not to create with the mesh (`["*"]` for none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_creating_initial_policies: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_services: Option<MeshServices>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Mtls {
+    /// The backend that issues certificates now; mTLS is off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled_backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backends: Option<Vec<CaBackend>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_validation: Option<bool>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CaType {
+    Builtin,
+    Provided,
+    Vault,
+    Acmpca,
+    Certmanager,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum MtlsMode {
+    #[serde(rename = "STRICT")]
+    Strict,
+    #[serde(rename = "PERMISSIVE")]
+    Permissive,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CaBackend {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ca_type: CaType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<MtlsMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp_cert: Option<DpCert>,
+    /// Backend-specific configuration (for `builtin`: `caCert.RSAbits`, `caCert.expiration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conf: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_chain: Option<Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DpCert {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<DpCertRotation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<GoDuration>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DpCertRotation {
+    /// Lifetime of a Dataplane certificate (`1d`, `12h`).
+    pub expiration: GoDuration,
+}
+
+/// A list of named backends of which one may be the default (older tracing and logging).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backends {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backends: Option<Vec<Backend>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetricsBackends {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled_backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backends: Option<Vec<Backend>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backend {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub backend_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<crate::values::Percentage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conf: Option<Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshNetworking {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<OutboundNetworking>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutboundNetworking {
+    /// Whether traffic to destinations outside the mesh is let through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passthrough: Option<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshRouting {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality_aware_load_balancing: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_egress: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_forbid_mesh_external_service_access: Option<bool>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum MeshServicesMode {
+    Disabled,
+    Everywhere,
+    ReachableBackends,
+    Exclusive,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshServices {
+    pub mode: MeshServicesMode,
+}
+
+impl MeshSpec {
+    /// The mTLS backend in force, if mTLS is enabled.
+    pub fn enabled_ca(&self) -> Option<&CaBackend> {
+        let mtls = self.mtls.as_ref()?;
+        let name = mtls.enabled_backend.as_deref()?;
+        mtls.backends.as_ref()?.iter().find(|b| b.name == name)
+    }
+}
+
+fn unique_names<'a>(
+    v: &mut Validator,
+    field: &str,
+    names: impl Iterator<Item = &'a str>,
+) -> BTreeSet<&'a str> {
+    let mut seen = BTreeSet::new();
+    v.field(field, |v| {
+        for (i, name) in names.enumerate() {
+            if name.is_empty() {
+                v.index(i, |v| v.error_at("name", "must not be empty"));
+            } else if !seen.insert(name) {
+                v.index(i, |v| {
+                    v.error_at("name", format!("{name:?} is used by another backend"))
+                });
+            }
+        }
+    });
+    seen
+}
+
+fn check_default(v: &mut Validator, field: &str, chosen: &Option<String>, names: &BTreeSet<&str>) {
+    if let Some(chosen) = chosen {
+        if !names.contains(chosen.as_str()) {
+            v.error_at(
+                field,
+                format!("names backend {chosen:?}, which is not in backends"),
+            );
+        }
+    }
+}
+
+impl Validate for MeshSpec {
+    fn validate(&self, v: &mut Validator) {
+        if let Some(mtls) = &self.mtls {
+            v.field("mtls", |v| {
+                let backends = mtls.backends.as_deref().unwrap_or_default();
+                let names = unique_names(v, "backends", backends.iter().map(|b| b.name.as_str()));
+                check_default(v, "enabledBackend", &mtls.enabled_backend, &names);
+            });
+        }
+        for (field, section) in [("tracing", &self.tracing), ("logging", &self.logging)] {
+            if let Some(s) = section {
+                v.field(field, |v| {
+                    let backends = s.backends.as_deref().unwrap_or_default();
+                    let names = unique_names(v, "backends", backends.iter().map(|b| b.name.as_str()));
+                    check_default(v, "defaultBackend", &s.default_backend, &names);
+                });
+            }
+        }
+        if let Some(m) = &self.metrics {
+            v.field("metrics", |v| {
+                let backends = m.backends.as_deref().unwrap_or_default();
+                let names = unique_names(v, "backends", backends.iter().map(|b| b.name.as_str()));
+                check_default(v, "enabledBackend", &m.enabled_backend, &names);
+            });
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! MeshTimeout: connection and HTTP timeouts, inbound (`from`, `rules`) and outbound (`to`).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{
+    From, Rule, To, non_empty, require_some, validate_from, validate_rules, validate_to, validate_top,
+};
+use crate::targetref::{self, TargetRef};
+use crate::validate::{Validate, Validator};
+use crate::values::GoDuration;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshTimeoutSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<TargetRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Vec<From<TimeoutConf>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Vec<To<TimeoutConf>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<Rule<TimeoutConf>>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TimeoutConf {
+    /// Time to establish a connection upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_timeout: Option<GoDuration>,
+    /// A connection with no traffic for this long is closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpTimeouts>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpTimeouts {
+    /// The whole request, from the first byte sent to the last byte received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_idle_timeout: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_stream_duration: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_duration: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers_timeout: Option<GoDuration>,
+}
+
+impl Validate for MeshTimeoutSpec {
+    fn validate(&self, v: &mut Validator) {
+        validate_top(v, &self.target_ref, targetref::TOP_LEVEL);
+        require_some(
+            v,
+            &[
+                ("from", non_empty(&self.from)),
+                ("to", non_empty(&self.to)),
+                ("rules", non_empty(&self.rules)),
+            ],
+        );
+        validate_from(v, &self.from, targetref::FROM);
+        validate_to(v, &self.to, targetref::TO);
+        validate_rules(v, &self.rules);
+    }
+}
+
+impl Validate for TimeoutConf {
+    fn validate(&self, v: &mut Validator) {
+        if self.connection_timeout.is_none() && self.idle_timeout.is_none() && self.http.is_none() {
+            v.error("at least one of connectionTimeout, idleTimeout, http must be set");
+        }
+        if let Some(http) = &self.http {
+            let none = [
+                &http.request_timeout,
+                &http.stream_idle_timeout,
+                &http.max_stream_duration,
+                &http.max_connection_duration,
+                &http.request_headers_timeout,
+            ]
+            .iter()
+            .all(|d| d.is_none());
+            if none {
+                v.error_at("http", "at least one timeout must be set");
+            }
+        }
+    }
+}

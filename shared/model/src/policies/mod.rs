@@ -1,0 +1,24 @@
+//! One module per kind; each holds the spec type and its validation.
+
+pub mod common;
+pub mod dataplane;
+pub mod mesh;
+pub mod mesh_circuit_breaker;
+pub mod mesh_health_check;
+pub mod mesh_load_balancing_strategy;
+pub mod mesh_retry;
+pub mod mesh_timeout;
+pub mod mesh_trace;
+pub mod mesh_traffic_permission;
+pub mod traffic_permission;
+
+pub use dataplane::DataplaneSpec;
+pub use mesh::MeshSpec;
+pub use mesh_circuit_breaker::MeshCircuitBreakerSpec;
+pub use mesh_health_check::MeshHealthCheckSpec;
+pub use mesh_load_balancing_strategy::MeshLoadBalancingStrategySpec;
+pub use mesh_retry::MeshRetrySpec;
+pub use mesh_timeout::MeshTimeoutSpec;
+pub use mesh_trace::MeshTraceSpec;
+pub use mesh_traffic_permission::MeshTrafficPermissionSpec;
+pub use traffic_permission::TrafficPermissionSpec;

@@ -1,0 +1,176 @@
+//! `targetRef`: how a policy says which proxies it configures and which traffic it is about.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::validate::{Validator, validate_labels};
+
+/// What a `targetRef` points at. The names are Kuma's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum TargetRefKind {
+    Mesh,
+    MeshSubset,
+    MeshService,
+    MeshServiceSubset,
+    MeshExternalService,
+    MeshMultiZoneService,
+    MeshGateway,
+    MeshHTTPRoute,
+    Dataplane,
+}
+
+/// The kind of proxy a top-level `targetRef` may be narrowed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ProxyType {
+    Sidecar,
+    Gateway,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TargetRef {
+    pub kind: TargetRefKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+    /// Matches proxies by their inbound tags (`kuma.io/service`, `version`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// Matches resources by their labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_types: Option<Vec<ProxyType>>,
+}
+
+impl TargetRef {
+    /// A `targetRef` of kind `Mesh`: every proxy of the mesh.
+    pub fn mesh() -> Self {
+        Self {
+            kind: TargetRefKind::Mesh,
+            name: None,
+            namespace: None,
+            mesh: None,
+            section_name: None,
+            tags: None,
+            labels: None,
+            proxy_types: None,
+        }
+    }
+
+    /// Validates this reference where only the `allowed` kinds make sense.
+    pub fn validate_in(&self, v: &mut Validator, allowed: &[TargetRefKind]) {
+        use TargetRefKind::*;
+        if !allowed.contains(&self.kind) {
+            let names: Vec<String> = allowed.iter().map(|k| format!("{k:?}")).collect();
+            v.error_at(
+                "kind",
+                format!(
+                    "{:?} is not allowed here; expected one of {}",
+                    self.kind,
+                    names.join(", ")
+                ),
+            );
+        }
+        match self.kind {
+            Mesh | MeshSubset => {
+                if self.name.is_some() {
+                    v.error_at("name", format!("must not be set for kind {:?}", self.kind));
+                }
+            }
+            MeshService | MeshServiceSubset | MeshExternalService | MeshMultiZoneService | MeshGateway
+            | MeshHTTPRoute => {
+                if self.name.as_deref().is_none_or(str::is_empty) && self.labels.is_none() {
+                    v.error_at("name", format!("must be set for kind {:?}", self.kind));
+                }
+            }
+            Dataplane => {
+                if self.name.is_none() && self.labels.is_none() {
+                    v.error("kind Dataplane needs a name or labels");
+                }
+            }
+        }
+        match (self.kind, &self.tags) {
+            (MeshSubset | MeshServiceSubset | MeshGateway, _) => {}
+            (_, Some(_)) => v.error_at("tags", format!("must not be set for kind {:?}", self.kind)),
+            (_, None) => {}
+        }
+        if let Some(tags) = &self.tags {
+            v.field("tags", |v| validate_labels(v, tags));
+        }
+        if let Some(labels) = &self.labels {
+            v.field("labels", |v| validate_labels(v, labels));
+        }
+        if self.proxy_types.is_some() && !matches!(self.kind, Mesh | MeshSubset | Dataplane) {
+            v.error_at("proxyTypes", format!("must not be set for kind {:?}", self.kind));
+        }
+    }
+}
+
+/// Kinds a policy's top-level `targetRef` may name.
+pub const TOP_LEVEL: &[TargetRefKind] = &[
+    TargetRefKind::Mesh,
+    TargetRefKind::MeshSubset,
+    TargetRefKind::MeshService,
+    TargetRefKind::MeshServiceSubset,
+    TargetRefKind::MeshGateway,
+    TargetRefKind::Dataplane,
+];
+
+/// Kinds a `to[].targetRef` (outbound traffic) may name.
+pub const TO: &[TargetRefKind] = &[
+    TargetRefKind::Mesh,
+    TargetRefKind::MeshService,
+    TargetRefKind::MeshExternalService,
+    TargetRefKind::MeshMultiZoneService,
+    TargetRefKind::MeshHTTPRoute,
+];
+
+/// Kinds a `from[].targetRef` (inbound traffic) may name.
+pub const FROM: &[TargetRefKind] = &[
+    TargetRefKind::Mesh,
+    TargetRefKind::MeshSubset,
+    TargetRefKind::MeshService,
+    TargetRefKind::MeshServiceSubset,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(tr: &TargetRef, allowed: &[TargetRefKind]) -> Vec<String> {
+        let mut v = Validator::new("targetRef");
+        tr.validate_in(&mut v, allowed);
+        v.finish().into_iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn mesh_takes_no_name() {
+        let mut tr = TargetRef::mesh();
+        assert!(errors(&tr, TOP_LEVEL).is_empty());
+        tr.name = Some("x".into());
+        assert_eq!(
+            errors(&tr, TOP_LEVEL),
+            vec!["targetRef.name: must not be set for kind Mesh"]
+        );
+    }
+
+    #[test]
+    fn service_needs_a_name_and_kind_must_fit_the_place() {
+        let tr = TargetRef {
+            kind: TargetRefKind::MeshHTTPRoute,
+            ..TargetRef::mesh()
+        };
+        let errs = errors(&tr, FROM);
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].starts_with("targetRef.kind: MeshHTTPRoute is not allowed here"));
+        assert_eq!(errs[1], "targetRef.name: must be set for kind MeshHTTPRoute");
+    }
+}
