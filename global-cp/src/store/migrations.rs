@@ -1,0 +1,28 @@
+//! Migrations, embedded in the binary so that it needs no files beside it at run time.
+
+use std::borrow::Cow;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+use super::Backend;
+
+macro_rules! embed {
+    ($backend:literal, [$($version:literal : $file:literal),+ $(,)?]) => {
+        vec![$(Migration::new(
+            $version,
+            Cow::Borrowed($file),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(include_str!(concat!("../../../migrations/", $backend, "/", $file))).into_sql_str(),
+            false,
+        )),+]
+    };
+}
+
+pub fn migrator(backend: Backend) -> Migrator {
+    use sqlx::SqlSafeStr as _;
+    let migrations = match backend {
+        Backend::Sqlite => embed!("sqlite", [1: "0001_resources.sql"]),
+        Backend::Postgres => embed!("postgres", [1: "0001_resources.sql"]),
+    };
+    Migrator::with_migrations(migrations)
+}

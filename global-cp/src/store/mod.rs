@@ -1,0 +1,128 @@
+//! Durable storage of resources, behind one trait.
+//!
+//! ```text
+//!   REST handlers ──> dyn Store ──> SqlStore ──┬── SQLite file (default, embedded)
+//!                                              └── Postgres (shared by N replicas)
+//! ```
+//!
+//! Every write takes the next store revision; deletes leave tombstones carrying theirs, so a
+//! reader (the zone sync) can ask for everything that changed after a revision.
+
+mod migrations;
+mod sql;
+
+use async_trait::async_trait;
+use meridian_model::{Kind, ResourceKey, Stored, Submission};
+
+pub use sql::{Backend, SqlStore};
+
+/// What a store can fail with, in domain terms (the REST layer maps these to statuses).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    NotFound(String),
+    /// A precondition failed: a stale version, or a mesh that still holds resources.
+    #[error("{0}")]
+    Conflict(String),
+    /// The database cannot be reached; retrying later may work.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A reader asked for changes older than the tombstone horizon: it needs a full snapshot.
+    #[error("revision {asked} is older than the tombstone horizon {horizon}")]
+    TooOld { asked: i64, horizon: i64 },
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+/// The result of a put.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PutOutcome {
+    Created(Stored),
+    Updated(Stored),
+    /// The same labels and spec were already stored: nothing was written, no revision taken.
+    Unchanged(Stored),
+}
+
+impl PutOutcome {
+    pub fn stored(&self) -> &Stored {
+        match self {
+            PutOutcome::Created(s) | PutOutcome::Updated(s) | PutOutcome::Unchanged(s) => s,
+        }
+    }
+
+    pub fn word(&self) -> &'static str {
+        match self {
+            PutOutcome::Created(_) => "created",
+            PutOutcome::Updated(_) => "updated",
+            PutOutcome::Unchanged(_) => "unchanged",
+        }
+    }
+}
+
+/// Which slice of a list to return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub size: u32,
+    pub offset: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListPage {
+    /// How many resources match, over all pages.
+    pub total: u64,
+    pub items: Vec<Stored>,
+}
+
+/// Options for a delete.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeleteOptions {
+    /// For a Mesh: delete everything in it too. Without it a non-empty mesh is not deleted.
+    pub cascade: bool,
+    /// Refuse the delete unless the resource is at this version.
+    pub expected_version: Option<i64>,
+}
+
+/// One entry of the change feed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    Upsert(Stored),
+    Delete { key: ResourceKey, revision: i64 },
+}
+
+impl Change {
+    pub fn revision(&self) -> i64 {
+        match self {
+            Change::Upsert(s) => s.revision,
+            Change::Delete { revision, .. } => *revision,
+        }
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get(&self, key: &ResourceKey) -> Result<Stored, StoreError>;
+
+    /// Resources of `kind`, in one mesh or (with `None`) in all, ordered by mesh and name.
+    async fn list(&self, kind: Kind, mesh: Option<&str>, page: Page) -> Result<ListPage, StoreError>;
+
+    /// Creates or replaces a resource. A mesh-scoped resource needs its mesh to exist.
+    async fn put(&self, submission: Submission) -> Result<PutOutcome, StoreError>;
+
+    /// Deletes a resource and returns the revision of the delete.
+    async fn delete(&self, key: &ResourceKey, options: DeleteOptions) -> Result<i64, StoreError>;
+
+    /// The revision of the last committed write.
+    async fn revision(&self) -> Result<i64, StoreError>;
+
+    /// Changes with a revision above `after`, oldest first, at most `limit` of them.
+    async fn changes_since(&self, after: i64, limit: u32) -> Result<Vec<Change>, StoreError>;
+
+    /// Forgets tombstones at or below `up_to`; readers older than that need a snapshot.
+    async fn compact_tombstones(&self, up_to: i64) -> Result<u64, StoreError>;
+
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,499 @@
+//! The one SQL implementation of [`Store`], for SQLite and Postgres alike.
+//!
+//! Both databases accept the same statements here (`$n` parameters, `RETURNING`, `ON
+//! CONFLICT`), so the store runs on sqlx's `Any` driver and the backend only decides how to
+//! connect and which migrations to run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use meridian_model::{Kind, Resource, ResourceKey, Scope, Spec, Stored, Submission};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyConnection, Executor, Pool, Row, Transaction};
+
+use super::migrations::migrator;
+use super::{Change, DeleteOptions, ListPage, Page, PutOutcome, Store, StoreError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A store on a SQL database.
+#[derive(Clone, Debug)]
+pub struct SqlStore {
+    pool: Pool<Any>,
+    backend: Backend,
+}
+
+const COLUMNS: &str = "kind, mesh, name, version, revision, labels, spec, creation_time, modification_time";
+
+impl SqlStore {
+    /// Opens (creating if needed) the embedded SQLite store in `data_dir`.
+    pub async fn open_sqlite(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create data dir {}: {e}", data_dir.display()))
+        })?;
+        let file = data_dir.join("meridian.db");
+        let url = format!("sqlite://{}?mode=rwc", file.display());
+        Self::connect(&url).await
+    }
+
+    /// Connects to `postgres://...` or `sqlite://...`, without running migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::Unavailable(format!(
+                "unsupported store URL {:?}: expected postgres://... or sqlite://...",
+                redact(url)
+            )));
+        };
+        let options = AnyConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid store URL {:?}: {e}", redact(url))))?;
+        let pool_options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        let pool_options = match backend {
+            Backend::Postgres => pool_options.max_connections(16),
+            Backend::Sqlite => pool_options.max_connections(8).after_connect(|conn, _| {
+                Box::pin(async move {
+                    // WAL lets readers run beside the writer; FULL sync makes every
+                    // acknowledged commit survive power loss, not just a crash.
+                    for pragma in [
+                        "PRAGMA journal_mode = WAL",
+                        "PRAGMA synchronous = FULL",
+                        "PRAGMA busy_timeout = 10000",
+                    ] {
+                        conn.execute(pragma).await?;
+                    }
+                    Ok(())
+                })
+            }),
+        };
+        let pool = pool_options.connect_with(options).await.map_err(db_error)?;
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        migrator(self.backend)
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))
+    }
+
+    /// Starts a write transaction. On SQLite it takes the write lock up front, so that two
+    /// writers queue on the busy timeout instead of failing on a lock upgrade.
+    async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+        .map_err(db_error)
+    }
+}
+
+/// Hides the password in a database URL.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Translates database errors into domain errors, in one place.
+fn db_error(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // unique_violation (Postgres), SQLITE_CONSTRAINT_PRIMARYKEY / _UNIQUE
+            Some("23505") | Some("1555") | Some("2067") => {
+                StoreError::Conflict(format!("conflicting write: {db}"))
+            }
+            // serialization_failure, deadlock_detected
+            Some("40001") | Some("40P01") => StoreError::Conflict(format!("concurrent write, retry: {db}")),
+            // SQLITE_BUSY, SQLITE_LOCKED, admin_shutdown, cannot_connect_now
+            Some("5") | Some("6") | Some("57P01") | Some("57P03") => StoreError::Unavailable(db.to_string()),
+            _ => StoreError::Internal(db.to_string()),
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Internal(e.to_string()),
+    }
+}
+
+fn decode_row(row: &AnyRow) -> Result<Stored, StoreError> {
+    let get_str = |col: &str| row.try_get::<String, _>(col).map_err(db_error);
+    let get_i64 = |col: &str| row.try_get::<i64, _>(col).map_err(db_error);
+    let kind_name = get_str("kind")?;
+    let name = get_str("name")?;
+    let corrupt = |what: String| StoreError::Internal(format!("stored {kind_name} {name:?}: {what}"));
+    let kind = Kind::from_name(&kind_name).ok_or_else(|| corrupt("unknown kind".into()))?;
+    let labels: BTreeMap<String, String> =
+        serde_json::from_str(&get_str("labels")?).map_err(|e| corrupt(format!("labels: {e}")))?;
+    let spec_json: serde_json::Value =
+        serde_json::from_str(&get_str("spec")?).map_err(|e| corrupt(format!("spec: {e}")))?;
+    let spec = Spec::from_value(kind, "spec", spec_json).map_err(|e| corrupt(e.to_string()))?;
+    Ok(Stored {
+        resource: Resource {
+            mesh: get_str("mesh")?,
+            name: name.clone(),
+            labels,
+            spec,
+        },
+        version: get_i64("version")?,
+        revision: get_i64("revision")?,
+        creation_time_ms: get_i64("creation_time")?,
+        modification_time_ms: get_i64("modification_time")?,
+    })
+}
+
+fn encode(resource: &Resource) -> (String, String) {
+    let labels = serde_json::to_string(&resource.labels).unwrap_or_else(|_| "{}".into());
+    let spec = resource.spec.to_value().to_string();
+    (labels, spec)
+}
+
+/// Takes the next revision. It is the first statement of every write transaction: on
+/// Postgres its row lock orders writers; on SQLite the write lock already does.
+async fn next_revision(conn: &mut AnyConnection) -> Result<i64, StoreError> {
+    sqlx::query("UPDATE meridian_revision SET value = value + 1 WHERE id = 1 RETURNING value")
+        .fetch_one(&mut *conn)
+        .await
+        .and_then(|row| row.try_get::<i64, _>(0))
+        .map_err(db_error)
+}
+
+async fn fetch(conn: &mut AnyConnection, key: &ResourceKey) -> Result<Option<Stored>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM resources WHERE kind = $1 AND mesh = $2 AND name = $3");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(key.kind.name())
+        .bind(&key.mesh)
+        .bind(&key.name)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    row.as_ref().map(decode_row).transpose()
+}
+
+async fn mesh_exists(conn: &mut AnyConnection, mesh: &str) -> Result<bool, StoreError> {
+    let row = sqlx::query("SELECT COUNT(*) FROM resources WHERE kind = 'Mesh' AND mesh = '' AND name = $1")
+        .bind(mesh)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(row.try_get::<i64, _>(0).map_err(db_error)? > 0)
+}
+
+async fn tombstone(
+    conn: &mut AnyConnection,
+    key: &ResourceKey,
+    revision: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM resources WHERE kind = $1 AND mesh = $2 AND name = $3")
+        .bind(key.kind.name())
+        .bind(&key.mesh)
+        .bind(&key.name)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    sqlx::query(
+        "INSERT INTO tombstones (kind, mesh, name, revision, deleted_at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (kind, mesh, name) DO UPDATE SET revision = excluded.revision, deleted_at = excluded.deleted_at",
+    )
+    .bind(key.kind.name())
+    .bind(&key.mesh)
+    .bind(&key.name)
+    .bind(revision)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+fn check_version(key: &ResourceKey, current: Option<i64>, expected: Option<i64>) -> Result<(), StoreError> {
+    match (expected, current) {
+        (None, _) => Ok(()),
+        (Some(e), Some(c)) if e == c => Ok(()),
+        (Some(0), None) => Ok(()),
+        (Some(e), Some(c)) => Err(StoreError::Conflict(format!(
+            "{key} was changed by someone else: you sent version {e}, the current version is {c}; read it again and retry"
+        ))),
+        (Some(e), None) => Err(StoreError::Conflict(format!(
+            "{key} does not exist, but you sent version {e}: it was deleted, or send version 0 to create it"
+        ))),
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn get(&self, key: &ResourceKey) -> Result<Stored, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        fetch(&mut conn, key)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("{key} not found")))
+    }
+
+    async fn list(&self, kind: Kind, mesh: Option<&str>, page: Page) -> Result<ListPage, StoreError> {
+        let mesh = match kind.scope() {
+            Scope::Global => Some(""),
+            Scope::Mesh => mesh,
+        };
+        let filter = if mesh.is_some() {
+            "kind = $1 AND mesh = $2"
+        } else {
+            "kind = $1"
+        };
+        let count_sql = format!("SELECT COUNT(*) FROM resources WHERE {filter}");
+        let list_sql = format!(
+            "SELECT {COLUMNS} FROM resources WHERE {filter} ORDER BY mesh, name LIMIT {} OFFSET {}",
+            page.size, page.offset
+        );
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut count = sqlx::query(sqlx::AssertSqlSafe(count_sql)).bind(kind.name());
+        let mut items = sqlx::query(sqlx::AssertSqlSafe(list_sql)).bind(kind.name());
+        if let Some(mesh) = mesh {
+            count = count.bind(mesh);
+            items = items.bind(mesh);
+        }
+        let total = count
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|r| r.try_get::<i64, _>(0))
+            .map_err(db_error)?;
+        let rows = items.fetch_all(&mut *tx).await.map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(ListPage {
+            total: total as u64,
+            items: rows.iter().map(decode_row).collect::<Result<_, _>>()?,
+        })
+    }
+
+    async fn put(&self, submission: Submission) -> Result<PutOutcome, StoreError> {
+        let Submission {
+            resource,
+            expected_version,
+        } = submission;
+        let key = resource.key();
+        let mut tx = self.begin_write().await?;
+        let revision = next_revision(&mut tx).await?;
+        if key.kind.scope() == Scope::Mesh && !mesh_exists(&mut tx, &key.mesh).await? {
+            return Err(StoreError::NotFound(format!(
+                "mesh {:?} not found: create it first",
+                key.mesh
+            )));
+        }
+        let current = fetch(&mut tx, &key).await?;
+        check_version(&key, current.as_ref().map(|c| c.version), expected_version)?;
+        if let Some(current) = &current {
+            if current.resource == resource {
+                // Rolling back also returns the revision we took.
+                tx.rollback().await.map_err(db_error)?;
+                return Ok(PutOutcome::Unchanged(current.clone()));
+            }
+        }
+        let now = now_ms();
+        let (labels, spec) = encode(&resource);
+        let stored = Stored {
+            version: current.as_ref().map_or(1, |c| c.version + 1),
+            revision,
+            creation_time_ms: current.as_ref().map_or(now, |c| c.creation_time_ms),
+            modification_time_ms: now,
+            resource,
+        };
+        let sql = format!(
+            "INSERT INTO resources ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (kind, mesh, name) DO UPDATE SET version = excluded.version, \
+             revision = excluded.revision, labels = excluded.labels, spec = excluded.spec, \
+             modification_time = excluded.modification_time"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(key.kind.name())
+            .bind(&key.mesh)
+            .bind(&key.name)
+            .bind(stored.version)
+            .bind(stored.revision)
+            .bind(labels)
+            .bind(spec)
+            .bind(stored.creation_time_ms)
+            .bind(stored.modification_time_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        if current.is_none() {
+            sqlx::query("DELETE FROM tombstones WHERE kind = $1 AND mesh = $2 AND name = $3")
+                .bind(key.kind.name())
+                .bind(&key.mesh)
+                .bind(&key.name)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(match current {
+            None => PutOutcome::Created(stored),
+            Some(_) => PutOutcome::Updated(stored),
+        })
+    }
+
+    async fn delete(&self, key: &ResourceKey, options: DeleteOptions) -> Result<i64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        // Taken before reading, so that concurrent writers are ordered; a cascade takes one
+        // more revision per resource it deletes.
+        let mut revision = next_revision(&mut tx).await?;
+        let current = fetch(&mut tx, key)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("{key} not found")))?;
+        check_version(key, Some(current.version), options.expected_version)?;
+        let now = now_ms();
+        if key.kind == Kind::Mesh {
+            let rows = sqlx::query("SELECT kind, name FROM resources WHERE mesh = $1 ORDER BY kind, name")
+                .bind(&key.name)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            if !rows.is_empty() && !options.cascade {
+                let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+                for row in &rows {
+                    *counts
+                        .entry(row.try_get::<String, _>(0).map_err(db_error)?)
+                        .or_default() += 1;
+                }
+                let held: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+                return Err(StoreError::Conflict(format!(
+                    "mesh {:?} still holds {}: delete them first, or delete with cascade=true",
+                    key.name,
+                    held.join(", ")
+                )));
+            }
+            for row in &rows {
+                let kind_name = row.try_get::<String, _>(0).map_err(db_error)?;
+                let kind = Kind::from_name(&kind_name).ok_or_else(|| {
+                    StoreError::Internal(format!("stored resource of unknown kind {kind_name}"))
+                })?;
+                let name = row.try_get::<String, _>(1).map_err(db_error)?;
+                tombstone(
+                    &mut tx,
+                    &ResourceKey::new(kind, key.name.clone(), name),
+                    revision,
+                    now,
+                )
+                .await?;
+                revision = next_revision(&mut tx).await?;
+            }
+        }
+        tombstone(&mut tx, key, revision, now).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(revision)
+    }
+
+    async fn revision(&self) -> Result<i64, StoreError> {
+        sqlx::query("SELECT value FROM meridian_revision WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|row| row.try_get::<i64, _>(0))
+            .map_err(db_error)
+    }
+
+    async fn changes_since(&self, after: i64, limit: u32) -> Result<Vec<Change>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let horizon = sqlx::query("SELECT value FROM meridian_tombstone_horizon WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|row| row.try_get::<i64, _>(0))
+            .map_err(db_error)?;
+        if after < horizon {
+            return Err(StoreError::TooOld {
+                asked: after,
+                horizon,
+            });
+        }
+        let upserts = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM resources WHERE revision > $1 ORDER BY revision LIMIT {limit}"
+        )))
+        .bind(after)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let deletes = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT kind, mesh, name, revision FROM tombstones WHERE revision > $1 ORDER BY revision LIMIT {limit}"
+        )))
+        .bind(after)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        let mut changes = upserts
+            .iter()
+            .map(|row| decode_row(row).map(Change::Upsert))
+            .collect::<Result<Vec<_>, _>>()?;
+        for row in &deletes {
+            let kind_name: String = row.try_get(0).map_err(db_error)?;
+            let kind = Kind::from_name(&kind_name)
+                .ok_or_else(|| StoreError::Internal(format!("tombstone of unknown kind {kind_name}")))?;
+            changes.push(Change::Delete {
+                key: ResourceKey::new(
+                    kind,
+                    row.try_get::<String, _>(1).map_err(db_error)?,
+                    row.try_get::<String, _>(2).map_err(db_error)?,
+                ),
+                revision: row.try_get(3).map_err(db_error)?,
+            });
+        }
+        changes.sort_by_key(Change::revision);
+        changes.truncate(limit as usize);
+        Ok(changes)
+    }
+
+    async fn compact_tombstones(&self, up_to: i64) -> Result<u64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let removed = sqlx::query("DELETE FROM tombstones WHERE revision <= $1")
+            .bind(up_to)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        sqlx::query("UPDATE meridian_tombstone_horizon SET value = $1 WHERE id = 1 AND value < $1")
+            .bind(up_to)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(removed)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .fetch_one(&self.pool)
+            .await
+            .map(drop)
+            .map_err(db_error)
+    }
+}

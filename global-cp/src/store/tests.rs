@@ -1,0 +1,399 @@
+//! The store conformance suite: every test runs against SQLite and a throwaway Postgres.
+
+use std::sync::Arc;
+
+use meridian_model::{Format, Kind, ResourceKey, Submission, parse_one};
+use meridian_testing::Postgres;
+
+use super::{Change, DeleteOptions, Page, PutOutcome, SqlStore, Store, StoreError};
+
+/// A store and whatever must outlive it (a temp dir, a Postgres cluster).
+struct Fixture {
+    store: Arc<SqlStore>,
+    _dir: Option<tempfile::TempDir>,
+    _pg: Option<Postgres>,
+}
+
+async fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqlStore::open_sqlite(dir.path()).await.expect("open sqlite");
+    store.migrate().await.expect("migrate");
+    Fixture {
+        store: Arc::new(store),
+        _dir: Some(dir),
+        _pg: None,
+    }
+}
+
+async fn postgres() -> Fixture {
+    let pg = Postgres::start().expect("start postgres");
+    let store = SqlStore::connect(&pg.url()).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    Fixture {
+        store: Arc::new(store),
+        _dir: None,
+        _pg: Some(pg),
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite_store {
+            $(#[tokio::test] async fn $name() { super::$name(&*super::sqlite().await.store).await; })+
+        }
+        mod postgres_store {
+            $(#[tokio::test] async fn $name() { super::$name(&*super::postgres().await.store).await; })+
+        }
+    };
+}
+
+conformance!(
+    create_update_and_unchanged,
+    stale_versions_conflict,
+    resources_need_their_mesh,
+    deletes_leave_tombstones,
+    non_empty_mesh_is_kept_unless_cascade,
+    lists_page_in_name_order,
+    changes_resume_from_a_revision,
+    compacted_tombstones_need_a_snapshot,
+    concurrent_writes_get_distinct_revisions,
+);
+
+fn mk(yaml: &str) -> Submission {
+    parse_one(yaml, Format::Yaml).expect("valid test resource")
+}
+
+fn mk_mesh(name: &str) -> Submission {
+    mk(&format!("type: Mesh\nname: {name}\n"))
+}
+
+fn mk_trace(mesh: &str, name: &str, endpoint: &str) -> Submission {
+    mk(&format!(
+        "type: MeshTrace\nname: {name}\nmesh: {mesh}\nspec:\n  backends:\n  - name: otel\n    type: open_telemetry\n    conf:\n      endpoint: {endpoint}\n"
+    ))
+}
+
+fn trace_key(mesh: &str, name: &str) -> ResourceKey {
+    ResourceKey::new(Kind::MeshTrace, mesh, name)
+}
+
+async fn put(store: &dyn Store, s: Submission) -> PutOutcome {
+    store.put(s).await.expect("put")
+}
+
+async fn create_update_and_unchanged(store: &dyn Store) {
+    put(store, mk_mesh("default")).await;
+    let created = put(store, mk_trace("default", "t", "a:4317")).await;
+    assert!(matches!(created, PutOutcome::Created(_)), "{created:?}");
+    assert_eq!(created.stored().version, 1);
+    let rev = store.revision().await.expect("revision");
+    assert_eq!(created.stored().revision, rev);
+
+    let again = put(store, mk_trace("default", "t", "a:4317")).await;
+    assert!(matches!(again, PutOutcome::Unchanged(_)), "{again:?}");
+    assert_eq!(
+        store.revision().await.expect("revision"),
+        rev,
+        "an unchanged put takes no revision"
+    );
+
+    let updated = put(store, mk_trace("default", "t", "b:4317")).await;
+    assert!(matches!(updated, PutOutcome::Updated(_)), "{updated:?}");
+    assert_eq!(updated.stored().version, 2);
+    assert!(updated.stored().revision > rev);
+    assert_eq!(
+        updated.stored().creation_time_ms,
+        created.stored().creation_time_ms
+    );
+
+    let got = store.get(&trace_key("default", "t")).await.expect("get");
+    assert_eq!(got, *updated.stored());
+}
+
+async fn stale_versions_conflict(store: &dyn Store) {
+    put(store, mk_mesh("default")).await;
+    let mut create_only = mk_trace("default", "t", "a:4317");
+    create_only.expected_version = Some(0);
+    put(store, create_only.clone()).await;
+    put(store, mk_trace("default", "t", "b:4317")).await;
+
+    let mut stale = mk_trace("default", "t", "c:4317");
+    stale.expected_version = Some(1);
+    let err = store.put(stale).await.expect_err("stale version must be refused");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(err.to_string().contains("current version is 2"), "{err}");
+
+    let err = store
+        .put(create_only)
+        .await
+        .expect_err("version 0 means create only");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+
+    let mut fresh = mk_trace("default", "t", "c:4317");
+    fresh.expected_version = Some(2);
+    assert_eq!(put(store, fresh).await.stored().version, 3);
+
+    let err = store
+        .delete(
+            &trace_key("default", "t"),
+            DeleteOptions {
+                cascade: false,
+                expected_version: Some(2),
+            },
+        )
+        .await
+        .expect_err("stale delete");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    store.get(&trace_key("default", "t")).await.expect("still there");
+}
+
+async fn resources_need_their_mesh(store: &dyn Store) {
+    let before = store.revision().await.expect("revision");
+    let err = store
+        .put(mk_trace("nope", "t", "a:4317"))
+        .await
+        .expect_err("no mesh");
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert!(err.to_string().contains("mesh \"nope\" not found"), "{err}");
+    assert_eq!(
+        store.revision().await.expect("revision"),
+        before,
+        "a refused write leaves nothing behind"
+    );
+    let err = store.get(&trace_key("nope", "t")).await.expect_err("not stored");
+    assert!(matches!(err, StoreError::NotFound(_)));
+}
+
+async fn deletes_leave_tombstones(store: &dyn Store) {
+    put(store, mk_mesh("default")).await;
+    put(store, mk_trace("default", "t", "a:4317")).await;
+    let before = store.revision().await.expect("revision");
+    let deleted_at = store
+        .delete(&trace_key("default", "t"), DeleteOptions::default())
+        .await
+        .expect("delete");
+    assert!(deleted_at > before);
+    assert!(matches!(
+        store.get(&trace_key("default", "t")).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store
+            .delete(&trace_key("default", "t"), DeleteOptions::default())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    let changes = store.changes_since(before, 100).await.expect("changes");
+    assert_eq!(
+        changes,
+        vec![Change::Delete {
+            key: trace_key("default", "t"),
+            revision: deleted_at
+        }]
+    );
+
+    // Re-creating replaces the tombstone: a reader sees only the newest state.
+    let recreated = put(store, mk_trace("default", "t", "a:4317")).await;
+    assert_eq!(recreated.stored().version, 1);
+    let changes = store.changes_since(before, 100).await.expect("changes");
+    assert_eq!(changes, vec![Change::Upsert(recreated.stored().clone())]);
+}
+
+async fn non_empty_mesh_is_kept_unless_cascade(store: &dyn Store) {
+    put(store, mk_mesh("m1")).await;
+    put(store, mk_trace("m1", "a", "a:4317")).await;
+    put(store, mk_trace("m1", "b", "a:4317")).await;
+    let mesh = ResourceKey::new(Kind::Mesh, "", "m1");
+    let err = store
+        .delete(&mesh, DeleteOptions::default())
+        .await
+        .expect_err("non-empty mesh");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(err.to_string().contains("2 MeshTrace"), "{err}");
+    store.get(&trace_key("m1", "a")).await.expect("nothing deleted");
+
+    let before = store.revision().await.expect("revision");
+    store
+        .delete(
+            &mesh,
+            DeleteOptions {
+                cascade: true,
+                expected_version: None,
+            },
+        )
+        .await
+        .expect("cascade");
+    for key in [trace_key("m1", "a"), trace_key("m1", "b"), mesh.clone()] {
+        assert!(
+            matches!(store.get(&key).await, Err(StoreError::NotFound(_))),
+            "{key}"
+        );
+    }
+    let changes = store.changes_since(before, 100).await.expect("changes");
+    assert_eq!(changes.len(), 3, "{changes:?}");
+    let revisions: Vec<i64> = changes.iter().map(Change::revision).collect();
+    assert!(revisions.windows(2).all(|w| w[0] < w[1]), "{revisions:?}");
+}
+
+async fn lists_page_in_name_order(store: &dyn Store) {
+    put(store, mk_mesh("default")).await;
+    put(store, mk_mesh("other")).await;
+    for name in ["e", "c", "a", "d", "b"] {
+        put(store, mk_trace("default", name, "a:4317")).await;
+    }
+    put(store, mk_trace("other", "z", "a:4317")).await;
+    let page = |size, offset| Page { size, offset };
+    let first = store
+        .list(Kind::MeshTrace, Some("default"), page(2, 0))
+        .await
+        .expect("list");
+    assert_eq!(first.total, 5);
+    let names: Vec<&str> = first.items.iter().map(|s| s.resource.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    let last = store
+        .list(Kind::MeshTrace, Some("default"), page(2, 4))
+        .await
+        .expect("list");
+    assert_eq!(last.items.len(), 1);
+    assert_eq!(last.items[0].resource.name, "e");
+    let all = store
+        .list(Kind::MeshTrace, None, page(100, 0))
+        .await
+        .expect("list");
+    assert_eq!(all.total, 6);
+    let meshes = store
+        .list(Kind::Mesh, Some("ignored"), page(100, 0))
+        .await
+        .expect("list");
+    assert_eq!(meshes.total, 2);
+}
+
+async fn changes_resume_from_a_revision(store: &dyn Store) {
+    put(store, mk_mesh("default")).await;
+    let start = store.revision().await.expect("revision");
+    let mut written = Vec::new();
+    for i in 0..6 {
+        written.push(
+            put(store, mk_trace("default", &format!("t{i}"), "a:4317"))
+                .await
+                .stored()
+                .revision,
+        );
+    }
+    let all = store.changes_since(start, 100).await.expect("changes");
+    assert_eq!(all.iter().map(Change::revision).collect::<Vec<_>>(), written);
+    let tail = store.changes_since(written[2], 100).await.expect("changes");
+    assert_eq!(
+        tail.iter().map(Change::revision).collect::<Vec<_>>(),
+        written[3..]
+    );
+    let limited = store.changes_since(start, 2).await.expect("changes");
+    assert_eq!(
+        limited.iter().map(Change::revision).collect::<Vec<_>>(),
+        written[..2]
+    );
+    assert!(
+        store
+            .changes_since(written[5], 100)
+            .await
+            .expect("changes")
+            .is_empty()
+    );
+}
+
+async fn compacted_tombstones_need_a_snapshot(store: &dyn Store) {
+    put(store, mk_mesh("default")).await;
+    put(store, mk_trace("default", "t", "a:4317")).await;
+    let before = store.revision().await.expect("revision");
+    let deleted_at = store
+        .delete(&trace_key("default", "t"), DeleteOptions::default())
+        .await
+        .expect("delete");
+    assert_eq!(store.compact_tombstones(deleted_at).await.expect("compact"), 1);
+    let err = store
+        .changes_since(before, 100)
+        .await
+        .expect_err("behind the horizon");
+    assert!(
+        matches!(err, StoreError::TooOld { horizon, .. } if horizon == deleted_at),
+        "{err:?}"
+    );
+    assert!(
+        store
+            .changes_since(deleted_at, 100)
+            .await
+            .expect("at the horizon")
+            .is_empty()
+    );
+}
+
+async fn concurrent_writes_get_distinct_revisions(store: &dyn Store) {
+    put(store, mk_mesh("default")).await;
+    let start = store.revision().await.expect("revision");
+    let writes = (0..24).map(|i| store.put(mk_trace("default", &format!("t{i}"), "a:4317")));
+    let outcomes = futures_join_all(writes).await;
+    let mut revisions: Vec<i64> = outcomes
+        .into_iter()
+        .map(|o| o.expect("put").stored().revision)
+        .collect();
+    revisions.sort_unstable();
+    revisions.dedup();
+    assert_eq!(revisions.len(), 24, "every write has its own revision");
+    assert_eq!(store.revision().await.expect("revision"), start + 24);
+    assert_eq!(store.changes_since(start, 100).await.expect("changes").len(), 24);
+}
+
+/// Runs futures concurrently on the current task (a small join_all, to avoid a dependency).
+async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+#[tokio::test]
+async fn sqlite_keeps_writes_across_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = SqlStore::open_sqlite(dir.path()).await.expect("open");
+        store.migrate().await.expect("migrate");
+        store.put(mk_mesh("default")).await.expect("put");
+        store.put(mk_trace("default", "t", "a:4317")).await.expect("put");
+    }
+    let store = SqlStore::open_sqlite(dir.path()).await.expect("reopen");
+    store.migrate().await.expect("migrations are idempotent");
+    store.get(&trace_key("default", "t")).await.expect("survived");
+    assert_eq!(store.revision().await.expect("revision"), 2);
+}
+
+#[tokio::test]
+async fn store_urls_are_checked() {
+    let err = SqlStore::connect("mysql://u:secret@h/db")
+        .await
+        .expect_err("unsupported");
+    assert!(err.to_string().contains("expected postgres://"), "{err}");
+    assert!(
+        !err.to_string().contains("secret"),
+        "passwords are not echoed: {err}"
+    );
+}

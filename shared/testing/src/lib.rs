@@ -1,0 +1,289 @@
+//! Fixtures for tests and benchmarks: free loopback ports, child processes that die with
+//! their owner, and throwaway Postgres clusters.
+//!
+//! Postgres refuses to run as root, and CI runs as root: the cluster then runs as `nobody`
+//! (through `setpriv`, which execs, so the child we hold *is* the postmaster).
+
+#![forbid(unsafe_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL after a grace period) when dropped,
+/// whether the test passed or panicked.
+#[derive(Debug)]
+pub struct KillOnDrop {
+    child: Child,
+    grace: Duration,
+}
+
+impl KillOnDrop {
+    pub fn new(child: Child) -> Self {
+        Self {
+            child,
+            grace: Duration::from_secs(5),
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// Sends a signal by name (`KILL`, `TERM`, `INT`, `STOP`, `CONT`).
+    pub fn signal(&self, name: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -{name} {} failed", self.child.id());
+        }
+        Ok(())
+    }
+
+    /// Kills the process at once (SIGKILL) and reaps it.
+    pub fn kill_now(&mut self) -> Result<()> {
+        self.child.kill().ok();
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn stop(&mut self) {
+        if !self.is_running() {
+            return;
+        }
+        let _ = self.signal("TERM");
+        let deadline = Instant::now() + self.grace;
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls `check` every 20 ms until it returns true or `timeout` passes.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// `nobody`'s uid and gid, read from `id`.
+fn nobody() -> Result<(u32, u32)> {
+    let id = |flag: &str| -> Result<u32> {
+        let out = Command::new("id").args([flag, "nobody"]).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    };
+    Ok((id("-u")?, id("-g")?))
+}
+
+/// Builds a command that runs as `nobody` when we are root, and as ourselves otherwise.
+fn unprivileged(program: &str, as_nobody: bool) -> Command {
+    if as_nobody {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+            .arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Options for a throwaway cluster.
+#[derive(Clone, Copy, Debug)]
+pub struct PostgresOptions {
+    /// Keep fsync on (for benchmarks that should pay for durability as production does).
+    pub durable: bool,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self { durable: false }
+    }
+}
+
+/// A Postgres cluster in a temporary directory on a free loopback port. Dropping it stops the
+/// server and removes the directory.
+#[derive(Debug)]
+pub struct Postgres {
+    // Field order matters: the server stops before its directory is removed.
+    server: KillOnDrop,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    pub fn start() -> Result<Self> {
+        Self::start_with(PostgresOptions::default())
+    }
+
+    pub fn start_with(options: PostgresOptions) -> Result<Self> {
+        let as_nobody = running_as_root();
+        let dir = tempfile::Builder::new().prefix("meridian-pg-").tempdir()?;
+        let data = dir.path().join("data");
+        if as_nobody {
+            let (uid, gid) = nobody()?;
+            chown_tree(dir.path(), uid, gid)?;
+        }
+        let out = unprivileged("initdb", as_nobody)
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "meridian",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ])
+            .stdout(Stdio::null())
+            .output()
+            .context("running initdb (is PostgreSQL installed and on PATH?)")?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let port = free_port()?;
+        let log = std::fs::File::create(dir.path().join("postgres.log"))?;
+        if as_nobody {
+            let (uid, gid) = nobody()?;
+            std::os::unix::fs::chown(dir.path().join("postgres.log"), Some(uid), Some(gid))?;
+        }
+        let mut cmd = unprivileged("postgres", as_nobody);
+        cmd.arg("-D")
+            .arg(&data)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "max_connections=200",
+            ])
+            .arg("-k")
+            .arg(dir.path());
+        if !options.durable {
+            cmd.args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting postgres")?;
+        let mut server = KillOnDrop::new(child);
+        let socket_dir: PathBuf = dir.path().to_owned();
+        wait_until("postgres to accept connections", Duration::from_secs(30), || {
+            Command::new("pg_isready")
+                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        })
+        .with_context(|| {
+            let log = std::fs::read_to_string(socket_dir.join("postgres.log")).unwrap_or_default();
+            format!("postgres did not start; its log:\n{log}")
+        })?;
+        if !server.is_running() {
+            bail!("postgres exited during start");
+        }
+        Ok(Self {
+            server,
+            port,
+            _dir: dir,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A URL for the cluster's `postgres` database.
+    pub fn url(&self) -> String {
+        self.url_for("postgres")
+    }
+
+    pub fn url_for(&self, database: &str) -> String {
+        format!("postgres://meridian@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Creates a database and returns its URL.
+    pub fn create_database(&self, name: &str) -> Result<String> {
+        let status = Command::new("createdb")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "meridian",
+                name,
+            ])
+            .status()?;
+        if !status.success() {
+            bail!("createdb {name} failed");
+        }
+        Ok(self.url_for(name))
+    }
+
+    /// Stops the server abruptly (SIGKILL): what a crash looks like to clients.
+    pub fn server(&mut self) -> &mut KillOnDrop {
+        &mut self.server
+    }
+}
