@@ -8,4 +8,115 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod args;
+pub mod metrics;
 pub mod store;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use meridian_model::{DEFAULT_MESH, Format, parse_one};
+use tracing::info;
+
+use args::{Cli, Command, LogArgs, LogFormat, RunArgs, StoreArgs};
+use store::{SqlStore, Store, StoreError};
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Run(args) => run(args).await,
+            Command::Migrate(args) => {
+                init_logging(&LogArgs {
+                    log_format: LogFormat::Text,
+                });
+                open_store(&args).await.map(drop)
+            }
+        }
+    }
+}
+
+/// Opens the store the flags name and applies pending migrations.
+pub async fn open_store(args: &StoreArgs) -> anyhow::Result<SqlStore> {
+    let StoreArgs { data_dir, store } = args;
+    let opened = match store {
+        Some(url) => {
+            info!(url = %crate::store::redact(url), "opening postgres store");
+            SqlStore::connect(url).await
+        }
+        None => {
+            info!(data_dir = %data_dir.display(), "opening embedded sqlite store");
+            SqlStore::open_sqlite(data_dir).await
+        }
+    }
+    .context("opening the store")?;
+    opened.migrate().await.context("migrating the store")?;
+    Ok(opened)
+}
+
+/// On a store that has never been written, creates the mesh `default` (as Kuma does). A
+/// store that has seen writes is left alone, so a deleted `default` stays deleted.
+async fn create_default_mesh(store: &dyn Store) -> anyhow::Result<()> {
+    if store.revision().await? > 0 {
+        return Ok(());
+    }
+    let mut mesh = parse_one(&format!("type: Mesh\nname: {DEFAULT_MESH}\n"), Format::Yaml)?;
+    mesh.expected_version = Some(0);
+    match store.put(mesh).await {
+        Ok(_) => info!(mesh = DEFAULT_MESH, "created the default mesh"),
+        // Another replica created it first.
+        Err(StoreError::Conflict(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+pub fn init_logging(args: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match args.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let RunArgs { api_addr, store, log } = args;
+    init_logging(&log);
+    let store: Arc<dyn Store> = Arc::new(open_store(&store).await?);
+    create_default_mesh(&*store).await?;
+    let state = api::ApiState {
+        store,
+        metrics: Arc::new(metrics::Metrics::new()),
+    };
+    let listener = tokio::net::TcpListener::bind(api_addr)
+        .await
+        .with_context(|| format!("binding the REST API to {api_addr}"))?;
+    info!(addr = %listener.local_addr()?, "REST API serving");
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving the REST API")?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    info!("shutdown signal received");
+}

@@ -130,11 +130,13 @@ fn decode<T: DeserializeOwned>(root: &str, value: Value) -> Result<T, FieldError
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = join_path(root, &err.path().to_string());
         let message = err.into_inner().to_string();
-        // serde reports an unknown field at its parent; name the field itself instead.
+        // The path already ends with the unknown field's name; say what was expected instead.
         if let Some(rest) = message.strip_prefix("unknown field `") {
-            if let Some((field, expected)) = rest.split_once('`') {
-                let expected = expected.trim_start_matches(", ");
-                return FieldError::new(join_path(&path, field), format!("unknown field; {expected}"));
+            if let Some((_, expected)) = rest.split_once('`') {
+                return FieldError::new(
+                    path,
+                    format!("unknown field; {}", expected.trim_start_matches(", ")),
+                );
             }
         }
         FieldError::new(path, message)

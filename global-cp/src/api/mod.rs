@@ -1,0 +1,113 @@
+//! The REST API (Kuma's paths), on axum.
+//!
+//! ```text
+//!   /meshes[/{mesh}]                      Mesh CRUD
+//!   /meshes/{mesh}/{plural}[/{name}]      mesh-scoped CRUD (meshtraces, dataplanes, ...)
+//!   /{plural}                             a kind across all meshes
+//!   /healthz  /metrics  /openapi.json  /
+//! ```
+
+mod body;
+mod error;
+pub mod openapi;
+mod resources;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+pub use error::{ApiError, ErrorBody};
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    use resources::*;
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .route("/meshes", get(list_meshes))
+        .route("/meshes/{mesh}", get(get_mesh).put(put_mesh).delete(delete_mesh))
+        .route("/meshes/{mesh}/{plural}", get(list_in_mesh))
+        .route(
+            "/meshes/{mesh}/{plural}/{name}",
+            get(get_resource).put(put_resource).delete(delete_resource),
+        )
+        .route("/{plural}", get(list_all_meshes))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn observe(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .observe(&method, &route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn index() -> Json<serde_json::Value> {
+    Json(json!({
+        "product": "Meridian",
+        "tagline": "Meridian",
+        "version": env!("CARGO_PKG_VERSION"),
+        "role": "global",
+    }))
+}
+
+async fn healthz(State(state): State<ApiState>) -> Result<&'static str, ApiError> {
+    state.store.ping().await?;
+    Ok("ok\n")
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    if let Ok(revision) = state.store.revision().await {
+        state.metrics.store_revision.set(revision);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn openapi_json() -> Json<serde_json::Value> {
+    Json(openapi::document())
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::not_found(format!("no such path: {}", request.uri().path()))
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method not allowed",
+        format!("{} is not allowed on {}", request.method(), request.uri().path()),
+    )
+}

@@ -1,0 +1,290 @@
+//! CRUD on resources, on Kuma's paths:
+//! `/meshes/{mesh}`, `/meshes/{mesh}/{plural}[/{name}]`, and `/{plural}` across meshes.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use meridian_model::{
+    FieldError, Kind, ResourceError, ResourceKey, Scope, Submission, from_value, parse_documents,
+};
+use serde_json::{Value, json};
+
+use super::ApiState;
+use super::body;
+use super::error::ApiError;
+use crate::store::{DeleteOptions, Page, PutOutcome};
+
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+fn mesh_kind(plural: &str) -> Result<Kind, ApiError> {
+    match Kind::from_plural(plural) {
+        Some(kind) if kind.scope() == Scope::Mesh => Ok(kind),
+        _ => {
+            let known: Vec<&str> = Kind::ALL
+                .iter()
+                .filter(|k| k.scope() == Scope::Mesh)
+                .map(|k| k.plural())
+                .collect();
+            Err(ApiError::not_found(format!(
+                "unknown resource type {plural:?}: expected one of {}",
+                known.join(", ")
+            )))
+        }
+    }
+}
+
+fn parse_page(query: &HashMap<String, String>) -> Result<Page, ApiError> {
+    let size = match query.get("size") {
+        None => DEFAULT_PAGE,
+        Some(s) => match s.parse::<u32>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_field(
+                    "size",
+                    format!("must be an integer from 1 to {MAX_PAGE}"),
+                ));
+            }
+        },
+    };
+    let offset = match query.get("offset") {
+        None => 0,
+        Some(s) if s.is_empty() => 0,
+        Some(s) => s
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_field("offset", "must be a non-negative integer"))?,
+    };
+    Ok(Page { size, offset })
+}
+
+/// `GET /meshes/{mesh}/{plural}`, `GET /meshes`, `GET /{plural}`.
+async fn list(
+    state: &ApiState,
+    headers: &HeaderMap,
+    path: &str,
+    kind: Kind,
+    mesh: Option<&str>,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let page = parse_page(query)?;
+    if let Some(mesh) = mesh {
+        state.store.get(&ResourceKey::new(Kind::Mesh, "", mesh)).await?;
+    }
+    let listed = state.store.list(kind, mesh, page).await?;
+    let shown = page.offset + listed.items.len() as u64;
+    let next = (shown < listed.total).then(|| {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost");
+        format!("http://{host}{path}?size={}&offset={shown}", page.size)
+    });
+    let items: Vec<Value> = listed.items.iter().map(|s| s.to_universal()).collect();
+    Ok(Json(json!({ "total": listed.total, "items": items, "next": next })).into_response())
+}
+
+pub async fn list_meshes(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    list(&state, &headers, "/meshes", Kind::Mesh, None, &query).await
+}
+
+pub async fn list_in_mesh(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((mesh, plural)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let kind = mesh_kind(&plural)?;
+    list(
+        &state,
+        &headers,
+        &format!("/meshes/{mesh}/{plural}"),
+        kind,
+        Some(&mesh),
+        &query,
+    )
+    .await
+}
+
+pub async fn list_all_meshes(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(plural): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let kind = mesh_kind(&plural)?;
+    list(&state, &headers, &format!("/{plural}"), kind, None, &query).await
+}
+
+async fn get(state: &ApiState, key: ResourceKey) -> Result<Response, ApiError> {
+    let stored = state.store.get(&key).await?;
+    Ok(Json(stored.to_universal()).into_response())
+}
+
+pub async fn get_mesh(State(state): State<ApiState>, Path(mesh): Path<String>) -> Result<Response, ApiError> {
+    get(&state, ResourceKey::new(Kind::Mesh, "", mesh)).await
+}
+
+pub async fn get_resource(
+    State(state): State<ApiState>,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    get(&state, ResourceKey::new(mesh_kind(&plural)?, mesh, name)).await
+}
+
+/// Fills `type`, `name` and `mesh` from the path when a universal-form body leaves them out,
+/// as Kuma's API allows.
+fn fill_from_path(doc: &mut Value, key: &ResourceKey) {
+    if let Value::Object(obj) = doc {
+        if obj.contains_key("apiVersion") || obj.contains_key("kind") {
+            return;
+        }
+        obj.entry("type").or_insert_with(|| key.kind.name().into());
+        obj.entry("name").or_insert_with(|| key.name.clone().into());
+        if key.kind.scope() == Scope::Mesh {
+            obj.entry("mesh").or_insert_with(|| key.mesh.clone().into());
+        }
+    }
+}
+
+/// Refuses a body that names another resource than its path.
+fn check_matches_path(submission: &Submission, key: &ResourceKey) -> Result<(), ApiError> {
+    let r = &submission.resource;
+    let mut causes = Vec::new();
+    if r.kind() != key.kind {
+        causes.push(FieldError::new(
+            "type",
+            format!("is {}, but the path is for {}", r.kind(), key.kind.plural()),
+        ));
+    }
+    if r.name != key.name {
+        causes.push(FieldError::new(
+            "name",
+            format!("is {:?}, but the path names {:?}", r.name, key.name),
+        ));
+    }
+    if r.mesh != key.mesh {
+        causes.push(FieldError::new(
+            "mesh",
+            format!("is {:?}, but the path names {:?}", r.mesh, key.mesh),
+        ));
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ResourceError::Invalid(causes).into())
+    }
+}
+
+async fn put(
+    state: &ApiState,
+    key: ResourceKey,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (text, format) = body::read(headers, body).await?;
+    let mut docs = parse_documents(&text, format)?;
+    if docs.len() != 1 {
+        return Err(ApiError::bad_field(
+            "",
+            format!("expected one resource in the body, found {}", docs.len()),
+        ));
+    }
+    let mut doc = docs.remove(0);
+    fill_from_path(&mut doc, &key);
+    let submission = from_value(doc)?;
+    check_matches_path(&submission, &key)?;
+    let outcome = state.store.put(submission).await?;
+    let status = match outcome {
+        PutOutcome::Created(_) => StatusCode::CREATED,
+        _ => StatusCode::OK,
+    };
+    let stored = outcome.stored();
+    tracing::info!(kind = %key.kind, mesh = %key.mesh, name = %key.name, result = outcome.word(), revision = stored.revision, "resource written");
+    let body = json!({
+        "result": outcome.word(),
+        "version": stored.version,
+        "revision": stored.revision,
+        "warnings": [],
+    });
+    Ok((status, Json(body)).into_response())
+}
+
+pub async fn put_mesh(
+    State(state): State<ApiState>,
+    Path(mesh): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    put(&state, ResourceKey::new(Kind::Mesh, "", mesh), &headers, body).await
+}
+
+pub async fn put_resource(
+    State(state): State<ApiState>,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    put(
+        &state,
+        ResourceKey::new(mesh_kind(&plural)?, mesh, name),
+        &headers,
+        body,
+    )
+    .await
+}
+
+fn parse_bool(query: &HashMap<String, String>, field: &str) -> Result<bool, ApiError> {
+    match query.get(field).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") | Some("") => Ok(true),
+        Some(_) => Err(ApiError::bad_field(field, "must be true or false")),
+    }
+}
+
+fn parse_version(query: &HashMap<String, String>) -> Result<Option<i64>, ApiError> {
+    query
+        .get("version")
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| ApiError::bad_field("version", "must be an integer"))
+        })
+        .transpose()
+}
+
+async fn delete(
+    state: &ApiState,
+    key: ResourceKey,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let options = DeleteOptions {
+        cascade: parse_bool(query, "cascade")?,
+        expected_version: parse_version(query)?,
+    };
+    let revision = state.store.delete(&key, options).await?;
+    tracing::info!(kind = %key.kind, mesh = %key.mesh, name = %key.name, revision, "resource deleted");
+    Ok(Json(json!({ "revision": revision })).into_response())
+}
+
+pub async fn delete_mesh(
+    State(state): State<ApiState>,
+    Path(mesh): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    delete(&state, ResourceKey::new(Kind::Mesh, "", mesh), &query).await
+}
+
+pub async fn delete_resource(
+    State(state): State<ApiState>,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    delete(&state, ResourceKey::new(mesh_kind(&plural)?, mesh, name), &query).await
+}

@@ -1,0 +1,65 @@
+//! Command-line arguments. Every flag can also come from the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "global-cp", version, about = "Meridian's global control plane")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the REST API (runs pending migrations first).
+    Run(RunArgs),
+    /// Apply pending migrations to the store and exit.
+    Migrate(StoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address of the REST API.
+    #[arg(long, env = "MERIDIAN_API_ADDR", default_value = "127.0.0.1:5681")]
+    pub api_addr: SocketAddr,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Directory of the embedded SQLite store (used when --store is not given).
+    #[arg(long, env = "MERIDIAN_DATA_DIR", default_value = "./.meridian/global")]
+    pub data_dir: PathBuf,
+    /// A Postgres URL (postgres://user:password@host:port/db); without it the embedded
+    /// SQLite store in --data-dir is used.
+    #[arg(long, env = "MERIDIAN_STORE")]
+    pub store: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    #[arg(long, env = "MERIDIAN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}
