@@ -1,0 +1,269 @@
+//! `meshctl`: apply, read and delete Meridian resources through the REST API.
+//!
+//! Exit codes: 0 ok, 1 the server (or the input) refused, 2 usage.
+
+#![forbid(unsafe_code)]
+
+mod client;
+mod output;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use meridian_model::{DEFAULT_MESH, Format, Kind, ResourceError, Scope, Submission};
+
+use client::{Client, Failure};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "meshctl",
+    version,
+    about = "The command line of the Meridian service mesh"
+)]
+pub struct Cli {
+    /// URL of the control plane's REST API.
+    #[arg(
+        long,
+        global = true,
+        env = "MESHCTL_API_URL",
+        default_value = "http://127.0.0.1:5681"
+    )]
+    pub api_url: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update resources from a file (`-` for standard input). Every document is
+    /// validated before any is written.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: String,
+    },
+    /// Show one resource, or list a kind.
+    Get {
+        /// The kind: MeshTrace, meshtrace or meshtraces all work.
+        kind: String,
+        name: Option<String>,
+        #[arg(short = 'm', long, default_value = DEFAULT_MESH)]
+        mesh: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Delete a resource.
+    Delete {
+        kind: String,
+        name: String,
+        #[arg(short = 'm', long, default_value = DEFAULT_MESH)]
+        mesh: String,
+        /// For a mesh: also delete everything in it.
+        #[arg(long)]
+        cascade: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Yaml,
+    Json,
+}
+
+impl Cli {
+    pub async fn run(self) -> ExitCode {
+        let Cli { api_url, command } = self;
+        let client = match Client::new(&api_url) {
+            Ok(c) => c,
+            Err(e) => return fail(e),
+        };
+        let result = match command {
+            Command::Apply { file } => apply(&client, &file).await,
+            Command::Get {
+                kind,
+                name,
+                mesh,
+                output,
+            } => get(&client, &kind, name.as_deref(), &mesh, output).await,
+            Command::Delete {
+                kind,
+                name,
+                mesh,
+                cascade,
+            } => delete(&client, &kind, &name, &mesh, cascade).await,
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        }
+    }
+}
+
+fn fail(failure: Failure) -> ExitCode {
+    eprintln!("Error: {}", failure.message());
+    ExitCode::from(failure.exit_code())
+}
+
+fn parse_kind(text: &str) -> Result<Kind, Failure> {
+    Kind::from_cli(text).ok_or_else(|| {
+        let known: Vec<String> = Kind::ALL
+            .iter()
+            .map(|k| format!("{} ({})", k.name(), k.plural()))
+            .collect();
+        Failure::Usage(format!(
+            "unknown kind {text:?}; known kinds: {}",
+            known.join(", ")
+        ))
+    })
+}
+
+fn read_input(file: &str) -> Result<String, Failure> {
+    if file == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| Failure::Usage(format!("reading standard input: {e}")))?;
+        Ok(text)
+    } else {
+        let path = PathBuf::from(file);
+        std::fs::read_to_string(&path).map_err(|e| Failure::Usage(format!("reading {}: {e}", path.display())))
+    }
+}
+
+/// Describes a document for messages: `document 2 (MeshTrace "x")`.
+fn describe(index: usize, doc: &serde_json::Value) -> String {
+    let kind = doc
+        .get("type")
+        .or_else(|| doc.get("kind"))
+        .and_then(|v| v.as_str());
+    let name = doc
+        .get("name")
+        .or_else(|| doc.get("metadata").and_then(|m| m.get("name")))
+        .and_then(|v| v.as_str());
+    match (kind, name) {
+        (Some(k), Some(n)) => format!("document {} ({k} {n:?})", index + 1),
+        (Some(k), None) => format!("document {} ({k})", index + 1),
+        _ => format!("document {}", index + 1),
+    }
+}
+
+async fn apply(client: &Client, file: &str) -> Result<(), Failure> {
+    let text = read_input(file)?;
+    let docs =
+        meridian_model::parse_documents(&text, Format::Yaml).map_err(|e| Failure::Invalid(e.to_string()))?;
+    if docs.is_empty() {
+        return Err(Failure::Invalid(format!("{file}: no resources found")));
+    }
+    let mut submissions: Vec<Submission> = Vec::new();
+    let mut problems = Vec::new();
+    for (i, doc) in docs.iter().enumerate() {
+        match meridian_model::from_value(doc.clone()) {
+            Ok(s) => submissions.push(s),
+            Err(ResourceError::Invalid(errors)) => {
+                for e in errors {
+                    problems.push(format!("{}: {e}", describe(i, doc)));
+                }
+            }
+            Err(e) => problems.push(format!("{}: {e}", describe(i, doc))),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Failure::Invalid(format!(
+            "nothing was applied:\n  {}",
+            problems.join("\n  ")
+        )));
+    }
+    check_meshes(client, &submissions).await?;
+    for s in &submissions {
+        let r = &s.resource;
+        let mut body = r.to_universal();
+        if let Some(v) = s.expected_version {
+            body["version"] = v.into();
+        }
+        let result = client
+            .put(&client::resource_path(r.kind(), &r.mesh, &r.name), &body)
+            .await?;
+        let word = result.get("result").and_then(|v| v.as_str()).unwrap_or("applied");
+        match r.kind().scope() {
+            Scope::Global => println!("{} {:?} {word}", r.kind(), r.name),
+            Scope::Mesh => println!("{} {:?} in mesh {:?} {word}", r.kind(), r.name, r.mesh),
+        }
+    }
+    Ok(())
+}
+
+/// Refuses before writing anything when a resource's mesh neither exists nor is created
+/// earlier in the same file.
+async fn check_meshes(client: &Client, submissions: &[Submission]) -> Result<(), Failure> {
+    let mut known: Vec<String> = client
+        .list_all(Kind::Mesh, None)
+        .await?
+        .iter()
+        .filter_map(|m| m.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+        .collect();
+    for s in submissions {
+        let r = &s.resource;
+        match r.kind().scope() {
+            Scope::Global if r.kind() == Kind::Mesh => known.push(r.name.clone()),
+            Scope::Global => {}
+            Scope::Mesh => {
+                if !known.contains(&r.mesh) {
+                    return Err(Failure::Invalid(format!(
+                        "nothing was applied: {} {:?} is in mesh {:?}, which does not exist",
+                        r.kind(),
+                        r.name,
+                        r.mesh
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn get(
+    client: &Client,
+    kind: &str,
+    name: Option<&str>,
+    mesh: &str,
+    output: OutputFormat,
+) -> Result<(), Failure> {
+    let kind = parse_kind(kind)?;
+    match name {
+        Some(name) => {
+            let item = client.get(&client::resource_path(kind, mesh, name)).await?;
+            output::show_one(kind, &item, output)
+        }
+        None => {
+            let mesh = (kind.scope() == Scope::Mesh).then_some(mesh);
+            let items = client.list_all(kind, mesh).await?;
+            output::show_list(kind, &items, output)
+        }
+    }
+}
+
+async fn delete(client: &Client, kind: &str, name: &str, mesh: &str, cascade: bool) -> Result<(), Failure> {
+    let kind = parse_kind(kind)?;
+    let mut path = client::resource_path(kind, mesh, name);
+    if cascade {
+        path.push_str("?cascade=true");
+    }
+    client.delete(&path).await?;
+    match kind.scope() {
+        Scope::Global => println!("{kind} {name:?} deleted"),
+        Scope::Mesh => println!("{kind} {name:?} in mesh {mesh:?} deleted"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}
