@@ -85,7 +85,7 @@ pub struct DeleteOptions {
 /// One entry of the change feed.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
-    Upsert(Stored),
+    Upsert(Box<Stored>),
     Delete { key: ResourceKey, revision: i64 },
 }
 

@@ -312,12 +312,12 @@ impl Store for SqlStore {
         }
         let current = fetch(&mut tx, &key).await?;
         check_version(&key, current.as_ref().map(|c| c.version), expected_version)?;
-        if let Some(current) = &current {
-            if current.resource == resource {
-                // Rolling back also returns the revision we took.
-                tx.rollback().await.map_err(db_error)?;
-                return Ok(PutOutcome::Unchanged(current.clone()));
-            }
+        if let Some(current) = &current
+            && current.resource == resource
+        {
+            // Rolling back also returns the revision we took.
+            tx.rollback().await.map_err(db_error)?;
+            return Ok(PutOutcome::Unchanged(current.clone()));
         }
         let now = now_ms();
         let (labels, spec) = encode(&resource);
@@ -452,7 +452,7 @@ impl Store for SqlStore {
         tx.commit().await.map_err(db_error)?;
         let mut changes = upserts
             .iter()
-            .map(|row| decode_row(row).map(Change::Upsert))
+            .map(|row| decode_row(row).map(|s| Change::Upsert(Box::new(s))))
             .collect::<Result<Vec<_>, _>>()?;
         for row in &deletes {
             let kind_name: String = row.try_get(0).map_err(db_error)?;

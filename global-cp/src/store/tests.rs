@@ -197,7 +197,10 @@ async fn deletes_leave_tombstones(store: &dyn Store) {
     let recreated = put(store, mk_trace("default", "t", "a:4317")).await;
     assert_eq!(recreated.stored().version, 1);
     let changes = store.changes_since(before, 100).await.expect("changes");
-    assert_eq!(changes, vec![Change::Upsert(recreated.stored().clone())]);
+    assert_eq!(
+        changes,
+        vec![Change::Upsert(Box::new(recreated.stored().clone()))]
+    );
 }
 
 async fn non_empty_mesh_is_kept_unless_cascade(store: &dyn Store) {

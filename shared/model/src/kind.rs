@@ -131,13 +131,14 @@ fn decode<T: DeserializeOwned>(root: &str, value: Value) -> Result<T, FieldError
         let path = join_path(root, &err.path().to_string());
         let message = err.into_inner().to_string();
         // The path already ends with the unknown field's name; say what was expected instead.
-        if let Some(rest) = message.strip_prefix("unknown field `") {
-            if let Some((_, expected)) = rest.split_once('`') {
-                return FieldError::new(
-                    path,
-                    format!("unknown field; {}", expected.trim_start_matches(", ")),
-                );
-            }
+        if let Some((_, expected)) = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split_once('`'))
+        {
+            return FieldError::new(
+                path,
+                format!("unknown field; {}", expected.trim_start_matches(", ")),
+            );
         }
         FieldError::new(path, message)
     })

@@ -140,16 +140,10 @@ fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<()> {
 }
 
 /// Options for a throwaway cluster.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct PostgresOptions {
     /// Keep fsync on (for benchmarks that should pay for durability as production does).
     pub durable: bool,
-}
-
-impl Default for PostgresOptions {
-    fn default() -> Self {
-        Self { durable: false }
-    }
 }
 
 /// A Postgres cluster in a temporary directory on a free loopback port. Dropping it stops the

@@ -201,13 +201,13 @@ fn unique_names<'a>(
 }
 
 fn check_default(v: &mut Validator, field: &str, chosen: &Option<String>, names: &BTreeSet<&str>) {
-    if let Some(chosen) = chosen {
-        if !names.contains(chosen.as_str()) {
-            v.error_at(
-                field,
-                format!("names backend {chosen:?}, which is not in backends"),
-            );
-        }
+    if let Some(chosen) = chosen
+        && !names.contains(chosen.as_str())
+    {
+        v.error_at(
+            field,
+            format!("names backend {chosen:?}, which is not in backends"),
+        );
     }
 }
 
