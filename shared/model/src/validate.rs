@@ -209,6 +209,18 @@ fn label_value(value: &str) -> Result<(), String> {
     }
 }
 
+/// Header names are HTTP tokens.
+pub fn check_header_name(v: &mut Validator, name: &str) {
+    let token = !name.is_empty()
+        && name.len() <= 256
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !token {
+        v.error(format!("{name:?} is not a valid header name"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,8 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::validate::Validator;
+
 /// A duration written as Go writes it (`500ms`, `10s`, `1m30s`, `1.5h`), as Kuma's policies do.
 /// The text is kept as written so that a resource reads back the way it was applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -185,6 +187,40 @@ impl JsonSchema for Percentage {
                 {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"}
             ]
         })
+    }
+}
+
+/// A number written as an integer or as a decimal string (`2`, `"1.9"`), as Kuma's
+/// int-or-string fields take it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum IntOrDecimal {
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl IntOrDecimal {
+    /// The number, or `None` when the text is not a decimal number.
+    pub fn value(&self) -> Option<f64> {
+        match self {
+            IntOrDecimal::Int(n) => Some(*n as f64),
+            IntOrDecimal::Float(x) => Some(*x),
+            IntOrDecimal::Text(t) => {
+                let t = t.trim();
+                let decimal = !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.' || c == '-');
+                if decimal { t.parse::<f64>().ok() } else { None }
+            }
+        }
+    }
+
+    /// Records an error at the current path unless the value is a number satisfying `ok`.
+    pub fn check(&self, v: &mut Validator, ok: impl Fn(f64) -> bool, message: &str) {
+        match self.value() {
+            None => v.error("must be an integer or a decimal number"),
+            Some(x) if !ok(x) => v.error(message),
+            Some(_) => {}
+        }
     }
 }
 

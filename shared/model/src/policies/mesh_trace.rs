@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::targetref::{self, TargetRef};
-use crate::validate::{Validate, Validator};
+use crate::validate::{Validate, Validator, check_header_name};
 use crate::values::Percentage;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -179,16 +179,6 @@ fn check_url(v: &mut Validator, field: &str, url: &str) {
     }
 }
 
-fn check_header_name(v: &mut Validator, name: &str) {
-    let token = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !token {
-        v.error_at(name, "is not a valid header name");
-    }
-}
-
 impl Validate for MeshTraceSpec {
     fn validate(&self, v: &mut Validator) {
         match (&self.default, &self.backends) {
@@ -316,7 +306,7 @@ impl Validate for LegacyTraceBackend {
             if let Some(headers) = &c.headers {
                 v.field("headers", |v| {
                     for name in headers.keys() {
-                        check_header_name(v, name);
+                        v.field(name, |v| check_header_name(v, name));
                     }
                 });
             }
