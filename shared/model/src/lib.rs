@@ -27,3 +27,14 @@ pub use resource::{
     DEFAULT_MESH, Format, K8S_API_VERSION, MESH_LABEL, Resource, ResourceKey, Stored, Submission, from_value,
     parse_all, parse_documents, parse_one, rfc3339,
 };
+
+#[cfg(test)]
+pub(crate) mod testing {
+    /// The error causes of a document that must not parse, as `field: message` lines.
+    pub fn errors(yaml: &str) -> Vec<String> {
+        match crate::parse_one(yaml, crate::Format::Yaml) {
+            Ok(s) => panic!("expected an error, got {s:?}"),
+            Err(e) => e.causes().iter().map(ToString::to_string).collect(),
+        }
+    }
+}

@@ -421,10 +421,7 @@ mod tests {
     const HEAD: &str = "type: MeshRetry\nname: x\nmesh: default\nspec:\n";
 
     fn errors(spec: &str) -> Vec<String> {
-        match parse_one(&format!("{HEAD}{spec}"), Format::Yaml) {
-            Ok(s) => panic!("expected an error, got {s:?}"),
-            Err(e) => e.causes().iter().map(ToString::to_string).collect(),
-        }
+        crate::testing::errors(&format!("{HEAD}{spec}"))
     }
 
     #[test]

@@ -146,12 +146,7 @@ impl Validate for Match {
 mod tests {
     use crate::{Format, Spec, parse_one};
 
-    fn errors(yaml: &str) -> Vec<String> {
-        match parse_one(yaml, Format::Yaml) {
-            Ok(s) => panic!("expected an error, got {s:?}"),
-            Err(e) => e.causes().iter().map(ToString::to_string).collect(),
-        }
-    }
+    use crate::testing::errors;
 
     #[test]
     fn kuma_from_form_parses() {
