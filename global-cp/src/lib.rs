@@ -8,10 +8,7 @@
 
 #![forbid(unsafe_code)]
 
-pub mod api;
 pub mod args;
-pub mod metrics;
-pub mod store;
 
 use std::sync::Arc;
 
@@ -20,7 +17,8 @@ use meridian_model::{DEFAULT_MESH, Format, parse_one};
 use tracing::info;
 
 use args::{Cli, Command, LogArgs, LogFormat, RunArgs, StoreArgs};
-use store::{SqlStore, Store, StoreError};
+use meridian_api as api;
+use meridian_store::{SqlStore, Store, StoreError};
 
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
@@ -41,7 +39,7 @@ pub async fn open_store(args: &StoreArgs) -> anyhow::Result<SqlStore> {
     let StoreArgs { data_dir, store } = args;
     let opened = match store {
         Some(url) => {
-            info!(url = %crate::store::redact(url), "opening postgres store");
+            info!(url = %meridian_store::redact(url), "opening postgres store");
             SqlStore::connect(url).await
         }
         None => {
@@ -90,7 +88,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     create_default_mesh(&*store).await?;
     let state = api::ApiState {
         store,
-        metrics: Arc::new(metrics::Metrics::new()),
+        metrics: Arc::new(api::metrics::Metrics::new()),
+        role: "global",
     };
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use meridian_model::{FieldError, ResourceError};
 use serde::Serialize;
 
-use crate::store::StoreError;
+use meridian_store::StoreError;
 
 #[derive(Debug, Serialize)]
 pub struct ErrorBody {

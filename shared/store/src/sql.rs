@@ -7,12 +7,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use meridian_model::{Kind, Resource, ResourceKey, Scope, Spec, Stored, Submission};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyConnection, Executor, Pool, Row, Transaction};
+use tokio::sync::watch;
 
 use super::migrations::migrator;
 use super::{Change, DeleteOptions, ListPage, Page, PutOutcome, Store, StoreError};
@@ -28,6 +30,7 @@ pub enum Backend {
 pub struct SqlStore {
     pool: Pool<Any>,
     backend: Backend,
+    committed: Arc<watch::Sender<i64>>,
 }
 
 const COLUMNS: &str = "kind, mesh, name, version, revision, labels, spec, creation_time, modification_time";
@@ -77,7 +80,11 @@ impl SqlStore {
             }),
         };
         let pool = pool_options.connect_with(options).await.map_err(db_error)?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            committed: Arc::new(watch::Sender::new(0)),
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -89,7 +96,21 @@ impl SqlStore {
         migrator(self.backend)
             .run(&self.pool)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))
+            .map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
+        let revision = self.revision().await?;
+        self.committed.send_replace(revision);
+        Ok(())
+    }
+
+    /// Tells watchers that `revision` has committed.
+    fn committed(&self, revision: i64) {
+        self.committed.send_if_modified(|current| {
+            let newer = revision > *current;
+            if newer {
+                *current = revision;
+            }
+            newer
+        });
     }
 
     /// Starts a write transaction. On SQLite it takes the write lock up front, so that two
@@ -357,6 +378,7 @@ impl Store for SqlStore {
                 .map_err(db_error)?;
         }
         tx.commit().await.map_err(db_error)?;
+        self.committed(stored.revision);
         Ok(match current {
             None => PutOutcome::Created(stored),
             Some(_) => PutOutcome::Updated(stored),
@@ -411,6 +433,7 @@ impl Store for SqlStore {
         }
         tombstone(&mut tx, key, revision, now).await?;
         tx.commit().await.map_err(db_error)?;
+        self.committed(revision);
         Ok(revision)
     }
 
@@ -495,5 +518,9 @@ impl Store for SqlStore {
             .await
             .map(drop)
             .map_err(db_error)
+    }
+
+    fn watch(&self) -> watch::Receiver<i64> {
+        self.committed.subscribe()
     }
 }

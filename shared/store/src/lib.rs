@@ -8,6 +8,8 @@
 //! Every write takes the next store revision; deletes leave tombstones carrying theirs, so a
 //! reader (the zone sync) can ask for everything that changed after a revision.
 
+#![forbid(unsafe_code)]
+
 mod migrations;
 mod sql;
 
@@ -122,6 +124,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The revision of the last write committed through this store, updated as writes commit:
+    /// what the xDS and sync layers wait on instead of polling.
+    fn watch(&self) -> tokio::sync::watch::Receiver<i64>;
 }
 
 #[cfg(test)]

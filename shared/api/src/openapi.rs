@@ -1,6 +1,6 @@
 //! The OpenAPI document, generated from the kind registry and the spec types' schemas, so it
 //! cannot drift from the code. A copy is kept at `docs/openapi.json`; a test fails when they
-//! differ (regenerate with `UPDATE_OPENAPI=1 cargo test -p meridian-global-cp openapi`).
+//! differ (regenerate with `UPDATE_OPENAPI=1 cargo test -p meridian-api openapi`).
 
 use meridian_model::{FieldError, Kind, Scope};
 use schemars::generate::SchemaSettings;
@@ -243,7 +243,7 @@ mod tests {
 
     #[test]
     fn openapi_document_is_checked_in() {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
         let generated = format!(
             "{}\n",
             serde_json::to_string_pretty(&super::document()).expect("encode")
@@ -254,7 +254,7 @@ mod tests {
         let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
             checked_in == generated,
-            "docs/openapi.json is out of date: run `UPDATE_OPENAPI=1 cargo test -p meridian-global-cp openapi` and commit it"
+            "docs/openapi.json is out of date: run `UPDATE_OPENAPI=1 cargo test -p meridian-api openapi` and commit it"
         );
     }
 }

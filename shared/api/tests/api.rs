@@ -5,9 +5,9 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use meridian_global_cp::api::{ApiState, router};
-use meridian_global_cp::metrics::Metrics;
-use meridian_global_cp::store::{SqlStore, Store};
+use meridian_api::metrics::Metrics;
+use meridian_api::{ApiState, router};
+use meridian_store::{SqlStore, Store};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -24,6 +24,7 @@ async fn api() -> Api {
     let state = ApiState {
         store: store.clone(),
         metrics: Arc::new(Metrics::new()),
+        role: "global",
     };
     let api = Api {
         router: router(state),

@@ -7,8 +7,11 @@
 //!   /healthz  /metrics  /openapi.json  /
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod body;
 mod error;
+pub mod metrics;
 pub mod openapi;
 mod resources;
 
@@ -25,14 +28,17 @@ use serde_json::json;
 
 pub use error::{ApiError, ErrorBody};
 
+use meridian_store::Store;
+
 use crate::metrics::Metrics;
-use crate::store::Store;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
+    /// Which control plane serves this API (`global`, `zone`), shown on `/`.
+    pub role: &'static str,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -71,12 +77,11 @@ async fn observe(State(state): State<ApiState>, request: Request, next: Next) ->
     response
 }
 
-async fn index() -> Json<serde_json::Value> {
+async fn index(State(state): State<ApiState>) -> Json<serde_json::Value> {
     Json(json!({
         "product": "Meridian",
-        "tagline": "Meridian",
         "version": env!("CARGO_PKG_VERSION"),
-        "role": "global",
+        "role": state.role,
     }))
 }
 

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::ApiState;
 use super::body;
 use super::error::ApiError;
-use crate::store::{DeleteOptions, Page, PutOutcome};
+use meridian_store::{DeleteOptions, Page, PutOutcome};
 
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;

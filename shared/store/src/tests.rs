@@ -88,6 +88,8 @@ async fn create_update_and_unchanged(store: &dyn Store) {
     assert_eq!(created.stored().version, 1);
     let rev = store.revision().await.expect("revision");
     assert_eq!(created.stored().revision, rev);
+    let mut watch = store.watch();
+    assert_eq!(*watch.borrow_and_update(), rev, "watchers see each commit");
 
     let again = put(store, mk_trace("default", "t", "a:4317")).await;
     assert!(matches!(again, PutOutcome::Unchanged(_)), "{again:?}");
