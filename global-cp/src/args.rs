@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+use meridian_telemetry::LogArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "global-cp", version, about = "Meridian's global control plane")]
@@ -40,18 +41,6 @@ pub struct StoreArgs {
     /// SQLite store in --data-dir is used.
     #[arg(long, env = "MERIDIAN_STORE")]
     pub store: Option<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct LogArgs {
-    #[arg(long, env = "MERIDIAN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[cfg(test)]

@@ -16,18 +16,17 @@ use anyhow::Context;
 use meridian_model::{DEFAULT_MESH, Format, parse_one};
 use tracing::info;
 
-use args::{Cli, Command, LogArgs, LogFormat, RunArgs, StoreArgs};
+use args::{Cli, Command, RunArgs, StoreArgs};
 use meridian_api as api;
 use meridian_store::{SqlStore, Store, StoreError};
+use meridian_telemetry::{LogFormat, init_logging, shutdown_signal};
 
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Run(args) => run(args).await,
             Command::Migrate(args) => {
-                init_logging(&LogArgs {
-                    log_format: LogFormat::Text,
-                });
+                init_logging(LogFormat::Text);
                 open_store(&args).await.map(drop)
             }
         }
@@ -69,21 +68,9 @@ async fn create_default_mesh(store: &dyn Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn init_logging(args: &LogArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match args.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let RunArgs { api_addr, store, log } = args;
-    init_logging(&log);
+    init_logging(log.log_format);
     let store: Arc<dyn Store> = Arc::new(open_store(&store).await?);
     create_default_mesh(&*store).await?;
     let state = api::ApiState {
@@ -101,21 +88,4 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("serving the REST API")?;
     info!("stopped");
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
-    info!("shutdown signal received");
 }

@@ -15,6 +15,7 @@
 
 mod error;
 mod kind;
+pub mod matching;
 pub mod policies;
 mod resource;
 pub mod targetref;

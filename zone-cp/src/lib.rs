@@ -1,0 +1,141 @@
+//! Meridian's zone control plane: serves the zone's REST API and Envoy's xDS.
+//!
+//! ```text
+//!   REST (meridian-api) ──> dyn Store (zone data dir) ──commit──> Reconciler
+//!                                                                    │ translate
+//!   Envoy <──ADS (delta | SotW)── AdsServer <──watch── SnapshotCache <┘
+//! ```
+//!
+//! Standalone for now (no global control plane): policies are written on the zone's own API.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod args;
+pub mod reconcile;
+pub mod xds;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use meridian_api::ApiState;
+use meridian_api::metrics::Metrics;
+use meridian_model::validate::dns1123_label;
+use meridian_model::{DEFAULT_MESH, Format, parse_one};
+use meridian_store::{SqlStore, Store, StoreError};
+use meridian_telemetry::{init_logging, shutdown_signal};
+use tokio::sync::watch;
+use tracing::info;
+
+use args::{Cli, Command, RunArgs};
+use xds::cache::SnapshotCache;
+use xds::metrics::XdsMetrics;
+use xds::server::AdsServer;
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Run(args) => run(args).await,
+        }
+    }
+}
+
+/// Creates the mesh `default` on a store that has never been written.
+async fn create_default_mesh(store: &dyn Store) -> anyhow::Result<()> {
+    if store.revision().await? > 0 {
+        return Ok(());
+    }
+    let mut mesh = parse_one(&format!("type: Mesh\nname: {DEFAULT_MESH}\n"), Format::Yaml)?;
+    mesh.expected_version = Some(0);
+    match store.put(mesh).await {
+        Ok(_) | Err(StoreError::Conflict(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let RunArgs {
+        zone,
+        api_addr,
+        xds_addr,
+        data_dir,
+        log,
+    } = args;
+    init_logging(log.log_format);
+    dns1123_label(&zone).map_err(|e| anyhow::anyhow!("--zone {zone:?} {e}"))?;
+    let data_dir = data_dir.unwrap_or_else(|| format!("./.meridian/zone-{zone}").into());
+    info!(zone = %zone, data_dir = %data_dir.display(), "opening the zone store");
+    let sql = SqlStore::open_sqlite(&data_dir)
+        .await
+        .context("opening the zone store")?;
+    sql.migrate().await.context("migrating the zone store")?;
+    let store: Arc<dyn Store> = Arc::new(sql);
+    create_default_mesh(&*store).await?;
+
+    let mut metrics = Metrics::new();
+    let xds_metrics = Arc::new(XdsMetrics::register(metrics.registry_mut()));
+    let cache = SnapshotCache::default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let reconciler = reconcile::Reconciler::new(store.clone(), cache.clone(), xds_metrics.clone());
+    let mut reconciler = tokio::spawn(reconciler.run(stop_rx.clone()));
+
+    let xds_listener = tokio::net::TcpListener::bind(xds_addr)
+        .await
+        .with_context(|| format!("binding the xDS server to {xds_addr}"))?;
+    info!(addr = %xds_listener.local_addr()?, "xDS serving");
+    let ads = AggregatedDiscoveryServiceServer::new(AdsServer::new(cache.clone(), xds_metrics))
+        .max_decoding_message_size(16 << 20);
+    let mut stop = stop_rx.clone();
+    let mut xds = tokio::spawn(
+        tonic::transport::Server::builder()
+            // Detects Envoys that vanished without closing their stream.
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .add_service(ads)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(xds_listener),
+                async move {
+                    let _ = stop.changed().await;
+                },
+            ),
+    );
+
+    let state = ApiState {
+        store,
+        metrics: Arc::new(metrics),
+        role: "zone",
+    };
+    let router = meridian_api::router(state).merge(api::routes(cache));
+    let api_listener = tokio::net::TcpListener::bind(api_addr)
+        .await
+        .with_context(|| format!("binding the REST API to {api_addr}"))?;
+    info!(addr = %api_listener.local_addr()?, zone = %zone, "REST API serving");
+    let mut stop = stop_rx.clone();
+    let mut api = tokio::spawn(
+        axum::serve(api_listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop.changed().await;
+            })
+            .into_future(),
+    );
+
+    // Any critical task ending early ends the process (non-zero), rather than limping on.
+    let outcome: anyhow::Result<()> = tokio::select! {
+        _ = shutdown_signal() => Ok(()),
+        r = &mut reconciler => Err(anyhow::anyhow!("the reconciler stopped: {r:?}")),
+        r = &mut xds => Err(anyhow::anyhow!("the xDS server stopped: {r:?}")),
+        r = &mut api => Err(anyhow::anyhow!("the REST API stopped: {r:?}")),
+    };
+    let _ = stop_tx.send(true);
+    let grace = Duration::from_secs(5);
+    let _ = tokio::time::timeout(grace, async {
+        let _ = (&mut api).await;
+        let _ = (&mut xds).await;
+    })
+    .await;
+    info!("stopped");
+    outcome
+}

@@ -1,0 +1,219 @@
+//! Keeps every proxy's snapshot in step with the store.
+//!
+//! ```text
+//!   store commit ──watch──> Reconciler: changes_since(applied) ──> affected proxies
+//!                                      ──> translate ──> SnapshotCache.set (only if changed)
+//! ```
+//!
+//! One writer (this task) owns the zone's in-memory view; a change regenerates only the
+//! proxies it can affect: a Dataplane itself and the proxies that call its services; a policy
+//! or Mesh, the proxies of that mesh.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use meridian_model::policies::dataplane::{DataplaneSpec, SERVICE_TAG};
+use meridian_model::{Kind, Resource, ResourceKey, Spec};
+use meridian_store::{Change, Store, StoreError};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::xds::cache::{ProxyId, SnapshotCache};
+use crate::xds::metrics::XdsMetrics;
+use crate::xds::translate::{MeshContext, proxy_snapshot};
+
+const BATCH: u32 = 1000;
+
+/// The zone's resources, by mesh then kind and name.
+#[derive(Default)]
+pub struct ZoneView {
+    meshes: BTreeMap<String, BTreeMap<(Kind, String), Resource>>,
+}
+
+fn dataplane(r: &Resource) -> Option<&DataplaneSpec> {
+    match &r.spec {
+        Spec::Dataplane(d) => Some(d),
+        _ => None,
+    }
+}
+
+fn served(dp: &DataplaneSpec) -> impl Iterator<Item = &String> {
+    dp.networking
+        .inbound
+        .iter()
+        .flatten()
+        .filter_map(|i| i.tags.get(SERVICE_TAG))
+}
+
+impl ZoneView {
+    fn get(&self, key: &ResourceKey) -> Option<&Resource> {
+        let mesh = if key.kind == Kind::Mesh {
+            &key.name
+        } else {
+            &key.mesh
+        };
+        self.meshes.get(mesh)?.get(&(key.kind, key.name.clone()))
+    }
+
+    fn apply(&mut self, change: &Change) {
+        match change {
+            Change::Upsert(stored) => {
+                let r = &stored.resource;
+                let mesh = if r.kind() == Kind::Mesh { &r.name } else { &r.mesh };
+                self.meshes
+                    .entry(mesh.clone())
+                    .or_default()
+                    .insert((r.kind(), r.name.clone()), r.clone());
+            }
+            Change::Delete { key, .. } => {
+                let mesh = if key.kind == Kind::Mesh {
+                    &key.name
+                } else {
+                    &key.mesh
+                };
+                if let Some(m) = self.meshes.get_mut(mesh) {
+                    m.remove(&(key.kind, key.name.clone()));
+                }
+            }
+        }
+    }
+
+    fn dataplanes<'a>(&'a self, mesh: &str) -> impl Iterator<Item = &'a Resource> + 'a {
+        self.meshes
+            .get(mesh)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter(|r| r.kind() == Kind::Dataplane)
+    }
+
+    /// Proxies a change can affect, judged against the view before the change is applied.
+    fn affected(&self, change: &Change, out: &mut BTreeMap<String, Option<BTreeSet<String>>>) {
+        let key = match change {
+            Change::Upsert(s) => s.resource.key(),
+            Change::Delete { key, .. } => key.clone(),
+        };
+        match key.kind {
+            Kind::Mesh => {
+                out.insert(key.name.clone(), None);
+            }
+            Kind::Dataplane => {
+                let mut services: BTreeSet<&String> = BTreeSet::new();
+                if let Some(old) = self.get(&key).and_then(dataplane) {
+                    services.extend(served(old));
+                }
+                if let Change::Upsert(s) = change
+                    && let Some(new) = dataplane(&s.resource)
+                {
+                    services.extend(served(new));
+                }
+                let mut names = BTreeSet::from([key.name.clone()]);
+                for r in self.dataplanes(&key.mesh) {
+                    let Some(dp) = dataplane(r) else { continue };
+                    if dp
+                        .networking
+                        .outbound
+                        .iter()
+                        .flatten()
+                        .any(|o| o.service().is_some_and(|s| services.contains(&s.to_owned())))
+                    {
+                        names.insert(r.name.clone());
+                    }
+                }
+                match out
+                    .entry(key.mesh.clone())
+                    .or_insert_with(|| Some(BTreeSet::new()))
+                {
+                    Some(set) => set.extend(names),
+                    None => {} // the whole mesh is regenerated anyway
+                }
+            }
+            _ => {
+                out.insert(key.mesh.clone(), None);
+            }
+        }
+    }
+}
+
+pub struct Reconciler {
+    store: Arc<dyn Store>,
+    cache: SnapshotCache,
+    metrics: Arc<XdsMetrics>,
+    view: ZoneView,
+    applied: i64,
+}
+
+impl Reconciler {
+    pub fn new(store: Arc<dyn Store>, cache: SnapshotCache, metrics: Arc<XdsMetrics>) -> Self {
+        Self {
+            store,
+            cache,
+            metrics,
+            view: ZoneView::default(),
+            applied: 0,
+        }
+    }
+
+    /// Runs until `shutdown` fires; returns an error only when the store fails for good.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
+        let mut commits = self.store.watch();
+        self.catch_up().await?;
+        info!(revision = self.applied, "proxy snapshots generated");
+        loop {
+            tokio::select! {
+                changed = commits.changed() => if changed.is_err() { return Ok(()) },
+                _ = shutdown.changed() => return Ok(()),
+            }
+            commits.borrow_and_update();
+            if let Err(e) = self.catch_up().await {
+                warn!(error = %e, "reading changes failed; retrying on the next commit");
+            }
+        }
+    }
+
+    /// Applies every change after `applied` and regenerates what they affect.
+    pub async fn catch_up(&mut self) -> Result<(), StoreError> {
+        loop {
+            let changes = self.store.changes_since(self.applied, BATCH).await?;
+            if changes.is_empty() {
+                return Ok(());
+            }
+            let mut affected = BTreeMap::new();
+            let mut removed = Vec::new();
+            for change in &changes {
+                self.view.affected(change, &mut affected);
+                self.view.apply(change);
+                self.applied = change.revision();
+                if let Change::Delete { key, .. } = change
+                    && key.kind == Kind::Dataplane
+                {
+                    removed.push(ProxyId::new(key.mesh.clone(), key.name.clone()));
+                }
+            }
+            for (mesh, names) in affected {
+                self.regenerate(&mesh, names.as_ref());
+            }
+            for id in removed.iter().filter(|id| {
+                self.view
+                    .get(&ResourceKey::new(Kind::Dataplane, &id.mesh, &id.name))
+                    .is_none()
+            }) {
+                self.cache.remove(id);
+            }
+        }
+    }
+
+    fn regenerate(&self, mesh: &str, only: Option<&BTreeSet<String>>) {
+        let resources = self.view.meshes.get(mesh);
+        let ctx = MeshContext::new(resources.into_iter().flat_map(|m| m.values()));
+        for r in self.view.dataplanes(mesh) {
+            if only.is_some_and(|names| !names.contains(&r.name)) {
+                continue;
+            }
+            let Some(dp) = dataplane(r) else { continue };
+            let id = ProxyId::new(mesh, r.name.clone());
+            let changed = self.cache.set(&id, proxy_snapshot(&ctx, &r.name, &r.labels, dp));
+            self.metrics.generations.inc();
+            debug!(proxy = %id, changed, "snapshot regenerated");
+        }
+    }
+}

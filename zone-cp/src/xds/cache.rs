@@ -1,0 +1,245 @@
+//! The snapshot cache: for each proxy, the latest consistent set of Envoy resources, and what
+//! the proxy has done with them (connected, ACKed, NACKed). Kept apart from the protocol
+//! server, which only reads snapshots and reports status.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use envoy_types::pb::google::protobuf::Any;
+use tokio::sync::watch;
+
+/// Envoy resource types, in the order a change is pushed (make before break).
+pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const PUSH_ORDER: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
+
+/// Identifies a proxy: its mesh and Dataplane name (Envoy's node id is `mesh.name`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProxyId {
+    pub mesh: String,
+    pub name: String,
+}
+
+impl ProxyId {
+    pub fn new(mesh: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            mesh: mesh.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Parses Envoy's node id, `mesh.name`.
+    pub fn from_node_id(id: &str) -> Option<Self> {
+        let (mesh, name) = id.split_once('.')?;
+        (!mesh.is_empty() && !name.is_empty()).then(|| Self::new(mesh, name))
+    }
+
+    pub fn node_id(&self) -> String {
+        format!("{}.{}", self.mesh, self.name)
+    }
+}
+
+impl std::fmt::Display for ProxyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.mesh, self.name)
+    }
+}
+
+/// One resource with the hash of its content as its version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Versioned {
+    pub version: String,
+    pub resource: Any,
+}
+
+impl Versioned {
+    pub fn new(resource: Any) -> Self {
+        Self {
+            version: content_hash(&resource.value),
+            resource,
+        }
+    }
+}
+
+/// A 64-bit FNV-1a hash in hex: stable across processes and releases, unlike std's hasher.
+pub fn content_hash(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Everything one proxy should have, by type URL and resource name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub resources: BTreeMap<&'static str, BTreeMap<String, Versioned>>,
+}
+
+impl Snapshot {
+    pub fn insert(&mut self, type_url: &'static str, name: String, resource: Any) {
+        self.resources
+            .entry(type_url)
+            .or_default()
+            .insert(name, Versioned::new(resource));
+    }
+
+    pub fn of_type(&self, type_url: &str) -> Option<&BTreeMap<String, Versioned>> {
+        self.resources.get(type_url)
+    }
+
+    /// The version of a whole type, for state-of-the-world: a hash of its resources' versions.
+    pub fn type_version(&self, type_url: &str) -> String {
+        let mut all = Vec::new();
+        for (name, r) in self.of_type(type_url).into_iter().flatten() {
+            all.extend_from_slice(name.as_bytes());
+            all.push(0);
+            all.extend_from_slice(r.version.as_bytes());
+        }
+        content_hash(&all)
+    }
+}
+
+/// A rejected push, as Envoy reported it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Nack {
+    pub type_url: String,
+    pub message: String,
+    pub at: SystemTime,
+}
+
+/// What a proxy has done with its config: shown by inspect and metrics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProxyStatus {
+    /// Open xDS streams (normally 0 or 1).
+    pub streams: u32,
+    pub connected_since: Option<SystemTime>,
+    pub disconnected_at: Option<SystemTime>,
+    /// Last version ACKed, per type URL (a type version, or a resource count for delta).
+    pub acked: BTreeMap<String, String>,
+    pub nacks: u64,
+    pub last_nack: Option<Nack>,
+}
+
+struct Entry {
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    status: ProxyStatus,
+}
+
+/// All proxies' snapshots and statuses.
+#[derive(Clone, Default)]
+pub struct SnapshotCache {
+    inner: Arc<Mutex<HashMap<ProxyId, Entry>>>,
+}
+
+impl SnapshotCache {
+    fn with_entry<R>(&self, id: &ProxyId, f: impl FnOnce(&mut Entry) -> R) -> R {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry(id.clone()).or_insert_with(|| Entry {
+            snapshot: watch::Sender::new(Arc::new(Snapshot::default())),
+            status: ProxyStatus::default(),
+        });
+        f(entry)
+    }
+
+    /// Replaces a proxy's snapshot; watchers wake only when it differs. Returns whether it did.
+    pub fn set(&self, id: &ProxyId, snapshot: Snapshot) -> bool {
+        self.with_entry(id, |e| {
+            e.snapshot.send_if_modified(|current| {
+                if **current == snapshot {
+                    false
+                } else {
+                    *current = Arc::new(snapshot);
+                    true
+                }
+            })
+        })
+    }
+
+    /// Drops a proxy whose Dataplane is gone; its stream, if any, sees an empty snapshot.
+    pub fn remove(&self, id: &ProxyId) {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = map.get(id) {
+            entry.snapshot.send_replace(Arc::new(Snapshot::default()));
+            if entry.status.streams == 0 {
+                map.remove(id);
+            }
+        }
+    }
+
+    pub fn watch(&self, id: &ProxyId) -> watch::Receiver<Arc<Snapshot>> {
+        self.with_entry(id, |e| e.snapshot.subscribe())
+    }
+
+    pub fn snapshot(&self, id: &ProxyId) -> Option<Arc<Snapshot>> {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(id).map(|e| e.snapshot.borrow().clone())
+    }
+
+    pub fn status(&self, id: &ProxyId) -> Option<ProxyStatus> {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(id).map(|e| e.status.clone())
+    }
+
+    pub fn update_status(&self, id: &ProxyId, f: impl FnOnce(&mut ProxyStatus)) {
+        self.with_entry(id, |e| f(&mut e.status));
+    }
+
+    /// Proxies with an open stream.
+    pub fn connected(&self) -> usize {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().filter(|e| e.status.streams > 0).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any(bytes: &[u8]) -> Any {
+        Any {
+            type_url: CLUSTER.into(),
+            value: bytes.to_vec(),
+        }
+    }
+
+    #[test]
+    fn versions_follow_content() {
+        assert_eq!(
+            Versioned::new(any(b"a")).version,
+            Versioned::new(any(b"a")).version
+        );
+        assert_ne!(
+            Versioned::new(any(b"a")).version,
+            Versioned::new(any(b"b")).version
+        );
+    }
+
+    #[test]
+    fn watchers_wake_only_on_change() {
+        let cache = SnapshotCache::default();
+        let id = ProxyId::new("default", "dp-1");
+        let mut rx = cache.watch(&id);
+        let mut snap = Snapshot::default();
+        snap.insert(CLUSTER, "c".into(), any(b"1"));
+        assert!(cache.set(&id, snap.clone()));
+        assert!(rx.has_changed().unwrap_or(false));
+        rx.borrow_and_update();
+        assert!(!cache.set(&id, snap), "the same content is no change");
+        assert!(!rx.has_changed().unwrap_or(true));
+    }
+
+    #[test]
+    fn node_ids() {
+        assert_eq!(
+            ProxyId::from_node_id("default.demo-1"),
+            Some(ProxyId::new("default", "demo-1"))
+        );
+        assert_eq!(ProxyId::from_node_id("nodot"), None);
+        assert_eq!(ProxyId::new("m", "n").node_id(), "m.n");
+    }
+}

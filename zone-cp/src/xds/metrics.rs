@@ -1,0 +1,36 @@
+//! xDS metrics: streams held, pushes, ACKs and NACKs.
+
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Default)]
+pub struct XdsMetrics {
+    pub streams: Gauge<i64, AtomicI64>,
+    pub pushes: Counter,
+    pub acks: Counter,
+    pub nacks: Counter,
+    pub generations: Counter,
+}
+
+impl XdsMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "xds_streams",
+            "Open xDS streams (connected proxies)",
+            m.streams.clone(),
+        );
+        registry.register("xds_pushes", "xDS responses sent", m.pushes.clone());
+        registry.register("xds_acks", "xDS responses accepted by proxies", m.acks.clone());
+        registry.register("xds_nacks", "xDS responses rejected by proxies", m.nacks.clone());
+        registry.register(
+            "xds_generations",
+            "Proxy snapshots regenerated",
+            m.generations.clone(),
+        );
+        m
+    }
+}

@@ -1,0 +1,426 @@
+//! The ADS protocol server: state-of-the-world and delta, over one gRPC service.
+//!
+//! ```text
+//!   Envoy ──request──> stream task ──reads──> SnapshotCache (per proxy, watch channel)
+//!         <─response──     │  ACK/NACK by nonce, status ──> SnapshotCache
+//! ```
+//!
+//! Each stream is a task that selects on the next request and on a change of its proxy's
+//! snapshot. Only resources whose content hash changed are sent (delta), and a change is pushed
+//! clusters, endpoints, listeners, routes first, removals last (make before break).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::cache::{CLUSTER, LISTENER, Nack, PUSH_ORDER, ProxyId, Snapshot, SnapshotCache};
+use super::metrics::XdsMetrics;
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[derive(Clone)]
+pub struct AdsServer {
+    cache: SnapshotCache,
+    metrics: Arc<XdsMetrics>,
+}
+
+impl AdsServer {
+    pub fn new(cache: SnapshotCache, metrics: Arc<XdsMetrics>) -> Self {
+        Self { cache, metrics }
+    }
+}
+
+fn proxy_of(node: Option<&Node>) -> Result<ProxyId, Status> {
+    let id = node.map(|n| n.id.as_str()).unwrap_or("");
+    ProxyId::from_node_id(id).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "node.id {id:?} must be MESH.NAME, the Dataplane's mesh and name"
+        ))
+    })
+}
+
+/// Counts the stream on its proxy while it lives.
+struct StreamGuard {
+    cache: SnapshotCache,
+    metrics: Arc<XdsMetrics>,
+    proxy: ProxyId,
+}
+
+impl StreamGuard {
+    fn open(cache: &SnapshotCache, metrics: &Arc<XdsMetrics>, proxy: &ProxyId) -> Self {
+        cache.update_status(proxy, |s| {
+            s.streams += 1;
+            s.connected_since = Some(SystemTime::now());
+        });
+        metrics.streams.inc();
+        info!(proxy = %proxy, "proxy connected");
+        Self {
+            cache: cache.clone(),
+            metrics: metrics.clone(),
+            proxy: proxy.clone(),
+        }
+    }
+
+    fn nack(&self, type_url: &str, message: &str) {
+        warn!(proxy = %self.proxy, type_url, error = message, "proxy rejected config (NACK)");
+        self.metrics.nacks.inc();
+        self.cache.update_status(&self.proxy, |s| {
+            s.nacks += 1;
+            s.last_nack = Some(Nack {
+                type_url: type_url.to_owned(),
+                message: message.to_owned(),
+                at: SystemTime::now(),
+            });
+        });
+    }
+
+    fn ack(&self, type_url: &str, version: &str) {
+        self.metrics.acks.inc();
+        self.cache.update_status(&self.proxy, |s| {
+            s.acked.insert(type_url.to_owned(), version.to_owned());
+        });
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.cache.update_status(&self.proxy, |s| {
+            s.streams = s.streams.saturating_sub(1);
+            s.disconnected_at = Some(SystemTime::now());
+        });
+        self.metrics.streams.dec();
+        info!(proxy = %self.proxy, "proxy disconnected");
+    }
+}
+
+/// Types for which an empty initial subscription means "everything" (wildcard).
+fn wildcard_by_default(type_url: &str) -> bool {
+    type_url == CLUSTER || type_url == LISTENER
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::cancelled("stream closed"))?;
+        let proxy = proxy_of(first.node.as_ref())?;
+        let (tx, rx) = mpsc::channel(16);
+        let span = info_span!("ads", proxy = %proxy, mode = "sotw");
+        let stream = SotwStream {
+            guard: StreamGuard::open(&self.cache, &self.metrics, &proxy),
+            snapshots: self.cache.watch(&proxy),
+            metrics: self.metrics.clone(),
+            types: BTreeMap::new(),
+            nonce: 0,
+            tx,
+        };
+        tokio::spawn(stream.run(first, inbound).instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::cancelled("stream closed"))?;
+        let proxy = proxy_of(first.node.as_ref())?;
+        let (tx, rx) = mpsc::channel(16);
+        let span = info_span!("ads", proxy = %proxy, mode = "delta");
+        let stream = DeltaStream {
+            guard: StreamGuard::open(&self.cache, &self.metrics, &proxy),
+            snapshots: self.cache.watch(&proxy),
+            metrics: self.metrics.clone(),
+            types: BTreeMap::new(),
+            nonce: 0,
+            tx,
+        };
+        tokio::spawn(stream.run(first, inbound).instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// What a state-of-the-world client has of one type.
+#[derive(Default)]
+struct SotwType {
+    names: BTreeSet<String>,
+    sent_version: Option<String>,
+    nonce: String,
+}
+
+struct SotwStream {
+    guard: StreamGuard,
+    snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    metrics: Arc<XdsMetrics>,
+    types: BTreeMap<String, SotwType>,
+    nonce: u64,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+}
+
+impl SotwStream {
+    async fn run(mut self, first: DiscoveryRequest, mut inbound: Streaming<DiscoveryRequest>) {
+        let mut next = Some(first);
+        loop {
+            if let Some(request) = next.take() {
+                if self.handle(request).await.is_err() {
+                    return;
+                }
+            }
+            tokio::select! {
+                request = inbound.message() => match request {
+                    Ok(Some(r)) => next = Some(r),
+                    Ok(None) => return,
+                    Err(e) => {
+                        debug!(error = %e, "stream ended");
+                        return;
+                    }
+                },
+                changed = self.snapshots.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let snapshot = self.snapshots.borrow_and_update().clone();
+                    for type_url in PUSH_ORDER {
+                        if self.types.contains_key(type_url) && self.send(type_url, &snapshot, false).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, r: DiscoveryRequest) -> Result<(), ()> {
+        let state = self.types.entry(r.type_url.clone()).or_default();
+        if !r.response_nonce.is_empty() && r.response_nonce != state.nonce {
+            return Ok(()); // answers an older push: superseded
+        }
+        let names: BTreeSet<String> = r.resource_names.iter().cloned().collect();
+        let names_changed = names != state.names;
+        state.names = names;
+        if let Some(error) = &r.error_detail {
+            self.guard.nack(&r.type_url, &error.message);
+            return Ok(());
+        }
+        if !r.response_nonce.is_empty() {
+            self.guard.ack(&r.type_url, &r.version_info);
+        }
+        let first = r.response_nonce.is_empty();
+        let snapshot = self.snapshots.borrow().clone();
+        self.send(&r.type_url, &snapshot, first || names_changed).await
+    }
+
+    async fn send(&mut self, type_url: &str, snapshot: &Snapshot, force: bool) -> Result<(), ()> {
+        let version = snapshot.type_version(type_url);
+        let state = self.types.entry(type_url.to_owned()).or_default();
+        if !force && state.sent_version.as_deref() == Some(version.as_str()) {
+            return Ok(());
+        }
+        let all = wildcard_by_default(type_url) && state.names.is_empty();
+        let resources = snapshot
+            .of_type(type_url)
+            .into_iter()
+            .flatten()
+            .filter(|(name, _)| all || state.names.contains(*name))
+            .map(|(_, r)| r.resource.clone())
+            .collect();
+        self.nonce += 1;
+        state.nonce = self.nonce.to_string();
+        state.sent_version = Some(version.clone());
+        let response = DiscoveryResponse {
+            version_info: version,
+            resources,
+            type_url: type_url.to_owned(),
+            nonce: state.nonce.clone(),
+            ..Default::default()
+        };
+        self.metrics.pushes.inc();
+        self.tx.send(Ok(response)).await.map_err(drop)
+    }
+}
+
+/// What a delta client has of one type.
+#[derive(Default)]
+struct DeltaType {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// Name to version, for every resource the client has.
+    known: BTreeMap<String, String>,
+    nonce: String,
+}
+
+impl DeltaType {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+struct DeltaStream {
+    guard: StreamGuard,
+    snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    metrics: Arc<XdsMetrics>,
+    types: BTreeMap<String, DeltaType>,
+    nonce: u64,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+}
+
+/// Which part of a diff to send: a change sends upserts for every type first, then removals.
+#[derive(Clone, Copy, PartialEq)]
+enum Part {
+    Upserts,
+    Removals,
+    Both,
+}
+
+impl DeltaStream {
+    async fn run(mut self, first: DeltaDiscoveryRequest, mut inbound: Streaming<DeltaDiscoveryRequest>) {
+        let mut next = Some(first);
+        loop {
+            if let Some(request) = next.take() {
+                if self.handle(request).await.is_err() {
+                    return;
+                }
+            }
+            tokio::select! {
+                request = inbound.message() => match request {
+                    Ok(Some(r)) => next = Some(r),
+                    Ok(None) => return,
+                    Err(e) => {
+                        debug!(error = %e, "stream ended");
+                        return;
+                    }
+                },
+                changed = self.snapshots.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let snapshot = self.snapshots.borrow_and_update().clone();
+                    for type_url in PUSH_ORDER {
+                        if self.types.contains_key(type_url) && self.send(type_url, &snapshot, Part::Upserts, false).await.is_err() {
+                            return;
+                        }
+                    }
+                    for type_url in PUSH_ORDER.iter().rev() {
+                        if self.types.contains_key(*type_url) && self.send(type_url, &snapshot, Part::Removals, false).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, r: DeltaDiscoveryRequest) -> Result<(), ()> {
+        let first = !self.types.contains_key(&r.type_url);
+        let state = self.types.entry(r.type_url.clone()).or_default();
+        if first {
+            state.wildcard = (wildcard_by_default(&r.type_url) && r.resource_names_subscribe.is_empty())
+                || r.resource_names_subscribe.iter().any(|n| n == "*");
+            // A reconnecting client says what it already has: send only what differs.
+            state.known = r.initial_resource_versions.clone().into_iter().collect();
+        }
+        for name in &r.resource_names_subscribe {
+            if name == "*" {
+                state.wildcard = true;
+            } else {
+                state.names.insert(name.clone());
+            }
+        }
+        for name in &r.resource_names_unsubscribe {
+            if name == "*" {
+                state.wildcard = false;
+            } else {
+                state.names.remove(name);
+                state.known.remove(name);
+            }
+        }
+        if !r.response_nonce.is_empty() && r.response_nonce == state.nonce {
+            match &r.error_detail {
+                Some(error) => self.guard.nack(&r.type_url, &error.message),
+                None => self
+                    .guard
+                    .ack(&r.type_url, &format!("{} resources", state.known.len())),
+            }
+        }
+        let snapshot = self.snapshots.borrow().clone();
+        self.send(&r.type_url, &snapshot, Part::Both, first).await
+    }
+
+    async fn send(
+        &mut self,
+        type_url: &str,
+        snapshot: &Snapshot,
+        part: Part,
+        always: bool,
+    ) -> Result<(), ()> {
+        let state = self.types.entry(type_url.to_owned()).or_default();
+        let current = snapshot.of_type(type_url);
+        let mut resources = Vec::new();
+        let mut removed = Vec::new();
+        if part != Part::Removals {
+            for (name, r) in current.into_iter().flatten() {
+                if state.wants(name) && state.known.get(name) != Some(&r.version) {
+                    resources.push(Resource {
+                        name: name.clone(),
+                        version: r.version.clone(),
+                        resource: Some(r.resource.clone()),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        if part != Part::Upserts {
+            for name in state.known.keys() {
+                let gone = current.is_none_or(|c| !c.contains_key(name));
+                if gone {
+                    removed.push(name.clone());
+                }
+            }
+        }
+        if resources.is_empty() && removed.is_empty() && !always {
+            return Ok(());
+        }
+        for r in &resources {
+            state.known.insert(r.name.clone(), r.version.clone());
+        }
+        for name in &removed {
+            state.known.remove(name);
+        }
+        self.nonce += 1;
+        state.nonce = self.nonce.to_string();
+        let response = DeltaDiscoveryResponse {
+            system_version_info: snapshot.type_version(type_url),
+            resources,
+            type_url: type_url.to_owned(),
+            removed_resources: removed,
+            nonce: state.nonce.clone(),
+            ..Default::default()
+        };
+        self.metrics.pushes.inc();
+        self.tx.send(Ok(response)).await.map_err(drop)
+    }
+}

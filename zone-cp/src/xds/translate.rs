@@ -1,0 +1,479 @@
+//! Model to Envoy: the resources one proxy gets.
+//!
+//! ```text
+//!   inbound  dp.address:port ──HCM or TCP──> cluster localhost:<servicePort> (static, the app)
+//!   outbound 127.0.0.1:port  ──HCM (RDS) or TCP──> cluster <service> (EDS: every Dataplane
+//!                                                  inbound tagged kuma.io/service=<service>)
+//! ```
+//!
+//! MeshTimeout and MeshRetry `to` entries shape each outbound's route and cluster. Everything
+//! here is a pure function of the zone's state, so snapshot tests pin its output.
+
+use std::collections::BTreeMap;
+use std::time::Duration as StdDuration;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig};
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus, HttpProtocolOptions, SocketAddress,
+    TrafficDirection,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints};
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::route::v3::retry_policy::RetryBackOff;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier as RouteCluster;
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{
+    RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+    CodecType, RouteSpecifier,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier as TcpCluster;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions as UpstreamHttpOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    UpstreamProtocolOptions, UseDownstreamHttpConfig,
+};
+use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
+use meridian_model::matching::{ProxyView, outbound_conf};
+use meridian_model::policies::dataplane::{DataplaneSpec, SERVICE_TAG};
+use meridian_model::policies::mesh_retry::{HttpRetryOn, RetryConf};
+use meridian_model::policies::mesh_timeout::TimeoutConf;
+use meridian_model::{Resource, Spec};
+use prost::{Message, Name};
+
+use super::cache::{CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot};
+
+/// The tag that says how a service speaks (`http`, `http2`, `grpc`; anything else is TCP).
+pub const PROTOCOL_TAG: &str = "kuma.io/protocol";
+/// Timeouts that apply when no MeshTimeout says otherwise (Kuma's defaults).
+const DEFAULT_CONNECT_TIMEOUT: StdDuration = StdDuration::from_secs(5);
+const DEFAULT_REQUEST_TIMEOUT: StdDuration = StdDuration::from_secs(15);
+
+/// One endpoint of a service: a Dataplane's inbound.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceEndpoint {
+    pub address: String,
+    pub port: u32,
+    pub ready: bool,
+}
+
+/// What the proxies of a mesh need to know about its services.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceInfo {
+    pub endpoints: Vec<ServiceEndpoint>,
+    pub http: bool,
+}
+
+/// The parts of a mesh every proxy's translation reads, computed once per change.
+#[derive(Default)]
+pub struct MeshContext<'a> {
+    pub services: BTreeMap<String, ServiceInfo>,
+    pub timeouts: Vec<&'a Resource>,
+    pub retries: Vec<&'a Resource>,
+}
+
+fn is_http(tags: &BTreeMap<String, String>) -> bool {
+    matches!(
+        tags.get(PROTOCOL_TAG).map(String::as_str),
+        Some("http" | "http2" | "grpc")
+    )
+}
+
+impl<'a> MeshContext<'a> {
+    /// Indexes a mesh's Dataplanes and policies.
+    pub fn new(resources: impl IntoIterator<Item = &'a Resource>) -> Self {
+        let mut ctx = MeshContext::default();
+        for r in resources {
+            match &r.spec {
+                Spec::Dataplane(dp) => {
+                    for inbound in dp.networking.inbound.iter().flatten() {
+                        let Some(service) = inbound.tags.get(SERVICE_TAG) else {
+                            continue;
+                        };
+                        let info = ctx.services.entry(service.clone()).or_default();
+                        info.http |= is_http(&inbound.tags);
+                        info.endpoints.push(ServiceEndpoint {
+                            address: inbound
+                                .address
+                                .clone()
+                                .unwrap_or_else(|| dp.networking.address.clone()),
+                            port: inbound.port,
+                            ready: inbound.health.as_ref().is_none_or(|h| h.ready),
+                        });
+                    }
+                }
+                Spec::MeshTimeout(_) => ctx.timeouts.push(r),
+                Spec::MeshRetry(_) => ctx.retries.push(r),
+                _ => {}
+            }
+        }
+        for info in ctx.services.values_mut() {
+            info.endpoints
+                .sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
+        }
+        ctx
+    }
+}
+
+fn pack<M: Message + Name>(m: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+fn duration(d: StdDuration) -> Duration {
+    Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn socket(address: &str, port: u32) -> Address {
+    Address {
+        address: Some(AddressKind::SocketAddress(SocketAddress {
+            address: address.to_owned(),
+            port_specifier: Some(PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+fn router_filter() -> HttpFilter {
+    HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(HttpFilterConfig::TypedConfig(pack(&Router::default()))),
+        ..Default::default()
+    }
+}
+
+fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
+    Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(FilterConfig::TypedConfig(pack(hcm))),
+    }
+}
+
+fn tcp_filter(stat_prefix: &str, cluster: &str, idle: Option<StdDuration>) -> Filter {
+    let proxy = TcpProxy {
+        stat_prefix: stat_prefix.to_owned(),
+        cluster_specifier: Some(TcpCluster::Cluster(cluster.to_owned())),
+        idle_timeout: idle.map(duration),
+        ..Default::default()
+    };
+    Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(FilterConfig::TypedConfig(pack(&proxy))),
+    }
+}
+
+fn listener(name: String, address: &str, port: u32, direction: TrafficDirection, filter: Filter) -> Listener {
+    Listener {
+        name,
+        address: Some(socket(address, port)),
+        filter_chains: vec![FilterChain {
+            filters: vec![filter],
+            ..Default::default()
+        }],
+        traffic_direction: direction as i32,
+        ..Default::default()
+    }
+}
+
+fn route_to(cluster: &str, action: RouteAction) -> Route {
+    Route {
+        name: cluster.to_owned(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
+        action: Some(Action::Route(RouteAction {
+            cluster_specifier: Some(RouteCluster::Cluster(cluster.to_owned())),
+            ..action
+        })),
+        ..Default::default()
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(value: Option<serde_json::Value>) -> Option<T> {
+    value.and_then(|v| serde_json::from_value(v).ok())
+}
+
+/// Kuma's `retryOn` name as Envoy's `retry_on` condition.
+fn envoy_retry_condition(kuma: &str) -> &str {
+    match kuma {
+        "GatewayError" => "gateway-error",
+        "Reset" => "reset",
+        "Retriable4xx" => "retriable-4xx",
+        "ConnectFailure" => "connect-failure",
+        "EnvoyRatelimited" => "envoy-ratelimited",
+        "RefusedStream" => "refused-stream",
+        "Http3PostConnectFailure" => "http3-post-connect-failure",
+        other => other,
+    }
+}
+
+fn retry_policy(conf: &RetryConf) -> Option<RetryPolicy> {
+    let http = conf.http.as_ref()?;
+    let mut codes = Vec::new();
+    let mut conditions = Vec::new();
+    for c in http.retry_on.iter().flatten() {
+        match c {
+            HttpRetryOn::Status(code) => codes.push(u32::from(*code)),
+            // Method names restrict which requests are retried; Envoy has no condition for them.
+            HttpRetryOn::Named(name) if name.starts_with("HttpMethod") => {}
+            HttpRetryOn::Named(name) => conditions.push(envoy_retry_condition(name)),
+        }
+    }
+    if conditions.is_empty() && codes.is_empty() {
+        conditions = vec!["5xx", "gateway-error", "reset", "connect-failure"];
+    }
+    if !codes.is_empty() {
+        conditions.push("retriable-status-codes");
+    }
+    let interval =
+        |d: &Option<meridian_model::values::GoDuration>| d.as_ref().map(|d| duration(d.as_duration()));
+    Some(RetryPolicy {
+        retry_on: conditions.join(","),
+        num_retries: http.num_retries.map(|n| UInt32Value {
+            value: u32::try_from(n).unwrap_or(0),
+        }),
+        per_try_timeout: interval(&http.per_try_timeout),
+        retriable_status_codes: codes,
+        retry_back_off: http.back_off.as_ref().map(|b| RetryBackOff {
+            base_interval: interval(&b.base_interval).or(Some(duration(StdDuration::from_millis(25)))),
+            max_interval: interval(&b.max_interval),
+        }),
+        ..Default::default()
+    })
+}
+
+/// Generates every resource of the proxy `name` with Dataplane `dp`.
+pub fn proxy_snapshot(
+    ctx: &MeshContext<'_>,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    dp: &DataplaneSpec,
+) -> Snapshot {
+    let mut snap = Snapshot::default();
+    let view = ProxyView {
+        name,
+        labels,
+        dataplane: dp,
+    };
+    for inbound in dp.networking.inbound.iter().flatten() {
+        let service = inbound.tags.get(SERVICE_TAG).cloned().unwrap_or_default();
+        let app_address = inbound
+            .service_address
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let app_port = inbound.service_port.unwrap_or(inbound.port);
+        let cluster_name = format!("localhost:{app_port}");
+        let cluster = Cluster {
+            name: cluster_name.clone(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+            connect_timeout: Some(duration(DEFAULT_CONNECT_TIMEOUT)),
+            load_assignment: Some(load_assignment(
+                &cluster_name,
+                &[ServiceEndpoint {
+                    address: app_address,
+                    port: app_port,
+                    ready: true,
+                }],
+            )),
+            ..Default::default()
+        };
+        snap.insert(CLUSTER, cluster_name.clone(), pack(&cluster));
+        let address = inbound.address.as_deref().unwrap_or(&dp.networking.address);
+        let listener_name = format!("inbound:{address}:{}", inbound.port);
+        let filter = if is_http(&inbound.tags) {
+            let routes = RouteConfiguration {
+                name: format!("inbound:{service}"),
+                virtual_hosts: vec![VirtualHost {
+                    name: service.clone(),
+                    domains: vec!["*".into()],
+                    routes: vec![route_to(
+                        &cluster_name,
+                        RouteAction {
+                            // The caller's sidecar enforces the request timeout; the inbound does not cut it short.
+                            timeout: Some(duration(StdDuration::ZERO)),
+                            ..Default::default()
+                        },
+                    )],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            hcm_filter(&HttpConnectionManager {
+                stat_prefix: listener_name.replace(':', "_"),
+                codec_type: CodecType::Auto as i32,
+                route_specifier: Some(RouteSpecifier::RouteConfig(routes)),
+                http_filters: vec![router_filter()],
+                ..Default::default()
+            })
+        } else {
+            tcp_filter(&listener_name.replace(':', "_"), &cluster_name, None)
+        };
+        let l = listener(
+            listener_name.clone(),
+            address,
+            inbound.port,
+            TrafficDirection::Inbound,
+            filter,
+        );
+        snap.insert(LISTENER, listener_name, pack(&l));
+    }
+    for outbound in dp.networking.outbound.iter().flatten() {
+        let Some(service) = outbound.service() else {
+            continue;
+        };
+        let info = ctx.services.get(service).cloned().unwrap_or_default();
+        let timeouts: Option<TimeoutConf> = decode(outbound_conf(&ctx.timeouts, &view, service));
+        let retries: Option<RetryConf> = decode(outbound_conf(&ctx.retries, &view, service));
+        let connect = timeouts
+            .as_ref()
+            .and_then(|t| t.connection_timeout.as_ref())
+            .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.as_duration());
+        let idle = timeouts
+            .as_ref()
+            .and_then(|t| t.idle_timeout.as_ref())
+            .map(|d| d.as_duration());
+        let cluster = Cluster {
+            name: service.to_owned(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            eds_cluster_config: Some(EdsClusterConfig {
+                eds_config: Some(ads()),
+                service_name: String::new(),
+            }),
+            connect_timeout: Some(duration(connect)),
+            typed_extension_protocol_options: if info.http {
+                upstream_http_options(idle)
+            } else {
+                Default::default()
+            },
+            ..Default::default()
+        };
+        snap.insert(CLUSTER, service.to_owned(), pack(&cluster));
+        snap.insert(
+            ENDPOINT,
+            service.to_owned(),
+            pack(&load_assignment(service, &info.endpoints)),
+        );
+        let address = outbound.address.as_deref().unwrap_or("127.0.0.1");
+        let listener_name = format!("outbound:{address}:{}", outbound.port);
+        let filter = if info.http {
+            let http = timeouts.as_ref().and_then(|t| t.http.as_ref());
+            let request = http
+                .and_then(|h| h.request_timeout.as_ref())
+                .map_or(DEFAULT_REQUEST_TIMEOUT, |d| d.as_duration());
+            let action = RouteAction {
+                timeout: Some(duration(request)),
+                idle_timeout: http
+                    .and_then(|h| h.stream_idle_timeout.as_ref())
+                    .map(|d| duration(d.as_duration())),
+                retry_policy: retries.as_ref().and_then(retry_policy),
+                ..Default::default()
+            };
+            let route_name = format!("outbound:{service}");
+            let routes = RouteConfiguration {
+                name: route_name.clone(),
+                virtual_hosts: vec![VirtualHost {
+                    name: service.to_owned(),
+                    domains: vec!["*".into()],
+                    routes: vec![route_to(service, action)],
+                    ..Default::default()
+                }],
+                validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+                ..Default::default()
+            };
+            snap.insert(ROUTE, route_name.clone(), pack(&routes));
+            hcm_filter(&HttpConnectionManager {
+                stat_prefix: listener_name.replace(':', "_"),
+                codec_type: CodecType::Auto as i32,
+                route_specifier: Some(RouteSpecifier::Rds(Rds {
+                    config_source: Some(ads()),
+                    route_config_name: route_name,
+                })),
+                http_filters: vec![router_filter()],
+                ..Default::default()
+            })
+        } else {
+            tcp_filter(&listener_name.replace(':', "_"), service, idle)
+        };
+        let l = listener(
+            listener_name.clone(),
+            address,
+            outbound.port,
+            TrafficDirection::Outbound,
+            filter,
+        );
+        snap.insert(LISTENER, listener_name, pack(&l));
+    }
+    snap
+}
+
+/// HTTP upstreams speak the protocol the downstream spoke, with MeshTimeout's idle timeout.
+/// (A single entry: prost encodes maps in iteration order, and one entry keeps it stable.)
+fn upstream_http_options(idle: Option<StdDuration>) -> std::collections::HashMap<String, Any> {
+    let options = UpstreamHttpOptions {
+        common_http_protocol_options: idle.map(|d| HttpProtocolOptions {
+            idle_timeout: Some(duration(d)),
+            ..Default::default()
+        }),
+        upstream_protocol_options: Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+            UseDownstreamHttpConfig {
+                http_protocol_options: Some(Default::default()),
+                http2_protocol_options: Some(Default::default()),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    };
+    std::collections::HashMap::from([(UpstreamHttpOptions::full_name(), pack(&options))])
+}
+
+fn load_assignment(cluster: &str, endpoints: &[ServiceEndpoint]) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name: cluster.to_owned(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: endpoints
+                .iter()
+                .map(|e| LbEndpoint {
+                    host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                        address: Some(socket(&e.address, e.port)),
+                        ..Default::default()
+                    })),
+                    health_status: if e.ready {
+                        HealthStatus::Healthy
+                    } else {
+                        HealthStatus::Unhealthy
+                    } as i32,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
