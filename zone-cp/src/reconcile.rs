@@ -119,12 +119,12 @@ impl ZoneView {
                         names.insert(r.name.clone());
                     }
                 }
-                match out
+                // `None` means the whole mesh is regenerated anyway.
+                if let Some(set) = out
                     .entry(key.mesh.clone())
                     .or_insert_with(|| Some(BTreeSet::new()))
                 {
-                    Some(set) => set.extend(names),
-                    None => {} // the whole mesh is regenerated anyway
+                    set.extend(names);
                 }
             }
             _ => {

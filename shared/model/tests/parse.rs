@@ -414,3 +414,11 @@ fn every_kind_has_a_schema() {
         "retryOn names missing from the schemas"
     );
 }
+
+#[test]
+fn dataplanes_refuse_duplicate_inbound_ports() {
+    let yaml = "type: Dataplane\nname: dp\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 10001\n    tags: {kuma.io/service: a}\n  - port: 10001\n    tags: {kuma.io/service: b}\n";
+    let err = parse_one(yaml, Format::Yaml).expect_err("duplicate port");
+    let fields: Vec<String> = err.causes().into_iter().map(|c| c.field).collect();
+    assert_eq!(fields, ["networking.inbound[1].port"]);
+}

@@ -185,10 +185,10 @@ impl SotwStream {
     async fn run(mut self, first: DiscoveryRequest, mut inbound: Streaming<DiscoveryRequest>) {
         let mut next = Some(first);
         loop {
-            if let Some(request) = next.take() {
-                if self.handle(request).await.is_err() {
-                    return;
-                }
+            if let Some(request) = next.take()
+                && self.handle(request).await.is_err()
+            {
+                return;
             }
             tokio::select! {
                 request = inbound.message() => match request {
@@ -300,10 +300,10 @@ impl DeltaStream {
     async fn run(mut self, first: DeltaDiscoveryRequest, mut inbound: Streaming<DeltaDiscoveryRequest>) {
         let mut next = Some(first);
         loop {
-            if let Some(request) = next.take() {
-                if self.handle(request).await.is_err() {
-                    return;
-                }
+            if let Some(request) = next.take()
+                && self.handle(request).await.is_err()
+            {
+                return;
             }
             tokio::select! {
                 request = inbound.message() => match request {

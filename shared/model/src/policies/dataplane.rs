@@ -157,10 +157,15 @@ impl Validate for DataplaneSpec {
             if !inbound.is_empty() && n.gateway.is_some() {
                 v.error_at("gateway", "must not be set together with inbound");
             }
+            let mut seen_ports = std::collections::BTreeSet::new();
             v.field("inbound", |v| {
                 for (i, ib) in inbound.iter().enumerate() {
                     v.index(i, |v| {
                         validate_port(v, "port", ib.port);
+                        let address = ib.address.as_deref().unwrap_or(&n.address);
+                        if !seen_ports.insert((address.to_owned(), ib.port)) {
+                            v.error_at("port", format!("{} is already used by another inbound", ib.port));
+                        }
                         if let Some(p) = ib.service_port {
                             validate_port(v, "servicePort", p);
                         }
@@ -175,9 +180,14 @@ impl Validate for DataplaneSpec {
                 }
             });
             v.field("outbound", |v| {
+                let mut seen_outbound = std::collections::BTreeSet::new();
                 for (i, ob) in n.outbound.iter().flatten().enumerate() {
                     v.index(i, |v| {
                         validate_port(v, "port", ob.port);
+                        let address = ob.address.as_deref().unwrap_or("127.0.0.1");
+                        if !seen_outbound.insert((address.to_owned(), ob.port)) {
+                            v.error_at("port", format!("{} is already used by another outbound", ob.port));
+                        }
                         if let Some(a) = &ob.address {
                             validate_address(v, "address", a);
                         }

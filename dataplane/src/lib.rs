@@ -1,0 +1,445 @@
+//! `meridian-dp`: the agent beside every workload.
+//!
+//! ```text
+//!   Dataplane file/flags ──validate──> PUT to zone-cp ──> bootstrap.json ──> envoy (child)
+//!        SIGTERM: drain listeners, stop Envoy, DELETE the Dataplane        ^ restarted with
+//!                                                                           backoff if it dies
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod bootstrap;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use meridian_model::policies::dataplane::SERVICE_TAG;
+use meridian_model::{Format, Kind, Resource, Spec, parse_one};
+use meridian_telemetry::{LogArgs, init_logging, shutdown_signal};
+use tracing::{info, warn};
+
+use bootstrap::{BootstrapParams, CpAddress};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "meridian-dp",
+    version,
+    about = "Runs Envoy beside a workload, configured by Meridian"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Register the Dataplane and run its Envoy until SIGTERM.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A zone control plane's xDS address; repeat (or separate by commas) to list every node.
+    #[arg(
+        long = "cp-address",
+        env = "MERIDIAN_CP_ADDRESS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:5678"
+    )]
+    pub cp_addresses: Vec<CpAddress>,
+    /// The zone control plane's REST API, where the Dataplane is registered.
+    #[arg(long, env = "MERIDIAN_API_ADDRESS", default_value = "http://127.0.0.1:5681")]
+    pub api_address: String,
+    /// The Dataplane, in either form (universal or Kubernetes YAML).
+    #[arg(long, env = "MERIDIAN_DATAPLANE_FILE", conflicts_with_all = ["name", "address", "inbound"])]
+    pub dataplane_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub flags: DataplaneFlags,
+    /// The Envoy to run (default: ./.venv/bin/envoy, else envoy on PATH).
+    #[arg(long, env = "MERIDIAN_ENVOY_BINARY")]
+    pub envoy_binary: Option<PathBuf>,
+    /// Envoy's admin port on 127.0.0.1 (default: a free one).
+    #[arg(long, env = "MERIDIAN_ADMIN_PORT")]
+    pub admin_port: Option<u16>,
+    /// Where the bootstrap is written (default: a temporary directory).
+    #[arg(long, env = "MERIDIAN_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Seconds Envoy drains its listeners on shutdown.
+    #[arg(long, env = "MERIDIAN_DRAIN_TIME", default_value_t = 5)]
+    pub drain_time: u64,
+    #[arg(long, env = "MERIDIAN_ENVOY_LOG_LEVEL", default_value = "warning")]
+    pub envoy_log_level: String,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// The Dataplane by flags, for when there is no file.
+#[derive(Debug, Args)]
+pub struct DataplaneFlags {
+    #[arg(long, env = "MERIDIAN_DATAPLANE_NAME")]
+    pub name: Option<String>,
+    #[arg(long, env = "MERIDIAN_MESH", default_value = "default")]
+    pub mesh: String,
+    /// The address other proxies reach this one on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: Option<String>,
+    /// `PORT:SERVICE_PORT:SERVICE[:PROTOCOL]`, e.g. `10001:8080:reg-server:http` (repeatable).
+    #[arg(long)]
+    pub inbound: Vec<String>,
+    /// `PORT:SERVICE`, e.g. `20001:reg-server` (repeatable).
+    #[arg(long)]
+    pub outbound: Vec<String>,
+}
+
+impl DataplaneFlags {
+    /// The same Dataplane as YAML in the universal form, validated like any other.
+    fn to_yaml(&self) -> anyhow::Result<String> {
+        let Some(name) = &self.name else {
+            bail!("give --dataplane-file FILE, or the Dataplane by flags (--name, --inbound ...)");
+        };
+        let mut yaml = format!(
+            "type: Dataplane\nname: {name}\nmesh: {}\nnetworking:\n  address: {}\n  inbound:\n",
+            self.mesh,
+            self.address.as_deref().unwrap_or("127.0.0.1")
+        );
+        for spec in &self.inbound {
+            let parts: Vec<&str> = spec.split(':').collect();
+            let (port, service_port, service, protocol) = match parts.as_slice() {
+                [p, sp, s] => (*p, *sp, *s, None),
+                [p, sp, s, proto] => (*p, *sp, *s, Some(*proto)),
+                _ => bail!("--inbound {spec:?} must be PORT:SERVICE_PORT:SERVICE[:PROTOCOL]"),
+            };
+            yaml.push_str(&format!(
+                "  - port: {port}\n    servicePort: {service_port}\n    tags:\n      {SERVICE_TAG}: {service}\n"
+            ));
+            if let Some(p) = protocol {
+                yaml.push_str(&format!("      kuma.io/protocol: {p}\n"));
+            }
+        }
+        if !self.outbound.is_empty() {
+            yaml.push_str("  outbound:\n");
+            for spec in &self.outbound {
+                let Some((port, service)) = spec.split_once(':') else {
+                    bail!("--outbound {spec:?} must be PORT:SERVICE");
+                };
+                yaml.push_str(&format!(
+                    "  - port: {port}\n    tags:\n      {SERVICE_TAG}: {service}\n"
+                ));
+            }
+        }
+        Ok(yaml)
+    }
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Run(args) => run(args).await,
+        }
+    }
+}
+
+/// Reads and validates the Dataplane; every problem is reported with its field.
+pub fn load_dataplane(file: Option<&Path>, flags: &DataplaneFlags) -> anyhow::Result<Resource> {
+    let (text, origin) = match file {
+        Some(path) => (
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (flags.to_yaml()?, "the flags".to_owned()),
+    };
+    let submission = parse_one(&text, Format::Yaml).map_err(|e| {
+        let causes: Vec<String> = e.causes().iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("the Dataplane in {origin} is invalid:\n  {}", causes.join("\n  "))
+    })?;
+    let resource = submission.resource;
+    if resource.kind() != Kind::Dataplane {
+        bail!("{origin} holds a {}, not a Dataplane", resource.kind());
+    }
+    Ok(resource)
+}
+
+fn envoy_binary(given: Option<PathBuf>) -> PathBuf {
+    given
+        .or_else(|| Some(PathBuf::from(".venv/bin/envoy")).filter(|p| p.exists()))
+        .unwrap_or_else(|| PathBuf::from("envoy"))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct Registration {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Registration {
+    fn new(api: &str, resource: &Resource) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let url = format!(
+            "{}/meshes/{}/dataplanes/{}",
+            api.trim_end_matches('/'),
+            resource.mesh,
+            resource.name
+        );
+        Ok(Self { http, url })
+    }
+
+    /// Registers, retrying while the control plane is unreachable; a refusal is final.
+    async fn register(&self, resource: &Resource) -> anyhow::Result<()> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self
+                .http
+                .put(&self.url)
+                .json(&resource.to_universal())
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => {
+                    info!(url = %self.url, "dataplane registered");
+                    return Ok(());
+                }
+                Ok(r) if r.status().is_client_error() => {
+                    let status = r.status();
+                    let body = r.text().await.unwrap_or_default();
+                    bail!("the control plane refused the Dataplane ({status}): {body}");
+                }
+                Ok(r) => warn!(status = %r.status(), "registration failed; retrying"),
+                Err(e) => warn!(error = %e, "control plane unreachable; retrying"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn deregister(&self) {
+        match self.http.delete(&self.url).send().await {
+            Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND => {
+                info!("dataplane deregistered")
+            }
+            Ok(r) => warn!(status = %r.status(), "deregistration failed"),
+            Err(e) => warn!(error = %e, "deregistration failed"),
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let RunArgs {
+        cp_addresses,
+        api_address,
+        dataplane_file,
+        flags,
+        envoy_binary: given_envoy,
+        admin_port,
+        work_dir,
+        drain_time,
+        envoy_log_level,
+        log,
+    } = args;
+    init_logging(log.log_format);
+    let resource = load_dataplane(dataplane_file.as_deref(), &flags)?;
+    let Spec::Dataplane(dp) = &resource.spec else {
+        unreachable!("checked by load_dataplane")
+    };
+    let service = dp
+        .networking
+        .inbound
+        .iter()
+        .flatten()
+        .find_map(|i| i.tags.get(SERVICE_TAG).cloned())
+        .unwrap_or_else(|| resource.name.clone());
+    let admin_port = match admin_port {
+        Some(p) => p,
+        None => free_port()?,
+    };
+    let temp;
+    let work_dir = match work_dir {
+        Some(dir) => dir,
+        None => {
+            temp = tempfile_dir()?;
+            temp.clone()
+        }
+    };
+    std::fs::create_dir_all(&work_dir)?;
+    let bootstrap_path = work_dir.join(format!("bootstrap-{}-{}.json", resource.mesh, resource.name));
+    let bootstrap = bootstrap::bootstrap(&BootstrapParams {
+        mesh: &resource.mesh,
+        name: &resource.name,
+        service: &service,
+        control_planes: &cp_addresses,
+        admin_port,
+    });
+    std::fs::write(&bootstrap_path, serde_json::to_vec_pretty(&bootstrap)?)?;
+
+    let registration = Registration::new(&api_address, &resource)?;
+    tokio::select! {
+        r = registration.register(&resource) => r?,
+        _ = shutdown_signal() => return Ok(()),
+    }
+    let envoy = envoy_binary(given_envoy);
+    info!(envoy = %envoy.display(), admin_port, bootstrap = %bootstrap_path.display(), "starting envoy");
+    let result = supervise(&envoy, &bootstrap_path, admin_port, drain_time, &envoy_log_level).await;
+    registration.deregister().await;
+    result
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("meridian-dp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Runs Envoy, restarting it with backoff when it dies, until a shutdown signal; then drains.
+async fn supervise(
+    envoy: &Path,
+    bootstrap: &Path,
+    admin_port: u16,
+    drain_time: u64,
+    log_level: &str,
+) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_secs(1);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let started = Instant::now();
+        let mut child = tokio::process::Command::new(envoy)
+            .arg("-c")
+            .arg(bootstrap)
+            .args(["--disable-hot-restart", "--log-level", log_level])
+            .args([
+                "--drain-time-s",
+                &drain_time.to_string(),
+                "--drain-strategy",
+                "immediate",
+            ])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (install it with `cargo xtask setup`, or pass --envoy-binary)",
+                    envoy.display()
+                )
+            })?;
+        tokio::select! {
+            status = child.wait() => {
+                let status = status?;
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_secs(1);
+                }
+                warn!(%status, restart_in = ?backoff, "envoy exited; restarting");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = &mut shutdown => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            _ = &mut shutdown => {
+                drain(&mut child, admin_port, drain_time).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Stops accepting connections, lets in-flight ones finish for up to `drain_time`, then stops.
+async fn drain(child: &mut tokio::process::Child, admin_port: u16, drain_time: u64) {
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let http = reqwest::Client::new();
+    info!(drain_time, "draining envoy");
+    let _ = http
+        .post(format!("{admin}/drain_listeners?graceful"))
+        .send()
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(drain_time);
+    while Instant::now() < deadline {
+        let active = http
+            // Listeners on an address end in `_PORT`; the admin listener does not count.
+            .get(format!(
+                "{admin}/stats?filter=^listener\\..*_[0-9]+\\.downstream_cx_active$&format=json"
+            ))
+            .send()
+            .await
+            .ok();
+        let idle = match active {
+            Some(r) => r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v["stats"].as_array().cloned())
+                .is_some_and(|stats| stats.iter().all(|s| s["value"].as_u64().unwrap_or(0) == 0)),
+            None => true,
+        };
+        if idle {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = http.post(format!("{admin}/quitquitquit")).send().await;
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+    info!("envoy stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    fn flags(inbound: &[&str], outbound: &[&str]) -> DataplaneFlags {
+        DataplaneFlags {
+            name: Some("demo-1".into()),
+            mesh: "default".into(),
+            address: Some("127.0.0.1".into()),
+            inbound: inbound.iter().map(|s| s.to_string()).collect(),
+            outbound: outbound.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn flags_make_the_same_dataplane_as_a_file() {
+        let r =
+            load_dataplane(None, &flags(&["10001:8080:demo:http"], &["20001:reg-server"])).expect("valid");
+        let Spec::Dataplane(dp) = r.spec else {
+            panic!("not a dataplane")
+        };
+        let inbound = &dp.networking.inbound.expect("inbound")[0];
+        assert_eq!((inbound.port, inbound.service_port), (10001, Some(8080)));
+        assert_eq!(
+            dp.networking.outbound.expect("outbound")[0].service(),
+            Some("reg-server")
+        );
+    }
+
+    #[test]
+    fn bad_dataplanes_name_the_field() {
+        let err = load_dataplane(None, &flags(&["70000:8080:demo"], &[])).expect_err("port out of range");
+        assert!(err.to_string().contains("networking.inbound[0].port"), "{err}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("dp.yaml");
+        std::fs::write(&file, "type: Dataplane\nname: x\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 1000\n    tags: {version: v1}\n").expect("write");
+        let err = load_dataplane(Some(&file), &flags(&[], &[])).expect_err("no service tag");
+        assert!(
+            err.to_string()
+                .contains("networking.inbound[0].tags.kuma.io/service"),
+            "{err}"
+        );
+    }
+}
