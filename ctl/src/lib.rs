@@ -53,6 +53,17 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    /// Show what the control plane generated for a proxy, and how the proxy took it.
+    Inspect {
+        /// What to inspect (only `dataplane` for now).
+        kind: String,
+        name: String,
+        #[arg(short = 'm', long, default_value = DEFAULT_MESH)]
+        mesh: String,
+        /// `table` shows the state and resource names; `yaml`/`json` include every resource's config.
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
     /// Delete a resource.
     Delete {
         kind: String,
@@ -93,6 +104,12 @@ impl Cli {
                 mesh,
                 cascade,
             } => delete(&client, &kind, &name, &mesh, cascade).await,
+            Command::Inspect {
+                kind,
+                name,
+                mesh,
+                output,
+            } => inspect(&client, &kind, &name, &mesh, output).await,
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -256,6 +273,24 @@ async fn delete(client: &Client, kind: &str, name: &str, mesh: &str, cascade: bo
         Scope::Mesh => println!("{kind} {name:?} in mesh {mesh:?} deleted"),
     }
     Ok(())
+}
+
+async fn inspect(
+    client: &Client,
+    kind: &str,
+    name: &str,
+    mesh: &str,
+    output: OutputFormat,
+) -> Result<(), Failure> {
+    if parse_kind(kind)? != Kind::Dataplane {
+        return Err(Failure::Usage(format!(
+            "inspect supports dataplane, not {kind:?}"
+        )));
+    }
+    let config = client
+        .get(&format!("/meshes/{mesh}/dataplanes/{name}/_config"))
+        .await?;
+    output::show_inspect(&config, output)
 }
 
 #[cfg(test)]

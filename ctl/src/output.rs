@@ -80,3 +80,56 @@ pub fn show_list(kind: Kind, items: &[Value], output: OutputFormat) -> Result<()
         ),
     }
 }
+
+/// `meshctl inspect dataplane`: the proxy's connection state, then each resource.
+pub fn show_inspect(config: &Value, output: OutputFormat) -> Result<(), Failure> {
+    if output != OutputFormat::Table {
+        return print_structured(config, output);
+    }
+    let connected = if config["connected"] == true {
+        format!("connected since {}", text(config, "connectedSince"))
+    } else {
+        format!("disconnected (since {})", text(config, "disconnectedAt"))
+    };
+    println!("proxy      {}", text(config, "proxy"));
+    println!("state      {connected}");
+    let acked: Vec<String> = config["acked"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(t, v)| format!("{t} {}", v.as_str().unwrap_or("")))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "last ACK   {}",
+        if acked.is_empty() {
+            "-".into()
+        } else {
+            acked.join(", ")
+        }
+    );
+    println!("NACKs      {}", config["nacks"]);
+    match config.get("lastNack").filter(|n| !n.is_null()) {
+        Some(n) => println!(
+            "last NACK  {} at {}: {}",
+            text(n, "type"),
+            text(n, "at"),
+            text(n, "message")
+        ),
+        None => println!("last NACK  -"),
+    }
+    println!();
+    let mut rows = vec![("TYPE".to_owned(), "NAME".to_owned(), "VERSION".to_owned())];
+    for (kind, items) in config["resources"].as_object().into_iter().flatten() {
+        for (name, item) in items.as_object().into_iter().flatten() {
+            rows.push((kind.clone(), name.clone(), text(item, "version")));
+        }
+    }
+    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    for (t, n, v) in rows {
+        println!("{t:<w0$}   {n:<w1$}   {v}");
+    }
+    Ok(())
+}

@@ -161,3 +161,202 @@ pub fn ok(o: Output) -> String {
     );
     stdout(&o)
 }
+
+/// The Envoy the project's setup installs (`cargo xtask setup`).
+pub fn envoy() -> Result<PathBuf> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/envoy");
+    if !path.exists() {
+        bail!(
+            "{} is missing: run `cargo xtask setup` (cargo xtask test does it)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// `GET url` with curl: the status (0 when nothing answered), the body and how long it took.
+pub fn http_get(url: &str) -> (u16, String, Duration) {
+    let started = std::time::Instant::now();
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}", url])
+        .output();
+    let elapsed = started.elapsed();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned(), elapsed)
+}
+
+/// `POST url` with curl; true on a 2xx answer.
+pub fn http_post(url: &str) -> bool {
+    Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "--max-time", "5", "-X", "POST", url])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A running `zone-cp run` (standalone).
+pub struct ZoneCp {
+    process: KillOnDrop,
+    pub zone: String,
+    pub api_url: String,
+    pub xds_url: String,
+    api_port: u16,
+    xds_port: u16,
+    data_dir: PathBuf,
+}
+
+impl ZoneCp {
+    pub fn start(zone: &str, data_dir: &Path) -> Result<Self> {
+        Self::start_on(zone, data_dir, free_port()?, free_port()?)
+    }
+
+    fn start_on(zone: &str, data_dir: &Path, api_port: u16, xds_port: u16) -> Result<Self> {
+        let process = KillOnDrop::new(
+            Command::new(bin("zone-cp")?)
+                .args(["run", "--zone", zone])
+                .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
+                .args(["--xds-addr", &format!("127.0.0.1:{xds_port}")])
+                .arg("--data-dir")
+                .arg(data_dir)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting zone-cp")?,
+        );
+        let cp = Self {
+            process,
+            zone: zone.to_owned(),
+            api_url: format!("http://127.0.0.1:{api_port}"),
+            xds_url: format!("http://127.0.0.1:{xds_port}"),
+            api_port,
+            xds_port,
+            data_dir: data_dir.to_owned(),
+        };
+        let health = format!("{}/healthz", cp.api_url);
+        wait_until("zone-cp /healthz", Duration::from_secs(30), || {
+            http_get(&health).0 == 200
+        })?;
+        Ok(cp)
+    }
+
+    pub fn kill_9(&mut self) -> Result<()> {
+        self.process.kill_now()
+    }
+
+    /// Starts again on the same ports and data dir.
+    pub fn restart(self) -> Result<Self> {
+        let Self {
+            mut process,
+            zone,
+            api_port,
+            xds_port,
+            data_dir,
+            ..
+        } = self;
+        process.kill_now()?;
+        drop(process);
+        Self::start_on(&zone, &data_dir, api_port, xds_port)
+    }
+
+    pub fn meshctl(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+        meshctl(&self.api_url, args, stdin)
+    }
+
+    /// The proxy's state as `GET .../_config` reports it.
+    pub fn proxy_config(&self, mesh: &str, name: &str) -> Option<serde_json::Value> {
+        let (code, body, _) = http_get(&format!(
+            "{}/meshes/{mesh}/dataplanes/{name}/_config",
+            self.api_url
+        ));
+        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+    }
+}
+
+/// A demo service (`demo-app`) on a free port.
+pub struct DemoApp {
+    process: KillOnDrop,
+    pub port: u16,
+}
+
+impl DemoApp {
+    pub fn start(args: &[&str]) -> Result<Self> {
+        let port = free_port()?;
+        let process = KillOnDrop::new(
+            Command::new(bin("demo-app")?)
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(args)
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting demo-app")?,
+        );
+        let app = Self { process, port };
+        wait_until("demo-app to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })?;
+        Ok(app)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+}
+
+/// A `meridian-dp run` with its Envoy.
+pub struct Sidecar {
+    process: KillOnDrop,
+    pub admin_port: u16,
+}
+
+impl Sidecar {
+    /// Starts meridian-dp with the Dataplane given by `dataplane_args` (flags or
+    /// `--dataplane-file`), against `cp`.
+    pub fn start(cp: &ZoneCp, dataplane_args: &[&str]) -> Result<Self> {
+        let admin_port = free_port()?;
+        let process = KillOnDrop::new(
+            Command::new(bin("meridian-dp")?)
+                .arg("run")
+                .args(["--cp-address", &cp.xds_url, "--api-address", &cp.api_url])
+                .arg("--envoy-binary")
+                .arg(envoy()?)
+                .args(["--admin-port", &admin_port.to_string(), "--drain-time", "1"])
+                .args(dataplane_args)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting meridian-dp")?,
+        );
+        let sidecar = Self { process, admin_port };
+        let ready = format!("http://127.0.0.1:{admin_port}/ready");
+        wait_until("envoy to be ready", Duration::from_secs(30), || {
+            http_get(&ready).0 == 200
+        })?;
+        Ok(sidecar)
+    }
+
+    /// One counter from Envoy's admin `/stats`.
+    pub fn stat(&self, name: &str) -> u64 {
+        let (_, body, _) = http_get(&format!(
+            "http://127.0.0.1:{}/stats?filter=^{name}$",
+            self.admin_port
+        ));
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn terminate(&self) -> Result<()> {
+        self.process.signal("TERM")
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<()> {
+        let process = &mut self.process;
+        wait_until("meridian-dp to exit", timeout, || !process.is_running())
+    }
+}

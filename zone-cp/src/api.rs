@@ -7,17 +7,12 @@ use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::get;
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use envoy_types::pb::google::protobuf::Any;
 use meridian_api::ApiError;
 use meridian_model::rfc3339;
-use prost::Message;
 use serde_json::{Map, Value, json};
 
 use crate::xds::cache::{CLUSTER, ENDPOINT, LISTENER, ProxyId, ROUTE, SnapshotCache};
+use crate::xds::describe::describe;
 
 pub fn routes(cache: SnapshotCache) -> Router {
     Router::new()
@@ -28,19 +23,6 @@ pub fn routes(cache: SnapshotCache) -> Router {
 fn time(t: Option<SystemTime>) -> Value {
     t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
         .map_or(Value::Null, |d| rfc3339(d.as_millis() as i64).into())
-}
-
-/// A resource as readable text (Envoy's own field names, Rust's debug layout).
-fn describe(any: &Any) -> String {
-    let bytes = any.value.as_slice();
-    let text = match any.type_url.as_str() {
-        CLUSTER => Cluster::decode(bytes).map(|m| format!("{m:#?}")),
-        ENDPOINT => ClusterLoadAssignment::decode(bytes).map(|m| format!("{m:#?}")),
-        LISTENER => Listener::decode(bytes).map(|m| format!("{m:#?}")),
-        ROUTE => RouteConfiguration::decode(bytes).map(|m| format!("{m:#?}")),
-        other => return format!("({} bytes of {other})", bytes.len()),
-    };
-    text.unwrap_or_else(|e| format!("(undecodable: {e})"))
 }
 
 fn short_type(type_url: &str) -> &str {

@@ -1,4 +1,5 @@
 pub mod cache;
+pub mod describe;
 pub mod metrics;
 pub mod server;
 pub mod translate;

@@ -1,0 +1,284 @@
+//! The zone drills: real zone-cp, meridian-dp and Envoy, the seed's demo calling reg-server.
+
+use std::time::Duration;
+
+use meridian_e2e::{DemoApp, Sidecar, ZoneCp, http_get, ok, stderr};
+use meridian_testing::wait_until;
+
+/// The seed's demo in one zone: reg-server answers after 250 ms, demo calls it 4 times.
+struct DemoZone {
+    cp: ZoneCp,
+    _reg: DemoApp,
+    _demo: DemoApp,
+    reg_sidecar: Sidecar,
+    demo_sidecar: Sidecar,
+    demo_url: String,
+    _dir: tempfile::TempDir,
+}
+
+fn demo_zone() -> DemoZone {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ZoneCp::start("zone-1", &dir.path().join("zone")).expect("zone-cp");
+    let outbound = meridian_testing::free_port().expect("port");
+    let (reg_in, demo_in) = (
+        meridian_testing::free_port().expect("port"),
+        meridian_testing::free_port().expect("port"),
+    );
+    let reg = DemoApp::start(&["--name", "reg-server", "--zone", "zone-1", "--delay", "250ms"])
+        .expect("reg-server");
+    let demo = DemoApp::start(&[
+        "--name",
+        "demo",
+        "--upstream",
+        &format!("http://127.0.0.1:{outbound}/"),
+        "--calls",
+        "4",
+    ])
+    .expect("demo");
+    let reg_sidecar = Sidecar::start(
+        &cp,
+        &[
+            "--name",
+            "reg-server-1",
+            "--inbound",
+            &format!("{reg_in}:{}:reg-server:http", reg.port),
+        ],
+    )
+    .expect("reg-server sidecar");
+    let demo_sidecar = Sidecar::start(
+        &cp,
+        &[
+            "--name",
+            "demo-1",
+            "--inbound",
+            &format!("{demo_in}:{}:demo:http", demo.port),
+            "--outbound",
+            &format!("{outbound}:reg-server"),
+        ],
+    )
+    .expect("demo sidecar");
+    let demo_url = format!("http://127.0.0.1:{demo_in}/");
+    wait_until(
+        "demo to answer through its sidecar",
+        Duration::from_secs(30),
+        || http_get(&demo_url).0 == 200,
+    )
+    .expect("traffic flows");
+    DemoZone {
+        cp,
+        _reg: reg,
+        _demo: demo,
+        reg_sidecar,
+        demo_sidecar,
+        demo_url,
+        _dir: dir,
+    }
+}
+
+const SHORT_TIMEOUT: &str = "type: MeshTimeout\nname: short\nspec:\n  targetRef: {kind: Mesh}\n  to:\n  - targetRef: {kind: MeshService, name: reg-server}\n    default:\n      http:\n        requestTimeout: 100ms\n";
+
+#[test]
+fn demo_calls_reg_server_through_both_sidecars_and_policies_apply_live() {
+    let z = demo_zone();
+    let (status, body, took) = http_get(&z.demo_url);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.matches("\"service\":\"reg-server\"").count(), 4, "{body}");
+    assert!(
+        took >= Duration::from_millis(1000),
+        "4 sequential calls of 250 ms took {took:?}"
+    );
+    // Both sidecars carried the calls.
+    assert!(z.demo_sidecar.stat("cluster.reg-server.upstream_rq_2xx") >= 4);
+    let inbound = z.reg_sidecar.stat(&format!(
+        "http.inbound_127.0.0.1_{}.downstream_rq_2xx",
+        inbound_port(&z.cp, "reg-server-1")
+    ));
+    assert!(inbound >= 4, "reg-server's inbound saw {inbound} requests");
+
+    // A MeshTimeout shorter than reg-server's delay: 504 within the timeout, no restarts.
+    ok(z.cp
+        .meshctl(&["apply", "-f", "-"], Some(SHORT_TIMEOUT))
+        .expect("meshctl"));
+    wait_until("the timeout to take effect", Duration::from_secs(10), || {
+        http_get(&z.demo_url).0 == 504
+    })
+    .expect("504");
+    let (status, _, took) = http_get(&z.demo_url);
+    assert_eq!(status, 504);
+    assert!(
+        took < Duration::from_millis(250),
+        "the 100 ms timeout cut the call at {took:?}"
+    );
+
+    ok(z.cp
+        .meshctl(&["delete", "meshtimeout", "short"], None)
+        .expect("meshctl"));
+    wait_until("the timeout to be gone", Duration::from_secs(10), || {
+        http_get(&z.demo_url).0 == 200
+    })
+    .expect("200");
+
+    // The config the CP generated, and that the proxy took it.
+    let config = z.cp.proxy_config("default", "demo-1").expect("_config");
+    assert_eq!(config["connected"], true, "{config}");
+    assert_eq!(config["nacks"], 0, "{config}");
+    assert!(
+        config["resources"]["listeners"]
+            .get(format!("outbound:127.0.0.1:{}", outbound_port(&z.cp)))
+            .is_some(),
+        "{config}"
+    );
+    let inspect = ok(z
+        .cp
+        .meshctl(&["inspect", "dataplane", "demo-1"], None)
+        .expect("meshctl"));
+    assert!(
+        inspect.contains("connected") && inspect.contains("outbound:reg-server"),
+        "{inspect}"
+    );
+}
+
+fn dataplane_json(cp: &ZoneCp, name: &str) -> serde_json::Value {
+    let out = ok(cp
+        .meshctl(&["get", "dataplane", name, "-o", "json"], None)
+        .expect("meshctl"));
+    serde_json::from_str(&out).expect("json")
+}
+
+fn inbound_port(cp: &ZoneCp, name: &str) -> u64 {
+    dataplane_json(cp, name)["networking"]["inbound"][0]["port"]
+        .as_u64()
+        .expect("port")
+}
+
+fn outbound_port(cp: &ZoneCp) -> u64 {
+    dataplane_json(cp, "demo-1")["networking"]["outbound"][0]["port"]
+        .as_u64()
+        .expect("port")
+}
+
+#[test]
+fn traffic_survives_the_zone_cp_and_proxies_reconnect() {
+    let mut z = demo_zone();
+    z.cp.kill_9().expect("kill -9 zone-cp");
+    for _ in 0..5 {
+        let (status, body, _) = http_get(&z.demo_url);
+        assert_eq!(
+            status, 200,
+            "Envoy keeps its last config while the CP is down: {body}"
+        );
+    }
+    let cp = z.cp.restart().expect("restart zone-cp");
+    wait_until("both proxies to reconnect", Duration::from_secs(30), || {
+        ["demo-1", "reg-server-1"].iter().all(|n| {
+            cp.proxy_config("default", n)
+                .is_some_and(|c| c["connected"] == true)
+        })
+    })
+    .expect("reconnected");
+    ok(cp
+        .meshctl(&["apply", "-f", "-"], Some(SHORT_TIMEOUT))
+        .expect("meshctl"));
+    wait_until("changes to flow again", Duration::from_secs(10), || {
+        http_get(&z.demo_url).0 == 504
+    })
+    .expect("504");
+    z.cp = cp;
+}
+
+#[test]
+fn a_stopped_sidecar_deregisters_its_dataplane() {
+    let mut z = demo_zone();
+    z.reg_sidecar.terminate().expect("SIGTERM");
+    z.reg_sidecar
+        .wait_exit(Duration::from_secs(15))
+        .expect("meridian-dp exits");
+    let out =
+        z.cp.meshctl(&["get", "dataplane", "reg-server-1"], None)
+            .expect("meshctl");
+    assert_eq!(out.status.code(), Some(1), "the Dataplane is gone");
+    // With no endpoint left, demo's calls fail fast instead of hanging.
+    wait_until(
+        "reg-server to leave demo's endpoints",
+        Duration::from_secs(10),
+        || http_get(&z.demo_url).0 == 503,
+    )
+    .expect("503");
+}
+
+#[test]
+fn malformed_dataplanes_are_refused_at_registration_and_on_the_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ZoneCp::start("zone-1", &dir.path().join("zone")).expect("zone-cp");
+    let cases = [
+        (
+            "  - port: 70000\n    tags: {kuma.io/service: a}\n",
+            "networking.inbound[0].port",
+        ),
+        (
+            "  - port: 10001\n    tags: {version: v1}\n",
+            "networking.inbound[0].tags.kuma.io/service",
+        ),
+        (
+            "  - port: 10001\n    tags: {kuma.io/service: a}\n  - port: 10001\n    tags: {kuma.io/service: b}\n",
+            "networking.inbound[1].port",
+        ),
+    ];
+    for (inbound, field) in cases {
+        let yaml = format!(
+            "type: Dataplane\nname: bad\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n{inbound}"
+        );
+        let file = dir.path().join("dp.yaml");
+        std::fs::write(&file, &yaml).expect("write");
+        let out = std::process::Command::new(meridian_e2e::bin("meridian-dp").expect("bin"))
+            .args([
+                "run",
+                "--cp-address",
+                &cp.xds_url,
+                "--api-address",
+                &cp.api_url,
+                "--dataplane-file",
+            ])
+            .arg(&file)
+            .output()
+            .expect("meridian-dp");
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains(field),
+            "meridian-dp names {field}: {}",
+            stderr(&out)
+        );
+        let api = cp.meshctl(&["apply", "-f", "-"], Some(&yaml)).expect("meshctl");
+        assert_eq!(api.status.code(), Some(1));
+        assert!(stderr(&api).contains(field), "{}", stderr(&api));
+        let (status, body, _) = {
+            let out = std::process::Command::new("curl")
+                .args([
+                    "-s",
+                    "-w",
+                    "\n%{http_code}",
+                    "-X",
+                    "PUT",
+                    "-H",
+                    "content-type: application/yaml",
+                    "--data-binary",
+                    &yaml,
+                ])
+                .arg(format!("{}/meshes/default/dataplanes/bad", cp.api_url))
+                .output()
+                .expect("curl");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+            (code.to_owned(), body.to_owned(), ())
+        };
+        assert_eq!(status, "400", "{body}");
+        assert!(body.contains(field), "{body}");
+    }
+    assert_eq!(
+        cp.meshctl(&["get", "dataplane", "bad"], None)
+            .expect("meshctl")
+            .status
+            .code(),
+        Some(1)
+    );
+}

@@ -1,0 +1,91 @@
+//! Readable text for generated resources: each message in Envoy's field names, with the
+//! typed configs nested inside (`Any`) decoded in place. Used by `_config` and snapshot tests.
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::google::protobuf::Any;
+use prost::{Message, Name};
+
+use super::cache::{CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot};
+
+/// Replaces a nested `Any` by a marker, returning the text of what it held.
+fn take_any(any: &mut Any) -> String {
+    let taken = std::mem::take(any);
+    any.type_url = taken.type_url.clone();
+    let bytes = taken.value.as_slice();
+    let text = if taken.type_url == HttpConnectionManager::type_url() {
+        HttpConnectionManager::decode(bytes).map(|mut hcm| {
+            let mut nested = Vec::new();
+            for f in &mut hcm.http_filters {
+                if let Some(HttpFilterConfig::TypedConfig(a)) = &mut f.config_type {
+                    nested.push(format!("{}: {}", f.name, take_any(a)));
+                }
+            }
+            format!("{hcm:#?}\n{}", nested.join("\n"))
+        })
+    } else if taken.type_url == TcpProxy::type_url() {
+        TcpProxy::decode(bytes).map(|m| format!("{m:#?}"))
+    } else if taken.type_url == HttpProtocolOptions::type_url() {
+        HttpProtocolOptions::decode(bytes).map(|m| format!("{m:#?}"))
+    } else {
+        return format!("({} bytes)", bytes.len());
+    };
+    text.unwrap_or_else(|e| format!("(undecodable: {e})"))
+}
+
+/// One resource as text.
+pub fn describe(any: &Any) -> String {
+    let bytes = any.value.as_slice();
+    let text = match any.type_url.as_str() {
+        CLUSTER => Cluster::decode(bytes).map(|mut c| {
+            let mut nested: Vec<String> = Vec::new();
+            let mut keys: Vec<String> = c.typed_extension_protocol_options.keys().cloned().collect();
+            keys.sort();
+            for k in keys {
+                if let Some(a) = c.typed_extension_protocol_options.get_mut(&k) {
+                    nested.push(format!("{k}: {}", take_any(a)));
+                }
+            }
+            format!("{c:#?}\n{}", nested.join("\n"))
+        }),
+        ENDPOINT => ClusterLoadAssignment::decode(bytes).map(|m| format!("{m:#?}")),
+        LISTENER => Listener::decode(bytes).map(|mut l| {
+            let mut nested = Vec::new();
+            for chain in &mut l.filter_chains {
+                for f in &mut chain.filters {
+                    if let Some(FilterConfig::TypedConfig(a)) = &mut f.config_type {
+                        nested.push(format!("{}: {}", f.name, take_any(a)));
+                    }
+                }
+            }
+            format!("{l:#?}\n{}", nested.join("\n"))
+        }),
+        ROUTE => RouteConfiguration::decode(bytes).map(|m| format!("{m:#?}")),
+        other => return format!("({} bytes of {other})", bytes.len()),
+    };
+    text.unwrap_or_else(|e| format!("(undecodable: {e})"))
+}
+
+/// A whole snapshot as text, type by type and name by name.
+pub fn describe_snapshot(snapshot: &Snapshot) -> String {
+    let mut out = String::new();
+    for (type_url, items) in &snapshot.resources {
+        for (name, r) in items {
+            out.push_str(&format!(
+                "=== {} {name} (version {})\n",
+                type_url.rsplit('.').next().unwrap_or(type_url),
+                r.version
+            ));
+            out.push_str(&describe(&r.resource));
+            out.push('\n');
+        }
+    }
+    out
+}
