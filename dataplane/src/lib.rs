@@ -259,13 +259,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(p) => p,
         None => free_port()?,
     };
-    let temp;
-    let work_dir = match work_dir {
-        Some(dir) => dir,
-        None => {
-            temp = tempfile_dir()?;
-            temp.clone()
-        }
+    // A work dir we made is ours to remove on the way out.
+    let (work_dir, made_work_dir) = match work_dir {
+        Some(dir) => (dir, false),
+        None => (
+            std::env::temp_dir().join(format!("meridian-dp-{}", std::process::id())),
+            true,
+        ),
     };
     std::fs::create_dir_all(&work_dir)?;
     let bootstrap_path = work_dir.join(format!("bootstrap-{}-{}.json", resource.mesh, resource.name));
@@ -287,13 +287,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(envoy = %envoy.display(), admin_port, bootstrap = %bootstrap_path.display(), "starting envoy");
     let result = supervise(&envoy, &bootstrap_path, admin_port, drain_time, &envoy_log_level).await;
     registration.deregister().await;
+    if made_work_dir {
+        let _ = std::fs::remove_dir_all(&work_dir);
+    }
     result
-}
-
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("meridian-dp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
 
 /// Runs Envoy, restarting it with backoff when it dies, until a shutdown signal; then drains.

@@ -311,6 +311,7 @@ impl DemoApp {
 pub struct Sidecar {
     process: KillOnDrop,
     pub admin_port: u16,
+    work_dir: tempfile::TempDir,
 }
 
 impl Sidecar {
@@ -318,9 +319,12 @@ impl Sidecar {
     /// `--dataplane-file`), against `cp`.
     pub fn start(cp: &ZoneCp, dataplane_args: &[&str]) -> Result<Self> {
         let admin_port = free_port()?;
+        let work_dir = tempfile::tempdir()?;
         let process = KillOnDrop::new(
             Command::new(bin("meridian-dp")?)
                 .arg("run")
+                .arg("--work-dir")
+                .arg(work_dir.path())
                 .args(["--cp-address", &cp.xds_url, "--api-address", &cp.api_url])
                 .arg("--envoy-binary")
                 .arg(envoy()?)
@@ -331,7 +335,11 @@ impl Sidecar {
                 .spawn()
                 .context("starting meridian-dp")?,
         );
-        let sidecar = Self { process, admin_port };
+        let sidecar = Self {
+            process,
+            admin_port,
+            work_dir,
+        };
         let ready = format!("http://127.0.0.1:{admin_port}/ready");
         wait_until("envoy to be ready", Duration::from_secs(30), || {
             http_get(&ready).0 == 200
@@ -349,6 +357,16 @@ impl Sidecar {
             .find_map(|l| l.strip_prefix(&format!("{name}: ")))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// The pid of this sidecar's Envoy (found by its bootstrap, which lives in our work dir).
+    pub fn envoy_pid(&self) -> Option<u32> {
+        // The bootstrap's path, not the work dir: meridian-dp's own arguments name the dir.
+        let bootstrap = format!("{}/bootstrap-", self.work_dir.path().display());
+        let out = Command::new("pgrep").args(["-f", &bootstrap]).output().ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.trim().parse().ok())
     }
 
     pub fn terminate(&self) -> Result<()> {

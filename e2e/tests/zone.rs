@@ -282,3 +282,21 @@ fn malformed_dataplanes_are_refused_at_registration_and_on_the_api() {
         Some(1)
     );
 }
+
+#[test]
+fn meridian_dp_restarts_an_envoy_that_dies() {
+    let z = demo_zone();
+    let before = z.demo_sidecar.envoy_pid().expect("envoy pid");
+    std::process::Command::new("kill")
+        .args(["-9", &before.to_string()])
+        .status()
+        .expect("kill -9 envoy");
+    wait_until("a new envoy", Duration::from_secs(15), || {
+        z.demo_sidecar.envoy_pid().is_some_and(|p| p != before)
+    })
+    .expect("restarted");
+    wait_until("traffic to flow again", Duration::from_secs(30), || {
+        http_get(&z.demo_url).0 == 200
+    })
+    .expect("200");
+}

@@ -270,7 +270,6 @@ struct DeltaType {
     names: BTreeSet<String>,
     /// Name to version, for every resource the client has.
     known: BTreeMap<String, String>,
-    nonce: String,
 }
 
 impl DeltaType {
@@ -358,7 +357,9 @@ impl DeltaStream {
                 state.known.remove(name);
             }
         }
-        if !r.response_nonce.is_empty() && r.response_nonce == state.nonce {
+        // Each delta response stands alone, so an answer to any of them counts (unlike
+        // state of the world, where only the latest nonce does).
+        if !r.response_nonce.is_empty() {
             match &r.error_detail {
                 Some(error) => self.guard.nack(&r.type_url, &error.message),
                 None => self
@@ -411,13 +412,12 @@ impl DeltaStream {
             state.known.remove(name);
         }
         self.nonce += 1;
-        state.nonce = self.nonce.to_string();
         let response = DeltaDiscoveryResponse {
             system_version_info: snapshot.type_version(type_url),
             resources,
             type_url: type_url.to_owned(),
             removed_resources: removed,
-            nonce: state.nonce.clone(),
+            nonce: self.nonce.to_string(),
             ..Default::default()
         };
         self.metrics.pushes.inc();

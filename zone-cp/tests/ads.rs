@@ -1,0 +1,339 @@
+//! The ADS protocol against a real gRPC client: ACK and NACK by nonce, delta diffs,
+//! reconnect with known versions, and state-of-the-world.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use meridian_zone_cp::xds::cache::{CLUSTER, LISTENER, ProxyId, Snapshot, SnapshotCache};
+use meridian_zone_cp::xds::metrics::XdsMetrics;
+use meridian_zone_cp::xds::server::AdsServer;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+async fn serve(cache: SnapshotCache) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = AdsServer::new(cache, Arc::new(XdsMetrics::default()));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(server))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    format!("http://{addr}")
+}
+
+fn any(type_url: &str, content: &str) -> Any {
+    Any {
+        type_url: type_url.into(),
+        value: content.as_bytes().to_vec(),
+    }
+}
+
+fn snapshot(clusters: &[(&str, &str)]) -> Snapshot {
+    let mut s = Snapshot::default();
+    for (name, content) in clusters {
+        s.insert(CLUSTER, (*name).into(), any(CLUSTER, content));
+    }
+    s
+}
+
+fn node() -> Option<Node> {
+    Some(Node {
+        id: "default.dp-1".into(),
+        ..Default::default()
+    })
+}
+
+struct Delta {
+    tx: mpsc::Sender<DeltaDiscoveryRequest>,
+    rx: Streaming<DeltaDiscoveryResponse>,
+}
+
+impl Delta {
+    async fn open(url: &str, first: DeltaDiscoveryRequest) -> Self {
+        let mut client = AggregatedDiscoveryServiceClient::connect(url.to_owned())
+            .await
+            .expect("connect");
+        let (tx, requests) = mpsc::channel(8);
+        tx.send(first).await.expect("send");
+        let rx = client
+            .delta_aggregated_resources(ReceiverStream::new(requests))
+            .await
+            .expect("stream")
+            .into_inner();
+        Self { tx, rx }
+    }
+
+    async fn next(&mut self) -> DeltaDiscoveryResponse {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.message())
+            .await
+            .expect("a response in time")
+            .expect("no error")
+            .expect("stream open")
+    }
+
+    async fn nothing_within(&mut self, wait: Duration) {
+        if let Ok(r) = tokio::time::timeout(wait, self.rx.message()).await {
+            panic!("expected no response, got {r:?}");
+        }
+    }
+
+    async fn reply(&self, to: &DeltaDiscoveryResponse, error: Option<&str>) {
+        self.tx
+            .send(DeltaDiscoveryRequest {
+                type_url: to.type_url.clone(),
+                response_nonce: to.nonce.clone(),
+                error_detail: error.map(|m| RpcStatus {
+                    code: 3,
+                    message: m.into(),
+                    details: vec![],
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("send");
+    }
+}
+
+fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
+    r.resources.iter().map(|r| r.name.as_str()).collect()
+}
+
+#[tokio::test]
+async fn delta_sends_only_what_changed_and_records_acks_and_nacks() {
+    let cache = SnapshotCache::default();
+    let id = ProxyId::new("default", "dp-1");
+    cache.set(&id, snapshot(&[("a", "1"), ("b", "1")]));
+    let url = serve(cache.clone()).await;
+    let mut delta = Delta::open(
+        &url,
+        DeltaDiscoveryRequest {
+            node: node(),
+            type_url: CLUSTER.into(),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    // An empty subscription to clusters is a wildcard: everything comes.
+    let first = delta.next().await;
+    assert_eq!(names(&first), ["a", "b"]);
+    delta.reply(&first, None).await;
+
+    // One resource changes, one goes, one comes: only those are sent.
+    cache.set(&id, snapshot(&[("a", "2"), ("c", "1")]));
+    let upserts = delta.next().await;
+    assert_eq!(names(&upserts), ["a", "c"]);
+    assert!(
+        upserts.removed_resources.is_empty(),
+        "removals come after upserts"
+    );
+    delta.reply(&upserts, None).await;
+    let removals = delta.next().await;
+    assert!(removals.resources.is_empty());
+    assert_eq!(removals.removed_resources, ["b"]);
+
+    // A NACK is recorded and visible; Envoy keeps its last good config, so nothing is resent.
+    delta.reply(&removals, Some("bad cluster")).await;
+    delta.nothing_within(Duration::from_millis(200)).await;
+    let status = cache.status(&id).expect("status");
+    assert_eq!(status.nacks, 1);
+    assert_eq!(status.last_nack.expect("nack").message, "bad cluster");
+    assert!(status.acked.contains_key(CLUSTER));
+    assert_eq!(status.streams, 1);
+
+    // The same content again is no change: nothing is sent.
+    cache.set(&id, snapshot(&[("a", "2"), ("c", "1")]));
+    delta.nothing_within(Duration::from_millis(200)).await;
+    drop(delta);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        cache.status(&id).expect("status").streams,
+        0,
+        "the stream is gone"
+    );
+}
+
+#[tokio::test]
+async fn a_reconnecting_delta_client_gets_only_what_it_lacks() {
+    let cache = SnapshotCache::default();
+    let id = ProxyId::new("default", "dp-1");
+    cache.set(&id, snapshot(&[("a", "1"), ("b", "1")]));
+    let url = serve(cache.clone()).await;
+    let mut first = Delta::open(
+        &url,
+        DeltaDiscoveryRequest {
+            node: node(),
+            type_url: CLUSTER.into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let initial = first.next().await;
+    let versions = initial
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
+    drop(first);
+
+    cache.set(&id, snapshot(&[("a", "1"), ("b", "2")]));
+    let mut again = Delta::open(
+        &url,
+        DeltaDiscoveryRequest {
+            node: node(),
+            type_url: CLUSTER.into(),
+            initial_resource_versions: versions,
+            ..Default::default()
+        },
+    )
+    .await;
+    let resumed = again.next().await;
+    assert_eq!(names(&resumed), ["b"], "a, unchanged, is not sent again");
+}
+
+#[tokio::test]
+async fn explicit_subscriptions_only_get_their_names() {
+    let cache = SnapshotCache::default();
+    let id = ProxyId::new("default", "dp-1");
+    let mut s = snapshot(&[]);
+    s.insert(LISTENER, "l1".into(), any(LISTENER, "x"));
+    s.insert(LISTENER, "l2".into(), any(LISTENER, "y"));
+    cache.set(&id, s);
+    let url = serve(cache.clone()).await;
+    let mut delta = Delta::open(
+        &url,
+        DeltaDiscoveryRequest {
+            node: node(),
+            type_url: LISTENER.into(),
+            resource_names_subscribe: vec!["l2".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(names(&delta.next().await), ["l2"]);
+}
+
+async fn sotw_next(rx: &mut Streaming<DiscoveryResponse>) -> DiscoveryResponse {
+    tokio::time::timeout(Duration::from_secs(5), rx.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("open")
+}
+
+#[tokio::test]
+async fn state_of_the_world_acks_nacks_and_ignores_stale_nonces() {
+    let cache = SnapshotCache::default();
+    let id = ProxyId::new("default", "dp-1");
+    cache.set(&id, snapshot(&[("a", "1")]));
+    let url = serve(cache.clone()).await;
+    let mut client = AggregatedDiscoveryServiceClient::connect(url)
+        .await
+        .expect("connect");
+    let (tx, requests) = mpsc::channel(8);
+    tx.send(DiscoveryRequest {
+        node: node(),
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let mut rx = client
+        .stream_aggregated_resources(ReceiverStream::new(requests))
+        .await
+        .expect("stream")
+        .into_inner();
+    let first = sotw_next(&mut rx).await;
+    assert_eq!(first.resources.len(), 1);
+    tx.send(DiscoveryRequest {
+        type_url: CLUSTER.into(),
+        version_info: first.version_info.clone(),
+        response_nonce: first.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("ack");
+    // An ACK that arrives after a newer push answers an outdated one; wait until it is in.
+    for _ in 0..100 {
+        if cache.status(&id).is_some_and(|s| s.acked.contains_key(CLUSTER)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    cache.set(&id, snapshot(&[("a", "1"), ("b", "1")]));
+    let second = sotw_next(&mut rx).await;
+    assert_eq!(
+        second.resources.len(),
+        2,
+        "state of the world sends the whole type"
+    );
+    assert_ne!(second.version_info, first.version_info);
+
+    // A request that answers the older push is stale: ignored, even though it is a NACK.
+    tx.send(DiscoveryRequest {
+        type_url: CLUSTER.into(),
+        response_nonce: first.nonce.clone(),
+        error_detail: Some(RpcStatus {
+            code: 3,
+            message: "stale".into(),
+            details: vec![],
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    tx.send(DiscoveryRequest {
+        type_url: CLUSTER.into(),
+        version_info: first.version_info.clone(),
+        response_nonce: second.nonce.clone(),
+        error_detail: Some(RpcStatus {
+            code: 3,
+            message: "rejected".into(),
+            details: vec![],
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("nack");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = cache.status(&id).expect("status");
+    assert_eq!(status.nacks, 1, "only the current nonce's NACK counts");
+    assert_eq!(status.last_nack.expect("nack").message, "rejected");
+    assert_eq!(status.acked.get(CLUSTER), Some(&first.version_info));
+}
+
+#[tokio::test]
+async fn a_node_id_that_names_no_dataplane_is_refused() {
+    let url = serve(SnapshotCache::default()).await;
+    let mut client = AggregatedDiscoveryServiceClient::connect(url)
+        .await
+        .expect("connect");
+    let (tx, requests) = mpsc::channel(8);
+    tx.send(DeltaDiscoveryRequest {
+        node: Some(Node {
+            id: "nodot".into(),
+            ..Default::default()
+        }),
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let err = client
+        .delta_aggregated_resources(ReceiverStream::new(requests))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("MESH.NAME"), "{}", err.message());
+}
