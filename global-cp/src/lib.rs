@@ -13,12 +13,11 @@ pub mod args;
 use std::sync::Arc;
 
 use anyhow::Context;
-use meridian_model::{DEFAULT_MESH, Format, parse_one};
 use tracing::info;
 
 use args::{Cli, Command, RunArgs, StoreArgs};
 use meridian_api as api;
-use meridian_store::{SqlStore, Store, StoreError};
+use meridian_store::{SqlStore, Store};
 use meridian_telemetry::{LogFormat, init_logging, shutdown_signal};
 
 impl Cli {
@@ -51,28 +50,12 @@ pub async fn open_store(args: &StoreArgs) -> anyhow::Result<SqlStore> {
     Ok(opened)
 }
 
-/// On a store that has never been written, creates the mesh `default` (as Kuma does). A
-/// store that has seen writes is left alone, so a deleted `default` stays deleted.
-async fn create_default_mesh(store: &dyn Store) -> anyhow::Result<()> {
-    if store.revision().await? > 0 {
-        return Ok(());
-    }
-    let mut mesh = parse_one(&format!("type: Mesh\nname: {DEFAULT_MESH}\n"), Format::Yaml)?;
-    mesh.expected_version = Some(0);
-    match store.put(mesh).await {
-        Ok(_) => info!(mesh = DEFAULT_MESH, "created the default mesh"),
-        // Another replica created it first.
-        Err(StoreError::Conflict(_)) => {}
-        Err(e) => return Err(e.into()),
-    }
-    Ok(())
-}
-
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let RunArgs { api_addr, store, log } = args;
     init_logging(log.log_format);
     let store: Arc<dyn Store> = Arc::new(open_store(&store).await?);
-    create_default_mesh(&*store).await?;
+    meridian_store::create_default_mesh(&*store).await?;
+    info!(mesh = meridian_model::DEFAULT_MESH, "default mesh ensured");
     let state = api::ApiState {
         store,
         metrics: Arc::new(api::metrics::Metrics::new()),

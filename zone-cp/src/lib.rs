@@ -23,8 +23,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use meridian_api::ApiState;
 use meridian_api::metrics::Metrics;
 use meridian_model::validate::dns1123_label;
-use meridian_model::{DEFAULT_MESH, Format, parse_one};
-use meridian_store::{SqlStore, Store, StoreError};
+use meridian_store::{SqlStore, Store};
 use meridian_telemetry::{init_logging, shutdown_signal};
 use tokio::sync::watch;
 use tracing::info;
@@ -39,19 +38,6 @@ impl Cli {
         match self.command {
             Command::Run(args) => run(args).await,
         }
-    }
-}
-
-/// Creates the mesh `default` on a store that has never been written.
-async fn create_default_mesh(store: &dyn Store) -> anyhow::Result<()> {
-    if store.revision().await? > 0 {
-        return Ok(());
-    }
-    let mut mesh = parse_one(&format!("type: Mesh\nname: {DEFAULT_MESH}\n"), Format::Yaml)?;
-    mesh.expected_version = Some(0);
-    match store.put(mesh).await {
-        Ok(_) | Err(StoreError::Conflict(_)) => Ok(()),
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -72,7 +58,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("opening the zone store")?;
     sql.migrate().await.context("migrating the zone store")?;
     let store: Arc<dyn Store> = Arc::new(sql);
-    create_default_mesh(&*store).await?;
+    meridian_store::create_default_mesh(&*store).await?;
 
     let mut metrics = Metrics::new();
     let xds_metrics = Arc::new(XdsMetrics::register(metrics.registry_mut()));

@@ -130,5 +130,22 @@ pub trait Store: Send + Sync + 'static {
     fn watch(&self) -> tokio::sync::watch::Receiver<i64>;
 }
 
+/// On a store that has never been written, creates the mesh `default` (as Kuma does). A
+/// store that has seen writes is left alone, so a deleted `default` stays deleted. Safe to
+/// race: of several replicas starting at once, one creates it.
+pub async fn create_default_mesh(store: &dyn Store) -> Result<(), StoreError> {
+    if store.revision().await? > 0 {
+        return Ok(());
+    }
+    let yaml = format!("type: Mesh\nname: {}\n", meridian_model::DEFAULT_MESH);
+    let mut mesh = meridian_model::parse_one(&yaml, meridian_model::Format::Yaml)
+        .map_err(|e| StoreError::Internal(format!("the default mesh does not parse: {e}")))?;
+    mesh.expected_version = Some(0);
+    match store.put(mesh).await {
+        Ok(_) | Err(StoreError::Conflict(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -135,7 +135,7 @@ impl AggregatedDiscoveryService for AdsServer {
             nonce: 0,
             tx,
         };
-        tokio::spawn(stream.run(first, inbound).instrument(span));
+        tokio::spawn(drive(stream, first, inbound).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -159,8 +159,51 @@ impl AggregatedDiscoveryService for AdsServer {
             nonce: 0,
             tx,
         };
-        tokio::spawn(stream.run(first, inbound).instrument(span));
+        tokio::spawn(drive(stream, first, inbound).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// The two protocol variants, as the stream loop sees them.
+trait Protocol {
+    type Request;
+
+    fn snapshots(&mut self) -> &mut tokio::sync::watch::Receiver<Arc<Snapshot>>;
+    /// Answers one request; `Err` ends the stream.
+    async fn handle(&mut self, request: Self::Request) -> Result<(), ()>;
+    /// Pushes what a new snapshot changed; `Err` ends the stream.
+    async fn push(&mut self, snapshot: &Snapshot) -> Result<(), ()>;
+}
+
+/// The life of one stream: answer each request, push each snapshot change, until either side
+/// goes away.
+async fn drive<P: Protocol>(mut p: P, first: P::Request, mut inbound: Streaming<P::Request>) {
+    let mut next = Some(first);
+    loop {
+        if let Some(request) = next.take()
+            && p.handle(request).await.is_err()
+        {
+            return;
+        }
+        tokio::select! {
+            request = inbound.message() => match request {
+                Ok(Some(r)) => next = Some(r),
+                Ok(None) => return,
+                Err(e) => {
+                    debug!(error = %e, "stream ended");
+                    return;
+                }
+            },
+            changed = p.snapshots().changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let snapshot = p.snapshots().borrow_and_update().clone();
+                if p.push(&snapshot).await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -181,37 +224,20 @@ struct SotwStream {
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 }
 
-impl SotwStream {
-    async fn run(mut self, first: DiscoveryRequest, mut inbound: Streaming<DiscoveryRequest>) {
-        let mut next = Some(first);
-        loop {
-            if let Some(request) = next.take()
-                && self.handle(request).await.is_err()
-            {
-                return;
-            }
-            tokio::select! {
-                request = inbound.message() => match request {
-                    Ok(Some(r)) => next = Some(r),
-                    Ok(None) => return,
-                    Err(e) => {
-                        debug!(error = %e, "stream ended");
-                        return;
-                    }
-                },
-                changed = self.snapshots.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    let snapshot = self.snapshots.borrow_and_update().clone();
-                    for type_url in PUSH_ORDER {
-                        if self.types.contains_key(type_url) && self.send(type_url, &snapshot, false).await.is_err() {
-                            return;
-                        }
-                    }
-                }
+impl Protocol for SotwStream {
+    type Request = DiscoveryRequest;
+
+    fn snapshots(&mut self) -> &mut tokio::sync::watch::Receiver<Arc<Snapshot>> {
+        &mut self.snapshots
+    }
+
+    async fn push(&mut self, snapshot: &Snapshot) -> Result<(), ()> {
+        for type_url in PUSH_ORDER {
+            if self.types.contains_key(type_url) {
+                self.send(type_url, snapshot, false).await?;
             }
         }
+        Ok(())
     }
 
     async fn handle(&mut self, r: DiscoveryRequest) -> Result<(), ()> {
@@ -233,7 +259,9 @@ impl SotwStream {
         let snapshot = self.snapshots.borrow().clone();
         self.send(&r.type_url, &snapshot, first || names_changed).await
     }
+}
 
+impl SotwStream {
     async fn send(&mut self, type_url: &str, snapshot: &Snapshot, force: bool) -> Result<(), ()> {
         let version = snapshot.type_version(type_url);
         let state = self.types.entry(type_url.to_owned()).or_default();
@@ -295,42 +323,25 @@ enum Part {
     Both,
 }
 
-impl DeltaStream {
-    async fn run(mut self, first: DeltaDiscoveryRequest, mut inbound: Streaming<DeltaDiscoveryRequest>) {
-        let mut next = Some(first);
-        loop {
-            if let Some(request) = next.take()
-                && self.handle(request).await.is_err()
-            {
-                return;
-            }
-            tokio::select! {
-                request = inbound.message() => match request {
-                    Ok(Some(r)) => next = Some(r),
-                    Ok(None) => return,
-                    Err(e) => {
-                        debug!(error = %e, "stream ended");
-                        return;
-                    }
-                },
-                changed = self.snapshots.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    let snapshot = self.snapshots.borrow_and_update().clone();
-                    for type_url in PUSH_ORDER {
-                        if self.types.contains_key(type_url) && self.send(type_url, &snapshot, Part::Upserts, false).await.is_err() {
-                            return;
-                        }
-                    }
-                    for type_url in PUSH_ORDER.iter().rev() {
-                        if self.types.contains_key(*type_url) && self.send(type_url, &snapshot, Part::Removals, false).await.is_err() {
-                            return;
-                        }
-                    }
-                }
+impl Protocol for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+
+    fn snapshots(&mut self) -> &mut tokio::sync::watch::Receiver<Arc<Snapshot>> {
+        &mut self.snapshots
+    }
+
+    async fn push(&mut self, snapshot: &Snapshot) -> Result<(), ()> {
+        for type_url in PUSH_ORDER {
+            if self.types.contains_key(type_url) {
+                self.send(type_url, snapshot, Part::Upserts, false).await?;
             }
         }
+        for type_url in PUSH_ORDER.iter().rev() {
+            if self.types.contains_key(*type_url) {
+                self.send(type_url, snapshot, Part::Removals, false).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn handle(&mut self, r: DeltaDiscoveryRequest) -> Result<(), ()> {
@@ -370,7 +381,9 @@ impl DeltaStream {
         let snapshot = self.snapshots.borrow().clone();
         self.send(&r.type_url, &snapshot, Part::Both, first).await
     }
+}
 
+impl DeltaStream {
     async fn send(
         &mut self,
         type_url: &str,
