@@ -6,13 +6,15 @@
 //! ```
 //!
 //! One writer (this task) owns the zone's in-memory view; a change regenerates only the
-//! proxies it can affect: a Dataplane itself and the proxies that call its services; a policy
-//! or Mesh, the proxies of that mesh.
+//! proxies it can affect: a Dataplane itself and the proxies that call its services; a policy,
+//! the proxies its top-level targetRef selects (all of the mesh for a mesh-wide one).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use meridian_model::matching::{ProxyView, selects};
 use meridian_model::policies::dataplane::{DataplaneSpec, SERVICE_TAG};
+use meridian_model::targetref::{TargetRef, TargetRefKind};
 use meridian_model::{Kind, Resource, ResourceKey, Spec};
 use meridian_store::{Change, Store, StoreError};
 use tokio::sync::watch;
@@ -128,9 +130,57 @@ impl ZoneView {
                 }
             }
             _ => {
-                out.insert(key.mesh.clone(), None);
+                // A policy touches the proxies its top-level targetRef selects, before or after
+                // the change; a mesh-wide one (or an older kind without targetRef), all of them.
+                let mut targets = Vec::new();
+                for version in [self.get(&key), upserted(change)].into_iter().flatten() {
+                    match top_target(version) {
+                        Some(t) if t.kind != TargetRefKind::Mesh => targets.push(t),
+                        _ => {
+                            out.insert(key.mesh.clone(), None);
+                            return;
+                        }
+                    }
+                }
+                let mut names = BTreeSet::new();
+                for r in self.dataplanes(&key.mesh) {
+                    let Some(dp) = dataplane(r) else { continue };
+                    let view = ProxyView {
+                        name: &r.name,
+                        labels: &r.labels,
+                        dataplane: dp,
+                    };
+                    if targets.iter().any(|t| selects(t, &view)) {
+                        names.insert(r.name.clone());
+                    }
+                }
+                if let Some(set) = out
+                    .entry(key.mesh.clone())
+                    .or_insert_with(|| Some(BTreeSet::new()))
+                {
+                    set.extend(names);
+                }
             }
         }
+    }
+}
+
+fn upserted(change: &Change) -> Option<&Resource> {
+    match change {
+        Change::Upsert(s) => Some(&s.resource),
+        Change::Delete { .. } => None,
+    }
+}
+
+/// A targetRef policy's top-level `targetRef` (`Mesh` when absent); `None` for kinds that have
+/// none, which apply mesh-wide.
+fn top_target(r: &Resource) -> Option<TargetRef> {
+    if r.kind().spec_inline() {
+        return None;
+    }
+    match r.spec.to_value().get("targetRef") {
+        Some(t) => serde_json::from_value(t.clone()).ok(),
+        None => Some(TargetRef::mesh()),
     }
 }
 
@@ -215,5 +265,90 @@ impl Reconciler {
             self.metrics.generations.inc();
             debug!(proxy = %id, changed, "snapshot regenerated");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_model::{Format, Stored, parse_one};
+
+    use super::*;
+
+    fn change(yaml: &str) -> Change {
+        let resource = parse_one(yaml, Format::Yaml).expect("valid").resource;
+        Change::Upsert(Box::new(Stored {
+            resource,
+            version: 1,
+            revision: 1,
+            creation_time_ms: 0,
+            modification_time_ms: 0,
+        }))
+    }
+
+    fn view() -> ZoneView {
+        let mut v = ZoneView::default();
+        for (name, service, outbound) in [
+            ("demo-1", "demo", "reg-server"),
+            ("reg-1", "reg-server", "db"),
+            ("db-1", "db", ""),
+        ] {
+            let out = if outbound.is_empty() {
+                String::new()
+            } else {
+                format!("  outbound:\n  - port: 20001\n    tags: {{kuma.io/service: {outbound}}}\n")
+            };
+            v.apply(&change(&format!(
+                "type: Dataplane\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 10001\n    tags: {{kuma.io/service: {service}}}\n{out}"
+            )));
+        }
+        v
+    }
+
+    fn affected(v: &ZoneView, c: &Change) -> BTreeMap<String, Option<BTreeSet<String>>> {
+        let mut out = BTreeMap::new();
+        v.affected(c, &mut out);
+        out
+    }
+
+    fn only(names: &[&str]) -> BTreeMap<String, Option<BTreeSet<String>>> {
+        BTreeMap::from([(
+            "default".to_owned(),
+            Some(names.iter().map(|n| n.to_string()).collect()),
+        )])
+    }
+
+    #[test]
+    fn a_dataplane_affects_itself_and_its_callers() {
+        let v = view();
+        let c = change(
+            "type: Dataplane\nname: reg-2\nnetworking:\n  address: 127.0.0.2\n  inbound:\n  - port: 10001\n    tags: {kuma.io/service: reg-server}\n",
+        );
+        assert_eq!(affected(&v, &c), only(&["demo-1", "reg-2"]));
+    }
+
+    #[test]
+    fn a_policy_affects_the_proxies_it_selects() {
+        let v = view();
+        let c = change(
+            "type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshService, name: reg-server}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n",
+        );
+        assert_eq!(affected(&v, &c), only(&["reg-1"]));
+        let mesh_wide = change(
+            "type: MeshTimeout\nname: t\nspec:\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n",
+        );
+        assert_eq!(
+            affected(&v, &mesh_wide),
+            BTreeMap::from([("default".to_owned(), None)])
+        );
+    }
+
+    #[test]
+    fn a_retargeted_policy_affects_old_and_new_targets() {
+        let mut v = view();
+        v.apply(&change("type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshService, name: reg-server}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n"));
+        let moved = change(
+            "type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshService, name: db}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n",
+        );
+        assert_eq!(affected(&v, &moved), only(&["db-1", "reg-1"]));
     }
 }
