@@ -22,7 +22,7 @@ pub fn migrator(backend: Backend) -> Migrator {
     use sqlx::SqlSafeStr as _;
     let migrations = match backend {
         Backend::Sqlite => embed!("sqlite", [1: "0001_resources.sql"]),
-        Backend::Postgres => embed!("postgres", [1: "0001_resources.sql"]),
+        Backend::Postgres => embed!("postgres", [1: "0001_resources.sql", 2: "0002_notify.sql"]),
     };
     Migrator::with_migrations(migrations)
 }

@@ -80,10 +80,18 @@ impl SqlStore {
             }),
         };
         let pool = pool_options.connect_with(options).await.map_err(db_error)?;
+        let committed = Arc::new(watch::Sender::new(0));
+        if backend == Backend::Postgres {
+            tokio::spawn(listen_for_commits(
+                url.to_owned(),
+                pool.clone(),
+                Arc::downgrade(&committed),
+            ));
+        }
         Ok(Self {
             pool,
             backend,
-            committed: Arc::new(watch::Sender::new(0)),
+            committed,
         })
     }
 
@@ -104,13 +112,7 @@ impl SqlStore {
 
     /// Tells watchers that `revision` has committed.
     fn committed(&self, revision: i64) {
-        self.committed.send_if_modified(|current| {
-            let newer = revision > *current;
-            if newer {
-                *current = revision;
-            }
-            newer
-        });
+        announce(&self.committed, revision);
     }
 
     /// Starts a write transaction. On SQLite it takes the write lock up front, so that two
@@ -121,6 +123,66 @@ impl SqlStore {
             Backend::Postgres => self.pool.begin().await,
         }
         .map_err(db_error)
+    }
+}
+
+/// Raises `committed` to `revision` if it is newer.
+fn announce(committed: &watch::Sender<i64>, revision: i64) {
+    committed.send_if_modified(|current| {
+        let newer = revision > *current;
+        if newer {
+            *current = revision;
+        }
+        newer
+    });
+}
+
+/// Follows commits made by every process on the database (other global-cp replicas too)
+/// through LISTEN/NOTIFY, reconnecting with backoff. After each (re)connect it reads the
+/// revision, so notifications missed while disconnected are not lost. Ends with the store.
+async fn listen_for_commits(url: String, pool: Pool<Any>, committed: std::sync::Weak<watch::Sender<i64>>) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let listener = async {
+            let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
+            listener.listen("meridian_revision").await?;
+            Ok::<_, sqlx::Error>(listener)
+        }
+        .await;
+        match listener {
+            Ok(mut listener) => {
+                delay = Duration::from_millis(100);
+                let current = sqlx::query("SELECT value FROM meridian_revision WHERE id = 1")
+                    .fetch_one(&pool)
+                    .await
+                    .and_then(|row| row.try_get::<i64, _>(0));
+                match (committed.upgrade(), current) {
+                    (None, _) => return,
+                    (Some(c), Ok(revision)) => announce(&c, revision),
+                    (Some(_), Err(_)) => {}
+                }
+                loop {
+                    match listener.recv().await {
+                        Ok(n) => {
+                            let Some(c) = committed.upgrade() else { return };
+                            if let Ok(revision) = n.payload().parse::<i64>() {
+                                announce(&c, revision);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "lost the commit listener; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "cannot listen for commits"),
+        }
+        if committed.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -402,3 +402,28 @@ async fn store_urls_are_checked() {
         "passwords are not echoed: {err}"
     );
 }
+
+#[tokio::test]
+async fn postgres_commits_reach_every_replica() {
+    let pg = Postgres::start().expect("postgres");
+    let a = SqlStore::connect(&pg.url()).await.expect("replica a");
+    a.migrate().await.expect("migrate");
+    let b = SqlStore::connect(&pg.url()).await.expect("replica b");
+    b.migrate().await.expect("migrate");
+    let mut watch = b.watch();
+    watch.borrow_and_update();
+    a.put(mk_mesh("default")).await.expect("put on a");
+    let written = a
+        .put(mk_trace("default", "t", "a:4317"))
+        .await
+        .expect("put on a")
+        .stored()
+        .revision;
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while *watch.borrow_and_update() < written {
+            watch.changed().await.expect("watch");
+        }
+    })
+    .await
+    .expect("replica b hears of replica a's commit");
+}
