@@ -206,6 +206,10 @@ impl Registration {
                     info!(url = %self.url, "dataplane registered");
                     return Ok(());
                 }
+                // A federated zone may not have the mesh from global yet.
+                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
+                    warn!(url = %self.url, "the mesh does not exist (yet); retrying");
+                }
                 Ok(r) if r.status().is_client_error() => {
                     let status = r.status();
                     let body = r.text().await.unwrap_or_default();

@@ -41,7 +41,10 @@ pub fn example(name: &str) -> PathBuf {
 pub struct GlobalCp {
     process: KillOnDrop,
     pub api_url: String,
+    /// Where zones connect (`grpc://127.0.0.1:PORT`).
+    pub sync_url: String,
     port: u16,
+    sync_port: u16,
     workdir: PathBuf,
     store: Option<String>,
 }
@@ -50,15 +53,15 @@ impl GlobalCp {
     /// Starts `global-cp run` with no flags in `workdir` (so its data lands in
     /// `workdir/.meridian/global`), its address given by environment on a free port.
     pub fn start(workdir: &Path, store: Option<&str>) -> Result<Self> {
-        let port = free_port()?;
-        Self::start_on(workdir, store, port)
+        Self::start_on(workdir, store, free_port()?, free_port()?)
     }
 
-    fn start_on(workdir: &Path, store: Option<&str>, port: u16) -> Result<Self> {
+    fn start_on(workdir: &Path, store: Option<&str>, port: u16, sync_port: u16) -> Result<Self> {
         let mut cmd = Command::new(bin("global-cp")?);
         cmd.arg("run")
             .current_dir(workdir)
             .env("MERIDIAN_API_ADDR", format!("127.0.0.1:{port}"))
+            .env("MERIDIAN_SYNC_ADDR", format!("127.0.0.1:{sync_port}"))
             .env_remove("MERIDIAN_DATA_DIR")
             .env_remove("MERIDIAN_STORE")
             .env("RUST_LOG", "warn")
@@ -70,7 +73,9 @@ impl GlobalCp {
         let mut cp = Self {
             process: KillOnDrop::new(cmd.spawn().context("starting global-cp")?),
             api_url: format!("http://127.0.0.1:{port}"),
+            sync_url: format!("grpc://127.0.0.1:{sync_port}"),
             port,
+            sync_port,
             workdir: workdir.to_owned(),
             store: store.map(str::to_owned),
         };
@@ -108,13 +113,14 @@ impl GlobalCp {
         let Self {
             mut process,
             port,
+            sync_port,
             workdir,
             store,
             ..
         } = self;
         process.kill_now()?;
         drop(process);
-        Self::start_on(&workdir, store.as_deref(), port)
+        Self::start_on(&workdir, store.as_deref(), port, sync_port)
     }
 
     pub fn meshctl(&self, args: &[&str]) -> Result<Output> {
@@ -205,18 +211,40 @@ pub struct ZoneCp {
     api_port: u16,
     xds_port: u16,
     data_dir: PathBuf,
+    global: Option<String>,
 }
 
 impl ZoneCp {
+    /// A standalone zone.
     pub fn start(zone: &str, data_dir: &Path) -> Result<Self> {
-        Self::start_on(zone, data_dir, free_port()?, free_port()?)
+        Self::start_on(zone, data_dir, free_port()?, free_port()?, None)
     }
 
-    fn start_on(zone: &str, data_dir: &Path, api_port: u16, xds_port: u16) -> Result<Self> {
+    /// A zone that syncs from the global control plane at `global_sync_url`.
+    pub fn start_federated(zone: &str, data_dir: &Path, global_sync_url: &str) -> Result<Self> {
+        Self::start_on(
+            zone,
+            data_dir,
+            free_port()?,
+            free_port()?,
+            Some(global_sync_url.to_owned()),
+        )
+    }
+
+    fn start_on(
+        zone: &str,
+        data_dir: &Path,
+        api_port: u16,
+        xds_port: u16,
+        global: Option<String>,
+    ) -> Result<Self> {
+        let mut cmd = Command::new(bin("zone-cp")?);
+        cmd.args(["run", "--zone", zone]);
+        if let Some(g) = &global {
+            cmd.args(["--global-address", g]);
+        }
         let process = KillOnDrop::new(
-            Command::new(bin("zone-cp")?)
-                .args(["run", "--zone", zone])
-                .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
+            cmd.args(["--api-addr", &format!("127.0.0.1:{api_port}")])
                 .args(["--xds-addr", &format!("127.0.0.1:{xds_port}")])
                 .arg("--data-dir")
                 .arg(data_dir)
@@ -233,6 +261,7 @@ impl ZoneCp {
             api_port,
             xds_port,
             data_dir: data_dir.to_owned(),
+            global,
         };
         let health = format!("{}/healthz", cp.api_url);
         wait_until("zone-cp /healthz", Duration::from_secs(30), || {
@@ -253,11 +282,12 @@ impl ZoneCp {
             api_port,
             xds_port,
             data_dir,
+            global,
             ..
         } = self;
         process.kill_now()?;
         drop(process);
-        Self::start_on(&zone, &data_dir, api_port, xds_port)
+        Self::start_on(&zone, &data_dir, api_port, xds_port, global)
     }
 
     pub fn meshctl(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {

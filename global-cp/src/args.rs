@@ -26,6 +26,9 @@ pub struct RunArgs {
     /// Address of the REST API.
     #[arg(long, env = "MERIDIAN_API_ADDR", default_value = "127.0.0.1:5681")]
     pub api_addr: SocketAddr,
+    /// Address of the sync service that zone control planes connect to.
+    #[arg(long, env = "MERIDIAN_SYNC_ADDR", default_value = "127.0.0.1:5685")]
+    pub sync_addr: SocketAddr,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]

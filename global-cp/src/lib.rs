@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod sync;
 
 use std::sync::Arc;
 
@@ -50,8 +51,56 @@ pub async fn open_store(args: &StoreArgs) -> anyhow::Result<SqlStore> {
     Ok(opened)
 }
 
+fn time(t: Option<std::time::SystemTime>) -> serde_json::Value {
+    t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(serde_json::Value::Null, |d| {
+            meridian_model::rfc3339(d.as_millis() as i64).into()
+        })
+}
+
+fn zone_json(name: &str, z: &sync::ZoneInsight) -> serde_json::Value {
+    serde_json::json!({
+        "type": "Zone",
+        "name": name,
+        "state": if z.online { "Online" } else { "Offline" },
+        "connectedAt": time(z.connected_at),
+        "lastSeen": time(z.last_seen),
+        "ackedRevision": z.acked_revision,
+        "lastNack": z.last_nack,
+    })
+}
+
+/// `GET /zones` and `GET /zones/{name}`: each zone's sync state.
+fn zone_routes(zones: sync::Zones) -> axum::Router {
+    use axum::extract::{Path, State};
+    use axum::routing::get;
+    async fn list(State(zones): State<sync::Zones>) -> axum::Json<serde_json::Value> {
+        let items: Vec<serde_json::Value> = zones.all().iter().map(|(n, z)| zone_json(n, z)).collect();
+        axum::Json(serde_json::json!({ "total": items.len(), "items": items, "next": null }))
+    }
+    async fn one(
+        State(zones): State<sync::Zones>,
+        Path(name): Path<String>,
+    ) -> Result<axum::Json<serde_json::Value>, api::ApiError> {
+        zones
+            .all()
+            .get(&name)
+            .map(|z| axum::Json(zone_json(&name, z)))
+            .ok_or_else(|| api::ApiError::not_found(format!("zone {name:?} has never connected")))
+    }
+    axum::Router::new()
+        .route("/zones", get(list))
+        .route("/zones/{name}", get(one))
+        .with_state(zones)
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let RunArgs { api_addr, store, log } = args;
+    let RunArgs {
+        api_addr,
+        sync_addr,
+        store,
+        log,
+    } = args;
     init_logging(log.log_format);
     let store: Arc<dyn Store> = Arc::new(open_store(&store).await?);
     meridian_store::create_default_mesh(&*store).await?;
@@ -61,14 +110,32 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: Arc::new(api::metrics::Metrics::new()),
         role: "global",
     };
+    let zones = sync::Zones::default();
+    let sync_listener = tokio::net::TcpListener::bind(sync_addr)
+        .await
+        .with_context(|| format!("binding the sync service to {sync_addr}"))?;
+    info!(addr = %sync_listener.local_addr()?, "sync service serving");
+    let sync_service = meridian_proto::sync_service::global_sync_server::GlobalSyncServer::new(
+        sync::SyncServer::new(state.store.clone(), zones.clone()),
+    );
+    let mut sync = tokio::spawn(
+        tonic::transport::Server::builder()
+            // Detects zones that vanished without closing their stream.
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(3)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
+            .add_service(sync_service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(sync_listener)),
+    );
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("binding the REST API to {api_addr}"))?;
     info!(addr = %listener.local_addr()?, "REST API serving");
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving the REST API")?;
+    let router = api::router(state).merge(zone_routes(zones));
+    // The sync service is critical: if it stops, the process stops rather than limping on.
+    tokio::select! {
+        served = axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()) => served.context("serving the REST API")?,
+        stopped = &mut sync => anyhow::bail!("the sync service stopped: {stopped:?}"),
+    }
     info!("stopped");
     Ok(())
 }

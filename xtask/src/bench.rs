@@ -86,6 +86,7 @@ fn start(bin: &std::path::Path, flags: &[&str]) -> Result<(KillOnDrop, String)> 
     let child = Command::new(bin)
         .arg("run")
         .args(["--api-addr", &format!("127.0.0.1:{port}")])
+        .args(["--sync-addr", &format!("127.0.0.1:{}", free_port()?)])
         .args(flags)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

@@ -33,6 +33,10 @@ pub struct RunArgs {
     /// Directory of the zone's state (default ./.meridian/zone-<ZONE>).
     #[arg(long, env = "MERIDIAN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The global control plane's sync address (`grpc://HOST:PORT`); without it the zone runs
+    /// standalone and takes policy on its own API.
+    #[arg(long, env = "MERIDIAN_GLOBAL_ADDRESS")]
+    pub global_address: Option<String>,
     #[command(flatten)]
     pub log: LogArgs,
 }

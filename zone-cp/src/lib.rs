@@ -13,6 +13,7 @@
 pub mod api;
 pub mod args;
 pub mod reconcile;
+pub mod sync;
 pub mod xds;
 
 use std::sync::Arc;
@@ -47,6 +48,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         api_addr,
         xds_addr,
         data_dir,
+        global_address,
         log,
     } = args;
     init_logging(log.log_format);
@@ -58,12 +60,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("opening the zone store")?;
     sql.migrate().await.context("migrating the zone store")?;
     let store: Arc<dyn Store> = Arc::new(sql);
-    meridian_store::create_default_mesh(&*store).await?;
+    let global = global_address
+        .as_deref()
+        .map(sync::endpoint)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    if global.is_none() {
+        // Standalone: the zone is its own source of policy. Federated: meshes come from global.
+        meridian_store::create_default_mesh(&*store).await?;
+    }
 
     let mut metrics = Metrics::new();
     let xds_metrics = Arc::new(XdsMetrics::register(metrics.registry_mut()));
     let cache = SnapshotCache::default();
     let (stop_tx, stop_rx) = watch::channel(false);
+
+    if let Some(url) = global {
+        info!(global = %url, zone = %zone, "federated: syncing from global");
+        tokio::spawn(sync::run(url, zone.clone(), store.clone(), stop_rx.clone()));
+    }
 
     let reconciler = reconcile::Reconciler::new(store.clone(), cache.clone(), xds_metrics.clone());
     let mut reconciler = tokio::spawn(reconciler.run(stop_rx.clone()));

@@ -125,6 +125,12 @@ pub trait Store: Send + Sync + 'static {
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// On a zone: the last global revision applied to this store.
+    async fn sync_position(&self) -> Result<i64, StoreError>;
+
+    /// Records that every global change up to `revision` is applied.
+    async fn set_sync_position(&self, revision: i64) -> Result<(), StoreError>;
+
     /// The revision of the last write committed through this store, updated as writes commit:
     /// what the xDS and sync layers wait on instead of polling.
     fn watch(&self) -> tokio::sync::watch::Receiver<i64>;

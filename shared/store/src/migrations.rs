@@ -21,8 +21,10 @@ macro_rules! embed {
 pub fn migrator(backend: Backend) -> Migrator {
     use sqlx::SqlSafeStr as _;
     let migrations = match backend {
-        Backend::Sqlite => embed!("sqlite", [1: "0001_resources.sql"]),
-        Backend::Postgres => embed!("postgres", [1: "0001_resources.sql", 2: "0002_notify.sql"]),
+        Backend::Sqlite => embed!("sqlite", [1: "0001_resources.sql", 2: "0002_sync_position.sql"]),
+        Backend::Postgres => {
+            embed!("postgres", [1: "0001_resources.sql", 2: "0002_notify.sql", 3: "0003_sync_position.sql"])
+        }
     };
     Migrator::with_migrations(migrations)
 }

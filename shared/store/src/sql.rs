@@ -582,6 +582,23 @@ impl Store for SqlStore {
             .map_err(db_error)
     }
 
+    async fn sync_position(&self) -> Result<i64, StoreError> {
+        sqlx::query("SELECT value FROM meridian_sync_position WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|row| row.try_get::<i64, _>(0))
+            .map_err(db_error)
+    }
+
+    async fn set_sync_position(&self, revision: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE meridian_sync_position SET value = $1 WHERE id = 1")
+            .bind(revision)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(db_error)
+    }
+
     fn watch(&self) -> watch::Receiver<i64> {
         self.committed.subscribe()
     }

@@ -57,6 +57,7 @@ conformance!(
     changes_resume_from_a_revision,
     compacted_tombstones_need_a_snapshot,
     concurrent_writes_get_distinct_revisions,
+    sync_position_is_kept,
 );
 
 fn mk(yaml: &str) -> Submission {
@@ -426,4 +427,10 @@ async fn postgres_commits_reach_every_replica() {
     })
     .await
     .expect("replica b hears of replica a's commit");
+}
+
+async fn sync_position_is_kept(store: &dyn Store) {
+    assert_eq!(store.sync_position().await.expect("position"), 0);
+    store.set_sync_position(42).await.expect("set");
+    assert_eq!(store.sync_position().await.expect("position"), 42);
 }

@@ -1,0 +1,134 @@
+//! Global to zone sync drills: real global-cp and zone-cp processes.
+
+use std::time::Duration;
+
+use meridian_e2e::{GlobalCp, ZoneCp, http_get, meshctl, ok};
+use meridian_testing::wait_until;
+
+fn trace(name: &str, endpoint: &str) -> String {
+    format!(
+        "type: MeshTrace\nname: {name}\nspec:\n  backends:\n  - name: otel\n    type: open_telemetry\n    conf:\n      endpoint: {endpoint}\n"
+    )
+}
+
+/// A resource as the zone has it (`None` when it does not).
+fn on_zone(zone: &ZoneCp, kind: &str, name: &str) -> Option<serde_json::Value> {
+    let out = zone.meshctl(&["get", kind, name, "-o", "json"], None).ok()?;
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+fn wait_on_zone(zone: &ZoneCp, what: &str, check: impl Fn(Option<serde_json::Value>) -> bool) {
+    wait_until(what, Duration::from_secs(20), || {
+        check(on_zone(zone, "meshtrace", what.split(' ').next().unwrap_or("")))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn policies_written_on_global_reach_every_zone_and_zones_show_online() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let global = GlobalCp::start(dir.path(), None).expect("global-cp");
+    let z1 = ZoneCp::start_federated("zone-1", &dir.path().join("z1"), &global.sync_url).expect("zone-1");
+    let z2 = ZoneCp::start_federated("zone-2", &dir.path().join("z2"), &global.sync_url).expect("zone-2");
+    ok(meshctl(
+        &global.api_url,
+        &["apply", "-f", "-"],
+        Some(&trace("t1", "a:4317")),
+    )
+    .expect("apply"));
+    for zone in [&z1, &z2] {
+        wait_on_zone(zone, "t1 arrives", |t| {
+            t.is_some_and(|t| t["spec"]["backends"][0]["conf"]["endpoint"] == "a:4317")
+        });
+    }
+    ok(meshctl(
+        &global.api_url,
+        &["apply", "-f", "-"],
+        Some(&trace("t1", "b:4317")),
+    )
+    .expect("apply"));
+    ok(meshctl(&global.api_url, &["delete", "meshtrace", "t1"], None).expect("delete"));
+    for zone in [&z1, &z2] {
+        wait_on_zone(zone, "t1 goes", |t| t.is_none());
+    }
+    let (code, body, _) = http_get(&format!("{}/zones/zone-1", global.api_url));
+    assert_eq!(code, 200, "{body}");
+    let z: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(z["state"], "Online", "{z}");
+    let (_, zones, _) = http_get(&format!("{}/zones", global.api_url));
+    assert!(zones.contains("zone-2"), "{zones}");
+    // A federated zone's default mesh came from global: it is the same resource.
+    assert!(ok(z1.meshctl(&["get", "meshes"], None).expect("meshes")).contains("default"));
+}
+
+#[test]
+fn a_zone_that_was_away_converges_without_rewriting_what_did_not_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let global = GlobalCp::start(dir.path(), None).expect("global-cp");
+    let mut zone = ZoneCp::start_federated("zone-1", &dir.path().join("z1"), &global.sync_url).expect("zone");
+    for name in ["same", "changed", "deleted"] {
+        ok(meshctl(
+            &global.api_url,
+            &["apply", "-f", "-"],
+            Some(&trace(name, "a:4317")),
+        )
+        .expect("apply"));
+    }
+    wait_on_zone(&zone, "deleted arrives", |t| t.is_some());
+    zone.kill_9().expect("kill zone");
+
+    ok(meshctl(
+        &global.api_url,
+        &["apply", "-f", "-"],
+        Some(&trace("changed", "b:4317")),
+    )
+    .expect("apply"));
+    ok(meshctl(&global.api_url, &["delete", "meshtrace", "deleted"], None).expect("delete"));
+    ok(meshctl(
+        &global.api_url,
+        &["apply", "-f", "-"],
+        Some(&trace("created", "c:4317")),
+    )
+    .expect("apply"));
+
+    let zone = zone.restart().expect("restart zone");
+    wait_on_zone(&zone, "created arrives", |t| t.is_some());
+    wait_on_zone(&zone, "deleted goes", |t| t.is_none());
+    let changed = on_zone(&zone, "meshtrace", "changed").expect("changed");
+    assert_eq!(changed["spec"]["backends"][0]["conf"]["endpoint"], "b:4317");
+    // Resuming from the applied revision: the unchanged resource was not written again.
+    let same = on_zone(&zone, "meshtrace", "same").expect("same");
+    assert_eq!(same["version"], 1, "{same}");
+    assert_eq!(changed["version"], 2, "{changed}");
+}
+
+#[test]
+fn zones_keep_what_they_have_while_global_is_down_and_catch_up_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut global = GlobalCp::start(dir.path(), None).expect("global-cp");
+    let zone = ZoneCp::start_federated("zone-1", &dir.path().join("z1"), &global.sync_url).expect("zone");
+    ok(meshctl(
+        &global.api_url,
+        &["apply", "-f", "-"],
+        Some(&trace("t1", "a:4317")),
+    )
+    .expect("apply"));
+    wait_on_zone(&zone, "t1 arrives", |t| t.is_some());
+    global.kill_9().expect("kill global");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        on_zone(&zone, "meshtrace", "t1").is_some(),
+        "the zone keeps serving what it has"
+    );
+    let global = global.restart().expect("restart global");
+    ok(meshctl(
+        &global.api_url,
+        &["apply", "-f", "-"],
+        Some(&trace("t2", "a:4317")),
+    )
+    .expect("apply"));
+    wait_on_zone(&zone, "t2 arrives", |t| t.is_some());
+}

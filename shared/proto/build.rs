@@ -1,0 +1,22 @@
+//! Generates the gRPC service code for the messages in `src/sync.rs`. The messages are written
+//! in Rust with prost's derive (their field numbers are the wire contract), so the build needs
+//! no `protoc`.
+
+fn main() {
+    let sync = tonic_build::manual::Service::builder()
+        .name("GlobalSync")
+        .package("meridian.sync.v1")
+        .method(
+            tonic_build::manual::Method::builder()
+                .name("stream")
+                .route_name("Stream")
+                .input_type("crate::sync::ZoneMessage")
+                .output_type("crate::sync::GlobalMessage")
+                .codec_path("tonic_prost::ProstCodec")
+                .client_streaming()
+                .server_streaming()
+                .build(),
+        )
+        .build();
+    tonic_build::manual::Builder::new().compile(&[sync]);
+}

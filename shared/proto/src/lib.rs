@@ -1,0 +1,16 @@
+//! Messages and services between Meridian's control planes.
+//!
+//! ```text
+//!   zone leader ──ZoneMessage{Hello, Ack, ...}──> global-cp   (one bidirectional stream per zone)
+//!               <──GlobalMessage{Batch, ...}────
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod sync;
+
+/// The generated `GlobalSync` client and server.
+pub mod sync_service {
+    #![allow(clippy::all, clippy::pedantic, missing_docs, unused_qualifications)]
+    include!(concat!(env!("OUT_DIR"), "/meridian.sync.v1.GlobalSync.rs"));
+}
