@@ -62,6 +62,13 @@ fn policies_written_on_global_reach_every_zone_and_zones_show_online() {
     assert!(zones.contains("zone-2"), "{zones}");
     // A federated zone's default mesh came from global: it is the same resource.
     assert!(ok(z1.meshctl(&["get", "meshes"], None).expect("meshes")).contains("default"));
+    // Policies are written on global only; the zone's API says where.
+    let refused = z1
+        .meshctl(&["apply", "-f", "-"], Some(&trace("local", "a:4317")))
+        .expect("meshctl");
+    assert_eq!(refused.status.code(), Some(1));
+    let err = meridian_e2e::stderr(&refused);
+    assert!(err.contains("403") && err.contains(&global.sync_url), "{err}");
 }
 
 #[test]

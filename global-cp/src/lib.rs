@@ -109,6 +109,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         store,
         metrics: Arc::new(api::metrics::Metrics::new()),
         role: "global",
+        managed_by: None,
     };
     let zones = sync::Zones::default();
     let sync_listener = tokio::net::TcpListener::bind(sync_addr)

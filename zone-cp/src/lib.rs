@@ -108,6 +108,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         store,
         metrics: Arc::new(metrics),
         role: "zone",
+        managed_by: global_address.clone(),
     };
     let router = meridian_api::router(state).merge(api::routes(cache));
     let api_listener = tokio::net::TcpListener::bind(api_addr)

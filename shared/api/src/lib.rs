@@ -39,6 +39,9 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Which control plane serves this API (`global`, `zone`), shown on `/`.
     pub role: &'static str,
+    /// On a federated zone: the global control plane that owns every kind but Dataplanes,
+    /// which are then read-only here.
+    pub managed_by: Option<String>,
 }
 
 pub fn router(state: ApiState) -> Router {

@@ -21,6 +21,7 @@ fn error_responses(codes: &[&str]) -> Map<String, Value> {
             let description = match *code {
                 "400" => "Invalid request or resource; `causes` names each field at fault",
                 "404" => "Not found (the resource, its mesh, or the resource type)",
+                "403" => "Forbidden: on a federated zone, only Dataplanes are written locally",
                 "409" => "Conflict: a stale version, or a mesh that still holds resources",
                 "413" => "Body larger than 1 MiB",
                 "415" => "Content-Type is neither JSON nor YAML",
@@ -72,7 +73,7 @@ fn item_ops(kind: Kind, params: Vec<Value>) -> Value {
         "200".into(),
         json!({ "description": "The resource", "content": json_content(resource.clone()) }),
     );
-    let mut put_responses = error_responses(&["400", "404", "409", "413", "415", "503"]);
+    let mut put_responses = error_responses(&["400", "403", "404", "409", "413", "415", "503"]);
     put_responses.insert(
         "200".into(),
         json!({ "description": "Updated, or unchanged", "content": json_content(schema_ref("PutResult")) }),
@@ -96,7 +97,7 @@ fn item_ops(kind: Kind, params: Vec<Value>) -> Value {
             json!({"type": "boolean"}),
         ));
     }
-    let mut delete_responses = error_responses(&["400", "404", "409", "503"]);
+    let mut delete_responses = error_responses(&["400", "403", "404", "409", "503"]);
     delete_responses.insert(
         "200".into(),
         json!({ "description": "Deleted", "content": json_content(json!({"type": "object", "properties": {"revision": {"type": "integer"}}})) }),

@@ -183,12 +183,27 @@ fn check_matches_path(submission: &Submission, key: &ResourceKey) -> Result<(), 
     }
 }
 
+/// Refuses writes of kinds that a federated zone takes from its global control plane.
+fn check_writable(state: &ApiState, kind: Kind) -> Result<(), ApiError> {
+    match &state.managed_by {
+        Some(global) if kind != Kind::Dataplane => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "this zone is federated: {kind} resources are managed on the global control plane ({global}); write them there"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 async fn put(
     state: &ApiState,
     key: ResourceKey,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    check_writable(state, key.kind)?;
     let (text, format) = body::read(headers, body).await?;
     let mut docs = parse_documents(&text, format)?;
     if docs.len() != 1 {
@@ -264,6 +279,7 @@ async fn delete(
     key: ResourceKey,
     query: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
+    check_writable(state, key.kind)?;
     let options = DeleteOptions {
         cascade: parse_bool(query, "cascade")?,
         expected_version: parse_version(query)?,

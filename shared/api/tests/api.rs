@@ -18,6 +18,10 @@ struct Api {
 }
 
 async fn api() -> Api {
+    api_managed_by(None).await
+}
+
+async fn api_managed_by(managed_by: Option<&str>) -> Api {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(SqlStore::open_sqlite(dir.path()).await.expect("open"));
     store.migrate().await.expect("migrate");
@@ -25,49 +29,63 @@ async fn api() -> Api {
         store: store.clone(),
         metrics: Arc::new(Metrics::new()),
         role: "global",
+        managed_by: None,
+    };
+    // The mesh is created before the API becomes read-only, as a federated zone gets it by sync.
+    let (status, _) = send_to(
+        &router(state.clone()),
+        "PUT",
+        "/meshes/default",
+        Some(("application/json", r#"{"type":"Mesh","name":"default"}"#)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let state = ApiState {
+        managed_by: managed_by.map(str::to_owned),
+        ..state
     };
     let api = Api {
         router: router(state),
         store,
         _dir: dir,
     };
-    let (status, _) = api
-        .send(
-            "PUT",
-            "/meshes/default",
-            Some(("application/json", r#"{"type":"Mesh","name":"default"}"#)),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
     api
+}
+
+async fn send_to(
+    router: &Router,
+    method: &str,
+    uri: &str,
+    body: Option<(&str, &str)>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::HOST, "cp.test");
+    let body = match body {
+        Some((ct, text)) => {
+            req = req.header(header::CONTENT_TYPE, ct);
+            Body::from(text.to_owned())
+        }
+        None => Body::empty(),
+    };
+    let resp = router
+        .clone()
+        .oneshot(req.body(body).expect("request"))
+        .await
+        .expect("response");
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, value)
 }
 
 impl Api {
     async fn send(&self, method: &str, uri: &str, body: Option<(&str, &str)>) -> (StatusCode, Value) {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::HOST, "cp.test");
-        let body = match body {
-            Some((ct, text)) => {
-                req = req.header(header::CONTENT_TYPE, ct);
-                Body::from(text.to_owned())
-            }
-            None => Body::empty(),
-        };
-        let resp = self
-            .router
-            .clone()
-            .oneshot(req.body(body).expect("request"))
-            .await
-            .expect("response");
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .expect("body");
-        let value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-        (status, value)
+        send_to(&self.router, method, uri, body).await
     }
 
     async fn yaml(&self, uri: &str, text: &str) -> (StatusCode, Value) {
@@ -386,4 +404,25 @@ async fn unsupported_content_types_are_refused() {
         .send("PUT", "/meshes/default/meshtraces/t", Some(("text/html", TRACE)))
         .await;
     assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{b}");
+}
+
+#[tokio::test]
+async fn a_federated_zone_takes_only_dataplanes_on_its_api() {
+    let api = api_managed_by(Some("grpc://global:5685")).await;
+    let before = api.revision().await;
+    let (s, b) = api.yaml("/meshes/default/meshtraces/t", TRACE).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert!(
+        b["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("grpc://global:5685")),
+        "{b}"
+    );
+    let (s, _) = api.send("DELETE", "/meshes/default", None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(api.revision().await, before);
+    let dp =
+        "networking:\n  address: 127.0.0.1\n  inbound:\n  - port: 10001\n    tags: {kuma.io/service: demo}\n";
+    let (s, b) = api.yaml("/meshes/default/dataplanes/dp-1", dp).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
 }
