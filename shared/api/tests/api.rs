@@ -44,12 +44,11 @@ async fn api_managed_by(managed_by: Option<&str>) -> Api {
         managed_by: managed_by.map(str::to_owned),
         ..state
     };
-    let api = Api {
+    Api {
         router: router(state),
         store,
         _dir: dir,
-    };
-    api
+    }
 }
 
 async fn send_to(
