@@ -112,6 +112,17 @@ impl Client {
             .await
     }
 
+    /// POSTs JSON and returns the answer as text.
+    pub async fn post_text(&self, path: &str, body: &Value) -> Result<String, Failure> {
+        match self
+            .send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await?
+        {
+            Value::String(s) => Ok(s),
+            other => Ok(other.to_string()),
+        }
+    }
+
     pub async fn delete(&self, path: &str) -> Result<Value, Failure> {
         self.send(self.http.delete(format!("{}{path}", self.base))).await
     }

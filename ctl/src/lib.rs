@@ -64,6 +64,11 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    /// Generate a credential.
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
     /// Delete a resource.
     Delete {
         kind: String,
@@ -73,6 +78,15 @@ pub enum Command {
         /// For a mesh: also delete everything in it.
         #[arg(long)]
         cascade: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Generate {
+    /// A token that lets a zone control plane sync from global as zone NAME.
+    ZoneToken {
+        #[arg(long)]
+        zone: String,
     },
 }
 
@@ -104,6 +118,12 @@ impl Cli {
                 mesh,
                 cascade,
             } => delete(&client, &kind, &name, &mesh, cascade).await,
+            Command::Generate {
+                what: Generate::ZoneToken { zone },
+            } => client
+                .post_text("/tokens/zone", &serde_json::json!({ "zone": zone }))
+                .await
+                .map(|t| println!("{}", t.trim())),
             Command::Inspect {
                 kind,
                 name,

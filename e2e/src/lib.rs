@@ -126,6 +126,15 @@ impl GlobalCp {
     pub fn meshctl(&self, args: &[&str]) -> Result<Output> {
         meshctl(&self.api_url, args, None)
     }
+
+    /// A zone token, as `meshctl generate zone-token` prints it.
+    pub fn zone_token(&self, zone: &str) -> Result<String> {
+        let out = self.meshctl(&["generate", "zone-token", "--zone", zone])?;
+        if !out.status.success() {
+            bail!("generating a zone token: {}", stderr(&out));
+        }
+        Ok(stdout(&out).trim().to_owned())
+    }
 }
 
 /// Runs meshctl against `api_url`, optionally feeding `stdin`.
@@ -211,7 +220,7 @@ pub struct ZoneCp {
     api_port: u16,
     xds_port: u16,
     data_dir: PathBuf,
-    global: Option<String>,
+    global: Option<(String, PathBuf)>,
 }
 
 impl ZoneCp {
@@ -220,15 +229,19 @@ impl ZoneCp {
         Self::start_on(zone, data_dir, free_port()?, free_port()?, None)
     }
 
-    /// A zone that syncs from the global control plane at `global_sync_url`.
-    pub fn start_federated(zone: &str, data_dir: &Path, global_sync_url: &str) -> Result<Self> {
-        Self::start_on(
-            zone,
-            data_dir,
-            free_port()?,
-            free_port()?,
-            Some(global_sync_url.to_owned()),
-        )
+    /// A zone that syncs from `global`, with a token global issued for it.
+    pub fn start_federated(zone: &str, data_dir: &Path, global: &GlobalCp) -> Result<Self> {
+        let token = global.zone_token(zone)?;
+        Self::start_with_token(zone, data_dir, &global.sync_url, &token)
+    }
+
+    /// A zone that syncs from `global_sync_url` presenting `token` (right or wrong).
+    pub fn start_with_token(zone: &str, data_dir: &Path, global_sync_url: &str, token: &str) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let token_file = data_dir.join("zone-token");
+        std::fs::write(&token_file, token)?;
+        let global = Some((global_sync_url.to_owned(), token_file));
+        Self::start_on(zone, data_dir, free_port()?, free_port()?, global)
     }
 
     fn start_on(
@@ -236,12 +249,14 @@ impl ZoneCp {
         data_dir: &Path,
         api_port: u16,
         xds_port: u16,
-        global: Option<String>,
+        global: Option<(String, PathBuf)>,
     ) -> Result<Self> {
         let mut cmd = Command::new(bin("zone-cp")?);
         cmd.args(["run", "--zone", zone]);
-        if let Some(g) = &global {
-            cmd.args(["--global-address", g]);
+        if let Some((g, token_file)) = &global {
+            cmd.args(["--global-address", g])
+                .arg("--zone-token-file")
+                .arg(token_file);
         }
         let process = KillOnDrop::new(
             cmd.args(["--api-addr", &format!("127.0.0.1:{api_port}")])

@@ -31,8 +31,8 @@ fn wait_on_zone(zone: &ZoneCp, what: &str, check: impl Fn(Option<serde_json::Val
 fn policies_written_on_global_reach_every_zone_and_zones_show_online() {
     let dir = tempfile::tempdir().expect("tempdir");
     let global = GlobalCp::start(dir.path(), None).expect("global-cp");
-    let z1 = ZoneCp::start_federated("zone-1", &dir.path().join("z1"), &global.sync_url).expect("zone-1");
-    let z2 = ZoneCp::start_federated("zone-2", &dir.path().join("z2"), &global.sync_url).expect("zone-2");
+    let z1 = ZoneCp::start_federated("zone-1", &dir.path().join("z1"), &global).expect("zone-1");
+    let z2 = ZoneCp::start_federated("zone-2", &dir.path().join("z2"), &global).expect("zone-2");
     ok(meshctl(
         &global.api_url,
         &["apply", "-f", "-"],
@@ -75,7 +75,7 @@ fn policies_written_on_global_reach_every_zone_and_zones_show_online() {
 fn a_zone_that_was_away_converges_without_rewriting_what_did_not_change() {
     let dir = tempfile::tempdir().expect("tempdir");
     let global = GlobalCp::start(dir.path(), None).expect("global-cp");
-    let mut zone = ZoneCp::start_federated("zone-1", &dir.path().join("z1"), &global.sync_url).expect("zone");
+    let mut zone = ZoneCp::start_federated("zone-1", &dir.path().join("z1"), &global).expect("zone");
     for name in ["same", "changed", "deleted"] {
         ok(meshctl(
             &global.api_url,
@@ -116,7 +116,7 @@ fn a_zone_that_was_away_converges_without_rewriting_what_did_not_change() {
 fn zones_keep_what_they_have_while_global_is_down_and_catch_up_after() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut global = GlobalCp::start(dir.path(), None).expect("global-cp");
-    let zone = ZoneCp::start_federated("zone-1", &dir.path().join("z1"), &global.sync_url).expect("zone");
+    let zone = ZoneCp::start_federated("zone-1", &dir.path().join("z1"), &global).expect("zone");
     ok(meshctl(
         &global.api_url,
         &["apply", "-f", "-"],
@@ -138,4 +138,50 @@ fn zones_keep_what_they_have_while_global_is_down_and_catch_up_after() {
     )
     .expect("apply"));
     wait_on_zone(&zone, "t2 arrives", |t| t.is_some());
+}
+
+#[test]
+fn zones_without_a_valid_token_for_themselves_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let global = GlobalCp::start(dir.path(), None).expect("global-cp");
+    ok(meshctl(
+        &global.api_url,
+        &["apply", "-f", "-"],
+        Some(&trace("t1", "a:4317")),
+    )
+    .expect("apply"));
+    // A real token, but for another zone.
+    let other = global.zone_token("zone-2").expect("token");
+    let impostor =
+        ZoneCp::start_with_token("zone-1", &dir.path().join("z1"), &global.sync_url, &other).expect("zone");
+    let garbage = ZoneCp::start_with_token(
+        "zone-3",
+        &dir.path().join("z3"),
+        &global.sync_url,
+        "v1.bogus.bogus",
+    )
+    .expect("zone");
+    std::thread::sleep(Duration::from_secs(2));
+    for zone in [&impostor, &garbage] {
+        assert!(
+            on_zone(zone, "meshtrace", "t1").is_none(),
+            "{} got global's policy",
+            zone.zone
+        );
+    }
+    let (_, zones, _) = http_get(&format!("{}/zones", global.api_url));
+    assert!(!zones.contains("zone-1") && !zones.contains("zone-3"), "{zones}");
+    // And a federated zone-cp cannot start without a token at all.
+    let out = std::process::Command::new(meridian_e2e::bin("zone-cp").expect("bin"))
+        .args(["run", "--zone", "zone-4", "--global-address", &global.sync_url])
+        .arg("--data-dir")
+        .arg(dir.path().join("z4"))
+        .output()
+        .expect("zone-cp");
+    assert!(!out.status.success());
+    assert!(
+        meridian_e2e::stderr(&out).contains("--zone-token-file"),
+        "{}",
+        meridian_e2e::stderr(&out)
+    );
 }

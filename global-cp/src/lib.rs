@@ -10,6 +10,7 @@
 
 pub mod args;
 pub mod sync;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -70,6 +71,26 @@ fn zone_json(name: &str, z: &sync::ZoneInsight) -> serde_json::Value {
     })
 }
 
+/// `POST /tokens/zone` with `{"zone": NAME}`: a token for that zone's control plane (text).
+fn token_routes(tokens: tokens::ZoneTokens) -> axum::Router {
+    use axum::extract::State;
+    use axum::routing::post;
+    async fn issue(
+        State(tokens): State<tokens::ZoneTokens>,
+        axum::Json(body): axum::Json<serde_json::Value>,
+    ) -> Result<String, api::ApiError> {
+        let zone = body["zone"]
+            .as_str()
+            .ok_or_else(|| api::ApiError::bad_field("zone", "must be set to the zone's name"))?;
+        meridian_model::validate::dns1123_label(zone).map_err(|e| api::ApiError::bad_field("zone", e))?;
+        info!(zone, "zone token issued");
+        Ok(tokens.issue(zone))
+    }
+    axum::Router::new()
+        .route("/tokens/zone", post(issue))
+        .with_state(tokens)
+}
+
 /// `GET /zones` and `GET /zones/{name}`: each zone's sync state.
 fn zone_routes(zones: sync::Zones) -> axum::Router {
     use axum::extract::{Path, State};
@@ -116,8 +137,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the sync service to {sync_addr}"))?;
     info!(addr = %sync_listener.local_addr()?, "sync service serving");
+    let zone_tokens = tokens::ZoneTokens::load(&*state.store)
+        .await
+        .context("loading the zone-token key")?;
     let sync_service = meridian_proto::sync_service::global_sync_server::GlobalSyncServer::new(
-        sync::SyncServer::new(state.store.clone(), zones.clone()),
+        sync::SyncServer::new(state.store.clone(), zones.clone(), zone_tokens.clone()),
     );
     let mut sync = tokio::spawn(
         tonic::transport::Server::builder()
@@ -131,7 +155,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the REST API to {api_addr}"))?;
     info!(addr = %listener.local_addr()?, "REST API serving");
-    let router = api::router(state).merge(zone_routes(zones));
+    let router = api::router(state)
+        .merge(zone_routes(zones))
+        .merge(token_routes(zone_tokens));
     // The sync service is critical: if it stops, the process stops rather than limping on.
     tokio::select! {
         served = axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()) => served.context("serving the REST API")?,

@@ -29,6 +29,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::tokens::ZoneTokens;
+
 /// Changes per batch.
 const BATCH: u32 = 500;
 
@@ -63,11 +65,12 @@ impl Zones {
 pub struct SyncServer {
     store: Arc<dyn Store>,
     zones: Zones,
+    tokens: ZoneTokens,
 }
 
 impl SyncServer {
-    pub fn new(store: Arc<dyn Store>, zones: Zones) -> Self {
-        Self { store, zones }
+    pub fn new(store: Arc<dyn Store>, zones: Zones, tokens: ZoneTokens) -> Self {
+        Self { store, zones, tokens }
     }
 }
 
@@ -182,6 +185,12 @@ impl GlobalSync for SyncServer {
         &self,
         request: Request<Streaming<ZoneMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(ZoneMessage {
@@ -195,6 +204,18 @@ impl GlobalSync for SyncServer {
             ..
         } = hello;
         dns1123_label(&zone).map_err(|e| Status::invalid_argument(format!("Hello.zone {zone:?} {e}")))?;
+        let Some(token) = token else {
+            warn!(zone = %zone, "sync refused: no zone token");
+            return Err(Status::unauthenticated(
+                "no zone token: start zone-cp with --zone-token-file (meshctl generate zone-token --zone NAME)",
+            ));
+        };
+        if let Err(reason) = self.tokens.verify(&token, &zone) {
+            warn!(zone = %zone, reason = %reason, "sync refused: invalid zone token");
+            return Err(Status::unauthenticated(format!(
+                "invalid zone token for zone {zone:?}: {reason}"
+            )));
+        }
         if applied_revision < 0 {
             return Err(Status::invalid_argument(
                 "Hello.applied_revision must not be negative",

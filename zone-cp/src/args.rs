@@ -37,6 +37,10 @@ pub struct RunArgs {
     /// standalone and takes policy on its own API.
     #[arg(long, env = "MERIDIAN_GLOBAL_ADDRESS")]
     pub global_address: Option<String>,
+    /// The zone token global issued for this zone (`meshctl generate zone-token --zone NAME`);
+    /// required with --global-address.
+    #[arg(long, env = "MERIDIAN_ZONE_TOKEN_FILE", requires = "global_address")]
+    pub zone_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -49,6 +49,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         xds_addr,
         data_dir,
         global_address,
+        zone_token_file,
         log,
     } = args;
     init_logging(log.log_format);
@@ -76,8 +77,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
 
     if let Some(url) = global {
+        let Some(token_file) = zone_token_file else {
+            anyhow::bail!(
+                "--global-address needs --zone-token-file (meshctl generate zone-token --zone {zone})"
+            );
+        };
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("reading --zone-token-file {}", token_file.display()))?
+            .trim()
+            .to_owned();
         info!(global = %url, zone = %zone, "federated: syncing from global");
-        tokio::spawn(sync::run(url, zone.clone(), store.clone(), stop_rx.clone()));
+        tokio::spawn(sync::run(
+            url,
+            zone.clone(),
+            token,
+            store.clone(),
+            stop_rx.clone(),
+        ));
     }
 
     let reconciler = reconcile::Reconciler::new(store.clone(), cache.clone(), xds_metrics.clone());

@@ -152,11 +152,17 @@ async fn list_all(store: &dyn Store, kind: Kind) -> Result<Vec<ResourceKey>, Sto
 }
 
 /// Runs the sync until `shutdown`, reconnecting with backoff and jitter.
-pub async fn run(url: String, zone: String, store: Arc<dyn Store>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    url: String,
+    zone: String,
+    token: String,
+    store: Arc<dyn Store>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut delay = Duration::from_millis(200);
     loop {
         let outcome = tokio::select! {
-            r = session(&url, &zone, &*store) => r,
+            r = session(&url, &zone, &token, &*store) => r,
             _ = shutdown.changed() => return,
         };
         match outcome {
@@ -176,7 +182,7 @@ pub async fn run(url: String, zone: String, store: Arc<dyn Store>, mut shutdown:
     }
 }
 
-async fn session(url: &str, zone: &str, store: &dyn Store) -> Result<(), String> {
+async fn session(url: &str, zone: &str, token: &str, store: &dyn Store) -> Result<(), String> {
     let mut client = GlobalSyncClient::connect(url.to_owned())
         .await
         .map_err(|e| format!("connecting to {url}: {e}"))?
@@ -193,8 +199,13 @@ async fn session(url: &str, zone: &str, store: &dyn Store) -> Result<(), String>
     })
     .await
     .map_err(|e| e.to_string())?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    let bearer = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| "the zone token is not valid header text".to_owned())?;
+    request.metadata_mut().insert("authorization", bearer);
     let mut inbound = client
-        .stream(ReceiverStream::new(rx))
+        .stream(request)
         .await
         .map_err(|e| format!("opening the sync stream: {e}"))?
         .into_inner();

@@ -131,6 +131,10 @@ pub trait Store: Send + Sync + 'static {
     /// Records that every global change up to `revision` is applied.
     async fn set_sync_position(&self, revision: i64) -> Result<(), StoreError>;
 
+    /// The secret named `name`: the stored one, or `candidate` if none was stored yet (the
+    /// first writer wins, so replicas starting together agree).
+    async fn secret(&self, name: &str, candidate: &str) -> Result<String, StoreError>;
+
     /// The revision of the last write committed through this store, updated as writes commit:
     /// what the xDS and sync layers wait on instead of polling.
     fn watch(&self) -> tokio::sync::watch::Receiver<i64>;

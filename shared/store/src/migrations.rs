@@ -21,9 +21,11 @@ macro_rules! embed {
 pub fn migrator(backend: Backend) -> Migrator {
     use sqlx::SqlSafeStr as _;
     let migrations = match backend {
-        Backend::Sqlite => embed!("sqlite", [1: "0001_resources.sql", 2: "0002_sync_position.sql"]),
+        Backend::Sqlite => {
+            embed!("sqlite", [1: "0001_resources.sql", 2: "0002_sync_position.sql", 3: "0003_signing_keys.sql"])
+        }
         Backend::Postgres => {
-            embed!("postgres", [1: "0001_resources.sql", 2: "0002_notify.sql", 3: "0003_sync_position.sql"])
+            embed!("postgres", [1: "0001_resources.sql", 2: "0002_notify.sql", 3: "0003_sync_position.sql", 4: "0004_signing_keys.sql"])
         }
     };
     Migrator::with_migrations(migrations)

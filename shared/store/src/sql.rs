@@ -599,6 +599,25 @@ impl Store for SqlStore {
             .map_err(db_error)
     }
 
+    async fn secret(&self, name: &str, candidate: &str) -> Result<String, StoreError> {
+        sqlx::query(
+            "INSERT INTO meridian_signing_keys (name, secret, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(candidate)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        sqlx::query("SELECT secret FROM meridian_signing_keys WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|row| row.try_get::<String, _>(0))
+            .map_err(db_error)
+    }
+
     fn watch(&self) -> watch::Receiver<i64> {
         self.committed.subscribe()
     }

@@ -58,6 +58,7 @@ conformance!(
     compacted_tombstones_need_a_snapshot,
     concurrent_writes_get_distinct_revisions,
     sync_position_is_kept,
+    the_first_secret_wins,
 );
 
 fn mk(yaml: &str) -> Submission {
@@ -433,4 +434,16 @@ async fn sync_position_is_kept(store: &dyn Store) {
     assert_eq!(store.sync_position().await.expect("position"), 0);
     store.set_sync_position(42).await.expect("set");
     assert_eq!(store.sync_position().await.expect("position"), 42);
+}
+
+async fn the_first_secret_wins(store: &dyn Store) {
+    assert_eq!(
+        store.secret("zone-token", "first").await.expect("secret"),
+        "first"
+    );
+    assert_eq!(
+        store.secret("zone-token", "second").await.expect("secret"),
+        "first"
+    );
+    assert_eq!(store.secret("other", "x").await.expect("secret"), "x");
 }
