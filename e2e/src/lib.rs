@@ -289,6 +289,15 @@ impl ZoneCp {
         self.process.kill_now()
     }
 
+    /// SIGSTOP: the process stays, silent, its connections open.
+    pub fn freeze(&self) -> Result<()> {
+        self.process.signal("STOP")
+    }
+
+    pub fn thaw(&self) -> Result<()> {
+        self.process.signal("CONT")
+    }
+
     /// Starts again on the same ports and data dir.
     pub fn restart(self) -> Result<Self> {
         let Self {
@@ -421,5 +430,79 @@ impl Sidecar {
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<()> {
         let process = &mut self.process;
         wait_until("meridian-dp to exit", timeout, || !process.is_running())
+    }
+}
+
+/// The seed's demo in one zone: reg-server answers after 250 ms, demo calls it 4 times, each
+/// beside meridian-dp and Envoy.
+pub struct DemoPair {
+    pub reg: DemoApp,
+    pub demo: DemoApp,
+    pub reg_sidecar: Sidecar,
+    pub demo_sidecar: Sidecar,
+    /// demo's inbound, through its sidecar.
+    pub demo_url: String,
+    pub reg_inbound: u16,
+    pub outbound: u16,
+}
+
+impl DemoPair {
+    pub fn start(cp: &ZoneCp) -> Result<Self> {
+        let (outbound, reg_inbound, demo_inbound) = (free_port()?, free_port()?, free_port()?);
+        let reg = DemoApp::start(&["--name", "reg-server", "--zone", &cp.zone, "--delay", "250ms"])?;
+        let demo = DemoApp::start(&[
+            "--name",
+            "demo",
+            "--zone",
+            &cp.zone,
+            "--upstream",
+            &format!("http://127.0.0.1:{outbound}/"),
+            "--calls",
+            "4",
+        ])?;
+        let reg_sidecar = Sidecar::start(
+            cp,
+            &[
+                "--name",
+                "reg-server-1",
+                "--inbound",
+                &format!("{reg_inbound}:{}:reg-server:http", reg.port),
+            ],
+        )?;
+        let demo_sidecar = Sidecar::start(
+            cp,
+            &[
+                "--name",
+                "demo-1",
+                "--inbound",
+                &format!("{demo_inbound}:{}:demo:http", demo.port),
+                "--outbound",
+                &format!("{outbound}:reg-server"),
+            ],
+        )?;
+        let demo_url = format!("http://127.0.0.1:{demo_inbound}/");
+        wait_until(
+            "demo to answer through its sidecar",
+            Duration::from_secs(30),
+            || http_get(&demo_url).0 == 200,
+        )?;
+        Ok(Self {
+            reg,
+            demo,
+            reg_sidecar,
+            demo_sidecar,
+            demo_url,
+            reg_inbound,
+            outbound,
+        })
+    }
+
+    /// Envoy's `/config_dump` of demo's sidecar.
+    pub fn demo_config_dump(&self) -> String {
+        http_get(&format!(
+            "http://127.0.0.1:{}/config_dump",
+            self.demo_sidecar.admin_port
+        ))
+        .1
     }
 }

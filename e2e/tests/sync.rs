@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use meridian_e2e::{GlobalCp, ZoneCp, http_get, meshctl, ok};
+use meridian_e2e::{DemoPair, GlobalCp, ZoneCp, http_get, meshctl, ok};
 use meridian_testing::wait_until;
 
 fn trace(name: &str, endpoint: &str) -> String {
@@ -184,4 +184,82 @@ fn zones_without_a_valid_token_for_themselves_are_refused() {
         "{}",
         meridian_e2e::stderr(&out)
     );
+}
+
+const SHORT_TIMEOUT: &str = "type: MeshTimeout\nname: short\nspec:\n  targetRef: {kind: Mesh}\n  to:\n  - targetRef: {kind: MeshService, name: reg-server}\n    default:\n      http:\n        requestTimeout: 100ms\n";
+
+#[test]
+fn a_timeout_applied_on_global_takes_effect_in_both_zones_envoys_and_survives_global_loss() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut global = GlobalCp::start(dir.path(), None).expect("global-cp");
+    let z1 = ZoneCp::start_federated("zone-1", &dir.path().join("z1"), &global).expect("zone-1");
+    let z2 = ZoneCp::start_federated("zone-2", &dir.path().join("z2"), &global).expect("zone-2");
+    let pairs = [
+        DemoPair::start(&z1).expect("zone-1 demo"),
+        DemoPair::start(&z2).expect("zone-2 demo"),
+    ];
+
+    ok(meshctl(&global.api_url, &["apply", "-f", "-"], Some(SHORT_TIMEOUT)).expect("apply"));
+    for pair in &pairs {
+        wait_until("the timeout in Envoy's config", Duration::from_secs(20), || {
+            pair.demo_config_dump().contains("0.100s")
+        })
+        .expect("in config_dump");
+        wait_until("the timeout to take effect", Duration::from_secs(10), || {
+            http_get(&pair.demo_url).0 == 504
+        })
+        .expect("504");
+    }
+    ok(meshctl(&global.api_url, &["delete", "meshtimeout", "short"], None).expect("delete"));
+    for pair in &pairs {
+        wait_until("the timeout to go", Duration::from_secs(20), || {
+            http_get(&pair.demo_url).0 == 200
+        })
+        .expect("200");
+    }
+
+    // Global goes away: traffic in both zones goes on, every request succeeds.
+    global.kill_9().expect("kill global");
+    for _ in 0..5 {
+        for pair in &pairs {
+            let (status, body, _) = http_get(&pair.demo_url);
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    let global = global.restart().expect("restart global");
+    ok(meshctl(&global.api_url, &["apply", "-f", "-"], Some(SHORT_TIMEOUT)).expect("apply"));
+    for pair in &pairs {
+        wait_until("edits to flow again", Duration::from_secs(30), || {
+            http_get(&pair.demo_url).0 == 504
+        })
+        .expect("504");
+    }
+}
+
+#[test]
+fn global_marks_a_zone_offline_soon_after_losing_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let global = GlobalCp::start(dir.path(), None).expect("global-cp");
+    let zone = ZoneCp::start_federated("zone-1", &dir.path().join("z1"), &global).expect("zone");
+    let state = || {
+        let (_, body, _) = http_get(&format!("{}/zones/zone-1", global.api_url));
+        serde_json::from_str::<serde_json::Value>(&body)
+            .map(|z| z["state"].clone())
+            .unwrap_or_default()
+    };
+    wait_until("zone online", Duration::from_secs(10), || state() == "Online").expect("online");
+    // A frozen zone sends nothing and closes nothing: only keepalives can tell.
+    zone.freeze().expect("SIGSTOP");
+    let started = std::time::Instant::now();
+    wait_until("zone offline", Duration::from_secs(10), || state() == "Offline")
+        .expect("offline within 10 s");
+    eprintln!(
+        "zone marked offline {:.1}s after it froze",
+        started.elapsed().as_secs_f64()
+    );
+    zone.thaw().expect("SIGCONT");
+    wait_until("zone back online", Duration::from_secs(20), || {
+        state() == "Online"
+    })
+    .expect("online again");
 }

@@ -2,77 +2,21 @@
 
 use std::time::Duration;
 
-use meridian_e2e::{DemoApp, Sidecar, ZoneCp, http_get, ok, stderr};
+use meridian_e2e::{DemoPair, ZoneCp, http_get, ok, stderr};
 use meridian_testing::wait_until;
 
-/// The seed's demo in one zone: reg-server answers after 250 ms, demo calls it 4 times.
+/// A standalone zone with the seed's demo.
 struct DemoZone {
     cp: ZoneCp,
-    _reg: DemoApp,
-    _demo: DemoApp,
-    reg_sidecar: Sidecar,
-    demo_sidecar: Sidecar,
-    demo_url: String,
+    pair: DemoPair,
     _dir: tempfile::TempDir,
 }
 
 fn demo_zone() -> DemoZone {
     let dir = tempfile::tempdir().expect("tempdir");
     let cp = ZoneCp::start("zone-1", &dir.path().join("zone")).expect("zone-cp");
-    let outbound = meridian_testing::free_port().expect("port");
-    let (reg_in, demo_in) = (
-        meridian_testing::free_port().expect("port"),
-        meridian_testing::free_port().expect("port"),
-    );
-    let reg = DemoApp::start(&["--name", "reg-server", "--zone", "zone-1", "--delay", "250ms"])
-        .expect("reg-server");
-    let demo = DemoApp::start(&[
-        "--name",
-        "demo",
-        "--upstream",
-        &format!("http://127.0.0.1:{outbound}/"),
-        "--calls",
-        "4",
-    ])
-    .expect("demo");
-    let reg_sidecar = Sidecar::start(
-        &cp,
-        &[
-            "--name",
-            "reg-server-1",
-            "--inbound",
-            &format!("{reg_in}:{}:reg-server:http", reg.port),
-        ],
-    )
-    .expect("reg-server sidecar");
-    let demo_sidecar = Sidecar::start(
-        &cp,
-        &[
-            "--name",
-            "demo-1",
-            "--inbound",
-            &format!("{demo_in}:{}:demo:http", demo.port),
-            "--outbound",
-            &format!("{outbound}:reg-server"),
-        ],
-    )
-    .expect("demo sidecar");
-    let demo_url = format!("http://127.0.0.1:{demo_in}/");
-    wait_until(
-        "demo to answer through its sidecar",
-        Duration::from_secs(30),
-        || http_get(&demo_url).0 == 200,
-    )
-    .expect("traffic flows");
-    DemoZone {
-        cp,
-        _reg: reg,
-        _demo: demo,
-        reg_sidecar,
-        demo_sidecar,
-        demo_url,
-        _dir: dir,
-    }
+    let pair = DemoPair::start(&cp).expect("demo pair");
+    DemoZone { cp, pair, _dir: dir }
 }
 
 const SHORT_TIMEOUT: &str = "type: MeshTimeout\nname: short\nspec:\n  targetRef: {kind: Mesh}\n  to:\n  - targetRef: {kind: MeshService, name: reg-server}\n    default:\n      http:\n        requestTimeout: 100ms\n";
@@ -80,7 +24,7 @@ const SHORT_TIMEOUT: &str = "type: MeshTimeout\nname: short\nspec:\n  targetRef:
 #[test]
 fn demo_calls_reg_server_through_both_sidecars_and_policies_apply_live() {
     let z = demo_zone();
-    let (status, body, took) = http_get(&z.demo_url);
+    let (status, body, took) = http_get(&z.pair.demo_url);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body.matches("\"service\":\"reg-server\"").count(), 4, "{body}");
     assert!(
@@ -88,8 +32,8 @@ fn demo_calls_reg_server_through_both_sidecars_and_policies_apply_live() {
         "4 sequential calls of 250 ms took {took:?}"
     );
     // Both sidecars carried the calls.
-    assert!(z.demo_sidecar.stat("cluster.reg-server.upstream_rq_2xx") >= 4);
-    let inbound = z.reg_sidecar.stat(&format!(
+    assert!(z.pair.demo_sidecar.stat("cluster.reg-server.upstream_rq_2xx") >= 4);
+    let inbound = z.pair.reg_sidecar.stat(&format!(
         "http.inbound_127.0.0.1_{}.downstream_rq_2xx",
         inbound_port(&z.cp, "reg-server-1")
     ));
@@ -100,10 +44,10 @@ fn demo_calls_reg_server_through_both_sidecars_and_policies_apply_live() {
         .meshctl(&["apply", "-f", "-"], Some(SHORT_TIMEOUT))
         .expect("meshctl"));
     wait_until("the timeout to take effect", Duration::from_secs(10), || {
-        http_get(&z.demo_url).0 == 504
+        http_get(&z.pair.demo_url).0 == 504
     })
     .expect("504");
-    let (status, _, took) = http_get(&z.demo_url);
+    let (status, _, took) = http_get(&z.pair.demo_url);
     assert_eq!(status, 504);
     assert!(
         took < Duration::from_millis(250),
@@ -114,7 +58,7 @@ fn demo_calls_reg_server_through_both_sidecars_and_policies_apply_live() {
         .meshctl(&["delete", "meshtimeout", "short"], None)
         .expect("meshctl"));
     wait_until("the timeout to be gone", Duration::from_secs(10), || {
-        http_get(&z.demo_url).0 == 200
+        http_get(&z.pair.demo_url).0 == 200
     })
     .expect("200");
 
@@ -162,7 +106,7 @@ fn traffic_survives_the_zone_cp_and_proxies_reconnect() {
     let mut z = demo_zone();
     z.cp.kill_9().expect("kill -9 zone-cp");
     for _ in 0..5 {
-        let (status, body, _) = http_get(&z.demo_url);
+        let (status, body, _) = http_get(&z.pair.demo_url);
         assert_eq!(
             status, 200,
             "Envoy keeps its last config while the CP is down: {body}"
@@ -180,7 +124,7 @@ fn traffic_survives_the_zone_cp_and_proxies_reconnect() {
         .meshctl(&["apply", "-f", "-"], Some(SHORT_TIMEOUT))
         .expect("meshctl"));
     wait_until("changes to flow again", Duration::from_secs(10), || {
-        http_get(&z.demo_url).0 == 504
+        http_get(&z.pair.demo_url).0 == 504
     })
     .expect("504");
     z.cp = cp;
@@ -189,8 +133,9 @@ fn traffic_survives_the_zone_cp_and_proxies_reconnect() {
 #[test]
 fn a_stopped_sidecar_deregisters_its_dataplane() {
     let mut z = demo_zone();
-    z.reg_sidecar.terminate().expect("SIGTERM");
-    z.reg_sidecar
+    z.pair.reg_sidecar.terminate().expect("SIGTERM");
+    z.pair
+        .reg_sidecar
         .wait_exit(Duration::from_secs(15))
         .expect("meridian-dp exits");
     let out =
@@ -201,7 +146,7 @@ fn a_stopped_sidecar_deregisters_its_dataplane() {
     wait_until(
         "reg-server to leave demo's endpoints",
         Duration::from_secs(10),
-        || http_get(&z.demo_url).0 == 503,
+        || http_get(&z.pair.demo_url).0 == 503,
     )
     .expect("503");
 }
@@ -286,17 +231,17 @@ fn malformed_dataplanes_are_refused_at_registration_and_on_the_api() {
 #[test]
 fn meridian_dp_restarts_an_envoy_that_dies() {
     let z = demo_zone();
-    let before = z.demo_sidecar.envoy_pid().expect("envoy pid");
+    let before = z.pair.demo_sidecar.envoy_pid().expect("envoy pid");
     std::process::Command::new("kill")
         .args(["-9", &before.to_string()])
         .status()
         .expect("kill -9 envoy");
     wait_until("a new envoy", Duration::from_secs(15), || {
-        z.demo_sidecar.envoy_pid().is_some_and(|p| p != before)
+        z.pair.demo_sidecar.envoy_pid().is_some_and(|p| p != before)
     })
     .expect("restarted");
     wait_until("traffic to flow again", Duration::from_secs(30), || {
-        http_get(&z.demo_url).0 == 200
+        http_get(&z.pair.demo_url).0 == 200
     })
     .expect("200");
 }
