@@ -263,3 +263,62 @@ fn global_marks_a_zone_offline_soon_after_losing_it() {
     })
     .expect("online again");
 }
+
+#[test]
+fn two_replicas_on_one_postgres_feed_zones_connected_to_either() {
+    let pg = meridian_testing::Postgres::start().expect("postgres");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).expect("dir");
+    std::fs::create_dir_all(&db).expect("dir");
+    let a = GlobalCp::start(&da, Some(&pg.url())).expect("replica a");
+    let b = GlobalCp::start(&db, Some(&pg.url())).expect("replica b");
+    // A token issued by one replica is good on the other: the key is in the shared store.
+    let z1 = ZoneCp::start_with_token(
+        "zone-1",
+        &dir.path().join("z1"),
+        &a.sync_url,
+        &b.zone_token("zone-1").expect("token"),
+    )
+    .expect("zone-1 on a");
+    let z2 = ZoneCp::start_federated("zone-2", &dir.path().join("z2"), &b).expect("zone-2 on b");
+    for (via, name) in [(&a, "via-a"), (&b, "via-b")] {
+        ok(meshctl(&via.api_url, &["apply", "-f", "-"], Some(&trace(name, "a:4317"))).expect("apply"));
+        for zone in [&z1, &z2] {
+            wait_until(
+                &format!("{name} on {}", zone.zone),
+                Duration::from_secs(20),
+                || on_zone(zone, "meshtrace", name).is_some(),
+            )
+            .expect("reached");
+        }
+    }
+}
+
+#[test]
+fn global_rides_out_a_postgres_restart() {
+    let mut pg = meridian_testing::Postgres::start().expect("postgres");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let global = GlobalCp::start(dir.path(), Some(&pg.url())).expect("global-cp");
+    let zone = ZoneCp::start_federated("zone-1", &dir.path().join("z1"), &global).expect("zone");
+    ok(meshctl(
+        &global.api_url,
+        &["apply", "-f", "-"],
+        Some(&trace("before", "a:4317")),
+    )
+    .expect("apply"));
+    wait_on_zone(&zone, "before arrives", |t| t.is_some());
+    pg.restart().expect("restart postgres");
+    // The first request after the restart may meet a dead pooled connection (503); retrying works.
+    wait_until("writes to work again", Duration::from_secs(30), || {
+        meshctl(
+            &global.api_url,
+            &["apply", "-f", "-"],
+            Some(&trace("after", "a:4317")),
+        )
+        .is_ok_and(|o| o.status.success())
+    })
+    .expect("global serves again");
+    wait_on_zone(&zone, "after arrives", |t| t.is_some());
+    assert_eq!(http_get(&format!("{}/healthz", global.api_url)).0, 200);
+}

@@ -7,7 +7,7 @@
 #![forbid(unsafe_code)]
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -153,7 +153,9 @@ pub struct Postgres {
     // Field order matters: the server stops before its directory is removed.
     server: KillOnDrop,
     port: u16,
-    _dir: tempfile::TempDir,
+    options: PostgresOptions,
+    as_nobody: bool,
+    dir: tempfile::TempDir,
 }
 
 impl Postgres {
@@ -188,14 +190,30 @@ impl Postgres {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         let port = free_port()?;
-        let log = std::fs::File::create(dir.path().join("postgres.log"))?;
+        let server = Self::serve(dir.path(), port, options, as_nobody)?;
+        Ok(Self {
+            server,
+            port,
+            options,
+            as_nobody,
+            dir,
+        })
+    }
+
+    /// Starts the postmaster on the cluster in `dir` and waits until it accepts connections.
+    fn serve(dir: &Path, port: u16, options: PostgresOptions, as_nobody: bool) -> Result<KillOnDrop> {
+        let log_path = dir.join("postgres.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
         if as_nobody {
             let (uid, gid) = nobody()?;
-            std::os::unix::fs::chown(dir.path().join("postgres.log"), Some(uid), Some(gid))?;
+            std::os::unix::fs::chown(&log_path, Some(uid), Some(gid))?;
         }
         let mut cmd = unprivileged("postgres", as_nobody);
         cmd.arg("-D")
-            .arg(&data)
+            .arg(dir.join("data"))
             .args([
                 "-p",
                 &port.to_string(),
@@ -205,7 +223,7 @@ impl Postgres {
                 "max_connections=200",
             ])
             .arg("-k")
-            .arg(dir.path());
+            .arg(dir);
         if !options.durable {
             cmd.args([
                 "-c",
@@ -222,7 +240,6 @@ impl Postgres {
             .spawn()
             .context("starting postgres")?;
         let mut server = KillOnDrop::new(child);
-        let socket_dir: PathBuf = dir.path().to_owned();
         wait_until("postgres to accept connections", Duration::from_secs(30), || {
             Command::new("pg_isready")
                 .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
@@ -231,17 +248,25 @@ impl Postgres {
                 .unwrap_or(false)
         })
         .with_context(|| {
-            let log = std::fs::read_to_string(socket_dir.join("postgres.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             format!("postgres did not start; its log:\n{log}")
         })?;
         if !server.is_running() {
             bail!("postgres exited during start");
         }
-        Ok(Self {
-            server,
-            port,
-            _dir: dir,
-        })
+        Ok(server)
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected) and starts it again on the
+    /// same port and data, as an operator's restart or a failover would.
+    pub fn restart(&mut self) -> Result<()> {
+        self.server.signal("INT")?;
+        let server = &mut self.server;
+        wait_until("postgres to stop", Duration::from_secs(30), || {
+            !server.is_running()
+        })?;
+        self.server = Self::serve(self.dir.path(), self.port, self.options, self.as_nobody)?;
+        Ok(())
     }
 
     pub fn port(&self) -> u16 {
