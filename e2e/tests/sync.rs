@@ -322,3 +322,81 @@ fn global_rides_out_a_postgres_restart() {
     wait_on_zone(&zone, "after arrives", |t| t.is_some());
     assert_eq!(http_get(&format!("{}/healthz", global.api_url)).0, 200);
 }
+
+#[test]
+fn a_cut_off_zone_converges_to_globals_state_when_healed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let global = GlobalCp::start(dir.path(), None).expect("global-cp");
+    let sync_addr = global
+        .sync_url
+        .trim_start_matches("grpc://")
+        .parse()
+        .expect("addr");
+    let chaos = meridian_testing::ChaosProxy::start(sync_addr).expect("chaos proxy");
+    let token = global.zone_token("zone-2").expect("token");
+    let zone = ZoneCp::start_with_token(
+        "zone-2",
+        &dir.path().join("z2"),
+        &format!("grpc://127.0.0.1:{}", chaos.port),
+        &token,
+    )
+    .expect("zone-2 behind the proxy");
+    for name in ["same", "changed", "deleted"] {
+        ok(meshctl(
+            &global.api_url,
+            &["apply", "-f", "-"],
+            Some(&trace(name, "a:4317")),
+        )
+        .expect("apply"));
+    }
+    wait_on_zone(&zone, "deleted arrives", |t| t.is_some());
+
+    chaos.cut();
+    ok(meshctl(
+        &global.api_url,
+        &["apply", "-f", "-"],
+        Some(&trace("created", "a:4317")),
+    )
+    .expect("apply"));
+    ok(meshctl(
+        &global.api_url,
+        &["apply", "-f", "-"],
+        Some(&trace("changed", "b:4317")),
+    )
+    .expect("apply"));
+    ok(meshctl(&global.api_url, &["delete", "meshtrace", "deleted"], None).expect("delete"));
+    ok(meshctl(
+        &global.api_url,
+        &["apply", "-f", "-"],
+        Some(&trace("changed", "c:4317")),
+    )
+    .expect("apply"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(on_zone(&zone, "meshtrace", "created").is_none(), "the cut held");
+    chaos.restore();
+
+    wait_until("zone-2 to converge", Duration::from_secs(40), || {
+        on_zone(&zone, "meshtrace", "created").is_some() && on_zone(&zone, "meshtrace", "deleted").is_none()
+    })
+    .expect("converged");
+    let names = |url: &str| -> Vec<String> {
+        let out = ok(meshctl(url, &["get", "meshtraces", "-o", "json"], None).expect("list"));
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| format!("{}={}", i["name"], i["spec"]["backends"][0]["conf"]["endpoint"]))
+            .collect()
+    };
+    assert_eq!(
+        names(&zone.api_url),
+        names(&global.api_url),
+        "the zone holds exactly global's state"
+    );
+    assert_eq!(
+        on_zone(&zone, "meshtrace", "same").expect("same")["version"],
+        1,
+        "unchanged resources were not rewritten"
+    );
+}

@@ -306,3 +306,92 @@ impl Postgres {
         &mut self.server
     }
 }
+
+/// A TCP proxy on a free loopback port that a test can cut and restore, standing in for a
+/// network partition between two components.
+pub struct ChaosProxy {
+    pub port: u16,
+    state: std::sync::Arc<ChaosState>,
+}
+
+#[derive(Default)]
+struct ChaosState {
+    cut: std::sync::atomic::AtomicBool,
+    stopped: std::sync::atomic::AtomicBool,
+    connections: std::sync::Mutex<Vec<std::net::TcpStream>>,
+}
+
+impl ChaosState {
+    fn close_all(&self) {
+        let mut conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        for c in conns.drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl ChaosProxy {
+    /// Forwards connections on a new port to `target` (`127.0.0.1:PORT`).
+    pub fn start(target: std::net::SocketAddr) -> Result<Self> {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let state = std::sync::Arc::new(ChaosState::default());
+        let s = state.clone();
+        std::thread::spawn(move || {
+            for incoming in listener.incoming() {
+                if s.stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(client) = incoming else { continue };
+                if s.cut.load(Ordering::Relaxed) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(upstream) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) else {
+                    continue;
+                };
+                {
+                    let mut conns = s.connections.lock().unwrap_or_else(|e| e.into_inner());
+                    if let (Ok(a), Ok(b)) = (client.try_clone(), upstream.try_clone()) {
+                        conns.push(a);
+                        conns.push(b);
+                    }
+                }
+                pipe(client, upstream);
+                pipe(u2, c2);
+            }
+        });
+        Ok(Self { port, state })
+    }
+
+    /// Drops every connection and refuses new ones until [`ChaosProxy::restore`].
+    pub fn cut(&self) {
+        self.state.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.state.close_all();
+    }
+
+    pub fn restore(&self) {
+        self.state.cut.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for ChaosProxy {
+    fn drop(&mut self) {
+        self.state
+            .stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.state.close_all();
+        // Wake the accept loop so it sees `stopped`.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
