@@ -47,16 +47,33 @@ pub struct GlobalCp {
     sync_port: u16,
     workdir: PathBuf,
     store: Option<String>,
+    env: Vec<(String, String)>,
 }
 
 impl GlobalCp {
     /// Starts `global-cp run` with no flags in `workdir` (so its data lands in
     /// `workdir/.meridian/global`), its address given by environment on a free port.
     pub fn start(workdir: &Path, store: Option<&str>) -> Result<Self> {
-        Self::start_on(workdir, store, free_port()?, free_port()?)
+        Self::start_on(workdir, store, free_port()?, free_port()?, Vec::new())
     }
 
-    fn start_on(workdir: &Path, store: Option<&str>, port: u16, sync_port: u16) -> Result<Self> {
+    /// With TLS on the sync port (zones dial `grpcs://`).
+    pub fn start_tls(workdir: &Path, cert: &Path, key: &Path) -> Result<Self> {
+        let env = vec![
+            ("MERIDIAN_SYNC_TLS_CERT".to_owned(), cert.display().to_string()),
+            ("MERIDIAN_SYNC_TLS_KEY".to_owned(), key.display().to_string()),
+        ];
+        Self::start_on(workdir, None, free_port()?, free_port()?, env)
+    }
+
+    fn start_on(
+        workdir: &Path,
+        store: Option<&str>,
+        port: u16,
+        sync_port: u16,
+        env: Vec<(String, String)>,
+    ) -> Result<Self> {
+        let tls = !env.is_empty();
         let mut cmd = Command::new(bin("global-cp")?);
         cmd.arg("run")
             .current_dir(workdir)
@@ -66,18 +83,20 @@ impl GlobalCp {
             .env_remove("MERIDIAN_STORE")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::inherit())
+            .envs(env.iter().map(|(k, v)| (k, v)));
         if let Some(url) = store {
             cmd.env("MERIDIAN_STORE", url);
         }
         let mut cp = Self {
             process: KillOnDrop::new(cmd.spawn().context("starting global-cp")?),
             api_url: format!("http://127.0.0.1:{port}"),
-            sync_url: format!("grpc://127.0.0.1:{sync_port}"),
+            sync_url: format!("{}://127.0.0.1:{sync_port}", if tls { "grpcs" } else { "grpc" }),
             port,
             sync_port,
             workdir: workdir.to_owned(),
             store: store.map(str::to_owned),
+            env,
         };
         cp.wait_healthy()?;
         Ok(cp)
@@ -116,11 +135,12 @@ impl GlobalCp {
             sync_port,
             workdir,
             store,
+            env,
             ..
         } = self;
         process.kill_now()?;
         drop(process);
-        Self::start_on(&workdir, store.as_deref(), port, sync_port)
+        Self::start_on(&workdir, store.as_deref(), port, sync_port, env)
     }
 
     pub fn meshctl(&self, args: &[&str]) -> Result<Output> {
@@ -220,13 +240,14 @@ pub struct ZoneCp {
     api_port: u16,
     xds_port: u16,
     data_dir: PathBuf,
-    global: Option<(String, PathBuf)>,
+    /// The federation flags, if any.
+    global: Vec<String>,
 }
 
 impl ZoneCp {
     /// A standalone zone.
     pub fn start(zone: &str, data_dir: &Path) -> Result<Self> {
-        Self::start_on(zone, data_dir, free_port()?, free_port()?, None)
+        Self::start_on(zone, data_dir, free_port()?, free_port()?, Vec::new())
     }
 
     /// A zone that syncs from `global`, with a token global issued for it.
@@ -237,11 +258,30 @@ impl ZoneCp {
 
     /// A zone that syncs from `global_sync_url` presenting `token` (right or wrong).
     pub fn start_with_token(zone: &str, data_dir: &Path, global_sync_url: &str, token: &str) -> Result<Self> {
+        Self::start_federated_with(zone, data_dir, global_sync_url, token, None)
+    }
+
+    /// Like [`ZoneCp::start_with_token`], trusting `ca_file` for a `grpcs://` global.
+    pub fn start_federated_with(
+        zone: &str,
+        data_dir: &Path,
+        global_sync_url: &str,
+        token: &str,
+        ca_file: Option<&Path>,
+    ) -> Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let token_file = data_dir.join("zone-token");
         std::fs::write(&token_file, token)?;
-        let global = Some((global_sync_url.to_owned(), token_file));
-        Self::start_on(zone, data_dir, free_port()?, free_port()?, global)
+        let mut args = vec![
+            "--global-address".to_owned(),
+            global_sync_url.to_owned(),
+            "--zone-token-file".to_owned(),
+            token_file.display().to_string(),
+        ];
+        if let Some(ca) = ca_file {
+            args.extend(["--global-ca-file".to_owned(), ca.display().to_string()]);
+        }
+        Self::start_on(zone, data_dir, free_port()?, free_port()?, args)
     }
 
     fn start_on(
@@ -249,15 +289,10 @@ impl ZoneCp {
         data_dir: &Path,
         api_port: u16,
         xds_port: u16,
-        global: Option<(String, PathBuf)>,
+        global: Vec<String>,
     ) -> Result<Self> {
         let mut cmd = Command::new(bin("zone-cp")?);
-        cmd.args(["run", "--zone", zone]);
-        if let Some((g, token_file)) = &global {
-            cmd.args(["--global-address", g])
-                .arg("--zone-token-file")
-                .arg(token_file);
-        }
+        cmd.args(["run", "--zone", zone]).args(&global);
         let process = KillOnDrop::new(
             cmd.args(["--api-addr", &format!("127.0.0.1:{api_port}")])
                 .args(["--xds-addr", &format!("127.0.0.1:{xds_port}")])

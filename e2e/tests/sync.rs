@@ -400,3 +400,65 @@ fn a_cut_off_zone_converges_to_globals_state_when_healed() {
         "unchanged resources were not rewritten"
     );
 }
+
+#[test]
+fn the_sync_port_speaks_tls_to_zones_that_trust_its_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let server_key = rcgen::KeyPair::generate().expect("key");
+    let server_params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("params");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server = server_params
+        .signed_by(&server_key, &issuer)
+        .expect("server cert");
+    let write = |name: &str, pem: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write");
+        path
+    };
+    let (ca_file, cert, key) = (
+        write("ca.pem", ca.pem()),
+        write("sync.pem", server.pem()),
+        write("sync.key", server_key.serialize_pem()),
+    );
+    let other_ca = rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .self_signed(&rcgen::KeyPair::generate().expect("key"))
+        .expect("ca");
+    let wrong_ca = write("other-ca.pem", other_ca.pem());
+
+    let global = GlobalCp::start_tls(dir.path(), &cert, &key).expect("global-cp with TLS");
+    assert!(global.sync_url.starts_with("grpcs://"));
+    ok(meshctl(
+        &global.api_url,
+        &["apply", "-f", "-"],
+        Some(&trace("t1", "a:4317")),
+    )
+    .expect("apply"));
+    let token = global.zone_token("zone-1").expect("token");
+    let zone = ZoneCp::start_federated_with(
+        "zone-1",
+        &dir.path().join("z1"),
+        &global.sync_url,
+        &token,
+        Some(&ca_file),
+    )
+    .expect("zone");
+    wait_on_zone(&zone, "t1 arrives", |t| t.is_some());
+    // A zone that trusts another CA does not talk to this global.
+    let token = global.zone_token("zone-2").expect("token");
+    let stranger = ZoneCp::start_federated_with(
+        "zone-2",
+        &dir.path().join("z2"),
+        &global.sync_url,
+        &token,
+        Some(&wrong_ca),
+    )
+    .expect("zone");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(on_zone(&stranger, "meshtrace", "t1").is_none());
+}

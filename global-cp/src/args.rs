@@ -29,6 +29,12 @@ pub struct RunArgs {
     /// Address of the sync service that zone control planes connect to.
     #[arg(long, env = "MERIDIAN_SYNC_ADDR", default_value = "127.0.0.1:5685")]
     pub sync_addr: SocketAddr,
+    /// PEM certificate (chain) for TLS on the sync port; zones then dial grpcs://.
+    #[arg(long, env = "MERIDIAN_SYNC_TLS_CERT", requires = "sync_tls_key")]
+    pub sync_tls_cert: Option<PathBuf>,
+    /// PEM private key of --sync-tls-cert.
+    #[arg(long, env = "MERIDIAN_SYNC_TLS_KEY", requires = "sync_tls_cert")]
+    pub sync_tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]

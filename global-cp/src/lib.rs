@@ -119,6 +119,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let RunArgs {
         api_addr,
         sync_addr,
+        sync_tls_cert,
+        sync_tls_key,
         store,
         log,
     } = args;
@@ -143,8 +145,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let sync_service = meridian_proto::sync_service::global_sync_server::GlobalSyncServer::new(
         sync::SyncServer::new(state.store.clone(), zones.clone(), zone_tokens.clone()),
     );
+    let mut sync_server = tonic::transport::Server::builder();
+    if let (Some(cert), Some(key)) = (&sync_tls_cert, &sync_tls_key) {
+        let read =
+            |p: &std::path::PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+        sync_server = sync_server
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .context("the sync TLS certificate and key")?;
+        info!(cert = %cert.display(), "sync service uses TLS");
+    }
     let mut sync = tokio::spawn(
-        tonic::transport::Server::builder()
+        sync_server
             // Detects zones that vanished without closing their stream.
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(3)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))

@@ -41,6 +41,9 @@ pub struct RunArgs {
     /// required with --global-address.
     #[arg(long, env = "MERIDIAN_ZONE_TOKEN_FILE", requires = "global_address")]
     pub zone_token_file: Option<PathBuf>,
+    /// PEM CA certificate that signed global's sync certificate (for grpcs:// addresses).
+    #[arg(long, env = "MERIDIAN_GLOBAL_CA_FILE", requires = "global_address")]
+    pub global_ca_file: Option<PathBuf>,
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -50,6 +50,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         data_dir,
         global_address,
         zone_token_file,
+        global_ca_file,
         log,
     } = args;
     init_logging(log.log_format);
@@ -61,11 +62,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("opening the zone store")?;
     sql.migrate().await.context("migrating the zone store")?;
     let store: Arc<dyn Store> = Arc::new(sql);
-    let global = global_address
-        .as_deref()
-        .map(sync::endpoint)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    let global = match global_address.as_deref() {
+        Some(address) => {
+            let ca = global_ca_file
+                .as_ref()
+                .map(|f| {
+                    std::fs::read(f).with_context(|| format!("reading --global-ca-file {}", f.display()))
+                })
+                .transpose()?;
+            Some(sync::GlobalEndpoint::parse(address, ca).map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
     if global.is_none() {
         // Standalone: the zone is its own source of policy. Federated: meshes come from global.
         meridian_store::create_default_mesh(&*store).await?;
@@ -86,7 +94,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("reading --zone-token-file {}", token_file.display()))?
             .trim()
             .to_owned();
-        info!(global = %url, zone = %zone, "federated: syncing from global");
+        info!(global = %url.url, tls = url.ca.is_some(), zone = %zone, "federated: syncing from global");
         tokio::spawn(sync::run(
             url,
             zone.clone(),

@@ -27,15 +27,56 @@ pub fn global_owned(kind: Kind) -> bool {
     kind != Kind::Dataplane
 }
 
-/// Turns `grpc://host:port` into the URL tonic dials.
-pub fn endpoint(address: &str) -> Result<String, String> {
-    let rest = address
-        .strip_prefix("grpc://")
-        .ok_or_else(|| format!("--global-address {address:?} must be grpc://HOST:PORT"))?;
-    if rest.is_empty() || !rest.contains(':') {
-        return Err(format!("--global-address {address:?} must be grpc://HOST:PORT"));
+/// Where global's sync service is, and how to trust it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GlobalEndpoint {
+    /// What tonic dials (`http://` or `https://`).
+    pub url: String,
+    /// For `grpcs://`: the PEM CA that signed global's certificate.
+    pub ca: Option<Vec<u8>>,
+}
+
+impl GlobalEndpoint {
+    /// Parses `grpc://HOST:PORT` or `grpcs://HOST:PORT` (which needs `ca`).
+    pub fn parse(address: &str, ca: Option<Vec<u8>>) -> Result<Self, String> {
+        let bad = || format!("--global-address {address:?} must be grpc://HOST:PORT or grpcs://HOST:PORT");
+        let (scheme, rest) = if let Some(rest) = address.strip_prefix("grpcs://") {
+            ("https", rest)
+        } else if let Some(rest) = address.strip_prefix("grpc://") {
+            ("http", rest)
+        } else {
+            return Err(bad());
+        };
+        if rest.is_empty() || !rest.contains(':') {
+            return Err(bad());
+        }
+        match (scheme, &ca) {
+            ("https", None) => Err(format!(
+                "--global-address {address:?} uses TLS: give --global-ca-file"
+            )),
+            ("http", Some(_)) => Err(format!(
+                "--global-ca-file is for grpcs:// addresses, not {address:?}"
+            )),
+            _ => Ok(Self {
+                url: format!("{scheme}://{rest}"),
+                ca,
+            }),
+        }
     }
-    Ok(format!("http://{rest}"))
+
+    async fn connect(&self) -> Result<tonic::transport::Channel, String> {
+        let mut endpoint =
+            tonic::transport::Endpoint::from_shared(self.url.clone()).map_err(|e| e.to_string())?;
+        if let Some(ca) = &self.ca {
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS setup: {e}"))?;
+        }
+        endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("connecting to {}: {e}", self.url))
+    }
 }
 
 /// How a batch went.
@@ -153,7 +194,7 @@ async fn list_all(store: &dyn Store, kind: Kind) -> Result<Vec<ResourceKey>, Sto
 
 /// Runs the sync until `shutdown`, reconnecting with backoff and jitter.
 pub async fn run(
-    url: String,
+    global: GlobalEndpoint,
     zone: String,
     token: String,
     store: Arc<dyn Store>,
@@ -162,7 +203,7 @@ pub async fn run(
     let mut delay = Duration::from_millis(200);
     loop {
         let outcome = tokio::select! {
-            r = session(&url, &zone, &token, &*store) => r,
+            r = session(&global, &zone, &token, &*store) => r,
             _ = shutdown.changed() => return,
         };
         match outcome {
@@ -182,11 +223,8 @@ pub async fn run(
     }
 }
 
-async fn session(url: &str, zone: &str, token: &str, store: &dyn Store) -> Result<(), String> {
-    let mut client = GlobalSyncClient::connect(url.to_owned())
-        .await
-        .map_err(|e| format!("connecting to {url}: {e}"))?
-        .max_decoding_message_size(64 << 20);
+async fn session(global: &GlobalEndpoint, zone: &str, token: &str, store: &dyn Store) -> Result<(), String> {
+    let mut client = GlobalSyncClient::new(global.connect().await?).max_decoding_message_size(64 << 20);
     let applied_revision = store.sync_position().await.map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel(4);
     let hello = Hello {
@@ -409,11 +447,16 @@ mod tests {
 
     #[test]
     fn global_addresses() {
-        assert_eq!(
-            endpoint("grpc://127.0.0.1:5685"),
-            Ok("http://127.0.0.1:5685".into())
+        let plain = GlobalEndpoint::parse("grpc://127.0.0.1:5685", None).expect("valid");
+        assert_eq!(plain.url, "http://127.0.0.1:5685");
+        let tls = GlobalEndpoint::parse("grpcs://global.example:5685", Some(b"ca".to_vec())).expect("valid");
+        assert_eq!(tls.url, "https://global.example:5685");
+        assert!(
+            GlobalEndpoint::parse("grpcs://global.example:5685", None)
+                .is_err_and(|e| e.contains("--global-ca-file"))
         );
-        assert!(endpoint("http://127.0.0.1:5685").is_err());
-        assert!(endpoint("grpc://").is_err());
+        assert!(GlobalEndpoint::parse("grpc://127.0.0.1:5685", Some(b"ca".to_vec())).is_err());
+        assert!(GlobalEndpoint::parse("http://127.0.0.1:5685", None).is_err());
+        assert!(GlobalEndpoint::parse("grpc://", None).is_err());
     }
 }
