@@ -289,21 +289,33 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let envoy = envoy_binary(given_envoy);
     info!(envoy = %envoy.display(), admin_port, bootstrap = %bootstrap_path.display(), "starting envoy");
-    let result = supervise(&envoy, &bootstrap_path, admin_port, drain_time, &envoy_log_level).await;
-    registration.deregister().await;
+    let result = supervise(
+        &envoy,
+        &bootstrap_path,
+        admin_port,
+        drain_time,
+        &envoy_log_level,
+        &registration,
+    )
+    .await;
+    if result.is_err() {
+        registration.deregister().await;
+    }
     if made_work_dir {
         let _ = std::fs::remove_dir_all(&work_dir);
     }
     result
 }
 
-/// Runs Envoy, restarting it with backoff when it dies, until a shutdown signal; then drains.
+/// Runs Envoy, restarting it with backoff when it dies, until a shutdown signal; then
+/// deregisters (so callers stop choosing this endpoint) and drains.
 async fn supervise(
     envoy: &Path,
     bootstrap: &Path,
     admin_port: u16,
     drain_time: u64,
     log_level: &str,
+    registration: &Registration,
 ) -> anyhow::Result<()> {
     let mut backoff = Duration::from_secs(1);
     let shutdown = shutdown_signal();
@@ -338,11 +350,15 @@ async fn supervise(
                 warn!(%status, restart_in = ?backoff, "envoy exited; restarting");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = &mut shutdown => return Ok(()),
+                    _ = &mut shutdown => {
+                        registration.deregister().await;
+                        return Ok(());
+                    }
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
             _ = &mut shutdown => {
+                registration.deregister().await;
                 drain(&mut child, admin_port, drain_time).await;
                 return Ok(());
             }

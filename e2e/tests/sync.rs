@@ -20,6 +20,15 @@ fn on_zone(zone: &ZoneCp, kind: &str, name: &str) -> Option<serde_json::Value> {
         .flatten()
 }
 
+/// One sample from a control plane's `/metrics` (0 when absent).
+fn metric(api_url: &str, name: &str) -> f64 {
+    let (_, text, _) = http_get(&format!("{api_url}/metrics"));
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 fn wait_on_zone(zone: &ZoneCp, what: &str, check: impl Fn(Option<serde_json::Value>) -> bool) {
     wait_until(what, Duration::from_secs(20), || {
         check(on_zone(zone, "meshtrace", what.split(' ').next().unwrap_or("")))
@@ -161,7 +170,11 @@ fn zones_without_a_valid_token_for_themselves_are_refused() {
         "v1.bogus.bogus",
     )
     .expect("zone");
-    std::thread::sleep(Duration::from_secs(2));
+    // Wait until global has refused both (not merely until they had no time to connect).
+    wait_until("both zones to be refused", Duration::from_secs(20), || {
+        metric(&global.api_url, "meridian_sync_refused_total") >= 2.0
+    })
+    .expect("refusals counted");
     for zone in [&impostor, &garbage] {
         assert!(
             on_zone(zone, "meshtrace", "t1").is_none(),
@@ -459,6 +472,10 @@ fn the_sync_port_speaks_tls_to_zones_that_trust_its_ca() {
         Some(&wrong_ca),
     )
     .expect("zone");
-    std::thread::sleep(Duration::from_secs(2));
+    wait_until("the stranger's sync to fail", Duration::from_secs(20), || {
+        metric(&stranger.api_url, "meridian_sync_failures_total") >= 1.0
+    })
+    .expect("a failed attempt");
     assert!(on_zone(&stranger, "meshtrace", "t1").is_none());
+    assert_eq!(metric(&zone.api_url, "meridian_sync_connected"), 1.0);
 }

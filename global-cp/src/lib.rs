@@ -63,7 +63,7 @@ fn zone_json(name: &str, z: &sync::ZoneInsight) -> serde_json::Value {
     serde_json::json!({
         "type": "Zone",
         "name": name,
-        "state": if z.online { "Online" } else { "Offline" },
+        "state": if z.streams > 0 { "Online" } else { "Offline" },
         "connectedAt": time(z.connected_at),
         "lastSeen": time(z.last_seen),
         "ackedRevision": z.acked_revision,
@@ -77,8 +77,17 @@ fn token_routes(tokens: tokens::ZoneTokens) -> axum::Router {
     use axum::routing::post;
     async fn issue(
         State(tokens): State<tokens::ZoneTokens>,
+        axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
         axum::Json(body): axum::Json<serde_json::Value>,
     ) -> Result<String, api::ApiError> {
+        // Until the REST API authenticates callers, only the host itself may mint credentials.
+        if !peer.ip().is_loopback() {
+            return Err(api::ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "Forbidden",
+                "zone tokens are issued only to callers on the control plane's own host",
+            ));
+        }
         let zone = body["zone"]
             .as_str()
             .ok_or_else(|| api::ApiError::bad_field("zone", "must be set to the zone's name"))?;
@@ -128,9 +137,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = Arc::new(open_store(&store).await?);
     meridian_store::create_default_mesh(&*store).await?;
     info!(mesh = meridian_model::DEFAULT_MESH, "default mesh ensured");
+    let mut metrics = api::metrics::Metrics::new();
+    let sync_refused = prometheus_client::metrics::counter::Counter::<u64>::default();
+    metrics.registry_mut().register(
+        "sync_refused",
+        "Zone sync streams refused (bad or missing zone token)",
+        sync_refused.clone(),
+    );
     let state = api::ApiState {
         store,
-        metrics: Arc::new(api::metrics::Metrics::new()),
+        metrics: Arc::new(metrics),
         role: "global",
         managed_by: None,
     };
@@ -142,9 +158,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let zone_tokens = tokens::ZoneTokens::load(&*state.store)
         .await
         .context("loading the zone-token key")?;
-    let sync_service = meridian_proto::sync_service::global_sync_server::GlobalSyncServer::new(
-        sync::SyncServer::new(state.store.clone(), zones.clone(), zone_tokens.clone()),
-    );
+    let sync_service =
+        meridian_proto::sync_service::global_sync_server::GlobalSyncServer::new(sync::SyncServer::new(
+            state.store.clone(),
+            zones.clone(),
+            zone_tokens.clone(),
+            sync_refused,
+        ));
     let mut sync_server = tonic::transport::Server::builder();
     if let (Some(cert), Some(key)) = (&sync_tls_cert, &sync_tls_key) {
         let read =
@@ -172,7 +192,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .merge(token_routes(zone_tokens));
     // The sync service is critical: if it stops, the process stops rather than limping on.
     tokio::select! {
-        served = axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()) => served.context("serving the REST API")?,
+        served = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+            .with_graceful_shutdown(shutdown_signal()) => served.context("serving the REST API")?,
         stopped = &mut sync => anyhow::bail!("the sync service stopped: {stopped:?}"),
     }
     info!("stopped");

@@ -22,12 +22,14 @@ use meridian_proto::sync::{
     zone_message,
 };
 use meridian_proto::sync_service::global_sync_server::GlobalSync;
-use meridian_store::{Change, Page, Store, StoreError};
+use meridian_store::{Change, Store, StoreError};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
+
+use prometheus_client::metrics::counter::Counter;
 
 use crate::tokens::ZoneTokens;
 
@@ -37,7 +39,8 @@ const BATCH: u32 = 500;
 /// What global knows of a zone's sync.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ZoneInsight {
-    pub online: bool,
+    /// Open streams: a zone that reconnects can briefly have two, and is online while any is.
+    pub streams: u32,
     pub connected_at: Option<SystemTime>,
     pub last_seen: Option<SystemTime>,
     /// The last revision the zone ACKed.
@@ -66,11 +69,17 @@ pub struct SyncServer {
     store: Arc<dyn Store>,
     zones: Zones,
     tokens: ZoneTokens,
+    refused: Counter,
 }
 
 impl SyncServer {
-    pub fn new(store: Arc<dyn Store>, zones: Zones, tokens: ZoneTokens) -> Self {
-        Self { store, zones, tokens }
+    pub fn new(store: Arc<dyn Store>, zones: Zones, tokens: ZoneTokens, refused: Counter) -> Self {
+        Self {
+            store,
+            zones,
+            tokens,
+            refused,
+        }
     }
 }
 
@@ -114,26 +123,18 @@ fn batch(b: Batch) -> Result<GlobalMessage, Status> {
 
 type Outbox = mpsc::Sender<Result<GlobalMessage, Status>>;
 
-/// Every global resource, read after `revision` was: anything newer is sent again after it.
+/// Every global resource at one revision, read in one transaction.
 async fn snapshot(store: &dyn Store) -> Result<Batch, StoreError> {
-    let revision = store.revision().await?;
-    let mut changes = Vec::new();
-    for &kind in Kind::ALL.iter().filter(|k| global_owned(**k)) {
-        let mut offset = 0;
-        loop {
-            let page = store.list(kind, None, Page { size: 1000, offset }).await?;
-            offset += page.items.len() as u64;
-            changes.extend(page.items.iter().map(wire_upsert));
-            if page.items.is_empty() || offset >= page.total {
-                break;
-            }
-        }
-    }
+    let (revision, items) = store.snapshot().await?;
     Ok(Batch {
         from_revision: 0,
         to_revision: revision,
         snapshot: true,
-        changes,
+        changes: items
+            .iter()
+            .filter(|s| global_owned(s.resource.kind()))
+            .map(wire_upsert)
+            .collect(),
     })
 }
 
@@ -206,12 +207,14 @@ impl GlobalSync for SyncServer {
         dns1123_label(&zone).map_err(|e| Status::invalid_argument(format!("Hello.zone {zone:?} {e}")))?;
         let Some(token) = token else {
             warn!(zone = %zone, "sync refused: no zone token");
+            self.refused.inc();
             return Err(Status::unauthenticated(
                 "no zone token: start zone-cp with --zone-token-file (meshctl generate zone-token --zone NAME)",
             ));
         };
         if let Err(reason) = self.tokens.verify(&token, &zone) {
             warn!(zone = %zone, reason = %reason, "sync refused: invalid zone token");
+            self.refused.inc();
             return Err(Status::unauthenticated(format!(
                 "invalid zone token for zone {zone:?}: {reason}"
             )));
@@ -229,7 +232,7 @@ impl GlobalSync for SyncServer {
             async move {
                 info!(applied_revision, "zone connected");
                 zones.update(&zone, |z| {
-                    z.online = true;
+                    z.streams += 1;
                     z.connected_at = Some(SystemTime::now());
                     z.last_seen = z.connected_at;
                 });
@@ -265,7 +268,7 @@ impl GlobalSync for SyncServer {
                         _ = tx.closed() => break,
                     }
                 }
-                zones.update(&zone, |z| z.online = false);
+                zones.update(&zone, |z| z.streams = z.streams.saturating_sub(1));
                 info!("zone disconnected");
             }
             .instrument(span),

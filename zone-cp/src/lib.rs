@@ -95,11 +95,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .trim()
             .to_owned();
         info!(global = %url.url, tls = url.ca.is_some(), zone = %zone, "federated: syncing from global");
+        let sync_metrics = sync::SyncMetrics::register(metrics.registry_mut());
         tokio::spawn(sync::run(
             url,
             zone.clone(),
             token,
             store.clone(),
+            sync_metrics,
             stop_rx.clone(),
         ));
     }

@@ -192,18 +192,45 @@ async fn list_all(store: &dyn Store, kind: Kind) -> Result<Vec<ResourceKey>, Sto
     }
 }
 
+/// The sync's health, in the zone's `/metrics`.
+#[derive(Clone, Default)]
+pub struct SyncMetrics {
+    /// 1 while a stream to global is open.
+    pub connected: prometheus_client::metrics::gauge::Gauge,
+    /// Attempts that failed or streams that broke.
+    pub failures: prometheus_client::metrics::counter::Counter,
+}
+
+impl SyncMetrics {
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "sync_connected",
+            "1 while the sync stream to global is open",
+            m.connected.clone(),
+        );
+        registry.register(
+            "sync_failures",
+            "Sync attempts that failed or broke",
+            m.failures.clone(),
+        );
+        m
+    }
+}
+
 /// Runs the sync until `shutdown`, reconnecting with backoff and jitter.
 pub async fn run(
     global: GlobalEndpoint,
     zone: String,
     token: String,
     store: Arc<dyn Store>,
+    metrics: SyncMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut delay = Duration::from_millis(200);
     loop {
         let outcome = tokio::select! {
-            r = session(&global, &zone, &token, &*store) => r,
+            r = session(&global, &zone, &token, &*store, &metrics) => r,
             _ = shutdown.changed() => return,
         };
         match outcome {
@@ -211,7 +238,10 @@ pub async fn run(
                 info!("global closed the sync stream; reconnecting");
                 delay = Duration::from_millis(200);
             }
-            Err(e) => warn!(error = %e, retry_in = ?delay, "sync with global failed"),
+            Err(e) => {
+                metrics.failures.inc();
+                warn!(error = %e, retry_in = ?delay, "sync with global failed");
+            }
         }
         // Jitter spreads the reconnects of many zones after global restarts.
         let jitter = Duration::from_millis(u64::from(std::process::id() % 7) * delay.as_millis() as u64 / 10);
@@ -223,7 +253,13 @@ pub async fn run(
     }
 }
 
-async fn session(global: &GlobalEndpoint, zone: &str, token: &str, store: &dyn Store) -> Result<(), String> {
+async fn session(
+    global: &GlobalEndpoint,
+    zone: &str,
+    token: &str,
+    store: &dyn Store,
+    metrics: &SyncMetrics,
+) -> Result<(), String> {
     let mut client = GlobalSyncClient::new(global.connect().await?).max_decoding_message_size(64 << 20);
     let applied_revision = store.sync_position().await.map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel(4);
@@ -248,6 +284,17 @@ async fn session(global: &GlobalEndpoint, zone: &str, token: &str, store: &dyn S
         .map_err(|e| format!("opening the sync stream: {e}"))?
         .into_inner();
     info!(applied_revision, "sync stream open");
+    metrics.connected.set(1);
+    let result = receive(&mut inbound, &tx, store).await;
+    metrics.connected.set(0);
+    result
+}
+
+async fn receive(
+    inbound: &mut tonic::Streaming<meridian_proto::sync::GlobalMessage>,
+    tx: &mpsc::Sender<ZoneMessage>,
+    store: &dyn Store,
+) -> Result<(), String> {
     while let Some(message) = inbound.message().await.map_err(|e| e.to_string())? {
         let Some(global_message::Kind::Batch(batch)) = message.kind else {
             continue;

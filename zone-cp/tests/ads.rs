@@ -104,6 +104,22 @@ impl Delta {
     }
 }
 
+/// Waits (up to 5 s) until the proxy's status satisfies `check`, and returns it.
+async fn wait_status(
+    cache: &SnapshotCache,
+    id: &ProxyId,
+    what: &str,
+    check: impl Fn(&meridian_zone_cp::xds::cache::ProxyStatus) -> bool,
+) -> meridian_zone_cp::xds::cache::ProxyStatus {
+    for _ in 0..500 {
+        if let Some(status) = cache.status(id).filter(|s| check(s)) {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}: {:?}", cache.status(id));
+}
+
 fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
     r.resources.iter().map(|r| r.name.as_str()).collect()
 }
@@ -144,8 +160,8 @@ async fn delta_sends_only_what_changed_and_records_acks_and_nacks() {
 
     // A NACK is recorded and visible; Envoy keeps its last good config, so nothing is resent.
     delta.reply(&removals, Some("bad cluster")).await;
+    let status = wait_status(&cache, &id, "the NACK", |s| s.nacks >= 1).await;
     delta.nothing_within(Duration::from_millis(200)).await;
-    let status = cache.status(&id).expect("status");
     assert_eq!(status.nacks, 1);
     assert_eq!(status.last_nack.expect("nack").message, "bad cluster");
     assert!(status.acked.contains_key(CLUSTER));
@@ -155,12 +171,7 @@ async fn delta_sends_only_what_changed_and_records_acks_and_nacks() {
     cache.set(&id, snapshot(&[("a", "2"), ("c", "1")]));
     delta.nothing_within(Duration::from_millis(200)).await;
     drop(delta);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        cache.status(&id).expect("status").streams,
-        0,
-        "the stream is gone"
-    );
+    wait_status(&cache, &id, "the stream to be gone", |s| s.streams == 0).await;
 }
 
 #[tokio::test]
@@ -264,12 +275,7 @@ async fn state_of_the_world_acks_nacks_and_ignores_stale_nonces() {
     .await
     .expect("ack");
     // An ACK that arrives after a newer push answers an outdated one; wait until it is in.
-    for _ in 0..100 {
-        if cache.status(&id).is_some_and(|s| s.acked.contains_key(CLUSTER)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_status(&cache, &id, "the ACK", |s| s.acked.contains_key(CLUSTER)).await;
 
     cache.set(&id, snapshot(&[("a", "1"), ("b", "1")]));
     let second = sotw_next(&mut rx).await;
@@ -306,8 +312,8 @@ async fn state_of_the_world_acks_nacks_and_ignores_stale_nonces() {
     })
     .await
     .expect("nack");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let status = cache.status(&id).expect("status");
+    // Requests are handled in order: once the second is in, the stale first one was seen too.
+    let status = wait_status(&cache, &id, "the NACK", |s| s.nacks >= 1).await;
     assert_eq!(status.nacks, 1, "only the current nonce's NACK counts");
     assert_eq!(status.last_nack.expect("nack").message, "rejected");
     assert_eq!(status.acked.get(CLUSTER), Some(&first.version_info));

@@ -119,6 +119,10 @@ pub trait Store: Send + Sync + 'static {
     /// Changes with a revision above `after`, oldest first, at most `limit` of them.
     async fn changes_since(&self, after: i64, limit: u32) -> Result<Vec<Change>, StoreError>;
 
+    /// Every resource and the revision they are at, read at one instant: what a reader behind
+    /// the tombstone horizon starts again from.
+    async fn snapshot(&self) -> Result<(i64, Vec<Stored>), StoreError>;
+
     /// Forgets tombstones at or below `up_to`; readers older than that need a snapshot.
     async fn compact_tombstones(&self, up_to: i64) -> Result<u64, StoreError>;
 

@@ -115,6 +115,21 @@ impl SqlStore {
         announce(&self.committed, revision);
     }
 
+    /// Starts a read transaction in which every statement sees the same snapshot: on Postgres
+    /// REPEATABLE READ (READ COMMITTED would let a query see commits an earlier one did not,
+    /// and a change feed could skip a write); on SQLite a WAL read transaction already is one.
+    async fn begin_read(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin().await,
+            Backend::Postgres => {
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await
+            }
+        }
+        .map_err(db_error)
+    }
+
     /// Starts a write transaction. On SQLite it takes the write lock up front, so that two
     /// writers queue on the busy timeout instead of failing on a lock upgrade.
     async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
@@ -162,12 +177,19 @@ async fn listen_for_commits(url: String, pool: Pool<Any>, committed: std::sync::
                     (Some(_), Err(_)) => {}
                 }
                 loop {
-                    match listener.recv().await {
-                        Ok(n) => {
+                    // try_recv, not recv: recv reconnects by itself, and commits made while it
+                    // was away would go unannounced. Here a lost connection means a fresh
+                    // listener and a fresh read of the revision.
+                    match listener.try_recv().await {
+                        Ok(Some(n)) => {
                             let Some(c) = committed.upgrade() else { return };
                             if let Ok(revision) = n.payload().parse::<i64>() {
                                 announce(&c, revision);
                             }
+                        }
+                        Ok(None) => {
+                            tracing::warn!("lost the commit listener; reconnecting");
+                            break;
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "lost the commit listener; reconnecting");
@@ -359,7 +381,7 @@ impl Store for SqlStore {
             "SELECT {COLUMNS} FROM resources WHERE {filter} ORDER BY mesh, name LIMIT {} OFFSET {}",
             page.size, page.offset
         );
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin_read().await?;
         let mut count = sqlx::query(sqlx::AssertSqlSafe(count_sql)).bind(kind.name());
         let mut items = sqlx::query(sqlx::AssertSqlSafe(list_sql)).bind(kind.name());
         if let Some(mesh) = mesh {
@@ -508,7 +530,7 @@ impl Store for SqlStore {
     }
 
     async fn changes_since(&self, after: i64, limit: u32) -> Result<Vec<Change>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin_read().await?;
         let horizon = sqlx::query("SELECT value FROM meridian_tombstone_horizon WHERE id = 1")
             .fetch_one(&mut *tx)
             .await
@@ -555,6 +577,23 @@ impl Store for SqlStore {
         changes.sort_by_key(Change::revision);
         changes.truncate(limit as usize);
         Ok(changes)
+    }
+
+    async fn snapshot(&self) -> Result<(i64, Vec<Stored>), StoreError> {
+        let mut tx = self.begin_read().await?;
+        let revision = sqlx::query("SELECT value FROM meridian_revision WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|row| row.try_get::<i64, _>(0))
+            .map_err(db_error)?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM resources ORDER BY kind, mesh, name"
+        )))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok((revision, rows.iter().map(decode_row).collect::<Result<_, _>>()?))
     }
 
     async fn compact_tombstones(&self, up_to: i64) -> Result<u64, StoreError> {

@@ -59,6 +59,7 @@ conformance!(
     concurrent_writes_get_distinct_revisions,
     sync_position_is_kept,
     the_first_secret_wins,
+    snapshots_hold_everything_at_their_revision,
 );
 
 fn mk(yaml: &str) -> Submission {
@@ -446,4 +447,18 @@ async fn the_first_secret_wins(store: &dyn Store) {
         "first"
     );
     assert_eq!(store.secret("other", "x").await.expect("secret"), "x");
+}
+
+async fn snapshots_hold_everything_at_their_revision(store: &dyn Store) {
+    put(store, mk_mesh("default")).await;
+    put(store, mk_trace("default", "a", "a:4317")).await;
+    put(store, mk_trace("default", "b", "a:4317")).await;
+    store
+        .delete(&trace_key("default", "b"), DeleteOptions::default())
+        .await
+        .expect("delete");
+    let (revision, items) = store.snapshot().await.expect("snapshot");
+    assert_eq!(revision, store.revision().await.expect("revision"));
+    let names: Vec<&str> = items.iter().map(|s| s.resource.name.as_str()).collect();
+    assert_eq!(names, ["default", "a"], "meshes and traces, not the deleted one");
 }

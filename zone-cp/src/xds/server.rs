@@ -127,9 +127,12 @@ impl AggregatedDiscoveryService for AdsServer {
         let proxy = proxy_of(first.node.as_ref())?;
         let (tx, rx) = mpsc::channel(16);
         let span = info_span!("ads", proxy = %proxy, mode = "sotw");
+        let mut snapshots = self.cache.watch(&proxy);
+        let current = snapshots.borrow_and_update().clone();
         let stream = SotwStream {
             guard: StreamGuard::open(&self.cache, &self.metrics, &proxy),
-            snapshots: self.cache.watch(&proxy),
+            snapshots,
+            current,
             metrics: self.metrics.clone(),
             types: BTreeMap::new(),
             nonce: 0,
@@ -151,9 +154,12 @@ impl AggregatedDiscoveryService for AdsServer {
         let proxy = proxy_of(first.node.as_ref())?;
         let (tx, rx) = mpsc::channel(16);
         let span = info_span!("ads", proxy = %proxy, mode = "delta");
+        let mut snapshots = self.cache.watch(&proxy);
+        let current = snapshots.borrow_and_update().clone();
         let stream = DeltaStream {
             guard: StreamGuard::open(&self.cache, &self.metrics, &proxy),
-            snapshots: self.cache.watch(&proxy),
+            snapshots,
+            current,
             metrics: self.metrics.clone(),
             types: BTreeMap::new(),
             nonce: 0,
@@ -171,8 +177,9 @@ trait Protocol {
     fn snapshots(&mut self) -> &mut tokio::sync::watch::Receiver<Arc<Snapshot>>;
     /// Answers one request; `Err` ends the stream.
     async fn handle(&mut self, request: Self::Request) -> Result<(), ()>;
-    /// Pushes what a new snapshot changed; `Err` ends the stream.
-    async fn push(&mut self, snapshot: &Snapshot) -> Result<(), ()>;
+    /// Pushes what a new snapshot changed, and makes it the one requests are answered from;
+    /// `Err` ends the stream.
+    async fn push(&mut self, snapshot: Arc<Snapshot>) -> Result<(), ()>;
 }
 
 /// The life of one stream: answer each request, push each snapshot change, until either side
@@ -199,7 +206,7 @@ async fn drive<P: Protocol>(mut p: P, first: P::Request, mut inbound: Streaming<
                     return;
                 }
                 let snapshot = p.snapshots().borrow_and_update().clone();
-                if p.push(&snapshot).await.is_err() {
+                if p.push(snapshot).await.is_err() {
                     return;
                 }
             }
@@ -218,6 +225,8 @@ struct SotwType {
 struct SotwStream {
     guard: StreamGuard,
     snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    /// The snapshot requests are answered from.
+    current: Arc<Snapshot>,
     metrics: Arc<XdsMetrics>,
     types: BTreeMap<String, SotwType>,
     nonce: u64,
@@ -231,10 +240,11 @@ impl Protocol for SotwStream {
         &mut self.snapshots
     }
 
-    async fn push(&mut self, snapshot: &Snapshot) -> Result<(), ()> {
+    async fn push(&mut self, snapshot: Arc<Snapshot>) -> Result<(), ()> {
+        self.current = snapshot.clone();
         for type_url in PUSH_ORDER {
             if self.types.contains_key(type_url) {
-                self.send(type_url, snapshot, false).await?;
+                self.send(type_url, &snapshot, false).await?;
             }
         }
         Ok(())
@@ -256,7 +266,8 @@ impl Protocol for SotwStream {
             self.guard.ack(&r.type_url, &r.version_info);
         }
         let first = r.response_nonce.is_empty();
-        let snapshot = self.snapshots.borrow().clone();
+        // The snapshot last pushed, not a newer one: that one is pushed in order by `push`.
+        let snapshot = self.current.clone();
         self.send(&r.type_url, &snapshot, first || names_changed).await
     }
 }
@@ -309,6 +320,8 @@ impl DeltaType {
 struct DeltaStream {
     guard: StreamGuard,
     snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    /// The snapshot requests are answered from.
+    current: Arc<Snapshot>,
     metrics: Arc<XdsMetrics>,
     types: BTreeMap<String, DeltaType>,
     nonce: u64,
@@ -330,15 +343,16 @@ impl Protocol for DeltaStream {
         &mut self.snapshots
     }
 
-    async fn push(&mut self, snapshot: &Snapshot) -> Result<(), ()> {
+    async fn push(&mut self, snapshot: Arc<Snapshot>) -> Result<(), ()> {
+        self.current = snapshot.clone();
         for type_url in PUSH_ORDER {
             if self.types.contains_key(type_url) {
-                self.send(type_url, snapshot, Part::Upserts, false).await?;
+                self.send(type_url, &snapshot, Part::Upserts, false).await?;
             }
         }
         for type_url in PUSH_ORDER.iter().rev() {
             if self.types.contains_key(*type_url) {
-                self.send(type_url, snapshot, Part::Removals, false).await?;
+                self.send(type_url, &snapshot, Part::Removals, false).await?;
             }
         }
         Ok(())
@@ -378,7 +392,8 @@ impl Protocol for DeltaStream {
                     .ack(&r.type_url, &format!("{} resources", state.known.len())),
             }
         }
-        let snapshot = self.snapshots.borrow().clone();
+        // The snapshot last pushed, not a newer one: that one is pushed in order by `push`.
+        let snapshot = self.current.clone();
         self.send(&r.type_url, &snapshot, Part::Both, first).await
     }
 }
