@@ -214,8 +214,16 @@ impl Reconciler {
                 _ = shutdown.changed() => return Ok(()),
             }
             commits.borrow_and_update();
-            if let Err(e) = self.catch_up().await {
-                warn!(error = %e, "reading changes failed; retrying on the next commit");
+            // A failed read is retried with backoff: proxies must not stay stale until some
+            // later commit happens to come along.
+            let mut delay = std::time::Duration::from_millis(100);
+            while let Err(e) = self.catch_up().await {
+                warn!(error = %e, retry_in = ?delay, "reading changes failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
             }
         }
     }
