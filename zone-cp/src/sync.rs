@@ -17,7 +17,7 @@ use std::time::Duration;
 use meridian_model::{Kind, ResourceKey, Submission, from_value};
 use meridian_proto::sync::{Ack, Batch, ChangeType, Hello, ZoneMessage, global_message, zone_message};
 use meridian_proto::sync_service::global_sync_client::GlobalSyncClient;
-use meridian_store::{DeleteOptions, Page, PutOutcome, Store, StoreError};
+use meridian_store::{Page, Store, StoreError, SyncedOp, SyncedOutcome};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
@@ -79,14 +79,6 @@ impl GlobalEndpoint {
     }
 }
 
-/// How a batch went.
-#[derive(Debug, Default, PartialEq)]
-pub struct Applied {
-    pub written: usize,
-    pub unchanged: usize,
-    pub deleted: usize,
-}
-
 /// Decodes every upsert first: a batch with one bad resource is refused whole.
 fn decode(batch: &Batch) -> Result<Vec<(ResourceKey, Option<Submission>)>, String> {
     let mut out = Vec::with_capacity(batch.changes.len());
@@ -125,50 +117,33 @@ fn decode(batch: &Batch) -> Result<Vec<(ResourceKey, Option<Submission>)>, Strin
     Ok(out)
 }
 
-/// Applies a batch to the zone's store and records the new position.
-pub async fn apply(store: &dyn Store, batch: &Batch) -> Result<Applied, String> {
+/// Applies a batch to the zone's store, with the new position, in one transaction.
+pub async fn apply(store: &dyn Store, batch: &Batch) -> Result<SyncedOutcome, String> {
     let changes = decode(batch)?;
-    let mut applied = Applied::default();
+    let mut ops = Vec::with_capacity(changes.len());
     if batch.snapshot {
-        // Whatever global no longer has goes; zone-owned kinds stay.
+        // Whatever global no longer has goes; zone-owned kinds stay. Listing outside the
+        // transaction is safe: this sync is the only writer of global-owned kinds on a zone.
         let keep: BTreeSet<&ResourceKey> = changes.iter().map(|(k, _)| k).collect();
         for &kind in Kind::ALL.iter().filter(|k| global_owned(**k)).rev() {
             let all = list_all(store, kind).await.map_err(|e| e.to_string())?;
-            for key in all.into_iter().filter(|k| !keep.contains(k)) {
-                delete(store, &key, &mut applied).await?;
-            }
+            ops.extend(
+                all.into_iter()
+                    .filter(|k| !keep.contains(k))
+                    .map(SyncedOp::Delete),
+            );
         }
     }
     for (key, submission) in changes {
-        match submission {
-            Some(s) => match store.put(s).await {
-                Ok(PutOutcome::Unchanged(_)) => applied.unchanged += 1,
-                Ok(_) => applied.written += 1,
-                Err(e) => return Err(format!("writing {key}: {e}")),
-            },
-            None => delete(store, &key, &mut applied).await?,
-        }
+        ops.push(match submission {
+            Some(s) => SyncedOp::Put(Box::new(s)),
+            None => SyncedOp::Delete(key),
+        });
     }
     store
-        .set_sync_position(batch.to_revision)
+        .apply_synced(ops, batch.to_revision)
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(applied)
-}
-
-async fn delete(store: &dyn Store, key: &ResourceKey, applied: &mut Applied) -> Result<(), String> {
-    let options = DeleteOptions {
-        cascade: true,
-        expected_version: None,
-    };
-    match store.delete(key, options).await {
-        Ok(_) => {
-            applied.deleted += 1;
-            Ok(())
-        }
-        Err(StoreError::NotFound(_)) => Ok(()),
-        Err(e) => Err(format!("deleting {key}: {e}")),
-    }
+        .map_err(|e| e.to_string())
 }
 
 async fn list_all(store: &dyn Store, kind: Kind) -> Result<Vec<ResourceKey>, StoreError> {
@@ -396,7 +371,7 @@ mod tests {
         );
         assert_eq!(
             apply(&store, &b).await,
-            Ok(Applied {
+            Ok(SyncedOutcome {
                 written: 2,
                 unchanged: 0,
                 deleted: 0
@@ -406,7 +381,7 @@ mod tests {
         // The same batch again (a crash before the ACK): nothing is rewritten.
         assert_eq!(
             apply(&store, &b).await,
-            Ok(Applied {
+            Ok(SyncedOutcome {
                 written: 0,
                 unchanged: 2,
                 deleted: 0
@@ -451,7 +426,7 @@ mod tests {
         );
         assert_eq!(
             apply(&store, &snap).await,
-            Ok(Applied {
+            Ok(SyncedOutcome {
                 written: 1,
                 unchanged: 2,
                 deleted: 1

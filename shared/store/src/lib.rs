@@ -84,6 +84,22 @@ pub struct DeleteOptions {
     pub expected_version: Option<i64>,
 }
 
+/// One write of a batch a zone received from global.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SyncedOp {
+    Put(Box<Submission>),
+    /// Deletes (with everything in it, for a Mesh); a resource already gone is fine.
+    Delete(ResourceKey),
+}
+
+/// What applying a synced batch did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncedOutcome {
+    pub written: usize,
+    pub unchanged: usize,
+    pub deleted: usize,
+}
+
 /// One entry of the change feed.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
@@ -132,8 +148,9 @@ pub trait Store: Send + Sync + 'static {
     /// On a zone: the last global revision applied to this store.
     async fn sync_position(&self) -> Result<i64, StoreError>;
 
-    /// Records that every global change up to `revision` is applied.
-    async fn set_sync_position(&self, revision: i64) -> Result<(), StoreError>;
+    /// Applies a batch from global and moves the sync position to `position`, all in one
+    /// transaction: readers see all of it or none of it, and a crash leaves neither half.
+    async fn apply_synced(&self, ops: Vec<SyncedOp>, position: i64) -> Result<SyncedOutcome, StoreError>;
 
     /// The secret named `name`: the stored one, or `candidate` if none was stored yet (the
     /// first writer wins, so replicas starting together agree).

@@ -17,7 +17,7 @@ use sqlx::{Any, AnyConnection, Executor, Pool, Row, Transaction};
 use tokio::sync::watch;
 
 use super::migrations::migrator;
-use super::{Change, DeleteOptions, ListPage, Page, PutOutcome, Store, StoreError};
+use super::{Change, DeleteOptions, ListPage, Page, PutOutcome, Store, StoreError, SyncedOp, SyncedOutcome};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -357,6 +357,165 @@ fn check_version(key: &ResourceKey, current: Option<i64>, expected: Option<i64>)
     }
 }
 
+/// The revisions of one write transaction. The first is taken as the transaction's first
+/// statement: on Postgres its row lock orders writers, so revisions commit in order. Each
+/// write uses the next one.
+struct Revisions {
+    spare: Option<i64>,
+    /// The last revision a write used; `None` while nothing was written.
+    last: Option<i64>,
+}
+
+impl Revisions {
+    async fn start(tx: &mut AnyConnection) -> Result<Self, StoreError> {
+        Ok(Self {
+            spare: Some(next_revision(tx).await?),
+            last: None,
+        })
+    }
+
+    async fn take(&mut self, tx: &mut AnyConnection) -> Result<i64, StoreError> {
+        let revision = match self.spare.take() {
+            Some(r) => r,
+            None => next_revision(tx).await?,
+        };
+        self.last = Some(revision);
+        Ok(revision)
+    }
+
+    /// Returns the revision taken at the start if no write used it, for a transaction that
+    /// commits anyway: revisions stay without gaps.
+    async fn give_back_unused(&mut self, tx: &mut AnyConnection) -> Result<(), StoreError> {
+        if self.spare.take().is_some() {
+            sqlx::query("UPDATE meridian_revision SET value = value - 1 WHERE id = 1")
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(())
+    }
+}
+
+async fn put_in(
+    tx: &mut AnyConnection,
+    revisions: &mut Revisions,
+    submission: Submission,
+) -> Result<PutOutcome, StoreError> {
+    let Submission {
+        resource,
+        expected_version,
+    } = submission;
+    let key = resource.key();
+    if key.kind.scope() == Scope::Mesh && !mesh_exists(&mut *tx, &key.mesh).await? {
+        return Err(StoreError::NotFound(format!(
+            "mesh {:?} not found: create it first",
+            key.mesh
+        )));
+    }
+    let current = fetch(&mut *tx, &key).await?;
+    check_version(&key, current.as_ref().map(|c| c.version), expected_version)?;
+    if let Some(current) = &current
+        && current.resource == resource
+    {
+        return Ok(PutOutcome::Unchanged(current.clone()));
+    }
+    let revision = revisions.take(tx).await?;
+    let now = now_ms();
+    let (labels, spec) = encode(&resource);
+    let stored = Stored {
+        version: current.as_ref().map_or(1, |c| c.version + 1),
+        revision,
+        creation_time_ms: current.as_ref().map_or(now, |c| c.creation_time_ms),
+        modification_time_ms: now,
+        resource,
+    };
+    let sql = format!(
+        "INSERT INTO resources ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (kind, mesh, name) DO UPDATE SET version = excluded.version, \
+         revision = excluded.revision, labels = excluded.labels, spec = excluded.spec, \
+         modification_time = excluded.modification_time"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(key.kind.name())
+        .bind(&key.mesh)
+        .bind(&key.name)
+        .bind(stored.version)
+        .bind(stored.revision)
+        .bind(labels)
+        .bind(spec)
+        .bind(stored.creation_time_ms)
+        .bind(stored.modification_time_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    if current.is_none() {
+        sqlx::query("DELETE FROM tombstones WHERE kind = $1 AND mesh = $2 AND name = $3")
+            .bind(key.kind.name())
+            .bind(&key.mesh)
+            .bind(&key.name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+    }
+    Ok(match current {
+        None => PutOutcome::Created(stored),
+        Some(_) => PutOutcome::Updated(stored),
+    })
+}
+
+async fn delete_in(
+    tx: &mut AnyConnection,
+    revisions: &mut Revisions,
+    key: &ResourceKey,
+    options: DeleteOptions,
+) -> Result<i64, StoreError> {
+    let current = fetch(&mut *tx, key)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("{key} not found")))?;
+    check_version(key, Some(current.version), options.expected_version)?;
+    // Taken once the delete will happen; a cascade takes one more per resource it deletes.
+    let mut revision = revisions.take(tx).await?;
+    let now = now_ms();
+    if key.kind == Kind::Mesh {
+        let rows = sqlx::query("SELECT kind, name FROM resources WHERE mesh = $1 ORDER BY kind, name")
+            .bind(&key.name)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        if !rows.is_empty() && !options.cascade {
+            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+            for row in &rows {
+                *counts
+                    .entry(row.try_get::<String, _>(0).map_err(db_error)?)
+                    .or_default() += 1;
+            }
+            let held: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            return Err(StoreError::Conflict(format!(
+                "mesh {:?} still holds {}: delete them first, or delete with cascade=true",
+                key.name,
+                held.join(", ")
+            )));
+        }
+        for row in &rows {
+            let kind_name = row.try_get::<String, _>(0).map_err(db_error)?;
+            let kind = Kind::from_name(&kind_name).ok_or_else(|| {
+                StoreError::Internal(format!("stored resource of unknown kind {kind_name}"))
+            })?;
+            let name = row.try_get::<String, _>(1).map_err(db_error)?;
+            tombstone(
+                &mut *tx,
+                &ResourceKey::new(kind, key.name.clone(), name),
+                revision,
+                now,
+            )
+            .await?;
+            revision = revisions.take(tx).await?;
+        }
+    }
+    tombstone(&mut *tx, key, revision, now).await?;
+    Ok(revision)
+}
+
 #[async_trait]
 impl Store for SqlStore {
     async fn get(&self, key: &ResourceKey) -> Result<Stored, StoreError> {
@@ -402,123 +561,63 @@ impl Store for SqlStore {
     }
 
     async fn put(&self, submission: Submission) -> Result<PutOutcome, StoreError> {
-        let Submission {
-            resource,
-            expected_version,
-        } = submission;
-        let key = resource.key();
         let mut tx = self.begin_write().await?;
-        let revision = next_revision(&mut tx).await?;
-        if key.kind.scope() == Scope::Mesh && !mesh_exists(&mut tx, &key.mesh).await? {
-            return Err(StoreError::NotFound(format!(
-                "mesh {:?} not found: create it first",
-                key.mesh
-            )));
+        let mut revisions = Revisions::start(&mut tx).await?;
+        let outcome = put_in(&mut tx, &mut revisions, submission).await?;
+        match revisions.last {
+            // Nothing written: rolling back also returns the revision taken.
+            None => tx.rollback().await.map_err(db_error)?,
+            Some(last) => {
+                tx.commit().await.map_err(db_error)?;
+                self.committed(last);
+            }
         }
-        let current = fetch(&mut tx, &key).await?;
-        check_version(&key, current.as_ref().map(|c| c.version), expected_version)?;
-        if let Some(current) = &current
-            && current.resource == resource
-        {
-            // Rolling back also returns the revision we took.
-            tx.rollback().await.map_err(db_error)?;
-            return Ok(PutOutcome::Unchanged(current.clone()));
-        }
-        let now = now_ms();
-        let (labels, spec) = encode(&resource);
-        let stored = Stored {
-            version: current.as_ref().map_or(1, |c| c.version + 1),
-            revision,
-            creation_time_ms: current.as_ref().map_or(now, |c| c.creation_time_ms),
-            modification_time_ms: now,
-            resource,
-        };
-        let sql = format!(
-            "INSERT INTO resources ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (kind, mesh, name) DO UPDATE SET version = excluded.version, \
-             revision = excluded.revision, labels = excluded.labels, spec = excluded.spec, \
-             modification_time = excluded.modification_time"
-        );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(key.kind.name())
-            .bind(&key.mesh)
-            .bind(&key.name)
-            .bind(stored.version)
-            .bind(stored.revision)
-            .bind(labels)
-            .bind(spec)
-            .bind(stored.creation_time_ms)
-            .bind(stored.modification_time_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        if current.is_none() {
-            sqlx::query("DELETE FROM tombstones WHERE kind = $1 AND mesh = $2 AND name = $3")
-                .bind(key.kind.name())
-                .bind(&key.mesh)
-                .bind(&key.name)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        }
-        tx.commit().await.map_err(db_error)?;
-        self.committed(stored.revision);
-        Ok(match current {
-            None => PutOutcome::Created(stored),
-            Some(_) => PutOutcome::Updated(stored),
-        })
+        Ok(outcome)
     }
 
     async fn delete(&self, key: &ResourceKey, options: DeleteOptions) -> Result<i64, StoreError> {
         let mut tx = self.begin_write().await?;
-        // Taken before reading, so that concurrent writers are ordered; a cascade takes one
-        // more revision per resource it deletes.
-        let mut revision = next_revision(&mut tx).await?;
-        let current = fetch(&mut tx, key)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("{key} not found")))?;
-        check_version(key, Some(current.version), options.expected_version)?;
-        let now = now_ms();
-        if key.kind == Kind::Mesh {
-            let rows = sqlx::query("SELECT kind, name FROM resources WHERE mesh = $1 ORDER BY kind, name")
-                .bind(&key.name)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db_error)?;
-            if !rows.is_empty() && !options.cascade {
-                let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-                for row in &rows {
-                    *counts
-                        .entry(row.try_get::<String, _>(0).map_err(db_error)?)
-                        .or_default() += 1;
-                }
-                let held: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
-                return Err(StoreError::Conflict(format!(
-                    "mesh {:?} still holds {}: delete them first, or delete with cascade=true",
-                    key.name,
-                    held.join(", ")
-                )));
-            }
-            for row in &rows {
-                let kind_name = row.try_get::<String, _>(0).map_err(db_error)?;
-                let kind = Kind::from_name(&kind_name).ok_or_else(|| {
-                    StoreError::Internal(format!("stored resource of unknown kind {kind_name}"))
-                })?;
-                let name = row.try_get::<String, _>(1).map_err(db_error)?;
-                tombstone(
-                    &mut tx,
-                    &ResourceKey::new(kind, key.name.clone(), name),
-                    revision,
-                    now,
-                )
-                .await?;
-                revision = next_revision(&mut tx).await?;
-            }
-        }
-        tombstone(&mut tx, key, revision, now).await?;
+        let mut revisions = Revisions::start(&mut tx).await?;
+        let revision = delete_in(&mut tx, &mut revisions, key, options).await?;
         tx.commit().await.map_err(db_error)?;
         self.committed(revision);
         Ok(revision)
+    }
+
+    async fn apply_synced(&self, ops: Vec<SyncedOp>, position: i64) -> Result<SyncedOutcome, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut revisions = Revisions::start(&mut tx).await?;
+        let mut outcome = SyncedOutcome::default();
+        for op in ops {
+            match op {
+                SyncedOp::Put(s) => match put_in(&mut tx, &mut revisions, *s).await? {
+                    PutOutcome::Unchanged(_) => outcome.unchanged += 1,
+                    _ => outcome.written += 1,
+                },
+                SyncedOp::Delete(key) => {
+                    let options = DeleteOptions {
+                        cascade: true,
+                        expected_version: None,
+                    };
+                    match delete_in(&mut tx, &mut revisions, &key, options).await {
+                        Ok(_) => outcome.deleted += 1,
+                        Err(StoreError::NotFound(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        revisions.give_back_unused(&mut tx).await?;
+        sqlx::query("UPDATE meridian_sync_position SET value = $1 WHERE id = 1")
+            .bind(position)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        if let Some(last) = revisions.last {
+            self.committed(last);
+        }
+        Ok(outcome)
     }
 
     async fn revision(&self) -> Result<i64, StoreError> {
@@ -626,15 +725,6 @@ impl Store for SqlStore {
             .fetch_one(&self.pool)
             .await
             .and_then(|row| row.try_get::<i64, _>(0))
-            .map_err(db_error)
-    }
-
-    async fn set_sync_position(&self, revision: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE meridian_sync_position SET value = $1 WHERE id = 1")
-            .bind(revision)
-            .execute(&self.pool)
-            .await
-            .map(drop)
             .map_err(db_error)
     }
 

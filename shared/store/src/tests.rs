@@ -5,7 +5,7 @@ use std::sync::Arc;
 use meridian_model::{Format, Kind, ResourceKey, Submission, parse_one};
 use meridian_testing::Postgres;
 
-use super::{Change, DeleteOptions, Page, PutOutcome, SqlStore, Store, StoreError};
+use super::{Change, DeleteOptions, Page, PutOutcome, SqlStore, Store, StoreError, SyncedOp, SyncedOutcome};
 
 /// A store and whatever must outlive it (a temp dir, a Postgres cluster).
 struct Fixture {
@@ -60,6 +60,7 @@ conformance!(
     sync_position_is_kept,
     the_first_secret_wins,
     snapshots_hold_everything_at_their_revision,
+    synced_batches_apply_whole_or_not_at_all,
 );
 
 fn mk(yaml: &str) -> Submission {
@@ -433,7 +434,7 @@ async fn postgres_commits_reach_every_replica() {
 
 async fn sync_position_is_kept(store: &dyn Store) {
     assert_eq!(store.sync_position().await.expect("position"), 0);
-    store.set_sync_position(42).await.expect("set");
+    store.apply_synced(Vec::new(), 42).await.expect("set");
     assert_eq!(store.sync_position().await.expect("position"), 42);
 }
 
@@ -461,4 +462,59 @@ async fn snapshots_hold_everything_at_their_revision(store: &dyn Store) {
     assert_eq!(revision, store.revision().await.expect("revision"));
     let names: Vec<&str> = items.iter().map(|s| s.resource.name.as_str()).collect();
     assert_eq!(names, ["default", "a"], "meshes and traces, not the deleted one");
+}
+
+async fn synced_batches_apply_whole_or_not_at_all(store: &dyn Store) {
+    let ops = vec![
+        SyncedOp::Put(Box::new(mk_mesh("default"))),
+        SyncedOp::Put(Box::new(mk_trace("default", "a", "a:4317"))),
+    ];
+    let done = store.apply_synced(ops, 7).await.expect("apply");
+    assert_eq!(
+        done,
+        SyncedOutcome {
+            written: 2,
+            unchanged: 0,
+            deleted: 0
+        }
+    );
+    assert_eq!(store.sync_position().await.expect("position"), 7);
+    let revision = store.revision().await.expect("revision");
+
+    // The second write fails (its mesh does not exist): the first is not kept either.
+    let ops = vec![
+        SyncedOp::Delete(trace_key("default", "a")),
+        SyncedOp::Put(Box::new(mk_trace("nope", "b", "a:4317"))),
+    ];
+    assert!(matches!(
+        store.apply_synced(ops, 9).await,
+        Err(StoreError::NotFound(_))
+    ));
+    store
+        .get(&trace_key("default", "a"))
+        .await
+        .expect("the delete was rolled back");
+    assert_eq!(store.sync_position().await.expect("position"), 7);
+    assert_eq!(store.revision().await.expect("revision"), revision);
+
+    // Nothing changed: the position moves, no revision is taken, deletes of missing are fine.
+    let ops = vec![
+        SyncedOp::Put(Box::new(mk_trace("default", "a", "a:4317"))),
+        SyncedOp::Delete(trace_key("default", "gone")),
+    ];
+    let done = store.apply_synced(ops, 11).await.expect("apply");
+    assert_eq!(
+        done,
+        SyncedOutcome {
+            written: 0,
+            unchanged: 1,
+            deleted: 0
+        }
+    );
+    assert_eq!(store.sync_position().await.expect("position"), 11);
+    assert_eq!(
+        store.revision().await.expect("revision"),
+        revision,
+        "no gap, no new revision"
+    );
 }
