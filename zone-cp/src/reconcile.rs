@@ -12,9 +12,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use meridian_model::matching::{ProxyView, selects};
+use meridian_model::matching::{ProxyView, ToPolicy, selects};
 use meridian_model::policies::dataplane::{DataplaneSpec, SERVICE_TAG};
-use meridian_model::targetref::{TargetRef, TargetRefKind};
+use meridian_model::targetref::TargetRefKind;
 use meridian_model::{Kind, Resource, ResourceKey, Spec};
 use meridian_store::{Change, Store, StoreError};
 use tokio::sync::watch;
@@ -134,7 +134,7 @@ impl ZoneView {
                 // the change; a mesh-wide one (or an older kind without targetRef), all of them.
                 let mut targets = Vec::new();
                 for version in [self.get(&key), upserted(change)].into_iter().flatten() {
-                    match top_target(version) {
+                    match ToPolicy::new(version).map(|p| p.top) {
                         Some(t) if t.kind != TargetRefKind::Mesh => targets.push(t),
                         _ => {
                             out.insert(key.mesh.clone(), None);
@@ -169,18 +169,6 @@ fn upserted(change: &Change) -> Option<&Resource> {
     match change {
         Change::Upsert(s) => Some(&s.resource),
         Change::Delete { .. } => None,
-    }
-}
-
-/// A targetRef policy's top-level `targetRef` (`Mesh` when absent); `None` for kinds that have
-/// none, which apply mesh-wide.
-fn top_target(r: &Resource) -> Option<TargetRef> {
-    if r.kind().spec_inline() {
-        return None;
-    }
-    match r.spec.to_value().get("targetRef") {
-        Some(t) => serde_json::from_value(t.clone()).ok(),
-        None => Some(TargetRef::mesh()),
     }
 }
 

@@ -96,33 +96,58 @@ pub fn merge_patch(base: &mut Value, patch: &Value) {
     }
 }
 
-/// The merged `default` of every `to` entry of `policies` that applies to traffic from
-/// `proxy` to `service`, or `None` when none does. `policies` are of one kind.
-pub fn outbound_conf(policies: &[&Resource], proxy: &ProxyView<'_>, service: &str) -> Option<Value> {
-    let mut applicable: Vec<((u8, u8, &str), Value)> = Vec::new();
-    for policy in policies {
+/// A targetRef policy read once: which proxies it selects and its `to` entries. Built when a
+/// mesh's policies change, so that generating each proxy's config does not decode them again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToPolicy {
+    pub name: String,
+    /// The top-level `targetRef` (`Mesh` when absent).
+    pub top: TargetRef,
+    /// Each `to` entry's `targetRef` and `default`.
+    pub to: Vec<(TargetRef, Value)>,
+}
+
+impl ToPolicy {
+    /// `None` for kinds without a `targetRef` (Kuma's older kinds), which apply mesh-wide.
+    pub fn new(policy: &Resource) -> Option<Self> {
+        if policy.kind().spec_inline() {
+            return None;
+        }
         let spec = policy.spec.to_value();
-        let top: TargetRef = match spec.get("targetRef") {
-            Some(t) => match serde_json::from_value(t.clone()) {
-                Ok(t) => t,
-                Err(_) => continue,
-            },
+        let top = match spec.get("targetRef") {
+            Some(t) => serde_json::from_value(t.clone()).ok()?,
             None => TargetRef::mesh(),
         };
-        if !selects(&top, proxy) {
-            continue;
-        }
-        for entry in spec.get("to").and_then(Value::as_array).into_iter().flatten() {
-            let Some(Ok(to)) = entry
-                .get("targetRef")
-                .map(|t| serde_json::from_value::<TargetRef>(t.clone()))
-            else {
-                continue;
-            };
-            if covers(&to, service) {
-                let key = (specificity(to.kind), specificity(top.kind), policy.name.as_str());
-                applicable.push((key, entry.get("default").cloned().unwrap_or(Value::Null)));
-            }
+        let to = spec
+            .get("to")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| {
+                let target = serde_json::from_value(entry.get("targetRef")?.clone()).ok()?;
+                Some((target, entry.get("default").cloned().unwrap_or(Value::Null)))
+            })
+            .collect();
+        Some(Self {
+            name: policy.name.clone(),
+            top,
+            to,
+        })
+    }
+}
+
+/// The merged `default` of every `to` entry of `policies` that applies to traffic from
+/// `proxy` to `service`, or `None` when none does. `policies` are of one kind.
+pub fn outbound_conf(policies: &[ToPolicy], proxy: &ProxyView<'_>, service: &str) -> Option<Value> {
+    let mut applicable: Vec<((u8, u8, &str), &Value)> = Vec::new();
+    for policy in policies.iter().filter(|p| selects(&p.top, proxy)) {
+        for (to, conf) in policy.to.iter().filter(|(to, _)| covers(to, service)) {
+            let key = (
+                specificity(to.kind),
+                specificity(policy.top.kind),
+                policy.name.as_str(),
+            );
+            applicable.push((key, conf));
         }
     }
     if applicable.is_empty() {
@@ -130,7 +155,7 @@ pub fn outbound_conf(policies: &[&Resource], proxy: &ProxyView<'_>, service: &st
     }
     applicable.sort_by(|a, b| a.0.cmp(&b.0));
     let mut merged = Value::Object(Default::default());
-    for (_, conf) in &applicable {
+    for (_, conf) in applicable {
         merge_patch(&mut merged, conf);
     }
     Some(merged)
@@ -175,7 +200,8 @@ mod tests {
             dataplane: &dp,
         };
         // Listed most specific first: order of the input must not matter.
-        let policies = [&for_reg, &other_proxy, &mesh_wide];
+        let read = |r: &Resource| ToPolicy::new(r).expect("a targetRef policy");
+        let policies = [read(&for_reg), read(&other_proxy), read(&mesh_wide)];
         assert_eq!(
             outbound_conf(&policies, &proxy, "reg-server"),
             Some(json!({"connectionTimeout": "5s", "http": {"requestTimeout": "1s"}}))
@@ -184,7 +210,7 @@ mod tests {
             outbound_conf(&policies, &proxy, "web"),
             Some(json!({"connectionTimeout": "5s", "http": {"requestTimeout": "15s"}}))
         );
-        assert_eq!(outbound_conf(&[&other_proxy], &proxy, "web"), None);
+        assert_eq!(outbound_conf(&[read(&other_proxy)], &proxy, "web"), None);
     }
 
     #[test]

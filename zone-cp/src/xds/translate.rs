@@ -47,7 +47,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
     UpstreamProtocolOptions, UseDownstreamHttpConfig,
 };
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
-use meridian_model::matching::{ProxyView, outbound_conf};
+use meridian_model::matching::{ProxyView, ToPolicy, outbound_conf};
 use meridian_model::policies::dataplane::{DataplaneSpec, SERVICE_TAG};
 use meridian_model::policies::mesh_retry::{HttpRetryOn, RetryConf};
 use meridian_model::policies::mesh_timeout::TimeoutConf;
@@ -79,10 +79,10 @@ pub struct ServiceInfo {
 
 /// The parts of a mesh every proxy's translation reads, computed once per change.
 #[derive(Default)]
-pub struct MeshContext<'a> {
+pub struct MeshContext {
     pub services: BTreeMap<String, ServiceInfo>,
-    pub timeouts: Vec<&'a Resource>,
-    pub retries: Vec<&'a Resource>,
+    pub timeouts: Vec<ToPolicy>,
+    pub retries: Vec<ToPolicy>,
 }
 
 fn is_http(tags: &BTreeMap<String, String>) -> bool {
@@ -92,9 +92,9 @@ fn is_http(tags: &BTreeMap<String, String>) -> bool {
     )
 }
 
-impl<'a> MeshContext<'a> {
+impl MeshContext {
     /// Indexes a mesh's Dataplanes and policies.
-    pub fn new(resources: impl IntoIterator<Item = &'a Resource>) -> Self {
+    pub fn new<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Self {
         let mut ctx = MeshContext::default();
         for r in resources {
             match &r.spec {
@@ -115,8 +115,8 @@ impl<'a> MeshContext<'a> {
                         });
                     }
                 }
-                Spec::MeshTimeout(_) => ctx.timeouts.push(r),
-                Spec::MeshRetry(_) => ctx.retries.push(r),
+                Spec::MeshTimeout(_) => ctx.timeouts.extend(ToPolicy::new(r)),
+                Spec::MeshRetry(_) => ctx.retries.extend(ToPolicy::new(r)),
                 _ => {}
             }
         }
@@ -271,7 +271,7 @@ fn retry_policy(conf: &RetryConf) -> Option<RetryPolicy> {
 
 /// Generates every resource of the proxy `name` with Dataplane `dp`.
 pub fn proxy_snapshot(
-    ctx: &MeshContext<'_>,
+    ctx: &MeshContext,
     name: &str,
     labels: &BTreeMap<String, String>,
     dp: &DataplaneSpec,
