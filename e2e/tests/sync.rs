@@ -20,6 +20,11 @@ fn on_zone(zone: &ZoneCp, kind: &str, name: &str) -> Option<serde_json::Value> {
         .flatten()
 }
 
+/// `meshctl apply -f -` against `api_url`; the apply must succeed.
+fn apply(api_url: &str, doc: &str) {
+    ok(meshctl(api_url, &["apply", "-f", "-"], Some(doc)).expect("meshctl"));
+}
+
 /// One sample from a control plane's `/metrics` (0 when absent).
 fn metric(api_url: &str, name: &str) -> f64 {
     let (_, text, _) = http_get(&format!("{api_url}/metrics"));
@@ -42,23 +47,13 @@ fn policies_written_on_global_reach_every_zone_and_zones_show_online() {
     let global = GlobalCp::start(dir.path(), None).expect("global-cp");
     let z1 = ZoneCp::start_federated("zone-1", &dir.path().join("z1"), &global).expect("zone-1");
     let z2 = ZoneCp::start_federated("zone-2", &dir.path().join("z2"), &global).expect("zone-2");
-    ok(meshctl(
-        &global.api_url,
-        &["apply", "-f", "-"],
-        Some(&trace("t1", "a:4317")),
-    )
-    .expect("apply"));
+    apply(&global.api_url, &trace("t1", "a:4317"));
     for zone in [&z1, &z2] {
         wait_on_zone(zone, "t1 arrives", |t| {
             t.is_some_and(|t| t["spec"]["backends"][0]["conf"]["endpoint"] == "a:4317")
         });
     }
-    ok(meshctl(
-        &global.api_url,
-        &["apply", "-f", "-"],
-        Some(&trace("t1", "b:4317")),
-    )
-    .expect("apply"));
+    apply(&global.api_url, &trace("t1", "b:4317"));
     ok(meshctl(&global.api_url, &["delete", "meshtrace", "t1"], None).expect("delete"));
     for zone in [&z1, &z2] {
         wait_on_zone(zone, "t1 goes", |t| t.is_none());
@@ -86,29 +81,14 @@ fn a_zone_that_was_away_converges_without_rewriting_what_did_not_change() {
     let global = GlobalCp::start(dir.path(), None).expect("global-cp");
     let mut zone = ZoneCp::start_federated("zone-1", &dir.path().join("z1"), &global).expect("zone");
     for name in ["same", "changed", "deleted"] {
-        ok(meshctl(
-            &global.api_url,
-            &["apply", "-f", "-"],
-            Some(&trace(name, "a:4317")),
-        )
-        .expect("apply"));
+        apply(&global.api_url, &trace(name, "a:4317"));
     }
     wait_on_zone(&zone, "deleted arrives", |t| t.is_some());
     zone.kill_9().expect("kill zone");
 
-    ok(meshctl(
-        &global.api_url,
-        &["apply", "-f", "-"],
-        Some(&trace("changed", "b:4317")),
-    )
-    .expect("apply"));
+    apply(&global.api_url, &trace("changed", "b:4317"));
     ok(meshctl(&global.api_url, &["delete", "meshtrace", "deleted"], None).expect("delete"));
-    ok(meshctl(
-        &global.api_url,
-        &["apply", "-f", "-"],
-        Some(&trace("created", "c:4317")),
-    )
-    .expect("apply"));
+    apply(&global.api_url, &trace("created", "c:4317"));
 
     let zone = zone.restart().expect("restart zone");
     wait_on_zone(&zone, "created arrives", |t| t.is_some());
@@ -126,12 +106,7 @@ fn zones_keep_what_they_have_while_global_is_down_and_catch_up_after() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut global = GlobalCp::start(dir.path(), None).expect("global-cp");
     let zone = ZoneCp::start_federated("zone-1", &dir.path().join("z1"), &global).expect("zone");
-    ok(meshctl(
-        &global.api_url,
-        &["apply", "-f", "-"],
-        Some(&trace("t1", "a:4317")),
-    )
-    .expect("apply"));
+    apply(&global.api_url, &trace("t1", "a:4317"));
     wait_on_zone(&zone, "t1 arrives", |t| t.is_some());
     global.kill_9().expect("kill global");
     std::thread::sleep(Duration::from_millis(500));
@@ -140,12 +115,7 @@ fn zones_keep_what_they_have_while_global_is_down_and_catch_up_after() {
         "the zone keeps serving what it has"
     );
     let global = global.restart().expect("restart global");
-    ok(meshctl(
-        &global.api_url,
-        &["apply", "-f", "-"],
-        Some(&trace("t2", "a:4317")),
-    )
-    .expect("apply"));
+    apply(&global.api_url, &trace("t2", "a:4317"));
     wait_on_zone(&zone, "t2 arrives", |t| t.is_some());
 }
 
@@ -153,12 +123,7 @@ fn zones_keep_what_they_have_while_global_is_down_and_catch_up_after() {
 fn zones_without_a_valid_token_for_themselves_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let global = GlobalCp::start(dir.path(), None).expect("global-cp");
-    ok(meshctl(
-        &global.api_url,
-        &["apply", "-f", "-"],
-        Some(&trace("t1", "a:4317")),
-    )
-    .expect("apply"));
+    apply(&global.api_url, &trace("t1", "a:4317"));
     // A real token, but for another zone.
     let other = global.zone_token("zone-2").expect("token");
     let impostor =
@@ -212,7 +177,7 @@ fn a_timeout_applied_on_global_takes_effect_in_both_zones_envoys_and_survives_gl
         DemoPair::start(&z2).expect("zone-2 demo"),
     ];
 
-    ok(meshctl(&global.api_url, &["apply", "-f", "-"], Some(SHORT_TIMEOUT)).expect("apply"));
+    apply(&global.api_url, SHORT_TIMEOUT);
     for pair in &pairs {
         wait_until("the timeout in Envoy's config", Duration::from_secs(20), || {
             pair.demo_config_dump().contains("0.100s")
@@ -240,7 +205,7 @@ fn a_timeout_applied_on_global_takes_effect_in_both_zones_envoys_and_survives_gl
         }
     }
     let global = global.restart().expect("restart global");
-    ok(meshctl(&global.api_url, &["apply", "-f", "-"], Some(SHORT_TIMEOUT)).expect("apply"));
+    apply(&global.api_url, SHORT_TIMEOUT);
     for pair in &pairs {
         wait_until("edits to flow again", Duration::from_secs(30), || {
             http_get(&pair.demo_url).0 == 504
@@ -296,7 +261,7 @@ fn two_replicas_on_one_postgres_feed_zones_connected_to_either() {
     .expect("zone-1 on a");
     let z2 = ZoneCp::start_federated("zone-2", &dir.path().join("z2"), &b).expect("zone-2 on b");
     for (via, name) in [(&a, "via-a"), (&b, "via-b")] {
-        ok(meshctl(&via.api_url, &["apply", "-f", "-"], Some(&trace(name, "a:4317"))).expect("apply"));
+        apply(&via.api_url, &trace(name, "a:4317"));
         for zone in [&z1, &z2] {
             wait_until(
                 &format!("{name} on {}", zone.zone),
@@ -314,12 +279,7 @@ fn global_rides_out_a_postgres_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let global = GlobalCp::start(dir.path(), Some(&pg.url())).expect("global-cp");
     let zone = ZoneCp::start_federated("zone-1", &dir.path().join("z1"), &global).expect("zone");
-    ok(meshctl(
-        &global.api_url,
-        &["apply", "-f", "-"],
-        Some(&trace("before", "a:4317")),
-    )
-    .expect("apply"));
+    apply(&global.api_url, &trace("before", "a:4317"));
     wait_on_zone(&zone, "before arrives", |t| t.is_some());
     pg.restart().expect("restart postgres");
     // The first request after the restart may meet a dead pooled connection (503); retrying works.
@@ -355,35 +315,15 @@ fn a_cut_off_zone_converges_to_globals_state_when_healed() {
     )
     .expect("zone-2 behind the proxy");
     for name in ["same", "changed", "deleted"] {
-        ok(meshctl(
-            &global.api_url,
-            &["apply", "-f", "-"],
-            Some(&trace(name, "a:4317")),
-        )
-        .expect("apply"));
+        apply(&global.api_url, &trace(name, "a:4317"));
     }
     wait_on_zone(&zone, "deleted arrives", |t| t.is_some());
 
     chaos.cut();
-    ok(meshctl(
-        &global.api_url,
-        &["apply", "-f", "-"],
-        Some(&trace("created", "a:4317")),
-    )
-    .expect("apply"));
-    ok(meshctl(
-        &global.api_url,
-        &["apply", "-f", "-"],
-        Some(&trace("changed", "b:4317")),
-    )
-    .expect("apply"));
+    apply(&global.api_url, &trace("created", "a:4317"));
+    apply(&global.api_url, &trace("changed", "b:4317"));
     ok(meshctl(&global.api_url, &["delete", "meshtrace", "deleted"], None).expect("delete"));
-    ok(meshctl(
-        &global.api_url,
-        &["apply", "-f", "-"],
-        Some(&trace("changed", "c:4317")),
-    )
-    .expect("apply"));
+    apply(&global.api_url, &trace("changed", "c:4317"));
     std::thread::sleep(Duration::from_millis(500));
     assert!(on_zone(&zone, "meshtrace", "created").is_none(), "the cut held");
     chaos.restore();
@@ -446,12 +386,7 @@ fn the_sync_port_speaks_tls_to_zones_that_trust_its_ca() {
 
     let global = GlobalCp::start_tls(dir.path(), &cert, &key).expect("global-cp with TLS");
     assert!(global.sync_url.starts_with("grpcs://"));
-    ok(meshctl(
-        &global.api_url,
-        &["apply", "-f", "-"],
-        Some(&trace("t1", "a:4317")),
-    )
-    .expect("apply"));
+    apply(&global.api_url, &trace("t1", "a:4317"));
     let token = global.zone_token("zone-1").expect("token");
     let zone = ZoneCp::start_federated_with(
         "zone-1",
