@@ -238,18 +238,29 @@ impl GlobalSync for SyncServer {
                 });
                 let mut commits = store.watch();
                 let mut sent = applied_revision;
+                // The store is read only when something may have changed: at the start and
+                // after each commit, not after each ACK.
+                let mut pending = true;
                 loop {
-                    commits.borrow_and_update();
-                    match send_changes(&*store, &tx, sent).await {
-                        Ok(s) => sent = s,
-                        Err(e) => {
-                            warn!(error = %e, "reading changes failed");
-                            let _ = tx.send(Err(Status::unavailable("global store unavailable"))).await;
-                            break;
+                    if pending {
+                        pending = false;
+                        commits.borrow_and_update();
+                        match send_changes(&*store, &tx, sent).await {
+                            Ok(s) => sent = s,
+                            Err(e) => {
+                                warn!(error = %e, "reading changes failed");
+                                let _ = tx.send(Err(Status::unavailable("global store unavailable"))).await;
+                                break;
+                            }
                         }
                     }
                     tokio::select! {
-                        changed = commits.changed() => if changed.is_err() { break },
+                        changed = commits.changed() => {
+                            if changed.is_err() {
+                                break;
+                            }
+                            pending = true;
+                        }
                         msg = inbound.message() => match msg {
                             Ok(Some(ZoneMessage { kind: Some(zone_message::Kind::Ack(Ack { revision, error })) })) => {
                                 zones.update(&zone, |z| {
