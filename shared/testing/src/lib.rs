@@ -38,10 +38,6 @@ impl KillOnDrop {
         self.child.id()
     }
 
-    pub fn child_mut(&mut self) -> &mut Child {
-        &mut self.child
-    }
-
     /// Sends a signal by name (`KILL`, `TERM`, `INT`, `STOP`, `CONT`).
     pub fn signal(&self, name: &str) -> Result<()> {
         let status = Command::new("kill")
@@ -275,35 +271,7 @@ impl Postgres {
 
     /// A URL for the cluster's `postgres` database.
     pub fn url(&self) -> String {
-        self.url_for("postgres")
-    }
-
-    pub fn url_for(&self, database: &str) -> String {
-        format!("postgres://meridian@127.0.0.1:{}/{database}", self.port)
-    }
-
-    /// Creates a database and returns its URL.
-    pub fn create_database(&self, name: &str) -> Result<String> {
-        let status = Command::new("createdb")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "meridian",
-                name,
-            ])
-            .status()?;
-        if !status.success() {
-            bail!("createdb {name} failed");
-        }
-        Ok(self.url_for(name))
-    }
-
-    /// Stops the server abruptly (SIGKILL): what a crash looks like to clients.
-    pub fn server(&mut self) -> &mut KillOnDrop {
-        &mut self.server
+        format!("postgres://meridian@127.0.0.1:{}/postgres", self.port)
     }
 }
 

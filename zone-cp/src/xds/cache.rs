@@ -188,12 +188,6 @@ impl SnapshotCache {
     pub fn update_status(&self, id: &ProxyId, f: impl FnOnce(&mut ProxyStatus)) {
         self.with_entry(id, |e| f(&mut e.status));
     }
-
-    /// Proxies with an open stream.
-    pub fn connected(&self) -> usize {
-        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        map.values().filter(|e| e.status.streams > 0).count()
-    }
 }
 
 #[cfg(test)]
