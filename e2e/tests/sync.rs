@@ -414,3 +414,140 @@ fn the_sync_port_speaks_tls_to_zones_that_trust_its_ca() {
     assert!(on_zone(&stranger, "meshtrace", "t1").is_none());
     assert_eq!(metric(&zone.api_url, "meridian_sync_connected"), 1.0);
 }
+
+fn dataplane(name: &str, labels: &str) -> String {
+    format!(
+        "type: Dataplane\nname: {name}\n{labels}networking:\n  address: 127.0.0.1\n  inbound:\n  - port: 10001\n    tags: {{kuma.io/service: web}}\n"
+    )
+}
+
+/// A resource as `api_url` has it, as JSON (`None` on 404).
+fn get(api_url: &str, path: &str) -> Option<serde_json::Value> {
+    let (code, body, _) = http_get(&format!("{api_url}{path}"));
+    (code == 200).then(|| serde_json::from_str(&body).expect("json"))
+}
+
+/// Opens a sync stream as `zone` with `token`, sends `inventory` as its full inventory, and
+/// keeps the stream open until `done` returns true (or 20 s pass).
+fn report_inventory(sync_url: &str, zone: &str, token: &str, inventory: &[String], done: impl Fn() -> bool) {
+    use meridian_proto::sync::{Change, Hello, Inventory, ZoneMessage, zone_message};
+    use meridian_proto::sync_service::global_sync_client::GlobalSyncClient;
+    let changes: Vec<Change> = inventory
+        .iter()
+        .enumerate()
+        .map(|(i, yaml)| {
+            let r = meridian_model::parse_one(yaml, meridian_model::Format::Yaml)
+                .expect("valid")
+                .resource;
+            Change::upsert(i as i64 + 1, &r)
+        })
+        .collect();
+    let messages = [
+        zone_message::Kind::Hello(Hello {
+            zone: zone.into(),
+            applied_revision: 0,
+            version: "test".into(),
+        }),
+        zone_message::Kind::Inventory(Inventory { full: true, changes }),
+    ];
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let url = sync_url.replace("grpc://", "http://");
+        let mut client = GlobalSyncClient::connect(url).await.expect("connect");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        for kind in messages {
+            tx.send(ZoneMessage { kind: Some(kind) }).await.expect("queue");
+        }
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        let _inbound = client.stream(request).await.expect("stream");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !done() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(tx);
+    });
+}
+
+#[test]
+fn zone_inventory_is_pinned_to_its_zone_and_relayed_to_the_others_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let global = GlobalCp::start(dir.path(), None).expect("global-cp");
+    let z1 = ZoneCp::start_federated("zone-1", &dir.path().join("z1"), &global).expect("zone-1");
+    let z2 = ZoneCp::start_federated("zone-2", &dir.path().join("z2"), &global).expect("zone-2");
+    apply(&z1.api_url, &dataplane("web-1", ""));
+    apply(
+        &z1.api_url,
+        "type: ZoneIngress\nname: ingress\nnetworking:\n  address: 127.0.0.1\n  port: 10001\n  advertisedAddress: 127.0.0.2\n  advertisedPort: 10002\n",
+    );
+    let pinned = "/meshes/default/dataplanes/zone-1.web-1";
+    wait_until("global has zone-1's Dataplane", Duration::from_secs(20), || {
+        get(&global.api_url, pinned).is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let on_global = get(&global.api_url, pinned).expect("pinned");
+    assert_eq!(on_global["labels"]["kuma.io/zone"], "zone-1", "{on_global}");
+    wait_until("zone-2 has zone-1's inventory", Duration::from_secs(20), || {
+        get(&z2.api_url, pinned).is_some() && get(&z2.api_url, "/zoneingresses/zone-1.ingress").is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        get(&z2.api_url, "/zoneingresses/zone-1.ingress").expect("ingress")["zone"],
+        "zone-1"
+    );
+    assert!(
+        get(&z1.api_url, pinned).is_none(),
+        "nothing comes back to its origin"
+    );
+    let zone1 = get(&global.api_url, "/zones/zone-1").expect("zone-1");
+    assert_eq!(zone1["dataplanes"], 1, "{zone1}");
+    assert_eq!(
+        zone1["ingresses"],
+        serde_json::json!(["127.0.0.2:10002"]),
+        "{zone1}"
+    );
+
+    // zone-3 claims zone-1's Dataplane three ways, and reports one of its own.
+    let token = global.zone_token("zone-3").expect("token");
+    let refused = || {
+        get(&global.api_url, "/zones/zone-3")
+            .is_some_and(|z| z["inventoryRefused"].as_array().is_some_and(|r| r.len() == 3))
+    };
+    report_inventory(
+        &global.sync_url,
+        "zone-3",
+        &token,
+        &[
+            dataplane("web-1", "labels: {kuma.io/zone: zone-1}\n"),
+            dataplane("zone-1.web-1", "labels: {kuma.io/zone: zone-1}\n"),
+            "type: ZoneIngress\nname: ingress\nzone: zone-1\nnetworking: {address: 127.0.0.3, port: 1}\n"
+                .into(),
+            dataplane("own", ""),
+        ],
+        refused,
+    );
+    let zone3 = get(&global.api_url, "/zones/zone-3").expect("zone-3");
+    assert!(refused(), "{zone3}");
+    let after = get(&global.api_url, pinned).expect("still there");
+    assert_eq!(after, on_global, "zone-1's Dataplane is untouched");
+    let own = get(&global.api_url, "/meshes/default/dataplanes/zone-3.own").expect("zone-3's own");
+    assert_eq!(own["labels"]["kuma.io/zone"], "zone-3");
+    assert!(get(&global.api_url, "/zoneingresses/zone-3.ingress").is_none());
+
+    // Deleted on its zone: gone from global and the other zones.
+    ok(z1
+        .meshctl(&["delete", "dataplane", "web-1"], None)
+        .expect("delete"));
+    wait_until(
+        "zone-1's Dataplane goes everywhere",
+        Duration::from_secs(20),
+        || get(&global.api_url, pinned).is_none() && get(&z2.api_url, pinned).is_none(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}

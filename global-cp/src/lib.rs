@@ -59,7 +59,46 @@ fn time(t: Option<std::time::SystemTime>) -> serde_json::Value {
         })
 }
 
-fn zone_json(name: &str, z: &sync::ZoneInsight) -> serde_json::Value {
+/// What global holds of a zone's inventory.
+#[derive(Default)]
+struct ZoneInventory {
+    dataplanes: u64,
+    /// Where other zones reach the zone: its ZoneIngresses' advertised addresses.
+    ingresses: Vec<String>,
+}
+
+async fn inventories(
+    store: &dyn meridian_store::Store,
+) -> Result<std::collections::BTreeMap<String, ZoneInventory>, meridian_store::StoreError> {
+    use meridian_model::{Kind, Spec};
+    let mut out: std::collections::BTreeMap<String, ZoneInventory> = Default::default();
+    for kind in [Kind::Dataplane, Kind::ZoneIngress] {
+        let mut offset = 0;
+        loop {
+            let page = store
+                .list(kind, None, meridian_store::Page { size: 1000, offset })
+                .await?;
+            offset += page.items.len() as u64;
+            for stored in &page.items {
+                let r = &stored.resource;
+                let Some(zone) = meridian_model::synced_zone(&r.name) else {
+                    continue;
+                };
+                let inventory = out.entry(zone.to_owned()).or_default();
+                match &r.spec {
+                    Spec::ZoneIngress(ingress) => inventory.ingresses.push(ingress.advertised()),
+                    _ => inventory.dataplanes += 1,
+                }
+            }
+            if page.items.is_empty() || offset >= page.total {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn zone_json(name: &str, z: &sync::ZoneInsight, inventory: Option<&ZoneInventory>) -> serde_json::Value {
     serde_json::json!({
         "type": "Zone",
         "name": name,
@@ -68,6 +107,9 @@ fn zone_json(name: &str, z: &sync::ZoneInsight) -> serde_json::Value {
         "lastSeen": time(z.last_seen),
         "ackedRevision": z.acked_revision,
         "lastNack": z.last_nack,
+        "dataplanes": inventory.map_or(0, |i| i.dataplanes),
+        "ingresses": inventory.map(|i| i.ingresses.clone()).unwrap_or_default(),
+        "inventoryRefused": z.inventory_refused,
     })
 }
 
@@ -100,28 +142,38 @@ fn token_routes(tokens: tokens::ZoneTokens) -> axum::Router {
         .with_state(tokens)
 }
 
-/// `GET /zones` and `GET /zones/{name}`: each zone's sync state.
-fn zone_routes(zones: sync::Zones) -> axum::Router {
+/// `GET /zones` and `GET /zones/{name}`: each zone's sync state and inventory.
+fn zone_routes(zones: sync::Zones, store: Arc<dyn Store>) -> axum::Router {
     use axum::extract::{Path, State};
     use axum::routing::get;
-    async fn list(State(zones): State<sync::Zones>) -> axum::Json<serde_json::Value> {
-        let items: Vec<serde_json::Value> = zones.all().iter().map(|(n, z)| zone_json(n, z)).collect();
-        axum::Json(serde_json::json!({ "total": items.len(), "items": items, "next": null }))
+    type ZoneState = State<(sync::Zones, Arc<dyn Store>)>;
+    async fn list(State((zones, store)): ZoneState) -> Result<axum::Json<serde_json::Value>, api::ApiError> {
+        let inventories = inventories(&*store).await?;
+        let items: Vec<serde_json::Value> = zones
+            .all()
+            .iter()
+            .map(|(n, z)| zone_json(n, z, inventories.get(n)))
+            .collect();
+        Ok(axum::Json(
+            serde_json::json!({ "total": items.len(), "items": items, "next": null }),
+        ))
     }
     async fn one(
-        State(zones): State<sync::Zones>,
+        State((zones, store)): ZoneState,
         Path(name): Path<String>,
     ) -> Result<axum::Json<serde_json::Value>, api::ApiError> {
-        zones
-            .all()
-            .get(&name)
-            .map(|z| axum::Json(zone_json(&name, z)))
-            .ok_or_else(|| api::ApiError::not_found(format!("zone {name:?} has never connected")))
+        let Some(zone) = zones.all().remove(&name) else {
+            return Err(api::ApiError::not_found(format!(
+                "zone {name:?} has never connected"
+            )));
+        };
+        let inventories = inventories(&*store).await?;
+        Ok(axum::Json(zone_json(&name, &zone, inventories.get(&name))))
     }
     axum::Router::new()
         .route("/zones", get(list))
         .route("/zones/{name}", get(one))
-        .with_state(zones)
+        .with_state((zones, store))
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -164,7 +216,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             zones.clone(),
             zone_tokens.clone(),
             sync_refused,
-        ));
+        ))
+        // A zone's whole inventory arrives in one message.
+        .max_decoding_message_size(64 << 20);
     let mut sync_server = tonic::transport::Server::builder();
     if let (Some(cert), Some(key)) = (&sync_tls_cert, &sync_tls_key) {
         let read =
@@ -187,8 +241,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the REST API to {api_addr}"))?;
     info!(addr = %listener.local_addr()?, "REST API serving");
+    let store = state.store.clone();
     let router = api::router(state)
-        .merge(zone_routes(zones))
+        .merge(zone_routes(zones, store))
         .merge(token_routes(zone_tokens));
     // The sync service is critical: if it stops, the process stops rather than limping on.
     tokio::select! {

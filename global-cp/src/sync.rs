@@ -1,28 +1,23 @@
-//! The sync server: one bidirectional stream per zone.
+//! A zone behind the tombstone horizon gets one snapshot batch.
 //!
-//! ```text
-//!   zone ──Hello{applied}──> stream task: changes_since(applied) ──Batch──> zone
-//!                                         wait for the next commit (store watch, which
-//!        <──────────────────              LISTEN/NOTIFY feeds from every replica) ──Batch──>
-//!   zone ──Ack{revision}───> zone insight (last ACK, last NACK)
-//! ```
-//!
-//! A zone behind the tombstone horizon gets one snapshot batch. Zone-owned kinds (Dataplanes)
-//! are not sent to zones.
+//! Upstream, a zone's `Inventory` (its Dataplanes and ZoneIngresses) is pinned to it: stored
+//! as `ZONE.NAME` with the label `kuma.io/zone: ZONE`, whatever the zone claims, so no zone can
+//! write another zone's resources or global's. Every other zone's stream relays it; the
+//! origin's never does.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use meridian_model::validate::dns1123_label;
-use meridian_model::{Kind, Stored};
+use meridian_model::{Kind, ResourceKey, Spec, Stored, Submission, ZONE_LABEL};
 use meridian_proto::sync::{
-    Ack, Batch, Change as WireChange, ChangeType, GlobalMessage, Hello, ZoneMessage, global_message,
+    Ack, Batch, Change as WireChange, GlobalMessage, Hello, Inventory, ZoneMessage, global_message,
     zone_message,
 };
 use meridian_proto::sync_service::global_sync_server::GlobalSync;
-use meridian_store::{Change, Store, StoreError};
+use meridian_store::{Change, Store, StoreError, SyncedOp, SyncedOutcome};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -46,6 +41,8 @@ pub struct ZoneInsight {
     /// The last revision the zone ACKed.
     pub acked_revision: i64,
     pub last_nack: Option<String>,
+    /// Why global refused items of the zone's last inventory that had refusals.
+    pub inventory_refused: Vec<String>,
 }
 
 /// Every zone's insight, by name.
@@ -83,34 +80,18 @@ impl SyncServer {
     }
 }
 
-/// Kinds that global sends to zones.
-fn global_owned(kind: Kind) -> bool {
-    kind != Kind::Dataplane
+/// Whether `zone`'s stream carries this resource: global's own kinds, and what other zones
+/// reported; never the zone's own inventory, sent back to it.
+fn sent_to(zone: &str, key: &ResourceKey) -> bool {
+    !key.kind.zone_owned() || key.synced_zone().is_some_and(|origin| origin != zone)
 }
 
-fn wire_upsert(stored: &Stored) -> WireChange {
-    let key = stored.resource.key();
-    WireChange {
-        revision: stored.revision,
-        change_type: ChangeType::Upsert as i32,
-        kind: key.kind.name().to_owned(),
-        mesh: key.mesh,
-        name: key.name,
-        resource: stored.resource.to_universal().to_string(),
-    }
-}
-
-fn wire(change: &Change) -> Option<WireChange> {
+fn wire(zone: &str, change: &Change) -> Option<WireChange> {
     match change {
-        Change::Upsert(s) if global_owned(s.resource.kind()) => Some(wire_upsert(s)),
-        Change::Delete { key, revision } if global_owned(key.kind) => Some(WireChange {
-            revision: *revision,
-            change_type: ChangeType::Delete as i32,
-            kind: key.kind.name().to_owned(),
-            mesh: key.mesh.clone(),
-            name: key.name.clone(),
-            resource: String::new(),
-        }),
+        Change::Upsert(s) if sent_to(zone, &s.resource.key()) => {
+            Some(WireChange::upsert(s.revision, &s.resource))
+        }
+        Change::Delete { key, revision } if sent_to(zone, key) => Some(WireChange::delete(*revision, key)),
         _ => None,
     }
 }
@@ -123,8 +104,8 @@ fn batch(b: Batch) -> Result<GlobalMessage, Status> {
 
 type Outbox = mpsc::Sender<Result<GlobalMessage, Status>>;
 
-/// Every global resource at one revision, read in one transaction.
-async fn snapshot(store: &dyn Store) -> Result<Batch, StoreError> {
+/// Everything `zone` receives, at one revision, read in one transaction.
+async fn snapshot(store: &dyn Store, zone: &str) -> Result<Batch, StoreError> {
     let (revision, items) = store.snapshot().await?;
     Ok(Batch {
         from_revision: 0,
@@ -132,14 +113,14 @@ async fn snapshot(store: &dyn Store) -> Result<Batch, StoreError> {
         snapshot: true,
         changes: items
             .iter()
-            .filter(|s| global_owned(s.resource.kind()))
-            .map(wire_upsert)
+            .filter(|s| sent_to(zone, &s.resource.key()))
+            .map(|s: &Stored| WireChange::upsert(s.revision, &s.resource))
             .collect(),
     })
 }
 
-/// Sends every change after `sent`, in batches; returns the new position.
-async fn send_changes(store: &dyn Store, out: &Outbox, mut sent: i64) -> Result<i64, StoreError> {
+/// Sends `zone` every change after `sent`, in batches; returns the new position.
+async fn send_changes(store: &dyn Store, out: &Outbox, zone: &str, mut sent: i64) -> Result<i64, StoreError> {
     loop {
         let changes = match store.changes_since(sent, BATCH).await {
             Ok(c) => c,
@@ -148,7 +129,7 @@ async fn send_changes(store: &dyn Store, out: &Outbox, mut sent: i64) -> Result<
                     asked,
                     horizon, "zone is behind the tombstone horizon: sending a snapshot"
                 );
-                let snap = snapshot(store).await?;
+                let snap = snapshot(store, zone).await?;
                 let to = snap.to_revision;
                 if out.send(batch(snap)).await.is_err() {
                     return Ok(to);
@@ -161,8 +142,8 @@ async fn send_changes(store: &dyn Store, out: &Outbox, mut sent: i64) -> Result<
         let Some(last) = changes.last().map(Change::revision) else {
             return Ok(sent);
         };
-        let wire: Vec<WireChange> = changes.iter().filter_map(wire).collect();
-        // A batch of only zone-owned changes moves the position without bothering the zone.
+        let wire: Vec<WireChange> = changes.iter().filter_map(|c| wire(zone, c)).collect();
+        // A batch of only the zone's own changes moves the position without bothering it.
         if !wire.is_empty() {
             let b = Batch {
                 from_revision: sent,
@@ -176,6 +157,112 @@ async fn send_changes(store: &dyn Store, out: &Outbox, mut sent: i64) -> Result<
         }
         sent = last;
     }
+}
+
+/// One inventory item as global stores it: named `ZONE.NAME` and labelled with the zone.
+/// Refuses what a zone may not write: global's kinds, and anything claiming another zone.
+fn pin(zone: &str, change: &WireChange) -> Result<SyncedOp, String> {
+    let (key, resource) = change.decode()?;
+    let refuse = |why: String| Err(format!("{} {:?}: {why}", key.kind, key.name));
+    if !key.kind.zone_owned() {
+        return refuse(format!(
+            "{} resources come from global; a zone reports only Dataplanes and ZoneIngresses",
+            key.kind
+        ));
+    }
+    if dns1123_label(&key.name).is_err() {
+        return refuse(
+            "a zone reports its resources by their own names (DNS-1123 labels), not ZONE.NAME".into(),
+        );
+    }
+    let pinned = ResourceKey::new(key.kind, key.mesh.clone(), format!("{zone}.{}", key.name));
+    let Some(mut resource) = resource else {
+        return Ok(SyncedOp::Delete(pinned));
+    };
+    if let Some(claimed) = resource.labels.get(ZONE_LABEL).filter(|z| *z != zone) {
+        return refuse(format!(
+            "labels.{ZONE_LABEL} is {claimed:?}, but this stream belongs to zone {zone:?}"
+        ));
+    }
+    if let Spec::ZoneIngress(ingress) = &mut resource.spec {
+        if let Some(claimed) = ingress.zone.as_ref().filter(|z| *z != zone) {
+            return refuse(format!(
+                "zone is {claimed:?}, but this stream belongs to zone {zone:?}"
+            ));
+        }
+        ingress.zone = Some(zone.to_owned());
+    }
+    resource.labels.insert(ZONE_LABEL.to_owned(), zone.to_owned());
+    resource.name = pinned.name;
+    Ok(SyncedOp::Put(Box::new(Submission {
+        resource,
+        expected_version: None,
+    })))
+}
+
+/// Applies a zone's inventory in one transaction. Items global refuses are skipped and their
+/// reasons returned; a full inventory also removes what the zone no longer has.
+async fn apply_inventory(
+    store: &dyn Store,
+    zone: &str,
+    inventory: &Inventory,
+) -> Result<(SyncedOutcome, Vec<String>), StoreError> {
+    let mut ops = Vec::with_capacity(inventory.changes.len());
+    let mut refused = Vec::new();
+    let mut meshes: BTreeMap<String, bool> = BTreeMap::new();
+    for change in &inventory.changes {
+        let op = match pin(zone, change) {
+            Ok(op) => op,
+            Err(why) => {
+                refused.push(why);
+                continue;
+            }
+        };
+        if let SyncedOp::Put(s) = &op
+            && !s.resource.mesh.is_empty()
+        {
+            let mesh = &s.resource.mesh;
+            let exists = match meshes.get(mesh) {
+                Some(&known) => known,
+                None => {
+                    let known = match store.get(&ResourceKey::new(Kind::Mesh, "", mesh.clone())).await {
+                        Ok(_) => true,
+                        Err(StoreError::NotFound(_)) => false,
+                        Err(e) => return Err(e),
+                    };
+                    meshes.insert(mesh.clone(), known);
+                    known
+                }
+            };
+            if !exists {
+                refused.push(format!(
+                    "{} {:?}: mesh {mesh:?} does not exist on global",
+                    s.resource.kind(),
+                    change.name
+                ));
+                continue;
+            }
+        }
+        ops.push(op);
+    }
+    if inventory.full {
+        let keep: BTreeSet<ResourceKey> = ops
+            .iter()
+            .filter_map(|op| match op {
+                SyncedOp::Put(s) => Some(s.resource.key()),
+                SyncedOp::Delete(_) => None,
+            })
+            .collect();
+        for &kind in Kind::ALL.iter().filter(|k| k.zone_owned()) {
+            for key in meridian_store::keys(store, kind).await? {
+                if key.synced_zone() == Some(zone) && !keep.contains(&key) {
+                    ops.push(SyncedOp::Delete(key));
+                }
+            }
+        }
+    }
+    let outcome = store.apply_synced(ops, None).await?;
+    Ok((outcome, refused))
 }
 
 #[tonic::async_trait]
@@ -245,7 +332,7 @@ impl GlobalSync for SyncServer {
                     if pending {
                         pending = false;
                         commits.borrow_and_update();
-                        match send_changes(&*store, &tx, sent).await {
+                        match send_changes(&*store, &tx, &zone, sent).await {
                             Ok(s) => sent = s,
                             Err(e) => {
                                 warn!(error = %e, "reading changes failed");
@@ -272,6 +359,35 @@ impl GlobalSync for SyncServer {
                                         z.last_nack = Some(error);
                                     }
                                 });
+                            }
+                            Ok(Some(ZoneMessage { kind: Some(zone_message::Kind::Inventory(inventory)) })) => {
+                                match apply_inventory(&*store, &zone, &inventory).await {
+                                    Ok((done, refused)) => {
+                                        info!(
+                                            full = inventory.full,
+                                            written = done.written,
+                                            unchanged = done.unchanged,
+                                            deleted = done.deleted,
+                                            refused = refused.len(),
+                                            "inventory applied"
+                                        );
+                                        for why in &refused {
+                                            warn!(reason = %why, "inventory item refused");
+                                        }
+                                        zones.update(&zone, |z| {
+                                            z.last_seen = Some(SystemTime::now());
+                                            if !refused.is_empty() {
+                                                z.inventory_refused = refused;
+                                            }
+                                        });
+                                    }
+                                    Err(e) => {
+                                        // The zone reconnects and sends its whole inventory again.
+                                        warn!(error = %e, "applying the zone's inventory failed");
+                                        let _ = tx.send(Err(Status::unavailable("global store unavailable"))).await;
+                                        break;
+                                    }
+                                }
                             }
                             Ok(Some(_)) => {}
                             Ok(None) | Err(_) => break,

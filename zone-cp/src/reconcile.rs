@@ -90,10 +90,7 @@ impl ZoneView {
 
     /// Proxies a change can affect, judged against the view before the change is applied.
     fn affected(&self, change: &Change, out: &mut BTreeMap<String, Option<BTreeSet<String>>>) {
-        let key = match change {
-            Change::Upsert(s) => s.resource.key(),
-            Change::Delete { key, .. } => key.clone(),
-        };
+        let key = change_key(change);
         match key.kind {
             Kind::Mesh => {
                 out.insert(key.name.clone(), None);
@@ -165,6 +162,19 @@ impl ZoneView {
     }
 }
 
+/// Whether proxies are generated from this resource: not from other zones' inventory or
+/// ingresses, which only cross-zone routing will use.
+fn translated(key: &ResourceKey) -> bool {
+    key.kind != Kind::ZoneIngress && key.synced_zone().is_none()
+}
+
+fn change_key(change: &Change) -> ResourceKey {
+    match change {
+        Change::Upsert(s) => s.resource.key(),
+        Change::Delete { key, .. } => key.clone(),
+    }
+}
+
 fn upserted(change: &Change) -> Option<&Resource> {
     match change {
         Change::Upsert(s) => Some(&s.resource),
@@ -226,6 +236,10 @@ impl Reconciler {
             let mut affected = BTreeMap::new();
             let mut removed = Vec::new();
             for change in &changes {
+                if !translated(&change_key(change)) {
+                    self.applied = change.revision();
+                    continue;
+                }
                 self.view.affected(change, &mut affected);
                 self.view.apply(change);
                 self.applied = change.revision();

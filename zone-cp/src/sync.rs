@@ -3,29 +3,37 @@
 //!
 //! ```text
 //!   Hello{applied} ──> global        Batch ──> validate every resource (model) ──> store
-//!                                              ──> sync position ──> Ack
+//!   Inventory{full} ──>                        ──> sync position ──> Ack
+//!   each local commit of a Dataplane or ZoneIngress ──> Inventory{changes} ──> global
 //! ```
 //!
-//! Resumes from the applied revision after any disconnect, with backoff and jitter. While
-//! global is away the zone keeps serving what it has. Applying is idempotent (an unchanged
-//! resource is not rewritten), so a batch cut short by a crash is simply applied again.
+//! Resumes from the applied revision after any disconnect, with backoff and jitter, and sends
+//! its whole inventory again. While global is away the zone keeps serving what it has.
+//! Applying is idempotent (an unchanged resource is not rewritten), so a batch cut short by a
+//! crash is simply applied again.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_model::{Kind, ResourceKey, Submission, from_value};
-use meridian_proto::sync::{Ack, Batch, ChangeType, Hello, ZoneMessage, global_message, zone_message};
+use meridian_model::{Kind, ResourceKey, Submission};
+use meridian_proto::sync::{
+    Ack, Batch, Change as WireChange, Hello, Inventory, ZoneMessage, global_message, zone_message,
+};
 use meridian_proto::sync_service::global_sync_client::GlobalSyncClient;
-use meridian_store::{Page, Store, StoreError, SyncedOp, SyncedOutcome};
+use meridian_store::{Change, Store, StoreError, SyncedOp, SyncedOutcome};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
-/// What a zone keeps from global: everything but its own Dataplanes.
-pub fn global_owned(kind: Kind) -> bool {
-    kind != Kind::Dataplane
+/// Whether a zone holds this resource because global sent it: global's kinds, and what other
+/// zones reported (named `ZONE.NAME`). The rest is the zone's own inventory.
+pub fn from_global(key: &ResourceKey) -> bool {
+    !key.kind.zone_owned() || key.synced_zone().is_some()
 }
+
+/// Changes per inventory message after the first.
+const INVENTORY_BATCH: u32 = 1000;
 
 /// Where global's sync service is, and how to trust it.
 #[derive(Clone, Debug, PartialEq)]
@@ -79,57 +87,42 @@ impl GlobalEndpoint {
     }
 }
 
-/// Decodes every upsert first: a batch with one bad resource is refused whole.
-fn decode(batch: &Batch) -> Result<Vec<(ResourceKey, Option<Submission>)>, String> {
+/// Decodes every change first: a batch with one bad resource is refused whole.
+fn decode(zone: &str, batch: &Batch) -> Result<Vec<(ResourceKey, Option<Submission>)>, String> {
     let mut out = Vec::with_capacity(batch.changes.len());
     for c in &batch.changes {
-        let kind = Kind::from_name(&c.kind)
-            .ok_or_else(|| format!("change {}: unknown kind {:?}", c.revision, c.kind))?;
-        if !global_owned(kind) {
+        let (key, resource) = c.decode()?;
+        if !from_global(&key) || key.synced_zone() == Some(zone) {
             return Err(format!(
-                "change {}: {kind} is owned by zones, not global",
+                "change {}: {key} is this zone's own, not global's to send",
                 c.revision
             ));
         }
-        let key = ResourceKey::new(kind, c.mesh.clone(), c.name.clone());
-        match ChangeType::try_from(c.change_type) {
-            Ok(ChangeType::Delete) => out.push((key, None)),
-            Ok(ChangeType::Upsert) => {
-                let value: serde_json::Value =
-                    serde_json::from_str(&c.resource).map_err(|e| format!("change {}: {e}", c.revision))?;
-                let mut submission =
-                    from_value(value).map_err(|e| format!("change {} ({key}): {e}", c.revision))?;
-                if submission.resource.key() != key {
-                    return Err(format!("change {}: the resource is not {key}", c.revision));
-                }
-                // Global decides versions; the zone applies what it is sent.
-                submission.expected_version = None;
-                out.push((key, Some(submission)));
-            }
-            Err(_) => {
-                return Err(format!(
-                    "change {}: unknown change type {}",
-                    c.revision, c.change_type
-                ));
-            }
-        }
+        // Global decides versions; the zone applies what it is sent.
+        let submission = resource.map(|resource| Submission {
+            resource,
+            expected_version: None,
+        });
+        out.push((key, submission));
     }
     Ok(out)
 }
 
 /// Applies a batch to the zone's store, with the new position, in one transaction.
-pub async fn apply(store: &dyn Store, batch: &Batch) -> Result<SyncedOutcome, String> {
-    let changes = decode(batch)?;
+pub async fn apply(store: &dyn Store, zone: &str, batch: &Batch) -> Result<SyncedOutcome, String> {
+    let changes = decode(zone, batch)?;
     let mut ops = Vec::with_capacity(changes.len());
     if batch.snapshot {
-        // Whatever global no longer has goes; zone-owned kinds stay. Listing outside the
-        // transaction is safe: this sync is the only writer of global-owned kinds on a zone.
+        // Whatever global no longer has goes; the zone's own inventory stays. Listing outside
+        // the transaction is safe: this sync is the only writer of what comes from global.
         let keep: BTreeSet<&ResourceKey> = changes.iter().map(|(k, _)| k).collect();
-        for &kind in Kind::ALL.iter().filter(|k| global_owned(**k)).rev() {
-            let all = list_all(store, kind).await.map_err(|e| e.to_string())?;
+        for &kind in Kind::ALL.iter().rev() {
+            let all = meridian_store::keys(store, kind)
+                .await
+                .map_err(|e| e.to_string())?;
             ops.extend(
                 all.into_iter()
-                    .filter(|k| !keep.contains(k))
+                    .filter(|k| from_global(k) && !keep.contains(k))
                     .map(SyncedOp::Delete),
             );
         }
@@ -141,30 +134,50 @@ pub async fn apply(store: &dyn Store, batch: &Batch) -> Result<SyncedOutcome, St
         });
     }
     store
-        .apply_synced(ops, batch.to_revision)
+        .apply_synced(ops, Some(batch.to_revision))
         .await
         .map_err(|e| e.to_string())
 }
 
-async fn list_all(store: &dyn Store, kind: Kind) -> Result<Vec<ResourceKey>, StoreError> {
-    let mut keys = Vec::new();
+/// The zone's whole inventory and the store revision it was read at.
+async fn full_inventory(store: &dyn Store) -> Result<(i64, Inventory), StoreError> {
+    let (revision, items) = store.snapshot().await?;
+    let changes = items
+        .iter()
+        .filter(|s| !from_global(&s.resource.key()))
+        .map(|s| WireChange::upsert(s.revision, &s.resource))
+        .collect();
+    Ok((revision, Inventory { full: true, changes }))
+}
+
+/// The inventory changes committed after `after` (a full inventory if the zone's tombstones
+/// no longer reach back that far), and the revision they go up to.
+async fn inventory_since(store: &dyn Store, after: i64) -> Result<(i64, Option<Inventory>), StoreError> {
+    let mut position = after;
+    let mut changes = Vec::new();
     loop {
-        let page = store
-            .list(
-                kind,
-                None,
-                Page {
-                    size: 1000,
-                    offset: keys.len() as u64,
-                },
-            )
-            .await?;
-        let done = page.items.is_empty();
-        keys.extend(page.items.iter().map(|s| s.resource.key()));
-        if done || keys.len() as u64 >= page.total {
-            return Ok(keys);
-        }
+        let page = match store.changes_since(position, INVENTORY_BATCH).await {
+            Ok(page) => page,
+            Err(StoreError::TooOld { .. }) => {
+                let (revision, full) = full_inventory(store).await?;
+                return Ok((revision, Some(full)));
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(last) = page.last().map(Change::revision) else {
+            break;
+        };
+        position = last;
+        changes.extend(page.iter().filter_map(|c| match c {
+            Change::Upsert(s) if !from_global(&s.resource.key()) => {
+                Some(WireChange::upsert(s.revision, &s.resource))
+            }
+            Change::Delete { key, revision } if !from_global(key) => Some(WireChange::delete(*revision, key)),
+            _ => None,
+        }));
     }
+    let inventory = (!changes.is_empty()).then_some(Inventory { full: false, changes });
+    Ok((position, inventory))
 }
 
 /// The sync's health, in the zone's `/metrics`.
@@ -237,17 +250,24 @@ async fn session(
 ) -> Result<(), String> {
     let mut client = GlobalSyncClient::new(global.connect().await?).max_decoding_message_size(64 << 20);
     let applied_revision = store.sync_position().await.map_err(|e| e.to_string())?;
+    // Watch before reading the inventory, so no local commit falls between the two.
+    let mut commits = store.watch();
+    commits.borrow_and_update();
+    let (reported, inventory) = full_inventory(store).await.map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel(4);
     let hello = Hello {
         zone: zone.to_owned(),
         applied_revision,
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
-    tx.send(ZoneMessage {
-        kind: Some(zone_message::Kind::Hello(hello)),
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    for kind in [
+        zone_message::Kind::Hello(hello),
+        zone_message::Kind::Inventory(inventory),
+    ] {
+        tx.send(ZoneMessage { kind: Some(kind) })
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     let bearer = format!("Bearer {token}")
         .parse()
@@ -260,66 +280,86 @@ async fn session(
         .into_inner();
     info!(applied_revision, "sync stream open");
     metrics.connected.set(1);
-    let result = receive(&mut inbound, &tx, store).await;
+    let result = exchange(&mut inbound, &tx, store, zone, &mut commits, reported).await;
     metrics.connected.set(0);
     result
 }
 
-async fn receive(
+/// Applies global's batches and reports the zone's inventory changes, until the stream ends.
+async fn exchange(
     inbound: &mut tonic::Streaming<meridian_proto::sync::GlobalMessage>,
     tx: &mpsc::Sender<ZoneMessage>,
     store: &dyn Store,
+    zone: &str,
+    commits: &mut watch::Receiver<i64>,
+    mut reported: i64,
 ) -> Result<(), String> {
-    while let Some(message) = inbound.message().await.map_err(|e| e.to_string())? {
-        let Some(global_message::Kind::Batch(batch)) = message.kind else {
-            continue;
-        };
-        let ack = match apply(store, &batch).await {
-            Ok(a) => {
-                info!(
-                    revision = batch.to_revision,
-                    snapshot = batch.snapshot,
-                    written = a.written,
-                    unchanged = a.unchanged,
-                    deleted = a.deleted,
-                    "applied changes from global"
-                );
-                Ack {
-                    revision: batch.to_revision,
-                    error: String::new(),
+    let send = |kind| async move {
+        tx.send(ZoneMessage { kind: Some(kind) })
+            .await
+            .map_err(|_| "the sync stream closed".to_owned())
+    };
+    loop {
+        tokio::select! {
+            message = inbound.message() => {
+                let Some(message) = message.map_err(|e| e.to_string())? else {
+                    return Ok(());
+                };
+                let Some(global_message::Kind::Batch(batch)) = message.kind else {
+                    continue;
+                };
+                match apply(store, zone, &batch).await {
+                    Ok(a) => {
+                        info!(
+                            revision = batch.to_revision,
+                            snapshot = batch.snapshot,
+                            written = a.written,
+                            unchanged = a.unchanged,
+                            deleted = a.deleted,
+                            "applied changes from global"
+                        );
+                        send(zone_message::Kind::Ack(Ack {
+                            revision: batch.to_revision,
+                            error: String::new(),
+                        }))
+                        .await?;
+                    }
+                    Err(error) => {
+                        warn!(revision = batch.to_revision, error = %error, "refusing a batch from global");
+                        let _ = send(zone_message::Kind::Ack(Ack {
+                            revision: batch.to_revision,
+                            error: error.clone(),
+                        }))
+                        .await;
+                        return Err(format!(
+                            "batch up to revision {} refused: {error}",
+                            batch.to_revision
+                        ));
+                    }
                 }
             }
-            Err(error) => {
-                warn!(revision = batch.to_revision, error = %error, "refusing a batch from global");
-                let nack = Ack {
-                    revision: batch.to_revision,
-                    error: error.clone(),
-                };
-                let _ = tx
-                    .send(ZoneMessage {
-                        kind: Some(zone_message::Kind::Ack(nack)),
-                    })
-                    .await;
-                return Err(format!(
-                    "batch up to revision {} refused: {error}",
-                    batch.to_revision
-                ));
+            changed = commits.changed() => {
+                if changed.is_err() {
+                    return Err("the zone store closed".to_owned());
+                }
+                commits.borrow_and_update();
+                let (position, inventory) = inventory_since(store, reported)
+                    .await
+                    .map_err(|e| format!("reading the zone's inventory: {e}"))?;
+                reported = position;
+                if let Some(inventory) = inventory {
+                    info!(changes = inventory.changes.len(), full = inventory.full, "inventory reported");
+                    send(zone_message::Kind::Inventory(inventory)).await?;
+                }
             }
-        };
-        tx.send(ZoneMessage {
-            kind: Some(zone_message::Kind::Ack(ack)),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use meridian_model::{Format, parse_one};
-    use meridian_proto::sync::Change as WireChange;
-    use meridian_store::SqlStore;
+    use meridian_store::{Page, SqlStore};
 
     use super::*;
 
@@ -331,16 +371,13 @@ mod tests {
     }
 
     fn upsert(revision: i64, yaml: &str) -> WireChange {
-        let r = parse_one(yaml, Format::Yaml).expect("valid").resource;
-        let key = r.key();
-        WireChange {
-            revision,
-            change_type: ChangeType::Upsert as i32,
-            kind: key.kind.name().into(),
-            mesh: key.mesh,
-            name: key.name,
-            resource: r.to_universal().to_string(),
-        }
+        WireChange::upsert(revision, &parse_one(yaml, Format::Yaml).expect("valid").resource)
+    }
+
+    fn dataplane(name: &str, labels: &str) -> String {
+        format!(
+            "type: Dataplane\nname: {name}\n{labels}networking:\n  address: 127.0.0.1\n  inbound:\n  - port: 10001\n    tags: {{kuma.io/service: a}}\n"
+        )
     }
 
     fn trace(name: &str, endpoint: &str) -> String {
@@ -370,7 +407,7 @@ mod tests {
             ],
         );
         assert_eq!(
-            apply(&store, &b).await,
+            apply(&store, "zone-1", &b).await,
             Ok(SyncedOutcome {
                 written: 2,
                 unchanged: 0,
@@ -380,7 +417,7 @@ mod tests {
         assert_eq!(store.sync_position().await.expect("position"), 3);
         // The same batch again (a crash before the ACK): nothing is rewritten.
         assert_eq!(
-            apply(&store, &b).await,
+            apply(&store, "zone-1", &b).await,
             Ok(SyncedOutcome {
                 written: 0,
                 unchanged: 2,
@@ -399,6 +436,7 @@ mod tests {
         let (store, _dir) = zone_store().await;
         apply(
             &store,
+            "zone-1",
             &batch(
                 5,
                 false,
@@ -406,13 +444,14 @@ mod tests {
                     upsert(1, "type: Mesh\nname: default\n"),
                     upsert(2, &trace("kept", "a:4317")),
                     upsert(3, &trace("gone", "a:4317")),
+                    upsert(4, &dataplane("zone-2.gone", "labels: {kuma.io/zone: zone-2}\n")),
                 ],
             ),
         )
         .await
         .expect("apply");
         store
-            .put(parse_one("type: Dataplane\nname: dp-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 10001\n    tags: {kuma.io/service: a}\n", Format::Yaml).expect("valid"))
+            .put(parse_one(&dataplane("dp-1", ""), Format::Yaml).expect("valid"))
             .await
             .expect("zone's own dataplane");
         let snap = batch(
@@ -425,11 +464,11 @@ mod tests {
             ],
         );
         assert_eq!(
-            apply(&store, &snap).await,
+            apply(&store, "zone-1", &snap).await,
             Ok(SyncedOutcome {
                 written: 1,
                 unchanged: 2,
-                deleted: 1
+                deleted: 2
             })
         );
         let names: Vec<String> = store
@@ -445,6 +484,13 @@ mod tests {
             .get(&ResourceKey::new(Kind::Dataplane, "default", "dp-1"))
             .await
             .expect("the zone's Dataplane stays");
+        assert!(
+            store
+                .get(&ResourceKey::new(Kind::Dataplane, "default", "zone-2.gone"))
+                .await
+                .is_err(),
+            "what zone-2 no longer reports goes"
+        );
         assert_eq!(store.sync_position().await.expect("position"), 9);
     }
 
@@ -454,7 +500,7 @@ mod tests {
         let mut bad = upsert(2, &trace("t", "a:4317"));
         bad.resource = bad.resource.replace("a:4317", "no-port");
         let b = batch(2, false, vec![upsert(1, "type: Mesh\nname: default\n"), bad]);
-        let err = apply(&store, &b).await.expect_err("refused");
+        let err = apply(&store, "zone-1", &b).await.expect_err("refused");
         assert!(err.contains("spec.backends[0].conf.endpoint"), "{err}");
         assert_eq!(
             store.revision().await.expect("revision"),
@@ -462,9 +508,16 @@ mod tests {
             "nothing was written"
         );
         assert_eq!(store.sync_position().await.expect("position"), 0);
-        let mut zones_own = upsert(3, &trace("t", "a:4317"));
-        zones_own.kind = "Dataplane".into();
-        assert!(apply(&store, &batch(3, false, vec![zones_own])).await.is_err());
+        // Global never sends a zone its own inventory.
+        for own in [
+            dataplane("web", ""),
+            dataplane("zone-1.web", "labels: {kuma.io/zone: zone-1}\n"),
+        ] {
+            let err = apply(&store, "zone-1", &batch(3, false, vec![upsert(3, &own)]))
+                .await
+                .expect_err("refused");
+            assert!(err.contains("this zone's own"), "{err}");
+        }
     }
 
     #[test]
@@ -480,5 +533,40 @@ mod tests {
         assert!(GlobalEndpoint::parse("grpc://127.0.0.1:5685", Some(b"ca".to_vec())).is_err());
         assert!(GlobalEndpoint::parse("http://127.0.0.1:5685", None).is_err());
         assert!(GlobalEndpoint::parse("grpc://", None).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_inventory_is_the_zones_own_resources_and_their_changes() {
+        let (store, _dir) = zone_store().await;
+        apply(
+            &store,
+            "zone-1",
+            &batch(
+                2,
+                false,
+                vec![
+                    upsert(1, "type: Mesh\nname: default\n"),
+                    upsert(2, &dataplane("zone-2.web", "labels: {kuma.io/zone: zone-2}\n")),
+                ],
+            ),
+        )
+        .await
+        .expect("apply");
+        let mine = parse_one(&dataplane("web", ""), Format::Yaml).expect("valid");
+        store.put(mine.clone()).await.expect("put");
+        let (at, full) = full_inventory(&store).await.expect("inventory");
+        assert!(full.full);
+        let names: Vec<&str> = full.changes.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["web"], "not the mesh, not zone-2's Dataplane");
+
+        assert_eq!(inventory_since(&store, at).await.expect("since"), (at, None));
+        store
+            .delete(&mine.resource.key(), Default::default())
+            .await
+            .expect("delete");
+        let (now, delta) = inventory_since(&store, at).await.expect("since");
+        let delta = delta.expect("a change");
+        assert!(!delta.full);
+        assert_eq!(delta.changes, [WireChange::delete(now, &mine.resource.key())]);
     }
 }

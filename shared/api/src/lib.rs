@@ -39,8 +39,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Which control plane serves this API (`global`, `zone`), shown on `/`.
     pub role: &'static str,
-    /// On a federated zone: the global control plane that owns every kind but Dataplanes,
-    /// which are then read-only here.
+    /// On a federated zone: the global control plane that owns every kind but the zone's own
+    /// (Dataplanes, ZoneIngresses); those kinds are then read-only here.
     pub managed_by: Option<String>,
 }
 
@@ -59,6 +59,10 @@ pub fn router(state: ApiState) -> Router {
             get(get_resource).put(put_resource).delete(delete_resource),
         )
         .route("/{plural}", get(list_all_meshes))
+        .route(
+            "/{plural}/{name}",
+            get(get_global).put(put_global).delete(delete_global),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))

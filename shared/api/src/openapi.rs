@@ -169,6 +169,14 @@ pub fn document() -> Value {
             }),
         );
         match kind.scope() {
+            Scope::Global if kind != Kind::Mesh => {
+                let plural = kind.plural();
+                paths.insert(
+                    format!("/{plural}"),
+                    json!({ "get": list_op(kind, vec![], format!("List {plural}")) }),
+                );
+                paths.insert(format!("/{plural}/{{name}}"), item_ops(kind, vec![name_param()]));
+            }
             Scope::Global => {
                 paths.insert(
                     "/meshes".into(),

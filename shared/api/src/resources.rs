@@ -22,12 +22,21 @@ const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
 
 fn mesh_kind(plural: &str) -> Result<Kind, ApiError> {
+    kind_where(plural, |k| k.scope() == Scope::Mesh)
+}
+
+/// A kind that lives beside meshes (other than Mesh, which has `/meshes`).
+fn global_kind(plural: &str) -> Result<Kind, ApiError> {
+    kind_where(plural, |k| k.scope() == Scope::Global && k != Kind::Mesh)
+}
+
+fn kind_where(plural: &str, wanted: impl Fn(Kind) -> bool) -> Result<Kind, ApiError> {
     match Kind::from_plural(plural) {
-        Some(kind) if kind.scope() == Scope::Mesh => Ok(kind),
+        Some(kind) if wanted(kind) => Ok(kind),
         _ => {
             let known: Vec<&str> = Kind::ALL
                 .iter()
-                .filter(|k| k.scope() == Scope::Mesh)
+                .filter(|k| wanted(**k))
                 .map(|k| k.plural())
                 .collect();
             Err(ApiError::not_found(format!(
@@ -119,7 +128,7 @@ pub async fn list_all_meshes(
     Path(plural): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let kind = mesh_kind(&plural)?;
+    let kind = kind_where(&plural, |k| k != Kind::Mesh)?;
     list(&state, &headers, &format!("/{plural}"), kind, None, &query).await
 }
 
@@ -183,15 +192,27 @@ fn check_matches_path(submission: &Submission, key: &ResourceKey) -> Result<(), 
     }
 }
 
-/// Refuses writes of kinds that a federated zone takes from its global control plane.
-fn check_writable(state: &ApiState, kind: Kind) -> Result<(), ApiError> {
+/// Refuses writes that belong elsewhere: a zone's inventory on global, what a zone reported
+/// anywhere but through the sync, and global's kinds on a federated zone.
+fn check_writable(state: &ApiState, key: &ResourceKey) -> Result<(), ApiError> {
+    let kind = key.kind;
+    let forbidden = |details: String| Err(ApiError::new(StatusCode::FORBIDDEN, "Forbidden", details));
+    if kind.zone_owned()
+        && let Some(zone) = key.synced_zone()
+    {
+        return forbidden(format!(
+            "{kind} {:?} was reported by zone {zone:?} and is kept in step by the sync; change it on that zone",
+            key.name
+        ));
+    }
+    if state.role == "global" && kind.zone_owned() {
+        return forbidden(format!(
+            "{kind} resources belong to zones: write them on the zone's control plane; global shows them as ZONE.NAME"
+        ));
+    }
     match &state.managed_by {
-        Some(global) if kind != Kind::Dataplane => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            format!(
-                "this zone is federated: {kind} resources are managed on the global control plane ({global}); write them there"
-            ),
+        Some(global) if !kind.zone_owned() => forbidden(format!(
+            "this zone is federated: {kind} resources are managed on the global control plane ({global}); write them there"
         )),
         _ => Ok(()),
     }
@@ -203,7 +224,7 @@ async fn put(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_writable(state, key.kind)?;
+    check_writable(state, &key)?;
     let (text, format) = body::read(headers, body).await?;
     let mut docs = parse_documents(&text, format)?;
     if docs.len() != 1 {
@@ -239,6 +260,36 @@ pub async fn put_mesh(
     body: Body,
 ) -> Result<Response, ApiError> {
     put(&state, ResourceKey::new(Kind::Mesh, "", mesh), &headers, body).await
+}
+
+pub async fn get_global(
+    State(state): State<ApiState>,
+    Path((plural, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    get(&state, ResourceKey::new(global_kind(&plural)?, "", name)).await
+}
+
+pub async fn put_global(
+    State(state): State<ApiState>,
+    Path((plural, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    put(
+        &state,
+        ResourceKey::new(global_kind(&plural)?, "", name),
+        &headers,
+        body,
+    )
+    .await
+}
+
+pub async fn delete_global(
+    State(state): State<ApiState>,
+    Path((plural, name)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    delete(&state, ResourceKey::new(global_kind(&plural)?, "", name), &query).await
 }
 
 pub async fn put_resource(
@@ -279,7 +330,7 @@ async fn delete(
     key: ResourceKey,
     query: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
-    check_writable(state, key.kind)?;
+    check_writable(state, &key)?;
     let options = DeleteOptions {
         cascade: parse_bool(query, "cascade")?,
         expected_version: parse_version(query)?,

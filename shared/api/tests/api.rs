@@ -18,10 +18,10 @@ struct Api {
 }
 
 async fn api() -> Api {
-    api_managed_by(None).await
+    api_as("global", None).await
 }
 
-async fn api_managed_by(managed_by: Option<&str>) -> Api {
+async fn api_as(role: &'static str, managed_by: Option<&str>) -> Api {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(SqlStore::open_sqlite(dir.path()).await.expect("open"));
     store.migrate().await.expect("migrate");
@@ -41,6 +41,7 @@ async fn api_managed_by(managed_by: Option<&str>) -> Api {
     .await;
     assert_eq!(status, StatusCode::CREATED);
     let state = ApiState {
+        role,
         managed_by: managed_by.map(str::to_owned),
         ..state
     };
@@ -406,8 +407,8 @@ async fn unsupported_content_types_are_refused() {
 }
 
 #[tokio::test]
-async fn a_federated_zone_takes_only_dataplanes_on_its_api() {
-    let api = api_managed_by(Some("grpc://global:5685")).await;
+async fn a_federated_zone_takes_only_its_own_kinds_on_its_api() {
+    let api = api_as("zone", Some("grpc://global:5685")).await;
     let before = api.revision().await;
     let (s, b) = api.yaml("/meshes/default/meshtraces/t", TRACE).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
@@ -424,4 +425,62 @@ async fn a_federated_zone_takes_only_dataplanes_on_its_api() {
         "networking:\n  address: 127.0.0.1\n  inbound:\n  - port: 10001\n    tags: {kuma.io/service: demo}\n";
     let (s, b) = api.yaml("/meshes/default/dataplanes/dp-1", dp).await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, b) = api
+        .yaml(
+            "/zoneingresses/ingress",
+            "type: ZoneIngress\nname: ingress\nnetworking: {address: 127.0.0.1, port: 10001}\n",
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, b) = api.send("GET", "/zoneingresses", None).await;
+    assert_eq!((s, b["total"].as_u64()), (StatusCode::OK, Some(1)), "{b}");
+
+    // What another zone reported arrives by sync only.
+    let before = api.revision().await;
+    let remote = format!("labels: {{kuma.io/zone: zone-2}}\n{dp}");
+    let (s, b) = api.yaml("/meshes/default/dataplanes/zone-2.dp-1", &remote).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert!(
+        b["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("reported by zone \"zone-2\"")),
+        "{b}"
+    );
+    let (s, _) = api
+        .send("DELETE", "/meshes/default/dataplanes/zone-2.dp-1", None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(api.revision().await, before);
+}
+
+#[tokio::test]
+async fn global_leaves_zone_inventory_to_the_zones() {
+    let api = api().await;
+    let before = api.revision().await;
+    let dp =
+        "networking:\n  address: 127.0.0.1\n  inbound:\n  - port: 10001\n    tags: {kuma.io/service: demo}\n";
+    let (s, b) = api.yaml("/meshes/default/dataplanes/dp-1", dp).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert!(
+        b["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("zone's control plane")),
+        "{b}"
+    );
+    let (s, b) = api
+        .yaml(
+            "/zoneingresses/ingress",
+            "type: ZoneIngress\nname: ingress\nnetworking: {address: 127.0.0.1, port: 10001}\n",
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert_eq!(api.revision().await, before);
+    let (s, b) = api.send("GET", "/zoneingresses", None).await;
+    assert_eq!((s, b["total"].as_u64()), (StatusCode::OK, Some(0)), "{b}");
+    let (s, b) = api.send("GET", "/meshtraces/t", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    assert!(
+        b["details"].as_str().is_some_and(|d| d.contains("zoneingresses")),
+        "{b}"
+    );
 }

@@ -91,9 +91,16 @@ kinds! {
     MeshCircuitBreaker { spec: MeshCircuitBreakerSpec, plural: "meshcircuitbreakers", scope: Mesh, inline: false },
     MeshRetry { spec: MeshRetrySpec, plural: "meshretries", scope: Mesh, inline: false },
     MeshTimeout { spec: MeshTimeoutSpec, plural: "meshtimeouts", scope: Mesh, inline: false },
+    ZoneIngress { spec: ZoneIngressSpec, plural: "zoneingresses", scope: Global, inline: true },
 }
 
 impl Kind {
+    /// Kinds that a zone owns and reports to global (its inventory), rather than policy that
+    /// flows from global to zones.
+    pub fn zone_owned(self) -> bool {
+        matches!(self, Kind::Dataplane | Kind::ZoneIngress)
+    }
+
     /// The exact name, as written in `type:` or `kind:`.
     pub fn from_name(name: &str) -> Option<Kind> {
         Kind::ALL.iter().copied().find(|k| k.name() == name)

@@ -25,8 +25,8 @@ pub mod values;
 pub use error::{FieldError, ResourceError};
 pub use kind::{Kind, Scope, Spec};
 pub use resource::{
-    DEFAULT_MESH, Format, K8S_API_VERSION, MESH_LABEL, Resource, ResourceKey, Stored, Submission, from_value,
-    parse_all, parse_documents, parse_one, rfc3339,
+    DEFAULT_MESH, Format, K8S_API_VERSION, MESH_LABEL, Resource, ResourceKey, Stored, Submission, ZONE_LABEL,
+    from_value, parse_all, parse_documents, parse_one, rfc3339, synced_zone,
 };
 
 #[cfg(test)]

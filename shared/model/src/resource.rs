@@ -22,6 +22,36 @@ pub const DEFAULT_MESH: &str = "default";
 pub const K8S_API_VERSION: &str = "kuma.io/v1alpha1";
 /// The Kubernetes label that names a resource's mesh.
 pub const MESH_LABEL: &str = "kuma.io/mesh";
+/// The label that names the zone a resource was reported by.
+pub const ZONE_LABEL: &str = "kuma.io/zone";
+
+/// The zone of a zone-reported resource as global and the other zones hold it, named
+/// `ZONE.NAME` (a resource's own name is a DNS-1123 label, so the dot is unambiguous).
+pub fn synced_zone(name: &str) -> Option<&str> {
+    name.split_once('.').map(|(zone, _)| zone)
+}
+
+/// Checks a name: a DNS-1123 label, or `ZONE.NAME` for a zone-owned kind carrying the
+/// `kuma.io/zone: ZONE` label.
+fn check_name(kind: Kind, name: &str, labels: &BTreeMap<String, String>) -> Result<(), String> {
+    match name.split_once('.') {
+        Some((zone, local)) if kind.zone_owned() => {
+            if dns1123_label(zone).is_err() || dns1123_label(local).is_err() {
+                return Err(
+                    "must be a DNS-1123 label, or ZONE.NAME (two labels) for a resource reported by a zone"
+                        .to_owned(),
+                );
+            }
+            if labels.get(ZONE_LABEL).map(String::as_str) != Some(zone) {
+                return Err(format!(
+                    "names a resource reported by zone {zone:?}, which needs the label {ZONE_LABEL}: {zone}"
+                ));
+            }
+            Ok(())
+        }
+        _ => dns1123_label(name),
+    }
+}
 
 /// Identifies one resource. `mesh` is empty for kinds that live beside meshes (Mesh itself).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,6 +72,11 @@ impl ResourceKey {
             mesh,
             name: name.into(),
         }
+    }
+
+    /// For a resource a zone reported: the zone (see [`synced_zone`]).
+    pub fn synced_zone(&self) -> Option<&str> {
+        synced_zone(&self.name)
     }
 }
 
@@ -461,7 +496,7 @@ fn finish(env: Envelope) -> Result<Submission, ResourceError> {
     } = env;
     let name = match name {
         Some(name) => {
-            if let Err(e) = dns1123_label(&name) {
+            if let Err(e) = check_name(kind, &name, &labels) {
                 errors.push(FieldError::new(name_field, format!("{name:?} {e}")));
             }
             name

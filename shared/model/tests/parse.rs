@@ -372,6 +372,14 @@ spec:
     - default:
         http: {requestHeadersTimeout: 500ms}
 ",
+    "type: ZoneIngress
+name: ingress-1
+networking:
+  address: 127.0.0.1
+  port: 10001
+  advertisedAddress: 192.0.2.1
+  advertisedPort: 10000
+",
 ];
 
 #[test]
@@ -421,4 +429,39 @@ fn dataplanes_refuse_duplicate_inbound_ports() {
     let err = parse_one(yaml, Format::Yaml).expect_err("duplicate port");
     let fields: Vec<String> = err.causes().into_iter().map(|c| c.field).collect();
     assert_eq!(fields, ["networking.inbound[1].port"]);
+}
+
+#[test]
+fn zone_qualified_names_are_for_zone_reported_resources_only() {
+    let dp = |name: &str, labels: &str| {
+        format!(
+            "type: Dataplane\nname: {name}\n{labels}networking:\n  address: 127.0.0.1\n  inbound:\n  - port: 10001\n    tags: {{kuma.io/service: a}}\n"
+        )
+    };
+    let r = parse(&dp("zone-1.web-1", "labels: {kuma.io/zone: zone-1}\n"));
+    assert_eq!(r.key().synced_zone(), Some("zone-1"));
+    assert_eq!(parse(&dp("web-1", "")).key().synced_zone(), None);
+    let field = |yaml: &str| {
+        causes(yaml)
+            .into_iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        field(&dp("zone-1.web-1", "labels: {kuma.io/zone: zone-2}\n")),
+        [
+            "name: \"zone-1.web-1\" names a resource reported by zone \"zone-1\", which needs the label kuma.io/zone: zone-1"
+        ]
+    );
+    assert_eq!(
+        field(&dp("a.b.c", "labels: {kuma.io/zone: a}\n")),
+        [
+            "name: \"a.b.c\" must be a DNS-1123 label, or ZONE.NAME (two labels) for a resource reported by a zone"
+        ]
+    );
+    // Policies never come from zones: a dotted name is simply not a label.
+    assert!(
+        field("type: MeshTrace\nname: zone-1.t\nlabels: {kuma.io/zone: zone-1}\nspec: {}\n")[0]
+            .starts_with("name: \"zone-1.t\" must be a DNS-1123 label")
+    );
 }

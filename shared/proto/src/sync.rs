@@ -4,14 +4,21 @@
 //! answers with `Batch`es: every change after that revision, oldest first, then each new
 //! commit as it happens. A zone behind global's tombstone horizon gets one batch with
 //! `snapshot = true`: the whole set of global resources, replacing what it has. The zone
-//! answers every batch with an `Ack` (or a NACK, with a reason) once it is applied. Resources
-//! travel as JSON in Meridian's universal form, so the zone validates them with the same model
-//! code as any other input.
+//! answers every batch with an `Ack` (or a NACK, with a reason) once it is applied.
+//!
+//! Upstream, the zone sends its `Inventory` (its own Dataplanes and ZoneIngresses): all of it
+//! after `Hello`, then each change. Global stores each item as `ZONE.NAME`, labelled
+//! `kuma.io/zone: ZONE`, and relays it to the other zones in their batches.
+//!
+//! Resources travel as JSON in Meridian's universal form, so the receiver validates them with
+//! the same model code as any other input.
+
+use meridian_model::{Kind, Resource, ResourceKey, Submission, from_value};
 
 /// Zone to global.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ZoneMessage {
-    #[prost(oneof = "zone_message::Kind", tags = "1, 2")]
+    #[prost(oneof = "zone_message::Kind", tags = "1, 2, 3")]
     pub kind: Option<zone_message::Kind>,
 }
 
@@ -22,7 +29,20 @@ pub mod zone_message {
         Hello(super::Hello),
         #[prost(message, tag = "2")]
         Ack(super::Ack),
+        #[prost(message, tag = "3")]
+        Inventory(super::Inventory),
     }
+}
+
+/// The zone's own resources: every one of them when `full` (whatever global holds from the
+/// zone beyond these goes), or the ones that changed.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Inventory {
+    #[prost(bool, tag = "1")]
+    pub full: bool,
+    /// Named as the zone names them (no `ZONE.` prefix); `revision` is the zone's own.
+    #[prost(message, repeated, tag = "2")]
+    pub changes: Vec<Change>,
 }
 
 /// The first message of a stream.
@@ -102,4 +122,82 @@ pub struct Change {
 pub enum ChangeType {
     Upsert = 0,
     Delete = 1,
+}
+
+impl Change {
+    pub fn upsert(revision: i64, resource: &Resource) -> Self {
+        let key = resource.key();
+        Self {
+            revision,
+            change_type: ChangeType::Upsert as i32,
+            kind: key.kind.name().to_owned(),
+            mesh: key.mesh,
+            name: key.name,
+            resource: resource.to_universal().to_string(),
+        }
+    }
+
+    pub fn delete(revision: i64, key: &ResourceKey) -> Self {
+        Self {
+            revision,
+            change_type: ChangeType::Delete as i32,
+            kind: key.kind.name().to_owned(),
+            mesh: key.mesh.clone(),
+            name: key.name.clone(),
+            resource: String::new(),
+        }
+    }
+
+    /// The key, and for an upsert the resource, validated as any input is. The error says
+    /// which change is at fault and why.
+    pub fn decode(&self) -> Result<(ResourceKey, Option<Resource>), String> {
+        let at = |e: &dyn std::fmt::Display| {
+            format!("change {} ({} {:?}): {e}", self.revision, self.kind, self.name)
+        };
+        let kind = Kind::from_name(&self.kind).ok_or_else(|| at(&"unknown kind"))?;
+        let key = ResourceKey::new(kind, self.mesh.clone(), self.name.clone());
+        match ChangeType::try_from(self.change_type) {
+            Ok(ChangeType::Delete) => Ok((key, None)),
+            Ok(ChangeType::Upsert) => {
+                let value: serde_json::Value = serde_json::from_str(&self.resource).map_err(|e| at(&e))?;
+                let Submission { resource, .. } = from_value(value).map_err(|e| at(&e))?;
+                if resource.key() != key {
+                    return Err(at(&format!("the resource is {}", resource.key())));
+                }
+                Ok((key, Some(resource)))
+            }
+            Err(_) => Err(at(&format!("unknown change type {}", self.change_type))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_model::{Format, parse_one};
+
+    use super::*;
+
+    #[test]
+    fn changes_round_trip_and_refuse_what_does_not_validate() {
+        let r = parse_one("type: Mesh\nname: demo\n", Format::Yaml)
+            .expect("valid")
+            .resource;
+        assert_eq!(Change::upsert(3, &r).decode(), Ok((r.key(), Some(r.clone()))));
+        assert_eq!(Change::delete(4, &r.key()).decode(), Ok((r.key(), None)));
+        let mut bad = Change::upsert(5, &r);
+        bad.name = "other".into();
+        assert_eq!(
+            bad.decode(),
+            Err("change 5 (Mesh \"other\"): the resource is Mesh \"demo\"".into())
+        );
+        bad.kind = "Nope".into();
+        assert!(bad.decode().is_err_and(|e| e.contains("unknown kind")));
+        let mut bad = Change::upsert(6, &r);
+        bad.resource = r#"{"type":"Mesh","name":"demo","bogus":1}"#.into();
+        assert!(
+            bad.decode().is_err_and(|e| e.contains("bogus")),
+            "{:?}",
+            bad.decode()
+        );
+    }
 }

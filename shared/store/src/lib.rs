@@ -84,7 +84,7 @@ pub struct DeleteOptions {
     pub expected_version: Option<i64>,
 }
 
-/// One write of a batch a zone received from global.
+/// One write of a synced batch.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SyncedOp {
     Put(Box<Submission>),
@@ -148,9 +148,15 @@ pub trait Store: Send + Sync + 'static {
     /// On a zone: the last global revision applied to this store.
     async fn sync_position(&self) -> Result<i64, StoreError>;
 
-    /// Applies a batch from global and moves the sync position to `position`, all in one
-    /// transaction: readers see all of it or none of it, and a crash leaves neither half.
-    async fn apply_synced(&self, ops: Vec<SyncedOp>, position: i64) -> Result<SyncedOutcome, StoreError>;
+    /// Applies a batch of synced writes (from global on a zone, a zone's inventory on global)
+    /// and, when given, moves the sync position, all in one transaction: readers see all of
+    /// it or none of it, and a crash leaves neither half. Unchanged resources are not
+    /// rewritten, and deleting what is already gone is fine.
+    async fn apply_synced(
+        &self,
+        ops: Vec<SyncedOp>,
+        position: Option<i64>,
+    ) -> Result<SyncedOutcome, StoreError>;
 
     /// The secret named `name`: the stored one, or `candidate` if none was stored yet (the
     /// first writer wins, so replicas starting together agree).
@@ -159,6 +165,28 @@ pub trait Store: Send + Sync + 'static {
     /// The revision of the last write committed through this store, updated as writes commit:
     /// what the xDS and sync layers wait on instead of polling.
     fn watch(&self) -> tokio::sync::watch::Receiver<i64>;
+}
+
+/// The keys of every resource of `kind`, in all meshes.
+pub async fn keys(store: &dyn Store, kind: Kind) -> Result<Vec<ResourceKey>, StoreError> {
+    let mut keys = Vec::new();
+    loop {
+        let page = store
+            .list(
+                kind,
+                None,
+                Page {
+                    size: 1000,
+                    offset: keys.len() as u64,
+                },
+            )
+            .await?;
+        let done = page.items.is_empty();
+        keys.extend(page.items.iter().map(|s| s.resource.key()));
+        if done || keys.len() as u64 >= page.total {
+            return Ok(keys);
+        }
+    }
 }
 
 /// On a store that has never been written, creates the mesh `default` (as Kuma does). A

@@ -130,14 +130,23 @@ impl SqlStore {
         .map_err(db_error)
     }
 
-    /// Starts a write transaction. On SQLite it takes the write lock up front, so that two
-    /// writers queue on the busy timeout instead of failing on a lock upgrade.
+    /// Starts a write transaction holding the lock that orders writers, so that commit order
+    /// is revision order. On SQLite that is the write lock, taken up front (two writers queue
+    /// on the busy timeout instead of failing on a lock upgrade); on Postgres the revision
+    /// counter's row lock, taken by the first statement. A transaction that writes nothing
+    /// never touches the counter, so it announces nothing.
     async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
         match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_error),
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await.map_err(db_error)?;
+                sqlx::query("SELECT value FROM meridian_revision WHERE id = 1 FOR UPDATE")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                Ok(tx)
+            }
         }
-        .map_err(db_error)
     }
 }
 
@@ -284,8 +293,7 @@ fn encode(resource: &Resource) -> (String, String) {
     (labels, spec)
 }
 
-/// Takes the next revision. It is the first statement of every write transaction: on
-/// Postgres its row lock orders writers; on SQLite the write lock already does.
+/// Takes the next revision (under the lock [`SqlStore::begin_write`] took).
 async fn next_revision(conn: &mut AnyConnection) -> Result<i64, StoreError> {
     sqlx::query("UPDATE meridian_revision SET value = value + 1 WHERE id = 1 RETURNING value")
         .fetch_one(&mut *conn)
@@ -357,42 +365,18 @@ fn check_version(key: &ResourceKey, current: Option<i64>, expected: Option<i64>)
     }
 }
 
-/// The revisions of one write transaction. The first is taken as the transaction's first
-/// statement: on Postgres its row lock orders writers, so revisions commit in order. Each
-/// write uses the next one.
+/// The revisions a write transaction takes: one per change, on demand.
+#[derive(Default)]
 struct Revisions {
-    spare: Option<i64>,
-    /// The last revision a write used; `None` while nothing was written.
+    /// The last revision taken; `None` while nothing was written.
     last: Option<i64>,
 }
 
 impl Revisions {
-    async fn start(tx: &mut AnyConnection) -> Result<Self, StoreError> {
-        Ok(Self {
-            spare: Some(next_revision(tx).await?),
-            last: None,
-        })
-    }
-
     async fn take(&mut self, tx: &mut AnyConnection) -> Result<i64, StoreError> {
-        let revision = match self.spare.take() {
-            Some(r) => r,
-            None => next_revision(tx).await?,
-        };
+        let revision = next_revision(tx).await?;
         self.last = Some(revision);
         Ok(revision)
-    }
-
-    /// Returns the revision taken at the start if no write used it, for a transaction that
-    /// commits anyway: revisions stay without gaps.
-    async fn give_back_unused(&mut self, tx: &mut AnyConnection) -> Result<(), StoreError> {
-        if self.spare.take().is_some() {
-            sqlx::query("UPDATE meridian_revision SET value = value - 1 WHERE id = 1")
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        }
-        Ok(())
     }
 }
 
@@ -562,10 +546,9 @@ impl Store for SqlStore {
 
     async fn put(&self, submission: Submission) -> Result<PutOutcome, StoreError> {
         let mut tx = self.begin_write().await?;
-        let mut revisions = Revisions::start(&mut tx).await?;
+        let mut revisions = Revisions::default();
         let outcome = put_in(&mut tx, &mut revisions, submission).await?;
         match revisions.last {
-            // Nothing written: rolling back also returns the revision taken.
             None => tx.rollback().await.map_err(db_error)?,
             Some(last) => {
                 tx.commit().await.map_err(db_error)?;
@@ -577,16 +560,20 @@ impl Store for SqlStore {
 
     async fn delete(&self, key: &ResourceKey, options: DeleteOptions) -> Result<i64, StoreError> {
         let mut tx = self.begin_write().await?;
-        let mut revisions = Revisions::start(&mut tx).await?;
+        let mut revisions = Revisions::default();
         let revision = delete_in(&mut tx, &mut revisions, key, options).await?;
         tx.commit().await.map_err(db_error)?;
         self.committed(revision);
         Ok(revision)
     }
 
-    async fn apply_synced(&self, ops: Vec<SyncedOp>, position: i64) -> Result<SyncedOutcome, StoreError> {
+    async fn apply_synced(
+        &self,
+        ops: Vec<SyncedOp>,
+        position: Option<i64>,
+    ) -> Result<SyncedOutcome, StoreError> {
         let mut tx = self.begin_write().await?;
-        let mut revisions = Revisions::start(&mut tx).await?;
+        let mut revisions = Revisions::default();
         let mut outcome = SyncedOutcome::default();
         for op in ops {
             match op {
@@ -607,12 +594,13 @@ impl Store for SqlStore {
                 }
             }
         }
-        revisions.give_back_unused(&mut tx).await?;
-        sqlx::query("UPDATE meridian_sync_position SET value = $1 WHERE id = 1")
-            .bind(position)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
+        if let Some(position) = position {
+            sqlx::query("UPDATE meridian_sync_position SET value = $1 WHERE id = 1")
+                .bind(position)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
         tx.commit().await.map_err(db_error)?;
         if let Some(last) = revisions.last {
             self.committed(last);

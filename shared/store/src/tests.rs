@@ -61,6 +61,7 @@ conformance!(
     the_first_secret_wins,
     snapshots_hold_everything_at_their_revision,
     synced_batches_apply_whole_or_not_at_all,
+    writes_that_change_nothing_announce_nothing,
 );
 
 fn mk(yaml: &str) -> Submission {
@@ -434,7 +435,7 @@ async fn postgres_commits_reach_every_replica() {
 
 async fn sync_position_is_kept(store: &dyn Store) {
     assert_eq!(store.sync_position().await.expect("position"), 0);
-    store.apply_synced(Vec::new(), 42).await.expect("set");
+    store.apply_synced(Vec::new(), Some(42)).await.expect("set");
     assert_eq!(store.sync_position().await.expect("position"), 42);
 }
 
@@ -469,7 +470,7 @@ async fn synced_batches_apply_whole_or_not_at_all(store: &dyn Store) {
         SyncedOp::Put(Box::new(mk_mesh("default"))),
         SyncedOp::Put(Box::new(mk_trace("default", "a", "a:4317"))),
     ];
-    let done = store.apply_synced(ops, 7).await.expect("apply");
+    let done = store.apply_synced(ops, Some(7)).await.expect("apply");
     assert_eq!(
         done,
         SyncedOutcome {
@@ -487,7 +488,7 @@ async fn synced_batches_apply_whole_or_not_at_all(store: &dyn Store) {
         SyncedOp::Put(Box::new(mk_trace("nope", "b", "a:4317"))),
     ];
     assert!(matches!(
-        store.apply_synced(ops, 9).await,
+        store.apply_synced(ops, Some(9)).await,
         Err(StoreError::NotFound(_))
     ));
     store
@@ -502,7 +503,7 @@ async fn synced_batches_apply_whole_or_not_at_all(store: &dyn Store) {
         SyncedOp::Put(Box::new(mk_trace("default", "a", "a:4317"))),
         SyncedOp::Delete(trace_key("default", "gone")),
     ];
-    let done = store.apply_synced(ops, 11).await.expect("apply");
+    let done = store.apply_synced(ops, Some(11)).await.expect("apply");
     assert_eq!(
         done,
         SyncedOutcome {
@@ -517,4 +518,39 @@ async fn synced_batches_apply_whole_or_not_at_all(store: &dyn Store) {
         revision,
         "no gap, no new revision"
     );
+
+    // Without a position (global applying a zone's inventory) the position stays.
+    let ops = vec![SyncedOp::Put(Box::new(mk_trace("default", "c", "a:4317")))];
+    let done = store.apply_synced(ops, None).await.expect("apply");
+    assert_eq!(done.written, 1);
+    assert_eq!(store.sync_position().await.expect("position"), 11);
+}
+
+/// A watcher woken for a revision that does not exist (yet) reads nothing, and is not woken
+/// again when that revision really commits: no-op writes must stay silent.
+async fn writes_that_change_nothing_announce_nothing(store: &dyn Store) {
+    put(store, mk_mesh("default")).await;
+    put(store, mk_trace("default", "a", "a:4317")).await;
+    let revision = store.revision().await.expect("revision");
+    let watch = store.watch();
+    let ops = vec![
+        SyncedOp::Put(Box::new(mk_trace("default", "a", "a:4317"))),
+        SyncedOp::Delete(trace_key("default", "gone")),
+    ];
+    store.apply_synced(ops, None).await.expect("no-op");
+    store
+        .put(mk_trace("default", "a", "a:4317"))
+        .await
+        .expect("unchanged");
+    // Notifications arrive within milliseconds; give a phantom one time to show.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(300);
+    while tokio::time::Instant::now() < deadline {
+        assert!(
+            *watch.borrow() <= revision,
+            "announced revision {} after no-op writes, but the store is at {revision}",
+            *watch.borrow()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.revision().await.expect("revision"), revision);
 }

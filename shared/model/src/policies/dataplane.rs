@@ -118,7 +118,7 @@ pub struct Admin {
     pub port: u32,
 }
 
-fn validate_address(v: &mut Validator, field: &str, address: &str) {
+pub(crate) fn validate_address(v: &mut Validator, field: &str, address: &str) {
     if address.parse::<IpAddr>().is_err() && dns1123_subdomain(&address.to_ascii_lowercase()).is_err() {
         v.error_at(
             field,
@@ -127,13 +127,13 @@ fn validate_address(v: &mut Validator, field: &str, address: &str) {
     }
 }
 
-fn validate_port(v: &mut Validator, field: &str, port: u32) {
+pub(crate) fn validate_port(v: &mut Validator, field: &str, port: u32) {
     if !(1..=65535).contains(&port) {
         v.error_at(field, format!("{port} is not a port: expected 1 to 65535"));
     }
 }
 
-fn validate_tags(v: &mut Validator, tags: &BTreeMap<String, String>, need_service: bool) {
+pub(crate) fn validate_tags(v: &mut Validator, tags: &BTreeMap<String, String>, need_service: bool) {
     v.field("tags", |v| {
         validate_labels(v, tags);
         if need_service && tags.get(SERVICE_TAG).is_none_or(String::is_empty) {

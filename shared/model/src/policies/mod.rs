@@ -11,6 +11,7 @@ pub mod mesh_timeout;
 pub mod mesh_trace;
 pub mod mesh_traffic_permission;
 pub mod traffic_permission;
+pub mod zone_ingress;
 
 pub use dataplane::DataplaneSpec;
 pub use mesh::MeshSpec;
@@ -22,3 +23,4 @@ pub use mesh_timeout::MeshTimeoutSpec;
 pub use mesh_trace::MeshTraceSpec;
 pub use mesh_traffic_permission::MeshTrafficPermissionSpec;
 pub use traffic_permission::TrafficPermissionSpec;
+pub use zone_ingress::ZoneIngressSpec;
