@@ -249,7 +249,7 @@ fn two_replicas_on_one_postgres_feed_zones_connected_to_either() {
     let (da, db) = (dir.path().join("a"), dir.path().join("b"));
     std::fs::create_dir_all(&da).expect("dir");
     std::fs::create_dir_all(&db).expect("dir");
-    let a = GlobalCp::start(&da, Some(&pg.url())).expect("replica a");
+    let mut a = GlobalCp::start(&da, Some(&pg.url())).expect("replica a");
     let b = GlobalCp::start(&db, Some(&pg.url())).expect("replica b");
     // A token issued by one replica is good on the other: the key is in the shared store.
     let z1 = ZoneCp::start_with_token(
@@ -271,6 +271,30 @@ fn two_replicas_on_one_postgres_feed_zones_connected_to_either() {
             .expect("reached");
         }
     }
+    // Either replica reports both zones, whichever one holds their stream.
+    for replica in [&a, &b] {
+        wait_until(
+            "both zones online on either replica",
+            Duration::from_secs(10),
+            || {
+                ["zone-1", "zone-2"].iter().all(|z| {
+                    get(&replica.api_url, &format!("/zones/{z}")).is_some_and(|v| v["state"] == "Online")
+                })
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    // A replica that dies (killed, so it records nothing on the way out) takes its zones'
+    // streams with it: once its word is 10 s old, the other replica reports them offline.
+    a.kill_9().expect("kill replica a");
+    wait_until("zone-1 offline on b", Duration::from_secs(15), || {
+        get(&b.api_url, "/zones/zone-1").is_some_and(|v| v["state"] == "Offline")
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        get(&b.api_url, "/zones/zone-2").expect("zone-2")["state"],
+        "Online"
+    );
 }
 
 #[test]

@@ -11,6 +11,7 @@
 pub mod args;
 pub mod sync;
 pub mod tokens;
+pub mod zones;
 
 use std::sync::Arc;
 
@@ -52,67 +53,6 @@ pub async fn open_store(args: &StoreArgs) -> anyhow::Result<SqlStore> {
     Ok(opened)
 }
 
-fn time(t: Option<std::time::SystemTime>) -> serde_json::Value {
-    t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(serde_json::Value::Null, |d| {
-            meridian_model::rfc3339(d.as_millis() as i64).into()
-        })
-}
-
-/// What global holds of a zone's inventory.
-#[derive(Default)]
-struct ZoneInventory {
-    dataplanes: u64,
-    /// Where other zones reach the zone: its ZoneIngresses' advertised addresses.
-    ingresses: Vec<String>,
-}
-
-async fn inventories(
-    store: &dyn meridian_store::Store,
-) -> Result<std::collections::BTreeMap<String, ZoneInventory>, meridian_store::StoreError> {
-    use meridian_model::{Kind, Spec};
-    let mut out: std::collections::BTreeMap<String, ZoneInventory> = Default::default();
-    for kind in [Kind::Dataplane, Kind::ZoneIngress] {
-        let mut offset = 0;
-        loop {
-            let page = store
-                .list(kind, None, meridian_store::Page { size: 1000, offset })
-                .await?;
-            offset += page.items.len() as u64;
-            for stored in &page.items {
-                let r = &stored.resource;
-                let Some(zone) = meridian_model::synced_zone(&r.name) else {
-                    continue;
-                };
-                let inventory = out.entry(zone.to_owned()).or_default();
-                match &r.spec {
-                    Spec::ZoneIngress(ingress) => inventory.ingresses.push(ingress.advertised()),
-                    _ => inventory.dataplanes += 1,
-                }
-            }
-            if page.items.is_empty() || offset >= page.total {
-                break;
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn zone_json(name: &str, z: &sync::ZoneInsight, inventory: Option<&ZoneInventory>) -> serde_json::Value {
-    serde_json::json!({
-        "type": "Zone",
-        "name": name,
-        "state": if z.streams > 0 { "Online" } else { "Offline" },
-        "connectedAt": time(z.connected_at),
-        "lastSeen": time(z.last_seen),
-        "ackedRevision": z.acked_revision,
-        "lastNack": z.last_nack,
-        "dataplanes": inventory.map_or(0, |i| i.dataplanes),
-        "ingresses": inventory.map(|i| i.ingresses.clone()).unwrap_or_default(),
-        "inventoryRefused": z.inventory_refused,
-    })
-}
-
 /// `POST /tokens/zone` with `{"zone": NAME}`: a token for that zone's control plane (text).
 fn token_routes(tokens: tokens::ZoneTokens) -> axum::Router {
     use axum::extract::State;
@@ -142,40 +82,6 @@ fn token_routes(tokens: tokens::ZoneTokens) -> axum::Router {
         .with_state(tokens)
 }
 
-/// `GET /zones` and `GET /zones/{name}`: each zone's sync state and inventory.
-fn zone_routes(zones: sync::Zones, store: Arc<dyn Store>) -> axum::Router {
-    use axum::extract::{Path, State};
-    use axum::routing::get;
-    type ZoneState = State<(sync::Zones, Arc<dyn Store>)>;
-    async fn list(State((zones, store)): ZoneState) -> Result<axum::Json<serde_json::Value>, api::ApiError> {
-        let inventories = inventories(&*store).await?;
-        let items: Vec<serde_json::Value> = zones
-            .all()
-            .iter()
-            .map(|(n, z)| zone_json(n, z, inventories.get(n)))
-            .collect();
-        Ok(axum::Json(
-            serde_json::json!({ "total": items.len(), "items": items, "next": null }),
-        ))
-    }
-    async fn one(
-        State((zones, store)): ZoneState,
-        Path(name): Path<String>,
-    ) -> Result<axum::Json<serde_json::Value>, api::ApiError> {
-        let Some(zone) = zones.all().remove(&name) else {
-            return Err(api::ApiError::not_found(format!(
-                "zone {name:?} has never connected"
-            )));
-        };
-        let inventories = inventories(&*store).await?;
-        Ok(axum::Json(zone_json(&name, &zone, inventories.get(&name))))
-    }
-    axum::Router::new()
-        .route("/zones", get(list))
-        .route("/zones/{name}", get(one))
-        .with_state((zones, store))
-}
-
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let RunArgs {
         api_addr,
@@ -202,7 +108,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         role: "global",
         managed_by: None,
     };
-    let zones = sync::Zones::default();
+    // Names this replica among those sharing the store, in the zones' recorded state.
+    let zones = zones::Zones::new(api_addr.to_string());
+    tokio::spawn(zones.clone().run(state.store.clone()));
     let sync_listener = tokio::net::TcpListener::bind(sync_addr)
         .await
         .with_context(|| format!("binding the sync service to {sync_addr}"))?;
@@ -243,7 +151,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(addr = %listener.local_addr()?, "REST API serving");
     let store = state.store.clone();
     let router = api::router(state)
-        .merge(zone_routes(zones, store))
+        .merge(zones::routes(store))
         .merge(token_routes(zone_tokens));
     // The sync service is critical: if it stops, the process stops rather than limping on.
     tokio::select! {

@@ -7,8 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::Arc;
 
 use meridian_model::validate::dns1123_label;
 use meridian_model::{Kind, ResourceKey, Spec, Stored, Submission, ZONE_LABEL};
@@ -27,40 +26,10 @@ use tracing::{Instrument, info, info_span, warn};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::tokens::ZoneTokens;
+use crate::zones::{Zones, now_ms};
 
 /// Changes per batch.
 const BATCH: u32 = 500;
-
-/// What global knows of a zone's sync.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ZoneInsight {
-    /// Open streams: a zone that reconnects can briefly have two, and is online while any is.
-    pub streams: u32,
-    pub connected_at: Option<SystemTime>,
-    pub last_seen: Option<SystemTime>,
-    /// The last revision the zone ACKed.
-    pub acked_revision: i64,
-    pub last_nack: Option<String>,
-    /// Why global refused items of the zone's last inventory that had refusals.
-    pub inventory_refused: Vec<String>,
-}
-
-/// Every zone's insight, by name.
-#[derive(Clone, Default)]
-pub struct Zones {
-    inner: Arc<Mutex<BTreeMap<String, ZoneInsight>>>,
-}
-
-impl Zones {
-    pub fn update(&self, zone: &str, f: impl FnOnce(&mut ZoneInsight)) {
-        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        f(map.entry(zone.to_owned()).or_default());
-    }
-
-    pub fn all(&self) -> BTreeMap<String, ZoneInsight> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
 
 pub struct SyncServer {
     store: Arc<dyn Store>,
@@ -320,9 +289,10 @@ impl GlobalSync for SyncServer {
                 info!(applied_revision, "zone connected");
                 zones.update(&zone, |z| {
                     z.streams += 1;
-                    z.connected_at = Some(SystemTime::now());
-                    z.last_seen = z.connected_at;
+                    z.connected_at_ms = Some(now_ms());
+                    z.last_seen_ms = z.connected_at_ms;
                 });
+                zones.flush_soon();
                 let mut commits = store.watch();
                 let mut sent = applied_revision;
                 // The store is read only when something may have changed: at the start and
@@ -350,15 +320,20 @@ impl GlobalSync for SyncServer {
                         }
                         msg = inbound.message() => match msg {
                             Ok(Some(ZoneMessage { kind: Some(zone_message::Kind::Ack(Ack { revision, error })) })) => {
+                                let nack = !error.is_empty();
                                 zones.update(&zone, |z| {
-                                    z.last_seen = Some(SystemTime::now());
-                                    if error.is_empty() {
-                                        z.acked_revision = revision;
-                                    } else {
+                                    z.last_seen_ms = Some(now_ms());
+                                    if nack {
                                         warn!(revision, error = %error, "zone refused a batch (NACK)");
                                         z.last_nack = Some(error);
+                                        z.last_nack_at_ms = z.last_seen_ms;
+                                    } else {
+                                        z.acked_revision = revision;
                                     }
                                 });
+                                if nack {
+                                    zones.flush_soon();
+                                }
                             }
                             Ok(Some(ZoneMessage { kind: Some(zone_message::Kind::Inventory(inventory)) })) => {
                                 match apply_inventory(&*store, &zone, &inventory).await {
@@ -374,12 +349,16 @@ impl GlobalSync for SyncServer {
                                         for why in &refused {
                                             warn!(reason = %why, "inventory item refused");
                                         }
+                                        let any_refused = !refused.is_empty();
                                         zones.update(&zone, |z| {
-                                            z.last_seen = Some(SystemTime::now());
-                                            if !refused.is_empty() {
+                                            z.last_seen_ms = Some(now_ms());
+                                            if any_refused {
                                                 z.inventory_refused = refused;
                                             }
                                         });
+                                        if any_refused {
+                                            zones.flush_soon();
+                                        }
                                     }
                                     Err(e) => {
                                         // The zone reconnects and sends its whole inventory again.
@@ -396,6 +375,7 @@ impl GlobalSync for SyncServer {
                     }
                 }
                 zones.update(&zone, |z| z.streams = z.streams.saturating_sub(1));
+                zones.flush_soon();
                 info!("zone disconnected");
             }
             .instrument(span),

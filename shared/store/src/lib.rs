@@ -100,6 +100,15 @@ pub struct SyncedOutcome {
     pub deleted: usize,
 }
 
+/// A status record and when it was last written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusEntry {
+    pub name: String,
+    pub value: String,
+    /// Milliseconds since the Unix epoch, by the writer's clock.
+    pub updated_ms: i64,
+}
+
 /// One entry of the change feed.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
@@ -161,6 +170,13 @@ pub trait Store: Send + Sync + 'static {
     /// The secret named `name`: the stored one, or `candidate` if none was stored yet (the
     /// first writer wins, so replicas starting together agree).
     async fn secret(&self, name: &str, candidate: &str) -> Result<String, StoreError>;
+
+    /// Records runtime status that is not a resource (each global replica's view of a zone's
+    /// sync): it takes no revision, and the last writer wins.
+    async fn put_status(&self, name: &str, value: &str) -> Result<(), StoreError>;
+
+    /// Every status whose name starts with `prefix`, in name order.
+    async fn statuses(&self, prefix: &str) -> Result<Vec<StatusEntry>, StoreError>;
 
     /// The revision of the last write committed through this store, updated as writes commit:
     /// what the xDS and sync layers wait on instead of polling.

@@ -17,7 +17,10 @@ use sqlx::{Any, AnyConnection, Executor, Pool, Row, Transaction};
 use tokio::sync::watch;
 
 use super::migrations::migrator;
-use super::{Change, DeleteOptions, ListPage, Page, PutOutcome, Store, StoreError, SyncedOp, SyncedOutcome};
+use super::{
+    Change, DeleteOptions, ListPage, Page, PutOutcome, StatusEntry, Store, StoreError, SyncedOp,
+    SyncedOutcome,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -733,6 +736,40 @@ impl Store for SqlStore {
             .await
             .and_then(|row| row.try_get::<String, _>(0))
             .map_err(db_error)
+    }
+
+    async fn put_status(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO meridian_status (name, value, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(value)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn statuses(&self, prefix: &str) -> Result<Vec<StatusEntry>, StoreError> {
+        // The table is small (zones times replicas); filtering here avoids LIKE's wildcards.
+        let rows = sqlx::query("SELECT name, value, updated_at FROM meridian_status ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let name: String = row.try_get(0).map_err(db_error)?;
+            if name.starts_with(prefix) {
+                out.push(StatusEntry {
+                    name,
+                    value: row.try_get(1).map_err(db_error)?,
+                    updated_ms: row.try_get(2).map_err(db_error)?,
+                });
+            }
+        }
+        Ok(out)
     }
 
     fn watch(&self) -> watch::Receiver<i64> {

@@ -62,6 +62,7 @@ conformance!(
     snapshots_hold_everything_at_their_revision,
     synced_batches_apply_whole_or_not_at_all,
     writes_that_change_nothing_announce_nothing,
+    statuses_are_kept_by_name_and_take_no_revision,
 );
 
 fn mk(yaml: &str) -> Submission {
@@ -552,5 +553,28 @@ async fn writes_that_change_nothing_announce_nothing(store: &dyn Store) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    assert_eq!(store.revision().await.expect("revision"), revision);
+}
+
+async fn statuses_are_kept_by_name_and_take_no_revision(store: &dyn Store) {
+    let revision = store.revision().await.expect("revision");
+    store.put_status("zone/a/1", "one").await.expect("put");
+    store.put_status("zone/a/2", "two").await.expect("put");
+    store.put_status("other", "x").await.expect("put");
+    store.put_status("zone/a/1", "one again").await.expect("put");
+    let got: Vec<(String, String)> = store
+        .statuses("zone/")
+        .await
+        .expect("statuses")
+        .into_iter()
+        .map(|s| (s.name, s.value))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("zone/a/1".to_owned(), "one again".to_owned()),
+            ("zone/a/2".to_owned(), "two".to_owned())
+        ]
+    );
     assert_eq!(store.revision().await.expect("revision"), revision);
 }
