@@ -151,7 +151,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(addr = %listener.local_addr()?, "REST API serving");
     let store = state.store.clone();
     let router = api::router(state)
-        .merge(zones::routes(store))
+        .merge(zones::routes(store, zones))
         .merge(token_routes(zone_tokens));
     // The sync service is critical: if it stops, the process stops rather than limping on.
     tokio::select! {

@@ -196,13 +196,18 @@ fn zone_json(name: &str, m: &Merged, inventory: Option<&Inventory>) -> Value {
     })
 }
 
-/// Every zone any replica has recorded, merged, by name.
-async fn all(store: &dyn Store) -> Result<BTreeMap<String, Merged>, StoreError> {
+/// Every zone any replica has recorded, merged, by name. This replica's own view is taken
+/// live rather than as last recorded.
+async fn all(store: &dyn Store, zones: &Zones) -> Result<BTreeMap<String, Merged>, StoreError> {
+    let now = now_ms();
     let mut views: BTreeMap<String, Vec<(i64, ZoneInsight)>> = BTreeMap::new();
     for status in store.statuses(PREFIX).await? {
-        let Some((zone, _replica)) = status.name[PREFIX.len()..].split_once('/') else {
+        let Some((zone, replica)) = status.name[PREFIX.len()..].split_once('/') else {
             continue;
         };
+        if replica == zones.replica {
+            continue;
+        }
         if let Ok(insight) = serde_json::from_str(&status.value) {
             views
                 .entry(zone.to_owned())
@@ -210,7 +215,9 @@ async fn all(store: &dyn Store) -> Result<BTreeMap<String, Merged>, StoreError> 
                 .push((status.updated_ms, insight));
         }
     }
-    let now = now_ms();
+    for (zone, insight) in zones.local() {
+        views.entry(zone).or_default().push((now, insight));
+    }
     Ok(views
         .into_iter()
         .map(|(zone, v)| (zone, merge(&v, now)))
@@ -218,12 +225,13 @@ async fn all(store: &dyn Store) -> Result<BTreeMap<String, Merged>, StoreError> 
 }
 
 /// `GET /zones` and `GET /zones/{name}`: each zone's sync state and inventory.
-pub fn routes(store: Arc<dyn Store>) -> axum::Router {
+pub fn routes(store: Arc<dyn Store>, zones: Zones) -> axum::Router {
     use axum::extract::{Path, State};
     use axum::routing::get;
-    async fn list(State(store): State<Arc<dyn Store>>) -> Result<axum::Json<Value>, ApiError> {
+    type ZoneState = State<(Arc<dyn Store>, Zones)>;
+    async fn list(State((store, zones)): ZoneState) -> Result<axum::Json<Value>, ApiError> {
         let inventories = inventories(&*store).await?;
-        let items: Vec<Value> = all(&*store)
+        let items: Vec<Value> = all(&*store, &zones)
             .await?
             .iter()
             .map(|(n, z)| zone_json(n, z, inventories.get(n)))
@@ -233,10 +241,10 @@ pub fn routes(store: Arc<dyn Store>) -> axum::Router {
         ))
     }
     async fn one(
-        State(store): State<Arc<dyn Store>>,
+        State((store, zones)): ZoneState,
         Path(name): Path<String>,
     ) -> Result<axum::Json<Value>, ApiError> {
-        let Some(zone) = all(&*store).await?.remove(&name) else {
+        let Some(zone) = all(&*store, &zones).await?.remove(&name) else {
             return Err(ApiError::not_found(format!("zone {name:?} has never connected")));
         };
         let inventories = inventories(&*store).await?;
@@ -245,7 +253,7 @@ pub fn routes(store: Arc<dyn Store>) -> axum::Router {
     axum::Router::new()
         .route("/zones", get(list))
         .route("/zones/{name}", get(one))
-        .with_state(store)
+        .with_state((store, zones))
 }
 
 #[cfg(test)]
