@@ -87,6 +87,9 @@ pub enum Generate {
     ZoneToken {
         #[arg(long)]
         zone: String,
+        /// How long the token is good for (e.g. 720h, 30d); global's default is a year.
+        #[arg(long)]
+        valid_for: Option<String>,
     },
 }
 
@@ -119,9 +122,12 @@ impl Cli {
                 cascade,
             } => delete(&client, &kind, &name, &mesh, cascade).await,
             Command::Generate {
-                what: Generate::ZoneToken { zone },
+                what: Generate::ZoneToken { zone, valid_for },
             } => client
-                .post_text("/tokens/zone", &serde_json::json!({ "zone": zone }))
+                .post_text(
+                    "/tokens/zone",
+                    &serde_json::json!({ "zone": zone, "validFor": valid_for }),
+                )
                 .await
                 .map(|t| println!("{}", t.trim())),
             Command::Inspect {

@@ -135,12 +135,19 @@ fn zones_without_a_valid_token_for_themselves_are_refused() {
         "v1.bogus.bogus",
     )
     .expect("zone");
-    // Wait until global has refused both (not merely until they had no time to connect).
-    wait_until("both zones to be refused", Duration::from_secs(20), || {
-        metric(&global.api_url, "meridian_sync_refused_total") >= 2.0
+    // A token good for one second, used after it ran out.
+    let short = ok(global
+        .meshctl(&["generate", "zone-token", "--zone", "zone-5", "--valid-for", "1s"])
+        .expect("meshctl"));
+    std::thread::sleep(Duration::from_millis(2100));
+    let expired = ZoneCp::start_with_token("zone-5", &dir.path().join("z5"), &global.sync_url, short.trim())
+        .expect("zone");
+    // Wait until global has refused all three (not merely until they had no time to connect).
+    wait_until("the zones to be refused", Duration::from_secs(20), || {
+        metric(&global.api_url, "meridian_sync_refused_total") >= 3.0
     })
     .expect("refusals counted");
-    for zone in [&impostor, &garbage] {
+    for zone in [&impostor, &garbage, &expired] {
         assert!(
             on_zone(zone, "meshtrace", "t1").is_none(),
             "{} got global's policy",
@@ -149,6 +156,22 @@ fn zones_without_a_valid_token_for_themselves_are_refused() {
     }
     let (_, zones, _) = http_get(&format!("{}/zones", global.api_url));
     assert!(!zones.contains("zone-1") && !zones.contains("zone-3"), "{zones}");
+    let bad = global
+        .meshctl(&[
+            "generate",
+            "zone-token",
+            "--zone",
+            "zone-6",
+            "--valid-for",
+            "soon",
+        ])
+        .expect("meshctl");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        meridian_e2e::stderr(&bad).contains("validFor"),
+        "{}",
+        meridian_e2e::stderr(&bad)
+    );
     // And a federated zone-cp cannot start without a token at all.
     let out = std::process::Command::new(meridian_e2e::bin("zone-cp").expect("bin"))
         .args(["run", "--zone", "zone-4", "--global-address", &global.sync_url])
