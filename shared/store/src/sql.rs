@@ -22,6 +22,10 @@ use super::{
     SyncedOutcome,
 };
 
+#[path = "logged.rs"]
+mod logged;
+pub use logged::{Write, Written};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -368,14 +372,19 @@ fn check_version(key: &ResourceKey, current: Option<i64>, expected: Option<i64>)
     }
 }
 
-/// The revisions a write transaction takes: one per change, on demand.
-#[derive(Default)]
+/// The revisions a write transaction takes (one per change, on demand), and the time its
+/// writes are stamped with.
 struct Revisions {
     /// The last revision taken; `None` while nothing was written.
     last: Option<i64>,
+    now_ms: i64,
 }
 
 impl Revisions {
+    fn at(now_ms: i64) -> Self {
+        Self { last: None, now_ms }
+    }
+
     async fn take(&mut self, tx: &mut AnyConnection) -> Result<i64, StoreError> {
         let revision = next_revision(tx).await?;
         self.last = Some(revision);
@@ -407,7 +416,7 @@ async fn put_in(
         return Ok(PutOutcome::Unchanged(current.clone()));
     }
     let revision = revisions.take(tx).await?;
-    let now = now_ms();
+    let now = revisions.now_ms;
     let (labels, spec) = encode(&resource);
     let stored = Stored {
         version: current.as_ref().map_or(1, |c| c.version + 1),
@@ -462,7 +471,7 @@ async fn delete_in(
     check_version(key, Some(current.version), options.expected_version)?;
     // Taken once the delete will happen; a cascade takes one more per resource it deletes.
     let mut revision = revisions.take(tx).await?;
-    let now = now_ms();
+    let now = revisions.now_ms;
     if key.kind == Kind::Mesh {
         let rows = sqlx::query("SELECT kind, name FROM resources WHERE mesh = $1 ORDER BY kind, name")
             .bind(&key.name)
@@ -501,6 +510,80 @@ async fn delete_in(
     }
     tombstone(&mut *tx, key, revision, now).await?;
     Ok(revision)
+}
+
+async fn synced_in(
+    tx: &mut AnyConnection,
+    revisions: &mut Revisions,
+    ops: Vec<SyncedOp>,
+    position: Option<i64>,
+) -> Result<SyncedOutcome, StoreError> {
+    let mut outcome = SyncedOutcome::default();
+    for op in ops {
+        match op {
+            SyncedOp::Put(s) => match put_in(&mut *tx, revisions, *s).await? {
+                PutOutcome::Unchanged(_) => outcome.unchanged += 1,
+                _ => outcome.written += 1,
+            },
+            SyncedOp::Delete(key) => {
+                let options = DeleteOptions {
+                    cascade: true,
+                    expected_version: None,
+                };
+                match delete_in(&mut *tx, revisions, &key, options).await {
+                    Ok(_) => outcome.deleted += 1,
+                    Err(StoreError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    if let Some(position) = position {
+        sqlx::query("UPDATE meridian_sync_position SET value = $1 WHERE id = 1")
+            .bind(position)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+    }
+    Ok(outcome)
+}
+
+async fn status_in(conn: &mut AnyConnection, name: &str, value: &str, now: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO meridian_status (name, value, updated_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+    )
+    .bind(name)
+    .bind(value)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+async fn secret_in(
+    conn: &mut AnyConnection,
+    name: &str,
+    candidate: &str,
+    now: i64,
+) -> Result<String, StoreError> {
+    sqlx::query(
+        "INSERT INTO meridian_signing_keys (name, secret, created_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(name)
+    .bind(candidate)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    sqlx::query("SELECT secret FROM meridian_signing_keys WHERE name = $1")
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await
+        .and_then(|row| row.try_get::<String, _>(0))
+        .map_err(db_error)
 }
 
 #[async_trait]
@@ -549,7 +632,7 @@ impl Store for SqlStore {
 
     async fn put(&self, submission: Submission) -> Result<PutOutcome, StoreError> {
         let mut tx = self.begin_write().await?;
-        let mut revisions = Revisions::default();
+        let mut revisions = Revisions::at(now_ms());
         let outcome = put_in(&mut tx, &mut revisions, submission).await?;
         match revisions.last {
             None => tx.rollback().await.map_err(db_error)?,
@@ -563,7 +646,7 @@ impl Store for SqlStore {
 
     async fn delete(&self, key: &ResourceKey, options: DeleteOptions) -> Result<i64, StoreError> {
         let mut tx = self.begin_write().await?;
-        let mut revisions = Revisions::default();
+        let mut revisions = Revisions::at(now_ms());
         let revision = delete_in(&mut tx, &mut revisions, key, options).await?;
         tx.commit().await.map_err(db_error)?;
         self.committed(revision);
@@ -576,34 +659,8 @@ impl Store for SqlStore {
         position: Option<i64>,
     ) -> Result<SyncedOutcome, StoreError> {
         let mut tx = self.begin_write().await?;
-        let mut revisions = Revisions::default();
-        let mut outcome = SyncedOutcome::default();
-        for op in ops {
-            match op {
-                SyncedOp::Put(s) => match put_in(&mut tx, &mut revisions, *s).await? {
-                    PutOutcome::Unchanged(_) => outcome.unchanged += 1,
-                    _ => outcome.written += 1,
-                },
-                SyncedOp::Delete(key) => {
-                    let options = DeleteOptions {
-                        cascade: true,
-                        expected_version: None,
-                    };
-                    match delete_in(&mut tx, &mut revisions, &key, options).await {
-                        Ok(_) => outcome.deleted += 1,
-                        Err(StoreError::NotFound(_)) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-        }
-        if let Some(position) = position {
-            sqlx::query("UPDATE meridian_sync_position SET value = $1 WHERE id = 1")
-                .bind(position)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        }
+        let mut revisions = Revisions::at(now_ms());
+        let outcome = synced_in(&mut tx, &mut revisions, ops, position).await?;
         tx.commit().await.map_err(db_error)?;
         if let Some(last) = revisions.last {
             self.committed(last);
@@ -720,36 +777,13 @@ impl Store for SqlStore {
     }
 
     async fn secret(&self, name: &str, candidate: &str) -> Result<String, StoreError> {
-        sqlx::query(
-            "INSERT INTO meridian_signing_keys (name, secret, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(name)
-        .bind(candidate)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(db_error)?;
-        sqlx::query("SELECT secret FROM meridian_signing_keys WHERE name = $1")
-            .bind(name)
-            .fetch_one(&self.pool)
-            .await
-            .and_then(|row| row.try_get::<String, _>(0))
-            .map_err(db_error)
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        secret_in(&mut conn, name, candidate, now_ms()).await
     }
 
     async fn put_status(&self, name: &str, value: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO meridian_status (name, value, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-        )
-        .bind(name)
-        .bind(value)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(db_error)?;
-        Ok(())
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        status_in(&mut conn, name, value, now_ms()).await
     }
 
     async fn statuses(&self, prefix: &str) -> Result<Vec<StatusEntry>, StoreError> {

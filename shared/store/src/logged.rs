@@ -1,0 +1,284 @@
+//! Writes applied from a replicated log (a zone's Raft log): each is stamped with the time the
+//! log gives it, so every replica stores the same thing, and is recorded together with its log
+//! position in one transaction, so a crash never leaves a write without its position or the
+//! other way round. Also the whole state as bytes, for Raft snapshots.
+
+use serde_json::{Map, Value};
+use sqlx::Row;
+
+use super::{COLUMNS, Revisions, SqlStore, db_error, delete_in, put_in, secret_in, status_in, synced_in};
+use crate::{DeleteOptions, PutOutcome, Store, StoreError, SyncedOp, SyncedOutcome};
+use meridian_model::{ResourceKey, Submission};
+
+/// One write, as a replicated log carries it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    Put(Submission),
+    Delete(ResourceKey, DeleteOptions),
+    Synced(Vec<SyncedOp>, Option<i64>),
+    Status { name: String, value: String },
+    Secret { name: String, candidate: String },
+}
+
+/// What a [`Write`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Written {
+    /// The log entry carried no write (Raft's own entries).
+    Nothing,
+    Put(PutOutcome),
+    /// The revision of the delete.
+    Deleted(i64),
+    Synced(SyncedOutcome),
+    Status,
+    Secret(String),
+}
+
+/// The tables that make up the state, with their columns, in the order they are restored.
+const STATE: &[(&str, &str)] = &[
+    ("meridian_revision", "id, value"),
+    ("meridian_tombstone_horizon", "id, value"),
+    ("meridian_sync_position", "id, value"),
+    ("resources", COLUMNS),
+    ("tombstones", "kind, mesh, name, revision, deleted_at"),
+    ("meridian_signing_keys", "name, secret, created_at"),
+    ("meridian_status", "name, value, updated_at"),
+];
+
+async fn write_in(
+    tx: &mut sqlx::AnyConnection,
+    revisions: &mut Revisions,
+    write: Write,
+) -> Result<Written, StoreError> {
+    let now = revisions.now_ms;
+    Ok(match write {
+        Write::Put(submission) => Written::Put(put_in(tx, revisions, submission).await?),
+        Write::Delete(key, options) => Written::Deleted(delete_in(tx, revisions, &key, options).await?),
+        Write::Synced(ops, position) => Written::Synced(synced_in(tx, revisions, ops, position).await?),
+        Write::Status { name, value } => {
+            status_in(tx, &name, &value, now).await?;
+            Written::Status
+        }
+        Write::Secret { name, candidate } => Written::Secret(secret_in(tx, &name, &candidate, now).await?),
+    })
+}
+
+async fn set_marker(tx: &mut sqlx::AnyConnection, marker: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE meridian_applied SET value = $1 WHERE id = 1")
+        .bind(marker)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
+impl SqlStore {
+    /// The marker the last logged write recorded (empty before the first).
+    pub async fn applied_marker(&self) -> Result<String, StoreError> {
+        sqlx::query("SELECT value FROM meridian_applied WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|row| row.try_get::<String, _>(0))
+            .map_err(db_error)
+    }
+
+    /// Applies `write` (with `None`, only the marker moves) as of `at_ms` and records `marker`,
+    /// in one transaction. A write refused for reasons of its own (a stale version, a missing
+    /// mesh) is an outcome like any other: the marker still moves, since every replica refuses
+    /// it the same way. The outer error is the store itself failing.
+    pub async fn apply_logged(
+        &self,
+        write: Option<Write>,
+        at_ms: i64,
+        marker: &str,
+    ) -> Result<Result<Written, StoreError>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut revisions = Revisions::at(at_ms);
+        let outcome = match write {
+            None => Ok(Written::Nothing),
+            Some(write) => write_in(&mut tx, &mut revisions, write).await,
+        };
+        let outcome = match outcome {
+            Ok(written) => Ok(written),
+            Err(refused @ (StoreError::NotFound(_) | StoreError::Conflict(_))) => {
+                tx.rollback().await.map_err(db_error)?;
+                tx = self.begin_write().await?;
+                revisions = Revisions::at(at_ms);
+                Err(refused)
+            }
+            Err(failure) => return Err(failure),
+        };
+        set_marker(&mut tx, marker).await?;
+        tx.commit().await.map_err(db_error)?;
+        if let Some(last) = revisions.last {
+            self.committed(last);
+        }
+        Ok(outcome)
+    }
+
+    /// The whole state (not the marker) as JSON bytes, read at one instant.
+    pub async fn dump(&self) -> Result<Vec<u8>, StoreError> {
+        let mut tx = self.begin_read().await?;
+        let mut tables = Map::new();
+        for (table, columns) in STATE {
+            let sql = format!("SELECT {columns} FROM {table} ORDER BY 1, 2");
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            let rows: Vec<Value> = rows
+                .iter()
+                .map(|row| {
+                    (0..row.len())
+                        .map(|i| match row.try_get::<i64, _>(i) {
+                            Ok(n) => Value::from(n),
+                            Err(_) => row.try_get::<String, _>(i).map_or(Value::Null, Value::from),
+                        })
+                        .collect()
+                })
+                .collect();
+            tables.insert((*table).to_owned(), Value::Array(rows));
+        }
+        tx.commit().await.map_err(db_error)?;
+        serde_json::to_vec(&tables).map_err(|e| StoreError::Internal(format!("encoding the state: {e}")))
+    }
+
+    /// Replaces the whole state with `dump`'s bytes and records `marker`, in one transaction.
+    pub async fn restore(&self, dump: &[u8], marker: &str) -> Result<(), StoreError> {
+        let corrupt = |what: String| StoreError::Internal(format!("restoring the state: {what}"));
+        let tables: Map<String, Value> = serde_json::from_slice(dump).map_err(|e| corrupt(e.to_string()))?;
+        let mut tx = self.begin_write().await?;
+        for (table, _) in STATE.iter().rev() {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        for (table, columns) in STATE {
+            let rows = tables
+                .get(*table)
+                .and_then(Value::as_array)
+                .ok_or_else(|| corrupt(format!("no table {table}")))?;
+            let width = columns.split(',').count();
+            let params: Vec<String> = (1..=width).map(|i| format!("${i}")).collect();
+            let sql = format!("INSERT INTO {table} ({columns}) VALUES ({})", params.join(", "));
+            for row in rows {
+                let values = row
+                    .as_array()
+                    .filter(|v| v.len() == width)
+                    .ok_or_else(|| corrupt(format!("a row of {table} is not {width} values")))?;
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for value in values {
+                    query = match value {
+                        Value::Number(n) => query.bind(n.as_i64()),
+                        Value::String(text) => query.bind(text.clone()),
+                        other => return Err(corrupt(format!("{table}: unexpected value {other}"))),
+                    };
+                }
+                query.execute(&mut *tx).await.map_err(db_error)?;
+            }
+        }
+        set_marker(&mut tx, marker).await?;
+        tx.commit().await.map_err(db_error)?;
+        let revision = self.revision().await?;
+        self.committed.send_replace(revision);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_model::{Format, Kind, parse_one};
+
+    use super::*;
+
+    async fn store() -> (SqlStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqlStore::open_sqlite(dir.path()).await.expect("open");
+        store.migrate().await.expect("migrate");
+        (store, dir)
+    }
+
+    fn submission(yaml: &str) -> Submission {
+        parse_one(yaml, Format::Yaml).expect("valid")
+    }
+
+    const TRACE: &str = "type: MeshTrace\nname: t\nspec:\n  backends:\n  - name: o\n    type: open_telemetry\n    conf: {endpoint: 'a:4317'}\n";
+
+    #[tokio::test]
+    async fn logged_writes_take_the_logs_time_and_move_the_marker_even_when_refused() {
+        let (store, _dir) = store().await;
+        assert_eq!(store.applied_marker().await.expect("marker"), "");
+        // No mesh yet: refused, and the marker still moves.
+        let refused = store
+            .apply_logged(Some(Write::Put(submission(TRACE))), 1_000, "1-1")
+            .await
+            .expect("store works");
+        assert!(matches!(refused, Err(StoreError::NotFound(_))), "{refused:?}");
+        assert_eq!(store.applied_marker().await.expect("marker"), "1-1");
+        assert_eq!(store.revision().await.expect("revision"), 0);
+
+        let mesh = Write::Put(submission("type: Mesh\nname: default\n"));
+        store
+            .apply_logged(Some(mesh), 2_000, "1-2")
+            .await
+            .expect("works")
+            .expect("put");
+        let put = store
+            .apply_logged(Some(Write::Put(submission(TRACE))), 3_000, "1-3")
+            .await
+            .expect("works")
+            .expect("put");
+        let Written::Put(PutOutcome::Created(stored)) = put else {
+            panic!("{put:?}")
+        };
+        assert_eq!((stored.creation_time_ms, stored.revision), (3_000, 2));
+        store
+            .apply_logged(None, 4_000, "2-4")
+            .await
+            .expect("works")
+            .expect("nothing");
+        assert_eq!(store.applied_marker().await.expect("marker"), "2-4");
+        assert_eq!(store.revision().await.expect("revision"), 2);
+    }
+
+    #[tokio::test]
+    async fn a_restored_dump_is_the_same_state_with_the_same_change_feed() {
+        let (a, _da) = store().await;
+        a.put(submission("type: Mesh\nname: default\n"))
+            .await
+            .expect("mesh");
+        a.put(submission(TRACE)).await.expect("trace");
+        let gone = submission(&TRACE.replace("name: t", "name: gone"));
+        a.put(gone.clone()).await.expect("gone");
+        a.delete(&gone.resource.key(), DeleteOptions::default())
+            .await
+            .expect("delete");
+        a.apply_synced(Vec::new(), Some(17)).await.expect("position");
+        a.put_status("s", "v").await.expect("status");
+        a.secret("k", "secret").await.expect("secret");
+
+        let (b, _db) = store().await;
+        b.put(submission("type: Mesh\nname: other\n"))
+            .await
+            .expect("replaced");
+        b.restore(&a.dump().await.expect("dump"), "3-9")
+            .await
+            .expect("restore");
+        assert_eq!(b.snapshot().await.expect("b"), a.snapshot().await.expect("a"));
+        assert_eq!(
+            b.changes_since(0, 100).await.expect("b"),
+            a.changes_since(0, 100).await.expect("a")
+        );
+        assert_eq!(b.sync_position().await.expect("position"), 17);
+        assert_eq!(b.secret("k", "other").await.expect("secret"), "secret");
+        assert_eq!(b.statuses("").await.expect("statuses").len(), 1);
+        assert_eq!(b.applied_marker().await.expect("marker"), "3-9");
+        assert_eq!(*b.watch().borrow(), a.revision().await.expect("revision"));
+        assert!(b.get(&ResourceKey::new(Kind::Mesh, "", "other")).await.is_err());
+        assert!(
+            b.restore(b"{}", "x")
+                .await
+                .is_err_and(|e| e.to_string().contains("no table"))
+        );
+    }
+}
