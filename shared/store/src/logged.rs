@@ -13,7 +13,7 @@ use meridian_model::{ResourceKey, Submission};
 /// One write, as a replicated log carries it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write {
-    Put(Submission),
+    Put(Box<Submission>),
     Delete(ResourceKey, DeleteOptions),
     Synced(Vec<SyncedOp>, Option<i64>),
     Status { name: String, value: String },
@@ -25,7 +25,7 @@ pub enum Write {
 pub enum Written {
     /// The log entry carried no write (Raft's own entries).
     Nothing,
-    Put(PutOutcome),
+    Put(Box<PutOutcome>),
     /// The revision of the delete.
     Deleted(i64),
     Synced(SyncedOutcome),
@@ -51,7 +51,7 @@ async fn write_in(
 ) -> Result<Written, StoreError> {
     let now = revisions.now_ms;
     Ok(match write {
-        Write::Put(submission) => Written::Put(put_in(tx, revisions, submission).await?),
+        Write::Put(submission) => Written::Put(Box::new(put_in(tx, revisions, *submission).await?)),
         Write::Delete(key, options) => Written::Deleted(delete_in(tx, revisions, &key, options).await?),
         Write::Synced(ops, position) => Written::Synced(synced_in(tx, revisions, ops, position).await?),
         Write::Status { name, value } => {
@@ -210,26 +210,29 @@ mod tests {
         assert_eq!(store.applied_marker().await.expect("marker"), "");
         // No mesh yet: refused, and the marker still moves.
         let refused = store
-            .apply_logged(Some(Write::Put(submission(TRACE))), 1_000, "1-1")
+            .apply_logged(Some(Write::Put(Box::new(submission(TRACE)))), 1_000, "1-1")
             .await
             .expect("store works");
         assert!(matches!(refused, Err(StoreError::NotFound(_))), "{refused:?}");
         assert_eq!(store.applied_marker().await.expect("marker"), "1-1");
         assert_eq!(store.revision().await.expect("revision"), 0);
 
-        let mesh = Write::Put(submission("type: Mesh\nname: default\n"));
+        let mesh = Write::Put(Box::new(submission("type: Mesh\nname: default\n")));
         store
             .apply_logged(Some(mesh), 2_000, "1-2")
             .await
             .expect("works")
             .expect("put");
         let put = store
-            .apply_logged(Some(Write::Put(submission(TRACE))), 3_000, "1-3")
+            .apply_logged(Some(Write::Put(Box::new(submission(TRACE)))), 3_000, "1-3")
             .await
             .expect("works")
             .expect("put");
-        let Written::Put(PutOutcome::Created(stored)) = put else {
+        let Written::Put(outcome) = put else {
             panic!("{put:?}")
+        };
+        let PutOutcome::Created(stored) = *outcome else {
+            panic!("{outcome:?}")
         };
         assert_eq!((stored.creation_time_ms, stored.revision), (3_000, 2));
         store
