@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod args;
+pub mod raft;
 pub mod reconcile;
 pub mod sync;
 pub mod xds;

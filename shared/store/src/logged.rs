@@ -115,9 +115,14 @@ impl SqlStore {
         Ok(outcome)
     }
 
-    /// The whole state (not the marker) as JSON bytes, read at one instant.
-    pub async fn dump(&self) -> Result<Vec<u8>, StoreError> {
+    /// The whole state as JSON bytes, and the marker it stands at, read at one instant.
+    pub async fn dump(&self) -> Result<(String, Vec<u8>), StoreError> {
         let mut tx = self.begin_read().await?;
+        let marker = sqlx::query("SELECT value FROM meridian_applied WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|row| row.try_get::<String, _>(0))
+            .map_err(db_error)?;
         let mut tables = Map::new();
         for (table, columns) in STATE {
             let sql = format!("SELECT {columns} FROM {table} ORDER BY 1, 2");
@@ -139,7 +144,9 @@ impl SqlStore {
             tables.insert((*table).to_owned(), Value::Array(rows));
         }
         tx.commit().await.map_err(db_error)?;
-        serde_json::to_vec(&tables).map_err(|e| StoreError::Internal(format!("encoding the state: {e}")))
+        let bytes = serde_json::to_vec(&tables)
+            .map_err(|e| StoreError::Internal(format!("encoding the state: {e}")))?;
+        Ok((marker, bytes))
     }
 
     /// Replaces the whole state with `dump`'s bytes and records `marker`, in one transaction.
@@ -264,9 +271,9 @@ mod tests {
         b.put(submission("type: Mesh\nname: other\n"))
             .await
             .expect("replaced");
-        b.restore(&a.dump().await.expect("dump"), "3-9")
-            .await
-            .expect("restore");
+        let (marker, dump) = a.dump().await.expect("dump");
+        assert_eq!(marker, "");
+        b.restore(&dump, "3-9").await.expect("restore");
         assert_eq!(b.snapshot().await.expect("b"), a.snapshot().await.expect("a"));
         assert_eq!(
             b.changes_since(0, 100).await.expect("b"),

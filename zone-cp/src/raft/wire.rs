@@ -1,0 +1,316 @@
+//! What a zone's Raft log carries (`ZoneRequest`) and what applying it answered (`ZoneReply`),
+//! in a serializable form: the log is stored and replicated as JSON, and a follower forwards
+//! writes to the leader and gets the reply back. Resources travel in the universal form and
+//! are validated again when applied, like any other input.
+
+use meridian_model::{Kind, ResourceKey, Stored, Submission, from_value};
+use meridian_store::{DeleteOptions, PutOutcome, StoreError, SyncedOp, SyncedOutcome, Write, Written};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One write, stamped with the time the leader accepted it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ZoneRequest {
+    pub at_ms: i64,
+    pub write: WireWrite,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum WireWrite {
+    Put {
+        resource: Value,
+        expected_version: Option<i64>,
+    },
+    Delete {
+        kind: String,
+        mesh: String,
+        name: String,
+        cascade: bool,
+        expected_version: Option<i64>,
+    },
+    Synced {
+        ops: Vec<WireSyncedOp>,
+        position: Option<i64>,
+    },
+    Status {
+        name: String,
+        value: String,
+    },
+    Secret {
+        name: String,
+        candidate: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum WireSyncedOp {
+    Put {
+        resource: Value,
+    },
+    Delete {
+        kind: String,
+        mesh: String,
+        name: String,
+    },
+}
+
+fn resource_value(s: &Submission) -> Value {
+    s.resource.to_universal()
+}
+
+fn key_of(kind: &str, mesh: &str, name: &str) -> Result<ResourceKey, String> {
+    let kind = Kind::from_name(kind).ok_or_else(|| format!("unknown kind {kind:?}"))?;
+    Ok(ResourceKey::new(kind, mesh, name))
+}
+
+fn submission(resource: &Value, expected_version: Option<i64>) -> Result<Submission, String> {
+    let mut s = from_value(resource.clone()).map_err(|e| e.to_string())?;
+    s.expected_version = expected_version;
+    Ok(s)
+}
+
+impl ZoneRequest {
+    pub fn new(at_ms: i64, write: &Write) -> Self {
+        let write = match write {
+            Write::Put(s) => WireWrite::Put {
+                resource: resource_value(s),
+                expected_version: s.expected_version,
+            },
+            Write::Delete(key, options) => WireWrite::Delete {
+                kind: key.kind.name().to_owned(),
+                mesh: key.mesh.clone(),
+                name: key.name.clone(),
+                cascade: options.cascade,
+                expected_version: options.expected_version,
+            },
+            Write::Synced(ops, position) => WireWrite::Synced {
+                ops: ops
+                    .iter()
+                    .map(|op| match op {
+                        SyncedOp::Put(s) => WireSyncedOp::Put {
+                            resource: resource_value(s),
+                        },
+                        SyncedOp::Delete(key) => WireSyncedOp::Delete {
+                            kind: key.kind.name().to_owned(),
+                            mesh: key.mesh.clone(),
+                            name: key.name.clone(),
+                        },
+                    })
+                    .collect(),
+                position: *position,
+            },
+            Write::Status { name, value } => WireWrite::Status {
+                name: name.clone(),
+                value: value.clone(),
+            },
+            Write::Secret { name, candidate } => WireWrite::Secret {
+                name: name.clone(),
+                candidate: candidate.clone(),
+            },
+        };
+        Self { at_ms, write }
+    }
+
+    /// The write, validated again.
+    pub fn to_write(&self) -> Result<Write, String> {
+        Ok(match &self.write {
+            WireWrite::Put {
+                resource,
+                expected_version,
+            } => Write::Put(Box::new(submission(resource, *expected_version)?)),
+            WireWrite::Delete {
+                kind,
+                mesh,
+                name,
+                cascade,
+                expected_version,
+            } => Write::Delete(
+                key_of(kind, mesh, name)?,
+                DeleteOptions {
+                    cascade: *cascade,
+                    expected_version: *expected_version,
+                },
+            ),
+            WireWrite::Synced { ops, position } => Write::Synced(
+                ops.iter()
+                    .map(|op| match op {
+                        WireSyncedOp::Put { resource } => {
+                            submission(resource, None).map(|s| SyncedOp::Put(Box::new(s)))
+                        }
+                        WireSyncedOp::Delete { kind, mesh, name } => {
+                            key_of(kind, mesh, name).map(SyncedOp::Delete)
+                        }
+                    })
+                    .collect::<Result<_, _>>()?,
+                *position,
+            ),
+            WireWrite::Status { name, value } => Write::Status {
+                name: name.clone(),
+                value: value.clone(),
+            },
+            WireWrite::Secret { name, candidate } => Write::Secret {
+                name: name.clone(),
+                candidate: candidate.clone(),
+            },
+        })
+    }
+}
+
+/// What applying a request answered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ZoneReply(pub Result<WireWritten, WireError>);
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "camelCase")]
+pub enum WireWritten {
+    Nothing,
+    Put {
+        outcome: String,
+        stored: WireStored,
+    },
+    Deleted {
+        revision: i64,
+    },
+    Synced {
+        written: usize,
+        unchanged: usize,
+        deleted: usize,
+    },
+    Status,
+    Secret {
+        value: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireStored {
+    pub resource: Value,
+    pub version: i64,
+    pub revision: i64,
+    pub creation_time_ms: i64,
+    pub modification_time_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireError {
+    pub kind: String,
+    pub message: String,
+}
+
+impl From<&StoreError> for WireError {
+    fn from(e: &StoreError) -> Self {
+        let kind = match e {
+            StoreError::NotFound(_) => "NotFound",
+            StoreError::Conflict(_) => "Conflict",
+            StoreError::Unavailable(_) => "Unavailable",
+            StoreError::TooOld { .. } => "TooOld",
+            StoreError::Internal(_) => "Internal",
+        };
+        let message = match e {
+            StoreError::NotFound(m)
+            | StoreError::Conflict(m)
+            | StoreError::Unavailable(m)
+            | StoreError::Internal(m) => m.clone(),
+            other => other.to_string(),
+        };
+        Self {
+            kind: kind.to_owned(),
+            message,
+        }
+    }
+}
+
+impl From<WireError> for StoreError {
+    fn from(e: WireError) -> Self {
+        match e.kind.as_str() {
+            "NotFound" => StoreError::NotFound(e.message),
+            "Conflict" => StoreError::Conflict(e.message),
+            "Unavailable" => StoreError::Unavailable(e.message),
+            _ => StoreError::Internal(e.message),
+        }
+    }
+}
+
+fn wire_stored(s: &Stored) -> WireStored {
+    WireStored {
+        resource: s.resource.to_universal(),
+        version: s.version,
+        revision: s.revision,
+        creation_time_ms: s.creation_time_ms,
+        modification_time_ms: s.modification_time_ms,
+    }
+}
+
+impl ZoneReply {
+    pub fn new(outcome: &Result<Written, StoreError>) -> Self {
+        Self(match outcome {
+            Err(e) => Err(e.into()),
+            Ok(written) => Ok(match written {
+                Written::Nothing => WireWritten::Nothing,
+                Written::Put(outcome) => WireWritten::Put {
+                    outcome: outcome.word().to_owned(),
+                    stored: wire_stored(outcome.stored()),
+                },
+                Written::Deleted(revision) => WireWritten::Deleted { revision: *revision },
+                Written::Synced(s) => WireWritten::Synced {
+                    written: s.written,
+                    unchanged: s.unchanged,
+                    deleted: s.deleted,
+                },
+                Written::Status => WireWritten::Status,
+                Written::Secret(value) => WireWritten::Secret { value: value.clone() },
+            }),
+        })
+    }
+
+    /// A request that no longer decodes (it was valid when written): every node refuses it.
+    pub fn invalid(why: String) -> Self {
+        Self(Err(WireError {
+            kind: "Internal".into(),
+            message: format!("a logged write no longer decodes: {why}"),
+        }))
+    }
+
+    /// Back to the store's terms.
+    pub fn into_written(self) -> Result<Written, StoreError> {
+        let written = self.0?;
+        Ok(match written {
+            WireWritten::Nothing => Written::Nothing,
+            WireWritten::Put { outcome, stored } => {
+                let resource = from_value(stored.resource)
+                    .map_err(|e| StoreError::Internal(format!("a reply's resource: {e}")))?
+                    .resource;
+                let stored = Stored {
+                    resource,
+                    version: stored.version,
+                    revision: stored.revision,
+                    creation_time_ms: stored.creation_time_ms,
+                    modification_time_ms: stored.modification_time_ms,
+                };
+                Written::Put(Box::new(match outcome.as_str() {
+                    "created" => PutOutcome::Created(stored),
+                    "updated" => PutOutcome::Updated(stored),
+                    _ => PutOutcome::Unchanged(stored),
+                }))
+            }
+            WireWritten::Deleted { revision } => Written::Deleted(revision),
+            WireWritten::Synced {
+                written,
+                unchanged,
+                deleted,
+            } => Written::Synced(SyncedOutcome {
+                written,
+                unchanged,
+                deleted,
+            }),
+            WireWritten::Status => Written::Status,
+            WireWritten::Secret { value } => Written::Secret(value),
+        })
+    }
+}
