@@ -239,15 +239,21 @@ pub struct ZoneCp {
     pub xds_url: String,
     api_port: u16,
     xds_port: u16,
+    raft_port: u16,
     data_dir: PathBuf,
-    /// The federation flags, if any.
+    /// Flags beyond the ports and data dir (federation, cluster), kept for restarts.
     global: Vec<String>,
 }
 
 impl ZoneCp {
     /// A standalone zone.
     pub fn start(zone: &str, data_dir: &Path) -> Result<Self> {
-        Self::start_on(zone, data_dir, free_port()?, free_port()?, Vec::new())
+        Self::start_on(
+            zone,
+            data_dir,
+            [free_port()?, free_port()?, free_port()?],
+            Vec::new(),
+        )
     }
 
     /// A zone that syncs from `global`, with a token global issued for it.
@@ -281,21 +287,58 @@ impl ZoneCp {
         if let Some(ca) = ca_file {
             args.extend(["--global-ca-file".to_owned(), ca.display().to_string()]);
         }
-        Self::start_on(zone, data_dir, free_port()?, free_port()?, args)
+        Self::start_on(zone, data_dir, [free_port()?, free_port()?, free_port()?], args)
     }
 
-    fn start_on(
-        zone: &str,
-        data_dir: &Path,
-        api_port: u16,
-        xds_port: u16,
-        global: Vec<String>,
-    ) -> Result<Self> {
+    /// `nodes` nodes of one standalone zone, forming a Raft cluster, in `dir/node-N`.
+    pub fn start_cluster(zone: &str, dir: &Path, nodes: usize) -> Result<Vec<Self>> {
+        let raft_ports = (0..nodes).map(|_| free_port()).collect::<Result<Vec<u16>>>()?;
+        let peers: Vec<String> = raft_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("{}=127.0.0.1:{port}", i + 1))
+            .collect();
+        let peers = peers.join(",");
+        // Started together, so that a majority is up before any node gives up waiting.
+        let mut children = Vec::new();
+        for (i, raft_port) in raft_ports.iter().enumerate() {
+            let args = vec![
+                "--node-id".to_owned(),
+                (i + 1).to_string(),
+                "--peers".to_owned(),
+                peers.clone(),
+            ];
+            children.push(Self::spawn(
+                zone,
+                &dir.join(format!("node-{}", i + 1)),
+                [free_port()?, free_port()?, *raft_port],
+                args,
+            )?);
+        }
+        children.into_iter().map(Self::healthy).collect()
+    }
+
+    /// `ports`: the REST API's, xDS's and Raft's.
+    fn start_on(zone: &str, data_dir: &Path, ports: [u16; 3], global: Vec<String>) -> Result<Self> {
+        Self::healthy(Self::spawn(zone, data_dir, ports, global)?)
+    }
+
+    fn healthy(self) -> Result<Self> {
+        let health = format!("{}/healthz", self.api_url);
+        wait_until("zone-cp /healthz", Duration::from_secs(30), || {
+            http_get(&health).0 == 200
+        })?;
+        Ok(self)
+    }
+
+    fn spawn(zone: &str, data_dir: &Path, ports: [u16; 3], global: Vec<String>) -> Result<Self> {
+        let [api_port, xds_port, raft_port] = ports;
         let mut cmd = Command::new(bin("zone-cp")?);
         cmd.args(["run", "--zone", zone]).args(&global);
         let process = KillOnDrop::new(
             cmd.args(["--api-addr", &format!("127.0.0.1:{api_port}")])
                 .args(["--xds-addr", &format!("127.0.0.1:{xds_port}")])
+                .args(["--raft-addr", &format!("127.0.0.1:{raft_port}")])
                 .arg("--data-dir")
                 .arg(data_dir)
                 .env("RUST_LOG", "warn")
@@ -310,13 +353,10 @@ impl ZoneCp {
             xds_url: format!("http://127.0.0.1:{xds_port}"),
             api_port,
             xds_port,
+            raft_port,
             data_dir: data_dir.to_owned(),
             global,
         };
-        let health = format!("{}/healthz", cp.api_url);
-        wait_until("zone-cp /healthz", Duration::from_secs(30), || {
-            http_get(&health).0 == 200
-        })?;
         Ok(cp)
     }
 
@@ -340,13 +380,14 @@ impl ZoneCp {
             zone,
             api_port,
             xds_port,
+            raft_port,
             data_dir,
             global,
             ..
         } = self;
         process.kill_now()?;
         drop(process);
-        Self::start_on(&zone, &data_dir, api_port, xds_port, global)
+        Self::start_on(&zone, &data_dir, [api_port, xds_port, raft_port], global)
     }
 
     pub fn meshctl(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {

@@ -1,4 +1,4 @@
-//! Generates the gRPC service code for the messages in `src/sync.rs`. The messages are written
+//! Generates the gRPC service code for the messages in `src/sync.rs` and `src/raft.rs`. The messages are written
 //! in Rust with prost's derive (their field numbers are the wire contract), so the build needs
 //! no `protoc`.
 
@@ -18,5 +18,24 @@ fn main() {
                 .build(),
         )
         .build();
-    tonic_build::manual::Builder::new().compile(&[sync]);
+    let mut raft = tonic_build::manual::Service::builder()
+        .name("ZoneRaft")
+        .package("meridian.raft.v1");
+    for (name, route) in [
+        ("append_entries", "AppendEntries"),
+        ("vote", "Vote"),
+        ("install_snapshot", "InstallSnapshot"),
+        ("forward", "Forward"),
+    ] {
+        raft = raft.method(
+            tonic_build::manual::Method::builder()
+                .name(name)
+                .route_name(route)
+                .input_type("crate::raft::RaftPayload")
+                .output_type("crate::raft::RaftPayload")
+                .codec_path("tonic_prost::ProstCodec")
+                .build(),
+        );
+    }
+    tonic_build::manual::Builder::new().compile(&[sync, raft.build()]);
 }

@@ -20,6 +20,14 @@ pub fn routes(cache: SnapshotCache) -> Router {
         .with_state(cache)
 }
 
+/// `GET /raft`: this node's role, term, leader, indexes and members.
+pub fn raft_routes(node: std::sync::Arc<crate::raft::Node>) -> Router {
+    async fn status(State(node): State<std::sync::Arc<crate::raft::Node>>) -> Json<Value> {
+        Json(node.status().await)
+    }
+    Router::new().route("/raft", get(status)).with_state(node)
+}
+
 fn time(t: Option<SystemTime>) -> Value {
     t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
         .map_or(Value::Null, |d| rfc3339(d.as_millis() as i64).into())

@@ -1,7 +1,9 @@
 //! Command-line arguments. Every flag can also come from the environment.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use meridian_telemetry::LogArgs;
@@ -44,8 +46,60 @@ pub struct RunArgs {
     /// PEM CA certificate that signed global's sync certificate (for grpcs:// addresses).
     #[arg(long, env = "MERIDIAN_GLOBAL_CA_FILE", requires = "global_address")]
     pub global_ca_file: Option<PathBuf>,
+    /// This node's id in the zone's Raft cluster (a positive number).
+    #[arg(long, env = "MERIDIAN_NODE_ID", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub node_id: u64,
+    /// Where this node serves Raft to the zone's other nodes.
+    #[arg(long, env = "MERIDIAN_RAFT_ADDR", default_value = "127.0.0.1:5679")]
+    pub raft_addr: SocketAddr,
+    /// The zone's nodes, this one included: `ID=HOST:PORT,ID=HOST:PORT,...` (Raft addresses).
+    /// Used when the cluster forms; without it this node is a cluster of one.
+    #[arg(long, env = "MERIDIAN_PEERS", value_parser = parse_peers)]
+    pub peers: Option<Peers>,
+    /// Raft heartbeat interval; a follower starts an election after 3 to 6 missed heartbeats.
+    #[arg(long, env = "MERIDIAN_RAFT_HEARTBEAT", default_value = "50ms", value_parser = parse_heartbeat)]
+    pub raft_heartbeat: Duration,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// `--peers`: node id to Raft address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peers(pub BTreeMap<u64, String>);
+
+fn parse_peers(text: &str) -> Result<Peers, String> {
+    let mut peers = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| format!("{item:?}: the node id must be a positive number"))?;
+        let addr = addr.trim();
+        match addr.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+            _ => return Err(format!("{item:?}: {addr:?} is not HOST:PORT")),
+        }
+        if peers.insert(id, addr.to_owned()).is_some() {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("expected ID=HOST:PORT,...".into());
+    }
+    Ok(Peers(peers))
+}
+
+fn parse_heartbeat(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if d < Duration::from_millis(10) || d > Duration::from_secs(10) {
+        return Err(format!("{text:?}: expected 10ms to 10s"));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -55,5 +109,22 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn peers_parse_and_bad_ones_say_why() {
+        let peers = super::parse_peers("1=127.0.0.1:5679, 2=zone-b:5679").expect("valid");
+        assert_eq!(peers.0.len(), 2);
+        assert_eq!(peers.0[&2], "zone-b:5679");
+        for (bad, why) in [
+            ("1:127.0.0.1:1", "not ID=HOST:PORT"),
+            ("0=127.0.0.1:1", "positive"),
+            ("1=127.0.0.1", "not HOST:PORT"),
+            ("1=a:1,1=b:1", "twice"),
+            ("", "expected"),
+        ] {
+            let err = super::parse_peers(bad).expect_err(bad);
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 }

@@ -6,7 +6,9 @@
 //!   Envoy <──ADS (delta | SotW)── AdsServer <──watch── SnapshotCache <┘
 //! ```
 //!
-//! Standalone for now (no global control plane): policies are written on the zone's own API.
+//! Every write goes through the zone's Raft ([`raft`]); each node serves reads and xDS from
+//! its own replicated copy. Standalone, policies are written on the zone's own API; federated
+//! (`--global-address`), the leader syncs them from global.
 
 #![forbid(unsafe_code)]
 
@@ -52,6 +54,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         global_address,
         zone_token_file,
         global_ca_file,
+        node_id,
+        raft_addr,
+        peers,
+        raft_heartbeat,
         log,
     } = args;
     init_logging(log.log_format);
@@ -62,7 +68,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("opening the zone store")?;
     sql.migrate().await.context("migrating the zone store")?;
-    let store: Arc<dyn Store> = Arc::new(sql);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let members = peers
+        .map(|p| p.0)
+        .unwrap_or_else(|| [(node_id, raft_addr.to_string())].into());
+    let (node, mut raft_server) = raft::Node::start(
+        raft::NodeConfig {
+            zone: zone.clone(),
+            node_id,
+            raft_addr,
+            members,
+            heartbeat: raft_heartbeat,
+        },
+        sql,
+        &data_dir,
+        stop_rx.clone(),
+    )
+    .await?;
+    let node = Arc::new(node);
+    let store: Arc<dyn Store> = node.store.clone();
     let global = match global_address.as_deref() {
         Some(address) => {
             let ca = global_ca_file
@@ -77,13 +101,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     if global.is_none() {
         // Standalone: the zone is its own source of policy. Federated: meshes come from global.
-        meridian_store::create_default_mesh(&*store).await?;
+        // Through Raft, so once the cluster has a leader.
+        let store = store.clone();
+        tokio::spawn(async move {
+            while let Err(e) = meridian_store::create_default_mesh(&*store).await {
+                tracing::debug!(error = %e, "creating the default mesh; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
     }
 
     let mut metrics = Metrics::new();
     let xds_metrics = Arc::new(XdsMetrics::register(metrics.registry_mut()));
     let cache = SnapshotCache::default();
-    let (stop_tx, stop_rx) = watch::channel(false);
 
     if let Some(url) = global {
         let Some(token_file) = zone_token_file else {
@@ -103,6 +133,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             token,
             store.clone(),
             sync_metrics,
+            node.leadership(),
             stop_rx.clone(),
         ));
     }
@@ -137,7 +168,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         role: "zone",
         managed_by: global_address.clone(),
     };
-    let router = meridian_api::router(state).merge(api::routes(cache));
+    let router = meridian_api::router(state)
+        .merge(api::routes(cache))
+        .merge(api::raft_routes(node.clone()));
     let api_listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("binding the REST API to {api_addr}"))?;
@@ -157,6 +190,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         r = &mut reconciler => Err(anyhow::anyhow!("the reconciler stopped: {r:?}")),
         r = &mut xds => Err(anyhow::anyhow!("the xDS server stopped: {r:?}")),
         r = &mut api => Err(anyhow::anyhow!("the REST API stopped: {r:?}")),
+        r = &mut raft_server => Err(anyhow::anyhow!("the Raft server stopped: {r:?}")),
     };
     let _ = stop_tx.send(true);
     let grace = Duration::from_secs(5);
@@ -165,6 +199,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let _ = (&mut xds).await;
     })
     .await;
+    let _ = node.raft.shutdown().await;
     info!("stopped");
     outcome
 }

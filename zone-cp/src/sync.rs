@@ -206,19 +206,31 @@ impl SyncMetrics {
     }
 }
 
-/// Runs the sync until `shutdown`, reconnecting with backoff and jitter.
+/// Runs the sync until `shutdown`, while this node leads the zone's Raft (`leading`),
+/// reconnecting with backoff and jitter.
 pub async fn run(
     global: GlobalEndpoint,
     zone: String,
     token: String,
     store: Arc<dyn Store>,
     metrics: SyncMetrics,
+    mut leading: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut delay = Duration::from_millis(200);
     loop {
+        // Only the leader holds the stream; it resumes from the replicated applied revision.
+        tokio::select! {
+            r = leading.wait_for(|l| *l) => if r.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
         let outcome = tokio::select! {
             r = session(&global, &zone, &token, &*store, &metrics) => r,
+            _ = leading.wait_for(|l| !*l) => {
+                info!("no longer the zone's Raft leader: closing the sync stream");
+                metrics.connected.set(0);
+                continue;
+            }
             _ = shutdown.changed() => return,
         };
         match outcome {

@@ -7,10 +7,17 @@
 
 #![forbid(unsafe_code)]
 
+pub mod raft;
 pub mod sync;
 
 /// The generated `GlobalSync` client and server.
 pub mod sync_service {
     #![allow(clippy::all, clippy::pedantic, missing_docs, unused_qualifications)]
     include!(concat!(env!("OUT_DIR"), "/meridian.sync.v1.GlobalSync.rs"));
+}
+
+/// The generated `ZoneRaft` client and server.
+pub mod raft_service {
+    #![allow(clippy::all, clippy::pedantic, missing_docs, unused_qualifications)]
+    include!(concat!(env!("OUT_DIR"), "/meridian.raft.v1.ZoneRaft.rs"));
 }

@@ -21,8 +21,10 @@
 // openraft's traits return its StorageError, which is large; helpers return it too.
 #[allow(clippy::result_large_err)]
 pub mod log;
+pub mod network;
 #[allow(clippy::result_large_err)]
 pub mod state;
+pub mod store;
 pub mod wire;
 
 use std::io::Cursor;
@@ -53,6 +55,158 @@ fn io_error(
     e: impl std::fmt::Display,
 ) -> StorageError {
     build(openraft::AnyError::error(e)).into()
+}
+
+/// A started Raft node: what the rest of the zone-cp uses.
+pub struct Node {
+    pub raft: openraft::Raft<TypeConfig>,
+    pub store: std::sync::Arc<store::ZoneStore>,
+    log: LogStore,
+}
+
+/// How a node joins its zone's cluster.
+pub struct NodeConfig {
+    pub zone: String,
+    pub node_id: NodeId,
+    pub raft_addr: std::net::SocketAddr,
+    /// Every node of the zone, this one included.
+    pub members: std::collections::BTreeMap<NodeId, String>,
+    pub heartbeat: std::time::Duration,
+}
+
+impl Node {
+    /// Opens the node's log and state in `data_dir`, serves Raft on `raft_addr`, and forms the
+    /// cluster from `members` if this node has never been part of one.
+    pub async fn start(
+        config: NodeConfig,
+        local: meridian_store::SqlStore,
+        data_dir: &std::path::Path,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<(Self, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>)> {
+        use anyhow::Context;
+        let NodeConfig {
+            zone,
+            node_id,
+            raft_addr,
+            members,
+            heartbeat,
+        } = config;
+        anyhow::ensure!(
+            members.contains_key(&node_id),
+            "--peers must list this node (--node-id {node_id})"
+        );
+        let log = LogStore::open(data_dir).await.context("opening raft.db")?;
+        let state = StateMachine::new(local.clone(), log.clone())
+            .await
+            .context("reading the zone's applied Raft position")?;
+        let hb = heartbeat.as_millis() as u64;
+        let raft_config = openraft::Config {
+            cluster_name: format!("meridian-zone-{zone}"),
+            heartbeat_interval: hb,
+            election_timeout_min: 3 * hb,
+            election_timeout_max: 6 * hb,
+            ..Default::default()
+        }
+        .validate()
+        .context("the Raft settings")?;
+        let raft = openraft::Raft::new(
+            node_id,
+            std::sync::Arc::new(raft_config),
+            network::Network,
+            log.clone(),
+            state,
+        )
+        .await
+        .context("starting Raft")?;
+        let listener = tokio::net::TcpListener::bind(raft_addr)
+            .await
+            .with_context(|| format!("binding Raft to {raft_addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, node_id, "Raft serving");
+        let service =
+            meridian_proto::raft_service::zone_raft_server::ZoneRaftServer::new(network::RaftService {
+                raft: raft.clone(),
+            })
+            .max_decoding_message_size(256 << 20);
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async move {
+                        let _ = stop.changed().await;
+                    },
+                ),
+        );
+        if !raft.is_initialized().await.context("reading Raft's state")? {
+            let nodes: std::collections::BTreeMap<NodeId, openraft::BasicNode> = members
+                .iter()
+                .map(|(id, addr)| (*id, openraft::BasicNode::new(addr.clone())))
+                .collect();
+            tracing::info!(members = ?members, "forming the zone's Raft cluster");
+            // Every node forms the same membership; whichever call comes second is refused
+            // as already initialized, which is fine.
+            if let Err(e) = raft.initialize(nodes).await {
+                tracing::info!(error = %e, "Raft was already initialized");
+            }
+        }
+        let store = store::ZoneStore::new(raft.clone(), local);
+        Ok((Self { raft, store, log }, server))
+    }
+
+    /// Becomes true while this node leads the zone.
+    pub fn leadership(&self) -> tokio::sync::watch::Receiver<bool> {
+        let mut metrics = self.raft.metrics();
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                let leading = {
+                    let m = metrics.borrow_and_update();
+                    m.current_leader == Some(m.id) && m.state == openraft::ServerState::Leader
+                };
+                tx.send_if_modified(|l| std::mem::replace(l, leading) != leading);
+                if metrics.changed().await.is_err() || tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    /// `GET /raft`: this node's view of the cluster.
+    pub async fn status(&self) -> serde_json::Value {
+        let m = self.raft.metrics().borrow().clone();
+        let role = match m.state {
+            openraft::ServerState::Leader => "leader",
+            openraft::ServerState::Follower => "follower",
+            openraft::ServerState::Candidate => "candidate",
+            openraft::ServerState::Learner => "learner",
+            openraft::ServerState::Shutdown => "shutdown",
+        };
+        let committed: Option<Option<LogId>> = self.log.meta("committed").await.ok().flatten();
+        let members: Vec<serde_json::Value> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| {
+                serde_json::json!({
+                    "id": id,
+                    "address": node.addr,
+                    "voter": m.membership_config.membership().voter_ids().any(|v| v == *id),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "node_id": m.id,
+            "role": role,
+            "term": m.current_term,
+            "leader": m.current_leader,
+            "commit_index": committed.flatten().map(|l| l.index),
+            "applied_index": m.last_applied.map(|l| l.index),
+            "last_log_index": m.last_log_index,
+            "snapshot_index": m.snapshot.map(|l| l.index),
+            "members": members,
+        })
+    }
 }
 
 /// Milliseconds since the Unix epoch: the time a leader stamps on a request.

@@ -1,0 +1,161 @@
+//! The zone's `Store`: reads from this node's copy of the state, writes through Raft. A write
+//! that reaches a follower is forwarded to the leader, and answered once this node has applied
+//! it too, so whoever wrote reads their own write from the node they asked.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use meridian_model::{Kind, ResourceKey, Stored, Submission};
+use meridian_store::{
+    Change, DeleteOptions, ListPage, Page, PutOutcome, SqlStore, StatusEntry, Store, StoreError, SyncedOp,
+    SyncedOutcome, Write, Written,
+};
+use openraft::Raft;
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::watch;
+
+use super::{TypeConfig, ZoneRequest, network, now_ms};
+
+/// How long a write waits for a leader, and for the leader to answer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads local, writes replicated.
+#[derive(Clone)]
+pub struct ZoneStore {
+    raft: Raft<TypeConfig>,
+    local: SqlStore,
+}
+
+impl ZoneStore {
+    pub fn new(raft: Raft<TypeConfig>, local: SqlStore) -> Arc<Self> {
+        Arc::new(Self { raft, local })
+    }
+
+    async fn write(&self, write: Write) -> Result<Written, StoreError> {
+        let request = ZoneRequest::new(now_ms(), &write);
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+        loop {
+            let leader = match self.raft.client_write(request.clone()).await {
+                Ok(done) => return done.data.into_written(),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => to.leader_node,
+                Err(e) => return Err(StoreError::Unavailable(format!("the zone's Raft: {e}"))),
+            };
+            if let Some(leader) = leader {
+                let (reply, index) = network::forward(&leader.addr, &request, WRITE_TIMEOUT)
+                    .await
+                    .map_err(StoreError::Unavailable)?;
+                // Answer once this node has applied the write too: read-your-writes here.
+                let _ = self
+                    .raft
+                    .wait(Some(WRITE_TIMEOUT))
+                    .applied_index_at_least(Some(index), "a forwarded write")
+                    .await;
+                return reply.into_written();
+            }
+            // No leader known yet (an election is on): wait a little and try again.
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::Unavailable(
+                    "the zone has no Raft leader: is a majority of its nodes up?".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn unexpected(written: Written) -> StoreError {
+    StoreError::Internal(format!("unexpected answer from the zone's Raft: {written:?}"))
+}
+
+#[async_trait]
+impl Store for ZoneStore {
+    async fn get(&self, key: &ResourceKey) -> Result<Stored, StoreError> {
+        self.local.get(key).await
+    }
+
+    async fn list(&self, kind: Kind, mesh: Option<&str>, page: Page) -> Result<ListPage, StoreError> {
+        self.local.list(kind, mesh, page).await
+    }
+
+    async fn put(&self, submission: Submission) -> Result<PutOutcome, StoreError> {
+        match self.write(Write::Put(Box::new(submission))).await? {
+            Written::Put(outcome) => Ok(*outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete(&self, key: &ResourceKey, options: DeleteOptions) -> Result<i64, StoreError> {
+        match self.write(Write::Delete(key.clone(), options)).await? {
+            Written::Deleted(revision) => Ok(revision),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn revision(&self) -> Result<i64, StoreError> {
+        self.local.revision().await
+    }
+
+    async fn changes_since(&self, after: i64, limit: u32) -> Result<Vec<Change>, StoreError> {
+        self.local.changes_since(after, limit).await
+    }
+
+    async fn snapshot(&self) -> Result<(i64, Vec<Stored>), StoreError> {
+        self.local.snapshot().await
+    }
+
+    async fn compact_tombstones(&self, _up_to: i64) -> Result<u64, StoreError> {
+        Err(StoreError::Internal(
+            "a zone keeps its tombstones; Raft snapshots bound its log".into(),
+        ))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.local.ping().await
+    }
+
+    async fn sync_position(&self) -> Result<i64, StoreError> {
+        self.local.sync_position().await
+    }
+
+    async fn apply_synced(
+        &self,
+        ops: Vec<SyncedOp>,
+        position: Option<i64>,
+    ) -> Result<SyncedOutcome, StoreError> {
+        match self.write(Write::Synced(ops, position)).await? {
+            Written::Synced(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn secret(&self, name: &str, candidate: &str) -> Result<String, StoreError> {
+        let write = Write::Secret {
+            name: name.to_owned(),
+            candidate: candidate.to_owned(),
+        };
+        match self.write(write).await? {
+            Written::Secret(secret) => Ok(secret),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn put_status(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        let write = Write::Status {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        };
+        match self.write(write).await? {
+            Written::Status => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn statuses(&self, prefix: &str) -> Result<Vec<StatusEntry>, StoreError> {
+        self.local.statuses(prefix).await
+    }
+
+    fn watch(&self) -> watch::Receiver<i64> {
+        self.local.watch()
+    }
+}
