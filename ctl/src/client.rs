@@ -112,6 +112,11 @@ impl Client {
             .await
     }
 
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, Failure> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
     /// POSTs JSON and returns the answer as text.
     pub async fn post_text(&self, path: &str, body: &Value) -> Result<String, Failure> {
         match self

@@ -69,6 +69,11 @@ pub enum Command {
         #[command(subcommand)]
         what: Generate,
     },
+    /// The zone control plane's Raft cluster (against a zone's API).
+    Zone {
+        #[command(subcommand)]
+        what: Zone,
+    },
     /// Delete a resource.
     Delete {
         kind: String,
@@ -78,6 +83,32 @@ pub enum Command {
         /// For a mesh: also delete everything in it.
         #[arg(long)]
         cascade: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Zone {
+    /// The zone's Raft members, as the node asked sees them.
+    Members {
+        #[command(subcommand)]
+        change: Option<MemberChange>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberChange {
+    /// Add a node (started with --node-id ID --raft-addr ADDRESS) as a voting member.
+    Add {
+        #[arg(long)]
+        id: u64,
+        /// The new node's Raft address, HOST:PORT.
+        #[arg(long)]
+        address: String,
+    },
+    /// Remove a node from the cluster.
+    Remove {
+        #[arg(long)]
+        id: u64,
     },
 }
 
@@ -130,6 +161,23 @@ impl Cli {
                 )
                 .await
                 .map(|t| println!("{}", t.trim())),
+            Command::Zone {
+                what: Zone::Members { change },
+            } => {
+                let status = match change {
+                    None => client.get("/raft").await,
+                    Some(MemberChange::Add { id, address }) => {
+                        client
+                            .post(
+                                "/raft/members",
+                                &serde_json::json!({ "id": id, "address": address }),
+                            )
+                            .await
+                    }
+                    Some(MemberChange::Remove { id }) => client.delete(&format!("/raft/members/{id}")).await,
+                };
+                status.map(|s| print_members(&s))
+            }
             Command::Inspect {
                 kind,
                 name,
@@ -299,6 +347,22 @@ async fn delete(client: &Client, kind: &str, name: &str, mesh: &str, cascade: bo
         Scope::Mesh => println!("{kind} {name:?} in mesh {mesh:?} deleted"),
     }
     Ok(())
+}
+
+/// The members table: id, Raft address, voter or learner, and who leads.
+fn print_members(status: &serde_json::Value) {
+    let leader = status["leader"].as_u64();
+    println!("{:<6} {:<28} {:<8} ROLE", "ID", "ADDRESS", "VOTER");
+    for m in status["members"].as_array().into_iter().flatten() {
+        let id = m["id"].as_u64().unwrap_or_default();
+        println!(
+            "{:<6} {:<28} {:<8} {}",
+            id,
+            m["address"].as_str().unwrap_or_default(),
+            if m["voter"] == true { "yes" } else { "no" },
+            if Some(id) == leader { "leader" } else { "" }
+        );
+    }
 }
 
 async fn inspect(

@@ -318,6 +318,17 @@ impl ZoneCp {
         children.into_iter().map(Self::healthy).collect()
     }
 
+    /// A node that joins an existing cluster of `zone` once added (`meshctl zone members add`).
+    pub fn start_joining(zone: &str, data_dir: &Path, node_id: u64) -> Result<Self> {
+        let args = vec!["--node-id".to_owned(), node_id.to_string(), "--join".to_owned()];
+        Self::start_on(zone, data_dir, [free_port()?, free_port()?, free_port()?], args)
+    }
+
+    /// Where this node serves Raft.
+    pub fn raft_address(&self) -> String {
+        format!("127.0.0.1:{}", self.raft_port)
+    }
+
     /// `ports`: the REST API's, xDS's and Raft's.
     fn start_on(zone: &str, data_dir: &Path, ports: [u16; 3], global: Vec<String>) -> Result<Self> {
         Self::healthy(Self::spawn(zone, data_dir, ports, global)?)

@@ -99,3 +99,67 @@ fn three_nodes_replicate_every_write_and_elect_a_new_leader_when_one_dies() {
     let status = raft(&back).expect("status");
     assert_eq!(status["role"], "follower", "{status}");
 }
+
+#[test]
+fn members_are_added_and_removed_through_any_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = ZoneCp::start_cluster("zone-1", dir.path(), 3).expect("cluster");
+    let all: Vec<&ZoneCp> = nodes.iter().collect();
+    wait_until("a leader", Duration::from_secs(20), || {
+        agreed_leader(&all).is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    ok(meshctl(
+        &all[0].api_url,
+        &["apply", "-f", "-"],
+        Some(&timeout("existing", "1s")),
+    )
+    .expect("meshctl"));
+
+    // Replace node 3 by node 4: add the new one, then remove the old.
+    let fourth = ZoneCp::start_joining("zone-1", &dir.path().join("node-4"), 4).expect("node 4");
+    let added = ok(meshctl(
+        &all[1].api_url,
+        &[
+            "zone",
+            "members",
+            "add",
+            "--id",
+            "4",
+            "--address",
+            &fourth.raft_address(),
+        ],
+        None,
+    )
+    .expect("meshctl"));
+    assert_eq!(added.lines().count(), 5, "a header and four members:\n{added}");
+    wait_until("node 4 has the existing policy", Duration::from_secs(10), || {
+        has(&fourth, "existing")
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let removed =
+        ok(meshctl(&fourth.api_url, &["zone", "members", "remove", "--id", "3"], None).expect("meshctl"));
+    assert!(!removed.lines().any(|l| l.starts_with("3 ")), "{removed}");
+    let status = raft(&fourth).expect("status");
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(3), "{status}");
+
+    // Bad requests name the field.
+    let bad = meshctl(
+        &all[0].api_url,
+        &["zone", "members", "add", "--id", "0", "--address", "x:1"],
+        None,
+    )
+    .expect("meshctl");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        meridian_e2e::stderr(&bad).contains("id"),
+        "{}",
+        meridian_e2e::stderr(&bad)
+    );
+    let bad = meshctl(&all[0].api_url, &["zone", "members", "remove", "--id", "9"], None).expect("meshctl");
+    assert!(
+        meridian_e2e::stderr(&bad).contains("not a voting member"),
+        "{}",
+        meridian_e2e::stderr(&bad)
+    );
+}

@@ -21,11 +21,52 @@ pub fn routes(cache: SnapshotCache) -> Router {
 }
 
 /// `GET /raft`: this node's role, term, leader, indexes and members.
+/// `POST /raft/members` (`{"id": N, "address": "HOST:PORT"}`) adds a voting member;
+/// `DELETE /raft/members/{id}` removes one. Replacing a node is adding the new one, then
+/// removing the old. Any node takes these and hands them to the leader.
 pub fn raft_routes(node: std::sync::Arc<crate::raft::Node>) -> Router {
-    async fn status(State(node): State<std::sync::Arc<crate::raft::Node>>) -> Json<Value> {
+    use axum::http::StatusCode;
+    use axum::routing::{delete, post};
+
+    use crate::raft::network::LeadError;
+
+    type NodeState = State<std::sync::Arc<crate::raft::Node>>;
+    async fn status(State(node): NodeState) -> Json<Value> {
         Json(node.status().await)
     }
-    Router::new().route("/raft", get(status)).with_state(node)
+    fn refused(e: LeadError) -> ApiError {
+        match e {
+            LeadError::Refused(why) => ApiError::new(StatusCode::CONFLICT, "Membership change refused", why),
+            other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", other.to_string()),
+        }
+    }
+    async fn add(State(node): NodeState, Json(body): Json<Value>) -> Result<Json<Value>, ApiError> {
+        let id = body["id"]
+            .as_u64()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| ApiError::bad_field("id", "must be a positive node id"))?;
+        let address = body["address"]
+            .as_str()
+            .filter(|a| {
+                a.rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+            })
+            .ok_or_else(|| ApiError::bad_field("address", "must be the node's Raft address, HOST:PORT"))?;
+        node.add_member(id, address.to_owned()).await.map_err(refused)?;
+        Ok(Json(node.status().await))
+    }
+    async fn remove(State(node): NodeState, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+        let id: u64 = id
+            .parse()
+            .map_err(|_| ApiError::bad_field("id", format!("{id:?} is not a node id")))?;
+        node.remove_member(id).await.map_err(refused)?;
+        Ok(Json(node.status().await))
+    }
+    Router::new()
+        .route("/raft", get(status))
+        .route("/raft/members", post(add))
+        .route("/raft/members/{id}", delete(remove))
+        .with_state(node)
 }
 
 fn time(t: Option<SystemTime>) -> Value {

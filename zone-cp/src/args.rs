@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// Used when the cluster forms; without it this node is a cluster of one.
     #[arg(long, env = "MERIDIAN_PEERS", value_parser = parse_peers)]
     pub peers: Option<Peers>,
+    /// Join an existing cluster: wait to be added (`meshctl zone members add`) rather than
+    /// form one from --peers.
+    #[arg(long, env = "MERIDIAN_JOIN", conflicts_with = "peers")]
+    pub join: bool,
     /// Raft heartbeat interval; a follower starts an election after 3 to 6 missed heartbeats.
     #[arg(long, env = "MERIDIAN_RAFT_HEARTBEAT", default_value = "50ms", value_parser = parse_heartbeat)]
     pub raft_heartbeat: Duration,

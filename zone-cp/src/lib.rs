@@ -57,6 +57,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         node_id,
         raft_addr,
         peers,
+        join,
         raft_heartbeat,
         log,
     } = args;
@@ -78,6 +79,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             node_id,
             raft_addr,
             members,
+            join,
             heartbeat: raft_heartbeat,
         },
         sql,

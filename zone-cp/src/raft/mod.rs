@@ -71,6 +71,8 @@ pub struct NodeConfig {
     pub raft_addr: std::net::SocketAddr,
     /// Every node of the zone, this one included.
     pub members: std::collections::BTreeMap<NodeId, String>,
+    /// Wait to be added to an existing cluster instead of forming one.
+    pub join: bool,
     pub heartbeat: std::time::Duration,
 }
 
@@ -89,6 +91,7 @@ impl Node {
             node_id,
             raft_addr,
             members,
+            join,
             heartbeat,
         } = config;
         anyhow::ensure!(
@@ -137,7 +140,12 @@ impl Node {
                     },
                 ),
         );
-        if !raft.is_initialized().await.context("reading Raft's state")? {
+        if join {
+            tracing::info!(
+                node_id,
+                "waiting to be added to the zone's cluster (meshctl zone members add)"
+            );
+        } else if !raft.is_initialized().await.context("reading Raft's state")? {
             let nodes: std::collections::BTreeMap<NodeId, openraft::BasicNode> = members
                 .iter()
                 .map(|(id, addr)| (*id, openraft::BasicNode::new(addr.clone())))
@@ -151,6 +159,20 @@ impl Node {
         }
         let store = store::ZoneStore::new(raft.clone(), local);
         Ok((Self { raft, store, log }, server))
+    }
+
+    /// Adds node `id` at Raft address `address` as a voting member (through the leader).
+    pub async fn add_member(&self, id: NodeId, address: String) -> Result<(), network::LeadError> {
+        store::on_leader(&self.raft, network::LeaderCall::AddMember { id, address })
+            .await
+            .map(drop)
+    }
+
+    /// Removes node `id` from the cluster (through the leader).
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), network::LeadError> {
+        store::on_leader(&self.raft, network::LeaderCall::RemoveMember { id })
+            .await
+            .map(drop)
     }
 
     /// Becomes true while this node leads the zone.

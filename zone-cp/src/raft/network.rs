@@ -6,7 +6,9 @@ use std::time::Duration;
 use meridian_proto::raft::RaftPayload;
 use meridian_proto::raft_service::zone_raft_client::ZoneRaftClient;
 use meridian_proto::raft_service::zone_raft_server::ZoneRaft;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -137,25 +139,116 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 }
 
-/// A forwarded write's answer: the reply and the log index it was applied at (so the
-/// follower can wait until it has applied it too), or why the leader could not take it.
-pub type Forwarded = Result<(ZoneReply, u64), String>;
+/// What only the leader can do, sent to it by a follower.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LeaderCall {
+    Write(ZoneRequest),
+    AddMember { id: NodeId, address: String },
+    RemoveMember { id: NodeId },
+}
 
-/// Sends a write to the leader at `addr`.
-pub async fn forward(
-    addr: &str,
-    request: &ZoneRequest,
-    timeout: Duration,
-) -> Result<(ZoneReply, u64), String> {
+/// The leader's answer: the write's reply (none for membership changes) and the log index
+/// it was applied at, so the follower can wait until it has applied it too; or why not.
+pub type Forwarded = Result<(Option<ZoneReply>, u64), String>;
+
+/// Sends `call` to the leader at `addr`.
+pub async fn forward(addr: &str, call: &LeaderCall, timeout: Duration) -> Forwarded {
     let mut client = ZoneRaftClient::new(channel(addr)?);
-    let mut call = Request::new(encode(request).map_err(|e| e.to_string())?);
-    call.set_timeout(timeout);
+    let mut request = Request::new(encode(call).map_err(|e| e.to_string())?);
+    request.set_timeout(timeout);
     let reply = client
-        .forward(call)
+        .forward(request)
         .await
         .map_err(|e| format!("forwarding to the leader at {addr}: {}", e.message()))?;
-    let forwarded: Forwarded = decode(reply.get_ref()).map_err(|e| e.to_string())?;
-    forwarded
+    decode::<Forwarded>(reply.get_ref()).map_err(|e| e.to_string())?
+}
+
+fn voters(raft: &Raft<TypeConfig>) -> std::collections::BTreeSet<NodeId> {
+    raft.metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect()
+}
+
+/// Does `call` on this node, which must lead.
+pub async fn lead(raft: &Raft<TypeConfig>, call: LeaderCall) -> Result<(Option<ZoneReply>, u64), LeadError> {
+    match call {
+        LeaderCall::Write(write) => {
+            let done = raft.client_write(write).await?;
+            Ok((Some(done.data), done.log_id.index))
+        }
+        LeaderCall::AddMember { id, address } => {
+            raft.add_learner(id, BasicNode::new(address), true).await?;
+            change_voters(raft, |voters| {
+                voters.insert(id);
+                Ok(())
+            })
+            .await
+        }
+        LeaderCall::RemoveMember { id } => {
+            change_voters(raft, |voters| {
+                if !voters.remove(&id) {
+                    return Err(LeadError::Refused(format!("node {id} is not a voting member")));
+                }
+                if voters.is_empty() {
+                    return Err(LeadError::Refused("the last member cannot be removed".into()));
+                }
+                Ok(())
+            })
+            .await
+        }
+    }
+}
+
+/// Changes the voters as `change` says, once any change still in progress has finished.
+async fn change_voters(
+    raft: &Raft<TypeConfig>,
+    change: impl Fn(&mut std::collections::BTreeSet<NodeId>) -> Result<(), LeadError>,
+) -> Result<(Option<ZoneReply>, u64), LeadError> {
+    use openraft::error::ChangeMembershipError;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut wanted = voters(raft);
+        change(&mut wanted)?;
+        match raft.change_membership(wanted, false).await {
+            Ok(done) => return Ok((None, done.log_id.index)),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            ))) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Why the leader did not do a call.
+#[derive(Debug, thiserror::Error)]
+pub enum LeadError {
+    #[error("the zone has no Raft leader: is a majority of its nodes up?")]
+    /// This node does not lead; the leader, if one is known.
+    NotLeader(Option<BasicNode>),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>> for LeadError {
+    fn from(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Self {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(to)) => {
+                LeadError::NotLeader(to.leader_node)
+            }
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                LeadError::Refused(e.to_string())
+            }
+            other => LeadError::Failed(other.to_string()),
+        }
+    }
 }
 
 /// The server side: hands each call to the local Raft.
@@ -181,11 +274,11 @@ impl ZoneRaft for RaftService {
     }
 
     async fn forward(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let write: ZoneRequest = decode(request.get_ref())?;
-        let forwarded: Forwarded = match self.raft.client_write(write).await {
-            Ok(done) => Ok((done.data, done.log_id.index)),
-            Err(e) => Err(e.to_string()),
-        };
+        let call: LeaderCall = decode(request.get_ref())?;
+        let forwarded: Forwarded = lead(&self.raft, call).await.map_err(|e| match e {
+            LeadError::NotLeader(_) => "that node no longer leads the zone; retry".to_owned(),
+            LeadError::Refused(why) | LeadError::Failed(why) => why,
+        });
         encode(&forwarded).map(Response::new)
     }
 }

@@ -12,10 +12,10 @@ use meridian_store::{
     SyncedOutcome, Write, Written,
 };
 use openraft::Raft;
-use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::watch;
 
-use super::{TypeConfig, ZoneRequest, network, now_ms};
+use super::network::{self, LeadError, LeaderCall, lead};
+use super::{TypeConfig, ZoneReply, ZoneRequest, now_ms};
 
 /// How long a write waits for a leader, and for the leader to answer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,33 +34,40 @@ impl ZoneStore {
 
     async fn write(&self, write: Write) -> Result<Written, StoreError> {
         let request = ZoneRequest::new(now_ms(), &write);
-        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
-        loop {
-            let leader = match self.raft.client_write(request.clone()).await {
-                Ok(done) => return done.data.into_written(),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => to.leader_node,
-                Err(e) => return Err(StoreError::Unavailable(format!("the zone's Raft: {e}"))),
-            };
-            if let Some(leader) = leader {
-                let (reply, index) = network::forward(&leader.addr, &request, WRITE_TIMEOUT)
-                    .await
-                    .map_err(StoreError::Unavailable)?;
-                // Answer once this node has applied the write too: read-your-writes here.
-                let _ = self
-                    .raft
-                    .wait(Some(WRITE_TIMEOUT))
-                    .applied_index_at_least(Some(index), "a forwarded write")
-                    .await;
-                return reply.into_written();
-            }
-            // No leader known yet (an election is on): wait a little and try again.
-            if tokio::time::Instant::now() >= deadline {
-                return Err(StoreError::Unavailable(
-                    "the zone has no Raft leader: is a majority of its nodes up?".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let reply = on_leader(&self.raft, LeaderCall::Write(request))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        reply
+            .ok_or_else(|| StoreError::Internal("the leader sent no reply".into()))?
+            .into_written()
+    }
+}
+
+/// Does `call` on the leader: here if this node leads, else forwarded to it. Answers once this
+/// node has applied the result too, so whoever asked reads their own write from this node.
+pub async fn on_leader(raft: &Raft<TypeConfig>, call: LeaderCall) -> Result<Option<ZoneReply>, LeadError> {
+    let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+    loop {
+        let leader = match lead(raft, call.clone()).await {
+            Ok((reply, _)) => return Ok(reply),
+            Err(LeadError::NotLeader(leader)) => leader,
+            Err(e) => return Err(e),
+        };
+        if let Some(leader) = leader {
+            let (reply, index) = network::forward(&leader.addr, &call, WRITE_TIMEOUT)
+                .await
+                .map_err(LeadError::Failed)?;
+            let _ = raft
+                .wait(Some(WRITE_TIMEOUT))
+                .applied_index_at_least(Some(index), "a forwarded call")
+                .await;
+            return Ok(reply);
         }
+        // No leader known yet (an election is on): wait a little and try again.
+        if tokio::time::Instant::now() >= deadline {
+            return Err(LeadError::NotLeader(None));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
