@@ -47,6 +47,9 @@ fn three_nodes_replicate_every_write_and_elect_a_new_leader_when_one_dies() {
     let leader = agreed_leader(&all).expect("leader");
     let status = raft(all[0]).expect("status");
     assert_eq!(status["members"].as_array().map(Vec::len), Some(3), "{status}");
+    let (_, metrics, _) = http_get(&format!("{}/metrics", all[leader].api_url));
+    assert!(metrics.contains("meridian_raft_leader 1"), "{metrics}");
+    assert!(metrics.contains("meridian_raft_voters 3"), "{metrics}");
 
     // A write on a follower is forwarded, and every node ends up with it.
     let follower = (leader + 1) % 3;

@@ -115,6 +115,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let mut metrics = Metrics::new();
     let xds_metrics = Arc::new(XdsMetrics::register(metrics.registry_mut()));
+    node.register_metrics(metrics.registry_mut());
     let cache = SnapshotCache::default();
 
     if let Some(url) = global {

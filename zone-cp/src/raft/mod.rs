@@ -194,6 +194,73 @@ impl Node {
         rx
     }
 
+    /// Raft's state as Prometheus gauges (`meridian_raft_*`), kept up to date from openraft's
+    /// metrics.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::metrics::gauge::Gauge;
+        let gauges: [(&str, &str, Gauge); 6] = [
+            (
+                "raft_leader",
+                "1 while this node leads the zone",
+                Gauge::default(),
+            ),
+            ("raft_term", "The current Raft term", Gauge::default()),
+            (
+                "raft_leader_id",
+                "The node this node follows (0: none known)",
+                Gauge::default(),
+            ),
+            (
+                "raft_applied_index",
+                "The last log index applied to the state",
+                Gauge::default(),
+            ),
+            (
+                "raft_last_log_index",
+                "The last log index this node holds",
+                Gauge::default(),
+            ),
+            ("raft_voters", "Voting members of the cluster", Gauge::default()),
+        ];
+        let leader_changes = Counter::<u64>::default();
+        for (name, help, gauge) in &gauges {
+            registry.register(*name, *help, gauge.clone());
+        }
+        registry.register(
+            "raft_leader_changes",
+            "Times this node saw the leader change",
+            leader_changes.clone(),
+        );
+        let mut metrics = self.raft.metrics();
+        tokio::spawn(async move {
+            let mut leader = None;
+            loop {
+                {
+                    let m = metrics.borrow_and_update();
+                    let values = [
+                        i64::from(m.state == openraft::ServerState::Leader),
+                        m.current_term as i64,
+                        m.current_leader.unwrap_or(0) as i64,
+                        m.last_applied.map_or(0, |l| l.index as i64),
+                        m.last_log_index.unwrap_or(0) as i64,
+                        m.membership_config.membership().voter_ids().count() as i64,
+                    ];
+                    for ((_, _, gauge), value) in gauges.iter().zip(values) {
+                        gauge.set(value);
+                    }
+                    if m.current_leader != leader {
+                        leader = m.current_leader;
+                        leader_changes.inc();
+                    }
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
     /// `GET /raft`: this node's view of the cluster.
     pub async fn status(&self) -> serde_json::Value {
         let m = self.raft.metrics().borrow().clone();
