@@ -11,9 +11,9 @@ use meridian_testing::{KillOnDrop, Postgres, PostgresOptions, free_port, wait_un
 
 use crate::{run, target_dir, workspace_root};
 
-struct Options {
-    writes: usize,
-    concurrency: usize,
+pub(crate) struct Options {
+    pub(crate) writes: usize,
+    pub(crate) concurrency: usize,
 }
 
 fn parse(args: &[&str]) -> Result<Options> {
@@ -113,7 +113,13 @@ fn body(i: usize) -> serde_json::Value {
     })
 }
 
-async fn run_phase(url: &str, options: &Options, write: bool) -> Result<(f64, Vec<Duration>)> {
+/// Writes (or reads) `bench-{first}` to `bench-{first + writes - 1}` from `concurrency` clients.
+pub(crate) async fn run_phase(
+    url: &str,
+    options: &Options,
+    write: bool,
+    first: usize,
+) -> Result<(f64, Vec<Duration>)> {
     let client = reqwest::Client::new();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
@@ -128,6 +134,7 @@ async fn run_phase(url: &str, options: &Options, write: bool) -> Result<(f64, Ve
                 if i >= total {
                     return Ok::<_, anyhow::Error>(latencies);
                 }
+                let i = first + i;
                 let path = format!("{url}/meshes/default/meshtraces/bench-{i}");
                 let t = Instant::now();
                 let response = if write {
@@ -151,14 +158,14 @@ async fn run_phase(url: &str, options: &Options, write: bool) -> Result<(f64, Ve
     Ok((options.writes as f64 / started.elapsed().as_secs_f64(), all))
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted.get(idx).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
 async fn measure(store: &str, url: &str, options: &Options) -> Result<()> {
     for (op, write) in [("write", true), ("read", false)] {
-        let (rate, mut latencies) = run_phase(url, options, write).await?;
+        let (rate, mut latencies) = run_phase(url, options, write, 0).await?;
         latencies.sort();
         println!(
             "{:<22} {:>10.0} {:>10.2} {:>10.2} {:>10.2}",

