@@ -50,9 +50,15 @@ pub struct RunArgs {
         default_value = "http://127.0.0.1:5678"
     )]
     pub cp_addresses: Vec<CpAddress>,
-    /// The zone control plane's REST API, where the Dataplane is registered.
-    #[arg(long, env = "MERIDIAN_API_ADDRESS", default_value = "http://127.0.0.1:5681")]
-    pub api_address: String,
+    /// The zone control plane's REST API, where the Dataplane is registered; repeat (or
+    /// separate by commas) to list every node: an unreachable one is skipped.
+    #[arg(
+        long = "api-address",
+        env = "MERIDIAN_API_ADDRESS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:5681"
+    )]
+    pub api_addresses: Vec<String>,
     /// The Dataplane, in either form (universal or Kubernetes YAML).
     #[arg(long, env = "MERIDIAN_DATAPLANE_FILE", conflicts_with_all = ["name", "address", "inbound"])]
     pub dataplane_file: Option<PathBuf>,
@@ -174,41 +180,42 @@ fn free_port() -> anyhow::Result<u16> {
 
 struct Registration {
     http: reqwest::Client,
-    url: String,
+    /// The Dataplane's URL on each control-plane node.
+    urls: Vec<String>,
 }
 
 impl Registration {
-    fn new(api: &str, resource: &Resource) -> anyhow::Result<Self> {
+    fn new(apis: &[String], resource: &Resource) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()?;
-        let url = format!(
-            "{}/meshes/{}/dataplanes/{}",
-            api.trim_end_matches('/'),
-            resource.mesh,
-            resource.name
-        );
-        Ok(Self { http, url })
+        let urls = apis
+            .iter()
+            .map(|api| {
+                format!(
+                    "{}/meshes/{}/dataplanes/{}",
+                    api.trim_end_matches('/'),
+                    resource.mesh,
+                    resource.name
+                )
+            })
+            .collect();
+        Ok(Self { http, urls })
     }
 
-    /// Registers, retrying while the control plane is unreachable; a refusal is final.
+    /// Registers, retrying (on the next node) while the control plane is unreachable; a
+    /// refusal is final.
     async fn register(&self, resource: &Resource) -> anyhow::Result<()> {
         let mut delay = Duration::from_millis(200);
-        loop {
-            match self
-                .http
-                .put(&self.url)
-                .json(&resource.to_universal())
-                .send()
-                .await
-            {
+        for url in self.urls.iter().cycle() {
+            match self.http.put(url).json(&resource.to_universal()).send().await {
                 Ok(r) if r.status().is_success() => {
-                    info!(url = %self.url, "dataplane registered");
+                    info!(url = %url, "dataplane registered");
                     return Ok(());
                 }
                 // A federated zone may not have the mesh from global yet.
                 Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
-                    warn!(url = %self.url, "the mesh does not exist (yet); retrying");
+                    warn!(url = %url, "the mesh does not exist (yet); retrying");
                 }
                 Ok(r) if r.status().is_client_error() => {
                     let status = r.status();
@@ -221,15 +228,20 @@ impl Registration {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+        bail!("no control-plane address to register with")
     }
 
+    /// Deregisters through the first node that answers.
     async fn deregister(&self) {
-        match self.http.delete(&self.url).send().await {
-            Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND => {
-                info!("dataplane deregistered")
+        for url in &self.urls {
+            match self.http.delete(url).send().await {
+                Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND => {
+                    info!("dataplane deregistered");
+                    return;
+                }
+                Ok(r) => warn!(url = %url, status = %r.status(), "deregistration failed"),
+                Err(e) => warn!(url = %url, error = %e, "deregistration failed"),
             }
-            Ok(r) => warn!(status = %r.status(), "deregistration failed"),
-            Err(e) => warn!(error = %e, "deregistration failed"),
         }
     }
 }
@@ -237,7 +249,7 @@ impl Registration {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let RunArgs {
         cp_addresses,
-        api_address,
+        api_addresses,
         dataplane_file,
         flags,
         envoy_binary: given_envoy,
@@ -282,7 +294,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     std::fs::write(&bootstrap_path, serde_json::to_vec_pretty(&bootstrap)?)?;
 
-    let registration = Registration::new(&api_address, &resource)?;
+    let registration = Registration::new(&api_addresses, &resource)?;
     tokio::select! {
         r = registration.register(&resource) => r?,
         _ = shutdown_signal() => return Ok(()),

@@ -292,6 +292,29 @@ impl ZoneCp {
 
     /// `nodes` nodes of one standalone zone, forming a Raft cluster, in `dir/node-N`.
     pub fn start_cluster(zone: &str, dir: &Path, nodes: usize) -> Result<Vec<Self>> {
+        Self::start_cluster_with(zone, dir, nodes, Vec::new())
+    }
+
+    /// A cluster of a zone federated with `global`.
+    pub fn start_cluster_federated(
+        zone: &str,
+        dir: &Path,
+        nodes: usize,
+        global: &GlobalCp,
+    ) -> Result<Vec<Self>> {
+        let token_file = dir.join("zone-token");
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(&token_file, global.zone_token(zone)?)?;
+        let flags = vec![
+            "--global-address".to_owned(),
+            global.sync_url.clone(),
+            "--zone-token-file".to_owned(),
+            token_file.display().to_string(),
+        ];
+        Self::start_cluster_with(zone, dir, nodes, flags)
+    }
+
+    fn start_cluster_with(zone: &str, dir: &Path, nodes: usize, flags: Vec<String>) -> Result<Vec<Self>> {
         let raft_ports = (0..nodes).map(|_| free_port()).collect::<Result<Vec<u16>>>()?;
         let peers: Vec<String> = raft_ports
             .iter()
@@ -302,12 +325,13 @@ impl ZoneCp {
         // Started together, so that a majority is up before any node gives up waiting.
         let mut children = Vec::new();
         for (i, raft_port) in raft_ports.iter().enumerate() {
-            let args = vec![
+            let mut args = vec![
                 "--node-id".to_owned(),
                 (i + 1).to_string(),
                 "--peers".to_owned(),
                 peers.clone(),
             ];
+            args.extend(flags.iter().cloned());
             children.push(Self::spawn(
                 zone,
                 &dir.join(format!("node-{}", i + 1)),
@@ -459,6 +483,13 @@ impl Sidecar {
     /// Starts meridian-dp with the Dataplane given by `dataplane_args` (flags or
     /// `--dataplane-file`), against `cp`.
     pub fn start(cp: &ZoneCp, dataplane_args: &[&str]) -> Result<Self> {
+        Self::start_on(&[cp], dataplane_args)
+    }
+
+    /// Against every node of a zone (`--cp-address` and `--api-address` list them all).
+    pub fn start_on(cps: &[&ZoneCp], dataplane_args: &[&str]) -> Result<Self> {
+        let xds: Vec<&str> = cps.iter().map(|c| c.xds_url.as_str()).collect();
+        let api: Vec<&str> = cps.iter().map(|c| c.api_url.as_str()).collect();
         let admin_port = free_port()?;
         let work_dir = tempfile::tempdir()?;
         let process = KillOnDrop::new(
@@ -466,7 +497,7 @@ impl Sidecar {
                 .arg("run")
                 .arg("--work-dir")
                 .arg(work_dir.path())
-                .args(["--cp-address", &cp.xds_url, "--api-address", &cp.api_url])
+                .args(["--cp-address", &xds.join(","), "--api-address", &api.join(",")])
                 .arg("--envoy-binary")
                 .arg(envoy()?)
                 .args(["--admin-port", &admin_port.to_string(), "--drain-time", "1"])
@@ -535,6 +566,12 @@ pub struct DemoPair {
 
 impl DemoPair {
     pub fn start(cp: &ZoneCp) -> Result<Self> {
+        Self::start_on(&[cp])
+    }
+
+    /// With sidecars that know every node of the zone.
+    pub fn start_on(cps: &[&ZoneCp]) -> Result<Self> {
+        let cp = cps[0];
         let (outbound, reg_inbound, demo_inbound) = (free_port()?, free_port()?, free_port()?);
         let reg = DemoApp::start(&["--name", "reg-server", "--zone", &cp.zone, "--delay", "250ms"])?;
         let demo = DemoApp::start(&[
@@ -547,8 +584,8 @@ impl DemoPair {
             "--calls",
             "4",
         ])?;
-        let reg_sidecar = Sidecar::start(
-            cp,
+        let reg_sidecar = Sidecar::start_on(
+            cps,
             &[
                 "--name",
                 "reg-server-1",
@@ -556,8 +593,8 @@ impl DemoPair {
                 &format!("{reg_inbound}:{}:reg-server:http", reg.port),
             ],
         )?;
-        let demo_sidecar = Sidecar::start(
-            cp,
+        let demo_sidecar = Sidecar::start_on(
+            cps,
             &[
                 "--name",
                 "demo-1",

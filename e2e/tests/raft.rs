@@ -2,7 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use meridian_e2e::{ZoneCp, http_get, meshctl, ok};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use meridian_e2e::{DemoPair, GlobalCp, ZoneCp, http_get, meshctl, ok};
 use meridian_testing::wait_until;
 
 fn raft(node: &ZoneCp) -> Option<serde_json::Value> {
@@ -31,6 +34,17 @@ fn timeout(name: &str, value: &str) -> String {
     )
 }
 
+/// Waits for a leader and for the default mesh it creates on a standalone zone.
+fn ready(nodes: &[&ZoneCp]) {
+    wait_until("a leader and the default mesh", Duration::from_secs(20), || {
+        agreed_leader(nodes).is_some()
+            && nodes
+                .iter()
+                .all(|n| http_get(&format!("{}/meshes/default", n.api_url)).0 == 200)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 fn has(node: &ZoneCp, name: &str) -> bool {
     http_get(&format!("{}/meshes/default/meshtimeouts/{name}", node.api_url)).0 == 200
 }
@@ -40,10 +54,7 @@ fn three_nodes_replicate_every_write_and_elect_a_new_leader_when_one_dies() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut nodes = ZoneCp::start_cluster("zone-1", dir.path(), 3).expect("cluster");
     let all: Vec<&ZoneCp> = nodes.iter().collect();
-    wait_until("a leader all agree on", Duration::from_secs(20), || {
-        agreed_leader(&all).is_some()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    ready(&all);
     let leader = agreed_leader(&all).expect("leader");
     let status = raft(all[0]).expect("status");
     assert_eq!(status["members"].as_array().map(Vec::len), Some(3), "{status}");
@@ -108,10 +119,7 @@ fn members_are_added_and_removed_through_any_node() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nodes = ZoneCp::start_cluster("zone-1", dir.path(), 3).expect("cluster");
     let all: Vec<&ZoneCp> = nodes.iter().collect();
-    wait_until("a leader", Duration::from_secs(20), || {
-        agreed_leader(&all).is_some()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    ready(&all);
     ok(meshctl(
         &all[0].api_url,
         &["apply", "-f", "-"],
@@ -165,4 +173,164 @@ fn members_are_added_and_removed_through_any_node() {
         "{}",
         meridian_e2e::stderr(&bad)
     );
+}
+
+/// A MeshTimeout for a service no proxy calls: it travels and is stored like any policy,
+/// without changing the proxies' config under the traffic.
+fn ghost_timeout(name: &str) -> String {
+    format!(
+        "type: MeshTimeout\nname: {name}\nspec:\n  targetRef: {{kind: Mesh}}\n  to:\n  - targetRef: {{kind: MeshService, name: {name}}}\n    default: {{connectionTimeout: 3s}}\n"
+    )
+}
+
+#[test]
+fn killing_the_leader_of_a_federated_zone_loses_no_request_and_no_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let global = GlobalCp::start(dir.path(), None).expect("global-cp");
+    let mut nodes =
+        ZoneCp::start_cluster_federated("zone-1", &dir.path().join("zone-1"), 3, &global).expect("cluster");
+    let all: Vec<&ZoneCp> = nodes.iter().collect();
+    ready(&all);
+    wait_until("the default mesh from global", Duration::from_secs(20), || {
+        all.iter()
+            .all(|n| http_get(&format!("{}/meshes/default", n.api_url)).0 == 200)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let pair = DemoPair::start_on(&all).expect("demo pair");
+
+    // Clients call reg-server through demo's sidecar the whole time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+            let url = format!("http://127.0.0.1:{}/", pair.outbound);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    if http_get(&url).0 != 200 {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    // Policies are written on global before, during and after the kill.
+    let writer = {
+        let api = global.api_url.clone();
+        std::thread::spawn(move || {
+            for i in 0..30 {
+                ok(meshctl(
+                    &api,
+                    &["apply", "-f", "-"],
+                    Some(&ghost_timeout(&format!("during-{i}"))),
+                )
+                .expect("meshctl"));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let leader = agreed_leader(&all).expect("leader");
+    nodes[leader].kill_9().expect("kill the leader");
+    let killed_at = Instant::now();
+    let survivors: Vec<&ZoneCp> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, n)| n)
+        .collect();
+    wait_until("a new leader", Duration::from_secs(10), || {
+        agreed_leader(&survivors).is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let elected = killed_at.elapsed();
+    writer.join().expect("writer");
+
+    // The proxies that were on the killed node reconnect elsewhere and take the next change.
+    ok(meshctl(
+        &global.api_url,
+        &["apply", "-f", "-"],
+        Some(&timeout("after-kill", "7s")),
+    )
+    .expect("meshctl"));
+    wait_until(
+        "demo's Envoy has the change made after the kill",
+        Duration::from_secs(30),
+        || pair.demo_config_dump().contains("\"connect_timeout\": \"7s\""),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("client");
+    }
+    let names: Vec<String> = (0..30).map(|i| format!("during-{i}")).collect();
+    wait_until("every policy on both survivors", Duration::from_secs(20), || {
+        survivors
+            .iter()
+            .all(|n| names.iter().all(|name| has(n, name)) && has(n, "after-kill"))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let zone =
+        serde_json::from_str::<serde_json::Value>(&http_get(&format!("{}/zones/zone-1", global.api_url)).1)
+            .expect("zone json");
+    assert_eq!(
+        zone["state"], "Online",
+        "the new leader holds the sync stream: {zone}"
+    );
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!(
+        "leader killed: new leader agreed after {:.2}s; {sent} requests sent through the sidecars, {failed} failed",
+        elected.as_secs_f64()
+    );
+    assert_eq!(failed, 0, "of {sent} requests");
+}
+
+#[test]
+fn proxies_move_to_another_node_when_theirs_dies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nodes = ZoneCp::start_cluster("zone-1", dir.path(), 3).expect("cluster");
+    let all: Vec<&ZoneCp> = nodes.iter().collect();
+    ready(&all);
+    let pair = DemoPair::start_on(&all).expect("demo pair");
+    let connected = |node: &ZoneCp| {
+        let (code, body, _) = http_get(&format!(
+            "{}/meshes/default/dataplanes/demo-1/_config",
+            node.api_url
+        ));
+        code == 200 && serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| v["connected"] == true)
+    };
+    wait_until("demo's Envoy on some node", Duration::from_secs(10), || {
+        all.iter().any(|n| connected(n))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let theirs = all.iter().position(|n| connected(n)).expect("a node");
+    nodes[theirs].kill_9().expect("kill");
+    let others: Vec<&ZoneCp> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != theirs)
+        .map(|(_, n)| n)
+        .collect();
+    wait_until("demo's Envoy on another node", Duration::from_secs(30), || {
+        others.iter().any(|n| connected(n))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_until("a leader among the others", Duration::from_secs(10), || {
+        agreed_leader(&others).is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    ok(meshctl(
+        &others[0].api_url,
+        &["apply", "-f", "-"],
+        Some(&timeout("next", "9s")),
+    )
+    .expect("meshctl"));
+    wait_until(
+        "the next change reaches demo's Envoy",
+        Duration::from_secs(30),
+        || pair.demo_config_dump().contains("\"connect_timeout\": \"9s\""),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(http_get(&pair.demo_url).0, 200);
 }

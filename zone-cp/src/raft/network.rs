@@ -181,7 +181,16 @@ pub async fn lead(raft: &Raft<TypeConfig>, call: LeaderCall) -> Result<(Option<Z
             Ok((Some(done.data), done.log_id.index))
         }
         LeaderCall::AddMember { id, address } => {
-            raft.add_learner(id, BasicNode::new(address), true).await?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                match raft.add_learner(id, BasicNode::new(address.clone()), true).await {
+                    Ok(_) => break,
+                    Err(e) if in_progress(&e) && tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
             change_voters(raft, |voters| {
                 voters.insert(id);
                 Ok(())
@@ -203,21 +212,28 @@ pub async fn lead(raft: &Raft<TypeConfig>, call: LeaderCall) -> Result<(Option<Z
     }
 }
 
+/// A membership change refused because another (or the cluster's first) is not committed yet.
+fn in_progress(e: &RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> bool {
+    matches!(
+        e,
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            openraft::error::ChangeMembershipError::InProgress(_)
+        ))
+    )
+}
+
 /// Changes the voters as `change` says, once any change still in progress has finished.
 async fn change_voters(
     raft: &Raft<TypeConfig>,
     change: impl Fn(&mut std::collections::BTreeSet<NodeId>) -> Result<(), LeadError>,
 ) -> Result<(Option<ZoneReply>, u64), LeadError> {
-    use openraft::error::ChangeMembershipError;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let mut wanted = voters(raft);
         change(&mut wanted)?;
         match raft.change_membership(wanted, false).await {
             Ok(done) => return Ok((None, done.log_id.index)),
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
-                ChangeMembershipError::InProgress(_),
-            ))) if tokio::time::Instant::now() < deadline => {
+            Err(e) if in_progress(&e) && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => return Err(e.into()),
