@@ -334,3 +334,71 @@ fn proxies_move_to_another_node_when_theirs_dies() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(http_get(&pair.demo_url).0, 200);
 }
+
+#[test]
+fn a_whole_zone_restarts_from_its_disks_while_global_is_away() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut global = GlobalCp::start(dir.path(), None).expect("global-cp");
+    let nodes =
+        ZoneCp::start_cluster_federated("zone-1", &dir.path().join("zone-1"), 3, &global).expect("cluster");
+    let all: Vec<&ZoneCp> = nodes.iter().collect();
+    ready(&all);
+    ok(meshctl(
+        &global.api_url,
+        &["apply", "-f", "-"],
+        Some(&timeout("kept", "1s")),
+    )
+    .expect("meshctl"));
+    let dataplane = "type: Dataplane\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 10001\n    tags: {kuma.io/service: web}\n";
+    ok(meshctl(&all[0].api_url, &["apply", "-f", "-"], Some(dataplane)).expect("meshctl"));
+    wait_until("every node has both", Duration::from_secs(20), || {
+        all.iter().all(|n| has(n, "kept"))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // Everything stops; the zone comes back without global.
+    global.kill_9().expect("kill global");
+    let mut stopped = nodes;
+    for node in &mut stopped {
+        node.kill_9().expect("kill node");
+    }
+    let nodes: Vec<ZoneCp> = stopped
+        .into_iter()
+        .map(|n| n.restart().expect("restart"))
+        .collect();
+    let all: Vec<&ZoneCp> = nodes.iter().collect();
+    wait_until("a leader again", Duration::from_secs(20), || {
+        agreed_leader(&all).is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    for node in &all {
+        assert!(has(node, "kept"), "the policy is back from disk");
+        let (code, body, _) = http_get(&format!(
+            "{}/meshes/default/dataplanes/web-1/_config",
+            node.api_url
+        ));
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            body.contains("inbound"),
+            "xDS config is generated from the persisted state: {body}"
+        );
+    }
+
+    // Global returns: the sync resumes from the stored revision, rewriting nothing.
+    let global = global.restart().expect("restart global");
+    ok(meshctl(
+        &global.api_url,
+        &["apply", "-f", "-"],
+        Some(&timeout("new", "2s")),
+    )
+    .expect("meshctl"));
+    wait_until("the new policy on every node", Duration::from_secs(20), || {
+        all.iter().all(|n| has(n, "new"))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    for node in &all {
+        let (_, body, _) = http_get(&format!("{}/meshes/default/meshtimeouts/kept", node.api_url));
+        let kept: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(kept["version"], 1, "not rewritten on resume: {kept}");
+    }
+}
