@@ -402,3 +402,60 @@ fn a_whole_zone_restarts_from_its_disks_while_global_is_away() {
         assert_eq!(kept["version"], 1, "not rewritten on resume: {kept}");
     }
 }
+
+#[test]
+fn a_frozen_leader_is_replaced_and_steps_down_when_it_wakes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = ZoneCp::start_cluster("zone-1", dir.path(), 3).expect("cluster");
+    let all: Vec<&ZoneCp> = nodes.iter().collect();
+    ready(&all);
+    let old = agreed_leader(&all).expect("leader");
+    let old_term = raft(all[old]).expect("status")["term"].as_u64().expect("term");
+    all[old].freeze().expect("SIGSTOP");
+    let others: Vec<&ZoneCp> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != old)
+        .map(|(_, n)| *n)
+        .collect();
+    let frozen_at = Instant::now();
+    wait_until("another leader while it sleeps", Duration::from_secs(10), || {
+        agreed_leader(&others).is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "new leader {:.2}s after the old one froze",
+        frozen_at.elapsed().as_secs_f64()
+    );
+    ok(meshctl(
+        &others[0].api_url,
+        &["apply", "-f", "-"],
+        Some(&timeout("while-frozen", "4s")),
+    )
+    .expect("meshctl"));
+    // Frozen for 10 s in all.
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(frozen_at.elapsed()));
+    all[old].thaw().expect("SIGCONT");
+    wait_until(
+        "the old leader follows the new one and has what was written",
+        Duration::from_secs(10),
+        || {
+            raft(all[old]).is_some_and(|s| s["role"] == "follower" && s["term"].as_u64() > Some(old_term))
+                && has(all[old], "while-frozen")
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let leader = agreed_leader(&all).expect("one leader for all three");
+    assert_ne!(leader, old, "the woken node did not take over again");
+    // Writes through the woken node go to the real leader.
+    ok(meshctl(
+        &all[old].api_url,
+        &["apply", "-f", "-"],
+        Some(&timeout("after-wake", "5s")),
+    )
+    .expect("meshctl"));
+    wait_until("everyone has it", Duration::from_secs(10), || {
+        all.iter().all(|n| has(n, "after-wake"))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+}
