@@ -342,6 +342,11 @@ impl ZoneCp {
         children.into_iter().map(Self::healthy).collect()
     }
 
+    /// One node serving Raft on `raft_port`, with `flags` (`--node-id`, `--peers`, ...).
+    pub fn start_node(zone: &str, data_dir: &Path, raft_port: u16, flags: Vec<String>) -> Result<Self> {
+        Self::start_on(zone, data_dir, [free_port()?, free_port()?, raft_port], flags)
+    }
+
     /// A node that joins an existing cluster of `zone` once added (`meshctl zone members add`).
     pub fn start_joining(zone: &str, data_dir: &Path, node_id: u64) -> Result<Self> {
         let args = vec!["--node-id".to_owned(), node_id.to_string(), "--join".to_owned()];

@@ -459,3 +459,99 @@ fn a_frozen_leader_is_replaced_and_steps_down_when_it_wakes() {
     })
     .unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[test]
+fn a_node_cut_off_commits_nothing_and_catches_up_when_healed() {
+    use meridian_testing::{ChaosProxy, free_port};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let real: Vec<u16> = (0..3).map(|_| free_port().expect("port")).collect();
+    let addr = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    // Everyone reaches node N through a proxy in front of it; node 3 reaches the others
+    // through proxies of its own, so that cutting three proxies isolates it both ways.
+    let inbound: Vec<ChaosProxy> = real
+        .iter()
+        .map(|p| ChaosProxy::start(addr(*p)).expect("proxy"))
+        .collect();
+    let from3: Vec<ChaosProxy> = real[..2]
+        .iter()
+        .map(|p| ChaosProxy::start(addr(*p)).expect("proxy"))
+        .collect();
+    let peers: Vec<String> = inbound
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{}", i + 1, p.port))
+        .collect();
+    let peers = peers.join(",");
+    let nodes: Vec<ZoneCp> = (0..3)
+        .map(|i| {
+            let mut flags = vec![
+                "--node-id".to_owned(),
+                (i + 1).to_string(),
+                "--peers".to_owned(),
+                peers.clone(),
+            ];
+            if i == 2 {
+                flags.extend([
+                    "--raft-dial".to_owned(),
+                    format!("1=127.0.0.1:{},2=127.0.0.1:{}", from3[0].port, from3[1].port),
+                ]);
+            }
+            ZoneCp::start_node(
+                "zone-1",
+                &dir.path().join(format!("node-{}", i + 1)),
+                real[i],
+                flags,
+            )
+            .expect("node")
+        })
+        .collect();
+    let all: Vec<&ZoneCp> = nodes.iter().collect();
+    ready(&all);
+
+    inbound[2].cut();
+    for p in &from3 {
+        p.cut();
+    }
+    let majority = [all[0], all[1]];
+    wait_until("the majority has a leader", Duration::from_secs(10), || {
+        agreed_leader(&majority).is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    ok(meshctl(
+        &all[0].api_url,
+        &["apply", "-f", "-"],
+        Some(&timeout("majority", "1s")),
+    )
+    .expect("meshctl"));
+    wait_until(
+        "both nodes of the majority have it",
+        Duration::from_secs(10),
+        || has(all[1], "majority"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let refused = meshctl(
+        &all[2].api_url,
+        &["apply", "-f", "-"],
+        Some(&timeout("minority", "1s")),
+    )
+    .expect("meshctl");
+    assert!(!refused.status.success(), "the cut-off node cannot commit");
+    assert!(!has(all[2], "majority") && !has(all[2], "minority"));
+
+    inbound[2].restore();
+    for p in &from3 {
+        p.restore();
+    }
+    wait_until("the healed node catches up", Duration::from_secs(30), || {
+        has(all[2], "majority")
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_until("one leader for all three", Duration::from_secs(10), || {
+        agreed_leader(&all).is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        all.iter().all(|n| !has(n, "minority")),
+        "what the cut-off node could not commit never appears"
+    );
+}

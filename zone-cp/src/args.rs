@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// Used when the cluster forms; without it this node is a cluster of one.
     #[arg(long, env = "MERIDIAN_PEERS", value_parser = parse_peers)]
     pub peers: Option<Peers>,
+    /// How this node reaches other nodes whose member address does not work from here (NAT,
+    /// proxies): `ID=HOST:PORT,...`. Default: each member's own address.
+    #[arg(long, env = "MERIDIAN_RAFT_DIAL", value_parser = parse_peers)]
+    pub raft_dial: Option<Peers>,
     /// Join an existing cluster: wait to be added (`meshctl zone members add`) rather than
     /// form one from --peers.
     #[arg(long, env = "MERIDIAN_JOIN", conflicts_with = "peers")]

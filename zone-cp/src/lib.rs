@@ -58,6 +58,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         raft_addr,
         peers,
         join,
+        raft_dial,
         raft_heartbeat,
         log,
     } = args;
@@ -80,6 +81,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             raft_addr,
             members,
             join,
+            dial: raft_dial.map(|d| d.0).unwrap_or_default(),
             heartbeat: raft_heartbeat,
         },
         sql,

@@ -62,6 +62,7 @@ pub struct Node {
     pub raft: openraft::Raft<TypeConfig>,
     pub store: std::sync::Arc<store::ZoneStore>,
     log: LogStore,
+    routes: network::Routes,
 }
 
 /// How a node joins its zone's cluster.
@@ -73,6 +74,8 @@ pub struct NodeConfig {
     pub members: std::collections::BTreeMap<NodeId, String>,
     /// Wait to be added to an existing cluster instead of forming one.
     pub join: bool,
+    /// Addresses to dial other nodes at, where their member addresses do not work from here.
+    pub dial: std::collections::BTreeMap<NodeId, String>,
     pub heartbeat: std::time::Duration,
 }
 
@@ -92,8 +95,10 @@ impl Node {
             raft_addr,
             members,
             join,
+            dial,
             heartbeat,
         } = config;
+        let routes: network::Routes = std::sync::Arc::new(dial);
         anyhow::ensure!(
             members.contains_key(&node_id),
             "--peers must list this node (--node-id {node_id})"
@@ -115,7 +120,9 @@ impl Node {
         let raft = openraft::Raft::new(
             node_id,
             std::sync::Arc::new(raft_config),
-            network::Network,
+            network::Network {
+                routes: routes.clone(),
+            },
             log.clone(),
             state,
         )
@@ -157,20 +164,32 @@ impl Node {
                 tracing::info!(error = %e, "Raft was already initialized");
             }
         }
-        let store = store::ZoneStore::new(raft.clone(), local);
-        Ok((Self { raft, store, log }, server))
+        let store = store::ZoneStore::new(raft.clone(), local, routes.clone());
+        Ok((
+            Self {
+                raft,
+                store,
+                log,
+                routes,
+            },
+            server,
+        ))
     }
 
     /// Adds node `id` at Raft address `address` as a voting member (through the leader).
     pub async fn add_member(&self, id: NodeId, address: String) -> Result<(), network::LeadError> {
-        store::on_leader(&self.raft, network::LeaderCall::AddMember { id, address })
-            .await
-            .map(drop)
+        store::on_leader(
+            &self.raft,
+            &self.routes,
+            network::LeaderCall::AddMember { id, address },
+        )
+        .await
+        .map(drop)
     }
 
     /// Removes node `id` from the cluster (through the leader).
     pub async fn remove_member(&self, id: NodeId) -> Result<(), network::LeadError> {
-        store::on_leader(&self.raft, network::LeaderCall::RemoveMember { id })
+        store::on_leader(&self.raft, &self.routes, network::LeaderCall::RemoveMember { id })
             .await
             .map(drop)
     }

@@ -43,9 +43,20 @@ pub fn channel(addr: &str) -> Result<Channel, String> {
         .map_err(|e| format!("raft address {addr:?}: {e}"))
 }
 
+/// How this node dials others whose member address does not work from here (NAT, proxies):
+/// node id to `HOST:PORT`. Empty: every member's own address.
+pub type Routes = std::sync::Arc<std::collections::BTreeMap<NodeId, String>>;
+
+/// The address to dial for node `id`, whose member address is `addr`.
+pub fn route<'a>(routes: &'a Routes, id: NodeId, addr: &'a str) -> &'a str {
+    routes.get(&id).map_or(addr, String::as_str)
+}
+
 /// Makes a [`Peer`] per target node.
 #[derive(Clone, Default)]
-pub struct Network;
+pub struct Network {
+    pub routes: Routes,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
@@ -53,7 +64,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
         Peer {
             target,
-            client: channel(&node.addr).map(ZoneRaftClient::new),
+            client: channel(route(&self.routes, target, &node.addr)).map(ZoneRaftClient::new),
         }
     }
 }
@@ -246,7 +257,7 @@ async fn change_voters(
 pub enum LeadError {
     #[error("the zone has no Raft leader: is a majority of its nodes up?")]
     /// This node does not lead; the leader, if one is known.
-    NotLeader(Option<BasicNode>),
+    NotLeader(Option<(NodeId, BasicNode)>),
     #[error("{0}")]
     Refused(String),
     #[error("{0}")]
@@ -257,7 +268,7 @@ impl From<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>> for LeadError 
     fn from(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Self {
         match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(to)) => {
-                LeadError::NotLeader(to.leader_node)
+                LeadError::NotLeader(to.leader_id.zip(to.leader_node))
             }
             RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
                 LeadError::Refused(e.to_string())

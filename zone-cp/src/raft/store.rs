@@ -14,7 +14,7 @@ use meridian_store::{
 use openraft::Raft;
 use tokio::sync::watch;
 
-use super::network::{self, LeadError, LeaderCall, lead};
+use super::network::{self, LeadError, LeaderCall, Routes, lead};
 use super::{TypeConfig, ZoneReply, ZoneRequest, now_ms};
 
 /// How long a write waits for a leader, and for the leader to answer.
@@ -25,16 +25,17 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ZoneStore {
     raft: Raft<TypeConfig>,
     local: SqlStore,
+    routes: Routes,
 }
 
 impl ZoneStore {
-    pub fn new(raft: Raft<TypeConfig>, local: SqlStore) -> Arc<Self> {
-        Arc::new(Self { raft, local })
+    pub fn new(raft: Raft<TypeConfig>, local: SqlStore, routes: Routes) -> Arc<Self> {
+        Arc::new(Self { raft, local, routes })
     }
 
     async fn write(&self, write: Write) -> Result<Written, StoreError> {
         let request = ZoneRequest::new(now_ms(), &write);
-        let reply = on_leader(&self.raft, LeaderCall::Write(request))
+        let reply = on_leader(&self.raft, &self.routes, LeaderCall::Write(request))
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         reply
@@ -45,16 +46,29 @@ impl ZoneStore {
 
 /// Does `call` on the leader: here if this node leads, else forwarded to it. Answers once this
 /// node has applied the result too, so whoever asked reads their own write from this node.
-pub async fn on_leader(raft: &Raft<TypeConfig>, call: LeaderCall) -> Result<Option<ZoneReply>, LeadError> {
+pub async fn on_leader(
+    raft: &Raft<TypeConfig>,
+    routes: &Routes,
+    call: LeaderCall,
+) -> Result<Option<ZoneReply>, LeadError> {
     let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
     loop {
-        let leader = match lead(raft, call.clone()).await {
+        // A leader cut off from its majority never commits: give up rather than hang.
+        let led = tokio::time::timeout(WRITE_TIMEOUT, lead(raft, call.clone()))
+            .await
+            .map_err(|_| {
+                LeadError::Failed(format!(
+                    "not committed within {WRITE_TIMEOUT:?}: is a majority of the zone's nodes reachable?"
+                ))
+            })?;
+        let leader = match led {
             Ok((reply, _)) => return Ok(reply),
             Err(LeadError::NotLeader(leader)) => leader,
             Err(e) => return Err(e),
         };
-        if let Some(leader) = leader {
-            let (reply, index) = network::forward(&leader.addr, &call, WRITE_TIMEOUT)
+        if let Some((id, leader)) = leader {
+            let addr = network::route(routes, id, &leader.addr);
+            let (reply, index) = network::forward(addr, &call, WRITE_TIMEOUT)
                 .await
                 .map_err(LeadError::Failed)?;
             let _ = raft
