@@ -314,7 +314,8 @@ impl ZoneCp {
         Self::start_cluster_with(zone, dir, nodes, flags)
     }
 
-    fn start_cluster_with(zone: &str, dir: &Path, nodes: usize, flags: Vec<String>) -> Result<Vec<Self>> {
+    /// A cluster whose nodes all get `flags` too.
+    pub fn start_cluster_with(zone: &str, dir: &Path, nodes: usize, flags: Vec<String>) -> Result<Vec<Self>> {
         let raft_ports = (0..nodes).map(|_| free_port()).collect::<Result<Vec<u16>>>()?;
         let peers: Vec<String> = raft_ports
             .iter()

@@ -36,13 +36,32 @@ fn timeout(name: &str, value: &str) -> String {
 
 /// Waits for a leader and for the default mesh it creates on a standalone zone.
 fn ready(nodes: &[&ZoneCp]) {
-    wait_until("a leader and the default mesh", Duration::from_secs(20), || {
+    wait("a leader and the default mesh", 20, || {
         agreed_leader(nodes).is_some()
             && nodes
                 .iter()
                 .all(|n| http_get(&format!("{}/meshes/default", n.api_url)).0 == 200)
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    });
+}
+
+/// Every node but the one at `skip`.
+fn except<'a>(nodes: impl IntoIterator<Item = &'a ZoneCp>, skip: usize) -> Vec<&'a ZoneCp> {
+    nodes
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i != skip)
+        .map(|(_, n)| n)
+        .collect()
+}
+
+/// `meshctl apply` of `doc` against `api_url`; it must succeed.
+fn apply(api_url: &str, doc: &str) {
+    ok(meshctl(api_url, &["apply", "-f", "-"], Some(doc)).expect("meshctl"));
+}
+
+/// Waits up to `secs` for `check`, failing the test with `what` otherwise.
+fn wait(what: &str, secs: u64, check: impl FnMut() -> bool) {
+    wait_until(what, Duration::from_secs(secs), check).unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn has(node: &ZoneCp, name: &str) -> bool {
@@ -64,52 +83,29 @@ fn three_nodes_replicate_every_write_and_elect_a_new_leader_when_one_dies() {
 
     // A write on a follower is forwarded, and every node ends up with it.
     let follower = (leader + 1) % 3;
-    ok(meshctl(
-        &all[follower].api_url,
-        &["apply", "-f", "-"],
-        Some(&timeout("before", "1s")),
-    )
-    .expect("meshctl"));
+    apply(&all[follower].api_url, &timeout("before", "1s"));
     assert!(has(all[follower], "before"), "the writer reads its own write");
-    wait_until("every node has it", Duration::from_secs(10), || {
-        all.iter().all(|n| has(n, "before"))
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    wait("every node has it", 10, || all.iter().all(|n| has(n, "before")));
 
     // Kill the leader: the other two elect one and keep taking writes.
     nodes[leader].kill_9().expect("kill leader");
     let killed_at = Instant::now();
-    let survivors: Vec<&ZoneCp> = nodes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != leader)
-        .map(|(_, n)| n)
-        .collect();
-    wait_until("a new leader", Duration::from_secs(10), || {
-        agreed_leader(&survivors).is_some()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let survivors: Vec<&ZoneCp> = except(&nodes, leader);
+    wait("a new leader", 10, || agreed_leader(&survivors).is_some());
     eprintln!(
         "new leader agreed {:.2}s after the old one was killed",
         killed_at.elapsed().as_secs_f64()
     );
-    ok(meshctl(
-        &survivors[0].api_url,
-        &["apply", "-f", "-"],
-        Some(&timeout("after", "2s")),
-    )
-    .expect("meshctl"));
-    wait_until("both survivors have it", Duration::from_secs(10), || {
+    apply(&survivors[0].api_url, &timeout("after", "2s"));
+    wait("both survivors have it", 10, || {
         survivors.iter().all(|n| has(n, "after"))
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    });
 
     // The killed node comes back from its disk and catches up.
     let back = nodes.remove(leader).restart().expect("restart");
-    wait_until("the restarted node catches up", Duration::from_secs(20), || {
+    wait("the restarted node catches up", 20, || {
         has(&back, "before") && has(&back, "after")
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    });
     let status = raft(&back).expect("status");
     assert_eq!(status["role"], "follower", "{status}");
 }
@@ -117,15 +113,20 @@ fn three_nodes_replicate_every_write_and_elect_a_new_leader_when_one_dies() {
 #[test]
 fn members_are_added_and_removed_through_any_node() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let nodes = ZoneCp::start_cluster("zone-1", dir.path(), 3).expect("cluster");
+    let flags = vec!["--raft-snapshot-every".to_owned(), "20".to_owned()];
+    let nodes = ZoneCp::start_cluster_with("zone-1", dir.path(), 3, flags).expect("cluster");
     let all: Vec<&ZoneCp> = nodes.iter().collect();
     ready(&all);
-    ok(meshctl(
-        &all[0].api_url,
-        &["apply", "-f", "-"],
-        Some(&timeout("existing", "1s")),
-    )
-    .expect("meshctl"));
+    apply(&all[0].api_url, &timeout("existing", "1s"));
+    // Enough writes that the log the new node needs was snapshotted and discarded: it gets
+    // the state as a snapshot.
+    for i in 0..40 {
+        apply(&all[i % 3].api_url, &timeout(&format!("t{i}"), "1s"));
+    }
+    wait("a snapshot on every node", 10, || {
+        all.iter()
+            .all(|n| raft(n).is_some_and(|s| s["snapshot_index"].as_u64() >= Some(20)))
+    });
 
     // Replace node 3 by node 4: add the new one, then remove the old.
     let fourth = ZoneCp::start_joining("zone-1", &dir.path().join("node-4"), 4).expect("node 4");
@@ -144,10 +145,14 @@ fn members_are_added_and_removed_through_any_node() {
     )
     .expect("meshctl"));
     assert_eq!(added.lines().count(), 5, "a header and four members:\n{added}");
-    wait_until("node 4 has the existing policy", Duration::from_secs(10), || {
-        has(&fourth, "existing")
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    wait("node 4 has the existing policies", 10, || {
+        has(&fourth, "existing") && has(&fourth, "t39")
+    });
+    let joined = raft(&fourth).expect("status");
+    assert!(
+        joined["snapshot_index"].as_u64() >= Some(20),
+        "node 4 was sent a snapshot: {joined}"
+    );
     let removed =
         ok(meshctl(&fourth.api_url, &["zone", "members", "remove", "--id", "3"], None).expect("meshctl"));
     assert!(!removed.lines().any(|l| l.starts_with("3 ")), "{removed}");
@@ -191,11 +196,10 @@ fn killing_the_leader_of_a_federated_zone_loses_no_request_and_no_policy() {
         ZoneCp::start_cluster_federated("zone-1", &dir.path().join("zone-1"), 3, &global).expect("cluster");
     let all: Vec<&ZoneCp> = nodes.iter().collect();
     ready(&all);
-    wait_until("the default mesh from global", Duration::from_secs(20), || {
+    wait("the default mesh from global", 20, || {
         all.iter()
             .all(|n| http_get(&format!("{}/meshes/default", n.api_url)).0 == 200)
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    });
     let pair = DemoPair::start_on(&all).expect("demo pair");
 
     // Clients call reg-server through demo's sidecar the whole time.
@@ -234,43 +238,26 @@ fn killing_the_leader_of_a_federated_zone_loses_no_request_and_no_policy() {
     let leader = agreed_leader(&all).expect("leader");
     nodes[leader].kill_9().expect("kill the leader");
     let killed_at = Instant::now();
-    let survivors: Vec<&ZoneCp> = nodes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != leader)
-        .map(|(_, n)| n)
-        .collect();
-    wait_until("a new leader", Duration::from_secs(10), || {
-        agreed_leader(&survivors).is_some()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let survivors: Vec<&ZoneCp> = except(&nodes, leader);
+    wait("a new leader", 10, || agreed_leader(&survivors).is_some());
     let elected = killed_at.elapsed();
     writer.join().expect("writer");
 
     // The proxies that were on the killed node reconnect elsewhere and take the next change.
-    ok(meshctl(
-        &global.api_url,
-        &["apply", "-f", "-"],
-        Some(&timeout("after-kill", "7s")),
-    )
-    .expect("meshctl"));
-    wait_until(
-        "demo's Envoy has the change made after the kill",
-        Duration::from_secs(30),
-        || pair.demo_config_dump().contains("\"connect_timeout\": \"7s\""),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    apply(&global.api_url, &timeout("after-kill", "7s"));
+    wait("demo's Envoy has the change made after the kill", 30, || {
+        pair.demo_config_dump().contains("\"connect_timeout\": \"7s\"")
+    });
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().expect("client");
     }
     let names: Vec<String> = (0..30).map(|i| format!("during-{i}")).collect();
-    wait_until("every policy on both survivors", Duration::from_secs(20), || {
+    wait("every policy on both survivors", 20, || {
         survivors
             .iter()
             .all(|n| names.iter().all(|name| has(n, name)) && has(n, "after-kill"))
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    });
     let zone =
         serde_json::from_str::<serde_json::Value>(&http_get(&format!("{}/zones/zone-1", global.api_url)).1)
             .expect("zone json");
@@ -300,38 +287,22 @@ fn proxies_move_to_another_node_when_theirs_dies() {
         ));
         code == 200 && serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| v["connected"] == true)
     };
-    wait_until("demo's Envoy on some node", Duration::from_secs(10), || {
+    wait("demo's Envoy on some node", 10, || {
         all.iter().any(|n| connected(n))
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    });
     let theirs = all.iter().position(|n| connected(n)).expect("a node");
     nodes[theirs].kill_9().expect("kill");
-    let others: Vec<&ZoneCp> = nodes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != theirs)
-        .map(|(_, n)| n)
-        .collect();
-    wait_until("demo's Envoy on another node", Duration::from_secs(30), || {
+    let others: Vec<&ZoneCp> = except(&nodes, theirs);
+    wait("demo's Envoy on another node", 30, || {
         others.iter().any(|n| connected(n))
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    wait_until("a leader among the others", Duration::from_secs(10), || {
+    });
+    wait("a leader among the others", 10, || {
         agreed_leader(&others).is_some()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    ok(meshctl(
-        &others[0].api_url,
-        &["apply", "-f", "-"],
-        Some(&timeout("next", "9s")),
-    )
-    .expect("meshctl"));
-    wait_until(
-        "the next change reaches demo's Envoy",
-        Duration::from_secs(30),
-        || pair.demo_config_dump().contains("\"connect_timeout\": \"9s\""),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    });
+    apply(&others[0].api_url, &timeout("next", "9s"));
+    wait("the next change reaches demo's Envoy", 30, || {
+        pair.demo_config_dump().contains("\"connect_timeout\": \"9s\"")
+    });
     assert_eq!(http_get(&pair.demo_url).0, 200);
 }
 
@@ -343,18 +314,10 @@ fn a_whole_zone_restarts_from_its_disks_while_global_is_away() {
         ZoneCp::start_cluster_federated("zone-1", &dir.path().join("zone-1"), 3, &global).expect("cluster");
     let all: Vec<&ZoneCp> = nodes.iter().collect();
     ready(&all);
-    ok(meshctl(
-        &global.api_url,
-        &["apply", "-f", "-"],
-        Some(&timeout("kept", "1s")),
-    )
-    .expect("meshctl"));
+    apply(&global.api_url, &timeout("kept", "1s"));
     let dataplane = "type: Dataplane\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 10001\n    tags: {kuma.io/service: web}\n";
-    ok(meshctl(&all[0].api_url, &["apply", "-f", "-"], Some(dataplane)).expect("meshctl"));
-    wait_until("every node has both", Duration::from_secs(20), || {
-        all.iter().all(|n| has(n, "kept"))
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    apply(&all[0].api_url, dataplane);
+    wait("every node has both", 20, || all.iter().all(|n| has(n, "kept")));
 
     // Everything stops; the zone comes back without global.
     global.kill_9().expect("kill global");
@@ -367,10 +330,7 @@ fn a_whole_zone_restarts_from_its_disks_while_global_is_away() {
         .map(|n| n.restart().expect("restart"))
         .collect();
     let all: Vec<&ZoneCp> = nodes.iter().collect();
-    wait_until("a leader again", Duration::from_secs(20), || {
-        agreed_leader(&all).is_some()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    wait("a leader again", 20, || agreed_leader(&all).is_some());
     for node in &all {
         assert!(has(node, "kept"), "the policy is back from disk");
         let (code, body, _) = http_get(&format!(
@@ -386,16 +346,10 @@ fn a_whole_zone_restarts_from_its_disks_while_global_is_away() {
 
     // Global returns: the sync resumes from the stored revision, rewriting nothing.
     let global = global.restart().expect("restart global");
-    ok(meshctl(
-        &global.api_url,
-        &["apply", "-f", "-"],
-        Some(&timeout("new", "2s")),
-    )
-    .expect("meshctl"));
-    wait_until("the new policy on every node", Duration::from_secs(20), || {
+    apply(&global.api_url, &timeout("new", "2s"));
+    wait("the new policy on every node", 20, || {
         all.iter().all(|n| has(n, "new"))
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    });
     for node in &all {
         let (_, body, _) = http_get(&format!("{}/meshes/default/meshtimeouts/kept", node.api_url));
         let kept: serde_json::Value = serde_json::from_str(&body).expect("json");
@@ -412,52 +366,32 @@ fn a_frozen_leader_is_replaced_and_steps_down_when_it_wakes() {
     let old = agreed_leader(&all).expect("leader");
     let old_term = raft(all[old]).expect("status")["term"].as_u64().expect("term");
     all[old].freeze().expect("SIGSTOP");
-    let others: Vec<&ZoneCp> = all
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != old)
-        .map(|(_, n)| *n)
-        .collect();
+    let others: Vec<&ZoneCp> = except(all.iter().copied(), old);
     let frozen_at = Instant::now();
-    wait_until("another leader while it sleeps", Duration::from_secs(10), || {
+    wait("another leader while it sleeps", 10, || {
         agreed_leader(&others).is_some()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    });
     eprintln!(
         "new leader {:.2}s after the old one froze",
         frozen_at.elapsed().as_secs_f64()
     );
-    ok(meshctl(
-        &others[0].api_url,
-        &["apply", "-f", "-"],
-        Some(&timeout("while-frozen", "4s")),
-    )
-    .expect("meshctl"));
+    apply(&others[0].api_url, &timeout("while-frozen", "4s"));
     // Frozen for 10 s in all.
     std::thread::sleep(Duration::from_secs(10).saturating_sub(frozen_at.elapsed()));
     all[old].thaw().expect("SIGCONT");
-    wait_until(
+    wait(
         "the old leader follows the new one and has what was written",
-        Duration::from_secs(10),
+        10,
         || {
             raft(all[old]).is_some_and(|s| s["role"] == "follower" && s["term"].as_u64() > Some(old_term))
                 && has(all[old], "while-frozen")
         },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     let leader = agreed_leader(&all).expect("one leader for all three");
     assert_ne!(leader, old, "the woken node did not take over again");
     // Writes through the woken node go to the real leader.
-    ok(meshctl(
-        &all[old].api_url,
-        &["apply", "-f", "-"],
-        Some(&timeout("after-wake", "5s")),
-    )
-    .expect("meshctl"));
-    wait_until("everyone has it", Duration::from_secs(10), || {
-        all.iter().all(|n| has(n, "after-wake"))
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    apply(&all[old].api_url, &timeout("after-wake", "5s"));
+    wait("everyone has it", 10, || all.iter().all(|n| has(n, "after-wake")));
 }
 
 #[test]
@@ -513,22 +447,13 @@ fn a_node_cut_off_commits_nothing_and_catches_up_when_healed() {
         p.cut();
     }
     let majority = [all[0], all[1]];
-    wait_until("the majority has a leader", Duration::from_secs(10), || {
+    wait("the majority has a leader", 10, || {
         agreed_leader(&majority).is_some()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    ok(meshctl(
-        &all[0].api_url,
-        &["apply", "-f", "-"],
-        Some(&timeout("majority", "1s")),
-    )
-    .expect("meshctl"));
-    wait_until(
-        "both nodes of the majority have it",
-        Duration::from_secs(10),
-        || has(all[1], "majority"),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    });
+    apply(&all[0].api_url, &timeout("majority", "1s"));
+    wait("both nodes of the majority have it", 10, || {
+        has(all[1], "majority")
+    });
     let refused = meshctl(
         &all[2].api_url,
         &["apply", "-f", "-"],
@@ -542,14 +467,8 @@ fn a_node_cut_off_commits_nothing_and_catches_up_when_healed() {
     for p in &from3 {
         p.restore();
     }
-    wait_until("the healed node catches up", Duration::from_secs(30), || {
-        has(all[2], "majority")
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    wait_until("one leader for all three", Duration::from_secs(10), || {
-        agreed_leader(&all).is_some()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    wait("the healed node catches up", 30, || has(all[2], "majority"));
+    wait("one leader for all three", 10, || agreed_leader(&all).is_some());
     assert!(
         all.iter().all(|n| !has(n, "minority")),
         "what the cut-off node could not commit never appears"

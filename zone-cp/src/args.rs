@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// form one from --peers.
     #[arg(long, env = "MERIDIAN_JOIN", conflicts_with = "peers")]
     pub join: bool,
+    /// Log entries between snapshots of the state; older entries are then discarded but for
+    /// a fifth of this, kept for followers that lag a little.
+    #[arg(long, env = "MERIDIAN_RAFT_SNAPSHOT_EVERY", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub raft_snapshot_every: u64,
     /// Raft heartbeat interval; elections time out after 3 to 6 heartbeats (20ms: a new leader
     /// in 0.2 to 0.8 s after one dies; see `cargo xtask bench raft`).
     #[arg(long, env = "MERIDIAN_RAFT_HEARTBEAT", default_value = "20ms", value_parser = parse_heartbeat)]

@@ -59,6 +59,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         peers,
         join,
         raft_dial,
+        raft_snapshot_every,
         raft_heartbeat,
         log,
     } = args;
@@ -83,6 +84,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             join,
             dial: raft_dial.map(|d| d.0).unwrap_or_default(),
             heartbeat: raft_heartbeat,
+            snapshot_every: raft_snapshot_every,
         },
         sql,
         &data_dir,

@@ -77,6 +77,8 @@ pub struct NodeConfig {
     /// Addresses to dial other nodes at, where their member addresses do not work from here.
     pub dial: std::collections::BTreeMap<NodeId, String>,
     pub heartbeat: std::time::Duration,
+    /// Log entries between snapshots.
+    pub snapshot_every: u64,
 }
 
 impl Node {
@@ -97,6 +99,7 @@ impl Node {
             join,
             dial,
             heartbeat,
+            snapshot_every,
         } = config;
         let routes: network::Routes = std::sync::Arc::new(dial);
         anyhow::ensure!(
@@ -113,6 +116,8 @@ impl Node {
             heartbeat_interval: hb,
             election_timeout_min: 3 * hb,
             election_timeout_max: 6 * hb,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
+            max_in_snapshot_log_to_keep: snapshot_every / 5,
             ..Default::default()
         }
         .validate()
