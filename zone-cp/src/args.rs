@@ -50,7 +50,7 @@ pub struct RunArgs {
     #[arg(long, env = "MERIDIAN_NODE_ID", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub node_id: u64,
     /// Where this node serves Raft to the zone's other nodes.
-    #[arg(long, env = "MERIDIAN_RAFT_ADDR", default_value = "127.0.0.1:5679")]
+    #[arg(long, env = "MERIDIAN_RAFT_ADDR", default_value = "127.0.0.1:5690")]
     pub raft_addr: SocketAddr,
     /// The zone's nodes, this one included: `ID=HOST:PORT,ID=HOST:PORT,...` (Raft addresses).
     /// Used when the cluster forms; without it this node is a cluster of one.
@@ -126,9 +126,9 @@ mod tests {
 
     #[test]
     fn peers_parse_and_bad_ones_say_why() {
-        let peers = super::parse_peers("1=127.0.0.1:5679, 2=zone-b:5679").expect("valid");
+        let peers = super::parse_peers("1=127.0.0.1:5690, 2=zone-b:5690").expect("valid");
         assert_eq!(peers.0.len(), 2);
-        assert_eq!(peers.0[&2], "zone-b:5679");
+        assert_eq!(peers.0[&2], "zone-b:5690");
         for (bad, why) in [
             ("1:127.0.0.1:1", "not ID=HOST:PORT"),
             ("0=127.0.0.1:1", "positive"),
