@@ -68,10 +68,14 @@ pub struct RunArgs {
     /// a fifth of this, kept for followers that lag a little.
     #[arg(long, env = "MERIDIAN_RAFT_SNAPSHOT_EVERY", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]
     pub raft_snapshot_every: u64,
-    /// Raft heartbeat interval; elections time out after 3 to 6 heartbeats (20ms: a new leader
-    /// in 0.2 to 0.8 s after one dies; see `cargo xtask bench raft`).
+    /// Raft heartbeat interval (20ms: a new leader 0.2 to 0.8 s after one dies; see
+    /// `cargo xtask bench raft`).
     #[arg(long, env = "MERIDIAN_RAFT_HEARTBEAT", default_value = "20ms", value_parser = parse_heartbeat)]
     pub raft_heartbeat: Duration,
+    /// Silence after which a follower calls an election: a random time between this and twice
+    /// this (default: three heartbeats). Must exceed the heartbeat.
+    #[arg(long, env = "MERIDIAN_RAFT_ELECTION_TIMEOUT", value_parser = parse_heartbeat)]
+    pub raft_election_timeout: Option<Duration>,
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -61,6 +61,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         raft_dial,
         raft_snapshot_every,
         raft_heartbeat,
+        raft_election_timeout,
         log,
     } = args;
     init_logging(log.log_format);
@@ -84,6 +85,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             join,
             dial: raft_dial.map(|d| d.0).unwrap_or_default(),
             heartbeat: raft_heartbeat,
+            election_timeout: raft_election_timeout.unwrap_or(raft_heartbeat * 3),
             snapshot_every: raft_snapshot_every,
         },
         sql,

@@ -77,6 +77,8 @@ pub struct NodeConfig {
     /// Addresses to dial other nodes at, where their member addresses do not work from here.
     pub dial: std::collections::BTreeMap<NodeId, String>,
     pub heartbeat: std::time::Duration,
+    /// The shortest election timeout; the longest is twice this.
+    pub election_timeout: std::time::Duration,
     /// Log entries between snapshots.
     pub snapshot_every: u64,
 }
@@ -99,8 +101,13 @@ impl Node {
             join,
             dial,
             heartbeat,
+            election_timeout,
             snapshot_every,
         } = config;
+        anyhow::ensure!(
+            election_timeout > heartbeat,
+            "--raft-election-timeout ({election_timeout:?}) must exceed --raft-heartbeat ({heartbeat:?})"
+        );
         let routes: network::Routes = std::sync::Arc::new(dial);
         anyhow::ensure!(
             members.contains_key(&node_id),
@@ -110,12 +117,11 @@ impl Node {
         let state = StateMachine::new(local.clone(), log.clone())
             .await
             .context("reading the zone's applied Raft position")?;
-        let hb = heartbeat.as_millis() as u64;
         let raft_config = openraft::Config {
             cluster_name: format!("meridian-zone-{zone}"),
-            heartbeat_interval: hb,
-            election_timeout_min: 3 * hb,
-            election_timeout_max: 6 * hb,
+            heartbeat_interval: heartbeat.as_millis() as u64,
+            election_timeout_min: election_timeout.as_millis() as u64,
+            election_timeout_max: 2 * election_timeout.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
             max_in_snapshot_log_to_keep: snapshot_every / 5,
             ..Default::default()
