@@ -171,6 +171,8 @@ pub fn raft(args: &[&str]) -> Result<()> {
             "{:<34} {:>10} {:>10} {:>10} {:>10}",
             "", "writes/s", "p50 ms", "p99 ms", "max ms"
         );
+        let term = |s: Option<serde_json::Value>| s.and_then(|s| s["term"].as_u64()).unwrap_or(0);
+        let term_before = term(status(&http, &nodes[leader]).await);
         let follower = (leader + 1) % nodes.len();
         for (phase, (label, node)) in [
             ("through the leader", leader),
@@ -192,6 +194,12 @@ pub fn raft(args: &[&str]) -> Result<()> {
                 percentile(&latencies, 1.0)
             );
         }
+        let leader = wait_agreed(&http, &nodes, Duration::from_secs(30)).await?;
+        let term_after = term(status(&http, &nodes[leader]).await);
+        println!(
+            "elections under that load (a node starved past its election timeout): {}",
+            term_after.saturating_sub(term_before)
+        );
         let mut elections = Vec::new();
         for _ in 0..kills {
             let leader = wait_agreed(&http, &nodes, Duration::from_secs(30)).await?;

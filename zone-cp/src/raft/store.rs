@@ -44,8 +44,10 @@ impl ZoneStore {
     }
 }
 
-/// Does `call` on the leader: here if this node leads, else forwarded to it. Answers once this
-/// node has applied the result too, so whoever asked reads their own write from this node.
+/// Does `call` on the leader: here if this node leads, else forwarded to it, following the
+/// leader through elections for up to 10 s. Answers once this node has applied the result
+/// too, so whoever asked reads their own write from this node. (A forwarded write whose
+/// answer was lost is sent again: a put is then unchanged, a delete finds nothing.)
 pub async fn on_leader(
     raft: &Raft<TypeConfig>,
     routes: &Routes,
@@ -54,32 +56,35 @@ pub async fn on_leader(
     let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
     loop {
         // A leader cut off from its majority never commits: give up rather than hang.
-        let led = tokio::time::timeout(WRITE_TIMEOUT, lead(raft, call.clone()))
+        let led = tokio::time::timeout_at(deadline, lead(raft, call.clone()))
             .await
             .map_err(|_| {
                 LeadError::Failed(format!(
                     "not committed within {WRITE_TIMEOUT:?}: is a majority of the zone's nodes reachable?"
                 ))
             })?;
-        let leader = match led {
+        let problem = match led {
             Ok((reply, _)) => return Ok(reply),
-            Err(LeadError::NotLeader(leader)) => leader,
+            Err(LeadError::NotLeader(Some((id, leader)))) => {
+                let addr = network::route(routes, id, &leader.addr);
+                match network::forward(addr, &call, WRITE_TIMEOUT).await {
+                    Ok((reply, index)) => {
+                        let _ = raft
+                            .wait(Some(WRITE_TIMEOUT))
+                            .applied_index_at_least(Some(index), "a forwarded call")
+                            .await;
+                        return Ok(reply);
+                    }
+                    // The leader changed or went away meanwhile: find the new one.
+                    Err(why) => LeadError::Failed(why),
+                }
+            }
+            // An election is on.
+            Err(LeadError::NotLeader(None)) => LeadError::NotLeader(None),
             Err(e) => return Err(e),
         };
-        if let Some((id, leader)) = leader {
-            let addr = network::route(routes, id, &leader.addr);
-            let (reply, index) = network::forward(addr, &call, WRITE_TIMEOUT)
-                .await
-                .map_err(LeadError::Failed)?;
-            let _ = raft
-                .wait(Some(WRITE_TIMEOUT))
-                .applied_index_at_least(Some(index), "a forwarded call")
-                .await;
-            return Ok(reply);
-        }
-        // No leader known yet (an election is on): wait a little and try again.
         if tokio::time::Instant::now() >= deadline {
-            return Err(LeadError::NotLeader(None));
+            return Err(problem);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
