@@ -1,10 +1,21 @@
 //! The Raft log, vote and latest snapshot, in `raft.db` (SQLite, WAL, `synchronous=FULL`).
+//!
+//! Appends do not hold up Raft while they reach the disk: `append` hands the entries to one
+//! writer task and returns, and openraft is told they are durable (the flush callback) once
+//! the writer's transaction has committed. Entries waiting for the writer are readable from
+//! memory meanwhile. The writer takes every append queued behind the one it is writing into
+//! the same transaction, so a busy log pays one fsync per batch, not per entry. Truncation
+//! and purging wait for the writer, so they apply in order.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, OptionalSend, RaftLogReader, StorageIOError, Vote};
@@ -13,10 +24,110 @@ use sqlx::{Any, Executor, Pool, Row};
 
 use super::{LogId, NodeId, StorageError, TypeConfig, io_error};
 
-/// The log store. Clones share one connection pool.
-#[derive(Clone, Debug)]
+/// The log store. Clones share one connection pool and one writer.
+#[derive(Clone)]
 pub struct LogStore {
     pool: Pool<Any>,
+    /// Appended entries the writer has not committed yet, by index.
+    pending: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
+    writer: mpsc::UnboundedSender<Op>,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogStore")
+    }
+}
+
+/// Work for the writer, done in the order given.
+enum Op {
+    Append(Vec<Entry<TypeConfig>>, LogFlushed<TypeConfig>),
+    /// Deletes from an index on (truncate) or up to one (purge), then answers.
+    Delete {
+        sql: &'static str,
+        index: u64,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+async fn append_all(pool: &Pool<Any>, batch: &[Entry<TypeConfig>]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for entry in batch {
+        let text = serde_json::to_string(entry).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        sqlx::query(
+            "INSERT INTO raft_log (idx, entry) VALUES ($1, $2) \
+             ON CONFLICT (idx) DO UPDATE SET entry = excluded.entry",
+        )
+        .bind(entry.log_id.index as i64)
+        .bind(text)
+        .execute(&mut *tx)
+        .await?;
+    }
+    // synchronous=FULL: the commit returns once the entries are on disk.
+    tx.commit().await
+}
+
+/// The writer: commits queued appends a batch per transaction, then tells openraft.
+async fn write(
+    pool: Pool<Any>,
+    pending: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
+    mut ops: mpsc::UnboundedReceiver<Op>,
+) {
+    let mut next = None;
+    loop {
+        let op = match next.take() {
+            Some(op) => op,
+            None => match ops.recv().await {
+                Some(op) => op,
+                None => return,
+            },
+        };
+        match op {
+            Op::Append(entries, callback) => {
+                let mut batch = entries;
+                let mut callbacks = vec![callback];
+                while let Ok(op) = ops.try_recv() {
+                    match op {
+                        Op::Append(more, callback) => {
+                            batch.extend(more);
+                            callbacks.push(callback);
+                        }
+                        other => {
+                            next = Some(other);
+                            break;
+                        }
+                    }
+                }
+                let result = append_all(&pool, &batch).await;
+                if result.is_ok() {
+                    let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+                    for entry in &batch {
+                        // A later append may have replaced it in memory: keep that one.
+                        if pending.get(&entry.log_id.index).map(|e| e.log_id) == Some(entry.log_id) {
+                            pending.remove(&entry.log_id.index);
+                        }
+                    }
+                }
+                for callback in callbacks {
+                    callback.log_io_completed(
+                        result
+                            .as_ref()
+                            .map(drop)
+                            .map_err(|e| std::io::Error::other(e.to_string())),
+                    );
+                }
+            }
+            Op::Delete { sql, index, done } => {
+                let result = sqlx::query(sql)
+                    .bind(index as i64)
+                    .execute(&pool)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string());
+                let _ = done.send(result);
+            }
+        }
+    }
 }
 
 const SCHEMA: &[&str] = &[
@@ -50,7 +161,27 @@ impl LogStore {
         for statement in SCHEMA {
             pool.execute(*statement).await?;
         }
-        Ok(Self { pool })
+        let pending = Arc::new(Mutex::new(BTreeMap::new()));
+        let (writer, ops) = mpsc::unbounded_channel();
+        tokio::spawn(write(pool.clone(), pending.clone(), ops));
+        Ok(Self {
+            pool,
+            pending,
+            writer,
+        })
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Has the writer run `sql` with `index`, after everything queued before it.
+    async fn delete(&self, sql: &'static str, index: u64) -> Result<(), String> {
+        let (done, answer) = oneshot::channel();
+        self.writer
+            .send(Op::Delete { sql, index, done })
+            .map_err(|_| "the log writer stopped".to_owned())?;
+        answer.await.map_err(|_| "the log writer stopped".to_owned())?
     }
 
     pub(crate) async fn meta<T: serde::de::DeserializeOwned>(
@@ -114,14 +245,19 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| io_error(StorageIOError::read_logs, e))?;
-        rows.iter()
-            .map(|row| {
-                let text: String = row
-                    .try_get(0)
-                    .map_err(|e| io_error(StorageIOError::read_logs, e))?;
-                serde_json::from_str(&text).map_err(|e| io_error(StorageIOError::read_logs, e))
-            })
-            .collect()
+        let mut entries = BTreeMap::new();
+        for row in &rows {
+            let text: String = row
+                .try_get(0)
+                .map_err(|e| io_error(StorageIOError::read_logs, e))?;
+            let entry: Entry<TypeConfig> =
+                serde_json::from_str(&text).map_err(|e| io_error(StorageIOError::read_logs, e))?;
+            entries.insert(entry.log_id.index, entry);
+        }
+        // Entries not committed yet are newer than what the database holds at their index.
+        let (from, to) = (start.max(0) as u64, end.max(0) as u64);
+        entries.extend(self.pending().range(from..to).map(|(i, e)| (*i, e.clone())));
+        Ok(entries.into_values().collect())
     }
 }
 
@@ -137,7 +273,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| io_error(StorageIOError::read_logs, e))?;
-        let last_log_id = match row {
+        let stored = match row {
             Some(row) => {
                 let text: String = row
                     .try_get(0)
@@ -146,8 +282,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     serde_json::from_str(&text).map_err(|e| io_error(StorageIOError::read_logs, e))?;
                 Some(entry.log_id)
             }
-            None => last_purged_log_id,
+            None => None,
         };
+        let pending = self.pending().values().next_back().map(|e| e.log_id);
+        let last_log_id = pending.max(stored).or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -189,42 +327,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let result = async {
-            let mut tx = self.pool.begin().await?;
-            for entry in entries {
-                let text = serde_json::to_string(&entry).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-                sqlx::query(
-                    "INSERT INTO raft_log (idx, entry) VALUES ($1, $2) \
-                     ON CONFLICT (idx) DO UPDATE SET entry = excluded.entry",
-                )
-                .bind(entry.log_id.index as i64)
-                .bind(text)
-                .execute(&mut *tx)
-                .await?;
-            }
-            // synchronous=FULL: the commit returns once the entries are on disk.
-            tx.commit().await
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(io_error(StorageIOError::write_logs, e))
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        {
+            let mut pending = self.pending();
+            for entry in &entries {
+                pending.insert(entry.log_id.index, entry.clone());
             }
         }
+        self.writer
+            .send(Op::Append(entries, callback))
+            .map_err(|_| io_error(StorageIOError::write_logs, "the log writer stopped"))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        sqlx::query("DELETE FROM raft_log WHERE idx >= $1")
-            .bind(log_id.index as i64)
-            .execute(&self.pool)
+        self.pending().split_off(&log_id.index);
+        self.delete("DELETE FROM raft_log WHERE idx >= $1", log_id.index)
             .await
-            .map_err(|e| io_error(StorageIOError::write_logs, e))?;
-        Ok(())
+            .map_err(|e| io_error(StorageIOError::write_logs, e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -232,11 +351,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.set_meta("last_purged", &log_id)
             .await
             .map_err(|e| io_error(StorageIOError::write_logs, e))?;
-        sqlx::query("DELETE FROM raft_log WHERE idx <= $1")
-            .bind(log_id.index as i64)
-            .execute(&self.pool)
+        self.delete("DELETE FROM raft_log WHERE idx <= $1", log_id.index)
             .await
-            .map_err(|e| io_error(StorageIOError::write_logs, e))?;
-        Ok(())
+            .map_err(|e| io_error(StorageIOError::write_logs, e))
     }
 }
