@@ -50,15 +50,23 @@ fn list_path(kind: Kind, mesh: Option<&str>) -> String {
 }
 
 impl Client {
-    pub fn new(base: &str) -> Result<Self, Failure> {
+    pub fn new(base: &str, token: Option<&str>) -> Result<Self, Failure> {
         let base = base.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Failure::Usage(format!(
                 "--api-url {base:?} must start with http:// or https://"
             )));
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| Failure::Usage("the token is not valid header text".into()))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
+            .default_headers(headers)
             .build()
             .map_err(|e| Failure::Usage(format!("building the HTTP client: {e}")))?;
         Ok(Self { http, base })

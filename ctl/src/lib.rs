@@ -31,8 +31,22 @@ pub struct Cli {
         default_value = "http://127.0.0.1:5681"
     )]
     pub api_url: String,
+    /// The API token (`Authorization: Bearer`). Default: $MESHCTL_TOKEN, else the file
+    /// ~/.config/meshctl/token, else none (the control plane's own host may be trusted).
+    #[arg(long, global = true, env = "MESHCTL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The token from ~/.config/meshctl/token (or $XDG_CONFIG_HOME/meshctl/token), if any.
+fn token_from_config() -> Option<String> {
+    let dir = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    let token = std::fs::read_to_string(dir.join("meshctl").join("token")).ok()?;
+    let token = token.trim();
+    (!token.is_empty()).then(|| token.to_owned())
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +128,17 @@ pub enum MemberChange {
 
 #[derive(Debug, Subcommand)]
 pub enum Generate {
+    /// A token for a person or a script; `--group mesh-system:admin` may change resources,
+    /// other users may only read.
+    UserToken {
+        #[arg(long)]
+        name: String,
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// How long the token is good for (e.g. 24h, the default).
+        #[arg(long)]
+        valid_for: Option<String>,
+    },
     /// A token that lets a zone control plane sync from global as zone NAME.
     ZoneToken {
         #[arg(long)]
@@ -133,8 +158,13 @@ pub enum OutputFormat {
 
 impl Cli {
     pub async fn run(self) -> ExitCode {
-        let Cli { api_url, command } = self;
-        let client = match Client::new(&api_url) {
+        let Cli {
+            api_url,
+            token,
+            command,
+        } = self;
+        let token = token.map(|t| t.trim().to_owned()).or_else(token_from_config);
+        let client = match Client::new(&api_url, token.as_deref()) {
             Ok(c) => c,
             Err(e) => return fail(e),
         };
@@ -152,6 +182,20 @@ impl Cli {
                 mesh,
                 cascade,
             } => delete(&client, &kind, &name, &mesh, cascade).await,
+            Command::Generate {
+                what:
+                    Generate::UserToken {
+                        name,
+                        groups,
+                        valid_for,
+                    },
+            } => client
+                .post_text(
+                    "/tokens/user",
+                    &serde_json::json!({ "name": name, "groups": groups, "validFor": valid_for }),
+                )
+                .await
+                .map(|t| println!("{}", t.trim())),
             Command::Generate {
                 what: Generate::ZoneToken { zone, valid_for },
             } => client

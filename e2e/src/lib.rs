@@ -57,6 +57,21 @@ impl GlobalCp {
         Self::start_on(workdir, store, free_port()?, free_port()?, Vec::new())
     }
 
+    /// Requiring a token for every change, even from this host (`--trust-localhost false`).
+    pub fn start_untrusting(workdir: &Path) -> Result<Self> {
+        let env = vec![("MERIDIAN_TRUST_LOCALHOST".to_owned(), "false".to_owned())];
+        Self::start_on(workdir, None, free_port()?, free_port()?, env)
+    }
+
+    /// The admin token global-cp wrote on its first start.
+    pub fn admin_token(&self) -> Result<String> {
+        let file = self.workdir.join(".meridian/global/admin-token");
+        Ok(std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?
+            .trim()
+            .to_owned())
+    }
+
     /// With TLS on the sync port (zones dial `grpcs://`).
     pub fn start_tls(workdir: &Path, cert: &Path, key: &Path) -> Result<Self> {
         let env = vec![
@@ -73,7 +88,7 @@ impl GlobalCp {
         sync_port: u16,
         env: Vec<(String, String)>,
     ) -> Result<Self> {
-        let tls = !env.is_empty();
+        let tls = env.iter().any(|(k, _)| k == "MERIDIAN_SYNC_TLS_CERT");
         let mut cmd = Command::new(bin("global-cp")?);
         cmd.arg("run")
             .current_dir(workdir)
@@ -162,6 +177,9 @@ pub fn meshctl(api_url: &str, args: &[&str], stdin: Option<&str>) -> Result<Outp
     let mut child = Command::new(bin("meshctl")?)
         .args(args)
         .env("MESHCTL_API_URL", api_url)
+        // No token from the environment or a config file of whoever runs the tests.
+        .env_remove("MESHCTL_TOKEN")
+        .env("XDG_CONFIG_HOME", "/nonexistent")
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {

@@ -205,3 +205,57 @@ fn meshctl_exit_codes_and_kind_names() {
         stderr(&unreachable)
     );
 }
+
+const TRACE: &str = "type: MeshTrace\nname: t\nspec:\n  backends:\n  - name: o\n    type: open_telemetry\n    conf: {endpoint: 'a:4317'}\n";
+
+#[test]
+fn changes_need_an_admin_token_and_a_bad_token_is_refused_from_anywhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = GlobalCp::start_untrusting(dir.path()).expect("global-cp");
+    let admin = cp.admin_token().expect("admin token on disk");
+    let run = |args: &[&str]| meshctl(&cp.api_url, args, Some(TRACE)).expect("meshctl");
+
+    let anonymous = run(&["apply", "-f", "-"]);
+    assert_eq!(anonymous.status.code(), Some(1));
+    let err = stderr(&anonymous);
+    assert!(err.contains("401") && err.contains("admin-token"), "{err}");
+    assert!(
+        ok(run(&["get", "meshtraces"])).contains("NAME"),
+        "reads need no token"
+    );
+
+    ok(run(&["--token", &admin, "apply", "-f", "-"]));
+    let admin_run = |args: &[&str]| {
+        let mut all = vec!["--token", admin.as_str()];
+        all.extend_from_slice(args);
+        ok(run(&all))
+    };
+    let reader = admin_run(&["generate", "user-token", "--name", "ro", "--group", "viewers"]);
+    let refused = run(&["--token", reader.trim(), "delete", "meshtrace", "t"]);
+    let err = stderr(&refused);
+    assert!(err.contains("403"), "a non-admin may not write: {err}");
+    assert!(ok(run(&["--token", reader.trim(), "get", "meshtraces"])).contains('t'));
+    let zone_token = admin_run(&["generate", "zone-token", "--zone", "zone-1"]);
+    let zone = run(&["--token", zone_token.trim(), "get", "meshtraces"]);
+    let err = stderr(&zone);
+    assert!(err.contains("401"), "a zone token is no user token: {err}");
+    let forged = run(&["--token", "v1.bogus.bogus", "get", "meshtraces"]);
+    assert!(stderr(&forged).contains("401"), "{}", stderr(&forged));
+    assert!(
+        ok(run(&["get", "meshtrace", "t"])).contains("t"),
+        "nothing was deleted"
+    );
+
+    // A trusting control plane (the default) lets its own host write without a token, but
+    // still refuses a bad one.
+    let trusting_dir = tempfile::tempdir().expect("tempdir");
+    let trusting = GlobalCp::start(trusting_dir.path(), None).expect("global-cp");
+    ok(meshctl(&trusting.api_url, &["apply", "-f", "-"], Some(TRACE)).expect("meshctl"));
+    let forged = meshctl(
+        &trusting.api_url,
+        &["--token", "v1.x.y", "get", "meshtraces"],
+        None,
+    )
+    .expect("meshctl");
+    assert!(stderr(&forged).contains("401"), "{}", stderr(&forged));
+}

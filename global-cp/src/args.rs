@@ -35,6 +35,10 @@ pub struct RunArgs {
     /// PEM private key of --sync-tls-cert.
     #[arg(long, env = "MERIDIAN_SYNC_TLS_KEY", requires = "sync_tls_cert")]
     pub sync_tls_key: Option<PathBuf>,
+    /// Let requests from the host itself change resources without a token (as Kuma does);
+    /// `--trust-localhost false` requires a token from everyone.
+    #[arg(long, env = "MERIDIAN_TRUST_LOCALHOST", default_value_t = true, action = clap::ArgAction::Set)]
+    pub trust_localhost: bool,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]

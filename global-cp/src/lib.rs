@@ -57,19 +57,11 @@ pub async fn open_store(args: &StoreArgs) -> anyhow::Result<SqlStore> {
 fn token_routes(tokens: tokens::ZoneTokens) -> axum::Router {
     use axum::extract::State;
     use axum::routing::post;
+    // Who may call it is the API's authorization: an admin token, or the trusted host itself.
     async fn issue(
         State(tokens): State<tokens::ZoneTokens>,
-        axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
         axum::Json(body): axum::Json<serde_json::Value>,
     ) -> Result<String, api::ApiError> {
-        // Until the REST API authenticates callers, only the host itself may mint credentials.
-        if !peer.ip().is_loopback() {
-            return Err(api::ApiError::new(
-                axum::http::StatusCode::FORBIDDEN,
-                "Forbidden",
-                "zone tokens are issued only to callers on the control plane's own host",
-            ));
-        }
         let zone = body["zone"]
             .as_str()
             .ok_or_else(|| api::ApiError::bad_field("zone", "must be set to the zone's name"))?;
@@ -107,10 +99,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         sync_addr,
         sync_tls_cert,
         sync_tls_key,
+        trust_localhost,
         store,
         log,
     } = args;
     init_logging(log.log_format);
+    let data_dir = store.data_dir.clone();
     let store: Arc<dyn Store> = Arc::new(open_store(&store).await?);
     meridian_store::create_default_mesh(&*store).await?;
     info!(mesh = meridian_model::DEFAULT_MESH, "default mesh ensured");
@@ -168,10 +162,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the REST API to {api_addr}"))?;
     info!(addr = %listener.local_addr()?, "REST API serving");
+    let users = api::auth::Signer::load(&*state.store, "user-token")
+        .await
+        .context("loading the user-token key")?;
+    let (file, new) = api::auth::ensure_admin_token(&users, &data_dir)
+        .with_context(|| format!("writing the admin token into {}", data_dir.display()))?;
+    if new {
+        info!(file = %file.display(), "admin token written (meshctl --token \"$(cat FILE)\")");
+    }
+    let auth = api::auth::Auth {
+        users: std::sync::Arc::new(users.into()),
+        trust_localhost,
+        admin_token_file: file,
+    };
     let store = state.store.clone();
     let router = api::router(state)
         .merge(zones::routes(store, zones))
-        .merge(token_routes(zone_tokens));
+        .merge(token_routes(zone_tokens))
+        .merge(api::auth::routes(auth.clone()))
+        .layer(axum::middleware::from_fn_with_state(auth, api::auth::authorize));
     // The sync service is critical: if it stops, the process stops rather than limping on.
     tokio::select! {
         served = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())

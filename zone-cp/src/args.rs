@@ -46,6 +46,10 @@ pub struct RunArgs {
     /// PEM CA certificate that signed global's sync certificate (for grpcs:// addresses).
     #[arg(long, env = "MERIDIAN_GLOBAL_CA_FILE", requires = "global_address")]
     pub global_ca_file: Option<PathBuf>,
+    /// Let requests from the host itself change resources without a token (as Kuma does);
+    /// `--trust-localhost false` requires a token from everyone.
+    #[arg(long, env = "MERIDIAN_TRUST_LOCALHOST", default_value_t = true, action = clap::ArgAction::Set)]
+    pub trust_localhost: bool,
     /// This node's id in the zone's Raft cluster (a positive number).
     #[arg(long, env = "MERIDIAN_NODE_ID", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub node_id: u64,

@@ -54,6 +54,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         global_address,
         zone_token_file,
         global_ca_file,
+        trust_localhost,
         node_id,
         raft_addr,
         peers,
@@ -177,20 +178,52 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         role: "zone",
         managed_by: global_address.clone(),
     };
+    // The user-token key is replicated like any write, so it is there once the zone's Raft has
+    // a leader; until then no token can be valid, and the trusted host may still write.
+    let auth = meridian_api::auth::Auth {
+        users: Arc::default(),
+        trust_localhost,
+        admin_token_file: data_dir.join("admin-token"),
+    };
+    {
+        let (store, users, dir) = (node.store.clone(), auth.users.clone(), data_dir.clone());
+        tokio::spawn(async move {
+            let signer = loop {
+                match meridian_api::auth::Signer::load(&*store, "user-token").await {
+                    Ok(signer) => break signer,
+                    Err(e) => tracing::debug!(error = %e, "loading the user-token key; retrying"),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            match meridian_api::auth::ensure_admin_token(&signer, &dir) {
+                Ok((file, true)) => info!(file = %file.display(), "admin token written"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "writing the admin token failed"),
+            }
+            let _ = users.set(signer);
+        });
+    }
     let router = meridian_api::router(state)
         .merge(api::routes(cache))
-        .merge(api::raft_routes(node.clone()));
+        .merge(api::raft_routes(node.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            meridian_api::auth::authorize,
+        ));
     let api_listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("binding the REST API to {api_addr}"))?;
     info!(addr = %api_listener.local_addr()?, zone = %zone, "REST API serving");
     let mut stop = stop_rx.clone();
     let mut api = tokio::spawn(
-        axum::serve(api_listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop.changed().await;
-            })
-            .into_future(),
+        axum::serve(
+            api_listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop.changed().await;
+        })
+        .into_future(),
     );
 
     // Any critical task ending early ends the process (non-zero), rather than limping on.

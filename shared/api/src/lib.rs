@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 mod body;
 mod error;
 pub mod metrics;

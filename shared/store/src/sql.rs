@@ -43,6 +43,18 @@ pub struct SqlStore {
 const COLUMNS: &str = "kind, mesh, name, version, revision, labels, spec, creation_time, modification_time";
 
 impl SqlStore {
+    /// The secret named `name`, if one is stored (never writes).
+    pub async fn stored_secret(&self, name: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query("SELECT secret FROM meridian_signing_keys WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?
+            .map(|row| row.try_get::<String, _>(0))
+            .transpose()
+            .map_err(db_error)
+    }
+
     /// Opens (creating if needed) the embedded SQLite store in `data_dir`.
     pub async fn open_sqlite(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {

@@ -156,6 +156,10 @@ impl Store for ZoneStore {
     }
 
     async fn secret(&self, name: &str, candidate: &str) -> Result<String, StoreError> {
+        // Once replicated here, a secret is read locally: no leader needed.
+        if let Some(secret) = self.local.stored_secret(name).await? {
+            return Ok(secret);
+        }
         let write = Write::Secret {
             name: name.to_owned(),
             candidate: candidate.to_owned(),
