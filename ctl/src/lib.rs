@@ -128,6 +128,17 @@ pub enum MemberChange {
 
 #[derive(Debug, Subcommand)]
 pub enum Generate {
+    /// A token for one Dataplane's sidecar (run against the zone's API):
+    /// `meridian-dp run --dataplane-token-file FILE`.
+    DataplaneToken {
+        #[arg(short = 'm', long, default_value = DEFAULT_MESH)]
+        mesh: String,
+        #[arg(long)]
+        name: String,
+        /// How long the token is good for (e.g. 720h); a year by default.
+        #[arg(long)]
+        valid_for: Option<String>,
+    },
     /// A token for a person or a script; `--group mesh-system:admin` may change resources,
     /// other users may only read.
     UserToken {
@@ -182,6 +193,20 @@ impl Cli {
                 mesh,
                 cascade,
             } => delete(&client, &kind, &name, &mesh, cascade).await,
+            Command::Generate {
+                what:
+                    Generate::DataplaneToken {
+                        mesh,
+                        name,
+                        valid_for,
+                    },
+            } => client
+                .post_text(
+                    "/tokens/dataplane",
+                    &serde_json::json!({ "mesh": mesh, "name": name, "validFor": valid_for }),
+                )
+                .await
+                .map(|t| println!("{}", t.trim())),
             Command::Generate {
                 what:
                     Generate::UserToken {

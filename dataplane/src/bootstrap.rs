@@ -40,10 +40,20 @@ pub struct BootstrapParams<'a> {
     pub service: &'a str,
     pub control_planes: &'a [CpAddress],
     pub admin_port: u16,
+    /// The dataplane token Envoy shows on every xDS stream, if any.
+    pub token: Option<&'a str>,
 }
 
 /// The name of the static cluster that points at the control planes.
 pub const XDS_CLUSTER: &str = "meridian_xds";
+
+fn grpc_service(token: Option<&str>) -> Value {
+    let mut service = json!({ "envoy_grpc": { "cluster_name": XDS_CLUSTER } });
+    if let Some(token) = token {
+        service["initial_metadata"] = json!([{ "key": "authorization", "value": format!("Bearer {token}") }]);
+    }
+    service
+}
 
 pub fn bootstrap(p: &BootstrapParams<'_>) -> Value {
     let endpoints: Vec<Value> = p
@@ -63,7 +73,7 @@ pub fn bootstrap(p: &BootstrapParams<'_>) -> Value {
                 "api_type": "DELTA_GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": true,
-                "grpc_services": [{ "envoy_grpc": { "cluster_name": XDS_CLUSTER } }]
+                "grpc_services": [grpc_service(p.token)]
             },
             "cds_config": { "ads": {}, "resource_api_version": "V3" },
             "lds_config": { "ads": {}, "resource_api_version": "V3" }
@@ -125,10 +135,24 @@ mod tests {
             service: "demo",
             control_planes: &cps,
             admin_port: 9901,
+            token: None,
         });
         assert_eq!(b["node"]["id"], "default.demo-1");
         let eps = &b["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"];
         assert_eq!(eps.as_array().map(Vec::len), Some(2));
         assert_eq!(b["dynamic_resources"]["ads_config"]["api_type"], "DELTA_GRPC");
+        assert!(b["dynamic_resources"]["ads_config"]["grpc_services"][0]["initial_metadata"].is_null());
+        let with_token = bootstrap(&BootstrapParams {
+            mesh: "default",
+            name: "demo-1",
+            service: "demo",
+            control_planes: &cps,
+            admin_port: 9901,
+            token: Some("t0k"),
+        });
+        assert_eq!(
+            with_token["dynamic_resources"]["ads_config"]["grpc_services"][0]["initial_metadata"][0]["value"],
+            "Bearer t0k"
+        );
     }
 }

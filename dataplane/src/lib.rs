@@ -70,6 +70,10 @@ pub struct RunArgs {
     /// Envoy's admin port on 127.0.0.1 (default: a free one).
     #[arg(long, env = "MERIDIAN_ADMIN_PORT")]
     pub admin_port: Option<u16>,
+    /// The dataplane token (`meshctl generate dataplane-token --mesh M --name N` against the
+    /// zone's API): shown on xDS and when registering.
+    #[arg(long, env = "MERIDIAN_DATAPLANE_TOKEN_FILE")]
+    pub dataplane_token_file: Option<PathBuf>,
     /// Where the bootstrap is written (default: a temporary directory).
     #[arg(long, env = "MERIDIAN_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
@@ -185,9 +189,17 @@ struct Registration {
 }
 
 impl Registration {
-    fn new(apis: &[String], resource: &Resource) -> anyhow::Result<Self> {
+    fn new(apis: &[String], resource: &Resource, token: Option<&str>) -> anyhow::Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("the dataplane token is not valid header text")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            .default_headers(headers)
             .build()?;
         let urls = apis
             .iter()
@@ -254,12 +266,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         flags,
         envoy_binary: given_envoy,
         admin_port,
+        dataplane_token_file,
         work_dir,
         drain_time,
         envoy_log_level,
         log,
     } = args;
     init_logging(log.log_format);
+    let token = dataplane_token_file
+        .map(|file| {
+            std::fs::read_to_string(&file)
+                .map(|t| t.trim().to_owned())
+                .with_context(|| format!("reading --dataplane-token-file {}", file.display()))
+        })
+        .transpose()?;
     let resource = load_dataplane(dataplane_file.as_deref(), &flags)?;
     let Spec::Dataplane(dp) = &resource.spec else {
         unreachable!("checked by load_dataplane")
@@ -291,10 +311,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         service: &service,
         control_planes: &cp_addresses,
         admin_port,
+        token: token.as_deref(),
     });
     std::fs::write(&bootstrap_path, serde_json::to_vec_pretty(&bootstrap)?)?;
 
-    let registration = Registration::new(&api_addresses, &resource)?;
+    let registration = Registration::new(&api_addresses, &resource, token.as_deref())?;
     tokio::select! {
         r = registration.register(&resource) => r?,
         _ = shutdown_signal() => return Ok(()),

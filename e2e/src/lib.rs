@@ -366,6 +366,21 @@ impl ZoneCp {
         Self::start_on(zone, data_dir, [free_port()?, free_port()?, raft_port], flags)
     }
 
+    /// A standalone zone that requires a token for every change (`--trust-localhost false`).
+    pub fn start_untrusting(zone: &str, data_dir: &Path) -> Result<Self> {
+        let flags = vec!["--trust-localhost".to_owned(), "false".to_owned()];
+        Self::start_on(zone, data_dir, [free_port()?, free_port()?, free_port()?], flags)
+    }
+
+    /// The admin token this zone wrote once its Raft had a leader.
+    pub fn admin_token(&self) -> Result<String> {
+        let file = self.data_dir.join("admin-token");
+        wait_until("the zone's admin token", Duration::from_secs(20), || {
+            file.exists()
+        })?;
+        Ok(std::fs::read_to_string(&file)?.trim().to_owned())
+    }
+
     /// A node that joins an existing cluster of `zone` once added (`meshctl zone members add`).
     pub fn start_joining(zone: &str, data_dir: &Path, node_id: u64) -> Result<Self> {
         let args = vec!["--node-id".to_owned(), node_id.to_string(), "--join".to_owned()];

@@ -245,3 +245,78 @@ fn meridian_dp_restarts_an_envoy_that_dies() {
     })
     .expect("200");
 }
+
+#[test]
+fn a_sidecar_needs_its_own_dataplane_token_where_the_host_is_not_trusted() {
+    use meridian_e2e::{Sidecar, meshctl};
+    use meridian_testing::free_port;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ZoneCp::start_untrusting("zone-1", &dir.path().join("zone")).expect("zone-cp");
+    let admin = cp.admin_token().expect("admin token");
+    let token = ok(meshctl(
+        &cp.api_url,
+        &[
+            "--token",
+            &admin,
+            "generate",
+            "dataplane-token",
+            "--name",
+            "web-1",
+        ],
+        None,
+    )
+    .expect("meshctl"));
+    let token_file = dir.path().join("web-1.token");
+    std::fs::write(&token_file, token.trim()).expect("write");
+    let inbound = format!(
+        "{}:{}:web",
+        free_port().expect("port"),
+        free_port().expect("port")
+    );
+    let token_path = token_file.display().to_string();
+
+    // With its own token: registered, and Envoy gets its config.
+    let _web = Sidecar::start(
+        &cp,
+        &[
+            "--name",
+            "web-1",
+            "--inbound",
+            &inbound,
+            "--dataplane-token-file",
+            &token_path,
+        ],
+    )
+    .expect("web-1 with its token");
+    assert_eq!(
+        http_get(&format!("{}/meshes/default/dataplanes/web-1", cp.api_url)).0,
+        200
+    );
+
+    // Another Dataplane showing web-1's token is refused, and nothing is registered.
+    let out = std::process::Command::new(meridian_e2e::bin("meridian-dp").expect("bin"))
+        .args(["run", "--cp-address", &cp.xds_url, "--api-address", &cp.api_url])
+        .args([
+            "--name",
+            "other-1",
+            "--inbound",
+            &inbound,
+            "--dataplane-token-file",
+            &token_path,
+        ])
+        .output()
+        .expect("meridian-dp");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("403"), "{}", stderr(&out));
+    assert_eq!(
+        http_get(&format!("{}/meshes/default/dataplanes/other-1", cp.api_url)).0,
+        404
+    );
+    // And no token at all: the zone's API refuses the registration.
+    let out = std::process::Command::new(meridian_e2e::bin("meridian-dp").expect("bin"))
+        .args(["run", "--cp-address", &cp.xds_url, "--api-address", &cp.api_url])
+        .args(["--name", "anon-1", "--inbound", &inbound])
+        .output()
+        .expect("meridian-dp");
+    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+}

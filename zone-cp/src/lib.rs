@@ -151,33 +151,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let reconciler = reconcile::Reconciler::new(store.clone(), cache.clone(), xds_metrics.clone());
     let mut reconciler = tokio::spawn(reconciler.run(stop_rx.clone()));
 
-    let xds_listener = tokio::net::TcpListener::bind(xds_addr)
-        .await
-        .with_context(|| format!("binding the xDS server to {xds_addr}"))?;
-    info!(addr = %xds_listener.local_addr()?, "xDS serving");
-    let ads = AggregatedDiscoveryServiceServer::new(AdsServer::new(cache.clone(), xds_metrics))
-        .max_decoding_message_size(16 << 20);
-    let mut stop = stop_rx.clone();
-    let mut xds = tokio::spawn(
-        tonic::transport::Server::builder()
-            // Detects Envoys that vanished without closing their stream.
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-            .add_service(ads)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(xds_listener),
-                async move {
-                    let _ = stop.changed().await;
-                },
-            ),
-    );
-
-    let state = ApiState {
-        store,
-        metrics: Arc::new(metrics),
-        role: "zone",
-        managed_by: global_address.clone(),
-    };
     // The user-token key is replicated like any write, so it is there once the zone's Raft has
     // a leader; until then no token can be valid, and the trusted host may still write.
     let auth = meridian_api::auth::Auth {
@@ -203,9 +176,39 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = users.set(signer);
         });
     }
+    let xds_listener = tokio::net::TcpListener::bind(xds_addr)
+        .await
+        .with_context(|| format!("binding the xDS server to {xds_addr}"))?;
+    info!(addr = %xds_listener.local_addr()?, "xDS serving");
+    let ads = AggregatedDiscoveryServiceServer::new(
+        AdsServer::new(cache.clone(), xds_metrics).with_auth(auth.clone()),
+    )
+    .max_decoding_message_size(16 << 20);
+    let mut stop = stop_rx.clone();
+    let mut xds = tokio::spawn(
+        tonic::transport::Server::builder()
+            // Detects Envoys that vanished without closing their stream.
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .add_service(ads)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(xds_listener),
+                async move {
+                    let _ = stop.changed().await;
+                },
+            ),
+    );
+
+    let state = ApiState {
+        store,
+        metrics: Arc::new(metrics),
+        role: "zone",
+        managed_by: global_address.clone(),
+    };
     let router = meridian_api::router(state)
         .merge(api::routes(cache))
         .merge(api::raft_routes(node.clone()))
+        .merge(meridian_api::auth::routes(auth.clone()))
         .layer(axum::middleware::from_fn_with_state(
             auth,
             meridian_api::auth::authorize,

@@ -343,3 +343,67 @@ async fn a_node_id_that_names_no_dataplane_is_refused() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("MESH.NAME"), "{}", err.message());
 }
+
+#[tokio::test]
+async fn a_stream_must_show_the_token_of_the_dataplane_it_claims() {
+    use meridian_api::auth::{Auth, Signer};
+    let signer = Signer::with_key(&[7; 32]);
+    let auth = Auth {
+        users: Arc::new(signer.clone().into()),
+        trust_localhost: false,
+        admin_token_file: "admin-token".into(),
+    };
+    let cache = SnapshotCache::default();
+    cache.set(&ProxyId::new("default", "dp-1"), snapshot(&[("c1", "v1")]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = AdsServer::new(cache, Arc::new(XdsMetrics::default())).with_auth(auth);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(server))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let open = |token: Option<String>| {
+        let url = url.clone();
+        async move {
+            let mut client = AggregatedDiscoveryServiceClient::connect(url)
+                .await
+                .expect("connect");
+            let first = DeltaDiscoveryRequest {
+                node: node(),
+                type_url: CLUSTER.into(),
+                ..Default::default()
+            };
+            let mut request = tonic::Request::new(tokio_stream::iter([first]));
+            if let Some(token) = token {
+                request.metadata_mut().insert(
+                    "authorization",
+                    format!("Bearer {token}").parse().expect("header"),
+                );
+            }
+            client.delta_aggregated_resources(request).await
+        }
+    };
+    let token = |name: &str| {
+        signer.issue(
+            serde_json::json!({"kind": "dataplane", "mesh": "default", "name": name}),
+            Duration::from_secs(60),
+        )
+    };
+    let refused = open(None).await.expect_err("no token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let refused = open(Some(token("dp-2")))
+        .await
+        .expect_err("another dataplane's token");
+    assert!(refused.message().contains("\"dp-2\""), "{}", refused.message());
+    let mut accepted = open(Some(token("dp-1")))
+        .await
+        .expect("its own token")
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), accepted.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("a response");
+    assert_eq!(first.resources.len(), 1);
+}

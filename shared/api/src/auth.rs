@@ -126,6 +126,51 @@ pub struct Auth {
     pub admin_token_file: PathBuf,
 }
 
+/// Whether a dataplane token's own Dataplane is what `path` names (it may register and
+/// deregister itself, nothing else).
+fn own_dataplane(claims: &Value, path: &str) -> bool {
+    claims["kind"] == "dataplane"
+        && claims["mesh"]
+            .as_str()
+            .zip(claims["name"].as_str())
+            .is_some_and(|(mesh, name)| path == format!("/meshes/{mesh}/dataplanes/{name}"))
+}
+
+/// Checks an xDS stream's token (if any) against the Dataplane it claims to be: a token for
+/// another Dataplane, or an invalid one, is refused; no token is accepted only from this host
+/// when it is trusted.
+pub fn check_dataplane(
+    auth: &Auth,
+    token: Option<&str>,
+    mesh: &str,
+    name: &str,
+    peer_is_local: bool,
+) -> Result<(), String> {
+    let Some(token) = token else {
+        return if peer_is_local && auth.trust_localhost {
+            Ok(())
+        } else {
+            Err("no dataplane token: start meridian-dp with --dataplane-token-file (meshctl generate dataplane-token)".into())
+        };
+    };
+    let claims = auth
+        .users
+        .get()
+        .ok_or("this control plane has no signing key yet")?
+        .verify(token)?;
+    if claims["kind"] != "dataplane" {
+        return Err("not a dataplane token".into());
+    }
+    if claims["mesh"] != mesh || claims["name"] != name {
+        return Err(format!(
+            "the token is for Dataplane {:?} in mesh {:?}, not {name:?} in {mesh:?}",
+            claims["name"].as_str().unwrap_or(""),
+            claims["mesh"].as_str().unwrap_or("")
+        ));
+    }
+    Ok(())
+}
+
 fn is_admin(claims: &Value) -> bool {
     claims["kind"] == "user"
         && claims["groups"]
@@ -170,14 +215,18 @@ pub async fn authorize(State(auth): State<Auth>, request: Request, next: Next) -
                     "Unauthorized",
                     format!("invalid token: {why}"),
                 ),
-                Ok(claims) if writes && !is_admin(&claims) => refuse(
-                    StatusCode::FORBIDDEN,
-                    "Forbidden",
-                    format!(
-                        "this {} token may not change resources: that takes a user token in the {ADMIN_GROUP} group",
-                        claims["kind"].as_str().unwrap_or("unknown")
-                    ),
-                ),
+                Ok(claims)
+                    if writes && !is_admin(&claims) && !own_dataplane(&claims, request.uri().path()) =>
+                {
+                    refuse(
+                        StatusCode::FORBIDDEN,
+                        "Forbidden",
+                        format!(
+                            "this {} token may not change resources: that takes a user token in the {ADMIN_GROUP} group",
+                            claims["kind"].as_str().unwrap_or("unknown")
+                        ),
+                    )
+                }
                 Ok(_) => next.run(request).await,
             }
         }
@@ -206,6 +255,8 @@ pub async fn authorize(State(auth): State<Auth>, request: Request, next: Next) -
 /// `POST /tokens/user` with `{"name": N, "groups": [...], "validFor": "24h"}`: a user token
 /// (text). Only admins reach it (it is a write). Members of `mesh-system:admin` may change
 /// resources; other users may read, and are refused changes with 403.
+/// `POST /tokens/dataplane` with `{"mesh": M, "name": N}`: the token a Dataplane's sidecar
+/// shows on xDS and when it registers itself (verified by this control plane's nodes).
 pub fn routes(auth: Auth) -> axum::Router {
     use axum::routing::post;
     async fn issue(
@@ -225,41 +276,68 @@ pub fn routes(auth: Auth) -> axum::Router {
                 .ok_or_else(|| ApiError::bad_field("groups", "must be a list of group names"))?,
             _ => return Err(ApiError::bad_field("groups", "must be a list of group names")),
         };
-        let valid_for = match &body["validFor"] {
-            Value::Null => Duration::from_secs(24 * 3600),
-            Value::String(text) => meridian_model::values::GoDuration::parse(text)
-                .map(|d| d.as_duration())
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| {
-                    ApiError::bad_field(
-                        "validFor",
-                        format!("{text:?} is not a positive duration such as 24h"),
-                    )
-                })?,
-            other => {
-                return Err(ApiError::bad_field(
-                    "validFor",
-                    format!("expected a duration such as \"24h\", got {other}"),
-                ));
-            }
-        };
-        let users = auth.users.get().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Unavailable",
-                "this control plane has no signing key yet",
-            )
-        })?;
+        let valid_for = valid_for(&body, Duration::from_secs(24 * 3600))?;
+        let users = signer(&auth)?;
         tracing::info!(user = name, groups = ?groups, "user token issued");
         Ok(users.issue(
             json!({ "kind": "user", "name": name, "groups": groups }),
             valid_for,
         ))
     }
+    async fn issue_dataplane(
+        State(auth): State<Auth>,
+        axum::Json(body): axum::Json<Value>,
+    ) -> Result<String, ApiError> {
+        let field = |name: &str| {
+            body[name]
+                .as_str()
+                .filter(|v| meridian_model::validate::dns1123_label(v).is_ok())
+                .ok_or_else(|| ApiError::bad_field(name, "must be a DNS-1123 label"))
+        };
+        let (mesh, name) = (field("mesh")?, field("name")?);
+        let valid_for = valid_for(&body, Duration::from_secs(365 * 24 * 3600))?;
+        let users = signer(&auth)?;
+        tracing::info!(mesh, dataplane = name, "dataplane token issued");
+        Ok(users.issue(
+            json!({ "kind": "dataplane", "mesh": mesh, "name": name }),
+            valid_for,
+        ))
+    }
     axum::Router::new()
         .route("/tokens/user", post(issue))
+        .route("/tokens/dataplane", post(issue_dataplane))
         .with_state(auth)
+}
+
+/// `validFor` from a token request: a positive duration, or `default` when absent.
+fn valid_for(body: &Value, default: Duration) -> Result<Duration, ApiError> {
+    match &body["validFor"] {
+        Value::Null => Ok(default),
+        Value::String(text) => meridian_model::values::GoDuration::parse(text)
+            .map(|d| d.as_duration())
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                ApiError::bad_field(
+                    "validFor",
+                    format!("{text:?} is not a positive duration such as 24h"),
+                )
+            }),
+        other => Err(ApiError::bad_field(
+            "validFor",
+            format!("expected a duration such as \"24h\", got {other}"),
+        )),
+    }
+}
+
+fn signer(auth: &Auth) -> Result<&Signer, ApiError> {
+    auth.users.get().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unavailable",
+            "this control plane has no signing key yet",
+        )
+    })
 }
 
 /// Writes an admin token to `dir/admin-token` (owner-only) unless one is there. Returns the

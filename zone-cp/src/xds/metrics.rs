@@ -13,6 +13,8 @@ pub struct XdsMetrics {
     pub acks: Counter,
     pub nacks: Counter,
     pub generations: Counter,
+    /// Streams refused for a missing or wrong dataplane token.
+    pub refused: Counter,
 }
 
 impl XdsMetrics {
@@ -26,6 +28,11 @@ impl XdsMetrics {
         registry.register("xds_pushes", "xDS responses sent", m.pushes.clone());
         registry.register("xds_acks", "xDS responses accepted by proxies", m.acks.clone());
         registry.register("xds_nacks", "xDS responses rejected by proxies", m.nacks.clone());
+        registry.register(
+            "xds_refused",
+            "xDS streams refused (missing or wrong dataplane token)",
+            m.refused.clone(),
+        );
         registry.register(
             "xds_generations",
             "Proxy snapshots regenerated",

@@ -34,11 +34,46 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub struct AdsServer {
     cache: SnapshotCache,
     metrics: Arc<XdsMetrics>,
+    /// Checks each stream's dataplane token; without it every stream is taken.
+    auth: Option<meridian_api::auth::Auth>,
 }
 
 impl AdsServer {
     pub fn new(cache: SnapshotCache, metrics: Arc<XdsMetrics>) -> Self {
-        Self { cache, metrics }
+        Self {
+            cache,
+            metrics,
+            auth: None,
+        }
+    }
+
+    /// Refuses streams whose dataplane token does not match the Dataplane they claim.
+    pub fn with_auth(self, auth: meridian_api::auth::Auth) -> Self {
+        Self {
+            auth: Some(auth),
+            ..self
+        }
+    }
+
+    /// The proxy a stream's first request names, once its token (if checked) says it may.
+    fn admit<T>(&self, request: &Request<T>, node: Option<&Node>) -> Result<ProxyId, Status> {
+        let proxy = proxy_of(node)?;
+        if let Some(auth) = &self.auth {
+            let token = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.strip_prefix("Bearer ").unwrap_or(v));
+            let local = request.remote_addr().is_some_and(|a| a.ip().is_loopback());
+            if let Err(why) =
+                meridian_api::auth::check_dataplane(auth, token, &proxy.mesh, &proxy.name, local)
+            {
+                warn!(proxy = %proxy, reason = %why, "xDS stream refused");
+                self.metrics.refused.inc();
+                return Err(Status::unauthenticated(format!("proxy {proxy}: {why}")));
+            }
+        }
+        Ok(proxy)
     }
 }
 
@@ -119,12 +154,15 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let mut inbound = request.into_inner();
+        let (metadata, extensions, mut inbound) = request.into_parts();
         let first = inbound
             .message()
             .await?
             .ok_or_else(|| Status::cancelled("stream closed"))?;
-        let proxy = proxy_of(first.node.as_ref())?;
+        let proxy = self.admit(
+            &Request::from_parts(metadata, extensions, ()),
+            first.node.as_ref(),
+        )?;
         let (tx, rx) = mpsc::channel(16);
         let span = info_span!("ads", proxy = %proxy, mode = "sotw");
         let mut snapshots = self.cache.watch(&proxy);
@@ -146,12 +184,15 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let mut inbound = request.into_inner();
+        let (metadata, extensions, mut inbound) = request.into_parts();
         let first = inbound
             .message()
             .await?
             .ok_or_else(|| Status::cancelled("stream closed"))?;
-        let proxy = proxy_of(first.node.as_ref())?;
+        let proxy = self.admit(
+            &Request::from_parts(metadata, extensions, ()),
+            first.node.as_ref(),
+        )?;
         let (tx, rx) = mpsc::channel(16);
         let span = info_span!("ads", proxy = %proxy, mode = "delta");
         let mut snapshots = self.cache.watch(&proxy);
