@@ -237,7 +237,7 @@ async fn put(
     fill_from_path(&mut doc, &key);
     let submission = from_value(doc)?;
     check_matches_path(&submission, &key)?;
-    let outcome = state.store.put(submission).await?;
+    let outcome = meridian_store::put_with_defaults(&*state.store, submission).await?;
     let status = match outcome {
         PutOutcome::Created(_) => StatusCode::CREATED,
         _ => StatusCode::OK,

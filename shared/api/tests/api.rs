@@ -388,7 +388,8 @@ async fn health_metrics_and_openapi_are_served() {
         text.contains("meridian_http_requests_total{method=\"GET\",route=\"/meshes\",status=\"200\"} 1"),
         "{text}"
     );
-    assert!(text.contains("meridian_store_revision 1"), "{text}");
+    // The mesh and its allow-all permission.
+    assert!(text.contains("meridian_store_revision 2"), "{text}");
     let (s, b) = api.send("GET", "/openapi.json", None).await;
     assert_eq!(s, StatusCode::OK);
     assert!(b["paths"]["/meshes/{mesh}/meshtraces/{name}"]["put"].is_object());
@@ -483,4 +484,47 @@ async fn global_leaves_zone_inventory_to_the_zones() {
         b["details"].as_str().is_some_and(|d| d.contains("zoneingresses")),
         "{b}"
     );
+}
+
+#[tokio::test]
+async fn a_new_mesh_gets_an_allow_all_permission_unless_it_skips_it() {
+    let api = api().await;
+    let (s, b) = api
+        .send(
+            "GET",
+            "/meshes/default/meshtrafficpermissions/allow-all-default",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["spec"]["from"][0]["default"]["action"], "Allow", "{b}");
+    let (s, _) = api
+        .yaml(
+            "/meshes/bare",
+            "type: Mesh\nname: bare\nskipCreatingInitialPolicies: ['*']\n",
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (_, b) = api.send("GET", "/meshes/bare/meshtrafficpermissions", None).await;
+    assert_eq!(b["total"], 0, "{b}");
+    // Updating an existing mesh creates nothing more.
+    let (s, _) = api
+        .send(
+            "DELETE",
+            "/meshes/default/meshtrafficpermissions/allow-all-default",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = api
+        .yaml(
+            "/meshes/default",
+            "type: Mesh\nname: default\nlabels: {team: a}\n",
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, b) = api
+        .send("GET", "/meshes/default/meshtrafficpermissions", None)
+        .await;
+    assert_eq!(b["total"], 0, "{b}");
 }

@@ -205,6 +205,52 @@ pub async fn keys(store: &dyn Store, kind: Kind) -> Result<Vec<ResourceKey>, Sto
     }
 }
 
+/// The policies a new mesh is created with, as in Kuma: an allow-all MeshTrafficPermission
+/// named `allow-all-MESH`, unless the mesh's `skipCreatingInitialPolicies` lists
+/// `MeshTrafficPermission` or `*`.
+pub fn initial_policies(mesh: &meridian_model::Resource) -> Vec<Submission> {
+    let meridian_model::Spec::Mesh(spec) = &mesh.spec else {
+        return Vec::new();
+    };
+    let skipped = spec
+        .skip_creating_initial_policies
+        .iter()
+        .flatten()
+        .any(|k| k == "*" || k == Kind::MeshTrafficPermission.name());
+    if skipped {
+        return Vec::new();
+    }
+    let yaml = format!(
+        "type: MeshTrafficPermission\nname: allow-all-{0}\nmesh: {0}\nspec:\n  targetRef: {{kind: Mesh}}\n  from:\n  - targetRef: {{kind: Mesh}}\n    default: {{action: Allow}}\n",
+        mesh.name
+    );
+    meridian_model::parse_one(&yaml, meridian_model::Format::Yaml)
+        .map(|s| vec![s])
+        .unwrap_or_default()
+}
+
+/// Creates or replaces a resource. A Mesh created now comes with its
+/// [`initial_policies`], in the same transaction.
+pub async fn put_with_defaults(store: &dyn Store, submission: Submission) -> Result<PutOutcome, StoreError> {
+    let key = submission.resource.key();
+    if key.kind != Kind::Mesh {
+        return store.put(submission).await;
+    }
+    match store.get(&key).await {
+        Ok(_) => return store.put(submission).await,
+        Err(StoreError::NotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let policies = initial_policies(&submission.resource);
+    if policies.is_empty() {
+        return store.put(submission).await;
+    }
+    let mut ops = vec![SyncedOp::Put(Box::new(submission))];
+    ops.extend(policies.into_iter().map(|p| SyncedOp::Put(Box::new(p))));
+    store.apply_synced(ops, None).await?;
+    Ok(PutOutcome::Created(store.get(&key).await?))
+}
+
 /// On a store that has never been written, creates the mesh `default` (as Kuma does). A
 /// store that has seen writes is left alone, so a deleted `default` stays deleted. Safe to
 /// race: of several replicas starting at once, one creates it.
@@ -216,7 +262,7 @@ pub async fn create_default_mesh(store: &dyn Store) -> Result<(), StoreError> {
     let mut mesh = meridian_model::parse_one(&yaml, meridian_model::Format::Yaml)
         .map_err(|e| StoreError::Internal(format!("the default mesh does not parse: {e}")))?;
     mesh.expected_version = Some(0);
-    match store.put(mesh).await {
+    match put_with_defaults(store, mesh).await {
         Ok(_) | Err(StoreError::Conflict(_)) => Ok(()),
         Err(e) => Err(e),
     }
