@@ -66,25 +66,7 @@ fn token_routes(tokens: tokens::ZoneTokens) -> axum::Router {
             .as_str()
             .ok_or_else(|| api::ApiError::bad_field("zone", "must be set to the zone's name"))?;
         meridian_model::validate::dns1123_label(zone).map_err(|e| api::ApiError::bad_field("zone", e))?;
-        let valid_for = match &body["validFor"] {
-            serde_json::Value::Null => tokens::DEFAULT_VALIDITY,
-            serde_json::Value::String(text) => meridian_model::values::GoDuration::parse(text)
-                .map(|d| d.as_duration())
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| {
-                    api::ApiError::bad_field(
-                        "validFor",
-                        format!("{text:?} is not a positive duration such as 720h"),
-                    )
-                })?,
-            other => {
-                return Err(api::ApiError::bad_field(
-                    "validFor",
-                    format!("expected a duration such as \"720h\", got {other}"),
-                ));
-            }
-        };
+        let valid_for = api::auth::valid_for(&body, tokens::DEFAULT_VALIDITY)?;
         info!(zone, valid_for = ?valid_for, "zone token issued");
         Ok(tokens.issue(zone, valid_for))
     }

@@ -47,10 +47,7 @@ pub fn raft_routes(node: std::sync::Arc<crate::raft::Node>) -> Router {
             .ok_or_else(|| ApiError::bad_field("id", "must be a positive node id"))?;
         let address = body["address"]
             .as_str()
-            .filter(|a| {
-                a.rsplit_once(':')
-                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
-            })
+            .filter(|a| crate::args::is_host_port(a))
             .ok_or_else(|| ApiError::bad_field("address", "must be the node's Raft address, HOST:PORT"))?;
         node.add_member(id, address.to_owned()).await.map_err(refused)?;
         Ok(Json(node.status().await))

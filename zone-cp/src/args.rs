@@ -101,9 +101,8 @@ fn parse_peers(text: &str) -> Result<Peers, String> {
             .filter(|id| *id > 0)
             .ok_or_else(|| format!("{item:?}: the node id must be a positive number"))?;
         let addr = addr.trim();
-        match addr.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
-            _ => return Err(format!("{item:?}: {addr:?} is not HOST:PORT")),
+        if !is_host_port(addr) {
+            return Err(format!("{item:?}: {addr:?} is not HOST:PORT"));
         }
         if peers.insert(id, addr.to_owned()).is_some() {
             return Err(format!("node {id} is listed twice"));
@@ -113,6 +112,12 @@ fn parse_peers(text: &str) -> Result<Peers, String> {
         return Err("expected ID=HOST:PORT,...".into());
     }
     Ok(Peers(peers))
+}
+
+/// Whether `addr` is `HOST:PORT` with a port from 1 to 65535.
+pub fn is_host_port(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
 fn parse_heartbeat(text: &str) -> Result<Duration, String> {
