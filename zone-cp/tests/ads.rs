@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
-use meridian_zone_cp::xds::cache::{CLUSTER, LISTENER, ProxyId, Snapshot, SnapshotCache};
+use meridian_zone_cp::xds::cache::{CLUSTER, ENDPOINT, LISTENER, ProxyId, Snapshot, SnapshotCache};
 use meridian_zone_cp::xds::metrics::XdsMetrics;
 use meridian_zone_cp::xds::server::AdsServer;
 use tokio::sync::mpsc;
@@ -406,4 +406,59 @@ async fn a_stream_must_show_the_token_of_the_dataplane_it_claims() {
         .expect("ok")
         .expect("a response");
     assert_eq!(first.resources.len(), 1);
+}
+
+#[tokio::test]
+async fn a_replaced_cluster_gets_its_endpoints_again_even_unchanged() {
+    let cache = SnapshotCache::default();
+    let id = ProxyId::new("default", "dp-1");
+    let mut s = snapshot(&[("reg", "plaintext")]);
+    s.insert(ENDPOINT, "reg".into(), any(ENDPOINT, "10.0.0.1"));
+    cache.set(&id, s.clone());
+    let url = serve(cache.clone()).await;
+    let mut delta = Delta::open(
+        &url,
+        DeltaDiscoveryRequest {
+            node: node(),
+            type_url: CLUSTER.into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let clusters = delta.next().await;
+    delta.reply(&clusters, None).await;
+    delta
+        .tx
+        .send(DeltaDiscoveryRequest {
+            type_url: ENDPOINT.into(),
+            resource_names_subscribe: vec!["reg".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("send");
+    let endpoints = delta.next().await;
+    assert_eq!(names(&endpoints), ["reg"]);
+    delta.reply(&endpoints, None).await;
+
+    // The cluster changes (say, it now speaks TLS) and its endpoints do not: Envoy keeps the
+    // new cluster warming until they come, so they are sent again.
+    s.insert(CLUSTER, "reg".into(), any(CLUSTER, "tls"));
+    cache.set(&id, s);
+    let pushed = delta.next().await;
+    assert_eq!((pushed.type_url.as_str(), names(&pushed)), (CLUSTER, vec!["reg"]));
+    let again = delta.next().await;
+    assert_eq!((again.type_url.as_str(), names(&again)), (ENDPOINT, vec!["reg"]));
+
+    // Subscribing again to a name it has gets it again too.
+    delta
+        .tx
+        .send(DeltaDiscoveryRequest {
+            type_url: ENDPOINT.into(),
+            resource_names_subscribe: vec!["reg".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("send");
+    assert_eq!(names(&delta.next().await), ["reg"]);
+    delta.nothing_within(Duration::from_millis(200)).await;
 }

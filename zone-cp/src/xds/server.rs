@@ -25,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::cache::{CLUSTER, LISTENER, Nack, PUSH_ORDER, ProxyId, Snapshot, SnapshotCache};
+use super::cache::{CLUSTER, ENDPOINT, LISTENER, Nack, PUSH_ORDER, ProxyId, Snapshot, SnapshotCache};
 use super::metrics::XdsMetrics;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -283,9 +283,13 @@ impl Protocol for SotwStream {
 
     async fn push(&mut self, snapshot: Arc<Snapshot>) -> Result<(), ()> {
         self.current = snapshot.clone();
+        let mut clusters_sent = false;
         for type_url in PUSH_ORDER {
             if self.types.contains_key(type_url) {
-                self.send(type_url, &snapshot, false).await?;
+                // Replaced clusters warm until their endpoints come again, even unchanged.
+                let force = type_url == ENDPOINT && clusters_sent;
+                let sent = self.send(type_url, &snapshot, force).await?;
+                clusters_sent |= type_url == CLUSTER && sent;
             }
         }
         Ok(())
@@ -309,16 +313,19 @@ impl Protocol for SotwStream {
         let first = r.response_nonce.is_empty();
         // The snapshot last pushed, not a newer one: that one is pushed in order by `push`.
         let snapshot = self.current.clone();
-        self.send(&r.type_url, &snapshot, first || names_changed).await
+        self.send(&r.type_url, &snapshot, first || names_changed)
+            .await
+            .map(drop)
     }
 }
 
 impl SotwStream {
-    async fn send(&mut self, type_url: &str, snapshot: &Snapshot, force: bool) -> Result<(), ()> {
+    /// Sends the type's resources unless the client has this version; says whether it did.
+    async fn send(&mut self, type_url: &str, snapshot: &Snapshot, force: bool) -> Result<bool, ()> {
         let version = snapshot.type_version(type_url);
         let state = self.types.entry(type_url.to_owned()).or_default();
         if !force && state.sent_version.as_deref() == Some(version.as_str()) {
-            return Ok(());
+            return Ok(false);
         }
         let all = wildcard_by_default(type_url) && state.names.is_empty();
         let resources = snapshot
@@ -339,7 +346,7 @@ impl SotwStream {
             ..Default::default()
         };
         self.metrics.pushes.inc();
-        self.tx.send(Ok(response)).await.map_err(drop)
+        self.tx.send(Ok(response)).await.map(|()| true).map_err(drop)
     }
 }
 
@@ -413,6 +420,12 @@ impl Protocol for DeltaStream {
                 state.wildcard = true;
             } else {
                 state.names.insert(name.clone());
+                // A client subscribing again to what it has wants it again: Envoy does so
+                // for the endpoints of a cluster it replaced, and keeps the new cluster
+                // warming (the old one serving) until they come.
+                if !first {
+                    state.known.remove(name);
+                }
             }
         }
         for name in &r.resource_names_unsubscribe {
@@ -479,6 +492,15 @@ impl DeltaStream {
         }
         for name in &removed {
             state.known.remove(name);
+        }
+        // Envoy warms a replaced cluster until its endpoints come again, serving with the old
+        // one meanwhile: send them again, even unchanged (the push sends endpoints next).
+        if type_url == CLUSTER
+            && let Some(endpoints) = self.types.get_mut(ENDPOINT)
+        {
+            for r in &resources {
+                endpoints.known.remove(&r.name);
+            }
         }
         self.nonce += 1;
         let response = DeltaDiscoveryResponse {
