@@ -9,10 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::Arc;
 
+use meridian_api::ca::{MeshCa, secret_name};
+use meridian_model::Resource;
 use meridian_model::validate::dns1123_label;
 use meridian_model::{Kind, ResourceKey, Spec, Stored, Submission, ZONE_LABEL};
 use meridian_proto::sync::{
-    Ack, Batch, Change as WireChange, GlobalMessage, Hello, Inventory, ZoneMessage, global_message,
+    Ack, Batch, Change as WireChange, GlobalMessage, Hello, Inventory, Secret, ZoneMessage, global_message,
     zone_message,
 };
 use meridian_proto::sync_service::global_sync_server::GlobalSync;
@@ -73,6 +75,44 @@ fn batch(b: Batch) -> Result<GlobalMessage, Status> {
 
 type Outbox = mpsc::Sender<Result<GlobalMessage, Status>>;
 
+/// The CAs of these meshes' builtin mTLS backends, created here on first use, so that every
+/// zone gets the same roots.
+async fn mesh_cas<'a>(
+    store: &dyn Store,
+    meshes: impl Iterator<Item = &'a Resource>,
+) -> Result<Vec<Secret>, StoreError> {
+    let mut out = Vec::new();
+    for mesh in meshes {
+        let Spec::Mesh(spec) = &mesh.spec else { continue };
+        let Some(backend) = spec.enabled_ca() else {
+            continue;
+        };
+        let ca = MeshCa::ensure(store, &mesh.name, &backend.name)
+            .await
+            .map_err(|e| StoreError::Internal(format!("mesh {:?}: CA: {e}", mesh.name)))?;
+        out.push(Secret {
+            name: secret_name(&mesh.name, &backend.name),
+            value: ca.to_secret(),
+        });
+    }
+    Ok(out)
+}
+
+/// Every mesh CA, for a zone that just connected (it may have missed them).
+async fn all_mesh_cas(store: &dyn Store) -> Result<Vec<Secret>, StoreError> {
+    let meshes = store
+        .list(
+            Kind::Mesh,
+            None,
+            meridian_store::Page {
+                size: 10_000,
+                offset: 0,
+            },
+        )
+        .await?;
+    mesh_cas(store, meshes.items.iter().map(|s| &s.resource)).await
+}
+
 /// Everything `zone` receives, at one revision, read in one transaction.
 async fn snapshot(store: &dyn Store, zone: &str) -> Result<Batch, StoreError> {
     let (revision, items) = store.snapshot().await?;
@@ -85,6 +125,7 @@ async fn snapshot(store: &dyn Store, zone: &str) -> Result<Batch, StoreError> {
             .filter(|s| sent_to(zone, &s.resource.key()))
             .map(|s: &Stored| WireChange::upsert(s.revision, &s.resource))
             .collect(),
+        secrets: mesh_cas(store, items.iter().map(|s| &s.resource)).await?,
     })
 }
 
@@ -114,11 +155,16 @@ async fn send_changes(store: &dyn Store, out: &Outbox, zone: &str, mut sent: i64
         let wire: Vec<WireChange> = changes.iter().filter_map(|c| wire(zone, c)).collect();
         // A batch of only the zone's own changes moves the position without bothering it.
         if !wire.is_empty() {
+            let upserted = changes.iter().filter_map(|c| match c {
+                Change::Upsert(s) => Some(&s.resource),
+                Change::Delete { .. } => None,
+            });
             let b = Batch {
                 from_revision: sent,
                 to_revision: last,
                 snapshot: false,
                 changes: wire,
+                secrets: mesh_cas(store, upserted).await?,
             };
             if out.send(batch(b)).await.is_err() {
                 return Ok(last);
@@ -295,6 +341,23 @@ impl GlobalSync for SyncServer {
                 zones.flush_soon();
                 let mut commits = store.watch();
                 let mut sent = applied_revision;
+                // First the mesh CAs, which a zone needs whatever it has applied.
+                match all_mesh_cas(&*store).await {
+                    Ok(secrets) if !secrets.is_empty() => {
+                        let b = Batch {
+                            from_revision: sent,
+                            to_revision: sent,
+                            snapshot: false,
+                            changes: Vec::new(),
+                            secrets,
+                        };
+                        if tx.send(batch(b)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "reading mesh CAs failed; the zone gets them with the next mesh change"),
+                }
                 // The store is read only when something may have changed: at the start and
                 // after each commit, not after each ACK.
                 let mut pending = true;

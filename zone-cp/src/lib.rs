@@ -148,7 +148,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ));
     }
 
-    let reconciler = reconcile::Reconciler::new(store.clone(), cache.clone(), xds_metrics.clone());
+    let ca_source = if global_address.is_some() {
+        reconcile::CaSource::Global
+    } else {
+        reconcile::CaSource::Create
+    };
+    let reconciler = reconcile::Reconciler::new(store.clone(), cache.clone(), xds_metrics.clone())
+        .with_ca_source(ca_source);
     let mut reconciler = tokio::spawn(reconciler.run(stop_rx.clone()));
 
     // The user-token key is replicated like any write, so it is there once the zone's Raft has

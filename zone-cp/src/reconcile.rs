@@ -8,9 +8,17 @@
 //! One writer (this task) owns the zone's in-memory view; a change regenerates only the
 //! proxies it can affect: a Dataplane itself and the proxies that call its services; a policy,
 //! the proxies its top-level targetRef selects (all of the mesh for a mesh-wide one).
+//!
+//! With mesh mTLS on, it also issues each proxy's certificate from the mesh CA, and reissues
+//! it four fifths into its life (a timer here), so Envoy gets a fresh one over SDS in time.
+//! The CA comes from the store: created here when the zone is standalone, synced from global
+//! when federated (until it arrives, the mesh's proxies keep what they have).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use meridian_api::ca::{Leaf, MeshCa, secret_name, spiffe_id};
 
 use meridian_model::matching::{ProxyView, ToPolicy, selects};
 use meridian_model::policies::dataplane::{DataplaneSpec, SERVICE_TAG};
@@ -22,7 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::xds::cache::{ProxyId, SnapshotCache};
 use crate::xds::metrics::XdsMetrics;
-use crate::xds::translate::{MeshContext, proxy_snapshot};
+use crate::xds::translate::{Identity, MeshContext, TlsSettings, proxy_snapshot};
 
 const BATCH: u32 = 1000;
 
@@ -182,12 +190,46 @@ fn upserted(change: &Change) -> Option<&Resource> {
     }
 }
 
+/// Where a zone's mesh CAs come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaSource {
+    /// Standalone: the zone creates them (once, through its store).
+    Create,
+    /// Federated: global creates them and the sync brings them.
+    Global,
+}
+
+/// A proxy's certificate, and what it was issued for.
+struct Issued {
+    ids: Vec<String>,
+    ca: String,
+    lifetime: Duration,
+    leaf: Leaf,
+}
+
+/// How often meshes waiting for their CA look again.
+const CA_RETRY: Duration = Duration::from_secs(1);
+
 pub struct Reconciler {
     store: Arc<dyn Store>,
     cache: SnapshotCache,
     metrics: Arc<XdsMetrics>,
     view: ZoneView,
     applied: i64,
+    ca_source: CaSource,
+    leaves: HashMap<ProxyId, Issued>,
+    /// Meshes with mTLS on whose CA is not available yet.
+    waiting: BTreeSet<String>,
+}
+
+/// The identities a proxy's certificate carries: one per service it serves.
+fn identities(mesh: &str, name: &str, dp: &DataplaneSpec) -> Vec<String> {
+    let services: BTreeSet<&String> = served(dp).collect();
+    if services.is_empty() {
+        // A proxy that only calls out still needs an identity to show.
+        return vec![spiffe_id(mesh, name)];
+    }
+    services.into_iter().map(|s| spiffe_id(mesh, s)).collect()
 }
 
 impl Reconciler {
@@ -198,7 +240,19 @@ impl Reconciler {
             metrics,
             view: ZoneView::default(),
             applied: 0,
+            ca_source: CaSource::Create,
+            leaves: HashMap::new(),
+            waiting: BTreeSet::new(),
         }
+    }
+
+    pub fn with_ca_source(self, ca_source: CaSource) -> Self {
+        Self { ca_source, ..self }
+    }
+
+    /// When the next certificate is due for renewal.
+    fn next_renewal(&self) -> Option<SystemTime> {
+        self.leaves.values().map(|i| i.leaf.renew_at).min()
     }
 
     /// Runs until `shutdown` fires; returns an error only when the store fails for good.
@@ -207,9 +261,19 @@ impl Reconciler {
         self.catch_up().await?;
         info!(revision = self.applied, "proxy snapshots generated");
         loop {
+            let renewal = self.next_renewal().map(|at| {
+                let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+                tokio::time::Instant::now() + wait
+            });
+            let retry = (!self.waiting.is_empty()).then(|| tokio::time::Instant::now() + CA_RETRY);
+            let timer = renewal.into_iter().chain(retry).min();
             tokio::select! {
                 changed = commits.changed() => if changed.is_err() { return Ok(()) },
                 _ = shutdown.changed() => return Ok(()),
+                _ = async { tokio::time::sleep_until(timer.unwrap_or_else(tokio::time::Instant::now)).await }, if timer.is_some() => {
+                    self.refresh_identities().await;
+                    continue;
+                }
             }
             commits.borrow_and_update();
             // A failed read is retried with backoff: proxies must not stay stale until some
@@ -250,7 +314,7 @@ impl Reconciler {
                 }
             }
             for (mesh, names) in affected {
-                self.regenerate(&mesh, names.as_ref());
+                self.regenerate(&mesh, names.as_ref()).await;
             }
             for id in removed.iter().filter(|id| {
                 self.view
@@ -258,20 +322,130 @@ impl Reconciler {
                     .is_none()
             }) {
                 self.cache.remove(id);
+                self.leaves.remove(id);
             }
         }
     }
 
-    fn regenerate(&self, mesh: &str, only: Option<&BTreeSet<String>>) {
+    /// Reissues certificates that are due, and retries meshes that were waiting for a CA.
+    async fn refresh_identities(&mut self) {
+        let now = SystemTime::now();
+        let mut due: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
+        for (id, issued) in &self.leaves {
+            if issued.leaf.renew_at <= now
+                && let Some(names) = due
+                    .entry(id.mesh.clone())
+                    .or_insert_with(|| Some(BTreeSet::new()))
+            {
+                names.insert(id.name.clone());
+            }
+        }
+        for mesh in std::mem::take(&mut self.waiting) {
+            due.insert(mesh, None);
+        }
+        for (mesh, names) in due {
+            self.regenerate(&mesh, names.as_ref()).await;
+        }
+    }
+
+    /// The CA of `mesh`'s backend: stored, or (standalone) created now.
+    async fn mesh_ca(&self, mesh: &str, tls: &TlsSettings) -> Result<Option<MeshCa>, String> {
+        let name = secret_name(mesh, &tls.backend);
+        match self.store.stored_secret(&name).await.map_err(|e| e.to_string())? {
+            Some(stored) => MeshCa::from_secret(&stored).map(Some).map_err(|e| e.to_string()),
+            None if self.ca_source == CaSource::Create => MeshCa::ensure(&*self.store, mesh, &tls.backend)
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            None => Ok(None),
+        }
+    }
+
+    /// The proxy's current certificate, issued anew when it is missing, due, or for other
+    /// services, CA or lifetime.
+    fn leaf(&mut self, id: &ProxyId, dp: &DataplaneSpec, ca: &MeshCa, tls: &TlsSettings) -> Option<&Leaf> {
+        let ids = identities(&id.mesh, &id.name, dp);
+        let fingerprint = ca.fingerprint();
+        let fresh = self.leaves.get(id).is_some_and(|i| {
+            i.ids == ids
+                && i.ca == fingerprint
+                && i.lifetime == tls.cert_lifetime
+                && i.leaf.renew_at > SystemTime::now()
+        });
+        if !fresh {
+            match ca.issue(&id.mesh, &ids, tls.cert_lifetime) {
+                Ok(leaf) => {
+                    debug!(proxy = %id, ids = ?ids, not_after = ?leaf.not_after, "certificate issued");
+                    self.metrics.certificates.inc();
+                    self.leaves.insert(
+                        id.clone(),
+                        Issued {
+                            ids,
+                            ca: fingerprint,
+                            lifetime: tls.cert_lifetime,
+                            leaf,
+                        },
+                    );
+                }
+                Err(e) => {
+                    warn!(proxy = %id, error = %e, "issuing a certificate failed");
+                    self.leaves.remove(id);
+                    return None;
+                }
+            }
+        }
+        self.leaves.get(id).map(|i| &i.leaf)
+    }
+
+    async fn regenerate(&mut self, mesh: &str, only: Option<&BTreeSet<String>>) {
         let resources = self.view.meshes.get(mesh);
         let ctx = MeshContext::new(resources.into_iter().flat_map(|m| m.values()));
-        for r in self.view.dataplanes(mesh) {
-            if only.is_some_and(|names| !names.contains(&r.name)) {
-                continue;
-            }
-            let Some(dp) = dataplane(r) else { continue };
-            let id = ProxyId::new(mesh, r.name.clone());
-            let changed = self.cache.set(&id, proxy_snapshot(&ctx, &r.name, &r.labels, dp));
+        let ca = match &ctx.tls {
+            None => None,
+            Some(tls) => match self.mesh_ca(mesh, tls).await {
+                Ok(Some(ca)) => Some(ca),
+                Ok(None) => {
+                    if self.waiting.insert(mesh.to_owned()) {
+                        info!(
+                            mesh,
+                            "mTLS is on but the mesh CA has not come from global yet; proxies keep their config"
+                        );
+                    }
+                    return;
+                }
+                Err(e) => {
+                    warn!(mesh, error = %e, "the mesh CA is not usable; proxies keep their config");
+                    self.waiting.insert(mesh.to_owned());
+                    return;
+                }
+            },
+        };
+        let proxies: Vec<(String, BTreeMap<String, String>, DataplaneSpec)> = self
+            .view
+            .dataplanes(mesh)
+            .filter(|r| only.is_none_or(|names| names.contains(&r.name)))
+            .filter_map(|r| Some((r.name.clone(), r.labels.clone(), dataplane(r)?.clone())))
+            .collect();
+        for (name, labels, dp) in proxies {
+            let id = ProxyId::new(mesh, name.clone());
+            let snapshot = match (&ca, &ctx.tls) {
+                (Some(ca), Some(tls)) => {
+                    let Some(leaf) = self.leaf(&id, &dp, ca, tls) else {
+                        continue;
+                    };
+                    let identity = Identity {
+                        ca_cert: &ca.cert,
+                        cert: &leaf.cert,
+                        key: &leaf.key,
+                    };
+                    proxy_snapshot(&ctx, &name, &labels, &dp, Some(identity))
+                }
+                _ => {
+                    self.leaves.remove(&id);
+                    proxy_snapshot(&ctx, &name, &labels, &dp, None)
+                }
+            };
+            let changed = self.cache.set(&id, snapshot);
             self.metrics.generations.inc();
             debug!(proxy = %id, changed, "snapshot regenerated");
         }

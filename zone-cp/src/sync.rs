@@ -111,6 +111,24 @@ fn decode(zone: &str, batch: &Batch) -> Result<Vec<(ResourceKey, Option<Submissi
 /// Applies a batch to the zone's store, with the new position, in one transaction.
 pub async fn apply(store: &dyn Store, zone: &str, batch: &Batch) -> Result<SyncedOutcome, String> {
     let changes = decode(zone, batch)?;
+    for secret in &batch.secrets {
+        if !secret.name.starts_with(meridian_api::ca::SECRET_PREFIX) {
+            return Err(format!(
+                "secret {:?}: only mesh CAs ({}MESH/BACKEND) come from global",
+                secret.name,
+                meridian_api::ca::SECRET_PREFIX
+            ));
+        }
+        meridian_api::ca::MeshCa::from_secret(&secret.value)
+            .map_err(|e| format!("secret {:?}: {e}", secret.name))?;
+    }
+    // The CAs first: the meshes that need them may be in this batch.
+    for secret in &batch.secrets {
+        store
+            .put_secret(&secret.name, &secret.value)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let mut ops = Vec::with_capacity(changes.len());
     if batch.snapshot {
         // Whatever global no longer has goes; the zone's own inventory stays. Listing outside
@@ -400,6 +418,7 @@ mod tests {
 
     fn batch(to: i64, snapshot: bool, changes: Vec<WireChange>) -> Batch {
         Batch {
+            secrets: Vec::new(),
             from_revision: 0,
             to_revision: to,
             snapshot,

@@ -3,7 +3,7 @@
 
 use meridian_model::{Format, Resource, Spec, parse_one};
 use meridian_zone_cp::xds::describe::describe_snapshot;
-use meridian_zone_cp::xds::translate::{MeshContext, proxy_snapshot};
+use meridian_zone_cp::xds::translate::{Identity, MeshContext, proxy_snapshot};
 
 fn resource(yaml: &str) -> Resource {
     parse_one(yaml, Format::Yaml).expect("valid").resource
@@ -32,14 +32,51 @@ fn world() -> Vec<Resource> {
     ]
 }
 
-fn snapshot_of(name: &str) -> String {
-    let world = world();
+fn snapshot_in(world: &[Resource], name: &str) -> String {
     let ctx = MeshContext::new(world.iter());
     let dp = world.iter().find(|r| r.name == name).expect("dataplane");
     let Spec::Dataplane(spec) = &dp.spec else {
         panic!("not a dataplane")
     };
-    describe_snapshot(&proxy_snapshot(&ctx, &dp.name, &dp.labels, spec))
+    let identity = Identity {
+        ca_cert: "CA CERT",
+        cert: "CERT",
+        key: "KEY",
+    };
+    describe_snapshot(&proxy_snapshot(&ctx, &dp.name, &dp.labels, spec, Some(identity)))
+}
+
+fn snapshot_of(name: &str) -> String {
+    snapshot_in(&world(), name)
+}
+
+/// The world with mesh mTLS on (in `mode`) and the seed's TrafficPermission.
+fn mtls_world(mode: &str) -> Vec<Resource> {
+    let mut world = world();
+    world.push(resource(&format!(
+        "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n    mode: {mode}\n"
+    )));
+    world.push(resource(
+        "type: TrafficPermission\nname: allow-demo-to-reg\nsources:\n- match: {kuma.io/service: demo}\ndestinations:\n- match: {kuma.io/service: reg-server}\n",
+    ));
+    world
+}
+
+#[test]
+fn mtls_inbound_checks_the_peer_identity() {
+    let out = snapshot_in(&mtls_world("STRICT"), "reg-server-1");
+    assert!(!out.contains("KEY"), "private keys never show");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn mtls_outbounds_expect_the_destination_identity() {
+    insta::assert_snapshot!(snapshot_in(&mtls_world("STRICT"), "demo-1"));
+}
+
+#[test]
+fn permissive_inbound_also_takes_plaintext() {
+    insta::assert_snapshot!(snapshot_in(&mtls_world("PERMISSIVE"), "db-1"));
 }
 
 #[test]

@@ -11,6 +11,7 @@
 
 pub mod auth;
 mod body;
+pub mod ca;
 mod error;
 pub mod metrics;
 pub mod openapi;

@@ -67,7 +67,8 @@ pub fn covers(target: &TargetRef, service: &str) -> bool {
     }
 }
 
-fn specificity(kind: TargetRefKind) -> u8 {
+/// How specific a targetRef kind is: a more specific one wins when policies overlap.
+pub fn specificity(kind: TargetRefKind) -> u8 {
     use TargetRefKind::*;
     match kind {
         Mesh => 0,

@@ -97,6 +97,19 @@ pub struct Batch {
     pub snapshot: bool,
     #[prost(message, repeated, tag = "4")]
     pub changes: Vec<Change>,
+    /// Mesh CAs (`mesh-ca/MESH/BACKEND`) for the meshes in this batch, so every zone issues
+    /// certificates from the same roots. Applied before the changes.
+    #[prost(message, repeated, tag = "5")]
+    pub secrets: Vec<Secret>,
+}
+
+/// A named secret, as the store holds it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Secret {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

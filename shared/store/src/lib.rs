@@ -171,6 +171,13 @@ pub trait Store: Send + Sync + 'static {
     /// first writer wins, so replicas starting together agree).
     async fn secret(&self, name: &str, candidate: &str) -> Result<String, StoreError>;
 
+    /// Stores `value` as the secret `name`, replacing any stored one (a zone taking its
+    /// mesh CAs from global).
+    async fn put_secret(&self, name: &str, value: &str) -> Result<(), StoreError>;
+
+    /// The secret named `name`, if one is stored; never creates one.
+    async fn stored_secret(&self, name: &str) -> Result<Option<String>, StoreError>;
+
     /// Records runtime status that is not a resource (each global replica's view of a zone's
     /// sync): it takes no revision, and the last writer wins.
     async fn put_status(&self, name: &str, value: &str) -> Result<(), StoreError>;

@@ -16,8 +16,16 @@ pub enum Write {
     Put(Box<Submission>),
     Delete(ResourceKey, DeleteOptions),
     Synced(Vec<SyncedOp>, Option<i64>),
-    Status { name: String, value: String },
-    Secret { name: String, candidate: String },
+    Status {
+        name: String,
+        value: String,
+    },
+    /// Stores `candidate` unless a secret is stored; with `replace`, in any case.
+    Secret {
+        name: String,
+        candidate: String,
+        replace: bool,
+    },
 }
 
 /// What a [`Write`] did.
@@ -58,7 +66,11 @@ async fn write_in(
             status_in(tx, &name, &value, now).await?;
             Written::Status
         }
-        Write::Secret { name, candidate } => Written::Secret(secret_in(tx, &name, &candidate, now).await?),
+        Write::Secret {
+            name,
+            candidate,
+            replace,
+        } => Written::Secret(secret_in(tx, &name, &candidate, replace, now).await?),
     })
 }
 

@@ -574,22 +574,29 @@ async fn status_in(conn: &mut AnyConnection, name: &str, value: &str, now: i64) 
     Ok(())
 }
 
+/// Stores `candidate` as the secret `name` unless one is stored (or in any case, with
+/// `replace`), and returns what is stored.
 async fn secret_in(
     conn: &mut AnyConnection,
     name: &str,
     candidate: &str,
+    replace: bool,
     now: i64,
 ) -> Result<String, StoreError> {
-    sqlx::query(
+    let sql = if replace {
         "INSERT INTO meridian_signing_keys (name, secret, created_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (name) DO NOTHING",
-    )
-    .bind(name)
-    .bind(candidate)
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(db_error)?;
+         ON CONFLICT (name) DO UPDATE SET secret = excluded.secret, created_at = excluded.created_at"
+    } else {
+        "INSERT INTO meridian_signing_keys (name, secret, created_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO NOTHING"
+    };
+    sqlx::query(sql)
+        .bind(name)
+        .bind(candidate)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
     sqlx::query("SELECT secret FROM meridian_signing_keys WHERE name = $1")
         .bind(name)
         .fetch_one(&mut *conn)
@@ -790,7 +797,16 @@ impl Store for SqlStore {
 
     async fn secret(&self, name: &str, candidate: &str) -> Result<String, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        secret_in(&mut conn, name, candidate, now_ms()).await
+        secret_in(&mut conn, name, candidate, false, now_ms()).await
+    }
+
+    async fn put_secret(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        secret_in(&mut conn, name, value, true, now_ms()).await.map(drop)
+    }
+
+    async fn stored_secret(&self, name: &str) -> Result<Option<String>, StoreError> {
+        SqlStore::stored_secret(self, name).await
     }
 
     async fn put_status(&self, name: &str, value: &str) -> Result<(), StoreError> {

@@ -450,6 +450,15 @@ async fn the_first_secret_wins(store: &dyn Store) {
         "first"
     );
     assert_eq!(store.secret("other", "x").await.expect("secret"), "x");
+    assert_eq!(store.stored_secret("none").await.expect("read"), None);
+    // Put replaces: a zone takes its mesh CAs from global, whatever it had.
+    store.put_secret("zone-token", "third").await.expect("put");
+    assert_eq!(
+        store.stored_secret("zone-token").await.expect("read").as_deref(),
+        Some("third")
+    );
+    store.put_secret("new", "y").await.expect("put");
+    assert_eq!(store.secret("new", "z").await.expect("secret"), "y");
 }
 
 async fn snapshots_hold_everything_at_their_revision(store: &dyn Store) {

@@ -163,11 +163,31 @@ impl Store for ZoneStore {
         let write = Write::Secret {
             name: name.to_owned(),
             candidate: candidate.to_owned(),
+            replace: false,
         };
         match self.write(write).await? {
             Written::Secret(secret) => Ok(secret),
             other => Err(unexpected(other)),
         }
+    }
+
+    async fn put_secret(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        if self.local.stored_secret(name).await?.as_deref() == Some(value) {
+            return Ok(());
+        }
+        let write = Write::Secret {
+            name: name.to_owned(),
+            candidate: value.to_owned(),
+            replace: true,
+        };
+        match self.write(write).await? {
+            Written::Secret(_) => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn stored_secret(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.local.stored_secret(name).await
     }
 
     async fn put_status(&self, name: &str, value: &str) -> Result<(), StoreError> {

@@ -41,6 +41,8 @@ pub enum WireWrite {
     Secret {
         name: String,
         candidate: String,
+        #[serde(default)]
+        replace: bool,
     },
 }
 
@@ -106,9 +108,14 @@ impl ZoneRequest {
                 name: name.clone(),
                 value: value.clone(),
             },
-            Write::Secret { name, candidate } => WireWrite::Secret {
+            Write::Secret {
+                name,
+                candidate,
+                replace,
+            } => WireWrite::Secret {
                 name: name.clone(),
                 candidate: candidate.clone(),
+                replace: *replace,
             },
         };
         Self { at_ms, write }
@@ -151,9 +158,14 @@ impl ZoneRequest {
                 name: name.clone(),
                 value: value.clone(),
             },
-            WireWrite::Secret { name, candidate } => Write::Secret {
+            WireWrite::Secret {
+                name,
+                candidate,
+                replace,
+            } => Write::Secret {
                 name: name.clone(),
                 candidate: candidate.clone(),
+                replace: *replace,
             },
         })
     }

@@ -2,18 +2,36 @@
 //! typed configs nested inside (`Any`) decoded in place. Used by `_config` and snapshot tests.
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::TransportSocket;
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    DownstreamTlsContext, Secret, UpstreamTlsContext, secret,
+};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
-use super::cache::{CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot};
+use super::cache::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot};
+
+/// A transport socket's config, decoded and put aside like a nested `Any`.
+fn take_socket(socket: &mut Option<TransportSocket>, nested: &mut Vec<String>) {
+    if let Some(TransportSocket {
+        name,
+        config_type: Some(SocketConfig::TypedConfig(a)),
+    }) = socket
+    {
+        nested.push(format!("{name}: {}", take_any(a)));
+    }
+}
 
 /// Replaces a nested `Any` by a marker, returning the text of what it held.
 fn take_any(any: &mut Any) -> String {
@@ -34,6 +52,14 @@ fn take_any(any: &mut Any) -> String {
         TcpProxy::decode(bytes).map(|m| format!("{m:#?}"))
     } else if taken.type_url == HttpProtocolOptions::type_url() {
         HttpProtocolOptions::decode(bytes).map(|m| format!("{m:#?}"))
+    } else if taken.type_url == HttpRbac::type_url() {
+        HttpRbac::decode(bytes).map(|m| format!("{m:#?}"))
+    } else if taken.type_url == NetworkRbac::type_url() {
+        NetworkRbac::decode(bytes).map(|m| format!("{m:#?}"))
+    } else if taken.type_url == DownstreamTlsContext::type_url() {
+        DownstreamTlsContext::decode(bytes).map(|m| format!("{m:#?}"))
+    } else if taken.type_url == UpstreamTlsContext::type_url() {
+        UpstreamTlsContext::decode(bytes).map(|m| format!("{m:#?}"))
     } else {
         return format!("({} bytes)", bytes.len());
     };
@@ -53,7 +79,16 @@ pub fn describe(any: &Any) -> String {
                     nested.push(format!("{k}: {}", take_any(a)));
                 }
             }
+            take_socket(&mut c.transport_socket, &mut nested);
             format!("{c:#?}\n{}", nested.join("\n"))
+        }),
+        // Only what a secret is, never its content: private keys stay out of every output.
+        SECRET => Secret::decode(bytes).map(|s| match s.r#type {
+            Some(secret::Type::TlsCertificate(_)) => {
+                format!("Secret {:?}: certificate and private key", s.name)
+            }
+            Some(secret::Type::ValidationContext(_)) => format!("Secret {:?}: trusted CA", s.name),
+            _ => format!("Secret {:?}", s.name),
         }),
         ENDPOINT => ClusterLoadAssignment::decode(bytes).map(|m| format!("{m:#?}")),
         LISTENER => Listener::decode(bytes).map(|mut l| {
@@ -64,6 +99,7 @@ pub fn describe(any: &Any) -> String {
                         nested.push(format!("{}: {}", f.name, take_any(a)));
                     }
                 }
+                take_socket(&mut chain.transport_socket, &mut nested);
             }
             format!("{l:#?}\n{}", nested.join("\n"))
         }),

@@ -15,6 +15,8 @@ pub struct XdsMetrics {
     pub generations: Counter,
     /// Streams refused for a missing or wrong dataplane token.
     pub refused: Counter,
+    /// Proxy certificates issued (first ones and renewals).
+    pub certificates: Counter,
 }
 
 impl XdsMetrics {
@@ -37,6 +39,11 @@ impl XdsMetrics {
             "xds_generations",
             "Proxy snapshots regenerated",
             m.generations.clone(),
+        );
+        registry.register(
+            "xds_certificates_issued",
+            "Proxy certificates issued from mesh CAs (first ones and renewals)",
+            m.certificates.clone(),
         );
         m
     }

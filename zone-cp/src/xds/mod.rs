@@ -1,5 +1,7 @@
 pub mod cache;
 pub mod describe;
 pub mod metrics;
+pub mod rbac;
 pub mod server;
+pub mod tls;
 pub mod translate;

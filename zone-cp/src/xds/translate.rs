@@ -6,8 +6,10 @@
 //!                                                  inbound tagged kuma.io/service=<service>)
 //! ```
 //!
-//! MeshTimeout and MeshRetry `to` entries shape each outbound's route and cluster. Everything
-//! here is a pure function of the zone's state, so snapshot tests pin its output.
+//! MeshTimeout and MeshRetry `to` entries shape each outbound's route and cluster. With mesh
+//! mTLS on, inbounds take TLS and check permissions, outbound clusters speak TLS (see
+//! [`super::tls`]). Everything here is a pure function of the zone's state and the proxy's
+//! certificate, so snapshot tests pin its output.
 
 use std::collections::BTreeMap;
 use std::time::Duration as StdDuration;
@@ -24,7 +26,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints};
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener};
 use envoy_types::pb::envoy::config::route::v3::retry_policy::RetryBackOff;
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier as RouteCluster;
@@ -49,12 +51,15 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 use meridian_model::matching::{ProxyView, ToPolicy, outbound_conf};
 use meridian_model::policies::dataplane::{DataplaneSpec, SERVICE_TAG};
+use meridian_model::policies::mesh::MtlsMode;
 use meridian_model::policies::mesh_retry::{HttpRetryOn, RetryConf};
 use meridian_model::policies::mesh_timeout::TimeoutConf;
 use meridian_model::{Resource, Spec};
 use prost::{Message, Name};
 
-use super::cache::{CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot};
+use super::cache::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot};
+use super::rbac::{Permissions, ServiceTags, inbound_access};
+use super::tls;
 
 /// The tag that says how a service speaks (`http`, `http2`, `grpc`; anything else is TCP).
 pub const PROTOCOL_TAG: &str = "kuma.io/protocol";
@@ -77,12 +82,38 @@ pub struct ServiceInfo {
     pub http: bool,
 }
 
+/// Dataplane certificates live this long unless the mesh says otherwise (Kuma's default).
+pub const DEFAULT_CERT_LIFETIME: StdDuration = StdDuration::from_secs(24 * 3600);
+
+/// A mesh's mTLS settings, from its enabled builtin backend.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsSettings {
+    pub backend: String,
+    /// Inbounds accept plaintext too (for migration).
+    pub permissive: bool,
+    pub cert_lifetime: StdDuration,
+}
+
+/// What a proxy proves itself with: its certificate and key, and the mesh's root.
+#[derive(Clone, Copy, Debug)]
+pub struct Identity<'a> {
+    pub ca_cert: &'a str,
+    pub cert: &'a str,
+    pub key: &'a str,
+}
+
 /// The parts of a mesh every proxy's translation reads, computed once per change.
 #[derive(Default)]
 pub struct MeshContext {
+    pub mesh: String,
     pub services: BTreeMap<String, ServiceInfo>,
     pub timeouts: Vec<ToPolicy>,
     pub retries: Vec<ToPolicy>,
+    /// Set when the mesh has mTLS on.
+    pub tls: Option<TlsSettings>,
+    pub permissions: Permissions,
+    /// Each service's inbound tag sets, to resolve permissions that select clients by tags.
+    pub service_tags: ServiceTags,
 }
 
 fn is_http(tags: &BTreeMap<String, String>) -> bool {
@@ -98,11 +129,29 @@ impl MeshContext {
         let mut ctx = MeshContext::default();
         for r in resources {
             match &r.spec {
+                Spec::Mesh(mesh) => {
+                    ctx.mesh = r.name.clone();
+                    ctx.tls = mesh.enabled_ca().map(|ca| TlsSettings {
+                        backend: ca.name.clone(),
+                        permissive: ca.mode == Some(MtlsMode::Permissive),
+                        cert_lifetime: ca
+                            .dp_cert
+                            .as_ref()
+                            .and_then(|c| c.rotation.as_ref())
+                            .map_or(DEFAULT_CERT_LIFETIME, |r| r.expiration.as_duration()),
+                    });
+                }
+                Spec::MeshTrafficPermission(p) => ctx.permissions.mesh.push((r.name.clone(), p.clone())),
+                Spec::TrafficPermission(p) => ctx.permissions.legacy.push(p.clone()),
                 Spec::Dataplane(dp) => {
                     for inbound in dp.networking.inbound.iter().flatten() {
                         let Some(service) = inbound.tags.get(SERVICE_TAG) else {
                             continue;
                         };
+                        ctx.service_tags
+                            .entry(service.clone())
+                            .or_default()
+                            .push(inbound.tags.clone());
                         let info = ctx.services.entry(service.clone()).or_default();
                         info.http |= is_http(&inbound.tags);
                         info.endpoints.push(ServiceEndpoint {
@@ -188,15 +237,25 @@ fn tcp_filter(stat_prefix: &str, cluster: &str, idle: Option<StdDuration>) -> Fi
     }
 }
 
-fn listener(name: String, address: &str, port: u32, direction: TrafficDirection, filter: Filter) -> Listener {
+fn listener(
+    name: String,
+    address: &str,
+    port: u32,
+    direction: TrafficDirection,
+    filter_chains: Vec<FilterChain>,
+) -> Listener {
     Listener {
         name,
         address: Some(socket(address, port)),
-        filter_chains: vec![FilterChain {
-            filters: vec![filter],
-            ..Default::default()
-        }],
+        filter_chains,
         traffic_direction: direction as i32,
+        ..Default::default()
+    }
+}
+
+fn chain_of(filters: Vec<Filter>) -> FilterChain {
+    FilterChain {
+        filters,
         ..Default::default()
     }
 }
@@ -269,18 +328,33 @@ fn retry_policy(conf: &RetryConf) -> Option<RetryPolicy> {
     })
 }
 
-/// Generates every resource of the proxy `name` with Dataplane `dp`.
+/// Generates every resource of the proxy `name` with Dataplane `dp`. With mTLS on, a proxy
+/// without its `identity` gets no listeners: it must not serve or call in plaintext.
 pub fn proxy_snapshot(
     ctx: &MeshContext,
     name: &str,
     labels: &BTreeMap<String, String>,
     dp: &DataplaneSpec,
+    identity: Option<Identity<'_>>,
 ) -> Snapshot {
     let mut snap = Snapshot::default();
     let view = ProxyView {
         name,
         labels,
         dataplane: dp,
+    };
+    let tls = match (&ctx.tls, identity) {
+        (None, _) => None,
+        (Some(settings), Some(id)) => {
+            snap.insert(
+                SECRET,
+                tls::IDENTITY_SECRET.into(),
+                tls::identity_secret(id.cert, id.key),
+            );
+            snap.insert(SECRET, tls::CA_SECRET.into(), tls::ca_secret(id.ca_cert));
+            Some(settings)
+        }
+        (Some(_), None) => return snap,
     };
     for inbound in dp.networking.inbound.iter().flatten() {
         let service = inbound.tags.get(SERVICE_TAG).cloned().unwrap_or_default();
@@ -307,41 +381,80 @@ pub fn proxy_snapshot(
         snap.insert(CLUSTER, cluster_name.clone(), pack(&cluster));
         let address = inbound.address.as_deref().unwrap_or(&dp.networking.address);
         let listener_name = format!("inbound:{address}:{}", inbound.port);
-        let filter = if is_http(&inbound.tags) {
-            let routes = RouteConfiguration {
-                name: format!("inbound:{service}"),
-                virtual_hosts: vec![VirtualHost {
-                    name: service.clone(),
-                    domains: vec!["*".into()],
-                    routes: vec![route_to(
-                        &cluster_name,
-                        RouteAction {
-                            // The caller's sidecar enforces the request timeout; the inbound does not cut it short.
-                            timeout: Some(duration(StdDuration::ZERO)),
-                            ..Default::default()
-                        },
-                    )],
+        let stat_prefix = listener_name.replace(':', "_");
+        // Permissions are enforced on what arrives over mTLS: only there is the peer known.
+        let access = tls.map(|_| inbound_access(&ctx.permissions, &ctx.service_tags, &view, &inbound.tags));
+        let chain = |access: Option<&super::rbac::Access>| -> Vec<Filter> {
+            if is_http(&inbound.tags) {
+                let routes = RouteConfiguration {
+                    name: format!("inbound:{service}"),
+                    virtual_hosts: vec![VirtualHost {
+                        name: service.clone(),
+                        domains: vec!["*".into()],
+                        routes: vec![route_to(
+                            &cluster_name,
+                            RouteAction {
+                                // The caller's sidecar enforces the request timeout; the inbound does not cut it short.
+                                timeout: Some(duration(StdDuration::ZERO)),
+                                ..Default::default()
+                            },
+                        )],
+                        ..Default::default()
+                    }],
                     ..Default::default()
-                }],
-                ..Default::default()
-            };
-            hcm_filter(&HttpConnectionManager {
-                stat_prefix: listener_name.replace(':', "_"),
-                codec_type: CodecType::Auto as i32,
-                route_specifier: Some(RouteSpecifier::RouteConfig(routes)),
-                http_filters: vec![router_filter()],
-                ..Default::default()
-            })
-        } else {
-            tcp_filter(&listener_name.replace(':', "_"), &cluster_name, None)
+                };
+                let rbac = access.map(|a| tls::http_rbac(&ctx.mesh, a));
+                vec![hcm_filter(&HttpConnectionManager {
+                    stat_prefix: stat_prefix.clone(),
+                    codec_type: CodecType::Auto as i32,
+                    route_specifier: Some(RouteSpecifier::RouteConfig(routes)),
+                    http_filters: rbac.into_iter().chain([router_filter()]).collect(),
+                    ..Default::default()
+                })]
+            } else {
+                let rbac = access.map(|a| tls::network_rbac(&ctx.mesh, a, &stat_prefix));
+                rbac.into_iter()
+                    .chain([tcp_filter(&stat_prefix, &cluster_name, None)])
+                    .collect()
+            }
         };
-        let l = listener(
+        let chains = match tls {
+            None => vec![chain_of(chain(None))],
+            Some(settings) => {
+                let mut chains = vec![FilterChain {
+                    filter_chain_match: settings.permissive.then(|| FilterChainMatch {
+                        transport_protocol: "tls".into(),
+                        ..Default::default()
+                    }),
+                    filters: chain(access.as_ref()),
+                    transport_socket: Some(tls::inbound_socket(&ads())),
+                    name: "mtls".into(),
+                    ..Default::default()
+                }];
+                if settings.permissive {
+                    chains.push(FilterChain {
+                        filter_chain_match: Some(FilterChainMatch {
+                            transport_protocol: "raw_buffer".into(),
+                            ..Default::default()
+                        }),
+                        filters: chain(None),
+                        name: "plaintext".into(),
+                        ..Default::default()
+                    });
+                }
+                chains
+            }
+        };
+        let mut l = listener(
             listener_name.clone(),
             address,
             inbound.port,
             TrafficDirection::Inbound,
-            filter,
+            chains,
         );
+        if tls.is_some_and(|t| t.permissive) {
+            l.listener_filters = vec![tls::tls_inspector()];
+        }
         snap.insert(LISTENER, listener_name, pack(&l));
     }
     for outbound in dp.networking.outbound.iter().flatten() {
@@ -372,6 +485,7 @@ pub fn proxy_snapshot(
             } else {
                 Default::default()
             },
+            transport_socket: tls.map(|_| tls::outbound_socket(&ads(), &ctx.mesh, service)),
             ..Default::default()
         };
         snap.insert(CLUSTER, service.to_owned(), pack(&cluster));
@@ -426,7 +540,7 @@ pub fn proxy_snapshot(
             address,
             outbound.port,
             TrafficDirection::Outbound,
-            filter,
+            vec![chain_of(vec![filter])],
         );
         snap.insert(LISTENER, listener_name, pack(&l));
     }

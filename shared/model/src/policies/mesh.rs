@@ -211,6 +211,23 @@ fn check_default(v: &mut Validator, field: &str, chosen: &Option<String>, names:
     }
 }
 
+/// Dataplane certificates shorter-lived than this would be renewed in a storm.
+const MIN_CERT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Validate for CaBackend {
+    fn validate(&self, v: &mut Validator) {
+        let lifetime = self.dp_cert.as_ref().and_then(|c| c.rotation.as_ref());
+        if let Some(r) = lifetime
+            && r.expiration.as_duration() < MIN_CERT_LIFETIME
+        {
+            v.error_at(
+                "dpCert.rotation.expiration",
+                format!("must be at least {}s", MIN_CERT_LIFETIME.as_secs()),
+            );
+        }
+    }
+}
+
 impl Validate for MeshSpec {
     fn validate(&self, v: &mut Validator) {
         if let Some(mtls) = &self.mtls {
@@ -218,6 +235,24 @@ impl Validate for MeshSpec {
                 let backends = mtls.backends.as_deref().unwrap_or_default();
                 let names = unique_names(v, "backends", backends.iter().map(|b| b.name.as_str()));
                 check_default(v, "enabledBackend", &mtls.enabled_backend, &names);
+                v.field("backends", |v| {
+                    for (i, b) in backends.iter().enumerate() {
+                        v.index(i, |v| {
+                            b.validate(v);
+                            let enabled = mtls.enabled_backend.as_deref() == Some(b.name.as_str());
+                            if enabled && b.ca_type != CaType::Builtin {
+                                v.error_at(
+                                    "type",
+                                    format!(
+                                        "{} cannot be the enabled backend yet: only builtin is supported \
+                                         (Meridian generates the mesh CA)",
+                                        format!("{:?}", b.ca_type).to_lowercase()
+                                    ),
+                                );
+                            }
+                        });
+                    }
+                });
             });
         }
         for (field, section) in [("tracing", &self.tracing), ("logging", &self.logging)] {
@@ -236,5 +271,41 @@ impl Validate for MeshSpec {
                 check_default(v, "enabledBackend", &m.enabled_backend, &names);
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::errors;
+    use crate::{Format, Spec, parse_one};
+
+    #[test]
+    fn kumas_builtin_mtls_parses() {
+        let yaml = "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n    mode: PERMISSIVE\n    dpCert:\n      rotation:\n        expiration: 2m\n";
+        let sub = parse_one(yaml, Format::Yaml).expect("valid");
+        let Spec::Mesh(mesh) = &sub.resource.spec else {
+            panic!()
+        };
+        let ca = mesh.enabled_ca().expect("enabled");
+        assert_eq!(ca.mode, Some(super::MtlsMode::Permissive));
+    }
+
+    #[test]
+    fn bad_mtls_settings_name_their_fields() {
+        let errs = errors(
+            "type: Mesh\nname: m\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: provided\n  - name: ca-2\n    type: builtin\n    dpCert: {rotation: {expiration: 5s}}\n",
+        );
+        assert_eq!(
+            errs,
+            vec![
+                "mtls.backends[0].type: provided cannot be the enabled backend yet: only builtin is supported (Meridian generates the mesh CA)",
+                "mtls.backends[1].dpCert.rotation.expiration: must be at least 30s",
+            ]
+        );
+        let errs = errors("type: Mesh\nname: m\nmtls:\n  enabledBackend: nope\n  backends: []\n");
+        assert_eq!(
+            errs,
+            vec!["mtls.enabledBackend: names backend \"nope\", which is not in backends"]
+        );
     }
 }
