@@ -16,7 +16,7 @@ mod sql;
 use async_trait::async_trait;
 use meridian_model::{Kind, ResourceKey, Stored, Submission};
 
-pub use sql::{Backend, SqlStore, Write, Written, redact};
+pub use sql::{Backend, Sensitive, SqlStore, Write, Written, redact};
 
 /// What a store can fail with, in domain terms (the REST layer maps these to statuses).
 #[derive(Debug, thiserror::Error)]

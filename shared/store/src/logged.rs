@@ -10,6 +10,17 @@ use super::{COLUMNS, Revisions, SqlStore, db_error, delete_in, put_in, secret_in
 use crate::{DeleteOptions, PutOutcome, Store, StoreError, SyncedOp, SyncedOutcome};
 use meridian_model::{ResourceKey, Submission};
 
+/// A secret's value: kept out of `Debug` output, so logging a write never shows it.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Sensitive(pub String);
+
+impl std::fmt::Debug for Sensitive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
 /// One write, as a replicated log carries it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write {
@@ -23,7 +34,7 @@ pub enum Write {
     /// Stores `candidate` unless a secret is stored; with `replace`, in any case.
     Secret {
         name: String,
-        candidate: String,
+        candidate: Sensitive,
         replace: bool,
     },
 }
@@ -38,7 +49,7 @@ pub enum Written {
     Deleted(i64),
     Synced(SyncedOutcome),
     Status,
-    Secret(String),
+    Secret(Sensitive),
 }
 
 /// The tables that make up the state, with their columns, in the order they are restored.
@@ -70,7 +81,7 @@ async fn write_in(
             name,
             candidate,
             replace,
-        } => Written::Secret(secret_in(tx, &name, &candidate, replace, now).await?),
+        } => Written::Secret(Sensitive(secret_in(tx, &name, &candidate.0, replace, now).await?)),
     })
 }
 

@@ -24,7 +24,7 @@ use super::{
 
 #[path = "logged.rs"]
 mod logged;
-pub use logged::{Write, Written};
+pub use logged::{Sensitive, Write, Written};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use meridian_model::{Kind, ResourceKey, Stored, Submission};
 use meridian_store::{
-    Change, DeleteOptions, ListPage, Page, PutOutcome, SqlStore, StatusEntry, Store, StoreError, SyncedOp,
-    SyncedOutcome, Write, Written,
+    Change, DeleteOptions, ListPage, Page, PutOutcome, Sensitive, SqlStore, StatusEntry, Store, StoreError,
+    SyncedOp, SyncedOutcome, Write, Written,
 };
 use openraft::Raft;
 use tokio::sync::watch;
@@ -162,11 +162,11 @@ impl Store for ZoneStore {
         }
         let write = Write::Secret {
             name: name.to_owned(),
-            candidate: candidate.to_owned(),
+            candidate: Sensitive(candidate.to_owned()),
             replace: false,
         };
         match self.write(write).await? {
-            Written::Secret(secret) => Ok(secret),
+            Written::Secret(secret) => Ok(secret.0),
             other => Err(unexpected(other)),
         }
     }
@@ -177,7 +177,7 @@ impl Store for ZoneStore {
         }
         let write = Write::Secret {
             name: name.to_owned(),
-            candidate: value.to_owned(),
+            candidate: Sensitive(value.to_owned()),
             replace: true,
         };
         match self.write(write).await? {

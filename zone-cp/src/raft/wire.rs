@@ -4,7 +4,9 @@
 //! are validated again when applied, like any other input.
 
 use meridian_model::{Kind, ResourceKey, Stored, Submission, from_value};
-use meridian_store::{DeleteOptions, PutOutcome, StoreError, SyncedOp, SyncedOutcome, Write, Written};
+use meridian_store::{
+    DeleteOptions, PutOutcome, Sensitive, StoreError, SyncedOp, SyncedOutcome, Write, Written,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -40,7 +42,7 @@ pub enum WireWrite {
     },
     Secret {
         name: String,
-        candidate: String,
+        candidate: Sensitive,
         #[serde(default)]
         replace: bool,
     },
@@ -194,7 +196,7 @@ pub enum WireWritten {
     },
     Status,
     Secret {
-        value: String,
+        value: Sensitive,
     },
 }
 
@@ -324,5 +326,27 @@ impl ZoneReply {
             WireWritten::Status => Written::Status,
             WireWritten::Secret { value } => Written::Secret(value),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_travel_as_text_and_never_show_in_debug_output() {
+        let write = Write::Secret {
+            name: "mesh-ca/default/ca-1".into(),
+            candidate: Sensitive("THE-KEY".into()),
+            replace: true,
+        };
+        let request = ZoneRequest::new(7, &write);
+        assert!(!format!("{request:?}{write:?}").contains("THE-KEY"));
+        let json = serde_json::to_string(&request).expect("json");
+        assert!(json.contains("\"candidate\":\"THE-KEY\""), "{json}");
+        let back: ZoneRequest = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back.to_write().expect("write"), write);
+        let reply = ZoneReply::new(&Ok(Written::Secret(Sensitive("THE-KEY".into()))));
+        assert!(!format!("{reply:?}").contains("THE-KEY"));
     }
 }
