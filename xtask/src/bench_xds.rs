@@ -1,6 +1,8 @@
 //! `cargo xtask bench xds`: N simulated delta-xDS clients on one zone-cp node (release build).
 //! Prints streams held, zone-cp memory per stream, and the time from one mesh-wide policy
-//! change (a REST write) to the last client's ACK of it. It asserts nothing.
+//! change (a REST write) to the last client's ACK of it. With `--mtls`, it then turns on the
+//! mesh's mTLS and prints how long until every proxy has its certificate (issued and pushed
+//! over SDS), and the memory per stream with certificates. It asserts nothing.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -17,7 +19,9 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{run, target_dir, workspace_root};
 
-const TYPES: [(&str, &str); 4] = [
+const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+const TYPES: [(&str, &str); 5] = [
+    (SECRET, "identity_cert"),
     ("type.googleapis.com/envoy.config.cluster.v3.Cluster", ""),
     (
         "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
@@ -42,11 +46,23 @@ fn rss_kib(pid: u32) -> Result<u64> {
 }
 
 pub fn xds(args: &[&str]) -> Result<()> {
-    let proxies: usize = match args {
-        [] => 1000,
-        ["--proxies", n] => n.parse().context("--proxies: expected a number")?,
-        _ => bail!("usage: cargo xtask bench xds [--proxies N]"),
-    };
+    let mut proxies = 1000;
+    let mut mtls = false;
+    let mut rest = args;
+    loop {
+        match rest {
+            [] => break,
+            ["--proxies", n, tail @ ..] => {
+                proxies = n.parse().context("--proxies: expected a number")?;
+                rest = tail;
+            }
+            ["--mtls", tail @ ..] => {
+                mtls = true;
+                rest = tail;
+            }
+            _ => bail!("usage: cargo xtask bench xds [--proxies N] [--mtls]"),
+        }
+    }
     if !(1..=20_000).contains(&proxies) {
         bail!("--proxies must be from 1 to 20000");
     }
@@ -92,6 +108,7 @@ pub fn xds(args: &[&str]) -> Result<()> {
         &api,
         &format!("http://127.0.0.1:{xds_port}"),
         proxies,
+        mtls,
     ))
 }
 
@@ -139,6 +156,9 @@ struct Progress {
     changed_at: Mutex<Option<Instant>>,
     updated: AtomicUsize,
     last_ack: Mutex<Option<Instant>>,
+    /// Proxies that received their certificate.
+    secured: AtomicUsize,
+    last_secured: Mutex<Option<Instant>>,
 }
 
 async fn simulate(
@@ -180,6 +200,10 @@ async fn simulate(
         if seen_types == TYPES.len() {
             progress.initialized.fetch_add(1, Ordering::Relaxed);
         }
+        if r.type_url == SECRET && r.resources.iter().any(|s| s.name == "identity_cert") {
+            progress.secured.fetch_add(1, Ordering::Relaxed);
+            *progress.last_secured.lock().await = Some(Instant::now());
+        }
         if !counted_change && progress.changed_at.lock().await.is_some() {
             counted_change = true;
             progress.updated.fetch_add(1, Ordering::Relaxed);
@@ -189,7 +213,7 @@ async fn simulate(
     Ok(())
 }
 
-async fn measure(pid: u32, api: &str, xds: &str, proxies: usize) -> Result<()> {
+async fn measure(pid: u32, api: &str, xds: &str, proxies: usize, mtls: bool) -> Result<()> {
     println!("\nxDS benchmark: {proxies} simulated delta-xDS proxies on one zone-cp node\n");
     let took = register(api, proxies).await?;
     println!(
@@ -278,5 +302,47 @@ async fn measure(pid: u32, api: &str, xds: &str, proxies: usize) -> Result<()> {
         write.as_secs_f64() * 1000.0,
         last.as_secs_f64() * 1000.0
     );
+    if mtls {
+        let mesh = serde_json::json!({
+            "type": "Mesh", "name": "default",
+            "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}
+        });
+        let t0 = Instant::now();
+        let r = reqwest::Client::new()
+            .put(format!("{api}/meshes/default"))
+            .json(&mesh)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("turning mTLS on: {}", r.status());
+        }
+        while progress.secured.load(Ordering::Relaxed) < proxies {
+            if t0.elapsed() > Duration::from_secs(300) {
+                bail!(
+                    "only {} of {proxies} proxies received a certificate",
+                    progress.secured.load(Ordering::Relaxed)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let last = progress
+            .last_secured
+            .lock()
+            .await
+            .map(|t| t.duration_since(t0))
+            .unwrap_or_default();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss = rss_kib(pid)?;
+        println!(
+            "mTLS on: every one of {proxies} proxies had its own certificate {:.2}s after the Mesh write ({:.0} certificates/s, issued and pushed)",
+            last.as_secs_f64(),
+            proxies as f64 / last.as_secs_f64().max(1e-9)
+        );
+        println!(
+            "zone-cp RSS with certificates: {:.1} MiB: {:.1} KiB per stream",
+            rss as f64 / 1024.0,
+            rss.saturating_sub(rss_before) as f64 / proxies as f64
+        );
+    }
     Ok(())
 }
