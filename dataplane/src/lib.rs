@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bootstrap;
+mod probe;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -59,9 +60,19 @@ pub struct RunArgs {
         default_value = "http://127.0.0.1:5681"
     )]
     pub api_addresses: Vec<String>,
-    /// The Dataplane, in either form (universal or Kubernetes YAML).
+    /// The Dataplane, in either form (universal or Kubernetes YAML); with `--proxy-type
+    /// ingress`, the ZoneIngress.
     #[arg(long, env = "MERIDIAN_DATAPLANE_FILE", conflicts_with_all = ["name", "address", "inbound"])]
     pub dataplane_file: Option<PathBuf>,
+    /// `sidecar`: Envoy beside a workload; `ingress`: the zone's ingress, through which other
+    /// zones reach this zone's services (needs `--dataplane-file` with a ZoneIngress).
+    #[arg(long, env = "MERIDIAN_PROXY_TYPE", value_enum, default_value_t = ProxyType::Sidecar)]
+    pub proxy_type: ProxyType,
+    /// How often each inbound's application is probed (HTTP `GET /` for HTTP services, under
+    /// 500 is ready; else a TCP connect); a change is reported to the zone, which takes a
+    /// not-ready instance out of every caller's endpoints. `0s` turns probing off.
+    #[arg(long, env = "MERIDIAN_PROBE_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub probe_interval: Duration,
     #[command(flatten)]
     pub flags: DataplaneFlags,
     /// The Envoy to run (default: ./.venv/bin/envoy, else envoy on PATH).
@@ -85,6 +96,15 @@ pub struct RunArgs {
     #[command(flatten)]
     pub log: LogArgs,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProxyType {
+    Sidecar,
+    Ingress,
+}
+
+/// An ingress's node id names this pseudo-mesh (no mesh can be called so): `_ingress.NAME`.
+pub const INGRESS_MESH: &str = "_ingress";
 
 /// The Dataplane by flags, for when there is no file.
 #[derive(Debug, Args)]
@@ -152,6 +172,38 @@ impl Cli {
     }
 }
 
+/// Reads and validates the Dataplane (or, for an ingress, the ZoneIngress); every problem is
+/// reported with its field.
+pub fn load_proxy(
+    file: Option<&Path>,
+    flags: &DataplaneFlags,
+    proxy_type: ProxyType,
+) -> anyhow::Result<Resource> {
+    if proxy_type == ProxyType::Sidecar {
+        return load_dataplane(file, flags);
+    }
+    let Some(path) = file else {
+        bail!("--proxy-type ingress needs --dataplane-file FILE holding a ZoneIngress");
+    };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let submission = parse_one(&text, Format::Yaml).map_err(|e| {
+        let causes: Vec<String> = e.causes().iter().map(ToString::to_string).collect();
+        anyhow::anyhow!(
+            "the ZoneIngress in {} is invalid:\n  {}",
+            path.display(),
+            causes.join("\n  ")
+        )
+    })?;
+    if submission.resource.kind() != Kind::ZoneIngress {
+        bail!(
+            "{} holds a {}, not a ZoneIngress (--proxy-type ingress)",
+            path.display(),
+            submission.resource.kind()
+        );
+    }
+    Ok(submission.resource)
+}
+
 /// Reads and validates the Dataplane; every problem is reported with its field.
 pub fn load_dataplane(file: Option<&Path>, flags: &DataplaneFlags) -> anyhow::Result<Resource> {
     let (text, origin) = match file {
@@ -182,6 +234,7 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+#[derive(Clone)]
 struct Registration {
     http: reqwest::Client,
     /// The Dataplane's URL on each control-plane node.
@@ -203,13 +256,14 @@ impl Registration {
             .build()?;
         let urls = apis
             .iter()
-            .map(|api| {
-                format!(
+            .map(|api| match resource.kind() {
+                Kind::ZoneIngress => format!("{}/zoneingresses/{}", api.trim_end_matches('/'), resource.name),
+                _ => format!(
                     "{}/meshes/{}/dataplanes/{}",
                     api.trim_end_matches('/'),
                     resource.mesh,
                     resource.name
-                )
+                ),
             })
             .collect();
         Ok(Self { http, urls })
@@ -263,6 +317,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         cp_addresses,
         api_addresses,
         dataplane_file,
+        proxy_type,
+        probe_interval,
         flags,
         envoy_binary: given_envoy,
         admin_port,
@@ -280,17 +336,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("reading --dataplane-token-file {}", file.display()))
         })
         .transpose()?;
-    let resource = load_dataplane(dataplane_file.as_deref(), &flags)?;
-    let Spec::Dataplane(dp) = &resource.spec else {
-        unreachable!("checked by load_dataplane")
+    let resource = load_proxy(dataplane_file.as_deref(), &flags, proxy_type)?;
+    let (mesh, service) = match &resource.spec {
+        Spec::Dataplane(dp) => (
+            resource.mesh.clone(),
+            dp.networking
+                .inbound
+                .iter()
+                .flatten()
+                .find_map(|i| i.tags.get(SERVICE_TAG).cloned())
+                .unwrap_or_else(|| resource.name.clone()),
+        ),
+        _ => (INGRESS_MESH.to_owned(), resource.name.clone()),
     };
-    let service = dp
-        .networking
-        .inbound
-        .iter()
-        .flatten()
-        .find_map(|i| i.tags.get(SERVICE_TAG).cloned())
-        .unwrap_or_else(|| resource.name.clone());
     let admin_port = match admin_port {
         Some(p) => p,
         None => free_port()?,
@@ -304,9 +362,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
     };
     std::fs::create_dir_all(&work_dir)?;
-    let bootstrap_path = work_dir.join(format!("bootstrap-{}-{}.json", resource.mesh, resource.name));
+    let bootstrap_path = work_dir.join(format!("bootstrap-{mesh}-{}.json", resource.name));
     let bootstrap = bootstrap::bootstrap(&BootstrapParams {
-        mesh: &resource.mesh,
+        mesh: &mesh,
         name: &resource.name,
         service: &service,
         control_planes: &cp_addresses,
@@ -320,6 +378,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         r = registration.register(&resource) => r?,
         _ = shutdown_signal() => return Ok(()),
     }
+    let probing = (!probe_interval.is_zero() && proxy_type == ProxyType::Sidecar)
+        .then(|| tokio::spawn(probe::run(resource.clone(), registration.clone(), probe_interval)));
     let envoy = envoy_binary(given_envoy);
     info!(envoy = %envoy.display(), admin_port, bootstrap = %bootstrap_path.display(), "starting envoy");
     let result = supervise(
@@ -329,8 +389,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         drain_time,
         &envoy_log_level,
         &registration,
+        probing.as_ref().map(|p| p.abort_handle()).as_ref(),
     )
     .await;
+    if let Some(p) = probing {
+        p.abort();
+    }
     if result.is_err() {
         registration.deregister().await;
     }
@@ -349,7 +413,15 @@ async fn supervise(
     drain_time: u64,
     log_level: &str,
     registration: &Registration,
+    probing: Option<&tokio::task::AbortHandle>,
 ) -> anyhow::Result<()> {
+    // Readiness reports stop before deregistering: a late one would register it again.
+    let deregister = || async {
+        if let Some(p) = probing {
+            p.abort();
+        }
+        registration.deregister().await;
+    };
     let mut backoff = Duration::from_secs(1);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -384,14 +456,14 @@ async fn supervise(
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = &mut shutdown => {
-                        registration.deregister().await;
+                        deregister().await;
                         return Ok(());
                     }
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
             _ = &mut shutdown => {
-                registration.deregister().await;
+                deregister().await;
                 drain(&mut child, admin_port, drain_time).await;
                 return Ok(());
             }

@@ -482,11 +482,18 @@ impl ZoneCp {
 pub struct DemoApp {
     process: KillOnDrop,
     pub port: u16,
+    args: Vec<String>,
 }
 
 impl DemoApp {
     pub fn start(args: &[&str]) -> Result<Self> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let port = free_port()?;
+        let process = Self::spawn(port, &args)?;
+        Ok(Self { process, port, args })
+    }
+
+    fn spawn(port: u16, args: &[String]) -> Result<KillOnDrop> {
         let process = KillOnDrop::new(
             Command::new(bin("demo-app")?)
                 .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -495,11 +502,22 @@ impl DemoApp {
                 .spawn()
                 .context("starting demo-app")?,
         );
-        let app = Self { process, port };
         wait_until("demo-app to listen", Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         })?;
-        Ok(app)
+        Ok(process)
+    }
+
+    /// Kills the app with SIGKILL (its sidecar stays).
+    pub fn kill(&mut self) -> Result<()> {
+        self.process.kill_now()
+    }
+
+    /// Starts the app again on the same port, with the same arguments.
+    pub fn restart(&mut self) -> Result<()> {
+        self.process.kill_now()?;
+        self.process = Self::spawn(self.port, &self.args)?;
+        Ok(())
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -153,7 +153,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         reconcile::CaSource::Create
     };
+    let (unreachable_tx, unreachable) = tokio::sync::watch::channel(Default::default());
+    tokio::spawn(reconcile::probe_ingresses(
+        store.clone(),
+        unreachable_tx,
+        stop_rx.clone(),
+    ));
     let reconciler = reconcile::Reconciler::new(store.clone(), cache.clone(), xds_metrics.clone())
+        .with_zone(&zone, unreachable)
         .with_ca_source(ca_source);
     let mut reconciler = tokio::spawn(reconciler.run(stop_rx.clone()));
 

@@ -22,6 +22,7 @@ use meridian_api::ca::{Leaf, MeshCa, secret_name, spiffe_id};
 
 use meridian_model::matching::{ProxyView, ToPolicy, selects};
 use meridian_model::policies::dataplane::{DataplaneSpec, SERVICE_TAG};
+use meridian_model::policies::zone_ingress::ZoneIngressSpec;
 use meridian_model::targetref::TargetRefKind;
 use meridian_model::{Kind, Resource, ResourceKey, Spec};
 use meridian_store::{Change, Store, StoreError};
@@ -29,8 +30,9 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::xds::cache::{ProxyId, SnapshotCache};
+use crate::xds::crosszone::{INGRESS_MESH, Zones};
 use crate::xds::metrics::XdsMetrics;
-use crate::xds::translate::{Identity, MeshContext, TlsSettings, proxy_snapshot};
+use crate::xds::translate::{Identity, MeshContext, TlsSettings, ingress_snapshot, proxy_snapshot};
 
 const BATCH: u32 = 1000;
 
@@ -88,18 +90,42 @@ impl ZoneView {
         }
     }
 
+    /// This zone's Dataplanes in `mesh` (not other zones', which only feed cross-zone endpoints).
     fn dataplanes<'a>(&'a self, mesh: &str) -> impl Iterator<Item = &'a Resource> + 'a {
         self.meshes
             .get(mesh)
             .into_iter()
             .flat_map(|m| m.values())
-            .filter(|r| r.kind() == Kind::Dataplane)
+            .filter(|r| r.kind() == Kind::Dataplane && r.key().synced_zone().is_none())
+    }
+
+    /// Every zone ingress known here: this zone's and (named `ZONE.NAME`) the others'.
+    fn ingresses(&self) -> impl Iterator<Item = (&Resource, &ZoneIngressSpec)> {
+        self.meshes
+            .get("")
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(|r| match &r.spec {
+                Spec::ZoneIngress(z) => Some((r, z)),
+                _ => None,
+            })
+    }
+
+    /// Mesh names (resources without a mesh, such as ingresses, are kept under "").
+    fn mesh_names(&self) -> Vec<String> {
+        self.meshes.keys().filter(|m| !m.is_empty()).cloned().collect()
     }
 
     /// Proxies a change can affect, judged against the view before the change is applied.
     fn affected(&self, change: &Change, out: &mut BTreeMap<String, Option<BTreeSet<String>>>) {
         let key = change_key(change);
         match key.kind {
+            // Where other zones are reached: every mesh's cross-zone endpoints.
+            Kind::ZoneIngress => {
+                for mesh in self.mesh_names() {
+                    out.insert(mesh, None);
+                }
+            }
             Kind::Mesh => {
                 out.insert(key.name.clone(), None);
             }
@@ -170,12 +196,6 @@ impl ZoneView {
     }
 }
 
-/// Whether proxies are generated from this resource: not from other zones' inventory or
-/// ingresses, which only cross-zone routing will use.
-fn translated(key: &ResourceKey) -> bool {
-    key.kind != Kind::ZoneIngress && key.synced_zone().is_none()
-}
-
 fn change_key(change: &Change) -> ResourceKey {
     match change {
         Change::Upsert(s) => s.resource.key(),
@@ -220,6 +240,12 @@ pub struct Reconciler {
     leaves: HashMap<ProxyId, Issued>,
     /// Meshes with mTLS on whose CA is not available yet.
     waiting: BTreeSet<String>,
+    /// This zone's name.
+    zone: String,
+    /// Other zones' ingresses (by resource name) that this zone cannot reach now.
+    unreachable: watch::Receiver<BTreeSet<String>>,
+    /// Keeps the default (never changing) reachability channel open.
+    _no_probe: Option<watch::Sender<BTreeSet<String>>>,
 }
 
 /// The identities a proxy's certificate carries: one per service it serves.
@@ -234,6 +260,7 @@ fn identities(mesh: &str, name: &str, dp: &DataplaneSpec) -> Vec<String> {
 
 impl Reconciler {
     pub fn new(store: Arc<dyn Store>, cache: SnapshotCache, metrics: Arc<XdsMetrics>) -> Self {
+        let (tx, rx) = watch::channel(BTreeSet::new());
         Self {
             store,
             cache,
@@ -243,6 +270,20 @@ impl Reconciler {
             ca_source: CaSource::Create,
             leaves: HashMap::new(),
             waiting: BTreeSet::new(),
+            zone: String::new(),
+            unreachable: rx,
+            _no_probe: Some(tx),
+        }
+    }
+
+    /// The zone's name, and the ingresses of other zones it cannot reach (kept current by
+    /// [`crate::reconcile::probe_ingresses`]).
+    pub fn with_zone(self, zone: &str, unreachable: watch::Receiver<BTreeSet<String>>) -> Self {
+        Self {
+            zone: zone.to_owned(),
+            unreachable,
+            _no_probe: None,
+            ..self
         }
     }
 
@@ -270,6 +311,15 @@ impl Reconciler {
             tokio::select! {
                 changed = commits.changed() => if changed.is_err() { return Ok(()) },
                 _ = shutdown.changed() => return Ok(()),
+                changed = self.unreachable.changed() => {
+                    if changed.is_ok() {
+                        self.unreachable.borrow_and_update();
+                        for mesh in self.view.mesh_names() {
+                            self.regenerate(&mesh, None).await;
+                        }
+                    }
+                    continue;
+                }
                 _ = async { tokio::time::sleep_until(timer.unwrap_or_else(tokio::time::Instant::now)).await }, if timer.is_some() => {
                     self.refresh_identities().await;
                     continue;
@@ -300,17 +350,15 @@ impl Reconciler {
             let mut affected = BTreeMap::new();
             let mut removed = Vec::new();
             for change in &changes {
-                if !translated(&change_key(change)) {
-                    self.applied = change.revision();
-                    continue;
-                }
                 self.view.affected(change, &mut affected);
                 self.view.apply(change);
                 self.applied = change.revision();
-                if let Change::Delete { key, .. } = change
-                    && key.kind == Kind::Dataplane
-                {
-                    removed.push(ProxyId::new(key.mesh.clone(), key.name.clone()));
+                if let Change::Delete { key, .. } = change {
+                    match key.kind {
+                        Kind::Dataplane => removed.push(ProxyId::new(key.mesh.clone(), key.name.clone())),
+                        Kind::ZoneIngress => self.cache.remove(&ProxyId::new(INGRESS_MESH, key.name.clone())),
+                        _ => {}
+                    }
                 }
             }
             for (mesh, names) in affected {
@@ -324,6 +372,55 @@ impl Reconciler {
                 self.cache.remove(id);
                 self.leaves.remove(id);
             }
+            self.regenerate_ingresses();
+        }
+    }
+
+    /// Other zones and their reachable ingresses, as every mesh's translation sees them.
+    fn zones(&self) -> Zones {
+        let unreachable = self.unreachable.borrow();
+        let mut zones = Zones {
+            local: self.zone.clone(),
+            ..Zones::default()
+        };
+        for (r, ingress) in self.view.ingresses() {
+            let Some(zone) = r.key().synced_zone().map(str::to_owned) else {
+                continue;
+            };
+            if zone == self.zone || unreachable.contains(&r.name) {
+                continue;
+            }
+            let n = &ingress.networking;
+            let host = n.advertised_address.clone().unwrap_or_else(|| n.address.clone());
+            let port = n.advertised_port.unwrap_or(n.port);
+            zones.ingresses.entry(zone).or_default().push((host, port));
+        }
+        zones
+    }
+
+    /// This zone's ingresses: a filter chain per service of every mesh with mTLS.
+    fn regenerate_ingresses(&self) {
+        let local: Vec<(String, ZoneIngressSpec)> = self
+            .view
+            .ingresses()
+            .filter(|(r, _)| r.key().synced_zone().is_none())
+            .map(|(r, z)| (r.name.clone(), z.clone()))
+            .collect();
+        if local.is_empty() {
+            return;
+        }
+        let contexts: Vec<MeshContext> = self
+            .view
+            .mesh_names()
+            .iter()
+            .filter_map(|m| self.view.meshes.get(m))
+            .map(|resources| MeshContext::new(resources.values()))
+            .collect();
+        let refs: Vec<&MeshContext> = contexts.iter().collect();
+        for (name, spec) in local {
+            let id = ProxyId::new(INGRESS_MESH, name);
+            let changed = self.cache.set(&id, ingress_snapshot(&spec, &refs));
+            debug!(proxy = %id, changed, "ingress snapshot regenerated");
         }
     }
 
@@ -398,8 +495,12 @@ impl Reconciler {
     }
 
     async fn regenerate(&mut self, mesh: &str, only: Option<&BTreeSet<String>>) {
+        if mesh.is_empty() {
+            return;
+        }
         let resources = self.view.meshes.get(mesh);
-        let ctx = MeshContext::new(resources.into_iter().flat_map(|m| m.values()));
+        let mut ctx = MeshContext::new(resources.into_iter().flat_map(|m| m.values()));
+        ctx.zones = self.zones();
         let ca = match &ctx.tls {
             None => None,
             Some(tls) => match self.mesh_ca(mesh, tls).await {
@@ -448,6 +549,82 @@ impl Reconciler {
             let changed = self.cache.set(&id, snapshot);
             self.metrics.generations.inc();
             debug!(proxy = %id, changed, "snapshot regenerated");
+        }
+    }
+}
+
+/// How often other zones' ingresses are probed, and how long a connect may take.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// Whether something at `target` takes a connection and holds it: an ingress waits for the
+/// caller's TLS hello, so a connection closed at once (a cut link, a proxy with nothing
+/// behind it) counts as unreachable, like a refused or timed-out one.
+async fn answers(target: &str) -> bool {
+    use tokio::io::AsyncReadExt;
+    let Ok(Ok(mut stream)) =
+        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(target)).await
+    else {
+        return false;
+    };
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(PROBE_HOLD, stream.read(&mut byte)).await {
+        Err(_) => true,
+        Ok(Ok(n)) => n > 0,
+        Ok(Err(_)) => false,
+    }
+}
+
+/// How long a probe connection must stay open.
+const PROBE_HOLD: Duration = Duration::from_millis(200);
+
+/// Zone-to-zone health: every second, connects to each other zone's ingress (its advertised
+/// address; see [`answers`]) and publishes the ones that did not answer, so their zones leave this zone's
+/// endpoints until they answer again.
+pub async fn probe_ingresses(
+    store: Arc<dyn Store>,
+    tx: watch::Sender<BTreeSet<String>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let page = meridian_store::Page {
+            size: 10_000,
+            offset: 0,
+        };
+        if let Ok(list) = store.list(Kind::ZoneIngress, None, page).await {
+            let mut probes = tokio::task::JoinSet::new();
+            for stored in list.items {
+                let r = stored.resource;
+                let Spec::ZoneIngress(z) = &r.spec else { continue };
+                if r.key().synced_zone().is_none() {
+                    continue;
+                }
+                let target = z.advertised();
+                probes.spawn(async move { (r.name, answers(&target).await) });
+            }
+            let mut unreachable = BTreeSet::new();
+            while let Some(Ok((name, ok))) = probes.join_next().await {
+                if !ok {
+                    unreachable.insert(name);
+                }
+            }
+            tx.send_if_modified(|current| {
+                if *current == unreachable {
+                    return false;
+                }
+                for gone in unreachable.difference(current) {
+                    warn!(ingress = %gone, "another zone's ingress stopped answering; its zone leaves the endpoints");
+                }
+                for back in current.difference(&unreachable) {
+                    info!(ingress = %back, "another zone's ingress answers again");
+                }
+                *current = unreachable;
+                true
+            });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PROBE_EVERY) => {}
+            _ = shutdown.changed() => return,
         }
     }
 }

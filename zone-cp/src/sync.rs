@@ -151,6 +151,14 @@ pub async fn apply(store: &dyn Store, zone: &str, batch: &Batch) -> Result<Synce
             None => SyncedOp::Delete(key),
         });
     }
+    // A batch lists each resource at its latest revision, so a Mesh changed after its
+    // policies comes after them: meshes are written first (and deleted last), in one
+    // transaction either way.
+    ops.sort_by_key(|op| match op {
+        SyncedOp::Put(s) if s.resource.kind() == Kind::Mesh => 0,
+        SyncedOp::Delete(k) if k.kind == Kind::Mesh => 2,
+        _ => 1,
+    });
     store
         .apply_synced(ops, Some(batch.to_revision))
         .await
@@ -460,6 +468,19 @@ mod tests {
             .await
             .expect("there");
         assert_eq!(t.version, 1);
+    }
+
+    #[tokio::test]
+    async fn a_mesh_changed_after_its_policies_is_written_before_them() {
+        let (store, _dir) = zone_store().await;
+        // Global lists each resource at its latest revision: the mesh, updated last, comes last.
+        let in_other = trace("t", "a:4317").replace("name: t\n", "name: t\nmesh: other\n");
+        let b = batch(
+            5,
+            false,
+            vec![upsert(2, &in_other), upsert(5, "type: Mesh\nname: other\n")],
+        );
+        assert_eq!(apply(&store, "zone-1", &b).await.map(|o| o.written), Ok(2));
     }
 
     #[tokio::test]

@@ -98,3 +98,58 @@ fn db_tcp_inbound() {
 fn generation_is_deterministic() {
     assert_eq!(snapshot_of("demo-1"), snapshot_of("demo-1"));
 }
+
+/// reg-server also runs in zone-2 and zone-3 (their Dataplanes synced as `ZONE.NAME`), whose
+/// ingresses zone-1 reaches; a rule prefers zone-3.
+#[test]
+fn cross_zone_endpoints_follow_the_failover_rules() {
+    use meridian_zone_cp::xds::crosszone::Zones;
+    let mut world = mtls_world("STRICT");
+    for zone in ["zone-2", "zone-3"] {
+        world.push(resource(&format!(
+            "type: Dataplane\nname: {zone}.reg-server-1\nlabels: {{kuma.io/zone: {zone}}}\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 10002\n    tags: {{kuma.io/service: reg-server, kuma.io/protocol: http}}\n"
+        )));
+    }
+    world.push(resource(
+        "type: MeshLoadBalancingStrategy\nname: prefer-zone-3\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: reg-server}\n    default:\n      localityAwareness:\n        crossZone:\n          failover:\n          - to: {type: Only, zones: [zone-3]}\n          - to: {type: Any}\n          failoverThreshold: {percentage: 50}\n",
+    ));
+    let mut ctx = MeshContext::new(world.iter());
+    ctx.zones = Zones {
+        local: "zone-1".into(),
+        ingresses: [
+            ("zone-2".to_owned(), vec![("192.0.2.2".to_owned(), 10001)]),
+            ("zone-3".to_owned(), vec![("192.0.2.3".to_owned(), 10001)]),
+        ]
+        .into(),
+    };
+    let dp = world.iter().find(|r| r.name == "demo-1").expect("demo");
+    let Spec::Dataplane(spec) = &dp.spec else { panic!() };
+    let identity = Identity {
+        ca_cert: "CA CERT",
+        cert: "CERT",
+        key: "KEY",
+    };
+    let snap = proxy_snapshot(&ctx, &dp.name, &dp.labels, spec, Some(identity));
+    let endpoints = snap
+        .of_type(meridian_zone_cp::xds::cache::ENDPOINT)
+        .and_then(|e| e.get("reg-server"))
+        .map(|e| meridian_zone_cp::xds::describe::describe(&e.resource))
+        .expect("reg-server endpoints");
+    insta::assert_snapshot!(endpoints);
+}
+
+#[test]
+fn an_ingress_passes_each_services_tls_through_by_sni() {
+    let world = mtls_world("STRICT");
+    let ctx = MeshContext::new(world.iter());
+    let Spec::ZoneIngress(ingress) = resource(
+        "type: ZoneIngress\nname: ingress-1\nnetworking:\n  address: 127.0.0.1\n  port: 10001\n  advertisedAddress: 192.0.2.1\n  advertisedPort: 443\n",
+    )
+    .spec
+    else {
+        panic!()
+    };
+    let out = describe_snapshot(&meridian_zone_cp::xds::translate::ingress_snapshot(&ingress, &[&ctx]));
+    assert!(out.contains("reg-server{mesh=default}"), "{out}");
+    insta::assert_snapshot!(out);
+}

@@ -1,4 +1,5 @@
 pub mod cache;
+pub mod crosszone;
 pub mod describe;
 pub mod metrics;
 pub mod rbac;

@@ -132,7 +132,7 @@ pub fn outbound_socket(ads: &ConfigSource, mesh: &str, service: &str) -> Transpo
             )),
             ..Default::default()
         }),
-        sni: service.to_owned(),
+        sni: super::crosszone::sni(mesh, service),
         ..Default::default()
     })
 }

@@ -20,14 +20,19 @@ use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus, HttpProtocolOptions, SocketAddress,
-    TrafficDirection,
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus, HttpProtocolOptions, Locality,
+    SocketAddress, TrafficDirection,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::cluster_load_assignment::Policy;
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints};
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener};
-use envoy_types::pb::envoy::config::route::v3::retry_policy::RetryBackOff;
+use envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType as HostPredicateConfig;
+use envoy_types::pb::envoy::config::route::v3::retry_policy::retry_priority::ConfigType as PriorityConfig;
+use envoy_types::pb::envoy::config::route::v3::retry_policy::{RetryBackOff, RetryHostPredicate, RetryPriority};
+use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier as RouteCluster;
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
@@ -52,12 +57,17 @@ use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 use meridian_model::matching::{ProxyView, ToPolicy, outbound_conf};
 use meridian_model::policies::dataplane::{DataplaneSpec, SERVICE_TAG};
 use meridian_model::policies::mesh::MtlsMode;
+use meridian_model::policies::mesh_circuit_breaker::BreakerConf;
+use meridian_model::policies::mesh_health_check::HealthCheckConf;
+use meridian_model::policies::mesh_load_balancing_strategy::LbConf;
+use meridian_model::policies::zone_ingress::ZoneIngressSpec;
 use meridian_model::policies::mesh_retry::{HttpRetryOn, RetryConf};
 use meridian_model::policies::mesh_timeout::TimeoutConf;
 use meridian_model::{Resource, Spec};
 use prost::{Message, Name};
 
 use super::cache::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot};
+use super::crosszone::{self, Zones};
 use super::rbac::{Permissions, ServiceTags, inbound_access};
 use super::tls;
 
@@ -114,6 +124,13 @@ pub struct MeshContext {
     pub permissions: Permissions,
     /// Each service's inbound tag sets, to resolve permissions that select clients by tags.
     pub service_tags: ServiceTags,
+    /// Ready instances of each service in other zones, by zone.
+    pub remote: BTreeMap<String, BTreeMap<String, u32>>,
+    pub balancing: Vec<ToPolicy>,
+    pub breakers: Vec<ToPolicy>,
+    pub health_checks: Vec<ToPolicy>,
+    /// The other zones and their ingresses (set by the reconciler).
+    pub zones: Zones,
 }
 
 fn is_http(tags: &BTreeMap<String, String>) -> bool {
@@ -144,6 +161,7 @@ impl MeshContext {
                 Spec::MeshTrafficPermission(p) => ctx.permissions.mesh.push((r.name.clone(), p.clone())),
                 Spec::TrafficPermission(p) => ctx.permissions.legacy.push(p.clone()),
                 Spec::Dataplane(dp) => {
+                    let zone = r.key().synced_zone().map(str::to_owned);
                     for inbound in dp.networking.inbound.iter().flatten() {
                         let Some(service) = inbound.tags.get(SERVICE_TAG) else {
                             continue;
@@ -154,18 +172,33 @@ impl MeshContext {
                             .push(inbound.tags.clone());
                         let info = ctx.services.entry(service.clone()).or_default();
                         info.http |= is_http(&inbound.tags);
+                        let ready = inbound.health.as_ref().is_none_or(|h| h.ready);
+                        if let Some(zone) = &zone {
+                            // Another zone's instance: reached through that zone's ingress.
+                            if ready {
+                                *ctx.remote
+                                    .entry(service.clone())
+                                    .or_default()
+                                    .entry(zone.clone())
+                                    .or_default() += 1;
+                            }
+                            continue;
+                        }
                         info.endpoints.push(ServiceEndpoint {
                             address: inbound
                                 .address
                                 .clone()
                                 .unwrap_or_else(|| dp.networking.address.clone()),
                             port: inbound.port,
-                            ready: inbound.health.as_ref().is_none_or(|h| h.ready),
+                            ready,
                         });
                     }
                 }
                 Spec::MeshTimeout(_) => ctx.timeouts.extend(ToPolicy::new(r)),
                 Spec::MeshRetry(_) => ctx.retries.extend(ToPolicy::new(r)),
+                Spec::MeshLoadBalancingStrategy(_) => ctx.balancing.extend(ToPolicy::new(r)),
+                Spec::MeshCircuitBreaker(_) => ctx.breakers.extend(ToPolicy::new(r)),
+                Spec::MeshHealthCheck(_) => ctx.health_checks.extend(ToPolicy::new(r)),
                 _ => {}
             }
         }
@@ -324,6 +357,20 @@ fn retry_policy(conf: &RetryConf) -> Option<RetryPolicy> {
             base_interval: interval(&b.base_interval).or(Some(duration(StdDuration::from_millis(25)))),
             max_interval: interval(&b.max_interval),
         }),
+        // A retry goes to another host, and away from the priority (zone) that failed.
+        retry_host_predicate: vec![RetryHostPredicate {
+            name: "envoy.retry_host_predicates.previous_hosts".into(),
+            config_type: Some(HostPredicateConfig::TypedConfig(pack(
+                &PreviousHostsPredicate::default(),
+            ))),
+        }],
+        host_selection_retry_max_attempts: 3,
+        retry_priority: Some(RetryPriority {
+            name: "envoy.retry_priorities.previous_priorities".into(),
+            config_type: Some(PriorityConfig::TypedConfig(pack(&PreviousPrioritiesConfig {
+                update_frequency: 1,
+            }))),
+        }),
         ..Default::default()
     })
 }
@@ -472,7 +519,10 @@ pub fn proxy_snapshot(
             .as_ref()
             .and_then(|t| t.idle_timeout.as_ref())
             .map(|d| d.as_duration());
-        let cluster = Cluster {
+        let balancing: Option<LbConf> = decode(outbound_conf(&ctx.balancing, &view, service));
+        let breaker: Option<BreakerConf> = decode(outbound_conf(&ctx.breakers, &view, service));
+        let health: Option<HealthCheckConf> = decode(outbound_conf(&ctx.health_checks, &view, service));
+        let mut cluster = Cluster {
             name: service.to_owned(),
             cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
             eds_cluster_config: Some(EdsClusterConfig {
@@ -486,14 +536,52 @@ pub fn proxy_snapshot(
                 Default::default()
             },
             transport_socket: tls.map(|_| tls::outbound_socket(&ads(), &ctx.mesh, service)),
+            outlier_detection: crosszone::outlier_detection(breaker.as_ref()),
             ..Default::default()
         };
+        if let Some(h) = &health {
+            crosszone::apply_health_check(&mut cluster, h, info.http);
+        }
         snap.insert(CLUSTER, service.to_owned(), pack(&cluster));
-        snap.insert(
-            ENDPOINT,
-            service.to_owned(),
-            pack(&load_assignment(service, &info.endpoints)),
-        );
+        let mut endpoints = load_assignment(service, &info.endpoints);
+        if let Some(first) = endpoints.endpoints.first_mut() {
+            first.locality = Some(Locality {
+                zone: ctx.zones.local.clone(),
+                ..Default::default()
+            });
+        }
+        // Other zones, through their ingresses: only with mTLS, which carries the service in SNI.
+        if tls.is_some()
+            && let Some(instances) = ctx.remote.get(service)
+        {
+            let candidates: std::collections::BTreeSet<String> = instances.keys().cloned().collect();
+            let order = if crosszone::locality_disabled(balancing.as_ref()) {
+                vec![candidates.into_iter().collect()]
+            } else {
+                crosszone::failover_order(balancing.as_ref(), &ctx.zones.local, &candidates)
+            };
+            let first = u32::from(!crosszone::locality_disabled(balancing.as_ref()));
+            endpoints.endpoints.extend(crosszone::remote_localities(
+                &ctx.zones,
+                &order,
+                instances,
+                first,
+                |host, port, weight| LbEndpoint {
+                    host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                        address: Some(socket(host, port)),
+                        ..Default::default()
+                    })),
+                    health_status: HealthStatus::Healthy as i32,
+                    load_balancing_weight: Some(UInt32Value { value: weight.max(1) }),
+                    ..Default::default()
+                },
+            ));
+            endpoints.policy = crosszone::overprovisioning(balancing.as_ref()).map(|factor| Policy {
+                overprovisioning_factor: Some(factor),
+                ..Default::default()
+            });
+        }
+        snap.insert(ENDPOINT, service.to_owned(), pack(&endpoints));
         let address = outbound.address.as_deref().unwrap_or("127.0.0.1");
         let listener_name = format!("outbound:{address}:{}", outbound.port);
         let filter = if info.http {
@@ -590,4 +678,68 @@ fn load_assignment(cluster: &str, endpoints: &[ServiceEndpoint]) -> ClusterLoadA
         }],
         ..Default::default()
     }
+}
+
+/// Everything a zone ingress gets: in each mesh with mTLS, for each service with endpoints
+/// here, a filter chain matching the service's SNI that passes the caller's TLS through
+/// (never decrypting it) to the service's sidecars. Anything else is closed.
+pub fn ingress_snapshot(ingress: &ZoneIngressSpec, meshes: &[&MeshContext]) -> Snapshot {
+    let mut snap = Snapshot::default();
+    let mut chains = Vec::new();
+    for ctx in meshes.iter().filter(|c| c.tls.is_some()) {
+        for (service, info) in &ctx.services {
+            if info.endpoints.is_empty() {
+                continue;
+            }
+            let target = crosszone::sni(&ctx.mesh, service);
+            let cluster = Cluster {
+                name: target.clone(),
+                cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+                eds_cluster_config: Some(EdsClusterConfig {
+                    eds_config: Some(ads()),
+                    service_name: String::new(),
+                }),
+                connect_timeout: Some(duration(DEFAULT_CONNECT_TIMEOUT)),
+                outlier_detection: crosszone::outlier_detection(None),
+                ..Default::default()
+            };
+            snap.insert(CLUSTER, target.clone(), pack(&cluster));
+            snap.insert(
+                ENDPOINT,
+                target.clone(),
+                pack(&load_assignment(&target, &info.endpoints)),
+            );
+            chains.push(FilterChain {
+                filter_chain_match: Some(FilterChainMatch {
+                    server_names: vec![target.clone()],
+                    ..Default::default()
+                }),
+                filters: vec![tcp_filter(
+                    &format!("ingress_{}_{service}", ctx.mesh),
+                    &target,
+                    None,
+                )],
+                name: target,
+                ..Default::default()
+            });
+        }
+    }
+    // Whatever names no service here: tcp_proxy to a cluster that does not exist closes it.
+    chains.push(FilterChain {
+        filters: vec![tcp_filter("ingress_unknown", "unknown-service", None)],
+        name: "unknown-service".into(),
+        ..Default::default()
+    });
+    let n = &ingress.networking;
+    let listener_name = format!("ingress:{}:{}", n.address, n.port);
+    let mut l = listener(
+        listener_name.clone(),
+        &n.address,
+        n.port,
+        TrafficDirection::Inbound,
+        chains,
+    );
+    l.listener_filters = vec![tls::tls_inspector()];
+    snap.insert(LISTENER, listener_name, pack(&l));
+    snap
 }

@@ -1,0 +1,350 @@
+//! Cross-zone drills: zones federated by a global control plane, each with its zone ingress,
+//! reg-server running in several zones, demo's sidecar in zone-1 calling it. Real global-cp,
+//! zone-cp, meridian-dp and Envoy. Every drill prints requests sent, failed, served per zone,
+//! and the time traffic took to shift.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meridian_e2e::{DemoApp, GlobalCp, Sidecar, ZoneCp, http_get, http_post, meshctl, ok};
+use meridian_testing::{ChaosProxy, free_port, wait_until};
+
+const MESH: &str = "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n";
+const RETRY: &str = "type: MeshRetry\nname: retry-reg\nspec:\n  targetRef: {kind: Mesh}\n  to:\n  - targetRef: {kind: MeshService, name: reg-server}\n    default:\n      http:\n        numRetries: 5\n        retryOn: [5xx, ConnectFailure, Reset]\n";
+
+/// One zone: its control plane, its ingress, and a reg-server instance with its sidecar.
+struct Zone {
+    name: String,
+    cp: ZoneCp,
+    /// The link other zones reach the ingress through (the ingress advertises it).
+    link: ChaosProxy,
+    _ingress: Sidecar,
+    reg: DemoApp,
+    _reg_sidecar: Sidecar,
+    _files: tempfile::TempDir,
+}
+
+fn zone(name: &str, dir: &std::path::Path, global: &GlobalCp) -> Zone {
+    let cp = ZoneCp::start_federated(name, &dir.join(name), global).expect("zone-cp");
+    let files = tempfile::tempdir().expect("tempdir");
+    let ingress_file = files.path().join("ingress.yaml");
+    let port = free_port().expect("port");
+    let link = ChaosProxy::start(([127, 0, 0, 1], port).into()).expect("link");
+    std::fs::write(
+        &ingress_file,
+        format!(
+            "type: ZoneIngress\nname: ingress-1\nnetworking:\n  address: 127.0.0.1\n  port: {port}\n  advertisedAddress: 127.0.0.1\n  advertisedPort: {}\n",
+            link.port
+        ),
+    )
+    .expect("write");
+    let ingress = Sidecar::start(
+        &cp,
+        &[
+            "--proxy-type",
+            "ingress",
+            "--dataplane-file",
+            &ingress_file.display().to_string(),
+        ],
+    )
+    .expect("ingress");
+    let reg = DemoApp::start(&["--name", "reg-server", "--zone", name]).expect("reg-server");
+    let reg_sidecar = Sidecar::start(
+        &cp,
+        &[
+            "--name",
+            &format!("reg-server-{name}"),
+            "--inbound",
+            &format!("{}:{}:reg-server:http", free_port().expect("port"), reg.port),
+        ],
+    )
+    .expect("reg-server sidecar");
+    Zone {
+        name: name.to_owned(),
+        cp,
+        link,
+        _ingress: ingress,
+        reg,
+        _reg_sidecar: reg_sidecar,
+        _files: files,
+    }
+}
+
+struct World {
+    global: GlobalCp,
+    zones: Vec<Zone>,
+    _demo: Sidecar,
+    /// demo's outbound to reg-server, in zone-1.
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    fn start(zone_names: &[&str]) -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let global = GlobalCp::start(dir.path(), None).expect("global-cp");
+        for doc in [MESH, RETRY] {
+            ok(meshctl(&global.api_url, &["apply", "-f", "-"], Some(doc)).expect("meshctl"));
+        }
+        let zones: Vec<Zone> = zone_names.iter().map(|z| zone(z, dir.path(), &global)).collect();
+        let out = free_port().expect("port");
+        let demo = Sidecar::start(
+            &zones[0].cp,
+            &[
+                "--name",
+                "demo-1",
+                "--inbound",
+                &format!(
+                    "{}:{}:demo:http",
+                    free_port().expect("port"),
+                    free_port().expect("port")
+                ),
+                "--outbound",
+                &format!("{out}:reg-server"),
+            ],
+        )
+        .expect("demo sidecar");
+        let world = World {
+            global,
+            zones,
+            _demo: demo,
+            url: format!("http://127.0.0.1:{out}/"),
+            _dir: dir,
+        };
+        world.wait_for_zones(zone_names.len() - 1);
+        world
+    }
+
+    fn apply(&self, yaml: &str) {
+        ok(meshctl(&self.global.api_url, &["apply", "-f", "-"], Some(yaml)).expect("meshctl"));
+    }
+
+    /// demo's endpoints for reg-server, as zone-1 generated them.
+    fn endpoints(&self) -> String {
+        let config = self.zones[0]
+            .cp
+            .proxy_config("default", "demo-1")
+            .unwrap_or_default();
+        config["resources"]["endpoints"]["reg-server"]["config"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    /// Waits until demo's cluster reaches `others` other zones through their ingresses.
+    fn wait_for_zones(&self, others: usize) {
+        wait_until("other zones in demo's endpoints", Duration::from_secs(30), || {
+            self.endpoints().matches("priority: ").count() >= others
+                || self.endpoints().matches("zone: \"zone-").count() > others
+        })
+        .unwrap_or_else(|e| panic!("{e}: {}", self.endpoints()));
+    }
+}
+
+/// Which zone answered (`None` for a failed call).
+fn call(url: &str) -> Option<String> {
+    let (status, body, _) = http_get(url);
+    if status != 200 {
+        eprintln!("call failed: {status} {body}");
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["zone"].as_str().map(str::to_owned)
+}
+
+/// When each call answered, and which zone served it.
+type Log = Arc<Mutex<Vec<(Instant, Option<String>)>>>;
+
+/// Sent, failed, served per zone, and the time until the last answer not from the target zone.
+type Outcome = (usize, usize, BTreeMap<String, usize>, Duration);
+
+/// Calls at about 20 per second in the background, recording when each answered and from where.
+struct Load {
+    stop: Arc<AtomicBool>,
+    log: Log,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (s, l, url) = (stop.clone(), log.clone(), url.to_owned());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let began = Instant::now();
+                let zone = call(&url);
+                l.lock().expect("log").push((Instant::now(), zone));
+                std::thread::sleep(Duration::from_millis(50).saturating_sub(began.elapsed()));
+            }
+        });
+        Load {
+            stop,
+            log,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops, and reports what happened after `since`: (sent, failed, served per zone, the time
+    /// from `since` to the last answer not from `to`).
+    fn finish(mut self, since: Instant, to: &str) -> Outcome {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let log = self.log.lock().expect("log");
+        let after: Vec<&(Instant, Option<String>)> = log.iter().filter(|(t, _)| *t >= since).collect();
+        let mut per_zone = BTreeMap::new();
+        let mut failed = 0;
+        let mut shift = Duration::ZERO;
+        for (t, zone) in &after {
+            match zone {
+                Some(z) => *per_zone.entry(z.clone()).or_insert(0) += 1,
+                None => failed += 1,
+            }
+            if zone.as_deref() != Some(to) {
+                shift = t.duration_since(since);
+            }
+        }
+        (after.len(), failed, per_zone, shift)
+    }
+}
+
+fn report(drill: &str, (sent, failed, per_zone, shift): &Outcome) {
+    println!(
+        "{drill}: {sent} requests, {failed} failed, served per zone {per_zone:?}, shifted in {:.2}s",
+        shift.as_secs_f64()
+    );
+}
+
+/// Steady state, then zone-1's reg-server killed, brought back, and failing its health check.
+#[test]
+fn traffic_fails_over_to_another_zone_and_comes_back() {
+    let mut w = World::start(&["zone-1", "zone-2"]);
+
+    // Steady state: local.
+    let mut local = 0;
+    for _ in 0..100 {
+        if call(&w.url).as_deref() == Some("zone-1") {
+            local += 1;
+        }
+    }
+    println!("steady state: 100 requests, {local} served in zone-1");
+    assert!(local >= 99, "only {local} of 100 were served locally");
+
+    // Kill zone-1's only reg-server under load: retries move to zone-2 at once, then
+    // readiness takes zone-1 out of the endpoints.
+    let load = Load::start(&w.url);
+    std::thread::sleep(Duration::from_secs(1));
+    let killed = Instant::now();
+    w.zones[0].reg.kill().expect("kill");
+    std::thread::sleep(Duration::from_secs(5));
+    let outcome = load.finish(killed, "zone-2");
+    report("kill zone-1's reg-server", &outcome);
+    assert_eq!(outcome.1, 0, "client-visible errors during failover");
+    assert!(
+        outcome.3 <= Duration::from_secs(2),
+        "took {:?} to shift",
+        outcome.3
+    );
+
+    // Back: traffic returns home.
+    let load = Load::start(&w.url);
+    let back = Instant::now();
+    w.zones[0].reg.restart().expect("restart");
+    wait_until("traffic to come back to zone-1", Duration::from_secs(15), || {
+        call(&w.url).as_deref() == Some("zone-1")
+    })
+    .expect("back home");
+    std::thread::sleep(Duration::from_secs(2));
+    let outcome = load.finish(back, "zone-1");
+    report("zone-1's reg-server back", &outcome);
+    assert_eq!(outcome.1, 0);
+
+    // Still running but failing (500): same failover.
+    let load = Load::start(&w.url);
+    std::thread::sleep(Duration::from_secs(1));
+    let failing = Instant::now();
+    assert!(http_post(&w.zones[0].reg.url("/fail?status=500")));
+    std::thread::sleep(Duration::from_secs(5));
+    let outcome = load.finish(failing, "zone-2");
+    report("zone-1's reg-server answering 500", &outcome);
+    assert_eq!(outcome.1, 0);
+    assert!(
+        outcome.3 <= Duration::from_secs(2),
+        "took {:?} to shift",
+        outcome.3
+    );
+    assert!(http_post(&w.zones[0].reg.url("/recover")));
+    wait_until(
+        "traffic to come back after recovery",
+        Duration::from_secs(15),
+        || call(&w.url).as_deref() == Some("zone-1"),
+    )
+    .expect("back home");
+    let _ = &w.zones[1].name;
+}
+
+/// Three zones: a rule prefers zone-3; with zone-3's ingress gone, zone-2; `None` keeps it local.
+#[test]
+fn failover_follows_the_zone_order_the_user_gave() {
+    let mut w = World::start(&["zone-1", "zone-2", "zone-3"]);
+    w.apply(
+        "type: MeshLoadBalancingStrategy\nname: prefer-zone-3\nspec:\n  targetRef: {kind: Mesh}\n  to:\n  - targetRef: {kind: MeshService, name: reg-server}\n    default:\n      localityAwareness:\n        crossZone:\n          failover:\n          - to: {type: Only, zones: [zone-3]}\n          - to: {type: Any}\n",
+    );
+    w.zones[0].reg.kill().expect("kill");
+    wait_until("traffic to go to zone-3", Duration::from_secs(15), || {
+        call(&w.url).as_deref() == Some("zone-3")
+    })
+    .expect("zone-3");
+    let load = Load::start(&w.url);
+    let since = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let outcome = load.finish(since, "zone-3");
+    report("zone-1 down, zone-3 preferred", &outcome);
+    assert_eq!(outcome.2.get("zone-3"), Some(&outcome.0), "{outcome:?}");
+
+    // Cut zone-3's ingress off (it still runs and stays registered): zone-2 takes over.
+    let load = Load::start(&w.url);
+    let cut = Instant::now();
+    w.zones[2].link.cut();
+    wait_until("traffic to go to zone-2", Duration::from_secs(15), || {
+        call(&w.url).as_deref() == Some("zone-2")
+    })
+    .expect("zone-2");
+    std::thread::sleep(Duration::from_secs(2));
+    let outcome = load.finish(cut, "zone-2");
+    report("zone-3's ingress cut off", &outcome);
+    assert_eq!(outcome.1, 0, "{outcome:?}");
+    // Zone-to-zone health: zone-1 found zone-3's ingress unreachable and dropped the zone.
+    wait_until(
+        "zone-3 to leave demo's endpoints",
+        Duration::from_secs(10),
+        || !w.endpoints().contains("zone-3"),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}", w.endpoints()));
+    w.zones[2].link.restore();
+    wait_until("zone-3 to come back", Duration::from_secs(10), || {
+        w.endpoints().contains("zone-3")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", w.endpoints()));
+
+    // `None`: the user wants traffic to stay local, even failing.
+    w.apply(
+        "type: MeshLoadBalancingStrategy\nname: prefer-zone-3\nspec:\n  targetRef: {kind: Mesh}\n  to:\n  - targetRef: {kind: MeshService, name: reg-server}\n    default:\n      localityAwareness:\n        crossZone:\n          failover:\n          - to: {type: None}\n",
+    );
+    wait_until(
+        "traffic to stay in zone-1, failing",
+        Duration::from_secs(15),
+        || call(&w.url).is_none(),
+    )
+    .expect("local only");
+    let load = Load::start(&w.url);
+    let since = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let outcome = load.finish(since, "zone-1");
+    report("failover None with zone-1 down", &outcome);
+    assert_eq!(outcome.1, outcome.0, "nothing leaves zone-1: {outcome:?}");
+}

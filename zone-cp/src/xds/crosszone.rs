@@ -1,0 +1,302 @@
+//! Traffic between zones: which zones a service's cluster fails over to, and in what order;
+//! the health settings that make it fail over; and the zone ingress that lets other zones in.
+//!
+//! ```text
+//!   demo (zone-1) ── cluster reg-server ──> priority 0: zone-1's reg-server sidecars
+//!                                       └─> priority 1..: other zones' ingresses (their
+//!                                           advertised address), in MeshLoadBalancingStrategy
+//!                                           `crossZone.failover` order (default: any zone)
+//!   zone-2 ingress: TLS passthrough, SNI `reg-server{mesh=default}` ──> zone-2's reg-server sidecars
+//! ```
+//!
+//! Mesh mTLS carries the destination in SNI and keeps the TLS session end to end (the ingress
+//! never decrypts), so cross-zone endpoints exist only in meshes with mTLS on. A zone shows up
+//! at a priority only when it has ready instances of the service and a reachable ingress.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration as StdDuration;
+
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, OutlierDetection as EnvoyOutlierDetection};
+use envoy_types::pb::envoy::config::core::v3::health_check::{
+    HealthChecker, HttpHealthCheck as EnvoyHttpCheck, TcpHealthCheck as EnvoyTcpCheck,
+};
+use envoy_types::pb::envoy::config::core::v3::{HealthCheck, Locality};
+use envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints;
+use envoy_types::pb::envoy::r#type::v3::Int64Range;
+use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
+use meridian_model::policies::mesh_circuit_breaker::BreakerConf;
+use meridian_model::policies::mesh_health_check::HealthCheckConf;
+use meridian_model::policies::mesh_load_balancing_strategy::{LbConf, ToZonesType};
+
+/// The node id of a zone ingress is `_ingress.NAME` (no mesh can be called `_ingress`).
+pub const INGRESS_MESH: &str = "_ingress";
+
+/// The SNI that names a service of a mesh to a zone ingress (Kuma's form).
+pub fn sni(mesh: &str, service: &str) -> String {
+    format!("{service}{{mesh={mesh}}}")
+}
+
+/// What a zone knows of the others, for every mesh's translation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Zones {
+    /// This zone's name.
+    pub local: String,
+    /// Each other zone's reachable ingresses (advertised host and port).
+    pub ingresses: BTreeMap<String, Vec<(String, u32)>>,
+}
+
+fn duration(d: StdDuration) -> Duration {
+    Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// Other zones in priority order (each group is one priority), for calls from `local`.
+/// Without rules every zone with the service is one group; with rules, only the zones they
+/// name, and `None` ends the list.
+pub fn failover_order(conf: Option<&LbConf>, local: &str, candidates: &BTreeSet<String>) -> Vec<Vec<String>> {
+    let rules = conf
+        .and_then(|c| c.locality_awareness.as_ref())
+        .and_then(|l| l.cross_zone.as_ref())
+        .and_then(|c| c.failover.as_ref());
+    let Some(rules) = rules else {
+        return if candidates.is_empty() {
+            Vec::new()
+        } else {
+            vec![candidates.iter().cloned().collect()]
+        };
+    };
+    let mut left = candidates.clone();
+    let mut out = Vec::new();
+    for rule in rules {
+        if rule
+            .from
+            .as_ref()
+            .is_some_and(|from| !from.zones.iter().any(|z| z == local))
+        {
+            continue;
+        }
+        let listed = rule.to.zones.clone().unwrap_or_default();
+        let group: Vec<String> = match rule.to.zones_type {
+            ToZonesType::None => break,
+            ToZonesType::Only => listed.iter().filter(|z| left.contains(*z)).cloned().collect(),
+            ToZonesType::Any => left.iter().cloned().collect(),
+            ToZonesType::AnyExcept => left.iter().filter(|z| !listed.contains(z)).cloned().collect(),
+        };
+        for z in &group {
+            left.remove(z);
+        }
+        if !group.is_empty() {
+            out.push(group);
+        }
+    }
+    out
+}
+
+/// Whether locality awareness is off: every zone shares priority 0.
+pub fn locality_disabled(conf: Option<&LbConf>) -> bool {
+    conf.and_then(|c| c.locality_awareness.as_ref())
+        .and_then(|l| l.disabled)
+        .unwrap_or(false)
+}
+
+/// Envoy's overprovisioning factor for a failover threshold: below `percentage` healthy
+/// endpoints in a priority, traffic starts spilling to the next one.
+pub fn overprovisioning(conf: Option<&LbConf>) -> Option<UInt32Value> {
+    let pct = conf?
+        .locality_awareness
+        .as_ref()?
+        .cross_zone
+        .as_ref()?
+        .failover_threshold
+        .as_ref()?
+        .percentage
+        .value();
+    let factor = if pct <= 0.0 { 100_000.0 } else { 10_000.0 / pct };
+    Some(UInt32Value {
+        value: factor.round().clamp(100.0, 100_000.0) as u32,
+    })
+}
+
+/// The localities other zones add to a cluster, each zone at its priority (from 1), with one
+/// endpoint per ingress weighted by the zone's ready instances.
+pub fn remote_localities(
+    zones: &Zones,
+    order: &[Vec<String>],
+    instances: &BTreeMap<String, u32>,
+    first_priority: u32,
+    endpoint: impl Fn(&str, u32, u32) -> envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint,
+) -> Vec<LocalityLbEndpoints> {
+    let mut out = Vec::new();
+    for (i, group) in order.iter().enumerate() {
+        for zone in group {
+            let (Some(ingresses), Some(&count)) = (zones.ingresses.get(zone), instances.get(zone)) else {
+                continue;
+            };
+            out.push(LocalityLbEndpoints {
+                locality: Some(Locality {
+                    zone: zone.clone(),
+                    ..Default::default()
+                }),
+                lb_endpoints: ingresses
+                    .iter()
+                    .map(|(host, port)| endpoint(host, *port, count))
+                    .collect(),
+                priority: first_priority + i as u32,
+                ..Default::default()
+            });
+        }
+    }
+    out
+}
+
+/// Outlier detection: Meridian's defaults (eject a host after 3 gateway failures or 5 errors,
+/// any share of hosts, so a dead zone empties and its traffic fails over), with what a
+/// MeshCircuitBreaker says on top. `None` when the breaker disables it.
+pub fn outlier_detection(conf: Option<&BreakerConf>) -> Option<EnvoyOutlierDetection> {
+    let od = conf.and_then(|c| c.outlier_detection.as_ref());
+    if od.and_then(|o| o.disabled).unwrap_or(false) {
+        return None;
+    }
+    let u32v = |v: u32| Some(UInt32Value { value: v });
+    let mut out = EnvoyOutlierDetection {
+        consecutive_5xx: u32v(5),
+        consecutive_gateway_failure: u32v(3),
+        enforcing_consecutive_gateway_failure: u32v(100),
+        interval: Some(duration(StdDuration::from_secs(1))),
+        base_ejection_time: Some(duration(StdDuration::from_secs(10))),
+        max_ejection_percent: u32v(100),
+        enforcing_success_rate: u32v(0),
+        ..Default::default()
+    };
+    let Some(od) = od else { return Some(out) };
+    if let Some(d) = &od.interval {
+        out.interval = Some(duration(d.as_duration()));
+    }
+    if let Some(d) = &od.base_ejection_time {
+        out.base_ejection_time = Some(duration(d.as_duration()));
+    }
+    if let Some(p) = od.max_ejection_percent {
+        out.max_ejection_percent = u32v(p);
+    }
+    out.split_external_local_origin_errors = od.split_external_and_local_errors.unwrap_or(false);
+    if let Some(d) = &od.detectors {
+        if let Some(n) = d.total_failures.as_ref().and_then(|c| c.consecutive) {
+            out.consecutive_5xx = u32v(n);
+        }
+        if let Some(n) = d.gateway_failures.as_ref().and_then(|c| c.consecutive) {
+            out.consecutive_gateway_failure = u32v(n);
+        }
+        if let Some(n) = d.local_origin_failures.as_ref().and_then(|c| c.consecutive) {
+            out.consecutive_local_origin_failure = u32v(n);
+        }
+        if let Some(fp) = &d.failure_percentage {
+            out.failure_percentage_threshold = fp.threshold.and_then(u32v);
+            out.failure_percentage_request_volume = fp.request_volume.and_then(u32v);
+            out.failure_percentage_minimum_hosts = fp.minimum_hosts.and_then(u32v);
+            out.enforcing_failure_percentage = u32v(100);
+        }
+    }
+    Some(out)
+}
+
+/// Applies a MeshHealthCheck's active checks to a cluster (HTTP when the service speaks it
+/// and the check is not disabled, else TCP).
+pub fn apply_health_check(cluster: &mut Cluster, conf: &HealthCheckConf, http: bool) {
+    let secs = |d: &Option<meridian_model::values::GoDuration>, default: u64| {
+        Some(duration(
+            d.as_ref()
+                .map_or(StdDuration::from_secs(default), |d| d.as_duration()),
+        ))
+    };
+    let u32v = |v: Option<i32>, default: u32| {
+        Some(UInt32Value {
+            value: v.and_then(|v| u32::try_from(v).ok()).unwrap_or(default),
+        })
+    };
+    let http_check = conf.http.as_ref().filter(|h| !h.disabled.unwrap_or(false));
+    let checker = match (http, http_check) {
+        (true, Some(h)) => HealthChecker::HttpHealthCheck(EnvoyHttpCheck {
+            path: h.path.clone().unwrap_or_else(|| "/".into()),
+            expected_statuses: h
+                .expected_statuses
+                .iter()
+                .flatten()
+                .map(|s| Int64Range {
+                    start: i64::from(*s),
+                    end: i64::from(*s) + 1,
+                })
+                .collect(),
+            ..Default::default()
+        }),
+        (true, None) if conf.tcp.is_none() => HealthChecker::HttpHealthCheck(EnvoyHttpCheck {
+            path: "/".into(),
+            ..Default::default()
+        }),
+        _ => HealthChecker::TcpHealthCheck(EnvoyTcpCheck::default()),
+    };
+    cluster.health_checks = vec![HealthCheck {
+        timeout: secs(&conf.timeout, 1),
+        interval: secs(&conf.interval, 1),
+        unhealthy_interval: conf
+            .unhealthy_interval
+            .as_ref()
+            .map(|d| duration(d.as_duration())),
+        unhealthy_threshold: u32v(conf.unhealthy_threshold, 2),
+        healthy_threshold: u32v(conf.healthy_threshold, 1),
+        no_traffic_interval: conf
+            .no_traffic_interval
+            .as_ref()
+            .map(|d| duration(d.as_duration())),
+        health_checker: Some(checker),
+        ..Default::default()
+    }];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(yaml: &str) -> LbConf {
+        serde_yaml::from_str(yaml).expect("conf")
+    }
+
+    fn zones(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|z| z.to_string()).collect()
+    }
+
+    #[test]
+    fn failover_follows_the_rules_in_order() {
+        let all = zones(&["zone-2", "zone-3", "zone-4"]);
+        assert_eq!(
+            failover_order(None, "zone-1", &all),
+            vec![vec!["zone-2".to_owned(), "zone-3".into(), "zone-4".into()]]
+        );
+        let prefer3 = conf(
+            "localityAwareness:\n  crossZone:\n    failover:\n    - to: {type: Only, zones: [zone-3]}\n    - to: {type: Any}\n",
+        );
+        assert_eq!(
+            failover_order(Some(&prefer3), "zone-1", &all),
+            vec![vec!["zone-3".to_owned()], vec!["zone-2".into(), "zone-4".into()]]
+        );
+        let none = conf(
+            "localityAwareness:\n  crossZone:\n    failover:\n    - to: {type: None}\n    - to: {type: Any}\n",
+        );
+        assert!(failover_order(Some(&none), "zone-1", &all).is_empty());
+        let from_elsewhere = conf(
+            "localityAwareness:\n  crossZone:\n    failover:\n    - from: {zones: [zone-9]}\n      to: {type: Any}\n    - to: {type: AnyExcept, zones: [zone-2]}\n",
+        );
+        assert_eq!(
+            failover_order(Some(&from_elsewhere), "zone-1", &all),
+            vec![vec!["zone-3".to_owned(), "zone-4".into()]]
+        );
+    }
+
+    #[test]
+    fn thresholds_become_overprovisioning() {
+        let c = conf("localityAwareness:\n  crossZone:\n    failoverThreshold: {percentage: 50}\n");
+        assert_eq!(overprovisioning(Some(&c)).map(|v| v.value), Some(200));
+        assert_eq!(overprovisioning(None), None);
+    }
+}
