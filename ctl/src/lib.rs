@@ -77,6 +77,9 @@ pub enum Command {
         /// `table` shows the state and resource names; `yaml`/`json` include every resource's config.
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
+        /// Show each cluster's endpoints instead: address, zone, priority, weight, health.
+        #[arg(long)]
+        endpoints: bool,
     },
     /// Generate a credential.
     Generate {
@@ -252,7 +255,8 @@ impl Cli {
                 name,
                 mesh,
                 output,
-            } => inspect(&client, &kind, &name, &mesh, output).await,
+                endpoints,
+            } => inspect(&client, &kind, &name, &mesh, output, endpoints).await,
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -440,6 +444,7 @@ async fn inspect(
     name: &str,
     mesh: &str,
     output: OutputFormat,
+    endpoints: bool,
 ) -> Result<(), Failure> {
     if parse_kind(kind)? != Kind::Dataplane {
         return Err(Failure::Usage(format!(
@@ -449,6 +454,9 @@ async fn inspect(
     let config = client
         .get(&format!("/meshes/{mesh}/dataplanes/{name}/_config"))
         .await?;
+    if endpoints {
+        return output::show_endpoints(&config["endpoints"], output);
+    }
     output::show_inspect(&config, output)
 }
 

@@ -82,6 +82,42 @@ pub fn show_list(kind: Kind, items: &[Value], output: OutputFormat) -> Result<()
 }
 
 /// `meshctl inspect dataplane`: the proxy's connection state, then each resource.
+/// `inspect dataplane NAME --endpoints`: per cluster, each endpoint with zone, priority,
+/// weight and health.
+pub fn show_endpoints(endpoints: &Value, output: OutputFormat) -> Result<(), Failure> {
+    if output != OutputFormat::Table {
+        return print_structured(endpoints, output);
+    }
+    let mut rows = vec![[
+        "CLUSTER".to_owned(),
+        "ENDPOINT".into(),
+        "ZONE".into(),
+        "PRIORITY".into(),
+        "WEIGHT".into(),
+        "HEALTH".into(),
+    ]];
+    for (cluster, items) in endpoints.as_object().into_iter().flatten() {
+        for e in items.as_array().into_iter().flatten() {
+            rows.push([
+                cluster.clone(),
+                text(e, "address"),
+                text(e, "zone"),
+                e["priority"].to_string(),
+                e["weight"].to_string(),
+                text(e, "health"),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for r in &rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    Ok(())
+}
+
 pub fn show_inspect(config: &Value, output: OutputFormat) -> Result<(), Failure> {
     if output != OutputFormat::Table {
         return print_structured(config, output);

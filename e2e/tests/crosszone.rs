@@ -249,6 +249,24 @@ fn traffic_fails_over_to_another_zone_and_comes_back() {
         "took {:?} to shift",
         outcome.3
     );
+    // What zone-1 told demo's proxy: its own instance unhealthy, zone-2's ingress next.
+    let table = ok(w.zones[0]
+        .cp
+        .meshctl(&["inspect", "dataplane", "demo-1", "--endpoints"], None)
+        .expect("meshctl"));
+    println!("{table}");
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("reg-server ")).collect();
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("zone-1") && r.contains("unhealthy")),
+        "{table}"
+    );
+    assert!(
+        rows.iter().any(|r| r.contains("zone-2")
+            && r.split_whitespace().nth(3) == Some("1")
+            && r.ends_with(" healthy")),
+        "{table}"
+    );
 
     // Back: traffic returns home.
     let load = Load::start(&w.url);

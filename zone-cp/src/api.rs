@@ -120,5 +120,60 @@ async fn config(
         "nacks": status.nacks,
         "lastNack": status.last_nack.map(|n| json!({ "type": short_type(&n.type_url), "message": n.message, "at": time(Some(n.at)) })),
         "resources": resources,
+        "endpoints": endpoints(&snapshot),
     })))
+}
+
+/// Every cluster's endpoints as the proxy was told: address, zone, priority, weight, health.
+fn endpoints(snapshot: &crate::xds::cache::Snapshot) -> Value {
+    use envoy_types::pb::envoy::config::core::v3::HealthStatus;
+    use envoy_types::pb::envoy::config::core::v3::address::Address as Kind;
+    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    use prost::Message;
+    let mut out = Map::new();
+    for (cluster, r) in snapshot
+        .of_type(crate::xds::cache::ENDPOINT)
+        .into_iter()
+        .flatten()
+    {
+        let Ok(cla) = ClusterLoadAssignment::decode(r.resource.value.as_slice()) else {
+            continue;
+        };
+        let mut rows = Vec::new();
+        for locality in &cla.endpoints {
+            let zone = locality
+                .locality
+                .as_ref()
+                .map(|l| l.zone.clone())
+                .unwrap_or_default();
+            for e in &locality.lb_endpoints {
+                let Some(HostIdentifier::Endpoint(endpoint)) = &e.host_identifier else {
+                    continue;
+                };
+                let address = match endpoint.address.as_ref().and_then(|a| a.address.as_ref()) {
+                    Some(Kind::SocketAddress(s)) => match s.port_specifier {
+                        Some(PortSpecifier::PortValue(p)) => format!("{}:{p}", s.address),
+                        _ => s.address.clone(),
+                    },
+                    _ => String::new(),
+                };
+                let health = if e.health_status == HealthStatus::Unhealthy as i32 {
+                    "unhealthy"
+                } else {
+                    "healthy"
+                };
+                rows.push(json!({
+                    "address": address,
+                    "zone": zone,
+                    "priority": locality.priority,
+                    "weight": e.load_balancing_weight.as_ref().map_or(1, |w| w.value),
+                    "health": health,
+                }));
+            }
+        }
+        out.insert(cluster.clone(), Value::Array(rows));
+    }
+    Value::Object(out)
 }

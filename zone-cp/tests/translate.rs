@@ -149,7 +149,10 @@ fn an_ingress_passes_each_services_tls_through_by_sni() {
     else {
         panic!()
     };
-    let out = describe_snapshot(&meridian_zone_cp::xds::translate::ingress_snapshot(&ingress, &[&ctx]));
+    let out = describe_snapshot(&meridian_zone_cp::xds::translate::ingress_snapshot(
+        &ingress,
+        &[&ctx],
+    ));
     assert!(out.contains("reg-server{mesh=default}"), "{out}");
     insta::assert_snapshot!(out);
 }

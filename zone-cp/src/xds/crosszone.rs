@@ -152,8 +152,9 @@ pub fn remote_localities(
 }
 
 /// Outlier detection: Meridian's defaults (eject a host after 3 gateway failures or 5 errors,
-/// any share of hosts, so a dead zone empties and its traffic fails over), with what a
-/// MeshCircuitBreaker says on top. `None` when the breaker disables it.
+/// for 5 s at first, any share of hosts, so a dead zone empties and its traffic fails over,
+/// and a recovered one gets traffic back within seconds), with what a MeshCircuitBreaker says
+/// on top. `None` when the breaker disables it.
 pub fn outlier_detection(conf: Option<&BreakerConf>) -> Option<EnvoyOutlierDetection> {
     let od = conf.and_then(|c| c.outlier_detection.as_ref());
     if od.and_then(|o| o.disabled).unwrap_or(false) {
@@ -165,7 +166,7 @@ pub fn outlier_detection(conf: Option<&BreakerConf>) -> Option<EnvoyOutlierDetec
         consecutive_gateway_failure: u32v(3),
         enforcing_consecutive_gateway_failure: u32v(100),
         interval: Some(duration(StdDuration::from_secs(1))),
-        base_ejection_time: Some(duration(StdDuration::from_secs(10))),
+        base_ejection_time: Some(duration(StdDuration::from_secs(5))),
         max_ejection_percent: u32v(100),
         enforcing_success_rate: u32v(0),
         ..Default::default()
