@@ -94,6 +94,36 @@ pub fn failover_order(conf: Option<&LbConf>, local: &str, candidates: &BTreeSet<
     out
 }
 
+/// A local endpoint's weight under `localZone.affinityTags`: the weight of the first tag
+/// (in the order given) whose value the endpoint shares with the caller, else 1. Without
+/// weights, the i-th of n tags weighs 10^(n-i), so each tag outweighs all the later ones.
+pub fn affinity_weight(
+    conf: Option<&LbConf>,
+    caller: &BTreeMap<&String, &String>,
+    endpoint: &BTreeMap<String, String>,
+) -> u32 {
+    let Some(tags) = conf
+        .and_then(|c| c.locality_awareness.as_ref())
+        .and_then(|l| l.local_zone.as_ref())
+        .and_then(|z| z.affinity_tags.as_ref())
+    else {
+        return 1;
+    };
+    let n = tags.len() as u32;
+    for (i, tag) in tags.iter().enumerate() {
+        let shared = caller
+            .get(&tag.key)
+            .is_some_and(|v| endpoint.get(&tag.key) == Some(*v));
+        if shared {
+            return tag
+                .weight
+                .unwrap_or_else(|| 10u32.saturating_pow(n - i as u32))
+                .max(1);
+        }
+    }
+    1
+}
+
 /// Whether locality awareness is off: every zone shares priority 0.
 pub fn locality_disabled(conf: Option<&LbConf>) -> bool {
     conf.and_then(|c| c.locality_awareness.as_ref())
@@ -292,6 +322,28 @@ mod tests {
             failover_order(Some(&from_elsewhere), "zone-1", &all),
             vec![vec!["zone-3".to_owned(), "zone-4".into()]]
         );
+    }
+
+    #[test]
+    fn affinity_prefers_endpoints_sharing_the_callers_tags() {
+        let c =
+            conf("localityAwareness:\n  localZone:\n    affinityTags:\n    - key: node\n    - key: rack\n");
+        let (node, rack, a, b) = (
+            "node".to_owned(),
+            "rack".to_owned(),
+            "a".to_owned(),
+            "r1".to_owned(),
+        );
+        let caller = BTreeMap::from([(&node, &a), (&rack, &b)]);
+        let tags =
+            |n: &str, r: &str| BTreeMap::from([(node.clone(), n.to_owned()), (rack.clone(), r.to_owned())]);
+        assert_eq!(affinity_weight(Some(&c), &caller, &tags("a", "r1")), 100);
+        assert_eq!(affinity_weight(Some(&c), &caller, &tags("b", "r1")), 10);
+        assert_eq!(affinity_weight(Some(&c), &caller, &tags("b", "r2")), 1);
+        let weighted =
+            conf("localityAwareness:\n  localZone:\n    affinityTags:\n    - {key: rack, weight: 7}\n");
+        assert_eq!(affinity_weight(Some(&weighted), &caller, &tags("b", "r1")), 7);
+        assert_eq!(affinity_weight(None, &caller, &tags("a", "r1")), 1);
     }
 
     #[test]

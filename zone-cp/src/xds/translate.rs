@@ -83,6 +83,8 @@ pub struct ServiceEndpoint {
     pub address: String,
     pub port: u32,
     pub ready: bool,
+    /// The inbound's tags (for locality affinity).
+    pub tags: BTreeMap<String, String>,
 }
 
 /// What the proxies of a mesh need to know about its services.
@@ -191,6 +193,7 @@ impl MeshContext {
                                 .unwrap_or_else(|| dp.networking.address.clone()),
                             port: inbound.port,
                             ready,
+                            tags: inbound.tags.clone(),
                         });
                     }
                 }
@@ -421,6 +424,7 @@ pub fn proxy_snapshot(
                     address: app_address,
                     port: app_port,
                     ready: true,
+                    tags: BTreeMap::new(),
                 }],
             )),
             ..Default::default()
@@ -549,6 +553,20 @@ pub fn proxy_snapshot(
                 zone: ctx.zones.local.clone(),
                 ..Default::default()
             });
+            // Local instances sharing the caller's tag values get the affinity weights.
+            let caller: BTreeMap<&String, &String> = dp
+                .networking
+                .inbound
+                .iter()
+                .flatten()
+                .flat_map(|i| i.tags.iter())
+                .collect();
+            for (lb, e) in first.lb_endpoints.iter_mut().zip(&info.endpoints) {
+                let w = crosszone::affinity_weight(balancing.as_ref(), &caller, &e.tags);
+                if w != 1 {
+                    lb.load_balancing_weight = Some(UInt32Value { value: w });
+                }
+            }
         }
         // Other zones, through their ingresses: only with mTLS, which carries the service in SNI.
         if tls.is_some()
