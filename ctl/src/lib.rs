@@ -142,6 +142,15 @@ pub enum Generate {
         #[arg(long)]
         valid_for: Option<String>,
     },
+    /// A token for a zone ingress (run against the zone's API):
+    /// `meridian-dp run --proxy-type ingress --dataplane-token-file FILE`.
+    ZoneIngressToken {
+        #[arg(long)]
+        name: String,
+        /// How long the token is good for (e.g. 720h); a year by default.
+        #[arg(long)]
+        valid_for: Option<String>,
+    },
     /// A token for a person or a script; `--group mesh-system:admin` may change resources,
     /// other users may only read.
     UserToken {
@@ -196,6 +205,15 @@ impl Cli {
                 mesh,
                 cascade,
             } => delete(&client, &kind, &name, &mesh, cascade).await,
+            Command::Generate {
+                what: Generate::ZoneIngressToken { name, valid_for },
+            } => client
+                .post_text(
+                    "/tokens/zone-ingress",
+                    &serde_json::json!({ "name": name, "validFor": valid_for }),
+                )
+                .await
+                .map(|t| println!("{}", t.trim())),
             Command::Generate {
                 what:
                     Generate::DataplaneToken {

@@ -103,8 +103,7 @@ pub enum ProxyType {
     Ingress,
 }
 
-/// An ingress's node id names this pseudo-mesh (no mesh can be called so): `_ingress.NAME`.
-pub const INGRESS_MESH: &str = "_ingress";
+use meridian_model::policies::zone_ingress::INGRESS_NODE_MESH as INGRESS_MESH;
 
 /// The Dataplane by flags, for when there is no file.
 #[derive(Debug, Args)]

@@ -319,4 +319,54 @@ fn a_sidecar_needs_its_own_dataplane_token_where_the_host_is_not_trusted() {
         .output()
         .expect("meridian-dp");
     assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+
+    // A zone ingress shows its own kind of token; a Dataplane's does not open its door.
+    let ingress_file = dir.path().join("ingress.yaml");
+    std::fs::write(
+        &ingress_file,
+        format!(
+            "type: ZoneIngress\nname: ingress-1\nnetworking:\n  address: 127.0.0.1\n  port: {}\n",
+            free_port().expect("port")
+        ),
+    )
+    .expect("write");
+    let ingress_path = ingress_file.display().to_string();
+    let out = std::process::Command::new(meridian_e2e::bin("meridian-dp").expect("bin"))
+        .args(["run", "--cp-address", &cp.xds_url, "--api-address", &cp.api_url])
+        .args(["--proxy-type", "ingress", "--dataplane-file", &ingress_path])
+        .args(["--dataplane-token-file", &token_path])
+        .output()
+        .expect("meridian-dp");
+    assert!(stderr(&out).contains("403"), "{}", stderr(&out));
+    let ingress_token = ok(meshctl(
+        &cp.api_url,
+        &[
+            "--token",
+            &admin,
+            "generate",
+            "zone-ingress-token",
+            "--name",
+            "ingress-1",
+        ],
+        None,
+    )
+    .expect("meshctl"));
+    let ingress_token_file = dir.path().join("ingress-1.token");
+    std::fs::write(&ingress_token_file, ingress_token.trim()).expect("write");
+    let _ingress = Sidecar::start(
+        &cp,
+        &[
+            "--proxy-type",
+            "ingress",
+            "--dataplane-file",
+            &ingress_path,
+            "--dataplane-token-file",
+            &ingress_token_file.display().to_string(),
+        ],
+    )
+    .expect("ingress with its token");
+    assert_eq!(
+        http_get(&format!("{}/zoneingresses/ingress-1", cp.api_url)).0,
+        200
+    );
 }

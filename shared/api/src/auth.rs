@@ -29,6 +29,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::{Value, json};
 
 use crate::ApiError;
+use meridian_model::policies::zone_ingress::INGRESS_NODE_MESH;
 
 const PREFIX: &str = "v1";
 /// The group whose members may change resources.
@@ -126,14 +127,19 @@ pub struct Auth {
     pub admin_token_file: PathBuf,
 }
 
-/// Whether a dataplane token's own Dataplane is what `path` names (it may register and
-/// deregister itself, nothing else).
+/// Whether a dataplane (or zone ingress) token's own resource is what `path` names (it may
+/// register and deregister itself, nothing else).
 fn own_dataplane(claims: &Value, path: &str) -> bool {
-    claims["kind"] == "dataplane"
-        && claims["mesh"]
+    match claims["kind"].as_str() {
+        Some("dataplane") => claims["mesh"]
             .as_str()
             .zip(claims["name"].as_str())
-            .is_some_and(|(mesh, name)| path == format!("/meshes/{mesh}/dataplanes/{name}"))
+            .is_some_and(|(mesh, name)| path == format!("/meshes/{mesh}/dataplanes/{name}")),
+        Some("zone-ingress") => claims["name"]
+            .as_str()
+            .is_some_and(|name| path == format!("/zoneingresses/{name}")),
+        _ => false,
+    }
 }
 
 /// Checks an xDS stream's token (if any) against the Dataplane it claims to be: a token for
@@ -158,6 +164,14 @@ pub fn check_dataplane(
         .get()
         .ok_or("this control plane has no signing key yet")?
         .verify(token)?;
+    if mesh == INGRESS_NODE_MESH {
+        if claims["kind"] != "zone-ingress" || claims["name"] != name {
+            return Err(format!(
+                "not the token of zone ingress {name:?} (meshctl generate zone-ingress-token --name {name})"
+            ));
+        }
+        return Ok(());
+    }
     if claims["kind"] != "dataplane" {
         return Err("not a dataplane token".into());
     }
@@ -257,6 +271,7 @@ pub async fn authorize(State(auth): State<Auth>, request: Request, next: Next) -
 /// resources; other users may read, and are refused changes with 403.
 /// `POST /tokens/dataplane` with `{"mesh": M, "name": N}`: the token a Dataplane's sidecar
 /// shows on xDS and when it registers itself (verified by this control plane's nodes).
+/// `POST /tokens/zone-ingress` with `{"name": N}`: the same for the zone ingress N.
 pub fn routes(auth: Auth) -> axum::Router {
     use axum::routing::post;
     async fn issue(
@@ -303,9 +318,23 @@ pub fn routes(auth: Auth) -> axum::Router {
             valid_for,
         ))
     }
+    async fn issue_ingress(
+        State(auth): State<Auth>,
+        axum::Json(body): axum::Json<Value>,
+    ) -> Result<String, ApiError> {
+        let name = body["name"]
+            .as_str()
+            .filter(|v| meridian_model::validate::dns1123_label(v).is_ok())
+            .ok_or_else(|| ApiError::bad_field("name", "must be a DNS-1123 label"))?;
+        let valid_for = valid_for(&body, Duration::from_secs(365 * 24 * 3600))?;
+        let users = signer(&auth)?;
+        tracing::info!(ingress = name, "zone ingress token issued");
+        Ok(users.issue(json!({ "kind": "zone-ingress", "name": name }), valid_for))
+    }
     axum::Router::new()
         .route("/tokens/user", post(issue))
         .route("/tokens/dataplane", post(issue_dataplane))
+        .route("/tokens/zone-ingress", post(issue_ingress))
         .with_state(auth)
 }
 
@@ -386,5 +415,38 @@ mod tests {
         let expired = signer.issue(json!({"kind": "user"}), Duration::ZERO);
         assert!(signer.verify(&expired).is_err_and(|e| e.contains("expired")));
         assert!(!is_admin(&json!({"kind": "zone", "groups": [ADMIN_GROUP]})));
+    }
+
+    #[test]
+    fn a_proxy_token_opens_only_its_own_door() {
+        let signer = Signer::with_key(&[3; 32]);
+        let users = std::sync::OnceLock::new();
+        let _ = users.set(signer.clone());
+        let auth = Auth {
+            users: Arc::new(users),
+            trust_localhost: false,
+            admin_token_file: PathBuf::new(),
+        };
+        let year = Duration::from_secs(3600);
+        let dp = signer.issue(
+            json!({"kind": "dataplane", "mesh": "default", "name": "web-1"}),
+            year,
+        );
+        let ingress = signer.issue(json!({"kind": "zone-ingress", "name": "ingress-1"}), year);
+        assert!(check_dataplane(&auth, Some(&dp), "default", "web-1", false).is_ok());
+        assert!(check_dataplane(&auth, Some(&dp), "default", "web-2", false).is_err());
+        assert!(check_dataplane(&auth, Some(&ingress), INGRESS_NODE_MESH, "ingress-1", false).is_ok());
+        assert!(check_dataplane(&auth, Some(&dp), INGRESS_NODE_MESH, "web-1", false).is_err());
+        assert!(check_dataplane(&auth, Some(&ingress), "default", "ingress-1", false).is_err());
+        assert!(check_dataplane(&auth, None, INGRESS_NODE_MESH, "ingress-1", false).is_err());
+        let claims = |t: &str| signer.verify(t).expect("valid");
+        assert!(own_dataplane(&claims(&ingress), "/zoneingresses/ingress-1"));
+        assert!(!own_dataplane(&claims(&ingress), "/zoneingresses/ingress-2"));
+        assert!(!own_dataplane(
+            &claims(&ingress),
+            "/meshes/default/dataplanes/ingress-1"
+        ));
+        assert!(own_dataplane(&claims(&dp), "/meshes/default/dataplanes/web-1"));
+        assert!(!own_dataplane(&claims(&dp), "/zoneingresses/web-1"));
     }
 }

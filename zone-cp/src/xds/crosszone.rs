@@ -28,8 +28,7 @@ use meridian_model::policies::mesh_circuit_breaker::BreakerConf;
 use meridian_model::policies::mesh_health_check::HealthCheckConf;
 use meridian_model::policies::mesh_load_balancing_strategy::{LbConf, ToZonesType};
 
-/// The node id of a zone ingress is `_ingress.NAME` (no mesh can be called `_ingress`).
-pub const INGRESS_MESH: &str = "_ingress";
+pub use meridian_model::policies::zone_ingress::INGRESS_NODE_MESH as INGRESS_MESH;
 
 /// The SNI that names a service of a mesh to a zone ingress (Kuma's form).
 pub fn sni(mesh: &str, service: &str) -> String {

@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::policies::dataplane::{Admin, validate_address, validate_port, validate_tags};
 use crate::validate::{Validate, Validator, dns1123_label};
 
+/// An ingress's Envoy node id is `_ingress.NAME`: this stands where a Dataplane's mesh is
+/// (no mesh can be called so).
+pub const INGRESS_NODE_MESH: &str = "_ingress";
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ZoneIngressSpec {
