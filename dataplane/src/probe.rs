@@ -3,7 +3,8 @@
 //! while it is still running.
 //!
 //! HTTP services (`kuma.io/protocol: http`, `http2`, `grpc`) are probed with `GET /`: any answer
-//! under 500 is ready. Others with a TCP connect.
+//! under 500 within 2 s is ready. Others with a TCP connect. Two failures in a row make an
+//! inbound not ready (one slow answer does not); one success makes it ready again.
 
 use std::time::Duration;
 
@@ -46,25 +47,35 @@ async fn ready(
     }
 }
 
+/// How long an app may take to answer a probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Failed probes in a row that make an inbound not ready.
+const FAILURES_TO_UNREADY: u32 = 2;
+
 /// Probes every `interval` until aborted; re-registers the Dataplane with each inbound's
 /// `health.ready` whenever one changes.
 pub(crate) async fn run(mut resource: Resource, registration: Registration, interval: Duration) {
     let http = reqwest::Client::new();
-    let timeout = interval.max(Duration::from_millis(500));
-    let mut reported: Option<Vec<bool>> = None;
+    let Spec::Dataplane(dp) = &resource.spec else {
+        return;
+    };
+    let inbounds = dp.networking.inbound.iter().flatten().count();
+    // Registration said "ready": only a change from that is worth a write.
+    let mut reported = vec![true; inbounds];
+    let mut failures = vec![0u32; inbounds];
     loop {
         let Spec::Dataplane(dp) = &resource.spec else {
             return;
         };
-        let mut now = Vec::new();
-        for inbound in dp.networking.inbound.iter().flatten() {
+        let mut now = Vec::with_capacity(inbounds);
+        for (i, inbound) in dp.networking.inbound.iter().flatten().enumerate() {
             let address = inbound.service_address.as_deref().unwrap_or("127.0.0.1");
             let port = inbound.service_port.unwrap_or(inbound.port);
-            now.push(ready(&http, address, port, is_http(&inbound.tags), timeout).await);
+            let ok = ready(&http, address, port, is_http(&inbound.tags), PROBE_TIMEOUT).await;
+            failures[i] = if ok { 0 } else { failures[i] + 1 };
+            now.push(ok || (reported[i] && failures[i] < FAILURES_TO_UNREADY));
         }
-        // Registration said "ready": only a change from that (or since) is worth a write.
-        let before = reported.clone().unwrap_or_else(|| vec![true; now.len()]);
-        if now != before {
+        if now != reported {
             if let Spec::Dataplane(dp) = &mut resource.spec {
                 for (inbound, ready) in dp.networking.inbound.iter_mut().flatten().zip(&now) {
                     inbound.health = Some(Health { ready: *ready });
@@ -72,7 +83,7 @@ pub(crate) async fn run(mut resource: Resource, registration: Registration, inte
             }
             info!(ready = ?now, "inbound readiness changed; telling the zone");
             match registration.register(&resource).await {
-                Ok(()) => reported = Some(now),
+                Ok(()) => reported = now,
                 Err(e) => warn!(error = %e, "reporting readiness failed"),
             }
         }

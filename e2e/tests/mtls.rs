@@ -14,6 +14,15 @@ fn mtls_mesh(extra: &str) -> String {
     )
 }
 
+/// Waits until `url` answers `status` five times in a row: after a change, connections opened
+/// under the old config still drain for a moment (Envoy's drain time).
+fn settle(what: &str, url: &str, status: u16) {
+    wait_until(what, Duration::from_secs(20), || {
+        (0..5).all(|_| http_get(url).0 == status)
+    })
+    .unwrap_or_else(|e| panic!("{e}: last answer {:?}", http_get(url)));
+}
+
 /// Envoy's `/certs` of a sidecar, as JSON.
 fn certs(sidecar: &Sidecar) -> serde_json::Value {
     let (status, body, _) = http_get(&format!("http://127.0.0.1:{}/certs", sidecar.admin_port));
@@ -86,14 +95,8 @@ fn the_seed_permission_decides_who_reaches_reg_server_over_mtls() {
     ok(cp
         .meshctl(&["apply", "-f", "-"], Some(&mtls_mesh("")))
         .expect("meshctl"));
-    wait_until("the inbound to require TLS", Duration::from_secs(20), || {
-        http_get(&plaintext_url).0 == 0
-    })
-    .expect("plaintext refused");
-    wait_until("demo to answer over mTLS", Duration::from_secs(20), || {
-        http_get(&demo_url).0 == 200
-    })
-    .expect("200 over mTLS");
+    settle("the inbound to require TLS", &plaintext_url, 0);
+    settle("demo to answer over mTLS", &demo_url, 200);
     assert_eq!(http_get(&web_url).0, 200, "allow-all lets web in");
     let handshakes = pair
         .reg_sidecar
@@ -121,10 +124,7 @@ fn the_seed_permission_decides_who_reaches_reg_server_over_mtls() {
             None,
         )
         .expect("meshctl"));
-    wait_until("web to be refused", Duration::from_secs(20), || {
-        http_get(&web_url).0 == 403
-    })
-    .expect("403 for web");
+    settle("web to be refused", &web_url, 403);
     let (_, body, _) = http_get(&web_url);
     assert!(body.contains("RBAC"), "{body}");
     let (status, body, _) = http_get(&demo_url);
@@ -141,10 +141,7 @@ fn the_seed_permission_decides_who_reaches_reg_server_over_mtls() {
     ok(cp
         .meshctl(&["delete", "trafficpermission", "allow-demo-to-reg"], None)
         .expect("meshctl"));
-    wait_until("demo to be refused", Duration::from_secs(20), || {
-        http_get(&demo_url).0 == 403
-    })
-    .expect("403 for demo");
+    settle("demo to be refused", &demo_url, 403);
     ok(cp
         .meshctl(
             &[
@@ -155,20 +152,14 @@ fn the_seed_permission_decides_who_reaches_reg_server_over_mtls() {
             None,
         )
         .expect("meshctl"));
-    wait_until("demo to be let in again", Duration::from_secs(20), || {
-        http_get(&demo_url).0 == 200
-    })
-    .expect("200 again");
+    settle("demo to be let in again", &demo_url, 200);
     assert_eq!(http_get(&web_url).0, 403);
 
     // PERMISSIVE: plaintext is taken as well (for migration); mTLS traffic is still checked.
     ok(cp
         .meshctl(&["apply", "-f", "-"], Some(&mtls_mesh("    mode: PERMISSIVE\n")))
         .expect("meshctl"));
-    wait_until("plaintext to be accepted", Duration::from_secs(20), || {
-        http_get(&plaintext_url).0 == 200
-    })
-    .expect("plaintext in permissive mode");
+    settle("plaintext to be accepted", &plaintext_url, 200);
     assert_eq!(http_get(&demo_url).0, 200);
     assert_eq!(http_get(&web_url).0, 403);
 
@@ -195,10 +186,11 @@ fn a_two_minute_certificate_is_rotated_while_requests_flow() {
         )
         .expect("meshctl"));
     let url = format!("http://127.0.0.1:{}/", pair.outbound);
-    wait_until("calls to go over mTLS", Duration::from_secs(20), || {
-        !own_cert(&pair.reg_sidecar).1.is_empty() && http_get(&url).0 == 200
+    wait_until("certificates", Duration::from_secs(20), || {
+        !own_cert(&pair.reg_sidecar).1.is_empty()
     })
-    .expect("mTLS");
+    .expect("certificates");
+    settle("calls to go over mTLS", &url, 200);
     let (_, reg_first) = own_cert(&pair.reg_sidecar);
     let (_, demo_first) = own_cert(&pair.demo_sidecar);
     assert!(!reg_first.is_empty() && !demo_first.is_empty());

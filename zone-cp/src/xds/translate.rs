@@ -512,7 +512,12 @@ pub fn proxy_snapshot(
         let Some(service) = outbound.service() else {
             continue;
         };
-        let info = ctx.services.get(service).cloned().unwrap_or_default();
+        // A service with no instances anywhere gets HTTP, which answers its callers a fast 503
+        // (a TCP caller fails either way); flipping to TCP would turn that into resets.
+        let info = ctx.services.get(service).cloned().unwrap_or(ServiceInfo {
+            endpoints: Vec::new(),
+            http: true,
+        });
         let timeouts: Option<TimeoutConf> = decode(outbound_conf(&ctx.timeouts, &view, service));
         let retries: Option<RetryConf> = decode(outbound_conf(&ctx.retries, &view, service));
         let connect = timeouts
