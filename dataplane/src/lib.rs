@@ -68,11 +68,16 @@ pub struct RunArgs {
     /// zones reach this zone's services (needs `--dataplane-file` with a ZoneIngress).
     #[arg(long, env = "MERIDIAN_PROXY_TYPE", value_enum, default_value_t = ProxyType::Sidecar)]
     pub proxy_type: ProxyType,
-    /// How often each inbound's application is probed (HTTP `GET /` for HTTP services, under
-    /// 500 is ready; else a TCP connect); a change is reported to the zone, which takes a
+    /// How often each inbound's application is probed (a TCP connect, as Kuma's service
+    /// probes; see --probe-http-path); a change is reported to the zone, which takes a
     /// not-ready instance out of every caller's endpoints. `0s` turns probing off.
     #[arg(long, env = "MERIDIAN_PROBE_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub probe_interval: Duration,
+    /// Probe HTTP services (`kuma.io/protocol: http`, `http2`, `grpc`) with `GET PATH` instead:
+    /// an answer under 500 within 2 s is ready. Pick a path that does no work (a health
+    /// endpoint), not one that calls other services.
+    #[arg(long, env = "MERIDIAN_PROBE_HTTP_PATH")]
+    pub probe_http_path: Option<String>,
     #[command(flatten)]
     pub flags: DataplaneFlags,
     /// The Envoy to run (default: ./.venv/bin/envoy, else envoy on PATH).
@@ -318,6 +323,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         dataplane_file,
         proxy_type,
         probe_interval,
+        probe_http_path,
         flags,
         envoy_binary: given_envoy,
         admin_port,
@@ -377,8 +383,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         r = registration.register(&resource) => r?,
         _ = shutdown_signal() => return Ok(()),
     }
-    let probing = (!probe_interval.is_zero() && proxy_type == ProxyType::Sidecar)
-        .then(|| tokio::spawn(probe::run(resource.clone(), registration.clone(), probe_interval)));
+    let probing = (!probe_interval.is_zero() && proxy_type == ProxyType::Sidecar).then(|| {
+        tokio::spawn(probe::run(
+            resource.clone(),
+            registration.clone(),
+            probe_interval,
+            probe_http_path.clone(),
+        ))
+    });
     let envoy = envoy_binary(given_envoy);
     info!(envoy = %envoy.display(), admin_port, bootstrap = %bootstrap_path.display(), "starting envoy");
     let result = supervise(

@@ -2,9 +2,10 @@
 //! failing instance leaves every caller's endpoints (and other zones' too, through sync)
 //! while it is still running.
 //!
-//! HTTP services (`kuma.io/protocol: http`, `http2`, `grpc`) are probed with `GET /`: any answer
-//! under 500 within 2 s is ready. Others with a TCP connect. Two failures in a row make an
-//! inbound not ready (one slow answer does not); one success makes it ready again.
+//! By default a TCP connect (as Kuma's service probes). With `--probe-http-path PATH`, HTTP
+//! services (`kuma.io/protocol: http`, `http2`, `grpc`) get `GET PATH` instead: an answer under
+//! 500 within 2 s is ready. Two failures in a row make an inbound not ready (one slow answer
+//! does not); one success makes it ready again.
 
 use std::time::Duration;
 
@@ -25,13 +26,14 @@ async fn ready(
     http: &reqwest::Client,
     address: &str,
     port: u32,
-    speaks_http: bool,
+    http_path: Option<&str>,
     timeout: Duration,
 ) -> bool {
     let target = format!("{address}:{port}");
-    if speaks_http {
+    if let Some(path) = http_path {
+        let path = path.trim_start_matches('/');
         match http
-            .get(format!("http://{target}/"))
+            .get(format!("http://{target}/{path}"))
             .timeout(timeout)
             .send()
             .await
@@ -54,7 +56,12 @@ const FAILURES_TO_UNREADY: u32 = 2;
 
 /// Probes every `interval` until aborted; re-registers the Dataplane with each inbound's
 /// `health.ready` whenever one changes.
-pub(crate) async fn run(mut resource: Resource, registration: Registration, interval: Duration) {
+pub(crate) async fn run(
+    mut resource: Resource,
+    registration: Registration,
+    interval: Duration,
+    http_path: Option<String>,
+) {
     let http = reqwest::Client::new();
     let Spec::Dataplane(dp) = &resource.spec else {
         return;
@@ -71,7 +78,8 @@ pub(crate) async fn run(mut resource: Resource, registration: Registration, inte
         for (i, inbound) in dp.networking.inbound.iter().flatten().enumerate() {
             let address = inbound.service_address.as_deref().unwrap_or("127.0.0.1");
             let port = inbound.service_port.unwrap_or(inbound.port);
-            let ok = ready(&http, address, port, is_http(&inbound.tags), PROBE_TIMEOUT).await;
+            let path = http_path.as_deref().filter(|_| is_http(&inbound.tags));
+            let ok = ready(&http, address, port, path, PROBE_TIMEOUT).await;
             failures[i] = if ok { 0 } else { failures[i] + 1 };
             now.push(ok || (reported[i] && failures[i] < FAILURES_TO_UNREADY));
         }

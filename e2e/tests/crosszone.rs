@@ -58,6 +58,9 @@ fn zone(name: &str, dir: &std::path::Path, global: &GlobalCp) -> Zone {
             &format!("reg-server-{name}"),
             "--inbound",
             &format!("{}:{}:reg-server:http", free_port().expect("port"), reg.port),
+            // reg-server's `/` does no work: a fair health check, which catches a 500.
+            "--probe-http-path",
+            "/",
         ],
     )
     .expect("reg-server sidecar");

@@ -1,4 +1,5 @@
-//! Generates the gRPC service code for the messages in `src/sync.rs` and `src/raft.rs`. The messages are written
+//! Generates the gRPC service code for the messages in `src/sync.rs`, `src/raft.rs` and
+//! `src/otlp.rs`. The messages are written
 //! in Rust with prost's derive (their field numbers are the wire contract), so the build needs
 //! no `protoc`.
 
@@ -37,5 +38,18 @@ fn main() {
                 .build(),
         );
     }
-    tonic_build::manual::Builder::new().compile(&[sync, raft.build()]);
+    let otlp = tonic_build::manual::Service::builder()
+        .name("TraceService")
+        .package("opentelemetry.proto.collector.trace.v1")
+        .method(
+            tonic_build::manual::Method::builder()
+                .name("export")
+                .route_name("Export")
+                .input_type("crate::otlp::ExportTraceServiceRequest")
+                .output_type("crate::otlp::ExportTraceServiceResponse")
+                .codec_path("tonic_prost::ProstCodec")
+                .build(),
+        )
+        .build();
+    tonic_build::manual::Builder::new().compile(&[sync, raft.build(), otlp]);
 }

@@ -7,8 +7,18 @@
 
 #![forbid(unsafe_code)]
 
+pub mod otlp;
 pub mod raft;
 pub mod sync;
+
+/// The generated OTLP `TraceService` client and server (a trace receiver).
+pub mod otlp_service {
+    #![allow(clippy::all, clippy::pedantic, missing_docs, unused_qualifications)]
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/opentelemetry.proto.collector.trace.v1.TraceService.rs"
+    ));
+}
 
 /// The generated `GlobalSync` client and server.
 pub mod sync_service {

@@ -5,4 +5,5 @@ pub mod metrics;
 pub mod rbac;
 pub mod server;
 pub mod tls;
+pub mod trace;
 pub mod translate;

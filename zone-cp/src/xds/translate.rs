@@ -60,6 +60,7 @@ use meridian_model::policies::mesh::MtlsMode;
 use meridian_model::policies::mesh_circuit_breaker::BreakerConf;
 use meridian_model::policies::mesh_health_check::HealthCheckConf;
 use meridian_model::policies::mesh_load_balancing_strategy::LbConf;
+use meridian_model::policies::mesh_trace::MeshTraceSpec;
 use meridian_model::policies::zone_ingress::ZoneIngressSpec;
 use meridian_model::policies::mesh_retry::{HttpRetryOn, RetryConf};
 use meridian_model::policies::mesh_timeout::TimeoutConf;
@@ -69,7 +70,7 @@ use prost::{Message, Name};
 use super::cache::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot};
 use super::crosszone::{self, Zones};
 use super::rbac::{Permissions, ServiceTags, inbound_access};
-use super::tls;
+use super::{tls, trace};
 
 /// The tag that says how a service speaks (`http`, `http2`, `grpc`; anything else is TCP).
 pub const PROTOCOL_TAG: &str = "kuma.io/protocol";
@@ -131,6 +132,8 @@ pub struct MeshContext {
     pub balancing: Vec<ToPolicy>,
     pub breakers: Vec<ToPolicy>,
     pub health_checks: Vec<ToPolicy>,
+    /// MeshTraces by name.
+    pub traces: Vec<(String, MeshTraceSpec)>,
     /// The other zones and their ingresses (set by the reconciler).
     pub zones: Zones,
 }
@@ -202,6 +205,7 @@ impl MeshContext {
                 Spec::MeshLoadBalancingStrategy(_) => ctx.balancing.extend(ToPolicy::new(r)),
                 Spec::MeshCircuitBreaker(_) => ctx.breakers.extend(ToPolicy::new(r)),
                 Spec::MeshHealthCheck(_) => ctx.health_checks.extend(ToPolicy::new(r)),
+                Spec::MeshTrace(t) => ctx.traces.push((r.name.clone(), t.clone())),
                 _ => {}
             }
         }
@@ -393,6 +397,35 @@ pub fn proxy_snapshot(
         labels,
         dataplane: dp,
     };
+    // MeshTrace: tracing on every HTTP connection manager, and a cluster to the collector.
+    let own_service = dp
+        .networking
+        .inbound
+        .iter()
+        .flatten()
+        .find_map(|i| i.tags.get(SERVICE_TAG).cloned())
+        .unwrap_or_else(|| name.to_owned());
+    let trace_settings = trace::settings(&ctx.traces, &view);
+    let tracing = trace_settings
+        .as_ref()
+        .map(|t| trace::hcm_tracing(t, &ctx.mesh, &ctx.zones.local, &own_service));
+    if let Some(t) = &trace_settings {
+        let cluster = trace::collector_cluster(&t.collector, |name, host, port| Cluster {
+            name: name.to_owned(),
+            connect_timeout: Some(duration(DEFAULT_CONNECT_TIMEOUT)),
+            load_assignment: Some(load_assignment(
+                name,
+                &[ServiceEndpoint {
+                    address: host.to_owned(),
+                    port,
+                    ready: true,
+                    tags: BTreeMap::new(),
+                }],
+            )),
+            ..Default::default()
+        });
+        snap.insert(CLUSTER, cluster.name.clone(), pack(&cluster));
+    }
     let tls = match (&ctx.tls, identity) {
         (None, _) => None,
         (Some(settings), Some(id)) => {
@@ -460,6 +493,7 @@ pub fn proxy_snapshot(
                     codec_type: CodecType::Auto as i32,
                     route_specifier: Some(RouteSpecifier::RouteConfig(routes)),
                     http_filters: rbac.into_iter().chain([router_filter()]).collect(),
+                    tracing: tracing.clone(),
                     ..Default::default()
                 })]
             } else {
@@ -641,6 +675,7 @@ pub fn proxy_snapshot(
                     route_config_name: route_name,
                 })),
                 http_filters: vec![router_filter()],
+                tracing: tracing.clone(),
                 ..Default::default()
             })
         } else {

@@ -1,0 +1,177 @@
+//! Tracing drills: the seed's MeshTrace sends the demo's spans (from real Envoys) to an OTLP
+//! receiver, where one request to demo is one trace: demo's inbound (about 1 s) and reg-server's
+//! four inbounds (about 250 ms each), in sequence, parented through demo's outbound calls.
+
+use std::time::Duration;
+
+use meridian_e2e::{DemoPair, ZoneCp, example, http_get, ok};
+use meridian_receiver::{ReceivedSpan, Receiver, waterfall};
+use meridian_testing::wait_until;
+
+fn receiver() -> Receiver {
+    Receiver::start(([127, 0, 0, 1], 0).into()).expect("receiver")
+}
+
+/// The seed's MeshTrace, unchanged but for the collector address: the test's receiver.
+fn seed_meshtrace(receiver: &Receiver) -> String {
+    let seed = std::fs::read_to_string(example("seed-meshtrace.yaml")).expect("seed");
+    assert!(seed.contains("otel-collector.kuma-system.svc:4317"));
+    seed.replace("otel-collector.kuma-system.svc:4317", &receiver.addr.to_string())
+}
+
+/// Waits until the receiver has a trace with at least `spans` spans (Envoy flushes spans every
+/// few seconds) and returns it.
+fn one_trace(receiver: &Receiver, spans: usize) -> (String, Vec<ReceivedSpan>) {
+    let mut found = None;
+    wait_until("a trace at the receiver", Duration::from_secs(30), || {
+        found = receiver.traces().into_iter().find(|(_, s)| s.len() >= spans);
+        found.is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", receiver.traces()));
+    found.expect("trace")
+}
+
+fn children<'a>(spans: &'a [ReceivedSpan], parent: &ReceivedSpan) -> Vec<&'a ReceivedSpan> {
+    let mut c: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == parent.span_id)
+        .collect();
+    c.sort_by_key(|s| s.start_ns);
+    c
+}
+
+#[test]
+fn the_seeds_meshtrace_shows_demo_calling_reg_server_four_times() {
+    let receiver = receiver();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ZoneCp::start("zone-1", &dir.path().join("zone")).expect("zone-cp");
+    let pair = DemoPair::start(&cp).expect("demo pair");
+    ok(cp
+        .meshctl(&["apply", "-f", "-"], Some(&seed_meshtrace(&receiver)))
+        .expect("meshctl"));
+    // Wait for both proxies to have tracing, then send exactly one request.
+    wait_until("tracing in both proxies", Duration::from_secs(20), || {
+        ["demo-1", "reg-server-1"].iter().all(|n| {
+            cp.proxy_config("default", n)
+                .is_some_and(|c| c.to_string().contains("envoy.tracers.opentelemetry") && c["nacks"] == 0)
+        })
+    })
+    .expect("tracing configured");
+    std::thread::sleep(Duration::from_secs(2));
+    receiver.clear();
+    let (status, body, took) = http_get(&pair.demo_url);
+    assert_eq!(status, 200, "{body}");
+    let (id, spans) = one_trace(&receiver, 9);
+    println!("{}", waterfall(&id, &spans));
+    assert_eq!(receiver.traces().len(), 1, "one request, one trace");
+
+    // demo's inbound is the root, about as long as the request.
+    let root = spans
+        .iter()
+        .find(|s| s.parent_span_id.is_empty())
+        .expect("a root span");
+    assert_eq!(root.service, "demo");
+    assert!(
+        root.duration_ms() >= 950.0 && root.duration_ms() <= took.as_secs_f64() * 1000.0 + 50.0,
+        "demo's span {:.0} ms",
+        root.duration_ms()
+    );
+    // Under it, four calls in sequence, each reaching reg-server's inbound (~250 ms).
+    let calls = children(&spans, root);
+    assert_eq!(calls.len(), 4, "{spans:#?}");
+    let mut previous_end = 0;
+    for call in calls {
+        assert_eq!(call.service, "demo");
+        assert!(call.start_ns >= previous_end, "calls are in sequence");
+        previous_end = call.end_ns;
+        let served = children(&spans, call);
+        assert_eq!(served.len(), 1, "{spans:#?}");
+        let reg = served[0];
+        assert_eq!(reg.service, "reg-server");
+        assert!(
+            (240.0..400.0).contains(&reg.duration_ms()),
+            "reg-server's span {:.0} ms",
+            reg.duration_ms()
+        );
+        assert_eq!(
+            reg.attributes.get("service").map(String::as_str),
+            Some("reg-server")
+        );
+    }
+    for s in &spans {
+        assert_eq!(
+            s.attributes.get("mesh").map(String::as_str),
+            Some("default"),
+            "{s:?}"
+        );
+        assert_eq!(
+            s.attributes.get("zone").map(String::as_str),
+            Some("zone-1"),
+            "{s:?}"
+        );
+    }
+    // The seed's header went along with the spans, as gRPC metadata.
+    assert!(
+        receiver
+            .metadata()
+            .iter()
+            .any(|m| m.get("x-api-key").map(String::as_str) == Some("<HONEYCOMB_API_KEY>")),
+        "{:?}",
+        receiver.metadata()
+    );
+}
+
+#[test]
+fn sampling_decides_how_many_requests_are_traced() {
+    let receiver = receiver();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ZoneCp::start("zone-1", &dir.path().join("zone")).expect("zone-cp");
+    let pair = DemoPair::start(&cp).expect("demo pair");
+    let policy = |percent: u32| {
+        format!(
+            "type: MeshTrace\nname: sampled\nspec:\n  targetRef: {{kind: Mesh}}\n  default:\n    backends:\n    - type: OpenTelemetry\n      openTelemetry: {{endpoint: '{}'}}\n    sampling: {{overall: {percent}, client: {percent}, random: {percent}}}\n    tags:\n    - {{name: team, literal: payments}}\n",
+            receiver.addr
+        )
+    };
+    // 100: every request is one trace.
+    ok(cp
+        .meshctl(&["apply", "-f", "-"], Some(&policy(100)))
+        .expect("meshctl"));
+    wait_until("tracing configured", Duration::from_secs(20), || {
+        cp.proxy_config("default", "demo-1")
+            .is_some_and(|c| c.to_string().contains("envoy.tracers.opentelemetry"))
+    })
+    .expect("configured");
+    std::thread::sleep(Duration::from_secs(2));
+    receiver.clear();
+    for _ in 0..3 {
+        assert_eq!(http_get(&pair.demo_url).0, 200);
+    }
+    wait_until("three traces", Duration::from_secs(30), || {
+        receiver.traces().iter().filter(|(_, s)| s.len() >= 9).count() == 3
+    })
+    .unwrap_or_else(|e| panic!("{e}: {} traces", receiver.traces().len()));
+    assert!(
+        receiver.traces()[0]
+            .1
+            .iter()
+            .all(|s| s.attributes.get("team").map(String::as_str) == Some("payments"))
+    );
+
+    // 0: nothing.
+    ok(cp
+        .meshctl(&["apply", "-f", "-"], Some(&policy(0)))
+        .expect("meshctl"));
+    wait_until("sampling 0 configured", Duration::from_secs(20), || {
+        cp.proxy_config("default", "demo-1")
+            .is_some_and(|c| !c.to_string().contains("value: 100.0"))
+    })
+    .expect("configured");
+    std::thread::sleep(Duration::from_secs(6));
+    receiver.clear();
+    for _ in 0..3 {
+        assert_eq!(http_get(&pair.demo_url).0, 200);
+    }
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(receiver.traces().is_empty(), "{:?}", receiver.traces());
+}
