@@ -224,6 +224,10 @@ fn demo(flags: &[&str]) -> Result<()> {
             .and_then(|o| String::from_utf8_lossy(&o.stdout).parse().ok())
             .unwrap_or(0)
     };
+    // A trace receiver for the seed's MeshTrace: it prints each finished trace as a waterfall.
+    let receiver = meridian_receiver::Receiver::start(([127, 0, 0, 1], 4317).into())
+        .context("starting the trace receiver on 127.0.0.1:4317 (is something else using it?)")?;
+    eprintln!("==> trace receiver (OTLP/gRPC) on 127.0.0.1:4317");
     eprintln!("==> starting zone-cp (zone-1): REST http://127.0.0.1:5681, xDS 127.0.0.1:5678");
     let mut processes = vec![spawn(
         "zone-cp",
@@ -282,6 +286,15 @@ fn demo(flags: &[&str]) -> Result<()> {
         Duration::from_secs(60),
         || get("http://127.0.0.1:10001/") == 200,
     )?;
+    // The seed's MeshTrace, pointed at the receiver, then one request: the seed's picture.
+    let seed = std::fs::read_to_string(workspace_root().join("../shared/examples/seed-meshtrace.yaml"))
+        .unwrap_or_else(|_| SEED_MESHTRACE.to_owned())
+        .replace("otel-collector.kuma-system.svc:4317", "127.0.0.1:4317");
+    apply(&bin("meshctl"), &seed)?;
+    eprintln!("==> applied the seed's MeshTrace (collector: the receiver); calling demo once");
+    // Connections opened before tracing was on drain for up to meridian-dp's drain time (5 s).
+    std::thread::sleep(Duration::from_secs(6));
+    get("http://127.0.0.1:10001/");
     eprintln!(
         "\n==> the demo is up: demo (127.0.0.1:8080) calls reg-server (127.0.0.1:8081) 4 times through their sidecars\n\
          \n    curl -s http://127.0.0.1:10001/                      # demo's inbound: ~1 s, 4 calls of 250 ms\
@@ -292,11 +305,50 @@ fn demo(flags: &[&str]) -> Result<()> {
          \n    printf 'type: MeshTimeout\\nname: short\\nspec:\\n  targetRef: {{kind: Mesh}}\\n  to:\\n  - targetRef: {{kind: MeshService, name: reg-server}}\\n    default: {{http: {{requestTimeout: 100ms}}}}\\n' | cargo meshctl apply -f -\
          \n    curl -s http://127.0.0.1:10001/                      # 504 after 100 ms\
          \n    cargo meshctl delete meshtimeout short\
+         \n\n    traces: every request to demo prints as a waterfall here (the seed's MeshTrace sends\
+         \n    the Envoys' spans to the receiver on 127.0.0.1:4317)\
          \n\n    Ctrl-C stops everything (state is kept in ./.meridian).\n"
     );
-    // Ctrl-C reaches every process of the group; wait for the control plane to go.
+    // Ctrl-C reaches every process of the group; until the control plane goes, print each
+    // trace once no new span came for it for two seconds.
+    let mut seen: std::collections::BTreeMap<String, (usize, std::time::Instant, bool)> = Default::default();
     while processes[0].is_running() {
+        for (id, spans) in receiver.traces() {
+            let entry = seen
+                .entry(id.clone())
+                .or_insert((0, std::time::Instant::now(), false));
+            if entry.0 != spans.len() {
+                *entry = (spans.len(), std::time::Instant::now(), false);
+            } else if !entry.2 && entry.1.elapsed() >= Duration::from_secs(2) {
+                entry.2 = true;
+                println!("\n{}", meridian_receiver::waterfall(&id, &spans));
+            }
+        }
         std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// The seed's MeshTrace, for a checkout without `../shared/examples`.
+const SEED_MESHTRACE: &str = "apiVersion: kuma.io/v1alpha1\nkind: MeshTrace\nmetadata:\n  name: default\nspec:\n  backends:\n  - name: otel-collector\n    type: open_telemetry\n    conf:\n      endpoint: otel-collector.kuma-system.svc:4317\n      headers:\n        x-api-key: <HONEYCOMB_API_KEY>\n";
+
+/// `meshctl apply -f -` with `yaml` on stdin.
+fn apply(meshctl: &Path, yaml: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = Command::new(meshctl)
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting meshctl")?;
+    child
+        .stdin
+        .take()
+        .context("meshctl's stdin")?
+        .write_all(yaml.as_bytes())?;
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("meshctl apply failed ({status})");
     }
     Ok(())
 }
