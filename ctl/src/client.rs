@@ -50,7 +50,9 @@ fn list_path(kind: Kind, mesh: Option<&str>) -> String {
 }
 
 impl Client {
-    pub fn new(base: &str, token: Option<&str>) -> Result<Self, Failure> {
+    /// A client; with `trace`, every request carries it as `traceparent`, so the control
+    /// plane's spans join the command's trace.
+    pub fn traced(base: &str, token: Option<&str>, trace: Option<&str>) -> Result<Self, Failure> {
         let base = base.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Failure::Usage(format!(
@@ -63,6 +65,9 @@ impl Client {
                 .map_err(|_| Failure::Usage("the token is not valid header text".into()))?;
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        if let Some(value) = trace.and_then(|t| reqwest::header::HeaderValue::from_str(t).ok()) {
+            headers.insert("traceparent", value);
         }
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))

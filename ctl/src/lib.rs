@@ -187,7 +187,16 @@ impl Cli {
             command,
         } = self;
         let token = token.map(|t| t.trim().to_owned()).or_else(token_from_config);
-        let client = match Client::new(&api_url, token.as_deref()) {
+        // With OTEL_EXPORTER_OTLP_ENDPOINT set, the command is a trace of its own, which the
+        // control planes continue.
+        meridian_otlp::exporter::init("meshctl");
+        let mut span = meridian_otlp::exporter::Span::start(
+            format!("meshctl {}", command.name()),
+            None,
+            meridian_otlp::exporter::CLIENT,
+        );
+        let trace = span.is_live().then(|| span.context().traceparent());
+        let client = match Client::traced(&api_url, token.as_deref(), trace.as_deref()) {
             Ok(c) => c,
             Err(e) => return fail(e),
         };
@@ -276,9 +285,26 @@ impl Cli {
                 endpoints,
             } => inspect(&client, &kind, &name, &mesh, output, endpoints).await,
         };
+        span.set("ok", result.is_ok());
+        drop(span);
+        meridian_otlp::exporter::flush(std::time::Duration::from_secs(2)).await;
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
+        }
+    }
+}
+
+impl Command {
+    /// The subcommand's name, for its span.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Apply { .. } => "apply",
+            Command::Get { .. } => "get",
+            Command::Delete { .. } => "delete",
+            Command::Inspect { .. } => "inspect",
+            Command::Generate { .. } => "generate",
+            Command::Zone { .. } => "zone",
         }
     }
 }

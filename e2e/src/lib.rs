@@ -30,6 +30,22 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+static SPANS_TO: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes every control plane and meshctl this test starts from now on export its own spans to
+/// `endpoint` (`OTEL_EXPORTER_OTLP_ENDPOINT`). nextest runs each test in its own process, so
+/// this stays within the test.
+pub fn export_spans_to(endpoint: &str) {
+    let _ = SPANS_TO.set(endpoint.to_owned());
+}
+
+fn with_spans_env(cmd: &mut Command) -> &mut Command {
+    match SPANS_TO.get() {
+        Some(endpoint) => cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        None => cmd.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT"),
+    }
+}
+
 /// The team's example YAML, beside the repository.
 pub fn example(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -90,6 +106,7 @@ impl GlobalCp {
     ) -> Result<Self> {
         let tls = env.iter().any(|(k, _)| k == "MERIDIAN_SYNC_TLS_CERT");
         let mut cmd = Command::new(bin("global-cp")?);
+        with_spans_env(&mut cmd);
         cmd.arg("run")
             .current_dir(workdir)
             .env("MERIDIAN_API_ADDR", format!("127.0.0.1:{port}"))
@@ -174,7 +191,7 @@ impl GlobalCp {
 
 /// Runs meshctl against `api_url`, optionally feeding `stdin`.
 pub fn meshctl(api_url: &str, args: &[&str], stdin: Option<&str>) -> Result<Output> {
-    let mut child = Command::new(bin("meshctl")?)
+    let mut child = with_spans_env(&mut Command::new(bin("meshctl")?))
         .args(args)
         .env("MESHCTL_API_URL", api_url)
         // No token from the environment or a config file of whoever runs the tests.
@@ -408,6 +425,7 @@ impl ZoneCp {
     fn spawn(zone: &str, data_dir: &Path, ports: [u16; 3], global: Vec<String>) -> Result<Self> {
         let [api_port, xds_port, raft_port] = ports;
         let mut cmd = Command::new(bin("zone-cp")?);
+        with_spans_env(&mut cmd);
         cmd.args(["run", "--zone", zone]).args(&global);
         let process = KillOnDrop::new(
             cmd.args(["--api-addr", &format!("127.0.0.1:{api_port}")])

@@ -14,11 +14,19 @@ fn mtls_mesh(extra: &str) -> String {
     )
 }
 
-/// Waits until `url` answers `status` five times in a row: after a change, connections opened
-/// under the old config still drain for a moment (Envoy's drain time).
+/// Waits until `url` answers `status` every time for 2 s. After a change, connections opened
+/// under the old config serve one more request each until they drain (the sidecars' drain
+/// time is 1 s here), so a few answers in a row prove nothing.
 fn settle(what: &str, url: &str, status: u16) {
-    wait_until(what, Duration::from_secs(20), || {
-        (0..5).all(|_| http_get(url).0 == status)
+    wait_until(what, Duration::from_secs(30), || {
+        let since = std::time::Instant::now();
+        while since.elapsed() < Duration::from_secs(2) {
+            if http_get(url).0 != status {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        true
     })
     .unwrap_or_else(|e| panic!("{e}: last answer {:?}", http_get(url)));
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use meridian_e2e::{DemoPair, ZoneCp, example, http_get, ok};
-use meridian_receiver::{ReceivedSpan, Receiver, waterfall};
+use meridian_otlp::{ReceivedSpan, Receiver, waterfall};
 use meridian_testing::wait_until;
 
 fn receiver() -> Receiver {
@@ -174,4 +174,101 @@ fn sampling_decides_how_many_requests_are_traced() {
     }
     std::thread::sleep(Duration::from_secs(7));
     assert!(receiver.traces().is_empty(), "{:?}", receiver.traces());
+}
+
+/// The control planes trace themselves: one MeshTimeout applied with meshctl on global is one
+/// trace, from meshctl through global's REST handler, store and sync, to each zone's apply,
+/// Raft commit and xDS push.
+#[test]
+fn a_policy_is_one_trace_from_meshctl_to_the_xds_push_in_every_zone() {
+    use meridian_e2e::{GlobalCp, Sidecar, export_spans_to, meshctl};
+    use meridian_testing::free_port;
+    let receiver = receiver();
+    export_spans_to(&format!("http://{}", receiver.addr));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let global = GlobalCp::start(dir.path(), None).expect("global-cp");
+    let zones: Vec<ZoneCp> = ["zone-1", "zone-2"]
+        .iter()
+        .map(|z| ZoneCp::start_federated(z, &dir.path().join(z), &global).expect("zone-cp"))
+        .collect();
+    let _sidecars: Vec<Sidecar> = zones
+        .iter()
+        .map(|z| {
+            Sidecar::start(
+                z,
+                &[
+                    "--name",
+                    "web-1",
+                    "--inbound",
+                    &format!(
+                        "{}:{}:web:http",
+                        free_port().expect("port"),
+                        free_port().expect("port")
+                    ),
+                    "--outbound",
+                    &format!("{}:reg-server", free_port().expect("port")),
+                ],
+            )
+            .expect("sidecar")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    receiver.clear();
+    ok(meshctl(
+        &global.api_url,
+        &["apply", "-f", "-"],
+        Some("type: MeshTimeout\nname: traced\nspec:\n  targetRef: {kind: Mesh}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 3s}\n"),
+    )
+    .expect("meshctl"));
+    let mut found = None;
+    wait_until(
+        "the policy's trace to reach both zones' xDS push",
+        Duration::from_secs(20),
+        || {
+            found = receiver.traces().into_iter().find(|(_, spans)| {
+                ["zone-1", "zone-2"]
+                    .iter()
+                    .all(|z| spans.iter().any(|s| s.name == format!("zone {z}: xds push")))
+            });
+            found.is_some()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:#?}", receiver.traces()));
+    let (id, spans) = found.expect("trace");
+    println!("{}", waterfall(&id, &spans));
+    let by_name = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no span {name:?}: {spans:#?}"))
+    };
+    let root = by_name("meshctl apply");
+    assert_eq!(root.service, "meshctl");
+    assert!(root.parent_span_id.is_empty());
+    let rest = spans
+        .iter()
+        .find(|s| s.service == "global-cp" && s.name.starts_with("PUT "))
+        .expect("global's REST span");
+    assert_eq!(rest.parent_span_id, root.span_id);
+    let write = by_name("store write");
+    assert_eq!(write.parent_span_id, rest.span_id);
+    for z in ["zone-1", "zone-2"] {
+        let sync = by_name(&format!("sync to {z}"));
+        assert_eq!(sync.parent_span_id, write.span_id);
+        let apply = by_name(&format!("zone {z}: apply from global"));
+        assert_eq!(
+            (apply.service.as_str(), apply.parent_span_id.as_str()),
+            ("zone-cp", sync.span_id.as_str())
+        );
+        let commit = by_name(&format!("zone {z}: raft commit"));
+        assert_eq!(commit.parent_span_id, apply.span_id);
+        let push = by_name(&format!("zone {z}: xds push"));
+        assert_eq!(push.parent_span_id, commit.span_id);
+        assert_eq!(push.attributes.get("zone").map(String::as_str), Some(z));
+        assert_eq!(
+            push.attributes.get("proxies.pushed").map(String::as_str),
+            Some("1"),
+            "{push:?}"
+        );
+    }
 }

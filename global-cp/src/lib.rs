@@ -86,6 +86,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         log,
     } = args;
     init_logging(log.log_format);
+    if meridian_otlp::exporter::init("global-cp") {
+        info!("exporting spans to OTEL_EXPORTER_OTLP_ENDPOINT");
+    }
     let data_dir = store.data_dir.clone();
     let store: Arc<dyn Store> = Arc::new(open_store(&store).await?);
     meridian_store::create_default_mesh(&*store).await?;

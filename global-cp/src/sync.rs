@@ -152,7 +152,26 @@ async fn send_changes(store: &dyn Store, out: &Outbox, zone: &str, mut sent: i64
         let Some(last) = changes.last().map(Change::revision) else {
             return Ok(sent);
         };
-        let wire: Vec<WireChange> = changes.iter().filter_map(|c| wire(zone, c)).collect();
+        let mut spans = Vec::new();
+        let wire: Vec<WireChange> = changes
+            .iter()
+            .filter_map(|c| {
+                let mut w = wire(zone, c)?;
+                // A traced write: the zone's spans continue its trace, under this one.
+                if let Some(parent) = meridian_otlp::exporter::recall(&format!("rev:{}", c.revision())) {
+                    let mut span = meridian_otlp::exporter::Span::start(
+                        format!("sync to {zone}"),
+                        Some(parent),
+                        meridian_otlp::exporter::CLIENT,
+                    );
+                    span.set("zone", zone);
+                    span.set("revision", c.revision());
+                    w.traceparent = span.context().traceparent();
+                    spans.push(span);
+                }
+                Some(w)
+            })
+            .collect();
         // A batch of only the zone's own changes moves the position without bothering it.
         if !wire.is_empty() {
             let upserted = changes.iter().filter_map(|c| match c {
@@ -170,6 +189,7 @@ async fn send_changes(store: &dyn Store, out: &Outbox, zone: &str, mut sent: i64
                 return Ok(last);
             }
         }
+        drop(spans);
         sent = last;
     }
 }

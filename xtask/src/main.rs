@@ -225,7 +225,7 @@ fn demo(flags: &[&str]) -> Result<()> {
             .unwrap_or(0)
     };
     // A trace receiver for the seed's MeshTrace: it prints each finished trace as a waterfall.
-    let receiver = meridian_receiver::Receiver::start(([127, 0, 0, 1], 4317).into())
+    let receiver = meridian_otlp::Receiver::start(([127, 0, 0, 1], 4317).into())
         .context("starting the trace receiver on 127.0.0.1:4317 (is something else using it?)")?;
     eprintln!("==> trace receiver (OTLP/gRPC) on 127.0.0.1:4317");
     eprintln!("==> starting zone-cp (zone-1): REST http://127.0.0.1:5681, xDS 127.0.0.1:5678");
@@ -321,7 +321,7 @@ fn demo(flags: &[&str]) -> Result<()> {
                 *entry = (spans.len(), std::time::Instant::now(), false);
             } else if !entry.2 && entry.1.elapsed() >= Duration::from_secs(2) {
                 entry.2 = true;
-                println!("\n{}", meridian_receiver::waterfall(&id, &spans));
+                println!("\n{}", meridian_otlp::waterfall(&id, &spans));
             }
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -66,6 +66,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         log,
     } = args;
     init_logging(log.log_format);
+    if meridian_otlp::exporter::init("zone-cp") {
+        info!("exporting spans to OTEL_EXPORTER_OTLP_ENDPOINT");
+    }
     dns1123_label(&zone).map_err(|e| anyhow::anyhow!("--zone {zone:?} {e}"))?;
     let data_dir = data_dir.unwrap_or_else(|| format!("./.meridian/zone-{zone}").into());
     info!(zone = %zone, data_dir = %data_dir.display(), "opening the zone store");

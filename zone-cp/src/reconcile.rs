@@ -349,7 +349,20 @@ impl Reconciler {
             }
             let mut affected = BTreeMap::new();
             let mut removed = Vec::new();
+            let mut traced = Vec::new();
             for change in &changes {
+                // A change applied from a traced write (on this node, the zone's leader):
+                // its push to the proxies ends that trace.
+                if let Some(parent) = meridian_otlp::exporter::take(&format!("res:{}", change_key(change))) {
+                    let mut span = meridian_otlp::exporter::Span::start(
+                        format!("zone {}: xds push", self.zone),
+                        Some(parent),
+                        meridian_otlp::exporter::INTERNAL,
+                    );
+                    span.set("zone", &self.zone);
+                    span.set("zone.revision", change.revision());
+                    traced.push(span);
+                }
                 self.view.affected(change, &mut affected);
                 self.view.apply(change);
                 self.applied = change.revision();
@@ -361,8 +374,12 @@ impl Reconciler {
                     }
                 }
             }
+            let mut pushed = 0;
             for (mesh, names) in affected {
-                self.regenerate(&mesh, names.as_ref()).await;
+                pushed += self.regenerate(&mesh, names.as_ref()).await;
+            }
+            for mut span in traced {
+                span.set("proxies.pushed", pushed);
             }
             for id in removed.iter().filter(|id| {
                 self.view
@@ -494,9 +511,11 @@ impl Reconciler {
         self.leaves.get(id).map(|i| &i.leaf)
     }
 
-    async fn regenerate(&mut self, mesh: &str, only: Option<&BTreeSet<String>>) {
+    /// Regenerates the proxies of `mesh` (only those named, if given); returns how many got a
+    /// changed snapshot (and so a push).
+    async fn regenerate(&mut self, mesh: &str, only: Option<&BTreeSet<String>>) -> usize {
         if mesh.is_empty() {
-            return;
+            return 0;
         }
         let resources = self.view.meshes.get(mesh);
         let mut ctx = MeshContext::new(resources.into_iter().flat_map(|m| m.values()));
@@ -512,12 +531,12 @@ impl Reconciler {
                             "mTLS is on but the mesh CA has not come from global yet; proxies keep their config"
                         );
                     }
-                    return;
+                    return 0;
                 }
                 Err(e) => {
                     warn!(mesh, error = %e, "the mesh CA is not usable; proxies keep their config");
                     self.waiting.insert(mesh.to_owned());
-                    return;
+                    return 0;
                 }
             },
         };
@@ -527,6 +546,7 @@ impl Reconciler {
             .filter(|r| only.is_none_or(|names| names.contains(&r.name)))
             .filter_map(|r| Some((r.name.clone(), r.labels.clone(), dataplane(r)?.clone())))
             .collect();
+        let mut changed_count = 0;
         for (name, labels, dp) in proxies {
             let id = ProxyId::new(mesh, name.clone());
             let snapshot = match (&ca, &ctx.tls) {
@@ -547,9 +567,11 @@ impl Reconciler {
                 }
             };
             let changed = self.cache.set(&id, snapshot);
+            changed_count += usize::from(changed);
             self.metrics.generations.inc();
             debug!(proxy = %id, changed, "snapshot regenerated");
         }
+        changed_count
     }
 }
 

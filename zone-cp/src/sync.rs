@@ -323,6 +323,36 @@ async fn session(
     result
 }
 
+type TracedChange = (
+    meridian_otlp::exporter::Span,
+    meridian_otlp::exporter::Span,
+    String,
+);
+
+/// For each change of the batch that carries a trace: a span for applying it here, and under
+/// it one for the Raft commit (the apply is one replicated write), with the resource key.
+fn traced_spans(zone: &str, batch: &Batch) -> Vec<TracedChange> {
+    use meridian_otlp::exporter::{INTERNAL, SERVER, Span, SpanContext};
+    batch
+        .changes
+        .iter()
+        .filter_map(|c| {
+            let parent = SpanContext::parse(&c.traceparent)?;
+            let mut apply = Span::start(format!("zone {zone}: apply from global"), Some(parent), SERVER);
+            apply.set("zone", zone);
+            apply.set("revision", c.revision);
+            let mut commit = Span::start(
+                format!("zone {zone}: raft commit"),
+                Some(apply.context()),
+                INTERNAL,
+            );
+            commit.set("zone", zone);
+            let key = c.decode().ok()?.0.to_string();
+            Some((apply, commit, key))
+        })
+        .collect()
+}
+
 /// Applies global's batches and reports the zone's inventory changes, until the stream ends.
 async fn exchange(
     inbound: &mut tonic::Streaming<meridian_proto::sync::GlobalMessage>,
@@ -346,7 +376,17 @@ async fn exchange(
                 let Some(global_message::Kind::Batch(batch)) = message.kind else {
                     continue;
                 };
-                match apply(store, zone, &batch).await {
+                let traced = traced_spans(zone, &batch);
+                let result = apply(store, zone, &batch).await;
+                if result.is_ok() {
+                    for (apply_span, commit_span, key) in traced {
+                        // The reconciler's xDS push continues the trace from the commit.
+                        meridian_otlp::exporter::remember(format!("res:{key}"), commit_span.context());
+                        drop(commit_span);
+                        drop(apply_span);
+                    }
+                }
+                match result {
                     Ok(a) => {
                         info!(
                             revision = batch.to_revision,

@@ -68,7 +68,33 @@ pub fn router(state: ApiState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn(trace_request))
         .with_state(state)
+}
+
+/// A server span per request when the control plane exports its spans, continuing the
+/// caller's trace (`traceparent`, as meshctl sends it); handlers see it as the current span.
+async fn trace_request(request: Request, next: Next) -> Response {
+    use meridian_otlp::exporter::{SERVER, Span, SpanContext, enabled, in_span};
+    if !enabled() {
+        return next.run(request).await;
+    }
+    let parent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(SpanContext::parse);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| request.uri().path().to_owned());
+    let mut span = Span::start(format!("{} {route}", request.method()), parent, SERVER);
+    span.set("http.method", request.method());
+    span.set("http.target", request.uri().path());
+    let response = in_span(span.context(), next.run(request)).await;
+    span.set("http.status_code", response.status().as_u16());
+    response
 }
 
 async fn observe(State(state): State<ApiState>, request: Request, next: Next) -> Response {

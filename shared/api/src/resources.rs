@@ -237,7 +237,19 @@ async fn put(
     fill_from_path(&mut doc, &key);
     let submission = from_value(doc)?;
     check_matches_path(&submission, &key)?;
+    let mut span = meridian_otlp::exporter::Span::start(
+        "store write",
+        meridian_otlp::exporter::current(),
+        meridian_otlp::exporter::INTERNAL,
+    );
     let outcome = meridian_store::put_with_defaults(&*state.store, submission).await?;
+    // Whoever sends this revision on (the sync to zones) continues the trace from here.
+    span.set("revision", outcome.stored().revision);
+    span.set("resource", &key);
+    if span.is_live() && !matches!(outcome, PutOutcome::Unchanged(_)) {
+        meridian_otlp::exporter::remember(format!("rev:{}", outcome.stored().revision), span.context());
+    }
+    drop(span);
     let status = match outcome {
         PutOutcome::Created(_) => StatusCode::CREATED,
         _ => StatusCode::OK,
@@ -335,7 +347,18 @@ async fn delete(
         cascade: parse_bool(query, "cascade")?,
         expected_version: parse_version(query)?,
     };
+    let mut span = meridian_otlp::exporter::Span::start(
+        "store delete",
+        meridian_otlp::exporter::current(),
+        meridian_otlp::exporter::INTERNAL,
+    );
     let revision = state.store.delete(&key, options).await?;
+    span.set("revision", revision);
+    span.set("resource", &key);
+    if span.is_live() {
+        meridian_otlp::exporter::remember(format!("rev:{revision}"), span.context());
+    }
+    drop(span);
     tracing::info!(kind = %key.kind, mesh = %key.mesh, name = %key.name, revision, "resource deleted");
     Ok(Json(json!({ "revision": revision })).into_response())
 }

@@ -128,6 +128,10 @@ pub struct Change {
     /// The resource in the universal form, as JSON (upserts only).
     #[prost(string, tag = "6")]
     pub resource: String,
+    /// W3C trace context of the write, when the sender traces it: the receiver's spans join
+    /// the write's trace.
+    #[prost(string, tag = "7")]
+    pub traceparent: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
@@ -147,6 +151,7 @@ impl Change {
             mesh: key.mesh,
             name: key.name,
             resource: resource.to_universal().to_string(),
+            traceparent: String::new(),
         }
     }
 
@@ -158,6 +163,7 @@ impl Change {
             mesh: key.mesh.clone(),
             name: key.name.clone(),
             resource: String::new(),
+            traceparent: String::new(),
         }
     }
 
