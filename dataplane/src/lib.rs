@@ -531,31 +531,6 @@ mod tests {
 
     use super::*;
 
-    /// The arguments of a deploy unit's `ExecStart`, as the binary sees them.
-    fn exec_start(unit: &str) -> Vec<String> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../deploy/systemd")
-            .join(unit);
-        let text = std::fs::read_to_string(&path).expect("unit file");
-        let line = text
-            .lines()
-            .find_map(|l| l.strip_prefix("ExecStart="))
-            .expect("ExecStart");
-        line.split_whitespace().map(str::to_owned).collect()
-    }
-
-    #[test]
-    fn deploy_units_parse() {
-        use clap::Parser;
-        let cli = Cli::try_parse_from(exec_start("meridian-dp.service")).expect("flags parse");
-        let Command::Run(run) = cli.command;
-        assert!(
-            run.dataplane_token_file.is_some(),
-            "deployed sidecars show their token"
-        );
-        assert_eq!(run.cp_addresses.len(), 3);
-    }
-
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();

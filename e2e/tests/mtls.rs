@@ -31,6 +31,12 @@ fn settle(what: &str, url: &str, status: u16) {
     .unwrap_or_else(|e| panic!("{e}: last answer {:?}", http_get(url)));
 }
 
+/// Applies the seed's TrafficPermission, unchanged.
+fn apply_seed_permission(cp: &ZoneCp) {
+    let file = example("seed-traffic-permission.yaml").display().to_string();
+    ok(cp.meshctl(&["apply", "-f", &file], None).expect("meshctl"));
+}
+
 /// Envoy's `/certs` of a sidecar, as JSON.
 fn certs(sidecar: &Sidecar) -> serde_json::Value {
     let (status, body, _) = http_get(&format!("http://127.0.0.1:{}/certs", sidecar.admin_port));
@@ -122,16 +128,7 @@ fn the_seed_permission_decides_who_reaches_reg_server_over_mtls() {
     ok(cp
         .meshctl(&["delete", "meshtrafficpermission", "allow-all-default"], None)
         .expect("meshctl"));
-    ok(cp
-        .meshctl(
-            &[
-                "apply",
-                "-f",
-                &example("seed-traffic-permission.yaml").display().to_string(),
-            ],
-            None,
-        )
-        .expect("meshctl"));
+    apply_seed_permission(&cp);
     settle("web to be refused", &web_url, 403);
     let (_, body, _) = http_get(&web_url);
     assert!(body.contains("RBAC"), "{body}");
@@ -150,16 +147,7 @@ fn the_seed_permission_decides_who_reaches_reg_server_over_mtls() {
         .meshctl(&["delete", "trafficpermission", "allow-demo-to-reg"], None)
         .expect("meshctl"));
     settle("demo to be refused", &demo_url, 403);
-    ok(cp
-        .meshctl(
-            &[
-                "apply",
-                "-f",
-                &example("seed-traffic-permission.yaml").display().to_string(),
-            ],
-            None,
-        )
-        .expect("meshctl"));
+    apply_seed_permission(&cp);
     settle("demo to be let in again", &demo_url, 200);
     assert_eq!(http_get(&web_url).0, 403);
 

@@ -60,30 +60,6 @@ pub struct StoreArgs {
 mod tests {
     use clap::CommandFactory;
 
-    /// The arguments of a deploy unit's `ExecStart`, as the binary sees them.
-    fn exec_start(unit: &str) -> Vec<String> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../deploy/systemd")
-            .join(unit);
-        let text = std::fs::read_to_string(&path).expect("unit file");
-        let line = text
-            .lines()
-            .find_map(|l| l.strip_prefix("ExecStart="))
-            .expect("ExecStart");
-        line.split_whitespace().map(str::to_owned).collect()
-    }
-
-    #[test]
-    fn deploy_units_parse() {
-        use clap::Parser;
-        let cli = super::Cli::try_parse_from(exec_start("meridian-global-cp.service")).expect("flags parse");
-        let super::Command::Run(run) = cli.command else {
-            panic!("not run")
-        };
-        assert!(!run.trust_localhost, "deployed control planes trust no host");
-        assert!(run.sync_tls_cert.is_some(), "zones sync over TLS");
-    }
-
     #[test]
     fn cli_is_well_formed() {
         super::Cli::command().debug_assert();
