@@ -158,7 +158,11 @@ async fn send_changes(store: &dyn Store, out: &Outbox, zone: &str, mut sent: i64
             .filter_map(|c| {
                 let mut w = wire(zone, c)?;
                 // A traced write: the zone's spans continue its trace, under this one.
-                if let Some(parent) = meridian_otlp::exporter::recall(&format!("rev:{}", c.revision())) {
+                let key = match c {
+                    Change::Upsert(s) => s.resource.key(),
+                    Change::Delete { key, .. } => key.clone(),
+                };
+                if let Some(parent) = meridian_otlp::exporter::recall(&format!("change:{key}")) {
                     let mut span = meridian_otlp::exporter::Span::start(
                         format!("sync to {zone}"),
                         Some(parent),

@@ -377,14 +377,15 @@ async fn exchange(
                     continue;
                 };
                 let traced = traced_spans(zone, &batch);
+                // The reconciler's xDS push continues each trace from its commit. Remembered
+                // before the commit: the reconciler may see the commit before `apply` returns.
+                for (_, commit_span, key) in &traced {
+                    meridian_otlp::exporter::remember(format!("res:{key}"), commit_span.context());
+                }
                 let result = apply(store, zone, &batch).await;
-                if result.is_ok() {
-                    for (apply_span, commit_span, key) in traced {
-                        // The reconciler's xDS push continues the trace from the commit.
-                        meridian_otlp::exporter::remember(format!("res:{key}"), commit_span.context());
-                        drop(commit_span);
-                        drop(apply_span);
-                    }
+                for (apply_span, commit_span, _) in traced {
+                    drop(commit_span);
+                    drop(apply_span);
                 }
                 match result {
                     Ok(a) => {

@@ -242,13 +242,12 @@ async fn put(
         meridian_otlp::exporter::current(),
         meridian_otlp::exporter::INTERNAL,
     );
+    // Whoever sends this change on (the sync to zones) continues the trace from here; kept
+    // before the write, which the sync may see before this handler goes on.
+    meridian_otlp::exporter::remember_change(&key.to_string(), span.is_live().then(|| span.context()));
     let outcome = meridian_store::put_with_defaults(&*state.store, submission).await?;
-    // Whoever sends this revision on (the sync to zones) continues the trace from here.
     span.set("revision", outcome.stored().revision);
     span.set("resource", &key);
-    if span.is_live() && !matches!(outcome, PutOutcome::Unchanged(_)) {
-        meridian_otlp::exporter::remember(format!("rev:{}", outcome.stored().revision), span.context());
-    }
     drop(span);
     let status = match outcome {
         PutOutcome::Created(_) => StatusCode::CREATED,
@@ -352,12 +351,10 @@ async fn delete(
         meridian_otlp::exporter::current(),
         meridian_otlp::exporter::INTERNAL,
     );
+    meridian_otlp::exporter::remember_change(&key.to_string(), span.is_live().then(|| span.context()));
     let revision = state.store.delete(&key, options).await?;
     span.set("revision", revision);
     span.set("resource", &key);
-    if span.is_live() {
-        meridian_otlp::exporter::remember(format!("rev:{revision}"), span.context());
-    }
     drop(span);
     tracing::info!(kind = %key.kind, mesh = %key.mesh, name = %key.name, revision, "resource deleted");
     Ok(Json(json!({ "revision": revision })).into_response())

@@ -3,13 +3,13 @@
 //! nowhere.
 //!
 //! ```text
-//!   meshctl ──traceparent──> REST span ──> store write ─┐ remember("rev:R")
+//!   meshctl ──traceparent──> REST span ──> store write ─┐ remember("change:KEY")
 //!   global sync: batch with change R ──traceparent──> zone: apply ──> raft commit
 //!        remember("res:KIND/MESH/NAME") ──> reconciler on the leader: xds push (proxies)
 //! ```
 //!
 //! A change's trace context travels in-process through [`remember`] / [`recall`] (keyed by
-//! revision or resource, forgotten after a minute) and between processes as a W3C
+//! resource, forgotten after a minute) and between processes as a W3C
 //! `traceparent` (an HTTP header, a field of a sync change).
 
 use std::collections::HashMap;
@@ -282,6 +282,21 @@ pub fn remember(key: String, context: SpanContext) {
     let mut m = memory().lock().unwrap_or_else(|e| e.into_inner());
     m.retain(|_, (_, at)| at.elapsed() < REMEMBER_FOR);
     m.insert(key, (context, Instant::now()));
+}
+
+/// Keeps (or, for an untraced write, forgets) the context of a write to the resource `key`,
+/// for whoever sends the change on (`recall("change:KEY")`).
+pub fn remember_change(key: &str, context: Option<SpanContext>) {
+    if !enabled() {
+        return;
+    }
+    let key = format!("change:{key}");
+    match context {
+        Some(c) => remember(key, c),
+        None => {
+            take(&key);
+        }
+    }
 }
 
 /// The context kept under `key`, if any (it stays for others who continue the trace too).
