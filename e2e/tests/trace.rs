@@ -129,7 +129,7 @@ fn sampling_decides_how_many_requests_are_traced() {
     let pair = DemoPair::start(&cp).expect("demo pair");
     let policy = |percent: u32| {
         format!(
-            "type: MeshTrace\nname: sampled\nspec:\n  targetRef: {{kind: Mesh}}\n  default:\n    backends:\n    - type: OpenTelemetry\n      openTelemetry: {{endpoint: '{}'}}\n    sampling: {{overall: {percent}, client: {percent}, random: {percent}}}\n    tags:\n    - {{name: team, literal: payments}}\n",
+            "type: MeshTrace\nname: sampled\nspec:\n  targetRef: {{kind: Mesh}}\n  default:\n    backends:\n    - type: OpenTelemetry\n      openTelemetry: {{endpoint: '{}'}}\n    sampling: {{overall: {percent}, client: {percent}, random: {percent}}}\n    tags:\n    - {{name: team, literal: payments}}\n    - {{name: user, header: {{name: x-user, default: anonymous}}}}\n",
             receiver.addr
         )
     };
@@ -144,18 +144,42 @@ fn sampling_decides_how_many_requests_are_traced() {
     .expect("configured");
     std::thread::sleep(Duration::from_secs(2));
     receiver.clear();
-    for _ in 0..3 {
-        assert_eq!(http_get(&pair.demo_url).0, 200);
-    }
+    assert_eq!(http_get(&pair.demo_url).0, 200);
+    let tagged = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "x-user: alice",
+            &pair.demo_url,
+        ])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&tagged.stdout), "200");
+    assert_eq!(http_get(&pair.demo_url).0, 200);
     wait_until("three traces", Duration::from_secs(30), || {
         receiver.traces().iter().filter(|(_, s)| s.len() >= 9).count() == 3
     })
     .unwrap_or_else(|e| panic!("{e}: {} traces", receiver.traces().len()));
+    let traces = receiver.traces();
     assert!(
-        receiver.traces()[0]
+        traces[0]
             .1
             .iter()
             .all(|s| s.attributes.get("team").map(String::as_str) == Some("payments"))
+    );
+    // A tag from a request header: demo's inbound span says who asked (or the default).
+    let users: Vec<&str> = traces
+        .iter()
+        .filter_map(|(_, spans)| spans.iter().find(|s| s.parent_span_id.is_empty()))
+        .filter_map(|root| root.attributes.get("user").map(String::as_str))
+        .collect();
+    assert!(
+        users.contains(&"alice") && users.contains(&"anonymous"),
+        "{users:?}"
     );
 
     // 0: nothing.
