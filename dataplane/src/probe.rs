@@ -9,18 +9,11 @@
 
 use std::time::Duration;
 
-use meridian_model::policies::dataplane::Health;
+use meridian_model::policies::dataplane::{Health, speaks_http};
 use meridian_model::{Resource, Spec};
 use tracing::{info, warn};
 
 use super::Registration;
-
-fn is_http(tags: &std::collections::BTreeMap<String, String>) -> bool {
-    matches!(
-        tags.get("kuma.io/protocol").map(String::as_str),
-        Some("http" | "http2" | "grpc")
-    )
-}
 
 async fn ready(
     http: &reqwest::Client,
@@ -78,7 +71,7 @@ pub(crate) async fn run(
         for (i, inbound) in dp.networking.inbound.iter().flatten().enumerate() {
             let address = inbound.service_address.as_deref().unwrap_or("127.0.0.1");
             let port = inbound.service_port.unwrap_or(inbound.port);
-            let path = http_path.as_deref().filter(|_| is_http(&inbound.tags));
+            let path = http_path.as_deref().filter(|_| speaks_http(&inbound.tags));
             let ok = ready(&http, address, port, path, PROBE_TIMEOUT).await;
             failures[i] = if ok { 0 } else { failures[i] + 1 };
             now.push(ok || (reported[i] && failures[i] < FAILURES_TO_UNREADY));

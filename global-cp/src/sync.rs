@@ -153,10 +153,14 @@ async fn send_changes(store: &dyn Store, out: &Outbox, zone: &str, mut sent: i64
             return Ok(sent);
         };
         let mut spans = Vec::new();
+        let tracing = meridian_otlp::exporter::enabled();
         let wire: Vec<WireChange> = changes
             .iter()
             .filter_map(|c| {
                 let mut w = wire(zone, c)?;
+                if !tracing {
+                    return Some(w);
+                }
                 // A traced write: the zone's spans continue its trace, under this one.
                 let key = match c {
                     Change::Upsert(s) => s.resource.key(),

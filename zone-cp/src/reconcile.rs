@@ -350,10 +350,21 @@ impl Reconciler {
             let mut affected = BTreeMap::new();
             let mut removed = Vec::new();
             let mut traced = Vec::new();
+            let tracing = meridian_otlp::exporter::enabled();
+            // An ingress routes to this zone's Dataplanes in meshes with mTLS: only those
+            // kinds change what it gets.
+            let mut ingress_inputs = false;
             for change in &changes {
+                ingress_inputs |= matches!(
+                    change_key(change).kind,
+                    Kind::Dataplane | Kind::Mesh | Kind::ZoneIngress
+                );
                 // A change applied from a traced write (on this node, the zone's leader):
                 // its push to the proxies ends that trace.
-                if let Some(parent) = meridian_otlp::exporter::take(&format!("res:{}", change_key(change))) {
+                if tracing
+                    && let Some(parent) =
+                        meridian_otlp::exporter::take(&format!("res:{}", change_key(change)))
+                {
                     let mut span = meridian_otlp::exporter::Span::start(
                         format!("zone {}: xds push", self.zone),
                         Some(parent),
@@ -389,7 +400,9 @@ impl Reconciler {
                 self.cache.remove(id);
                 self.leaves.remove(id);
             }
-            self.regenerate_ingresses();
+            if ingress_inputs {
+                self.regenerate_ingresses();
+            }
         }
     }
 
@@ -464,13 +477,15 @@ impl Reconciler {
 
     /// The CA of `mesh`'s backend: stored, or (standalone) created now.
     async fn mesh_ca(&self, mesh: &str, tls: &TlsSettings) -> Result<Option<MeshCa>, String> {
+        if self.ca_source == CaSource::Create {
+            return MeshCa::ensure(&*self.store, mesh, &tls.backend)
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string());
+        }
         let name = secret_name(mesh, &tls.backend);
         match self.store.stored_secret(&name).await.map_err(|e| e.to_string())? {
             Some(stored) => MeshCa::from_secret(&stored).map(Some).map_err(|e| e.to_string()),
-            None if self.ca_source == CaSource::Create => MeshCa::ensure(&*self.store, mesh, &tls.backend)
-                .await
-                .map(Some)
-                .map_err(|e| e.to_string()),
             None => Ok(None),
         }
     }

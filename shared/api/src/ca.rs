@@ -141,11 +141,15 @@ impl MeshCa {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// The CA of `mesh`'s backend: the stored one, or a new one stored now.
+    /// The CA of `mesh`'s backend: the stored one (a read), or a new one stored now (the
+    /// first writer wins, so concurrent callers agree).
     pub async fn ensure(store: &dyn Store, mesh: &str, backend: &str) -> Result<Self, CaError> {
+        let name = secret_name(mesh, backend);
+        if let Some(stored) = store.stored_secret(&name).await? {
+            return Self::from_secret(&stored);
+        }
         let candidate = Self::generate(mesh)?.to_secret();
-        let stored = store.secret(&secret_name(mesh, backend), &candidate).await?;
-        Self::from_secret(&stored)
+        Self::from_secret(&store.secret(&name, &candidate).await?)
     }
 
     /// A short hash of the CA certificate: leaves issued by another CA are stale.

@@ -55,7 +55,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 };
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 use meridian_model::matching::{ProxyView, ToPolicy, outbound_conf};
-use meridian_model::policies::dataplane::{DataplaneSpec, SERVICE_TAG};
+use meridian_model::policies::dataplane::{DataplaneSpec, SERVICE_TAG, speaks_http};
 use meridian_model::policies::mesh::MtlsMode;
 use meridian_model::policies::mesh_circuit_breaker::BreakerConf;
 use meridian_model::policies::mesh_health_check::HealthCheckConf;
@@ -72,8 +72,7 @@ use super::crosszone::{self, Zones};
 use super::rbac::{Permissions, ServiceTags, inbound_access};
 use super::{tls, trace};
 
-/// The tag that says how a service speaks (`http`, `http2`, `grpc`; anything else is TCP).
-pub const PROTOCOL_TAG: &str = "kuma.io/protocol";
+pub use meridian_model::policies::dataplane::PROTOCOL_TAG;
 /// Timeouts that apply when no MeshTimeout says otherwise (Kuma's defaults).
 const DEFAULT_CONNECT_TIMEOUT: StdDuration = StdDuration::from_secs(5);
 const DEFAULT_REQUEST_TIMEOUT: StdDuration = StdDuration::from_secs(15);
@@ -138,13 +137,6 @@ pub struct MeshContext {
     pub zones: Zones,
 }
 
-fn is_http(tags: &BTreeMap<String, String>) -> bool {
-    matches!(
-        tags.get(PROTOCOL_TAG).map(String::as_str),
-        Some("http" | "http2" | "grpc")
-    )
-}
-
 impl MeshContext {
     /// Indexes a mesh's Dataplanes and policies.
     pub fn new<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Self {
@@ -176,7 +168,7 @@ impl MeshContext {
                             .or_default()
                             .push(inbound.tags.clone());
                         let info = ctx.services.entry(service.clone()).or_default();
-                        info.http |= is_http(&inbound.tags);
+                        info.http |= speaks_http(&inbound.tags);
                         let ready = inbound.health.as_ref().is_none_or(|h| h.ready);
                         if let Some(zone) = &zone {
                             // Another zone's instance: reached through that zone's ingress.
@@ -469,7 +461,7 @@ pub fn proxy_snapshot(
         // Permissions are enforced on what arrives over mTLS: only there is the peer known.
         let access = tls.map(|_| inbound_access(&ctx.permissions, &ctx.service_tags, &view, &inbound.tags));
         let chain = |access: Option<&super::rbac::Access>| -> Vec<Filter> {
-            if is_http(&inbound.tags) {
+            if speaks_http(&inbound.tags) {
                 let routes = RouteConfiguration {
                     name: format!("inbound:{service}"),
                     virtual_hosts: vec![VirtualHost {

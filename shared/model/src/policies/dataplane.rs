@@ -11,6 +11,16 @@ use crate::validate::{Validate, Validator, dns1123_subdomain, validate_labels};
 
 /// The tag that names the service an inbound belongs to.
 pub const SERVICE_TAG: &str = "kuma.io/service";
+/// The tag that says how a service speaks (`http`, `http2`, `grpc`; anything else is TCP).
+pub const PROTOCOL_TAG: &str = "kuma.io/protocol";
+
+/// Whether an inbound with these tags speaks HTTP (HTTP/1, HTTP/2 or gRPC).
+pub fn speaks_http(tags: &std::collections::BTreeMap<String, String>) -> bool {
+    matches!(
+        tags.get(PROTOCOL_TAG).map(String::as_str),
+        Some("http" | "http2" | "grpc")
+    )
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
