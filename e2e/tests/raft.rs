@@ -172,11 +172,27 @@ fn members_are_added_and_removed_through_any_node() {
         "{}",
         meridian_e2e::stderr(&bad)
     );
-    let bad = meshctl(&all[0].api_url, &["zone", "members", "remove", "--id", "9"], None).expect("meshctl");
+    // Asked of a follower, the leader's refusal comes back as it is, not retried.
+    let follower = [all[0], all[1], &fourth]
+        .into_iter()
+        .find(|n| raft(n).is_some_and(|s| s["role"] == "follower"))
+        .expect("a follower");
+    let asked = std::time::Instant::now();
+    let bad = meshctl(
+        &follower.api_url,
+        &["zone", "members", "remove", "--id", "9"],
+        None,
+    )
+    .expect("meshctl");
     assert!(
-        meridian_e2e::stderr(&bad).contains("not a voting member"),
+        meridian_e2e::stderr(&bad).contains("node 9 is not a voting member"),
         "{}",
         meridian_e2e::stderr(&bad)
+    );
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(5),
+        "a refusal is final: {:?}",
+        asked.elapsed()
     );
 }
 

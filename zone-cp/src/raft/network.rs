@@ -106,9 +106,11 @@ impl Peer {
             Route::InstallSnapshot => client.install_snapshot(request).await,
         }
         .map_err(|status| match status.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                RPCError::Unreachable(Unreachable::new(&status))
-            }
+            // No connection: openraft backs off (500 ms) before trying this node again.
+            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+            // A slow answer (a busy machine, a long fsync) is tried again at the next
+            // heartbeat. Backing off here would starve a live follower for longer than the
+            // election timeout, and it would call an election.
             _ => RPCError::Network(NetworkError::new(&status)),
         })?;
         let result: Result<Resp, E> =
@@ -161,18 +163,20 @@ pub enum LeaderCall {
 
 /// The leader's answer: the write's reply (none for membership changes) and the log index
 /// it was applied at, so the follower can wait until it has applied it too; or why not.
-pub type Forwarded = Result<(Option<ZoneReply>, u64), String>;
+pub type Forwarded = Result<(Option<ZoneReply>, u64), LeadError>;
 
 /// Sends `call` to the leader at `addr`.
 pub async fn forward(addr: &str, call: &LeaderCall, timeout: Duration) -> Forwarded {
-    let mut client = ZoneRaftClient::new(channel(addr)?);
-    let mut request = Request::new(encode(call).map_err(|e| e.to_string())?);
+    let unreachable =
+        |why: String| LeadError::Unreachable(format!("forwarding to the leader at {addr}: {why}"));
+    let mut client = ZoneRaftClient::new(channel(addr).map_err(unreachable)?);
+    let mut request = Request::new(encode(call).map_err(|e| LeadError::Failed(e.message().to_owned()))?);
     request.set_timeout(timeout);
     let reply = client
         .forward(request)
         .await
-        .map_err(|e| format!("forwarding to the leader at {addr}: {}", e.message()))?;
-    decode::<Forwarded>(reply.get_ref()).map_err(|e| e.to_string())?
+        .map_err(|e| unreachable(e.message().to_owned()))?;
+    decode::<Forwarded>(reply.get_ref()).map_err(|e| unreachable(e.message().to_owned()))?
 }
 
 fn voters(raft: &Raft<TypeConfig>) -> std::collections::BTreeSet<NodeId> {
@@ -185,7 +189,45 @@ fn voters(raft: &Raft<TypeConfig>) -> std::collections::BTreeSet<NodeId> {
 }
 
 /// Does `call` on this node, which must lead.
+///
+/// openraft answers a call once this node has applied its entry (or dropped it for a new
+/// leader's log). A leader that loses an election after proposing a membership without
+/// itself never hears of that entry again, so the call ends with [`LeadError::SteppedDown`]
+/// once this node neither leads nor votes.
 pub async fn lead(raft: &Raft<TypeConfig>, call: LeaderCall) -> Result<(Option<ZoneReply>, u64), LeadError> {
+    let mut metrics = raft.metrics();
+    let leading = {
+        let m = metrics.borrow_and_update();
+        m.current_leader == Some(m.id)
+    };
+    if !leading {
+        // openraft answers at once with the leader to ask.
+        return lead_inner(raft, call).await;
+    }
+    let outside = async {
+        let left = metrics
+            .wait_for(|m| {
+                m.current_leader != Some(m.id)
+                    && !m.membership_config.membership().voter_ids().any(|v| v == m.id)
+            })
+            .await;
+        match left {
+            Ok(m) => LeadError::SteppedDown(m.current_leader.map(|id| format!("node {id}"))),
+            Err(_) => LeadError::Failed("this node's Raft has stopped".into()),
+        }
+    };
+    tokio::select! {
+        // An answer that is ready wins over the step-down that follows it.
+        biased;
+        done = lead_inner(raft, call) => done,
+        why = outside => Err(why),
+    }
+}
+
+async fn lead_inner(
+    raft: &Raft<TypeConfig>,
+    call: LeaderCall,
+) -> Result<(Option<ZoneReply>, u64), LeadError> {
     match call {
         LeaderCall::Write(write) => {
             let done = raft.client_write(write).await?;
@@ -211,7 +253,7 @@ pub async fn lead(raft: &Raft<TypeConfig>, call: LeaderCall) -> Result<(Option<Z
         LeaderCall::RemoveMember { id } => {
             change_voters(raft, |voters| {
                 if !voters.remove(&id) {
-                    return Err(LeadError::Refused(format!("node {id} is not a voting member")));
+                    return Err(LeadError::NotAMember(id));
                 }
                 if voters.is_empty() {
                     return Err(LeadError::Refused("the last member cannot be removed".into()));
@@ -252,12 +294,24 @@ async fn change_voters(
     }
 }
 
-/// Why the leader did not do a call.
-#[derive(Debug, thiserror::Error)]
+/// Why the leader did not do a call. Sent back to a follower that forwarded the call.
+#[derive(Debug, thiserror::Error, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum LeadError {
+    /// This node does not lead; the leader, if one is known. Nothing was done.
     #[error("the zone has no Raft leader: is a majority of its nodes up?")]
-    /// This node does not lead; the leader, if one is known.
     NotLeader(Option<(NodeId, BasicNode)>),
+    /// The node led when the call started and no longer does (the new leader, if known):
+    /// the call may or may not have taken effect.
+    #[error("the leader stepped down during the call{}", .0.as_ref().map(|l| format!("; {l} leads now")).unwrap_or_default())]
+    SteppedDown(Option<String>),
+    /// The leader could not be reached, or its answer was lost: the call may have taken effect.
+    #[error("{0}")]
+    Unreachable(String),
+    /// Removing a node that is not a voter.
+    #[error("node {0} is not a voting member")]
+    NotAMember(NodeId),
+    /// Refused for good: asking again gets the same answer.
     #[error("{0}")]
     Refused(String),
     #[error("{0}")]
@@ -302,10 +356,7 @@ impl ZoneRaft for RaftService {
 
     async fn forward(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let call: LeaderCall = decode(request.get_ref())?;
-        let forwarded: Forwarded = lead(&self.raft, call).await.map_err(|e| match e {
-            LeadError::NotLeader(_) => "that node no longer leads the zone; retry".to_owned(),
-            LeadError::Refused(why) | LeadError::Failed(why) => why,
-        });
+        let forwarded: Forwarded = lead(&self.raft, call).await;
         encode(&forwarded).map(Response::new)
     }
 }

@@ -46,41 +46,48 @@ impl ZoneStore {
 
 /// Does `call` on the leader: here if this node leads, else forwarded to it, following the
 /// leader through elections for up to 10 s. Answers once this node has applied the result
-/// too, so whoever asked reads their own write from this node. (A forwarded write whose
-/// answer was lost is sent again: a put is then unchanged, a delete finds nothing.)
+/// too, so whoever asked reads their own write from this node.
+///
+/// A call whose answer was lost (the leader stepped down or went away) is sent again: a put
+/// is then unchanged, a delete finds nothing, and removing a member that is gone by then is
+/// the removal having worked.
 pub async fn on_leader(
     raft: &Raft<TypeConfig>,
     routes: &Routes,
     call: LeaderCall,
 ) -> Result<Option<ZoneReply>, LeadError> {
     let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+    // Whether an earlier try may have taken effect without our hearing of it.
+    let mut maybe_done = false;
     loop {
         // A leader cut off from its majority never commits: give up rather than hang.
-        let led = tokio::time::timeout_at(deadline, lead(raft, call.clone()))
+        let tried = tokio::time::timeout_at(deadline, try_once(raft, routes, &call, deadline))
             .await
-            .map_err(|_| {
-                LeadError::Failed(format!(
+            .unwrap_or_else(|_| {
+                Err(LeadError::Failed(format!(
                     "not committed within {WRITE_TIMEOUT:?}: is a majority of the zone's nodes reachable?"
-                ))
-            })?;
-        let problem = match led {
-            Ok((reply, _)) => return Ok(reply),
-            Err(LeadError::NotLeader(Some((id, leader)))) => {
-                let addr = network::route(routes, id, &leader.addr);
-                match network::forward(addr, &call, WRITE_TIMEOUT).await {
-                    Ok((reply, index)) => {
-                        let _ = raft
-                            .wait(Some(WRITE_TIMEOUT))
-                            .applied_index_at_least(Some(index), "a forwarded call")
-                            .await;
-                        return Ok(reply);
-                    }
-                    // The leader changed or went away meanwhile: find the new one.
-                    Err(why) => LeadError::Failed(why),
-                }
+                )))
+            });
+        let problem = match tried {
+            Ok(reply) => return Ok(reply),
+            Err(LeadError::NotAMember(id)) if maybe_done => {
+                let _ = raft
+                    .wait(Some(
+                        deadline.saturating_duration_since(tokio::time::Instant::now()),
+                    ))
+                    .metrics(
+                        |m| !m.membership_config.membership().voter_ids().any(|v| v == id),
+                        "the removal",
+                    )
+                    .await;
+                return Ok(None);
             }
-            // An election is on.
-            Err(LeadError::NotLeader(None)) => LeadError::NotLeader(None),
+            Err(e @ (LeadError::SteppedDown(_) | LeadError::Unreachable(_))) => {
+                maybe_done = true;
+                e
+            }
+            // An election is on, or the node we asked has just lost one.
+            Err(e @ LeadError::NotLeader(_)) => e,
             Err(e) => return Err(e),
         };
         if tokio::time::Instant::now() >= deadline {
@@ -88,6 +95,30 @@ pub async fn on_leader(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// One try of `call`: on this node if it leads, else on the leader it knows of.
+async fn try_once(
+    raft: &Raft<TypeConfig>,
+    routes: &Routes,
+    call: &LeaderCall,
+    deadline: tokio::time::Instant,
+) -> Result<Option<ZoneReply>, LeadError> {
+    let (id, leader) = match lead(raft, call.clone()).await {
+        Ok((reply, _)) => return Ok(reply),
+        Err(LeadError::NotLeader(Some(leader))) => leader,
+        Err(e) => return Err(e),
+    };
+    let addr = network::route(routes, id, &leader.addr);
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let (reply, index) = network::forward(addr, call, left).await?;
+    let _ = raft
+        .wait(Some(
+            deadline.saturating_duration_since(tokio::time::Instant::now()),
+        ))
+        .applied_index_at_least(Some(index), "a forwarded call")
+        .await;
+    Ok(reply)
 }
 
 fn unexpected(written: Written) -> StoreError {
