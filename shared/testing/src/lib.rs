@@ -13,9 +13,64 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that is free, and that no other caller of this function gets
+/// until this process exits.
+///
+/// A port the kernel hands out for `:0` is from the ephemeral range, which is also where every
+/// outgoing connection takes its source port: between our asking and a child binding it, a
+/// client anywhere on the machine (or another test process asking the same way) could take
+/// it, and the child fails with "address in use". So ports come from below the ephemeral
+/// range, and each is claimed with a lock file that this process holds until it exits (the
+/// kernel drops the lock if it dies), so parallel test processes never share one.
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    let (low, high) = claimable_ports();
+    if low >= high {
+        // No room below the ephemeral range: take the kernel's pick.
+        return Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
+    }
+    let dir = std::env::temp_dir().join("meridian-test-ports");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let span = u64::from(high - low);
+    for _ in 0..1000 {
+        let port = low + u16::try_from(random() % span).expect("below high");
+        let lock = std::fs::File::create(dir.join(format!("{port}.lock")))
+            .with_context(|| format!("creating a lock file in {}", dir.display()))?;
+        if lock.try_lock().is_err() {
+            continue; // another test process (or this one) holds it
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue; // something outside the tests listens there
+        }
+        CLAIMED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(lock);
+        return Ok(port);
+    }
+    bail!("no free port in {low}..{high} after 1000 tries")
+}
+
+/// Lock files of the ports this process has claimed, held until it exits.
+static CLAIMED: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+
+/// Ports `[low, high)` below the kernel's ephemeral range.
+fn claimable_ports() -> (u16, u16) {
+    const LOW: u16 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    (LOW, ephemeral_low.max(LOW))
+}
+
+/// A random number, from the standard library's per-instance random hash keys.
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }
 
 /// A child process that is stopped (SIGTERM, then SIGKILL after a grace period) when dropped,
@@ -361,5 +416,22 @@ impl Drop for ChaosProxy {
         self.state.close_all();
         // Wake the accept loop so it sees `stopped`.
         let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claimed_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let (low, high) = claimable_ports();
+        let ports: Vec<u16> = (0..50).map(|_| free_port().expect("port")).collect();
+        let distinct: std::collections::BTreeSet<&u16> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        for port in ports {
+            assert!(low >= high || (low..high).contains(&port), "{port}");
+            TcpListener::bind(("127.0.0.1", port)).expect("bindable");
+        }
     }
 }
