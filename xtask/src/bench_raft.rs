@@ -168,7 +168,7 @@ pub fn raft(args: &[&str]) -> Result<()> {
             "\nraft benchmark: 3 zone-cp nodes (release, SQLite log and state, fsync on every commit)\n"
         );
         println!(
-            "{:<34} {:>10} {:>10} {:>10} {:>10}",
+            "{:<44} {:>10} {:>10} {:>10} {:>10}",
             "", "writes/s", "p50 ms", "p99 ms", "max ms"
         );
         let term = |s: Option<serde_json::Value>| s.and_then(|s| s["term"].as_u64()).unwrap_or(0);
@@ -186,7 +186,7 @@ pub fn raft(args: &[&str]) -> Result<()> {
             let (rate, mut latencies) = run_phase(&url, &options, true, phase * options.writes).await?;
             latencies.sort();
             println!(
-                "{:<34} {:>10.0} {:>10.2} {:>10.2} {:>10.2}",
+                "{:<44} {:>10.0} {:>10.2} {:>10.2} {:>10.2}",
                 format!("{} writes {label}", options.writes),
                 rate,
                 percentile(&latencies, 0.5),
