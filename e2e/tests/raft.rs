@@ -185,7 +185,7 @@ fn members_are_added_and_removed_through_any_node() {
     )
     .expect("meshctl");
     assert!(
-        meridian_e2e::stderr(&bad).contains("node 9 is not a voting member"),
+        meridian_e2e::stderr(&bad).contains("(404 Not Found): node 9 is not a voting member"),
         "{}",
         meridian_e2e::stderr(&bad)
     );

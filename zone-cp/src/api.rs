@@ -37,6 +37,7 @@ pub fn raft_routes(node: std::sync::Arc<crate::raft::Node>) -> Router {
     fn refused(e: LeadError) -> ApiError {
         match e {
             LeadError::Refused(why) => ApiError::new(StatusCode::CONFLICT, "Membership change refused", why),
+            LeadError::NotAMember(_) => ApiError::new(StatusCode::NOT_FOUND, "No such member", e.to_string()),
             other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", other.to_string()),
         }
     }
