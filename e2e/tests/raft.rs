@@ -128,7 +128,7 @@ fn members_are_added_and_removed_through_any_node() {
             .all(|n| raft(n).is_some_and(|s| s["snapshot_index"].as_u64() >= Some(20)))
     });
 
-    // Replace node 3 by node 4: add the new one, then remove the old.
+    // Replace a node by node 4: add the new one, then remove the old.
     let fourth = ZoneCp::start_joining("zone-1", &dir.path().join("node-4"), 4).expect("node 4");
     let added = ok(meshctl(
         &all[1].api_url,
@@ -153,11 +153,34 @@ fn members_are_added_and_removed_through_any_node() {
         joined["snapshot_index"].as_u64() >= Some(20),
         "node 4 was sent a snapshot: {joined}"
     );
-    let removed =
-        ok(meshctl(&fourth.api_url, &["zone", "members", "remove", "--id", "3"], None).expect("meshctl"));
-    assert!(!removed.lines().any(|l| l.starts_with("3 ")), "{removed}");
+    // The old node to remove is the leader: the hard case, where the node that commits the
+    // change is the one it removes, and a new leader must take over before the call answers.
+    let old = agreed_leader(&all).expect("leader");
+    let old_id = raft(all[old]).expect("status")["node_id"].to_string();
+    let removed = ok(meshctl(
+        &fourth.api_url,
+        &["zone", "members", "remove", "--id", &old_id],
+        None,
+    )
+    .expect("meshctl"));
+    assert!(
+        !removed.lines().any(|l| l.starts_with(&format!("{old_id} "))),
+        "{removed}"
+    );
     let status = raft(&fourth).expect("status");
     assert_eq!(status["members"].as_array().map(Vec::len), Some(3), "{status}");
+    let rest: Vec<&ZoneCp> = (0..3)
+        .filter(|i| *i != old)
+        .map(|i| all[i])
+        .chain([&fourth])
+        .collect();
+    wait("the remaining three to agree on a leader", 10, || {
+        agreed_leader(&rest).is_some()
+    });
+    apply(&rest[0].api_url, &timeout("after-removal", "2s"));
+    wait("the remaining three to have a write made after", 10, || {
+        rest.iter().all(|n| has(n, "after-removal"))
+    });
 
     // Bad requests name the field.
     let bad = meshctl(
@@ -173,8 +196,8 @@ fn members_are_added_and_removed_through_any_node() {
         meridian_e2e::stderr(&bad)
     );
     // Asked of a follower, the leader's refusal comes back as it is, not retried.
-    let follower = [all[0], all[1], &fourth]
-        .into_iter()
+    let follower = rest
+        .iter()
         .find(|n| raft(n).is_some_and(|s| s["role"] == "follower"))
         .expect("a follower");
     let asked = std::time::Instant::now();
