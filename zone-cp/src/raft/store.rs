@@ -72,9 +72,7 @@ pub async fn on_leader(
             Ok(reply) => return Ok(reply),
             Err(LeadError::NotAMember(id)) if maybe_done => {
                 let _ = raft
-                    .wait(Some(
-                        deadline.saturating_duration_since(tokio::time::Instant::now()),
-                    ))
+                    .wait(Some(time_left(deadline)))
                     .metrics(
                         |m| !m.membership_config.membership().voter_ids().any(|v| v == id),
                         "the removal",
@@ -110,15 +108,16 @@ async fn try_once(
         Err(e) => return Err(e),
     };
     let addr = network::route(routes, id, &leader.addr);
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let (reply, index) = network::forward(addr, call, left).await?;
+    let (reply, index) = network::forward(addr, call, time_left(deadline)).await?;
     let _ = raft
-        .wait(Some(
-            deadline.saturating_duration_since(tokio::time::Instant::now()),
-        ))
+        .wait(Some(time_left(deadline)))
         .applied_index_at_least(Some(index), "a forwarded call")
         .await;
     Ok(reply)
+}
+
+fn time_left(deadline: tokio::time::Instant) -> Duration {
+    deadline.saturating_duration_since(tokio::time::Instant::now())
 }
 
 fn unexpected(written: Written) -> StoreError {
