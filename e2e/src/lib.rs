@@ -159,6 +159,10 @@ impl GlobalCp {
         self.process.kill_now()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
     /// Starts again on the same port, workdir and store.
     pub fn restart(self) -> Result<Self> {
         let Self {
@@ -274,7 +278,8 @@ pub struct ZoneCp {
     pub xds_url: String,
     api_port: u16,
     xds_port: u16,
-    raft_port: u16,
+    /// None for a zone of one node, which serves no Raft port.
+    raft_port: Option<u16>,
     data_dir: PathBuf,
     /// Flags beyond the ports and data dir (federation, cluster), kept for restarts.
     global: Vec<String>,
@@ -283,12 +288,7 @@ pub struct ZoneCp {
 impl ZoneCp {
     /// A standalone zone.
     pub fn start(zone: &str, data_dir: &Path) -> Result<Self> {
-        Self::start_on(
-            zone,
-            data_dir,
-            [free_port()?, free_port()?, free_port()?],
-            Vec::new(),
-        )
+        Self::start_on(zone, data_dir, [free_port()?, free_port()?], None, Vec::new())
     }
 
     /// A zone that syncs from `global`, with a token global issued for it.
@@ -322,7 +322,7 @@ impl ZoneCp {
         if let Some(ca) = ca_file {
             args.extend(["--global-ca-file".to_owned(), ca.display().to_string()]);
         }
-        Self::start_on(zone, data_dir, [free_port()?, free_port()?, free_port()?], args)
+        Self::start_on(zone, data_dir, [free_port()?, free_port()?], None, args)
     }
 
     /// `nodes` nodes of one standalone zone, forming a Raft cluster, in `dir/node-N`.
@@ -349,7 +349,8 @@ impl ZoneCp {
         Self::start_cluster_with(zone, dir, nodes, flags)
     }
 
-    /// A cluster whose nodes all get `flags` too.
+    /// A cluster whose nodes all get `flags` too. The nodes speak Raft over mutual TLS, with
+    /// certificates from `zone-cp generate peer-certs` (see [`peer_tls_flags`]).
     pub fn start_cluster_with(zone: &str, dir: &Path, nodes: usize, flags: Vec<String>) -> Result<Vec<Self>> {
         let raft_ports = (0..nodes).map(|_| free_port()).collect::<Result<Vec<u16>>>()?;
         let peers: Vec<String> = raft_ports
@@ -368,25 +369,33 @@ impl ZoneCp {
                 peers.clone(),
             ];
             args.extend(flags.iter().cloned());
+            args.extend(peer_tls_flags(zone, dir, i as u64 + 1)?);
             children.push(Self::spawn(
                 zone,
                 &dir.join(format!("node-{}", i + 1)),
-                [free_port()?, free_port()?, *raft_port],
+                [free_port()?, free_port()?],
+                Some(*raft_port),
                 args,
             )?);
         }
         children.into_iter().map(Self::healthy).collect()
     }
 
-    /// One node serving Raft on `raft_port`, with `flags` (`--node-id`, `--peers`, ...).
+    /// One node serving Raft on `raft_port`, with `flags` (`--node-id`, `--peers`, peer TLS...).
     pub fn start_node(zone: &str, data_dir: &Path, raft_port: u16, flags: Vec<String>) -> Result<Self> {
-        Self::start_on(zone, data_dir, [free_port()?, free_port()?, raft_port], flags)
+        Self::start_on(
+            zone,
+            data_dir,
+            [free_port()?, free_port()?],
+            Some(raft_port),
+            flags,
+        )
     }
 
     /// A standalone zone that requires a token for every change (`--trust-localhost false`).
     pub fn start_untrusting(zone: &str, data_dir: &Path) -> Result<Self> {
         let flags = vec!["--trust-localhost".to_owned(), "false".to_owned()];
-        Self::start_on(zone, data_dir, [free_port()?, free_port()?, free_port()?], flags)
+        Self::start_on(zone, data_dir, [free_port()?, free_port()?], None, flags)
     }
 
     /// The admin token this zone wrote once its Raft had a leader.
@@ -398,20 +407,35 @@ impl ZoneCp {
         Ok(std::fs::read_to_string(&file)?.trim().to_owned())
     }
 
-    /// A node that joins an existing cluster of `zone` once added (`meshctl zone members add`).
-    pub fn start_joining(zone: &str, data_dir: &Path, node_id: u64) -> Result<Self> {
-        let args = vec!["--node-id".to_owned(), node_id.to_string(), "--join".to_owned()];
-        Self::start_on(zone, data_dir, [free_port()?, free_port()?, free_port()?], args)
+    /// A node that joins the cluster of `zone` started in `cluster_dir` once added (`meshctl
+    /// zone members add`), with a peer certificate from that cluster's CA.
+    pub fn start_joining(zone: &str, cluster_dir: &Path, node_id: u64) -> Result<Self> {
+        let mut args = vec!["--node-id".to_owned(), node_id.to_string(), "--join".to_owned()];
+        args.extend(peer_tls_flags(zone, cluster_dir, node_id)?);
+        let data_dir = cluster_dir.join(format!("node-{node_id}"));
+        Self::start_on(
+            zone,
+            &data_dir,
+            [free_port()?, free_port()?],
+            Some(free_port()?),
+            args,
+        )
     }
 
     /// Where this node serves Raft.
     pub fn raft_address(&self) -> String {
-        format!("127.0.0.1:{}", self.raft_port)
+        format!("127.0.0.1:{}", self.raft_port.unwrap_or_default())
     }
 
-    /// `ports`: the REST API's, xDS's and Raft's.
-    fn start_on(zone: &str, data_dir: &Path, ports: [u16; 3], global: Vec<String>) -> Result<Self> {
-        Self::healthy(Self::spawn(zone, data_dir, ports, global)?)
+    /// `ports`: the REST API's and xDS's; Raft's if it serves Raft.
+    fn start_on(
+        zone: &str,
+        data_dir: &Path,
+        ports: [u16; 2],
+        raft_port: Option<u16>,
+        global: Vec<String>,
+    ) -> Result<Self> {
+        Self::healthy(Self::spawn(zone, data_dir, ports, raft_port, global)?)
     }
 
     fn healthy(self) -> Result<Self> {
@@ -422,15 +446,23 @@ impl ZoneCp {
         Ok(self)
     }
 
-    fn spawn(zone: &str, data_dir: &Path, ports: [u16; 3], global: Vec<String>) -> Result<Self> {
-        let [api_port, xds_port, raft_port] = ports;
+    fn spawn(
+        zone: &str,
+        data_dir: &Path,
+        ports: [u16; 2],
+        raft_port: Option<u16>,
+        global: Vec<String>,
+    ) -> Result<Self> {
+        let [api_port, xds_port] = ports;
         let mut cmd = Command::new(bin("zone-cp")?);
         with_spans_env(&mut cmd);
         cmd.args(["run", "--zone", zone]).args(&global);
+        if let Some(port) = raft_port {
+            cmd.args(["--raft-addr", &format!("127.0.0.1:{port}")]);
+        }
         let process = KillOnDrop::new(
             cmd.args(["--api-addr", &format!("127.0.0.1:{api_port}")])
                 .args(["--xds-addr", &format!("127.0.0.1:{xds_port}")])
-                .args(["--raft-addr", &format!("127.0.0.1:{raft_port}")])
                 .arg("--data-dir")
                 .arg(data_dir)
                 .env("RUST_LOG", "warn")
@@ -456,6 +488,10 @@ impl ZoneCp {
         self.process.kill_now()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
     /// SIGSTOP: the process stays, silent, its connections open.
     pub fn freeze(&self) -> Result<()> {
         self.process.signal("STOP")
@@ -479,7 +515,7 @@ impl ZoneCp {
         } = self;
         process.kill_now()?;
         drop(process);
-        Self::start_on(&zone, &data_dir, [api_port, xds_port, raft_port], global)
+        Self::start_on(&zone, &data_dir, [api_port, xds_port], raft_port, global)
     }
 
     pub fn meshctl(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
@@ -494,6 +530,37 @@ impl ZoneCp {
         ));
         (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
     }
+}
+
+/// Raft peer certificates for node `id` of `zone`, in `dir/peer-tls` (the zone's CA is made
+/// there on first use), from `zone-cp generate peer-certs`: the node's `--raft-tls-*` flags.
+pub fn peer_tls_flags(zone: &str, dir: &Path, id: u64) -> Result<Vec<String>> {
+    let certs = dir.join("peer-tls");
+    let out = Command::new(bin("zone-cp")?)
+        .args([
+            "generate",
+            "peer-certs",
+            "--zone",
+            zone,
+            "--nodes",
+            &id.to_string(),
+            "--dir",
+        ])
+        .arg(&certs)
+        .output()
+        .context("zone-cp generate peer-certs")?;
+    if !out.status.success() {
+        bail!("zone-cp generate peer-certs: {}", stderr(&out));
+    }
+    let file = |name: String| certs.join(name).display().to_string();
+    Ok(vec![
+        "--raft-tls-cert".to_owned(),
+        file(format!("node-{id}.crt")),
+        "--raft-tls-key".to_owned(),
+        file(format!("node-{id}.key")),
+        "--raft-tls-ca".to_owned(),
+        file("ca.crt".to_owned()),
+    ])
 }
 
 /// A demo service (`demo-app`) on a free port.

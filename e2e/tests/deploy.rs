@@ -31,9 +31,15 @@ fn global_cp_unit() {
 fn zone_cp_unit() {
     use meridian_zone_cp::args::{Cli, Command};
     let cli = Cli::try_parse_from(exec_start("meridian-zone-cp.service")).expect("flags parse");
-    let Command::Run(run) = cli.command;
+    let Command::Run(run) = cli.command else {
+        panic!("not run")
+    };
     assert!(!run.trust_localhost, "deployed control planes trust no host");
     assert_eq!(run.peers.map(|p| p.0.len()), Some(3), "a three-node zone");
+    assert!(
+        run.raft_tls_cert.is_some() && run.raft_tls_key.is_some() && run.raft_tls_ca.is_some(),
+        "the nodes speak Raft over mutual TLS"
+    );
     assert!(run.zone_token_file.is_some() && run.global_ca_file.is_some());
 }
 

@@ -129,7 +129,7 @@ fn members_are_added_and_removed_through_any_node() {
     });
 
     // Replace a node by node 4: add the new one, then remove the old.
-    let fourth = ZoneCp::start_joining("zone-1", &dir.path().join("node-4"), 4).expect("node 4");
+    let fourth = ZoneCp::start_joining("zone-1", dir.path(), 4).expect("node 4");
     let added = ok(meshctl(
         &all[1].api_url,
         &[
@@ -469,6 +469,7 @@ fn a_node_cut_off_commits_nothing_and_catches_up_when_healed() {
                     format!("1=127.0.0.1:{},2=127.0.0.1:{}", from3[0].port, from3[1].port),
                 ]);
             }
+            flags.extend(meridian_e2e::peer_tls_flags("zone-1", dir.path(), i as u64 + 1).expect("certs"));
             ZoneCp::start_node(
                 "zone-1",
                 &dir.path().join(format!("node-{}", i + 1)),

@@ -20,6 +20,8 @@ struct Node {
     xds: u16,
     raft: u16,
     dir: PathBuf,
+    /// The zone's peer certificates (its nodes speak Raft over mutual TLS, as deployed).
+    certs: PathBuf,
 }
 
 impl Node {
@@ -41,6 +43,12 @@ impl Node {
             .args(["--api-addr", &format!("127.0.0.1:{}", self.api)])
             .args(["--xds-addr", &format!("127.0.0.1:{}", self.xds)])
             .args(["--raft-addr", &format!("127.0.0.1:{}", self.raft)])
+            .arg("--raft-tls-cert")
+            .arg(self.certs.join(format!("node-{}.crt", self.id)))
+            .arg("--raft-tls-key")
+            .arg(self.certs.join(format!("node-{}.key", self.id)))
+            .arg("--raft-tls-ca")
+            .arg(self.certs.join("ca.crt"))
             .arg("--data-dir")
             .arg(&self.dir)
             .env("RUST_LOG", "off")
@@ -121,6 +129,22 @@ pub fn raft(args: &[&str]) -> Result<()> {
             .current_dir(workspace_root()),
     )?;
     let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("peer-tls");
+    run(
+        "zone-cp generate peer-certs",
+        Command::new(target_dir().join("release/zone-cp"))
+            .args([
+                "generate",
+                "peer-certs",
+                "--zone",
+                "bench",
+                "--nodes",
+                "1,2,3",
+                "--dir",
+            ])
+            .arg(&certs)
+            .stdout(Stdio::null()),
+    )?;
     let mut nodes = Vec::new();
     for id in 1..=3 {
         nodes.push(Node {
@@ -130,6 +154,7 @@ pub fn raft(args: &[&str]) -> Result<()> {
             xds: free_port()?,
             raft: free_port()?,
             dir: dir.path().join(format!("node-{id}")),
+            certs: certs.clone(),
         });
     }
     let peers: Vec<String> = nodes

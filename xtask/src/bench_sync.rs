@@ -93,8 +93,6 @@ pub fn sync(args: &[&str]) -> Result<()> {
                     &format!("127.0.0.1:{zone_api}"),
                     "--xds-addr",
                     &format!("127.0.0.1:{}", free_port()?),
-                    "--raft-addr",
-                    &format!("127.0.0.1:{}", free_port()?),
                 ])
                 .arg("--zone-token-file")
                 .arg(&token_file)

@@ -83,8 +83,6 @@ pub fn xds(args: &[&str]) -> Result<()> {
                 &format!("127.0.0.1:{api_port}"),
                 "--xds-addr",
                 &format!("127.0.0.1:{xds_port}"),
-                "--raft-addr",
-                &format!("127.0.0.1:{}", free_port()?),
             ])
             .arg("--data-dir")
             .arg(dir.path())

@@ -114,6 +114,27 @@ fn start_zone(z: &ZonePorts, dir: &Path, envoy: &Path, processes: &mut Vec<KillO
     let peers: Vec<String> = (1..=3)
         .map(|n| format!("{n}=127.0.0.1:{}", z.raft + n - 1))
         .collect();
+    // The zone's nodes speak Raft over mutual TLS, as deployed (deploy/README.md).
+    let certs = dir.join("peer-tls");
+    let made = Command::new(bin("zone-cp"))
+        .args([
+            "generate",
+            "peer-certs",
+            "--zone",
+            z.name,
+            "--nodes",
+            "1,2,3",
+            "--dir",
+        ])
+        .arg(&certs)
+        .output()
+        .context("zone-cp generate peer-certs")?;
+    if !made.status.success() {
+        bail!(
+            "zone-cp generate peer-certs: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
     for n in 1..=3u16 {
         processes.push(spawn(
             &format!("{} node {n}", z.name),
@@ -123,6 +144,12 @@ fn start_zone(z: &ZonePorts, dir: &Path, envoy: &Path, processes: &mut Vec<KillO
                 .args(["--xds-addr", &format!("127.0.0.1:{}", z.xds + n - 1)])
                 .args(["--raft-addr", &format!("127.0.0.1:{}", z.raft + n - 1)])
                 .args(["--peers", &peers.join(",")])
+                .arg("--raft-tls-cert")
+                .arg(certs.join(format!("node-{n}.crt")))
+                .arg("--raft-tls-key")
+                .arg(certs.join(format!("node-{n}.key")))
+                .arg("--raft-tls-ca")
+                .arg(certs.join("ca.crt"))
                 // Fifteen processes share this machine: a calmer heartbeat avoids needless
                 // elections (`cargo xtask bench raft`).
                 .args(["--raft-heartbeat", "50ms"])

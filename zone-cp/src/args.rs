@@ -18,7 +18,42 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the zone's REST API and Envoy's xDS.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Make what a zone needs before its first start.
+    #[command(subcommand)]
+    Generate(Generate),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Generate {
+    /// The zone's Raft peer CA (in DIR/ca.crt and ca.key, made once) and a certificate for each
+    /// node (DIR/node-N.crt, node-N.key), for --raft-tls-cert, --raft-tls-key, --raft-tls-ca.
+    /// Run again with new ids to add nodes under the same CA; keep ca.key off the nodes.
+    PeerCerts(PeerCertsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PeerCertsArgs {
+    /// The zone's name.
+    #[arg(long)]
+    pub zone: String,
+    /// The node ids to make certificates for: `1,2,3`.
+    #[arg(long, value_delimiter = ',', required = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub nodes: Vec<u64>,
+    /// Where the CA and the certificates go.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// How long the node certificates are good for.
+    #[arg(long, default_value = "2y", value_parser = parse_validity)]
+    pub valid_for: Duration,
+}
+
+fn parse_validity(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if d < Duration::from_secs(60) {
+        return Err(format!("{text:?}: at least a minute"));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Args)]
@@ -53,9 +88,20 @@ pub struct RunArgs {
     /// This node's id in the zone's Raft cluster (a positive number).
     #[arg(long, env = "MERIDIAN_NODE_ID", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub node_id: u64,
-    /// Where this node serves Raft to the zone's other nodes.
-    #[arg(long, env = "MERIDIAN_RAFT_ADDR", default_value = "127.0.0.1:5690")]
-    pub raft_addr: SocketAddr,
+    /// Where this node serves Raft to the zone's other nodes. A zone of one node started
+    /// without it serves no Raft port. Anything but a loopback address needs peer TLS.
+    #[arg(long, env = "MERIDIAN_RAFT_ADDR")]
+    pub raft_addr: Option<SocketAddr>,
+    /// This node's Raft peer certificate (PEM; `zone-cp generate peer-certs`): the zone's
+    /// nodes speak Raft over mutual TLS and accept only each other.
+    #[arg(long, env = "MERIDIAN_RAFT_TLS_CERT", requires_all = ["raft_tls_key", "raft_tls_ca"])]
+    pub raft_tls_cert: Option<PathBuf>,
+    /// The key of --raft-tls-cert (PEM).
+    #[arg(long, env = "MERIDIAN_RAFT_TLS_KEY", requires = "raft_tls_cert")]
+    pub raft_tls_key: Option<PathBuf>,
+    /// The zone's Raft peer CA certificate (PEM).
+    #[arg(long, env = "MERIDIAN_RAFT_TLS_CA", requires = "raft_tls_cert")]
+    pub raft_tls_ca: Option<PathBuf>,
     /// The zone's nodes, this one included: `ID=HOST:PORT,ID=HOST:PORT,...` (Raft addresses).
     /// Used when the cluster forms; without it this node is a cluster of one.
     #[arg(long, env = "MERIDIAN_PEERS", value_parser = parse_peers)]

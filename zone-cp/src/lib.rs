@@ -40,7 +40,20 @@ use xds::server::AdsServer;
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
-            Command::Run(args) => run(args).await,
+            Command::Run(args) => run(*args).await,
+            Command::Generate(args::Generate::PeerCerts(args)) => {
+                let args::PeerCertsArgs {
+                    zone,
+                    nodes,
+                    dir,
+                    valid_for,
+                } = args;
+                dns1123_label(&zone).map_err(|e| anyhow::anyhow!("--zone {zone:?} {e}"))?;
+                for file in raft::peer_tls::generate(&zone, &nodes, &dir, valid_for)? {
+                    println!("wrote {}", file.display());
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -57,6 +70,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         trust_localhost,
         node_id,
         raft_addr,
+        raft_tls_cert,
+        raft_tls_key,
+        raft_tls_ca,
         peers,
         join,
         raft_dial,
@@ -77,14 +93,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("opening the zone store")?;
     sql.migrate().await.context("migrating the zone store")?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let members = peers
-        .map(|p| p.0)
-        .unwrap_or_else(|| [(node_id, raft_addr.to_string())].into());
+    let members = peers.map(|p| p.0).unwrap_or_else(|| {
+        // A zone of one: its member address is only read once it grows.
+        let addr = raft_addr.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
+        [(node_id, addr)].into()
+    });
+    let tls = match (raft_tls_cert, raft_tls_key, raft_tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(raft::peer_tls::TlsFiles { cert, key, ca }),
+        _ => None,
+    };
     let (node, mut raft_server) = raft::Node::start(
         raft::NodeConfig {
             zone: zone.clone(),
             node_id,
             raft_addr,
+            tls,
             members,
             join,
             dial: raft_dial.map(|d| d.0).unwrap_or_default(),

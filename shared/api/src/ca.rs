@@ -13,9 +13,10 @@
 use std::time::{Duration, SystemTime};
 
 use meridian_store::{Store, StoreError};
+pub use rcgen::SanType;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
@@ -84,12 +85,13 @@ fn serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
-/// The CA's own parameters: the same on every node, so any node can sign with the stored key.
-fn ca_params(mesh: &str) -> CertificateParams {
+/// A CA's own parameters, the same wherever they are rebuilt: any holder of the stored key can
+/// sign as the CA, and leaves name it as their issuer by this subject.
+fn ca_params(common_name: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Meridian");
-    dn.push(DnType::CommonName, format!("Meridian CA for mesh {mesh}"));
+    dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
@@ -98,6 +100,75 @@ fn ca_params(mesh: &str) -> CertificateParams {
         KeyUsagePurpose::DigitalSignature,
     ];
     params
+}
+
+/// Dates `params` from a little before now to `lifetime` after it; returns the end.
+fn dated(params: &mut CertificateParams, lifetime: Duration) -> SystemTime {
+    let now = SystemTime::now();
+    let not_after = now + lifetime;
+    params.not_before = rcgen::date_time_ymd(1970, 1, 1) + since_epoch(now - BACKDATE);
+    params.not_after = rcgen::date_time_ymd(1970, 1, 1) + since_epoch(not_after);
+    params.serial_number = Some(serial());
+    not_after
+}
+
+/// A new self-signed CA named `common_name`: its certificate and key, both PEM.
+pub fn new_ca(
+    common_name: &str,
+    sans: Vec<SanType>,
+    lifetime: Duration,
+) -> Result<(String, String), CaError> {
+    let key = KeyPair::generate()?;
+    let mut params = ca_params(common_name);
+    dated(&mut params, lifetime);
+    params.subject_alt_names = sans;
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A certificate for `sans` (the first names it), usable as TLS server and client, signed by
+/// the CA [`new_ca`] made as `ca_common_name` with the key `ca_key` (PEM).
+pub fn sign_leaf(
+    ca_common_name: &str,
+    ca_key: &str,
+    sans: &[SanType],
+    lifetime: Duration,
+) -> Result<Leaf, CaError> {
+    let ca_key = KeyPair::from_pem(ca_key).map_err(|e| CaError::Stored(format!("key: {e}")))?;
+    let issuer = Issuer::new(ca_params(ca_common_name), ca_key);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Meridian");
+    match sans.first() {
+        Some(SanType::URI(uri)) => dn.push(DnType::CommonName, uri.as_str()),
+        Some(SanType::DnsName(name)) => dn.push(DnType::CommonName, name.as_str()),
+        _ => {}
+    }
+    params.distinguished_name = dn;
+    params.subject_alt_names = sans.to_vec();
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let now = SystemTime::now();
+    let not_after = dated(&mut params, lifetime);
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(Leaf {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+        not_after,
+        renew_at: now + lifetime.mul_f64(0.8),
+    })
+}
+
+fn mesh_ca_name(mesh: &str) -> String {
+    format!("Meridian CA for mesh {mesh}")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,18 +184,9 @@ pub enum CaError {
 impl MeshCa {
     /// A new self-signed CA for `mesh`, whose SPIFFE trust domain is the mesh name.
     pub fn generate(mesh: &str) -> Result<Self, CaError> {
-        let key = KeyPair::generate()?;
-        let mut params = ca_params(mesh);
-        let now = SystemTime::now();
-        params.not_before = rcgen::date_time_ymd(1970, 1, 1) + since_epoch(now - BACKDATE);
-        params.not_after = rcgen::date_time_ymd(1970, 1, 1) + since_epoch(now + CA_LIFETIME);
-        params.serial_number = Some(serial());
-        params.subject_alt_names = vec![SanType::URI(format!("spiffe://{mesh}").try_into()?)];
-        let cert = params.self_signed(&key)?;
-        Ok(Self {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        })
+        let san = SanType::URI(format!("spiffe://{mesh}").try_into()?);
+        let (cert, key) = new_ca(&mesh_ca_name(mesh), vec![san], CA_LIFETIME)?;
+        Ok(Self { cert, key })
     }
 
     /// Parses a stored CA (the JSON written by [`MeshCa::to_secret`]).
@@ -161,41 +223,11 @@ impl MeshCa {
     /// Issues a certificate for `ids` (SPIFFE URIs, the first one is the identity) valid for
     /// `lifetime` from now, usable as both TLS server and client.
     pub fn issue(&self, mesh: &str, ids: &[String], lifetime: Duration) -> Result<Leaf, CaError> {
-        let ca_key = KeyPair::from_pem(&self.key).map_err(|e| CaError::Stored(format!("key: {e}")))?;
-        let issuer = Issuer::new(ca_params(mesh), ca_key);
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "Meridian");
-        if let Some(first) = ids.first() {
-            dn.push(DnType::CommonName, first.as_str());
-        }
-        params.distinguished_name = dn;
-        params.subject_alt_names = ids
+        let sans = ids
             .iter()
             .map(|id| Ok(SanType::URI(id.clone().try_into()?)))
-            .collect::<Result<_, rcgen::Error>>()?;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        params.serial_number = Some(serial());
-        let now = SystemTime::now();
-        let not_after = now + lifetime;
-        params.not_before = rcgen::date_time_ymd(1970, 1, 1) + since_epoch(now - BACKDATE);
-        params.not_after = rcgen::date_time_ymd(1970, 1, 1) + since_epoch(not_after);
-        let cert = params.signed_by(&key, &issuer)?;
-        Ok(Leaf {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-            not_after,
-            renew_at: now + lifetime.mul_f64(0.8),
-        })
+            .collect::<Result<Vec<_>, rcgen::Error>>()?;
+        sign_leaf(&mesh_ca_name(mesh), &self.key, &sans, lifetime)
     }
 }
 

@@ -22,6 +22,7 @@
 #[allow(clippy::result_large_err)]
 pub mod log;
 pub mod network;
+pub mod peer_tls;
 #[allow(clippy::result_large_err)]
 pub mod state;
 pub mod store;
@@ -62,14 +63,19 @@ pub struct Node {
     pub raft: openraft::Raft<TypeConfig>,
     pub store: std::sync::Arc<store::ZoneStore>,
     log: LogStore,
-    routes: network::Routes,
+    network: network::Network,
+    /// Whether this node serves Raft (a zone of one started without `--raft-addr` does not).
+    serves_raft: bool,
 }
 
 /// How a node joins its zone's cluster.
 pub struct NodeConfig {
     pub zone: String,
     pub node_id: NodeId,
-    pub raft_addr: std::net::SocketAddr,
+    /// Where to serve Raft; none for a zone of one node that is not to grow.
+    pub raft_addr: Option<std::net::SocketAddr>,
+    /// Peer TLS (`--raft-tls-*`): required to serve Raft on anything but loopback.
+    pub tls: Option<peer_tls::TlsFiles>,
     /// Every node of the zone, this one included.
     pub members: std::collections::BTreeMap<NodeId, String>,
     /// Wait to be added to an existing cluster instead of forming one.
@@ -97,6 +103,7 @@ impl Node {
             zone,
             node_id,
             raft_addr,
+            tls,
             members,
             join,
             dial,
@@ -108,11 +115,23 @@ impl Node {
             election_timeout > heartbeat,
             "--raft-election-timeout ({election_timeout:?}) must exceed --raft-heartbeat ({heartbeat:?})"
         );
-        let routes: network::Routes = std::sync::Arc::new(dial);
         anyhow::ensure!(
             members.contains_key(&node_id),
             "--peers must list this node (--node-id {node_id})"
         );
+        let tls = tls
+            .map(|files| peer_tls::PeerTls::load(&zone, node_id, &files))
+            .transpose()
+            .context("the Raft peer TLS files (--raft-tls-cert, --raft-tls-key, --raft-tls-ca)")?;
+        if let Some(addr) = raft_addr
+            && tls.is_none()
+            && !addr.ip().is_loopback()
+        {
+            anyhow::bail!(
+                "refusing to serve Raft on {addr} without peer TLS: whoever reaches it could write to the zone. Make certificates with `zone-cp generate peer-certs --zone {zone} --nodes 1,2,3 --dir DIR` and give each node --raft-tls-cert, --raft-tls-key and --raft-tls-ca"
+            );
+        }
+        let network = network::Network::new(std::sync::Arc::new(dial), tls.clone());
         let log = LogStore::open(data_dir).await.context("opening raft.db")?;
         let state = StateMachine::new(local.clone(), log.clone())
             .await
@@ -131,33 +150,49 @@ impl Node {
         let raft = openraft::Raft::new(
             node_id,
             std::sync::Arc::new(raft_config),
-            network::Network {
-                routes: routes.clone(),
-            },
+            network.clone(),
             log.clone(),
             state,
         )
         .await
         .context("starting Raft")?;
-        let listener = tokio::net::TcpListener::bind(raft_addr)
-            .await
-            .with_context(|| format!("binding Raft to {raft_addr}"))?;
-        tracing::info!(addr = %listener.local_addr()?, node_id, "Raft serving");
-        let service =
-            meridian_proto::raft_service::zone_raft_server::ZoneRaftServer::new(network::RaftService {
-                raft: raft.clone(),
-            })
-            .max_decoding_message_size(256 << 20);
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    async move {
-                        let _ = stop.changed().await;
+        let known_members = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .count()
+            .max(members.len());
+        if raft_addr.is_none() && (join || known_members > 1) {
+            anyhow::bail!(
+                "this node is one of several in zone {zone}: give it --raft-addr (where the other nodes reach it)"
+            );
+        }
+        let server = match raft_addr {
+            Some(addr) => {
+                serve(
+                    addr,
+                    network::RaftService {
+                        raft: raft.clone(),
+                        tls: tls.clone(),
                     },
-                ),
-        );
+                    tls.as_deref(),
+                    stop,
+                )
+                .await?
+            }
+            None => {
+                tracing::info!(
+                    node_id,
+                    "a zone of one node: no Raft port (give --raft-addr to let it grow)"
+                );
+                tokio::spawn(async move {
+                    let _ = stop.changed().await;
+                    Ok(())
+                })
+            }
+        };
         if join {
             tracing::info!(
                 node_id,
@@ -175,13 +210,14 @@ impl Node {
                 tracing::info!(error = %e, "Raft was already initialized");
             }
         }
-        let store = store::ZoneStore::new(raft.clone(), local, routes.clone());
+        let store = store::ZoneStore::new(raft.clone(), local, network.clone());
         Ok((
             Self {
                 raft,
                 store,
                 log,
-                routes,
+                network,
+                serves_raft: raft_addr.is_some(),
             },
             server,
         ))
@@ -189,9 +225,14 @@ impl Node {
 
     /// Adds node `id` at Raft address `address` as a voting member (through the leader).
     pub async fn add_member(&self, id: NodeId, address: String) -> Result<(), network::LeadError> {
+        if !self.serves_raft {
+            return Err(network::LeadError::Refused(
+                "this zone-cp serves no Raft port: restart it with --raft-addr (and peer TLS) before adding members".into(),
+            ));
+        }
         store::on_leader(
             &self.raft,
-            &self.routes,
+            &self.network,
             network::LeaderCall::AddMember { id, address },
         )
         .await
@@ -200,9 +241,13 @@ impl Node {
 
     /// Removes node `id` from the cluster (through the leader).
     pub async fn remove_member(&self, id: NodeId) -> Result<(), network::LeadError> {
-        store::on_leader(&self.raft, &self.routes, network::LeaderCall::RemoveMember { id })
-            .await
-            .map(drop)
+        store::on_leader(
+            &self.raft,
+            &self.network,
+            network::LeaderCall::RemoveMember { id },
+        )
+        .await
+        .map(drop)
     }
 
     /// Becomes true while this node leads the zone.
@@ -326,6 +371,34 @@ impl Node {
             "members": members,
         })
     }
+}
+
+/// Serves the zone's Raft RPCs on `addr` (over mutual TLS when given) until `stop`.
+async fn serve(
+    addr: std::net::SocketAddr,
+    service: network::RaftService,
+    tls: Option<&peer_tls::PeerTls>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
+    use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding Raft to {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "Raft serving");
+    let service = meridian_proto::raft_service::zone_raft_server::ZoneRaftServer::new(service)
+        .max_decoding_message_size(256 << 20);
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls.server()).context("the Raft peer TLS")?;
+    }
+    Ok(tokio::spawn(
+        server.add_service(service).serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                let _ = stop.changed().await;
+            },
+        ),
+    ))
 }
 
 /// Milliseconds since the Unix epoch: the time a leader stamps on a request.

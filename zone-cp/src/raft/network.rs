@@ -20,6 +20,11 @@ use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
+use tracing::warn;
+
+use super::peer_tls::PeerTls;
 use super::{NodeId, TypeConfig, ZoneReply, ZoneRequest};
 
 fn encode(value: &impl Serialize) -> Result<RaftPayload, Status> {
@@ -32,15 +37,21 @@ fn decode<T: DeserializeOwned>(payload: &RaftPayload) -> Result<T, Status> {
     serde_json::from_slice(&payload.json).map_err(|e| Status::invalid_argument(format!("decoding: {e}")))
 }
 
-/// A gRPC channel to a node, connected on first use.
-pub fn channel(addr: &str) -> Result<Channel, String> {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .map(|e| {
-            e.connect_timeout(Duration::from_millis(500))
-                .tcp_nodelay(true)
-                .connect_lazy()
-        })
-        .map_err(|e| format!("raft address {addr:?}: {e}"))
+/// A gRPC channel to node `target` at `addr`, connected on first use; over mutual TLS when
+/// the zone has peer certificates.
+pub fn channel(addr: &str, target: NodeId, tls: Option<&PeerTls>) -> Result<Channel, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| format!("raft address {addr:?}: {e}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true);
+    let endpoint = match tls {
+        Some(tls) => endpoint
+            .tls_config(tls.client(target))
+            .map_err(|e| format!("peer TLS for node {target}: {e}"))?,
+        None => endpoint,
+    };
+    Ok(endpoint.connect_lazy())
 }
 
 /// How this node dials others whose member address does not work from here (NAT, proxies):
@@ -52,10 +63,40 @@ pub fn route<'a>(routes: &'a Routes, id: NodeId, addr: &'a str) -> &'a str {
     routes.get(&id).map_or(addr, String::as_str)
 }
 
-/// Makes a [`Peer`] per target node.
+/// How this node reaches the others: where to dial them, and the peer TLS to do it with.
 #[derive(Clone, Default)]
 pub struct Network {
     pub routes: Routes,
+    pub tls: Option<Arc<PeerTls>>,
+    /// One channel (one HTTP/2 connection, one TLS handshake) per node and address, shared by
+    /// replication, votes and forwarded calls: a handshake inside a 20 ms heartbeat budget
+    /// would time out.
+    channels: Arc<std::sync::Mutex<std::collections::HashMap<(NodeId, String), Channel>>>,
+}
+
+impl Network {
+    pub fn new(routes: Routes, tls: Option<Arc<PeerTls>>) -> Self {
+        Self {
+            routes,
+            tls,
+            channels: Arc::default(),
+        }
+    }
+
+    /// A client for node `target`, whose member address is `addr`.
+    pub fn client(&self, target: NodeId, addr: &str) -> Result<ZoneRaftClient<Channel>, String> {
+        let addr = route(&self.routes, target, addr).to_owned();
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let channel = match channels.get(&(target, addr.clone())) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = channel(&addr, target, self.tls.as_deref())?;
+                channels.insert((target, addr), channel.clone());
+                channel
+            }
+        };
+        Ok(ZoneRaftClient::new(channel))
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -64,7 +105,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
         Peer {
             target,
-            client: channel(route(&self.routes, target, &node.addr)).map(ZoneRaftClient::new),
+            client: self.client(target, &node.addr),
         }
     }
 }
@@ -165,11 +206,21 @@ pub enum LeaderCall {
 /// it was applied at, so the follower can wait until it has applied it too; or why not.
 pub type Forwarded = Result<(Option<ZoneReply>, u64), LeadError>;
 
-/// Sends `call` to the leader at `addr`.
-pub async fn forward(addr: &str, call: &LeaderCall, timeout: Duration) -> Forwarded {
-    let unreachable =
-        |why: String| LeadError::Unreachable(format!("forwarding to the leader at {addr}: {why}"));
-    let mut client = ZoneRaftClient::new(channel(addr).map_err(unreachable)?);
+/// Sends `call` to the leader, node `leader` at member address `addr`.
+pub async fn forward(
+    network: &Network,
+    leader: NodeId,
+    addr: &str,
+    call: &LeaderCall,
+    timeout: Duration,
+) -> Forwarded {
+    let unreachable = |why: String| {
+        LeadError::Unreachable(format!(
+            "forwarding to the leader (node {leader} at {}): {why}",
+            route(&network.routes, leader, addr)
+        ))
+    };
+    let mut client = network.client(leader, addr).map_err(unreachable)?;
     let mut request = Request::new(encode(call).map_err(|e| LeadError::Failed(e.message().to_owned()))?);
     request.set_timeout(timeout);
     let reply = client
@@ -332,29 +383,77 @@ impl From<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>> for LeadError 
     }
 }
 
-/// The server side: hands each call to the local Raft.
+/// The server side: hands each call to the local Raft, once the caller has shown it is the
+/// zone member it speaks for.
 pub struct RaftService {
     pub raft: Raft<TypeConfig>,
+    /// With peer TLS, every caller's certificate has been verified against the zone's CA in
+    /// the handshake; each call also checks which node it names.
+    pub tls: Option<Arc<PeerTls>>,
+}
+
+impl RaftService {
+    /// Refuses a replication or vote RPC whose sender (the leader, or the candidate) is not
+    /// the node the caller's certificate names: a member cannot speak for another.
+    fn check_sender<T>(&self, request: &Request<T>, sender: NodeId) -> Result<(), Status> {
+        let Some(tls) = &self.tls else { return Ok(()) };
+        let certs = request.peer_certs().unwrap_or_default();
+        if tls.names(&certs, sender) {
+            return Ok(());
+        }
+        warn!(sender, peer = ?request.remote_addr(), "raft call refused: the certificate does not name its sender");
+        Err(Status::permission_denied(format!(
+            "the caller's certificate is not node {sender}'s"
+        )))
+    }
+
+    /// Refuses a forwarded call from a caller that is not a member of the zone.
+    fn check_member<T>(&self, request: &Request<T>) -> Result<NodeId, Status> {
+        let Some(tls) = &self.tls else { return Ok(0) };
+        let certs = request.peer_certs().unwrap_or_default();
+        let members: Vec<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        match members.into_iter().find(|id| tls.names(&certs, *id)) {
+            Some(id) => Ok(id),
+            None => {
+                warn!(peer = ?request.remote_addr(), "forwarded call refused: the caller is not a member of the zone");
+                Err(Status::permission_denied(
+                    "the caller is not a member of this zone",
+                ))
+            }
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl ZoneRaft for RaftService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(request.get_ref())?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref())?;
+        self.check_sender(&request, rpc.vote.leader_id.node_id)?;
         encode(&self.raft.append_entries(rpc).await).map(Response::new)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(request.get_ref())?;
+        let rpc: VoteRequest<NodeId> = decode(request.get_ref())?;
+        self.check_sender(&request, rpc.vote.leader_id.node_id)?;
         encode(&self.raft.vote(rpc).await).map(Response::new)
     }
 
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(request.get_ref())?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(request.get_ref())?;
+        self.check_sender(&request, rpc.vote.leader_id.node_id)?;
         encode(&self.raft.install_snapshot(rpc).await).map(Response::new)
     }
 
     async fn forward(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.check_member(&request)?;
         let call: LeaderCall = decode(request.get_ref())?;
         let forwarded: Forwarded = lead(&self.raft, call).await;
         encode(&forwarded).map(Response::new)

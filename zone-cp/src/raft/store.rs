@@ -14,7 +14,7 @@ use meridian_store::{
 use openraft::Raft;
 use tokio::sync::watch;
 
-use super::network::{self, LeadError, LeaderCall, Routes, lead};
+use super::network::{self, LeadError, LeaderCall, Network, lead};
 use super::{TypeConfig, ZoneReply, ZoneRequest, now_ms};
 
 /// How long a write waits for a leader, and for the leader to answer.
@@ -25,17 +25,17 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ZoneStore {
     raft: Raft<TypeConfig>,
     local: SqlStore,
-    routes: Routes,
+    network: Network,
 }
 
 impl ZoneStore {
-    pub fn new(raft: Raft<TypeConfig>, local: SqlStore, routes: Routes) -> Arc<Self> {
-        Arc::new(Self { raft, local, routes })
+    pub fn new(raft: Raft<TypeConfig>, local: SqlStore, network: Network) -> Arc<Self> {
+        Arc::new(Self { raft, local, network })
     }
 
     async fn write(&self, write: Write) -> Result<Written, StoreError> {
         let request = ZoneRequest::new(now_ms(), &write);
-        let reply = on_leader(&self.raft, &self.routes, LeaderCall::Write(request))
+        let reply = on_leader(&self.raft, &self.network, LeaderCall::Write(request))
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         reply
@@ -53,7 +53,7 @@ impl ZoneStore {
 /// the removal having worked.
 pub async fn on_leader(
     raft: &Raft<TypeConfig>,
-    routes: &Routes,
+    network: &Network,
     call: LeaderCall,
 ) -> Result<Option<ZoneReply>, LeadError> {
     let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
@@ -61,7 +61,7 @@ pub async fn on_leader(
     let mut maybe_done = false;
     loop {
         // A leader cut off from its majority never commits: give up rather than hang.
-        let tried = tokio::time::timeout_at(deadline, try_once(raft, routes, &call, deadline))
+        let tried = tokio::time::timeout_at(deadline, try_once(raft, network, &call, deadline))
             .await
             .unwrap_or_else(|_| {
                 Err(LeadError::Failed(format!(
@@ -98,7 +98,7 @@ pub async fn on_leader(
 /// One try of `call`: on this node if it leads, else on the leader it knows of.
 async fn try_once(
     raft: &Raft<TypeConfig>,
-    routes: &Routes,
+    network: &Network,
     call: &LeaderCall,
     deadline: tokio::time::Instant,
 ) -> Result<Option<ZoneReply>, LeadError> {
@@ -107,8 +107,7 @@ async fn try_once(
         Err(LeadError::NotLeader(Some(leader))) => leader,
         Err(e) => return Err(e),
     };
-    let addr = network::route(routes, id, &leader.addr);
-    let (reply, index) = network::forward(addr, call, time_left(deadline)).await?;
+    let (reply, index) = network::forward(network, id, &leader.addr, call, time_left(deadline)).await?;
     let _ = raft
         .wait(Some(time_left(deadline)))
         .applied_index_at_least(Some(index), "a forwarded call")
