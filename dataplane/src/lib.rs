@@ -366,7 +366,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             true,
         ),
     };
-    std::fs::create_dir_all(&work_dir)?;
+    // The bootstrap carries the dataplane token.
+    meridian_telemetry::private_dir(&work_dir)?;
     let bootstrap_path = work_dir.join(format!("bootstrap-{mesh}-{}.json", resource.name));
     let bootstrap = bootstrap::bootstrap(&BootstrapParams {
         mesh: &mesh,

@@ -168,3 +168,73 @@ fn a_zone_of_one_node_serves_no_raft_port() {
         assert_eq!(listening.len(), 2, "only REST and xDS: {listening:#?}");
     }
 }
+
+/// Every file and directory under `root`, depth first.
+fn walk(root: &Path, out: &mut Vec<std::path::PathBuf>) {
+    out.push(root.to_owned());
+    if root.is_dir() {
+        for entry in std::fs::read_dir(root).expect("read_dir") {
+            walk(&entry.expect("entry").path(), out);
+        }
+    }
+}
+
+#[test]
+fn a_local_user_who_is_not_the_owner_reads_nothing_in_any_data_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    if !meridian_testing::running_as_root() {
+        eprintln!("skipped: needs root to act as another local user (CI runs as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Everyone may walk up to the data dirs: only their own permissions stand in the way.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // A data dir left readable by an older release: tightened at start.
+    let zone_dir = dir.path().join("zone");
+    std::fs::create_dir_all(zone_dir.join("node-1")).expect("dirs");
+    std::fs::write(zone_dir.join("node-1/old-notes"), "secret").expect("file");
+    for (path, mode) in [(zone_dir.clone(), 0o755), (zone_dir.join("node-1"), 0o755), (zone_dir.join("node-1/old-notes"), 0o644)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    std::fs::set_permissions(&zone_dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+
+    let global = meridian_e2e::GlobalCp::start(dir.path(), None).expect("global-cp");
+    let nodes = ZoneCp::start_cluster("zone-1", &zone_dir, 3).expect("cluster");
+    let applied = ok(meshctl(
+        &nodes[0].api_url,
+        &["apply", "-f", "-"],
+        Some("type: MeshTimeout\nname: t1\nmesh: default\nspec:\n  targetRef: {kind: Mesh}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 2s}\n"),
+    )
+    .expect("meshctl"));
+    assert!(applied.contains("created"), "{applied}");
+    nodes[0].admin_token().expect("the zone's admin token");
+    global.admin_token().expect("global's admin token");
+
+    let mut paths = Vec::new();
+    for data in [dir.path().join(".meridian"), zone_dir.join("node-1"), zone_dir.join("node-2")] {
+        walk(&data, &mut paths);
+    }
+    let files: Vec<_> = paths.iter().filter(|p| p.is_file()).collect();
+    for name in ["meridian.db", "meridian.db-wal", "raft.db", "raft.db-wal", "admin-token", "old-notes"] {
+        assert!(
+            files.iter().any(|f| f.file_name().is_some_and(|n| n == name)),
+            "{name} is among the files checked: {files:#?}"
+        );
+    }
+    for path in &paths {
+        let mode = std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777;
+        let allowed = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode & !allowed, 0, "{} is {mode:o}", path.display());
+        let program = if path.is_dir() { "ls" } else { "cat" };
+        let read = meridian_testing::unprivileged(program, true)
+            .arg(path)
+            .output()
+            .expect("run as nobody");
+        assert!(
+            !read.status.success() && read.stdout.is_empty(),
+            "nobody read {}: {}",
+            path.display(),
+            stdout(&read)
+        );
+    }
+}

@@ -38,6 +38,8 @@ impl Cli {
 /// Opens the store the flags name and applies pending migrations.
 pub async fn open_store(args: &StoreArgs) -> anyhow::Result<SqlStore> {
     let StoreArgs { data_dir, store } = args;
+    meridian_telemetry::private_dir(data_dir)
+        .with_context(|| format!("making the data dir {} owner-only", data_dir.display()))?;
     let opened = match store {
         Some(url) => {
             info!(url = %meridian_store::redact(url), "opening postgres store");

@@ -87,6 +87,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     dns1123_label(&zone).map_err(|e| anyhow::anyhow!("--zone {zone:?} {e}"))?;
     let data_dir = data_dir.unwrap_or_else(|| format!("./.meridian/zone-{zone}").into());
+    meridian_telemetry::private_dir(&data_dir)
+        .with_context(|| format!("making the data dir {} owner-only", data_dir.display()))?;
     info!(zone = %zone, data_dir = %data_dir.display(), "opening the zone store");
     let sql = SqlStore::open_sqlite(&data_dir)
         .await

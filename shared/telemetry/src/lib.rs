@@ -1,7 +1,11 @@
 //! What every Meridian binary sets up the same way: logs (text or JSON, filtered by
-//! `RUST_LOG`) and the shutdown signal.
+//! `RUST_LOG`), owner-only files, and the shutdown signal.
 
 #![forbid(unsafe_code)]
+
+mod files;
+
+pub use files::{owner_only_files, private_dir};
 
 use clap::{Args, ValueEnum};
 use tracing::info;

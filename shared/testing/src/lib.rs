@@ -151,7 +151,7 @@ pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
     bail!("timed out after {timeout:?} waiting for {what}")
 }
 
-fn running_as_root() -> bool {
+pub fn running_as_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -169,7 +169,7 @@ fn nobody() -> Result<(u32, u32)> {
 }
 
 /// Builds a command that runs as `nobody` when we are root, and as ourselves otherwise.
-fn unprivileged(program: &str, as_nobody: bool) -> Command {
+pub fn unprivileged(program: &str, as_nobody: bool) -> Command {
     if as_nobody {
         let mut cmd = Command::new("setpriv");
         cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
