@@ -91,6 +91,16 @@ pub enum Command {
         #[command(subcommand)]
         what: Zone,
     },
+    /// Revoke a token: from now on (within a second, on every replica) it is refused.
+    Revoke {
+        #[command(subcommand)]
+        what: Revoke,
+    },
+    /// The keys that sign this control plane's tokens; `rotate` makes a new one sign.
+    SigningKeys {
+        #[command(subcommand)]
+        change: Option<KeyChange>,
+    },
     /// Delete a resource.
     Delete {
         kind: String,
@@ -109,6 +119,32 @@ pub enum Zone {
     Members {
         #[command(subcommand)]
         change: Option<MemberChange>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Revoke {
+    /// A token issued by the control plane asked (user, dataplane, zone ingress or zone token).
+    Token {
+        /// The token itself (`-`: read it from standard input).
+        #[arg(id = "revoked", value_name = "TOKEN", required_unless_present_any = ["file", "id"], conflicts_with_all = ["file", "id"])]
+        revoked: Option<String>,
+        /// Read the token from this file (a sidecar's --dataplane-token-file, say).
+        #[arg(long, conflicts_with = "id")]
+        file: Option<PathBuf>,
+        /// The token's id, as the control plane logged it when it issued it.
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyChange {
+    /// Make a new key sign KIND's tokens; tokens the old one signed stay good until they expire.
+    Rotate {
+        /// user, dataplane, zone-ingress or zone.
+        #[arg(long)]
+        kind: String,
     },
 }
 
@@ -138,6 +174,10 @@ pub enum Generate {
         mesh: String,
         #[arg(long)]
         name: String,
+        /// A tag the Dataplane may claim, with the values it may have: `kuma.io/service=web`
+        /// (or `=web,web-v2`); repeatable. A registration claiming other values is refused.
+        #[arg(long = "tag", value_parser = parse_tag)]
+        tags: Vec<(String, Vec<String>)>,
         /// How long the token is good for (e.g. 720h); a year by default.
         #[arg(long)]
         valid_for: Option<String>,
@@ -228,15 +268,44 @@ impl Cli {
                     Generate::DataplaneToken {
                         mesh,
                         name,
+                        tags,
                         valid_for,
                     },
-            } => client
-                .post_text(
-                    "/tokens/dataplane",
-                    &serde_json::json!({ "mesh": mesh, "name": name, "validFor": valid_for }),
-                )
-                .await
-                .map(|t| println!("{}", t.trim())),
+            } => {
+                let mut allowed = std::collections::BTreeMap::<String, Vec<String>>::new();
+                for (key, values) in tags {
+                    allowed.entry(key).or_default().extend(values);
+                }
+                client
+                    .post_text(
+                        "/tokens/dataplane",
+                        &serde_json::json!({ "mesh": mesh, "name": name, "tags": allowed, "validFor": valid_for }),
+                    )
+                    .await
+                    .map(|t| println!("{}", t.trim()))
+            }
+            Command::Revoke {
+                what: Revoke::Token { revoked, file, id },
+            } => revoke(&client, revoked, file, id).await,
+            Command::SigningKeys { change } => {
+                let listed = match change {
+                    None => Ok(()),
+                    Some(KeyChange::Rotate { kind }) => client
+                        .post("/tokens/signing-keys", &serde_json::json!({ "kind": kind }))
+                        .await
+                        .map(|r| {
+                            println!(
+                                "{} tokens are now signed by key {}",
+                                r["kind"].as_str().unwrap_or(""),
+                                r["serial"]
+                            )
+                        }),
+                };
+                match listed {
+                    Ok(()) => client.get("/tokens/signing-keys").await.map(|k| print_keys(&k)),
+                    Err(e) => Err(e),
+                }
+            }
             Command::Generate {
                 what:
                     Generate::UserToken {
@@ -305,7 +374,67 @@ impl Command {
             Command::Inspect { .. } => "inspect",
             Command::Generate { .. } => "generate",
             Command::Zone { .. } => "zone",
+            Command::Revoke { .. } => "revoke",
+            Command::SigningKeys { .. } => "signing-keys",
         }
+    }
+}
+
+/// `--tag KEY=VALUE[,VALUE...]`.
+fn parse_tag(text: &str) -> Result<(String, Vec<String>), String> {
+    let (key, values) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE (e.g. kuma.io/service=web)"))?;
+    let values: Vec<String> = values
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if key.trim().is_empty() || values.is_empty() {
+        return Err(format!("{text:?} is not KEY=VALUE (e.g. kuma.io/service=web)"));
+    }
+    Ok((key.trim().to_owned(), values))
+}
+
+async fn revoke(
+    client: &Client,
+    token: Option<String>,
+    file: Option<PathBuf>,
+    id: Option<String>,
+) -> Result<(), Failure> {
+    let read = |what: &str, r: std::io::Result<String>| {
+        r.map(|t| t.trim().to_owned())
+            .map_err(|e| Failure::Usage(format!("reading {what}: {e}")))
+    };
+    let body = match (token, file, id) {
+        (Some(t), _, _) if t == "-" => {
+            let mut text = String::new();
+            let r = std::io::stdin().read_to_string(&mut text).map(|_| text);
+            serde_json::json!({ "token": read("standard input", r)? })
+        }
+        (Some(t), _, _) => serde_json::json!({ "token": t }),
+        (None, Some(f), _) => {
+            serde_json::json!({ "token": read(&f.display().to_string(), std::fs::read_to_string(&f))? })
+        }
+        (None, None, Some(id)) => serde_json::json!({ "id": id }),
+        (None, None, None) => return Err(Failure::Usage("give a token, --file or --id".into())),
+    };
+    let done = client.post("/tokens/revocations", &body).await?;
+    println!("revoked token {}", done["revoked"].as_str().unwrap_or(""));
+    Ok(())
+}
+
+fn print_keys(listed: &serde_json::Value) {
+    println!("{:<14} {:>6}  {:<8} CREATED", "KIND", "SERIAL", "SIGNS");
+    for k in listed["items"].as_array().into_iter().flatten() {
+        println!(
+            "{:<14} {:>6}  {:<8} {}",
+            k["kind"].as_str().unwrap_or(""),
+            k["serial"],
+            if k["signs"] == true { "yes" } else { "verifies" },
+            k["created"].as_str().unwrap_or("")
+        );
     }
 }
 

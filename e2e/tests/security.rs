@@ -13,12 +13,19 @@ fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A write that, unauthenticated, would hand out the zone's user-token signing key: a
-/// `secret` write through `Forward` answers with the stored value.
-const STEAL_KEY: &str =
-    r#"{"write":{"atMs":0,"write":{"op":"secret","name":"user-token","candidate":"x","replace":false}}}"#;
+/// A write that, unauthenticated, would hand out the zone's signing key: a `secret` write
+/// through `Forward` answers with the stored value.
+const STEAL_KEY: &str = r#"{"authority":"node","call":{"write":{"atMs":0,"write":{"op":"secret","name":"signing-key/user/1","candidate":"x","replace":false}}}}"#;
 /// A fake voter, which would cost the zone its majority.
-const ADD_FAKE_VOTER: &str = r#"{"addMember":{"id":9,"address":"127.0.0.1:9"}}"#;
+const ADD_FAKE_VOTER: &str = r#"{"authority":"node","call":{"addMember":{"id":9,"address":"127.0.0.1:9"}}}"#;
+
+/// A forwarded put of a MeshTimeout on behalf of `authority` (JSON).
+fn forwarded_put(authority: &str) -> String {
+    let resource = r#"{"type":"MeshTimeout","name":"forged","mesh":"default","spec":{"targetRef":{"kind":"Mesh"},"to":[{"targetRef":{"kind":"Mesh"},"default":{"connectionTimeout":"1s"}}]}}"#;
+    format!(
+        r#"{{"authority":{authority},"call":{{"write":{{"atMs":0,"write":{{"op":"put","resource":{resource},"expectedVersion":null}}}}}}}}"#
+    )
+}
 
 /// What an outsider gets from `Forward` with `payload`: the gRPC error, or the answer.
 async fn forward(endpoint: Endpoint, payload: &str) -> Result<String, String> {
@@ -65,6 +72,10 @@ async fn an_outsider_on_the_raft_port_can_neither_read_nor_write_nor_change_memb
         raft_status(leader_or_any)["leader"].is_u64()
     })
     .expect("leader");
+    meridian_testing::wait_until("the default mesh", Duration::from_secs(20), || {
+        http_get(&format!("{}/meshes/default", nodes[1].api_url)).0 == 200
+    })
+    .expect("mesh");
     let target = nodes[0].raft_address();
     let certs = dir.path().join("peer-tls");
     let node_name = "node-1.zone-1.raft.meridian";
@@ -136,6 +147,42 @@ async fn an_outsider_on_the_raft_port_can_neither_read_nor_write_nor_change_memb
         "node 2 spoke for node 1"
     );
 
+    // A member forwarding a write carries its caller's authority, which is checked again:
+    // forwarding is no way around the REST API's rules.
+    let admin = nodes[0].admin_token().expect("admin token");
+    let reader = ok(meshctl(
+        &nodes[0].api_url,
+        &["--token", &admin, "generate", "user-token", "--name", "reader"],
+        None,
+    )
+    .expect("meshctl"));
+    let member = endpoint("https", &target)
+        .tls_config(tls(
+            &certs.join("ca.crt"),
+            Some((&certs.join("node-2.crt"), &certs.join("node-2.key"))),
+            node_name,
+        ))
+        .expect("tls");
+    for authority in [
+        r#""anonymous""#.to_owned(),
+        r#"{"token":"garbage"}"#.to_owned(),
+        format!(r#"{{"token":"{}"}}"#, reader.trim()),
+    ] {
+        let answer = forward(member.clone(), &forwarded_put(&authority))
+            .await
+            .expect("an answer");
+        assert!(answer.contains(r#"{"Err":{"denied""#), "{authority}: {answer}");
+    }
+    assert_eq!(
+        http_get(&format!(
+            "{}/meshes/default/meshtimeouts/forged",
+            nodes[1].api_url
+        ))
+        .0,
+        404,
+        "no forged write"
+    );
+
     // Nothing changed: three members, and the zone still takes an admin's writes.
     let status = raft_status(&nodes[1]);
     assert_eq!(status["members"].as_array().map(Vec::len), Some(3), "{status}");
@@ -193,13 +240,21 @@ fn a_local_user_who_is_not_the_owner_reads_nothing_in_any_data_dir() {
     let zone_dir = dir.path().join("zone");
     std::fs::create_dir_all(zone_dir.join("node-1")).expect("dirs");
     std::fs::write(zone_dir.join("node-1/old-notes"), "secret").expect("file");
-    for (path, mode) in [(zone_dir.clone(), 0o755), (zone_dir.join("node-1"), 0o755), (zone_dir.join("node-1/old-notes"), 0o644)] {
+    for (path, mode) in [
+        (zone_dir.clone(), 0o755),
+        (zone_dir.join("node-1"), 0o755),
+        (zone_dir.join("node-1/old-notes"), 0o644),
+    ] {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
     }
     std::fs::set_permissions(&zone_dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 
     let global = meridian_e2e::GlobalCp::start(dir.path(), None).expect("global-cp");
     let nodes = ZoneCp::start_cluster("zone-1", &zone_dir, 3).expect("cluster");
+    meridian_testing::wait_until("the default mesh", Duration::from_secs(20), || {
+        http_get(&format!("{}/meshes/default", nodes[0].api_url)).0 == 200
+    })
+    .expect("mesh");
     let applied = ok(meshctl(
         &nodes[0].api_url,
         &["apply", "-f", "-"],
@@ -211,11 +266,22 @@ fn a_local_user_who_is_not_the_owner_reads_nothing_in_any_data_dir() {
     global.admin_token().expect("global's admin token");
 
     let mut paths = Vec::new();
-    for data in [dir.path().join(".meridian"), zone_dir.join("node-1"), zone_dir.join("node-2")] {
+    for data in [
+        dir.path().join(".meridian"),
+        zone_dir.join("node-1"),
+        zone_dir.join("node-2"),
+    ] {
         walk(&data, &mut paths);
     }
     let files: Vec<_> = paths.iter().filter(|p| p.is_file()).collect();
-    for name in ["meridian.db", "meridian.db-wal", "raft.db", "raft.db-wal", "admin-token", "old-notes"] {
+    for name in [
+        "meridian.db",
+        "meridian.db-wal",
+        "raft.db",
+        "raft.db-wal",
+        "admin-token",
+        "old-notes",
+    ] {
         assert!(
             files.iter().any(|f| f.file_name().is_some_and(|n| n == name)),
             "{name} is among the files checked: {files:#?}"
@@ -237,4 +303,109 @@ fn a_local_user_who_is_not_the_owner_reads_nothing_in_any_data_dir() {
             stdout(&read)
         );
     }
+}
+
+/// `curl -X METHOD url` with a bearer token and a YAML body: the status and the body.
+fn curl(method: &str, url: &str, token: &str, body: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "10", "-X", method, "-w", "\n%{http_code}"])
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-H",
+            "Content-Type: application/yaml",
+        ])
+        .args(["--data-binary", body, url])
+        .output()
+        .expect("curl");
+    let text = stdout(&out);
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+fn dataplane(service: &str) -> String {
+    format!(
+        "type: Dataplane\nname: dp-1\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 18080\n    servicePort: 18081\n    tags:\n      kuma.io/service: {service}\n"
+    )
+}
+
+#[test]
+fn a_dataplane_token_binds_the_service_it_may_claim_and_tokens_can_be_revoked_and_keys_rotated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ZoneCp::start_untrusting("zone-1", &dir.path().join("zone")).expect("zone-cp");
+    let admin = cp.admin_token().expect("admin token");
+    let as_admin = |args: &[&str]| {
+        let mut all = vec!["--token", admin.as_str()];
+        all.extend(args);
+        ok(meshctl(&cp.api_url, &all, None).expect("meshctl"))
+            .trim()
+            .to_owned()
+    };
+    let web = as_admin(&[
+        "generate",
+        "dataplane-token",
+        "--name",
+        "dp-1",
+        "--tag",
+        "kuma.io/service=web",
+    ]);
+    let url = format!("{}/meshes/default/dataplanes/dp-1", cp.api_url);
+
+    // The token is dp-1's, but registering it as payments is refused: a certificate for
+    // spiffe://default/payments would follow.
+    let (status, body) = curl("PUT", &url, &web, &dataplane("payments"));
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("payments") && body.contains("title"), "{body}");
+    assert_eq!(http_get(&url).0, 404, "nothing registered");
+    let (status, body) = curl("PUT", &url, &web, &dataplane("web"));
+    assert_eq!(status, 201, "{body}");
+
+    // Revoked: refused from then on, wherever it is shown.
+    let revoked =
+        ok(meshctl(&cp.api_url, &["--token", &admin, "revoke", "token", &web], None).expect("meshctl"));
+    assert!(revoked.contains("revoked token"), "{revoked}");
+    meridian_testing::wait_until("the revocation", Duration::from_secs(5), || {
+        curl("PUT", &url, &web, &dataplane("web")).0 == 401
+    })
+    .expect("revoked");
+    let (_, body) = curl("PUT", &url, &web, &dataplane("web"));
+    assert!(body.contains("revoked"), "{body}");
+
+    // Rotation: a new key signs; the admin token the old key signed still works.
+    let keys = as_admin(&["signing-keys", "rotate", "--kind", "user"]);
+    assert!(keys.contains("now signed by key 2"), "{keys}");
+    let user = as_admin(&[
+        "generate",
+        "user-token",
+        "--name",
+        "alice",
+        "--group",
+        "mesh-system:admin",
+    ]);
+    let header: serde_json::Value =
+        serde_json::from_slice(&base64_url(user.split('.').next().expect("header"))).expect("header json");
+    assert_eq!(header["kid"], "user/2", "{header}");
+    assert_eq!(header["alg"], "EdDSA", "{header}");
+    let listed = as_admin(&["signing-keys"]);
+    assert!(listed.contains("verifies") && listed.contains("yes"), "{listed}");
+    let (status, body) = curl("PUT", &url, &user, &dataplane("web"));
+    assert_eq!(status, 200, "the new key's token: {body}");
+}
+
+/// Decodes unpadded base64url (a JWT part).
+fn base64_url(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in text.bytes() {
+        let v = ALPHABET.iter().position(|a| *a == c).expect("base64url") as u32;
+        bits = (bits << 6) | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    out
 }

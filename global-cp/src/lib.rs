@@ -10,7 +10,6 @@
 
 pub mod args;
 pub mod sync;
-pub mod tokens;
 pub mod zones;
 
 use std::sync::Arc;
@@ -55,28 +54,6 @@ pub async fn open_store(args: &StoreArgs) -> anyhow::Result<SqlStore> {
     Ok(opened)
 }
 
-/// `POST /tokens/zone` with `{"zone": NAME}`: a token for that zone's control plane (text).
-fn token_routes(tokens: tokens::ZoneTokens) -> axum::Router {
-    use axum::extract::State;
-    use axum::routing::post;
-    // Who may call it is the API's authorization: an admin token, or the trusted host itself.
-    async fn issue(
-        State(tokens): State<tokens::ZoneTokens>,
-        axum::Json(body): axum::Json<serde_json::Value>,
-    ) -> Result<String, api::ApiError> {
-        let zone = body["zone"]
-            .as_str()
-            .ok_or_else(|| api::ApiError::bad_field("zone", "must be set to the zone's name"))?;
-        meridian_model::validate::dns1123_label(zone).map_err(|e| api::ApiError::bad_field("zone", e))?;
-        let valid_for = api::auth::valid_for(&body, tokens::DEFAULT_VALIDITY)?;
-        info!(zone, valid_for = ?valid_for, "zone token issued");
-        Ok(tokens.issue(zone, valid_for))
-    }
-    axum::Router::new()
-        .route("/tokens/zone", post(issue))
-        .with_state(tokens)
-}
-
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let RunArgs {
         api_addr,
@@ -115,18 +92,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the sync service to {sync_addr}"))?;
     info!(addr = %sync_listener.local_addr()?, "sync service serving");
-    let zone_tokens = tokens::ZoneTokens::load(&*state.store)
-        .await
-        .context("loading the zone-token key")?;
-    let sync_service =
-        meridian_proto::sync_service::global_sync_server::GlobalSyncServer::new(sync::SyncServer::new(
-            state.store.clone(),
-            zones.clone(),
-            zone_tokens.clone(),
-            sync_refused,
-        ))
-        // A zone's whole inventory arrives in one message.
-        .max_decoding_message_size(64 << 20);
+    let tokens = api::tokens::Tokens::new(state.store.clone());
+    for kind in [api::tokens::TokenKind::User, api::tokens::TokenKind::Zone] {
+        tokens
+            .ensure_key(kind)
+            .await
+            .with_context(|| format!("loading the {kind} token signing key"))?;
+    }
+    let sync_service = meridian_proto::sync_service::global_sync_server::GlobalSyncServer::new(
+        sync::SyncServer::new(state.store.clone(), zones.clone(), tokens.clone(), sync_refused),
+    )
+    // A zone's whole inventory arrives in one message.
+    .max_decoding_message_size(64 << 20);
     let mut sync_server = tonic::transport::Server::builder();
     if let (Some(cert), Some(key)) = (&sync_tls_cert, &sync_tls_key) {
         let read =
@@ -149,25 +126,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the REST API to {api_addr}"))?;
     info!(addr = %listener.local_addr()?, "REST API serving");
-    let users = api::auth::Signer::load(&*state.store, "user-token")
+    api::token_api::keep_admin_token(tokens.clone(), &data_dir)
         .await
-        .context("loading the user-token key")?;
-    let (file, new) = api::auth::ensure_admin_token(&users, &data_dir)
         .with_context(|| format!("writing the admin token into {}", data_dir.display()))?;
-    if new {
-        info!(file = %file.display(), "admin token written (meshctl --token \"$(cat FILE)\")");
-    }
     let auth = api::auth::Auth {
-        users: std::sync::Arc::new(users.into()),
+        tokens,
         trust_localhost,
-        admin_token_file: file,
     };
     let store = state.store.clone();
-    let router = api::router(state)
-        .merge(zones::routes(store, zones))
-        .merge(token_routes(zone_tokens))
-        .merge(api::auth::routes(auth.clone()))
-        .layer(axum::middleware::from_fn_with_state(auth, api::auth::authorize));
+    let router = api::app(
+        state,
+        auth,
+        &[api::tokens::TokenKind::User, api::tokens::TokenKind::Zone],
+        zones::routes(store, zones),
+    );
     // The sync service is critical: if it stops, the process stops rather than limping on.
     tokio::select! {
         served = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())

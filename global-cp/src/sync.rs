@@ -27,8 +27,8 @@ use tracing::{Instrument, info, info_span, warn};
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::tokens::ZoneTokens;
 use crate::zones::{Zones, now_ms};
+use meridian_api::tokens::{Subject, TokenKind, Tokens};
 
 /// Changes per batch.
 const BATCH: u32 = 500;
@@ -36,12 +36,12 @@ const BATCH: u32 = 500;
 pub struct SyncServer {
     store: Arc<dyn Store>,
     zones: Zones,
-    tokens: ZoneTokens,
+    tokens: Tokens,
     refused: Counter,
 }
 
 impl SyncServer {
-    pub fn new(store: Arc<dyn Store>, zones: Zones, tokens: ZoneTokens, refused: Counter) -> Self {
+    pub fn new(store: Arc<dyn Store>, zones: Zones, tokens: Tokens, refused: Counter) -> Self {
         Self {
             store,
             zones,
@@ -308,6 +308,24 @@ async fn apply_inventory(
     Ok((outcome, refused))
 }
 
+/// Checks that `token` is a zone token global issued for `zone`, not expired nor revoked.
+async fn verify_zone_token(tokens: &Tokens, token: &str, zone: &str) -> Result<(), String> {
+    let claims = tokens
+        .verify(token, &[TokenKind::Zone])
+        .await
+        .map_err(|e| match e {
+            meridian_api::tokens::TokenError::Expired(_) => {
+                format!("{e}: generate a new one (meshctl generate zone-token --zone {zone})")
+            }
+            other => other.to_string(),
+        })?;
+    match claims.subject {
+        Subject::Zone { zone: z } if z == zone => Ok(()),
+        Subject::Zone { zone: z } => Err(format!("the token is for zone {z:?}, not {zone:?}")),
+        _ => Err("not a zone token".into()),
+    }
+}
+
 #[tonic::async_trait]
 impl GlobalSync for SyncServer {
     type StreamStream = Pin<Box<dyn Stream<Item = Result<GlobalMessage, Status>> + Send>>;
@@ -342,7 +360,7 @@ impl GlobalSync for SyncServer {
                 "no zone token: start zone-cp with --zone-token-file (meshctl generate zone-token --zone NAME)",
             ));
         };
-        if let Err(reason) = self.tokens.verify(&token, &zone) {
+        if let Err(reason) = verify_zone_token(&self.tokens, &token, &zone).await {
             warn!(zone = %zone, reason = %reason, "sync refused: invalid zone token");
             self.refused.inc();
             return Err(Status::unauthenticated(format!(

@@ -104,7 +104,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         (Some(cert), Some(key), Some(ca)) => Some(raft::peer_tls::TlsFiles { cert, key, ca }),
         _ => None,
     };
-    let (node, mut raft_server) = raft::Node::start(
+    let node = raft::Node::start(
         raft::NodeConfig {
             zone: zone.clone(),
             node_id,
@@ -119,11 +119,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         sql,
         &data_dir,
-        stop_rx.clone(),
     )
     .await?;
     let node = Arc::new(node);
     let store: Arc<dyn Store> = node.store.clone();
+    let tokens = meridian_api::tokens::Tokens::new(store.clone());
+    let auth = meridian_api::auth::Auth {
+        tokens: tokens.clone(),
+        trust_localhost,
+    };
+    let mut raft_server = node.serve(auth.clone(), stop_rx.clone()).await?;
     let global = match global_address.as_deref() {
         Some(address) => {
             let ca = global_ca_file
@@ -192,29 +197,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_ca_source(ca_source);
     let mut reconciler = tokio::spawn(reconciler.run(stop_rx.clone()));
 
-    // The user-token key is replicated like any write, so it is there once the zone's Raft has
-    // a leader; until then no token can be valid, and the trusted host may still write.
-    let auth = meridian_api::auth::Auth {
-        users: Arc::default(),
-        trust_localhost,
-        admin_token_file: data_dir.join("admin-token"),
-    };
+    // The signing keys are replicated like any write, so they are made once the zone's Raft
+    // has a leader; until then no token can be valid, and the trusted host may still write.
     {
-        let (store, users, dir) = (node.store.clone(), auth.users.clone(), data_dir.clone());
+        let (tokens, dir) = (tokens.clone(), data_dir.clone());
         tokio::spawn(async move {
-            let signer = loop {
-                match meridian_api::auth::Signer::load(&*store, "user-token").await {
-                    Ok(signer) => break signer,
-                    Err(e) => tracing::debug!(error = %e, "loading the user-token key; retrying"),
+            use meridian_api::tokens::TokenKind;
+            for kind in [TokenKind::User, TokenKind::Dataplane, TokenKind::ZoneIngress] {
+                while let Err(e) = tokens.ensure_key(kind).await {
+                    tracing::debug!(error = %e, kind = %kind, "making the signing key; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            };
-            match meridian_api::auth::ensure_admin_token(&signer, &dir) {
-                Ok((file, true)) => info!(file = %file.display(), "admin token written"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "writing the admin token failed"),
             }
-            let _ = users.set(signer);
+            if let Err(e) = meridian_api::token_api::keep_admin_token(tokens, &dir).await {
+                tracing::warn!(error = %e, "writing the admin token failed");
+            }
         });
     }
     let xds_listener = tokio::net::TcpListener::bind(xds_addr)
@@ -222,7 +219,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the xDS server to {xds_addr}"))?;
     info!(addr = %xds_listener.local_addr()?, "xDS serving");
     let ads = AggregatedDiscoveryServiceServer::new(
-        AdsServer::new(cache.clone(), xds_metrics).with_auth(auth.clone()),
+        AdsServer::new(cache.clone(), xds_metrics).with_auth(auth.clone(), store.clone()),
     )
     .max_decoding_message_size(16 << 20);
     let mut stop = stop_rx.clone();
@@ -246,14 +243,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         role: "zone",
         managed_by: global_address.clone(),
     };
-    let router = meridian_api::router(state)
-        .merge(api::routes(cache))
-        .merge(api::raft_routes(node.clone()))
-        .merge(meridian_api::auth::routes(auth.clone()))
-        .layer(axum::middleware::from_fn_with_state(
-            auth,
-            meridian_api::auth::authorize,
-        ));
+    let router = meridian_api::app(
+        state,
+        auth,
+        &[
+            meridian_api::tokens::TokenKind::User,
+            meridian_api::tokens::TokenKind::Dataplane,
+            meridian_api::tokens::TokenKind::ZoneIngress,
+        ],
+        api::routes(cache).merge(api::raft_routes(node.clone())),
+    );
     let api_listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("binding the REST API to {api_addr}"))?;

@@ -346,18 +346,33 @@ async fn a_node_id_that_names_no_dataplane_is_refused() {
 
 #[tokio::test]
 async fn a_stream_must_show_the_token_of_the_dataplane_it_claims() {
-    use meridian_api::auth::{Auth, Signer};
-    let signer = Signer::with_key(&[7; 32]);
+    use meridian_api::auth::Auth;
+    use meridian_api::tokens::{Subject, Tokens};
+    use meridian_store::Store;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = meridian_store::SqlStore::open_sqlite(dir.path())
+        .await
+        .expect("store");
+    store.migrate().await.expect("migrate");
+    let store: Arc<dyn Store> = Arc::new(store);
+    meridian_store::create_default_mesh(&*store).await.expect("mesh");
+    // dp-1 is registered as service web.
+    let dataplane = meridian_model::parse_one(
+        "type: Dataplane\nname: dp-1\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 8080\n    tags: {kuma.io/service: web}\n",
+        meridian_model::Format::Yaml,
+    )
+    .expect("dataplane");
+    store.put(dataplane).await.expect("registered");
+    let tokens = Tokens::new(store.clone());
     let auth = Auth {
-        users: Arc::new(signer.clone().into()),
+        tokens: tokens.clone(),
         trust_localhost: false,
-        admin_token_file: "admin-token".into(),
     };
     let cache = SnapshotCache::default();
     cache.set(&ProxyId::new("default", "dp-1"), snapshot(&[("c1", "v1")]));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let server = AdsServer::new(cache, Arc::new(XdsMetrics::default())).with_auth(auth);
+    let server = AdsServer::new(cache, Arc::new(XdsMetrics::default())).with_auth(auth, store);
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(AggregatedDiscoveryServiceServer::new(server))
@@ -384,19 +399,35 @@ async fn a_stream_must_show_the_token_of_the_dataplane_it_claims() {
             client.delta_aggregated_resources(request).await
         }
     };
-    let token = |name: &str| {
-        signer.issue(
-            serde_json::json!({"kind": "dataplane", "mesh": "default", "name": name}),
-            Duration::from_secs(60),
-        )
+    let token = |name: &str, service: Option<&str>| {
+        let tokens = tokens.clone();
+        let subject = Subject::Dataplane {
+            mesh: "default".into(),
+            name: name.into(),
+            tags: service
+                .map(|s| [("kuma.io/service".to_owned(), vec![s.to_owned()])].into())
+                .unwrap_or_default(),
+        };
+        async move {
+            tokens
+                .issue(subject, Duration::from_secs(60))
+                .await
+                .expect("issue")
+                .token
+        }
     };
     let refused = open(None).await.expect_err("no token");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-    let refused = open(Some(token("dp-2")))
+    let refused = open(Some(token("dp-2", None).await))
         .await
         .expect_err("another dataplane's token");
     assert!(refused.message().contains("\"dp-2\""), "{}", refused.message());
-    let mut accepted = open(Some(token("dp-1")))
+    // Its own name, but a token that allows only another service than it claims.
+    let refused = open(Some(token("dp-1", Some("payments")).await))
+        .await
+        .expect_err("a service the token does not allow");
+    assert!(refused.message().contains("payments"), "{}", refused.message());
+    let mut accepted = open(Some(token("dp-1", Some("web")).await))
         .await
         .expect("its own token")
         .into_inner();

@@ -1,200 +1,363 @@
-//! Signed tokens, and who may change what through the REST API.
-//!
-//! A token is `v1.<payload>.<signature>`, both parts base64url: the payload is JSON claims
-//! (`kind`, `iat`, `exp`, and per kind: `zone`; `name` and `groups`), the signature
-//! HMAC-SHA256 over `v1.<payload>` with a key kept in the store, so every replica (and every
-//! node of a zone's Raft) verifies every token. Keys never leave the store and are never
-//! logged.
+//! Who is asking, and what they may do: the REST middleware, and the same rules for a write
+//! that a zone's follower forwards to its leader (it carries the caller's authority, which
+//! the leader checks again) and for a sidecar's xDS stream.
 //!
 //! ```text
-//!   request ──> authorize: a bearer token? ── invalid ──> 401 (even from localhost)
-//!                 │ none                      └─ valid ──> writes need mesh-system:admin (else 403)
-//!                 └─> reads pass; writes pass only from loopback with --trust-localhost (else 401)
+//!   request ──> a bearer token? ── invalid, expired, revoked ──> 401 (even from localhost)
+//!                 │ none            └─ valid ──> changes need an admin user token (else 403);
+//!                 │                              a dataplane token may write its own Dataplane,
+//!                 │                              with the tags it is allowed
+//!                 └─> this host, trusted (--trust-localhost)? ── yes ──> an admin, as in Kuma
+//!                                                               no ──> reads only (else 401)
 //! ```
+//!
+//! Handlers read the caller with [`caller`]; outside a request (the control plane's own
+//! work) the caller is the node itself.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use meridian_store::{Store, StoreError};
-use ring::hmac;
-use ring::rand::{SecureRandom, SystemRandom};
-use serde_json::{Value, json};
+use meridian_model::policies::zone_ingress::INGRESS_NODE_MESH;
+use meridian_model::{Kind, Resource, ResourceKey, Spec};
+use serde::{Deserialize, Serialize};
 
 use crate::ApiError;
-use meridian_model::policies::zone_ingress::INGRESS_NODE_MESH;
+use crate::tokens::{Claims, Subject, TokenKind, Tokens};
 
-const PREFIX: &str = "v1";
-/// The group whose members may change resources.
+/// The group whose members may change resources and read secrets.
 pub const ADMIN_GROUP: &str = "mesh-system:admin";
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
+/// The token kinds the REST API takes: users, and proxies registering themselves.
+const REST_KINDS: [TokenKind; 3] = [TokenKind::User, TokenKind::Dataplane, TokenKind::ZoneIngress];
+
+/// Whom a request, or a write it led to, acts for. A follower forwards it with the write, and
+/// the leader decides again.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Authority {
+    /// No token, from a host that is not trusted.
+    Anonymous,
+    /// The control plane's own host, trusted without a token (`--trust-localhost`).
+    TrustedHost,
+    /// A bearer token, verified wherever it is acted on.
+    Token(String),
+    /// The control plane itself: its keys, CAs, the sync from global, status.
+    Node,
 }
 
-/// Signs and checks tokens with one store-held key.
-#[derive(Clone)]
-pub struct Signer {
-    key: hmac::Key,
-}
-
-impl std::fmt::Debug for Signer {
+impl std::fmt::Debug for Authority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Signer { key: <secret> }")
+        match self {
+            Self::Anonymous => f.write_str("Anonymous"),
+            Self::TrustedHost => f.write_str("TrustedHost"),
+            Self::Token(_) => f.write_str("Token(<secret>)"),
+            Self::Node => f.write_str("Node"),
+        }
     }
 }
 
-impl Signer {
-    /// The signer whose key is stored as `key_name`, creating the key on first use.
-    pub async fn load(store: &dyn Store, key_name: &str) -> Result<Self, StoreError> {
-        let mut candidate = [0u8; 32];
-        SystemRandom::new()
-            .fill(&mut candidate)
-            .map_err(|_| StoreError::Internal("no randomness for a signing key".into()))?;
-        let secret = store.secret(key_name, &B64.encode(candidate)).await?;
-        let bytes = B64
-            .decode(secret.as_bytes())
-            .map_err(|_| StoreError::Internal(format!("the stored {key_name} key is not base64url")))?;
-        Ok(Self::with_key(&bytes))
-    }
+/// A request's caller: its authority, and a token's verified claims.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub authority: Authority,
+    pub claims: Option<Claims>,
+}
 
-    pub fn with_key(bytes: &[u8]) -> Self {
+impl Caller {
+    fn node() -> Self {
         Self {
-            key: hmac::Key::new(hmac::HMAC_SHA256, bytes),
+            authority: Authority::Node,
+            claims: None,
         }
     }
 
-    /// A token carrying `claims` (an object), good for `valid_for`.
-    pub fn issue(&self, mut claims: Value, valid_for: Duration) -> String {
-        let iat = now_secs();
-        claims["iat"] = iat.into();
-        claims["exp"] = iat.saturating_add(valid_for.as_secs()).into();
-        let signed = format!("{PREFIX}.{}", B64.encode(claims.to_string()));
-        let signature = B64.encode(hmac::sign(&self.key, signed.as_bytes()).as_ref());
-        format!("{signed}.{signature}")
-    }
-
-    /// The claims of `token` if this signer issued it and it has not expired.
-    pub fn verify(&self, token: &str) -> Result<Value, String> {
-        let mut parts = token.trim().split('.');
-        let (Some(PREFIX), Some(payload), Some(signature), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err("not a Meridian token".into());
-        };
-        let signature = B64
-            .decode(signature)
-            .map_err(|_| "malformed signature".to_owned())?;
-        hmac::verify(&self.key, format!("{PREFIX}.{payload}").as_bytes(), &signature).map_err(|_| {
-            "the signature does not match: the token was not issued by this control plane".to_owned()
-        })?;
-        let claims: Value = B64
-            .decode(payload)
-            .ok()
-            .and_then(|p| serde_json::from_slice(&p).ok())
-            .filter(Value::is_object)
-            .ok_or("malformed payload")?;
-        if let Some(exp) = claims["exp"].as_u64()
-            && exp <= now_secs()
-        {
-            return Err(format!(
-                "the token expired at {}",
-                meridian_model::rfc3339(exp.saturating_mul(1000) as i64)
-            ));
+    /// Whether the caller may change anything and read secrets: an admin user's token, the
+    /// trusted host (as Kuma's `localhostIsAdmin`), or the control plane itself.
+    pub fn is_admin(&self) -> bool {
+        match self.authority {
+            Authority::TrustedHost | Authority::Node => true,
+            Authority::Anonymous => false,
+            Authority::Token(_) => self.claims.as_ref().is_some_and(is_admin),
         }
-        Ok(claims)
     }
 }
 
-/// How the REST API decides who may write.
+fn is_admin(claims: &Claims) -> bool {
+    matches!(&claims.subject, Subject::User { groups, .. } if groups.iter().any(|g| g == ADMIN_GROUP))
+}
+
+tokio::task_local! {
+    static CALLER: Caller;
+}
+
+/// Who the current request is from; the node itself outside any request.
+pub fn caller() -> Caller {
+    CALLER.try_with(Clone::clone).unwrap_or_else(|_| Caller::node())
+}
+
+/// Runs `f` as `caller` (what the middleware does for each request).
+pub async fn acting_as<F: std::future::Future>(caller: Caller, f: F) -> F::Output {
+    CALLER.scope(caller, f).await
+}
+
+/// How the control plane decides who may do what.
 #[derive(Clone, Debug)]
 pub struct Auth {
-    /// Signs user tokens; set once the key is loaded (on a zone, once its Raft has a leader).
-    pub users: Arc<std::sync::OnceLock<Signer>>,
-    /// Let requests without a token from the host itself write (Kuma's default).
+    pub tokens: Tokens,
+    /// Let requests without a token from the host itself act as an admin (Kuma's default).
     pub trust_localhost: bool,
-    /// Where the admin token is, for the error message.
-    pub admin_token_file: PathBuf,
 }
 
-/// Whether a dataplane (or zone ingress) token's own resource is what `path` names (it may
-/// register and deregister itself, nothing else).
-fn own_dataplane(claims: &Value, path: &str) -> bool {
-    match claims["kind"].as_str() {
-        Some("dataplane") => claims["mesh"]
-            .as_str()
-            .zip(claims["name"].as_str())
-            .is_some_and(|(mesh, name)| path == format!("/meshes/{mesh}/dataplanes/{name}")),
-        Some("zone-ingress") => claims["name"]
-            .as_str()
-            .is_some_and(|name| path == format!("/zoneingresses/{name}")),
+/// Why something was refused: 401 when the caller is unknown, 403 when known and not allowed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Unauthenticated(String),
+    Forbidden(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unauthenticated(why) | Self::Forbidden(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Unauthenticated(why) => ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", why),
+            Refusal::Forbidden(why) => ApiError::new(StatusCode::FORBIDDEN, "Forbidden", why),
+        }
+    }
+}
+
+/// The resource a REST path writes, for the paths a proxy's token may write: its own
+/// Dataplane or ZoneIngress.
+fn proxy_path(path: &str) -> Option<ResourceKey> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["meshes", mesh, "dataplanes", name] => Some(ResourceKey::new(Kind::Dataplane, *mesh, *name)),
+        ["zoneingresses", name] => Some(ResourceKey::new(Kind::ZoneIngress, "", *name)),
+        _ => None,
+    }
+}
+
+/// Whether a proxy token's subject is the resource `key`.
+fn owns(subject: &Subject, key: &ResourceKey) -> bool {
+    match subject {
+        Subject::Dataplane { mesh, name, .. } => {
+            key.kind == Kind::Dataplane && key.mesh == *mesh && key.name == *name
+        }
+        Subject::ZoneIngress { name } => key.kind == Kind::ZoneIngress && key.name == *name,
         _ => false,
     }
 }
 
-/// Checks an xDS stream's token (if any) against the Dataplane it claims to be: a token for
-/// another Dataplane, or an invalid one, is refused; no token is accepted only from this host
-/// when it is trusted.
-pub fn check_dataplane(
-    auth: &Auth,
-    token: Option<&str>,
-    mesh: &str,
-    name: &str,
-    peer_is_local: bool,
-) -> Result<(), String> {
-    let Some(token) = token else {
-        return if peer_is_local && auth.trust_localhost {
-            Ok(())
-        } else {
-            Err("no dataplane token: start meridian-dp with --dataplane-token-file (meshctl generate dataplane-token)".into())
-        };
-    };
-    let claims = auth
-        .users
-        .get()
-        .ok_or("this control plane has no signing key yet")?
-        .verify(token)?;
-    if mesh == INGRESS_NODE_MESH {
-        if claims["kind"] != "zone-ingress" || claims["name"] != name {
-            return Err(format!(
-                "not the token of zone ingress {name:?} (meshctl generate zone-ingress-token --name {name})"
-            ));
-        }
+/// What a write does, for deciding who may do it.
+#[derive(Clone, Copy, Debug)]
+pub enum Change<'a> {
+    /// Creates or replaces this resource.
+    Put(&'a Resource),
+    Delete(&'a ResourceKey),
+    /// Anything else: membership, synced batches, secrets, status. Admins and the node only.
+    Other,
+}
+
+/// Whether `caller` may make `change`. The REST middleware has already refused what the path
+/// alone rules out; this also looks at what is written (a Dataplane's tags).
+pub fn may_change(caller: &Caller, change: Change<'_>) -> Result<(), Refusal> {
+    if caller.is_admin() {
         return Ok(());
     }
-    if claims["kind"] != "dataplane" {
-        return Err("not a dataplane token".into());
-    }
-    if claims["mesh"] != mesh || claims["name"] != name {
-        return Err(format!(
-            "the token is for Dataplane {:?} in mesh {:?}, not {name:?} in {mesh:?}",
-            claims["name"].as_str().unwrap_or(""),
-            claims["mesh"].as_str().unwrap_or("")
+    let Some(claims) = &caller.claims else {
+        return Err(Refusal::Unauthenticated(
+            "changes need a token: send `Authorization: Bearer TOKEN` (meshctl --token or MESHCTL_TOKEN); the admin token is the file admin-token in the control plane's data dir".into(),
         ));
+    };
+    let key = match change {
+        Change::Put(resource) => resource.key(),
+        Change::Delete(key) => key.clone(),
+        Change::Other => return Err(forbidden(claims)),
+    };
+    if !owns(&claims.subject, &key) {
+        return Err(forbidden(claims));
+    }
+    if let (Subject::Dataplane { tags, .. }, Change::Put(resource)) = (&claims.subject, change)
+        && let Spec::Dataplane(dp) = &resource.spec
+    {
+        dp.claims_only(tags)
+            .map_err(|why| Refusal::Forbidden(format!("this dataplane token does not allow it: {why}")))?;
     }
     Ok(())
 }
 
-fn is_admin(claims: &Value) -> bool {
-    claims["kind"] == "user"
-        && claims["groups"]
-            .as_array()
-            .is_some_and(|g| g.iter().any(|g| g == ADMIN_GROUP))
+fn forbidden(claims: &Claims) -> Refusal {
+    Refusal::Forbidden(match &claims.subject {
+        Subject::User { name, .. } => format!(
+            "user {name:?} may not change resources: that takes a user token in the {ADMIN_GROUP} group"
+        ),
+        Subject::Dataplane { mesh, name, .. } => {
+            format!("a dataplane token may change only its own Dataplane, {name:?} in mesh {mesh:?}")
+        }
+        Subject::ZoneIngress { name } => {
+            format!("a zone ingress token may change only its own ZoneIngress, {name:?}")
+        }
+        Subject::Zone { .. } => "a zone token is for the sync only".to_owned(),
+    })
 }
 
-fn refuse(status: StatusCode, title: &str, details: String) -> Response {
-    let mut response = ApiError::new(status, title, details).into_response();
-    if status == StatusCode::UNAUTHORIZED {
+impl Auth {
+    /// The caller `authority` stands for, its token verified now.
+    pub async fn resolve(&self, authority: &Authority) -> Result<Caller, Refusal> {
+        let claims = match authority {
+            Authority::Token(token) => Some(
+                self.tokens
+                    .verify(token, &REST_KINDS)
+                    .await
+                    .map_err(|e| Refusal::Unauthenticated(format!("invalid token: {e}")))?,
+            ),
+            Authority::TrustedHost if !self.trust_localhost => {
+                return Err(Refusal::Unauthenticated(
+                    "this control plane does not trust its host without a token".into(),
+                ));
+            }
+            _ => None,
+        };
+        Ok(Caller {
+            authority: authority.clone(),
+            claims,
+        })
+    }
+
+    /// Checks a proxy's xDS stream: its token must be for the proxy it claims to be, `dataplane`
+    /// (if registered) must carry only the tags the token allows; no token is accepted only
+    /// from this host, when it is trusted.
+    pub async fn check_proxy(
+        &self,
+        token: Option<&str>,
+        key: &ResourceKey,
+        peer_is_local: bool,
+        dataplane: Option<&Resource>,
+    ) -> Result<(), String> {
+        let Some(token) = token else {
+            return if peer_is_local && self.trust_localhost {
+                Ok(())
+            } else {
+                Err("no dataplane token: start meridian-dp with --dataplane-token-file (meshctl generate dataplane-token)".into())
+            };
+        };
+        let kind = if key.kind == Kind::ZoneIngress {
+            TokenKind::ZoneIngress
+        } else {
+            TokenKind::Dataplane
+        };
+        let claims = self
+            .tokens
+            .verify(token, &[kind])
+            .await
+            .map_err(|e| e.to_string())?;
+        if !owns(&claims.subject, key) {
+            return Err(match &claims.subject {
+                Subject::Dataplane { mesh, name, .. } => format!(
+                    "the token is for Dataplane {name:?} in mesh {mesh:?}, not {:?} in {:?}",
+                    key.name, key.mesh
+                ),
+                Subject::ZoneIngress { name } => format!(
+                    "the token is for zone ingress {name:?}, not {:?} (meshctl generate zone-ingress-token --name {})",
+                    key.name, key.name
+                ),
+                _ => "not a proxy token".into(),
+            });
+        }
+        if let (Subject::Dataplane { tags, .. }, Some(resource)) = (&claims.subject, dataplane)
+            && let Spec::Dataplane(dp) = &resource.spec
+        {
+            dp.claims_only(tags)?;
+        }
+        Ok(())
+    }
+
+    /// The key of an xDS node: a Dataplane's, or (in the ingress pseudo-mesh) a ZoneIngress's.
+    pub fn proxy_key(mesh: &str, name: &str) -> ResourceKey {
+        if mesh == INGRESS_NODE_MESH {
+            ResourceKey::new(Kind::ZoneIngress, "", name)
+        } else {
+            ResourceKey::new(Kind::Dataplane, mesh, name)
+        }
+    }
+}
+
+/// Whether a request without a token is from this host itself, as Kuma judges it: from a
+/// loopback address, through no proxy, naming a loopback host, and not sent by a browser on
+/// behalf of another site (which could otherwise reach a loopback API).
+fn from_this_host(request: &Request) -> bool {
+    let loopback = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .is_some_and(|c| c.0.ip().is_loopback());
+    let headers = request.headers();
+    let proxied = ["forwarded", "x-forwarded-for", "x-real-ip"]
+        .iter()
+        .any(|h| headers.contains_key(*h));
+    let host_ok = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_none_or(is_loopback_host);
+    let site_ok = headers
+        .get("sec-fetch-site")
+        .and_then(|h| h.to_str().ok())
+        .is_none_or(|s| matches!(s, "" | "same-origin" | "none"));
+    let origin_ok = headers
+        .get(header::ORIGIN)
+        .and_then(|h| h.to_str().ok())
+        .is_none_or(|o| {
+            o.split_once("://")
+                .is_some_and(|(_, host)| is_loopback_host(host))
+        });
+    loopback && !proxied && host_ok && site_ok && origin_ok
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        }),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn bearer(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| Some(t.trim().to_owned()))
+        .ok_or_else(|| Refusal::Unauthenticated("the Authorization header must be `Bearer TOKEN`".into()))
+}
+
+/// Whether a request changes something (token issuing and key management included).
+fn is_change(method: &Method, path: &str) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) || path.starts_with("/tokens")
+}
+
+fn refuse(refusal: Refusal) -> Response {
+    let unauthenticated = matches!(refusal, Refusal::Unauthenticated(_));
+    let mut response = ApiError::from(refusal).into_response();
+    if unauthenticated {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             header::HeaderValue::from_static("Bearer"),
@@ -205,192 +368,27 @@ fn refuse(status: StatusCode, title: &str, details: String) -> Response {
 
 /// The middleware: see the module's picture.
 pub async fn authorize(State(auth): State<Auth>, request: Request, next: Next) -> Response {
-    let writes = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let bearer = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or_default().to_owned());
-    match bearer {
-        Some(value) => {
-            let Some(token) = value.strip_prefix("Bearer ") else {
-                return refuse(
-                    StatusCode::UNAUTHORIZED,
-                    "Unauthorized",
-                    "the Authorization header must be `Bearer TOKEN`".into(),
-                );
-            };
-            let verified = match auth.users.get() {
-                Some(users) => users.verify(token),
-                None => Err("this control plane has no signing key yet".into()),
-            };
-            match verified {
-                Err(why) => refuse(
-                    StatusCode::UNAUTHORIZED,
-                    "Unauthorized",
-                    format!("invalid token: {why}"),
-                ),
-                Ok(claims)
-                    if writes && !is_admin(&claims) && !own_dataplane(&claims, request.uri().path()) =>
-                {
-                    refuse(
-                        StatusCode::FORBIDDEN,
-                        "Forbidden",
-                        format!(
-                            "this {} token may not change resources: that takes a user token in the {ADMIN_GROUP} group",
-                            claims["kind"].as_str().unwrap_or("unknown")
-                        ),
-                    )
-                }
-                Ok(_) => next.run(request).await,
-            }
-        }
-        None if !writes => next.run(request).await,
-        None => {
-            let local = request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .is_some_and(|c| c.0.ip().is_loopback());
-            if local && auth.trust_localhost {
-                next.run(request).await
-            } else {
-                refuse(
-                    StatusCode::UNAUTHORIZED,
-                    "Unauthorized",
-                    format!(
-                        "changes need a token: send `Authorization: Bearer TOKEN` (meshctl --token or MESHCTL_TOKEN); the admin token is in {}",
-                        auth.admin_token_file.display()
-                    ),
-                )
-            }
+    let authority = match bearer(request.headers()) {
+        Err(refusal) => return refuse(refusal),
+        Ok(Some(token)) => Authority::Token(token),
+        Ok(None) if auth.trust_localhost && from_this_host(&request) => Authority::TrustedHost,
+        Ok(None) => Authority::Anonymous,
+    };
+    let caller = match auth.resolve(&authority).await {
+        Ok(caller) => caller,
+        Err(refusal) => return refuse(refusal),
+    };
+    let path = request.uri().path();
+    if is_change(request.method(), path) && !caller.is_admin() {
+        let own = proxy_path(path).filter(|key| {
+            request.method() != Method::POST && caller.claims.as_ref().is_some_and(|c| owns(&c.subject, key))
+        });
+        if own.is_none() {
+            let refusal = may_change(&caller, Change::Other).expect_err("not an admin");
+            return refuse(refusal);
         }
     }
-}
-
-/// `POST /tokens/user` with `{"name": N, "groups": [...], "validFor": "24h"}`: a user token
-/// (text). Only admins reach it (it is a write). Members of `mesh-system:admin` may change
-/// resources; other users may read, and are refused changes with 403.
-/// `POST /tokens/dataplane` with `{"mesh": M, "name": N}`: the token a Dataplane's sidecar
-/// shows on xDS and when it registers itself (verified by this control plane's nodes).
-/// `POST /tokens/zone-ingress` with `{"name": N}`: the same for the zone ingress N.
-pub fn routes(auth: Auth) -> axum::Router {
-    use axum::routing::post;
-    async fn issue(
-        State(auth): State<Auth>,
-        axum::Json(body): axum::Json<Value>,
-    ) -> Result<String, ApiError> {
-        let name = body["name"]
-            .as_str()
-            .filter(|n| !n.is_empty() && n.len() <= 253)
-            .ok_or_else(|| ApiError::bad_field("name", "must name the user"))?;
-        let groups = match &body["groups"] {
-            Value::Null => Vec::new(),
-            Value::Array(items) => items
-                .iter()
-                .map(|g| g.as_str().filter(|g| !g.is_empty()).map(str::to_owned))
-                .collect::<Option<Vec<String>>>()
-                .ok_or_else(|| ApiError::bad_field("groups", "must be a list of group names"))?,
-            _ => return Err(ApiError::bad_field("groups", "must be a list of group names")),
-        };
-        let valid_for = valid_for(&body, Duration::from_secs(24 * 3600))?;
-        let users = signer(&auth)?;
-        tracing::info!(user = name, groups = ?groups, "user token issued");
-        Ok(users.issue(
-            json!({ "kind": "user", "name": name, "groups": groups }),
-            valid_for,
-        ))
-    }
-    async fn issue_dataplane(
-        State(auth): State<Auth>,
-        axum::Json(body): axum::Json<Value>,
-    ) -> Result<String, ApiError> {
-        let field = |name: &str| {
-            body[name]
-                .as_str()
-                .filter(|v| meridian_model::validate::dns1123_label(v).is_ok())
-                .ok_or_else(|| ApiError::bad_field(name, "must be a DNS-1123 label"))
-        };
-        let (mesh, name) = (field("mesh")?, field("name")?);
-        let valid_for = valid_for(&body, Duration::from_secs(365 * 24 * 3600))?;
-        let users = signer(&auth)?;
-        tracing::info!(mesh, dataplane = name, "dataplane token issued");
-        Ok(users.issue(
-            json!({ "kind": "dataplane", "mesh": mesh, "name": name }),
-            valid_for,
-        ))
-    }
-    async fn issue_ingress(
-        State(auth): State<Auth>,
-        axum::Json(body): axum::Json<Value>,
-    ) -> Result<String, ApiError> {
-        let name = body["name"]
-            .as_str()
-            .filter(|v| meridian_model::validate::dns1123_label(v).is_ok())
-            .ok_or_else(|| ApiError::bad_field("name", "must be a DNS-1123 label"))?;
-        let valid_for = valid_for(&body, Duration::from_secs(365 * 24 * 3600))?;
-        let users = signer(&auth)?;
-        tracing::info!(ingress = name, "zone ingress token issued");
-        Ok(users.issue(json!({ "kind": "zone-ingress", "name": name }), valid_for))
-    }
-    axum::Router::new()
-        .route("/tokens/user", post(issue))
-        .route("/tokens/dataplane", post(issue_dataplane))
-        .route("/tokens/zone-ingress", post(issue_ingress))
-        .with_state(auth)
-}
-
-/// `validFor` from a token request: a positive duration, or `default` when absent.
-pub fn valid_for(body: &Value, default: Duration) -> Result<Duration, ApiError> {
-    match &body["validFor"] {
-        Value::Null => Ok(default),
-        Value::String(text) => meridian_model::values::GoDuration::parse(text)
-            .map(|d| d.as_duration())
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                ApiError::bad_field(
-                    "validFor",
-                    format!("{text:?} is not a positive duration such as 24h"),
-                )
-            }),
-        other => Err(ApiError::bad_field(
-            "validFor",
-            format!("expected a duration such as \"24h\", got {other}"),
-        )),
-    }
-}
-
-fn signer(auth: &Auth) -> Result<&Signer, ApiError> {
-    auth.users.get().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Unavailable",
-            "this control plane has no signing key yet",
-        )
-    })
-}
-
-/// Writes an admin token to `dir/admin-token` (owner-only) unless one is there. Returns the
-/// file, and whether it was written now.
-pub fn ensure_admin_token(users: &Signer, dir: &Path) -> std::io::Result<(PathBuf, bool)> {
-    let file = dir.join("admin-token");
-    if file.exists() {
-        return Ok((file, false));
-    }
-    std::fs::create_dir_all(dir)?;
-    let token = users.issue(
-        json!({ "kind": "user", "name": "admin", "groups": [ADMIN_GROUP] }),
-        Duration::from_secs(10 * 365 * 24 * 3600),
-    );
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    use std::io::Write;
-    options.open(&file)?.write_all(format!("{token}\n").as_bytes())?;
-    Ok((file, true))
+    acting_as(caller, next.run(request)).await
 }
 
 #[cfg(test)]
@@ -398,55 +396,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_verify_only_with_their_key_and_until_they_expire() {
-        let signer = Signer::with_key(&[1; 32]);
-        let token = signer.issue(
-            json!({"kind": "user", "groups": [ADMIN_GROUP]}),
-            Duration::from_secs(60),
-        );
-        let claims = signer.verify(&token).expect("valid");
-        assert!(is_admin(&claims));
-        assert!(
-            Signer::with_key(&[2; 32])
-                .verify(&token)
-                .is_err_and(|e| e.contains("signature"))
-        );
-        assert!(signer.verify("garbage").is_err());
-        let expired = signer.issue(json!({"kind": "user"}), Duration::ZERO);
-        assert!(signer.verify(&expired).is_err_and(|e| e.contains("expired")));
-        assert!(!is_admin(&json!({"kind": "zone", "groups": [ADMIN_GROUP]})));
+    fn loopback_hosts() {
+        for host in [
+            "localhost",
+            "LOCALHOST:5681",
+            "127.0.0.1",
+            "127.0.0.1:5681",
+            "[::1]:5681",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "cp.example.com",
+            "10.0.0.1:5681",
+            "localhost.evil.com",
+            "[2001:db8::1]:80",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
     }
 
     #[test]
-    fn a_proxy_token_opens_only_its_own_door() {
-        let signer = Signer::with_key(&[3; 32]);
-        let users = std::sync::OnceLock::new();
-        let _ = users.set(signer.clone());
-        let auth = Auth {
-            users: Arc::new(users),
-            trust_localhost: false,
-            admin_token_file: PathBuf::new(),
-        };
-        let year = Duration::from_secs(3600);
-        let dp = signer.issue(
-            json!({"kind": "dataplane", "mesh": "default", "name": "web-1"}),
-            year,
+    fn proxy_paths_name_their_resource() {
+        assert_eq!(
+            proxy_path("/meshes/default/dataplanes/web-1"),
+            Some(ResourceKey::new(Kind::Dataplane, "default", "web-1"))
         );
-        let ingress = signer.issue(json!({"kind": "zone-ingress", "name": "ingress-1"}), year);
-        assert!(check_dataplane(&auth, Some(&dp), "default", "web-1", false).is_ok());
-        assert!(check_dataplane(&auth, Some(&dp), "default", "web-2", false).is_err());
-        assert!(check_dataplane(&auth, Some(&ingress), INGRESS_NODE_MESH, "ingress-1", false).is_ok());
-        assert!(check_dataplane(&auth, Some(&dp), INGRESS_NODE_MESH, "web-1", false).is_err());
-        assert!(check_dataplane(&auth, Some(&ingress), "default", "ingress-1", false).is_err());
-        assert!(check_dataplane(&auth, None, INGRESS_NODE_MESH, "ingress-1", false).is_err());
-        let claims = |t: &str| signer.verify(t).expect("valid");
-        assert!(own_dataplane(&claims(&ingress), "/zoneingresses/ingress-1"));
-        assert!(!own_dataplane(&claims(&ingress), "/zoneingresses/ingress-2"));
-        assert!(!own_dataplane(
-            &claims(&ingress),
-            "/meshes/default/dataplanes/ingress-1"
-        ));
-        assert!(own_dataplane(&claims(&dp), "/meshes/default/dataplanes/web-1"));
-        assert!(!own_dataplane(&claims(&dp), "/zoneingresses/web-1"));
+        assert_eq!(
+            proxy_path("/zoneingresses/ingress-1"),
+            Some(ResourceKey::new(Kind::ZoneIngress, "", "ingress-1"))
+        );
+        assert_eq!(proxy_path("/meshes/default/meshtraces/t"), None);
+        assert_eq!(proxy_path("/meshes/default/dataplanes/web-1/_config"), None);
+    }
+
+    #[test]
+    fn authority_never_shows_its_token() {
+        assert_eq!(
+            format!("{:?}", Authority::Token("eyJsecret".into())),
+            "Token(<secret>)"
+        );
     }
 }

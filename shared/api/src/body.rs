@@ -61,3 +61,43 @@ pub async fn read(headers: &HeaderMap, body: Body) -> Result<(String, Format), A
     };
     Ok((text, format))
 }
+
+/// The largest body of a small JSON request (tokens, membership).
+const MAX_SMALL_BODY: usize = 64 << 10;
+
+/// A small JSON request body as `T`: a field that is missing, unknown, repeated or of the
+/// wrong type is refused with its path.
+pub async fn json<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime != "application/json" && !mime.ends_with("+json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported media type",
+            format!("Content-Type {mime:?} is not supported here: send application/json"),
+        ));
+    }
+    let bytes = axum::body::to_bytes(body, MAX_SMALL_BODY).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Payload too large",
+            format!("the body is larger than {MAX_SMALL_BODY} bytes"),
+        )
+    })?;
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        ApiError::bad_field(&field, e.into_inner().to_string())
+    })?;
+    de.end().map_err(|e| ApiError::bad_field("", e.to_string()))?;
+    Ok(value)
+}

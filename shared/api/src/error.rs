@@ -77,6 +77,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(d) => Self::not_found(d),
+            StoreError::Forbidden(d) => Self::new(StatusCode::FORBIDDEN, "Forbidden", d),
             StoreError::Conflict(d) => Self::new(StatusCode::CONFLICT, "Conflict", d),
             StoreError::TooOld { .. } => Self::new(StatusCode::GONE, "Gone", e.to_string()),
             StoreError::Unavailable(d) => {

@@ -16,6 +16,8 @@ mod error;
 pub mod metrics;
 pub mod openapi;
 mod resources;
+pub mod token_api;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -46,6 +48,7 @@ pub struct ApiState {
     pub managed_by: Option<String>,
 }
 
+/// The resource routes alone, acting as the node itself (for tests of the handlers).
 pub fn router(state: ApiState) -> Router {
     use resources::*;
     Router::new()
@@ -67,9 +70,20 @@ pub fn router(state: ApiState) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .layer(middleware::from_fn(trace_request))
         .with_state(state)
+}
+
+/// The API as served: the resource routes, `extra` (a control plane's own routes), the token
+/// routes for the kinds it `issues`, each request authorized, counted and traced. Refusals
+/// (401, 403) are counted like any answer.
+pub fn app(state: ApiState, auth: auth::Auth, issues: &[tokens::TokenKind], extra: Router) -> Router {
+    let metrics = state.metrics.clone();
+    router(state)
+        .merge(extra)
+        .merge(token_api::routes(auth.tokens.clone(), issues))
+        .layer(middleware::from_fn_with_state(auth, auth::authorize))
+        .layer(middleware::from_fn_with_state(metrics, observe))
+        .layer(middleware::from_fn(trace_request))
 }
 
 /// A server span per request when the control plane exports its spans, continuing the
@@ -97,7 +111,7 @@ async fn trace_request(request: Request, next: Next) -> Response {
     response
 }
 
-async fn observe(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+async fn observe(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -106,9 +120,7 @@ async fn observe(State(state): State<ApiState>, request: Request, next: Next) ->
     let method = request.method().as_str().to_owned();
     let started = Instant::now();
     let response = next.run(request).await;
-    state
-        .metrics
-        .observe(&method, &route, response.status().as_u16(), started.elapsed());
+    metrics.observe(&method, &route, response.status().as_u16(), started.elapsed());
     response
 }
 
@@ -150,4 +162,11 @@ async fn method_not_allowed(request: Request) -> ApiError {
         "Method not allowed",
         format!("{} is not allowed on {}", request.method(), request.uri().path()),
     )
+}
+
+/// Milliseconds since the Unix epoch, by this machine's clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

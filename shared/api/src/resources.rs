@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use meridian_model::{
     FieldError, Kind, ResourceError, ResourceKey, Scope, Submission, from_value, parse_documents,
@@ -65,7 +65,11 @@ fn parse_page(query: &HashMap<String, String>) -> Result<Page, ApiError> {
         Some(s) if s.is_empty() => 0,
         Some(s) => s
             .parse::<u64>()
-            .map_err(|_| ApiError::bad_field("offset", "must be a non-negative integer"))?,
+            .ok()
+            .filter(|n| i64::try_from(*n).is_ok())
+            .ok_or_else(|| {
+                ApiError::bad_field("offset", format!("must be an integer from 0 to {}", i64::MAX))
+            })?,
     };
     Ok(Page { size, offset })
 }
@@ -73,7 +77,6 @@ fn parse_page(query: &HashMap<String, String>) -> Result<Page, ApiError> {
 /// `GET /meshes/{mesh}/{plural}`, `GET /meshes`, `GET /{plural}`.
 async fn list(
     state: &ApiState,
-    headers: &HeaderMap,
     path: &str,
     kind: Kind,
     mesh: Option<&str>,
@@ -85,35 +88,27 @@ async fn list(
     }
     let listed = state.store.list(kind, mesh, page).await?;
     let shown = page.offset + listed.items.len() as u64;
-    let next = (shown < listed.total).then(|| {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("localhost");
-        format!("http://{host}{path}?size={}&offset={shown}", page.size)
-    });
+    // Relative: the request's Host header is the client's to choose, so it is not echoed.
+    let next = (shown < listed.total).then(|| format!("{path}?size={}&offset={shown}", page.size));
     let items: Vec<Value> = listed.items.iter().map(|s| s.to_universal()).collect();
     Ok(Json(json!({ "total": listed.total, "items": items, "next": next })).into_response())
 }
 
 pub async fn list_meshes(
     State(state): State<ApiState>,
-    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    list(&state, &headers, "/meshes", Kind::Mesh, None, &query).await
+    list(&state, "/meshes", Kind::Mesh, None, &query).await
 }
 
 pub async fn list_in_mesh(
     State(state): State<ApiState>,
-    headers: HeaderMap,
     Path((mesh, plural)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let kind = mesh_kind(&plural)?;
     list(
         &state,
-        &headers,
         &format!("/meshes/{mesh}/{plural}"),
         kind,
         Some(&mesh),
@@ -124,12 +119,11 @@ pub async fn list_in_mesh(
 
 pub async fn list_all_meshes(
     State(state): State<ApiState>,
-    headers: HeaderMap,
     Path(plural): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let kind = kind_where(&plural, |k| k != Kind::Mesh)?;
-    list(&state, &headers, &format!("/{plural}"), kind, None, &query).await
+    list(&state, &format!("/{plural}"), kind, None, &query).await
 }
 
 async fn get(state: &ApiState, key: ResourceKey) -> Result<Response, ApiError> {
@@ -237,6 +231,10 @@ async fn put(
     fill_from_path(&mut doc, &key);
     let submission = from_value(doc)?;
     check_matches_path(&submission, &key)?;
+    crate::auth::may_change(
+        &crate::auth::caller(),
+        crate::auth::Change::Put(&submission.resource),
+    )?;
     let mut span = meridian_otlp::exporter::Span::start(
         "store write",
         meridian_otlp::exporter::current(),

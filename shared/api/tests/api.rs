@@ -5,8 +5,10 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use meridian_api::auth::Auth;
 use meridian_api::metrics::Metrics;
-use meridian_api::{ApiState, router};
+use meridian_api::tokens::{Subject, TokenKind, Tokens};
+use meridian_api::{ApiState, app, router};
 use meridian_store::{SqlStore, Store};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -14,6 +16,9 @@ use tower::ServiceExt;
 struct Api {
     router: Router,
     store: Arc<SqlStore>,
+    tokens: Tokens,
+    /// An admin's token, which `send` shows.
+    admin: String,
     _dir: tempfile::TempDir,
 }
 
@@ -45,11 +50,31 @@ async fn api_as(role: &'static str, managed_by: Option<&str>) -> Api {
         managed_by: managed_by.map(str::to_owned),
         ..state
     };
+    let tokens = Tokens::new(store.clone());
+    let admin = user_token(&tokens, "admin", &["mesh-system:admin"]).await;
+    let auth = Auth {
+        tokens: tokens.clone(),
+        trust_localhost: true,
+    };
     Api {
-        router: router(state),
+        router: app(state, auth, &[TokenKind::User], Router::new()),
         store,
+        tokens,
+        admin,
         _dir: dir,
     }
+}
+
+async fn user_token(tokens: &Tokens, name: &str, groups: &[&str]) -> String {
+    let subject = Subject::User {
+        name: name.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+    };
+    tokens
+        .issue(subject, std::time::Duration::from_secs(600))
+        .await
+        .expect("token")
+        .token
 }
 
 async fn send_to(
@@ -58,10 +83,24 @@ async fn send_to(
     uri: &str,
     body: Option<(&str, &str)>,
 ) -> (StatusCode, Value) {
+    send_as(router, None, method, uri, body).await
+}
+
+/// Sends a request (from no address: not this host) with `token`, if any.
+async fn send_as(
+    router: &Router,
+    token: Option<&str>,
+    method: &str,
+    uri: &str,
+    body: Option<(&str, &str)>,
+) -> (StatusCode, Value) {
     let mut req = Request::builder()
         .method(method)
         .uri(uri)
         .header(header::HOST, "cp.test");
+    if let Some(token) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
     let body = match body {
         Some((ct, text)) => {
             req = req.header(header::CONTENT_TYPE, ct);
@@ -84,8 +123,20 @@ async fn send_to(
 }
 
 impl Api {
+    /// A request with the admin's token.
     async fn send(&self, method: &str, uri: &str, body: Option<(&str, &str)>) -> (StatusCode, Value) {
-        send_to(&self.router, method, uri, body).await
+        send_as(&self.router, Some(&self.admin), method, uri, body).await
+    }
+
+    /// A request with `token`, or none.
+    async fn send_with(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        uri: &str,
+        body: Option<(&str, &str)>,
+    ) -> (StatusCode, Value) {
+        send_as(&self.router, token, method, uri, body).await
     }
 
     async fn yaml(&self, uri: &str, text: &str) -> (StatusCode, Value) {
@@ -357,10 +408,7 @@ async fn lists_page_with_next_links() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(b["total"], 5);
     assert_eq!(b["items"].as_array().map(Vec::len), Some(2));
-    assert_eq!(
-        b["next"],
-        "http://cp.test/meshes/default/meshtraces?size=2&offset=2"
-    );
+    assert_eq!(b["next"], "/meshes/default/meshtraces?size=2&offset=2");
     let (_, b) = api
         .send("GET", "/meshes/default/meshtraces?size=2&offset=4", None)
         .await;
@@ -371,8 +419,106 @@ async fn lists_page_with_next_links() {
     let (s, b) = api.send("GET", "/meshes/default/meshtraces?size=0", None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(b["causes"][0]["field"], "size");
+    for offset in ["-1", "x", "9223372036854775808", "99999999999999999999"] {
+        let (s, b) = api
+            .send(
+                "GET",
+                &format!("/meshes/default/meshtraces?offset={offset}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "offset {offset}: {b}");
+        assert_eq!(b["causes"][0]["field"], "offset");
+    }
+    let (s, b) = api
+        .send(
+            "GET",
+            "/meshes/default/meshtraces?offset=9223372036854775807",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
     let (s, _) = api.send("GET", "/meshes/nope/meshtraces", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn who_may_do_what_and_every_refusal_is_counted() {
+    let api = api().await;
+    let reader = user_token(&api.tokens, "reader", &["team-a"]).await;
+    let body = Some(("application/yaml", TRACE));
+    // Anonymous, from no trusted host: reads pass, changes need a token.
+    let (s, b) = api.send_with(None, "GET", "/meshes", None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = api
+        .send_with(None, "PUT", "/meshes/default/meshtraces/t", body)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    assert!(
+        b["title"].is_string() && !b["details"].as_str().unwrap_or("/").contains('/'),
+        "no server path: {b}"
+    );
+    // A reader's token reads, and may not change anything.
+    let (s, b) = api
+        .send_with(Some(&reader), "PUT", "/meshes/default/meshtraces/t", body)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert!(b["details"].as_str().unwrap_or("").contains("reader"), "{b}");
+    let (s, b) = api
+        .send_with(
+            Some(&reader),
+            "POST",
+            "/tokens/user",
+            Some(("application/json", r#"{"name":"x"}"#)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    // A bad token is refused even for reads.
+    let (s, b) = api.send_with(Some("garbage"), "GET", "/meshes", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    // Token requests are validated like any body, and answer errors the same way.
+    for (bad, field) in [
+        (r#"{"groups":["a"]}"#, ""),
+        (r#"{"name":"x","bogus":1}"#, "bogus"),
+        (r#"{"name":"x","validFor":"forever"}"#, "validFor"),
+        (r#"{"name":"x","name":"y"}"#, ""),
+        ("not json", ""),
+    ] {
+        let (s, b) = api
+            .send("POST", "/tokens/user", Some(("application/json", bad)))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {b}");
+        assert!(b["title"].is_string() && b["causes"].is_array(), "{bad}: {b}");
+        assert_eq!(b["causes"][0]["field"], field, "{bad}: {b}");
+    }
+    let (s, b) = api
+        .send(
+            "POST",
+            "/tokens/user",
+            Some(("application/json", r#"{"name":"bob","validFor":"1h"}"#)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // Revoked: refused from then on.
+    let (s, b) = api
+        .send(
+            "POST",
+            "/tokens/revocations",
+            Some(("application/json", &format!(r#"{{"token":"{reader}"}}"#))),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = api.send_with(Some(&reader), "GET", "/meshes", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    assert!(b["details"].as_str().unwrap_or("").contains("revoked"), "{b}");
+    let (_, b) = api.send("GET", "/metrics", None).await;
+    let text = b.as_str().unwrap_or_default();
+    for status in ["401", "403"] {
+        assert!(
+            text.contains(&format!("status=\"{status}\"")),
+            "{status} counted: {text}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -23,6 +23,9 @@ pub use sql::{Backend, Sensitive, SqlStore, Write, Written, redact};
 pub enum StoreError {
     #[error("{0}")]
     NotFound(String),
+    /// Whoever asked may not do this (a zone's leader refusing a forwarded write).
+    #[error("{0}")]
+    Forbidden(String),
     /// A precondition failed: a stale version, or a mesh that still holds resources.
     #[error("{0}")]
     Conflict(String),
@@ -177,6 +180,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The secret named `name`, if one is stored; never creates one.
     async fn stored_secret(&self, name: &str) -> Result<Option<String>, StoreError>;
+
+    /// Every secret whose name starts with `prefix` (name and value), in name order.
+    async fn secrets(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError>;
 
     /// Records runtime status that is not a resource (each global replica's view of a zone's
     /// sync): it takes no revision, and the last writer wins.

@@ -809,6 +809,27 @@ impl Store for SqlStore {
         SqlStore::stored_secret(self, name).await
     }
 
+    async fn secrets(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        // A range on the primary key, not LIKE, whose wildcards a name could contain.
+        let end = format!("{prefix}\u{10ffff}");
+        let rows = sqlx::query(
+            "SELECT name, secret FROM meridian_signing_keys WHERE name >= $1 AND name < $2 ORDER BY name",
+        )
+        .bind(prefix)
+        .bind(end)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0).map_err(db_error)?,
+                    row.try_get(1).map_err(db_error)?,
+                ))
+            })
+            .collect()
+    }
+
     async fn put_status(&self, name: &str, value: &str) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
         status_in(&mut conn, name, value, now_ms()).await

@@ -459,6 +459,19 @@ async fn the_first_secret_wins(store: &dyn Store) {
     );
     store.put_secret("new", "y").await.expect("put");
     assert_eq!(store.secret("new", "z").await.expect("secret"), "y");
+    // Listed by prefix, in name order; `%` and `_` are not wildcards.
+    for name in ["keys/b", "keys/a", "keys%", "keyz", "keys_x"] {
+        store.put_secret(name, name).await.expect("put");
+    }
+    let listed: Vec<String> = store
+        .secrets("keys/")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(listed, ["keys/a", "keys/b"]);
+    assert_eq!(store.secrets("keys%").await.expect("list").len(), 1);
 }
 
 async fn snapshots_hold_everything_at_their_revision(store: &dyn Store) {

@@ -64,8 +64,8 @@ pub struct Node {
     pub store: std::sync::Arc<store::ZoneStore>,
     log: LogStore,
     network: network::Network,
-    /// Whether this node serves Raft (a zone of one started without `--raft-addr` does not).
-    serves_raft: bool,
+    /// Where this node serves Raft (a zone of one started without `--raft-addr` does not).
+    raft_addr: Option<std::net::SocketAddr>,
 }
 
 /// How a node joins its zone's cluster.
@@ -96,8 +96,7 @@ impl Node {
         config: NodeConfig,
         local: meridian_store::SqlStore,
         data_dir: &std::path::Path,
-        mut stop: tokio::sync::watch::Receiver<bool>,
-    ) -> anyhow::Result<(Self, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>)> {
+    ) -> anyhow::Result<Self> {
         use anyhow::Context;
         let NodeConfig {
             zone,
@@ -169,30 +168,6 @@ impl Node {
                 "this node is one of several in zone {zone}: give it --raft-addr (where the other nodes reach it)"
             );
         }
-        let server = match raft_addr {
-            Some(addr) => {
-                serve(
-                    addr,
-                    network::RaftService {
-                        raft: raft.clone(),
-                        tls: tls.clone(),
-                    },
-                    tls.as_deref(),
-                    stop,
-                )
-                .await?
-            }
-            None => {
-                tracing::info!(
-                    node_id,
-                    "a zone of one node: no Raft port (give --raft-addr to let it grow)"
-                );
-                tokio::spawn(async move {
-                    let _ = stop.changed().await;
-                    Ok(())
-                })
-            }
-        };
         if join {
             tracing::info!(
                 node_id,
@@ -211,21 +186,41 @@ impl Node {
             }
         }
         let store = store::ZoneStore::new(raft.clone(), local, network.clone());
-        Ok((
-            Self {
-                raft,
-                store,
-                log,
-                network,
-                serves_raft: raft_addr.is_some(),
-            },
-            server,
-        ))
+        Ok(Self {
+            raft,
+            store,
+            log,
+            network,
+            raft_addr,
+        })
+    }
+
+    /// Serves Raft to the zone's other nodes until `stop` (nothing, for a zone of one started
+    /// without `--raft-addr`). Forwarded calls are done only if `auth` allows them to the
+    /// authority they carry.
+    pub async fn serve(
+        &self,
+        auth: meridian_api::auth::Auth,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
+        let Some(addr) = self.raft_addr else {
+            tracing::info!("a zone of one node: no Raft port (give --raft-addr to let it grow)");
+            return Ok(tokio::spawn(async move {
+                let _ = stop.changed().await;
+                Ok(())
+            }));
+        };
+        let service = network::RaftService {
+            raft: self.raft.clone(),
+            tls: self.network.tls.clone(),
+            auth,
+        };
+        serve(addr, service, self.network.tls.as_deref(), stop).await
     }
 
     /// Adds node `id` at Raft address `address` as a voting member (through the leader).
     pub async fn add_member(&self, id: NodeId, address: String) -> Result<(), network::LeadError> {
-        if !self.serves_raft {
+        if self.raft_addr.is_none() {
             return Err(network::LeadError::Refused(
                 "this zone-cp serves no Raft port: restart it with --raft-addr (and peer TLS) before adding members".into(),
             ));

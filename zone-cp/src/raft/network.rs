@@ -22,6 +22,8 @@ use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
 
+use meridian_api::auth::{Auth, Authority, Change, may_change};
+use meridian_store::Write;
 use tracing::warn;
 
 use super::peer_tls::PeerTls;
@@ -202,16 +204,42 @@ pub enum LeaderCall {
     RemoveMember { id: NodeId },
 }
 
+impl LeaderCall {
+    /// What the call changes, for deciding who may make it.
+    fn change<R>(&self, decide: impl FnOnce(Change<'_>) -> R) -> R {
+        let write = match self {
+            LeaderCall::Write(request) => request.to_write().ok(),
+            _ => None,
+        };
+        match &write {
+            Some(Write::Put(submission)) => decide(Change::Put(&submission.resource)),
+            Some(Write::Delete(key, _)) => decide(Change::Delete(key)),
+            _ => decide(Change::Other),
+        }
+    }
+}
+
+/// A call forwarded to the leader, with the authority of whoever asked the follower: the
+/// leader checks it again, so forwarding is no way around the REST API's rules.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Forward {
+    pub authority: Authority,
+    pub call: LeaderCall,
+}
+
 /// The leader's answer: the write's reply (none for membership changes) and the log index
 /// it was applied at, so the follower can wait until it has applied it too; or why not.
 pub type Forwarded = Result<(Option<ZoneReply>, u64), LeadError>;
 
-/// Sends `call` to the leader, node `leader` at member address `addr`.
+/// Sends `call` to the leader, node `leader` at member address `addr`, on behalf of
+/// `authority`.
 pub async fn forward(
     network: &Network,
     leader: NodeId,
     addr: &str,
     call: &LeaderCall,
+    authority: &Authority,
     timeout: Duration,
 ) -> Forwarded {
     let unreachable = |why: String| {
@@ -221,7 +249,11 @@ pub async fn forward(
         ))
     };
     let mut client = network.client(leader, addr).map_err(unreachable)?;
-    let mut request = Request::new(encode(call).map_err(|e| LeadError::Failed(e.message().to_owned()))?);
+    let forward = Forward {
+        authority: authority.clone(),
+        call: call.clone(),
+    };
+    let mut request = Request::new(encode(&forward).map_err(|e| LeadError::Failed(e.message().to_owned()))?);
     request.set_timeout(timeout);
     let reply = client
         .forward(request)
@@ -365,6 +397,9 @@ pub enum LeadError {
     /// Refused for good: asking again gets the same answer.
     #[error("{0}")]
     Refused(String),
+    /// The leader does not let whoever asked do this.
+    #[error("refused by the zone's leader: {0}")]
+    Denied(String),
     #[error("{0}")]
     Failed(String),
 }
@@ -390,6 +425,8 @@ pub struct RaftService {
     /// With peer TLS, every caller's certificate has been verified against the zone's CA in
     /// the handshake; each call also checks which node it names.
     pub tls: Option<Arc<PeerTls>>,
+    /// Who may do what: a forwarded call is checked against the authority it carries.
+    pub auth: Auth,
 }
 
 impl RaftService {
@@ -453,9 +490,19 @@ impl ZoneRaft for RaftService {
     }
 
     async fn forward(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.check_member(&request)?;
-        let call: LeaderCall = decode(request.get_ref())?;
-        let forwarded: Forwarded = lead(&self.raft, call).await;
+        let from = self.check_member(&request)?;
+        let Forward { authority, call } = decode(request.get_ref())?;
+        let allowed = match self.auth.resolve(&authority).await {
+            Ok(caller) => call.change(|change| may_change(&caller, change)),
+            Err(refusal) => Err(refusal),
+        };
+        let forwarded: Forwarded = match allowed {
+            Ok(()) => lead(&self.raft, call).await,
+            Err(refusal) => {
+                warn!(from, authority = ?authority, reason = %refusal, "forwarded call refused");
+                Err(LeadError::Denied(refusal.to_string()))
+            }
+        };
         encode(&forwarded).map(Response::new)
     }
 }

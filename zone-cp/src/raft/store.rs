@@ -37,14 +37,18 @@ impl ZoneStore {
         let request = ZoneRequest::new(now_ms(), &write);
         let reply = on_leader(&self.raft, &self.network, LeaderCall::Write(request))
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .map_err(|e| match e {
+                LeadError::Denied(why) => StoreError::Forbidden(why),
+                other => StoreError::Unavailable(other.to_string()),
+            })?;
         reply
             .ok_or_else(|| StoreError::Internal("the leader sent no reply".into()))?
             .into_written()
     }
 }
 
-/// Does `call` on the leader: here if this node leads, else forwarded to it, following the
+/// Does `call` on the leader: here if this node leads, else forwarded to it (with the
+/// authority of the request being served, see `meridian_api::auth::caller`), following the
 /// leader through elections for up to 10 s. Answers once this node has applied the result
 /// too, so whoever asked reads their own write from this node.
 ///
@@ -107,7 +111,9 @@ async fn try_once(
         Err(LeadError::NotLeader(Some(leader))) => leader,
         Err(e) => return Err(e),
     };
-    let (reply, index) = network::forward(network, id, &leader.addr, call, time_left(deadline)).await?;
+    let authority = meridian_api::auth::caller().authority;
+    let (reply, index) =
+        network::forward(network, id, &leader.addr, call, &authority, time_left(deadline)).await?;
     let _ = raft
         .wait(Some(time_left(deadline)))
         .applied_index_at_least(Some(index), "a forwarded call")
@@ -217,6 +223,10 @@ impl Store for ZoneStore {
 
     async fn stored_secret(&self, name: &str) -> Result<Option<String>, StoreError> {
         self.local.stored_secret(name).await
+    }
+
+    async fn secrets(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        Store::secrets(&self.local, prefix).await
     }
 
     async fn put_status(&self, name: &str, value: &str) -> Result<(), StoreError> {

@@ -221,6 +221,7 @@ impl From<&StoreError> for WireError {
     fn from(e: &StoreError) -> Self {
         let kind = match e {
             StoreError::NotFound(_) => "NotFound",
+            StoreError::Forbidden(_) => "Forbidden",
             StoreError::Conflict(_) => "Conflict",
             StoreError::Unavailable(_) => "Unavailable",
             StoreError::TooOld { .. } => "TooOld",
@@ -228,6 +229,7 @@ impl From<&StoreError> for WireError {
         };
         let message = match e {
             StoreError::NotFound(m)
+            | StoreError::Forbidden(m)
             | StoreError::Conflict(m)
             | StoreError::Unavailable(m)
             | StoreError::Internal(m) => m.clone(),
@@ -244,6 +246,7 @@ impl From<WireError> for StoreError {
     fn from(e: WireError) -> Self {
         match e.kind.as_str() {
             "NotFound" => StoreError::NotFound(e.message),
+            "Forbidden" => StoreError::Forbidden(e.message),
             "Conflict" => StoreError::Conflict(e.message),
             "Unavailable" => StoreError::Unavailable(e.message),
             _ => StoreError::Internal(e.message),

@@ -34,8 +34,9 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub struct AdsServer {
     cache: SnapshotCache,
     metrics: Arc<XdsMetrics>,
-    /// Checks each stream's dataplane token; without it every stream is taken.
-    auth: Option<meridian_api::auth::Auth>,
+    /// Checks each stream's dataplane token against the Dataplane in the store; without it
+    /// every stream is taken.
+    auth: Option<(meridian_api::auth::Auth, Arc<dyn meridian_store::Store>)>,
 }
 
 impl AdsServer {
@@ -48,26 +49,27 @@ impl AdsServer {
     }
 
     /// Refuses streams whose dataplane token does not match the Dataplane they claim.
-    pub fn with_auth(self, auth: meridian_api::auth::Auth) -> Self {
+    pub fn with_auth(self, auth: meridian_api::auth::Auth, store: Arc<dyn meridian_store::Store>) -> Self {
         Self {
-            auth: Some(auth),
+            auth: Some((auth, store)),
             ..self
         }
     }
 
     /// The proxy a stream's first request names, once its token (if checked) says it may.
-    fn admit<T>(&self, request: &Request<T>, node: Option<&Node>) -> Result<ProxyId, Status> {
+    /// Nothing is kept for the proxy before then.
+    async fn admit<T>(&self, request: &Request<T>, node: Option<&Node>) -> Result<ProxyId, Status> {
         let proxy = proxy_of(node)?;
-        if let Some(auth) = &self.auth {
+        if let Some((auth, store)) = &self.auth {
             let token = request
                 .metadata()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .map(|v| v.strip_prefix("Bearer ").unwrap_or(v));
             let local = request.remote_addr().is_some_and(|a| a.ip().is_loopback());
-            if let Err(why) =
-                meridian_api::auth::check_dataplane(auth, token, &proxy.mesh, &proxy.name, local)
-            {
+            let key = meridian_api::auth::Auth::proxy_key(&proxy.mesh, &proxy.name);
+            let registered = store.get(&key).await.ok().map(|s| s.resource);
+            if let Err(why) = auth.check_proxy(token, &key, local, registered.as_ref()).await {
                 warn!(proxy = %proxy, reason = %why, "xDS stream refused");
                 self.metrics.refused.inc();
                 return Err(Status::unauthenticated(format!("proxy {proxy}: {why}")));
@@ -159,10 +161,12 @@ impl AggregatedDiscoveryService for AdsServer {
             .message()
             .await?
             .ok_or_else(|| Status::cancelled("stream closed"))?;
-        let proxy = self.admit(
-            &Request::from_parts(metadata, extensions, ()),
-            first.node.as_ref(),
-        )?;
+        let proxy = self
+            .admit(
+                &Request::from_parts(metadata, extensions, ()),
+                first.node.as_ref(),
+            )
+            .await?;
         let (tx, rx) = mpsc::channel(16);
         let span = info_span!("ads", proxy = %proxy, mode = "sotw");
         let mut snapshots = self.cache.watch(&proxy);
@@ -189,10 +193,12 @@ impl AggregatedDiscoveryService for AdsServer {
             .message()
             .await?
             .ok_or_else(|| Status::cancelled("stream closed"))?;
-        let proxy = self.admit(
-            &Request::from_parts(metadata, extensions, ()),
-            first.node.as_ref(),
-        )?;
+        let proxy = self
+            .admit(
+                &Request::from_parts(metadata, extensions, ()),
+                first.node.as_ref(),
+            )
+            .await?;
         let (tx, rx) = mpsc::channel(16);
         let span = info_span!("ads", proxy = %proxy, mode = "delta");
         let mut snapshots = self.cache.watch(&proxy);

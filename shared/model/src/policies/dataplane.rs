@@ -152,6 +152,38 @@ pub(crate) fn validate_tags(v: &mut Validator, tags: &BTreeMap<String, String>, 
     });
 }
 
+impl DataplaneSpec {
+    /// Every value the Dataplane gives tag `key`, on its inbounds or its gateway.
+    pub fn tag_values(&self, key: &str) -> std::collections::BTreeSet<&str> {
+        let n = &self.networking;
+        let inbound = n.inbound.iter().flatten().map(|i| &i.tags);
+        inbound
+            .chain(n.gateway.as_ref().map(|g| &g.tags))
+            .filter_map(|tags| tags.get(key).map(String::as_str))
+            .collect()
+    }
+
+    /// Whether the Dataplane claims only what `allowed` lets it (a dataplane token's tags, as
+    /// in Kuma): each tag named there must be on the Dataplane, with only the values listed.
+    pub fn claims_only(&self, allowed: &BTreeMap<String, Vec<String>>) -> Result<(), String> {
+        for (key, values) in allowed {
+            let has = self.tag_values(key);
+            if has.is_empty() {
+                return Err(format!(
+                    "the Dataplane has no tag {key:?}, which the token requires"
+                ));
+            }
+            if let Some(other) = has.iter().find(|v| !values.iter().any(|a| a == *v)) {
+                return Err(format!(
+                    "the Dataplane claims {key}={other}, and the token allows only {key}={}",
+                    values.join(",")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Validate for DataplaneSpec {
     fn validate(&self, v: &mut Validator) {
         let n = &self.networking;
