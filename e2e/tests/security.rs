@@ -409,3 +409,61 @@ fn base64_url(text: &str) -> Vec<u8> {
     }
     out
 }
+
+#[test]
+fn an_anonymous_reader_never_sees_a_meshtrace_api_key_and_the_admin_does() {
+    const KEY: &str = "<HONEYCOMB_API_KEY>";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seed = std::fs::read_to_string(meridian_e2e::example("seed-meshtrace.yaml")).expect("seed");
+    assert!(seed.contains(KEY));
+
+    let global = meridian_e2e::GlobalCp::start_untrusting(dir.path()).expect("global-cp");
+    let admin = global.admin_token().expect("admin token");
+    ok(meshctl(
+        &global.api_url,
+        &["--token", &admin, "apply", "-f", "-"],
+        Some(&seed),
+    )
+    .expect("meshctl"));
+    let url = format!("{}/meshes/default/meshtraces/default", global.api_url);
+    let (status, anonymous, _) = http_get(&url);
+    assert_eq!(status, 200, "{anonymous}");
+    assert!(
+        !anonymous.contains(KEY) && anonymous.contains("<redacted>"),
+        "{anonymous}"
+    );
+    let (status, read) = curl("GET", &url, &admin, "");
+    assert_eq!(status, 200);
+    assert!(read.contains(KEY), "the admin reads it: {read}");
+    let listed = ok(meshctl(&global.api_url, &["get", "meshtraces", "-o", "yaml"], None).expect("meshctl"));
+    assert!(!listed.contains(KEY), "{listed}");
+
+    // A zone holding the key in a proxy's generated config never serves it either.
+    let zone = ZoneCp::start_untrusting("zone-1", &dir.path().join("zone")).expect("zone-cp");
+    let zone_admin = zone.admin_token().expect("admin token");
+    ok(meshctl(
+        &zone.api_url,
+        &["--token", &zone_admin, "apply", "-f", "-"],
+        Some(&seed),
+    )
+    .expect("meshctl"));
+    let dp = "type: Dataplane\nname: demo-1\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 18080\n    servicePort: 18081\n    tags: {kuma.io/service: demo, kuma.io/protocol: http}\n";
+    let (status, body) = curl(
+        "PUT",
+        &format!("{}/meshes/default/dataplanes/demo-1", zone.api_url),
+        &zone_admin,
+        dp,
+    );
+    assert_eq!(status, 201, "{body}");
+    let config = format!("{}/meshes/default/dataplanes/demo-1/_config", zone.api_url);
+    meridian_testing::wait_until("tracing in the proxy's config", Duration::from_secs(20), || {
+        http_get(&config).1.contains("envoy.tracers.opentelemetry")
+    })
+    .expect("traced");
+    let (_, shown, _) = http_get(&config);
+    assert!(!shown.contains("HONEYCOMB"), "the key is not in _config");
+    assert!(
+        shown.contains("x-api-key") && shown.contains("<redacted>"),
+        "only its name is, the collector's config decoded and its value hidden: {shown}"
+    );
+}

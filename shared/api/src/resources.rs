@@ -86,11 +86,12 @@ async fn list(
     if let Some(mesh) = mesh {
         state.store.get(&ResourceKey::new(Kind::Mesh, "", mesh)).await?;
     }
+    let admin = readable(kind)?;
     let listed = state.store.list(kind, mesh, page).await?;
     let shown = page.offset + listed.items.len() as u64;
     // Relative: the request's Host header is the client's to choose, so it is not echoed.
     let next = (shown < listed.total).then(|| format!("{path}?size={}&offset={shown}", page.size));
-    let items: Vec<Value> = listed.items.iter().map(|s| s.to_universal()).collect();
+    let items: Vec<Value> = listed.items.into_iter().map(|s| as_seen(s, admin)).collect();
     Ok(Json(json!({ "total": listed.total, "items": items, "next": next })).into_response())
 }
 
@@ -127,8 +128,32 @@ pub async fn list_all_meshes(
 }
 
 async fn get(state: &ApiState, key: ResourceKey) -> Result<Response, ApiError> {
+    let admin = readable(key.kind)?;
     let stored = state.store.get(&key).await?;
-    Ok(Json(stored.to_universal()).into_response())
+    Ok(Json(as_seen(stored, admin)).into_response())
+}
+
+/// Whether the caller may read `kind`, and whether as an admin (who sees secret values).
+/// Secrets are an admin's alone, as in Kuma: anyone else is refused, not shown them redacted.
+fn readable(kind: Kind) -> Result<bool, ApiError> {
+    let caller = crate::auth::caller();
+    let admin = caller.is_admin();
+    if kind.is_secret() && !admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("only admins may read {kind} resources"),
+        ));
+    }
+    Ok(admin)
+}
+
+/// A resource as its reader may see it: with secret values, for an admin only.
+fn as_seen(mut stored: meridian_model::Stored, admin: bool) -> Value {
+    if !admin {
+        stored.resource = stored.resource.redacted();
+    }
+    stored.to_universal()
 }
 
 pub async fn get_mesh(State(state): State<ApiState>, Path(mesh): Path<String>) -> Result<Response, ApiError> {

@@ -674,3 +674,63 @@ async fn a_new_mesh_gets_an_allow_all_permission_unless_it_skips_it() {
         .await;
     assert_eq!(b["total"], 0, "{b}");
 }
+
+#[tokio::test]
+async fn secret_values_are_shown_only_to_admins() {
+    let api = api().await;
+    let reader = user_token(&api.tokens, "reader", &["team-a"]).await;
+    let (s, b) = api.yaml("/meshes/default/meshtraces/t", TRACE).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let key = |b: &Value| b["spec"]["backends"][0]["conf"]["headers"]["x-api-key"].clone();
+    let (_, b) = api.send("GET", "/meshes/default/meshtraces/t", None).await;
+    assert_eq!(key(&b), "secret-ish", "the admin reads it");
+    for token in [None, Some(reader.as_str())] {
+        let (s, b) = api
+            .send_with(token, "GET", "/meshes/default/meshtraces/t", None)
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(key(&b), "<redacted>", "{b}");
+        let (_, b) = api
+            .send_with(token, "GET", "/meshes/default/meshtraces", None)
+            .await;
+        assert_eq!(key(&b["items"][0]), "<redacted>", "{b}");
+        assert!(!b.to_string().contains("secret-ish"), "{b}");
+    }
+
+    // Kuma's Secret and GlobalSecret: only admins read or list them at all.
+    let (s, b) = api
+        .yaml(
+            "/meshes/default/secrets/honeycomb",
+            "type: Secret\nname: honeycomb\nmesh: default\ndata: a2V5\n",
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, b) = api
+        .yaml("/global-secrets/g", "type: GlobalSecret\nname: g\ndata: a2V5\n")
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    for path in [
+        "/meshes/default/secrets/honeycomb",
+        "/meshes/default/secrets",
+        "/secrets",
+        "/global-secrets/g",
+        "/global-secrets",
+    ] {
+        let (s, b) = api.send("GET", path, None).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {b}");
+        assert!(b.to_string().contains("a2V5"), "{path}: {b}");
+        for token in [None, Some(reader.as_str())] {
+            let (s, b) = api.send_with(token, "GET", path, None).await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{path}: {b}");
+            assert!(!b.to_string().contains("a2V5"), "{path}: {b}");
+        }
+    }
+    // A MeshTrace header may name a Secret instead of holding the key.
+    let by_name = "spec:\n  backends:\n  - name: otel\n    type: open_telemetry\n    conf:\n      endpoint: collector:4317\n      headers:\n        x-api-key: {secret: honeycomb}\n";
+    let (s, b) = api.yaml("/meshes/default/meshtraces/by-name", by_name).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (_, b) = api
+        .send_with(None, "GET", "/meshes/default/meshtraces/by-name", None)
+        .await;
+    assert_eq!(key(&b), json!({"secret": "honeycomb"}), "{b}");
+}

@@ -92,6 +92,8 @@ kinds! {
     MeshRetry { spec: MeshRetrySpec, plural: "meshretries", scope: Mesh, inline: false },
     MeshTimeout { spec: MeshTimeoutSpec, plural: "meshtimeouts", scope: Mesh, inline: false },
     ZoneIngress { spec: ZoneIngressSpec, plural: "zoneingresses", scope: Global, inline: true },
+    Secret { spec: SecretSpec, plural: "secrets", scope: Mesh, inline: true },
+    GlobalSecret { spec: SecretSpec, plural: "global-secrets", scope: Global, inline: true },
 }
 
 impl Kind {
@@ -99,6 +101,11 @@ impl Kind {
     /// flows from global to zones.
     pub fn zone_owned(self) -> bool {
         matches!(self, Kind::Dataplane | Kind::ZoneIngress)
+    }
+
+    /// Kinds whose content only admins may read (Kuma's Secret and GlobalSecret).
+    pub fn is_secret(self) -> bool {
+        matches!(self, Kind::Secret | Kind::GlobalSecret)
     }
 
     /// The exact name, as written in `type:` or `kind:`.

@@ -49,6 +49,8 @@ fn check_name(kind: Kind, name: &str, labels: &BTreeMap<String, String>) -> Resu
             }
             Ok(())
         }
+        // Kuma names secrets as DNS-1123 subdomains (`api.key`).
+        _ if kind.is_secret() => crate::validate::dns1123_subdomain(name),
         _ => dns1123_label(name),
     }
 }
@@ -103,6 +105,16 @@ pub struct Resource {
 impl Resource {
     pub fn kind(&self) -> Kind {
         self.spec.kind()
+    }
+
+    /// The resource as a reader who is not an admin may see it: secret values hidden.
+    pub fn redacted(mut self) -> Self {
+        match &mut self.spec {
+            Spec::MeshTrace(trace) => trace.redact(),
+            Spec::Secret(s) | Spec::GlobalSecret(s) => s.data = crate::policies::secret::REDACTED.to_owned(),
+            _ => {}
+        }
+        self
     }
 
     pub fn key(&self) -> ResourceKey {

@@ -8,6 +8,8 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::trace::v3::OpenTelemetryConfig;
+use envoy_types::pb::envoy::config::trace::v3::tracing::http::ConfigType as TraceConfig;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
@@ -46,7 +48,25 @@ fn take_any(any: &mut Any) -> String {
                     nested.push(format!("{}: {}", f.name, take_any(a)));
                 }
             }
+            if let Some(provider) = hcm.tracing.as_mut().and_then(|t| t.provider.as_mut())
+                && let Some(TraceConfig::TypedConfig(a)) = &mut provider.config_type
+            {
+                nested.push(format!("{}: {}", provider.name, take_any(a)));
+            }
             format!("{hcm:#?}\n{}", nested.join("\n"))
+        })
+    } else if taken.type_url == OpenTelemetryConfig::type_url() {
+        // The collector's headers hold API keys: their names only.
+        OpenTelemetryConfig::decode(bytes).map(|mut m| {
+            for header in m
+                .grpc_service
+                .iter_mut()
+                .flat_map(|g| g.initial_metadata.iter_mut())
+            {
+                header.value = meridian_model::policies::secret::REDACTED.to_owned();
+                header.raw_value.clear();
+            }
+            format!("{m:#?}")
         })
     } else if taken.type_url == TcpProxy::type_url() {
         TcpProxy::decode(bytes).map(|m| format!("{m:#?}"))

@@ -13,7 +13,7 @@
 //! inbound's span and the outbound spans of the calls the app makes (the app passes the
 //! headers on) join one trace across sidecars.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
@@ -68,7 +68,15 @@ pub struct TraceSettings {
 /// The MeshTrace that applies to a proxy: of those selecting it, the most specific targetRef
 /// wins, then the last by name. Its first backend Envoy can use is the collector (Datadog is
 /// not supported yet and is skipped).
-pub fn settings(traces: &[(String, MeshTraceSpec)], proxy: &ProxyView<'_>) -> Option<TraceSettings> {
+///
+/// A header taken from a Secret gets the secret's value (a trailing newline dropped, as
+/// `echo KEY | base64` leaves one); a header whose Secret is missing is left out, with a
+/// warning.
+pub fn settings(
+    traces: &[(String, MeshTraceSpec)],
+    secrets: &BTreeMap<String, Vec<u8>>,
+    proxy: &ProxyView<'_>,
+) -> Option<TraceSettings> {
     let mut chosen: Option<(u8, &String, &MeshTraceSpec)> = None;
     for (name, spec) in traces {
         let top = spec.target_ref.clone().unwrap_or_else(TargetRef::mesh);
@@ -118,7 +126,7 @@ pub fn settings(traces: &[(String, MeshTraceSpec)], proxy: &ProxyView<'_>) -> Op
                     .headers
                     .iter()
                     .flatten()
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                    .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), header_value(v, secrets)?)))
                     .collect(),
             },
             LegacyTraceBackendType::Zipkin => Collector::Zipkin {
@@ -166,6 +174,27 @@ fn split(address: &str) -> (String, u32, String) {
 }
 
 /// The collector's cluster name.
+fn header_value(
+    value: &meridian_model::policies::mesh_trace::HeaderValue,
+    secrets: &BTreeMap<String, Vec<u8>>,
+) -> Option<String> {
+    use meridian_model::policies::mesh_trace::HeaderValue as Value;
+    match value {
+        Value::Inline(text) => Some(text.clone()),
+        Value::Secret(r) => match secrets.get(&r.secret) {
+            Some(bytes) => Some(
+                String::from_utf8_lossy(bytes)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            None => {
+                tracing::warn!(secret = %r.secret, "a MeshTrace header names a Secret the mesh does not have: left out");
+                None
+            }
+        },
+    }
+}
+
 pub fn cluster_name(collector: &Collector) -> String {
     let address = match collector {
         Collector::OpenTelemetry { endpoint, .. } => endpoint,
@@ -342,7 +371,8 @@ mod selection_tests {
         };
         let seed = "type: MeshTrace\nname: default\nspec:\n  backends:\n  - name: otel\n    type: open_telemetry\n    conf:\n      endpoint: otel:4317\n      headers: {X-Api-Key: k}\n";
         let zipkin_for_demo = "type: MeshTrace\nname: z\nspec:\n  targetRef: {kind: MeshService, name: demo}\n  default:\n    backends:\n    - type: Zipkin\n      zipkin: {url: 'http://zipkin:9411/api/v2/spans'}\n    sampling: {random: 10}\n";
-        let only_seed = settings(&traces(&[seed]), &view).expect("applies");
+        let no_secrets = BTreeMap::new();
+        let only_seed = settings(&traces(&[seed]), &no_secrets, &view).expect("applies");
         assert_eq!(
             only_seed.collector,
             Collector::OpenTelemetry {
@@ -350,9 +380,34 @@ mod selection_tests {
                 headers: vec![("x-api-key".into(), "k".into())]
             }
         );
-        let both = settings(&traces(&[seed, zipkin_for_demo]), &view).expect("applies");
+        let both = settings(&traces(&[seed, zipkin_for_demo]), &no_secrets, &view).expect("applies");
         assert!(matches!(both.collector, Collector::Zipkin { .. }));
         assert_eq!(both.random, Some(10.0));
         assert_eq!(cluster_name(&both.collector), "meshtrace:zipkin:9411");
+    }
+
+    #[test]
+    fn a_header_can_come_from_a_secret_of_the_mesh() {
+        let dp: DataplaneSpec = serde_json::from_value(serde_json::json!({
+            "networking": {"address": "127.0.0.1", "inbound": [{"port": 1, "tags": {"kuma.io/service": "demo"}}]}
+        }))
+        .expect("dataplane");
+        let labels = BTreeMap::new();
+        let view = ProxyView {
+            name: "demo-1",
+            labels: &labels,
+            dataplane: &dp,
+        };
+        let doc = "type: MeshTrace\nname: default\nspec:\n  backends:\n  - name: otel\n    type: open_telemetry\n    conf:\n      endpoint: otel:4317\n      headers:\n        x-api-key: {secret: honeycomb}\n        x-team: {secret: missing}\n";
+        let secrets = BTreeMap::from([("honeycomb".to_owned(), b"the-key\n".to_vec())]);
+        let got = settings(&traces(&[doc]), &secrets, &view).expect("applies");
+        assert_eq!(
+            got.collector,
+            Collector::OpenTelemetry {
+                endpoint: "otel:4317".into(),
+                headers: vec![("x-api-key".into(), "the-key".into())]
+            },
+            "the key from the Secret, a missing one left out"
+        );
     }
 }

@@ -133,6 +133,8 @@ pub struct MeshContext {
     pub health_checks: Vec<ToPolicy>,
     /// MeshTraces by name.
     pub traces: Vec<(String, MeshTraceSpec)>,
+    /// The mesh's Secrets, decoded, by name (what policies refer to).
+    pub secrets: BTreeMap<String, Vec<u8>>,
     /// The other zones and their ingresses (set by the reconciler).
     pub zones: Zones,
 }
@@ -198,6 +200,11 @@ impl MeshContext {
                 Spec::MeshCircuitBreaker(_) => ctx.breakers.extend(ToPolicy::new(r)),
                 Spec::MeshHealthCheck(_) => ctx.health_checks.extend(ToPolicy::new(r)),
                 Spec::MeshTrace(t) => ctx.traces.push((r.name.clone(), t.clone())),
+                Spec::Secret(secret) => {
+                    if let Some(value) = secret.value() {
+                        ctx.secrets.insert(r.name.clone(), value);
+                    }
+                }
                 _ => {}
             }
         }
@@ -397,7 +404,7 @@ pub fn proxy_snapshot(
         .flatten()
         .find_map(|i| i.tags.get(SERVICE_TAG).cloned())
         .unwrap_or_else(|| name.to_owned());
-    let trace_settings = trace::settings(&ctx.traces, &view);
+    let trace_settings = trace::settings(&ctx.traces, &ctx.secrets, &view);
     let tracing = trace_settings
         .as_ref()
         .map(|t| trace::hcm_tracing(t, &ctx.mesh, &ctx.zones.local, &own_service));

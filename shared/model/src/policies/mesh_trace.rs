@@ -139,9 +139,10 @@ pub struct LegacyTraceConf {
     /// OpenTelemetry: the collector's `host:port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Sent with every export, as gRPC metadata for OpenTelemetry (an API key, say).
+    /// Sent with every export, as gRPC metadata for OpenTelemetry (an API key, say): a value,
+    /// or `{secret: NAME}`, the mesh's Secret NAME. Only admins read the values back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub headers: Option<BTreeMap<String, String>>,
+    pub headers: Option<BTreeMap<String, HeaderValue>>,
     /// Zipkin and Datadog: the collector's URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -153,6 +154,35 @@ pub struct LegacyTraceConf {
     pub shared_span_context: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_service: Option<bool>,
+}
+
+/// A header's value: written inline, or taken from a Secret of the mesh.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum HeaderValue {
+    Inline(String),
+    Secret(SecretRef),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    /// The name of a Secret in the policy's mesh.
+    pub secret: String,
+}
+
+impl MeshTraceSpec {
+    /// Hides the values of inline headers (for readers who are not admins); a secret's name
+    /// stays, its value is not here.
+    pub fn redact(&mut self) {
+        for backend in self.backends.iter_mut().flatten() {
+            for value in backend.conf.headers.iter_mut().flat_map(|h| h.values_mut()) {
+                if let HeaderValue::Inline(text) = value {
+                    *text = crate::policies::secret::REDACTED.to_owned();
+                }
+            }
+        }
+    }
 }
 
 /// Checks `host:port`, the form OTLP/gRPC endpoints take.
@@ -305,8 +335,15 @@ impl Validate for LegacyTraceBackend {
             }
             if let Some(headers) = &c.headers {
                 v.field("headers", |v| {
-                    for name in headers.keys() {
-                        v.field(name, |v| check_header_name(v, name));
+                    for (name, value) in headers {
+                        v.field(name, |v| {
+                            check_header_name(v, name);
+                            if let HeaderValue::Secret(r) = value
+                                && let Err(e) = crate::validate::dns1123_subdomain(&r.secret)
+                            {
+                                v.error_at("secret", format!("{:?} {e}", r.secret));
+                            }
+                        });
                     }
                 });
             }

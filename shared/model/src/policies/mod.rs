@@ -10,6 +10,7 @@ pub mod mesh_retry;
 pub mod mesh_timeout;
 pub mod mesh_trace;
 pub mod mesh_traffic_permission;
+pub mod secret;
 pub mod traffic_permission;
 pub mod zone_ingress;
 
@@ -22,5 +23,6 @@ pub use mesh_retry::MeshRetrySpec;
 pub use mesh_timeout::MeshTimeoutSpec;
 pub use mesh_trace::MeshTraceSpec;
 pub use mesh_traffic_permission::MeshTrafficPermissionSpec;
+pub use secret::SecretSpec;
 pub use traffic_permission::TrafficPermissionSpec;
 pub use zone_ingress::ZoneIngressSpec;
