@@ -19,7 +19,7 @@ fn print_structured(value: &Value, output: OutputFormat) -> Result<(), Failure> 
         OutputFormat::Json => serde_json::to_string_pretty(value)
             .map(|s| s + "\n")
             .map_err(|e| e.to_string()),
-        _ => serde_yaml::to_string(value).map_err(|e| e.to_string()),
+        _ => Ok(meridian_model::text::to_yaml(value)),
     }
     .map_err(|e| Failure::Server(format!("rendering the output: {e}")))?;
     print!("{rendered}");

@@ -467,3 +467,58 @@ fn an_anonymous_reader_never_sees_a_meshtrace_api_key_and_the_admin_does() {
         "only its name is, the collector's config decoded and its value hidden: {shown}"
     );
 }
+
+#[test]
+fn deeply_nested_bodies_are_refused_at_once_and_healthz_stays_responsive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let global = meridian_e2e::GlobalCp::start(dir.path(), None).expect("global-cp");
+    let admin = global.admin_token().expect("admin token");
+    let depth = 60_000;
+    let body = format!(
+        "type: MeshTimeout\nname: deep\nmesh: default\nspec:\n  targetRef: {}{}\n",
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
+    let body_file = dir.path().join("deep.yaml");
+    std::fs::write(&body_file, &body).expect("write");
+    let url = format!("{}/meshes/default/meshtimeouts/deep", global.api_url);
+    let senders: Vec<_> = (0..6)
+        .map(|_| {
+            let (url, admin, body_file) = (url.clone(), admin.clone(), body_file.clone());
+            std::thread::spawn(move || {
+                (0..5)
+                    .map(|_| {
+                        let out = std::process::Command::new("curl")
+                            .args(["-s", "--max-time", "20", "-X", "PUT", "-w", "\n%{http_code}"])
+                            .args(["-H", &format!("Authorization: Bearer {admin}")])
+                            .args(["-H", "Content-Type: application/yaml", "--data-binary"])
+                            .arg(format!("@{}", body_file.display()))
+                            .arg(&url)
+                            .output()
+                            .expect("curl");
+                        stdout(&out)
+                    })
+                    .collect::<Vec<String>>()
+            })
+        })
+        .collect();
+    let health = format!("{}/healthz", global.api_url);
+    let mut slowest = Duration::ZERO;
+    while senders.iter().any(|s| !s.is_finished()) {
+        let (status, _, took) = http_get(&health);
+        assert_eq!(
+            status, 200,
+            "/healthz answers (within curl's 10 s) while deep bodies arrive"
+        );
+        slowest = slowest.max(took);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for sender in senders {
+        for answer in sender.join().expect("sender") {
+            let (body, code) = answer.rsplit_once('\n').expect("status");
+            assert_eq!(code, "400", "{body}");
+            assert!(body.contains("nested more than 64 levels"), "{body}");
+        }
+    }
+    eprintln!("slowest /healthz while 30 deep bodies arrived: {slowest:?}");
+}

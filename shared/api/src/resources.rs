@@ -245,16 +245,30 @@ async fn put(
 ) -> Result<Response, ApiError> {
     check_writable(state, &key)?;
     let (text, format) = body::read(headers, body).await?;
-    let mut docs = parse_documents(&text, format)?;
-    if docs.len() != 1 {
-        return Err(ApiError::bad_field(
-            "",
-            format!("expected one resource in the body, found {}", docs.len()),
-        ));
-    }
-    let mut doc = docs.remove(0);
-    fill_from_path(&mut doc, &key);
-    let submission = from_value(doc)?;
+    // Parsing and validating a body of up to 1 MiB is CPU work: off the async workers, so a
+    // few large bodies cannot stall every other request.
+    let path_key = key.clone();
+    let submission = tokio::task::spawn_blocking(move || {
+        let mut docs = parse_documents(&text, format)?;
+        if docs.len() != 1 {
+            return Err(ApiError::bad_field(
+                "",
+                format!("expected one resource in the body, found {}", docs.len()),
+            ));
+        }
+        let mut doc = docs.remove(0);
+        fill_from_path(&mut doc, &path_key);
+        Ok(from_value(doc)?)
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "parsing a body failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal error",
+            "parsing the body failed",
+        )
+    })??;
     check_matches_path(&submission, &key)?;
     crate::auth::may_change(
         &crate::auth::caller(),

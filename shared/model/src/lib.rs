@@ -19,6 +19,7 @@ pub mod matching;
 pub mod policies;
 mod resource;
 pub mod targetref;
+pub mod text;
 pub mod validate;
 pub mod values;
 

@@ -217,45 +217,19 @@ pub enum Format {
 }
 
 /// Splits text into documents (YAML may hold several, separated by `---`; empty ones are
-/// skipped). A syntax error names its line and column.
+/// skipped). A syntax error names its line and column; nesting deeper than
+/// [`crate::text::MAX_DEPTH`] and duplicate keys are refused (see [`crate::text`]).
 pub fn parse_documents(text: &str, format: Format) -> Result<Vec<Value>, ResourceError> {
-    let mut docs = Vec::new();
-    match format {
-        Format::Json => {
-            for doc in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
-                docs.push(doc.map_err(|e| ResourceError::Syntax {
-                    format: "JSON",
-                    line: e.line(),
-                    column: e.column(),
-                    message: strip_location(&e.to_string()),
-                })?);
-            }
-        }
-        Format::Yaml => {
-            for doc in serde_yaml::Deserializer::from_str(text) {
-                let value = Value::deserialize(doc).map_err(|e| {
-                    let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-                    ResourceError::Syntax {
-                        format: "YAML",
-                        line,
-                        column,
-                        message: strip_location(&e.to_string()),
-                    }
-                })?;
-                if !value.is_null() {
-                    docs.push(value);
-                }
-            }
-        }
-    }
-    Ok(docs)
-}
-
-fn strip_location(message: &str) -> String {
-    match message.find(" at line ") {
-        Some(i) => message[..i].to_owned(),
-        None => message.to_owned(),
-    }
+    let (name, read) = match format {
+        Format::Json => ("JSON", crate::text::json_values(text)),
+        Format::Yaml => ("YAML", crate::text::yaml_values(text)),
+    };
+    read.map_err(|e| ResourceError::Syntax {
+        format: name,
+        line: e.line,
+        column: e.column,
+        message: e.message,
+    })
 }
 
 /// Parses text that must hold exactly one resource.

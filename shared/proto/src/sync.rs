@@ -178,7 +178,12 @@ impl Change {
         match ChangeType::try_from(self.change_type) {
             Ok(ChangeType::Delete) => Ok((key, None)),
             Ok(ChangeType::Upsert) => {
-                let value: serde_json::Value = serde_json::from_str(&self.resource).map_err(|e| at(&e))?;
+                let mut values =
+                    meridian_model::text::json_values(&self.resource).map_err(|e| at(&e.message))?;
+                if values.len() != 1 {
+                    return Err(at(&"expected one resource as JSON"));
+                }
+                let value = values.remove(0);
                 let Submission { resource, .. } = from_value(value).map_err(|e| at(&e))?;
                 if resource.key() != key {
                     return Err(at(&format!("the resource is {}", resource.key())));

@@ -289,7 +289,8 @@ mod tests {
     use super::*;
 
     fn conf(yaml: &str) -> LbConf {
-        serde_yaml::from_str(yaml).expect("conf")
+        let doc = meridian_model::text::yaml_values(yaml).expect("yaml").remove(0);
+        serde_json::from_value(doc).expect("conf")
     }
 
     fn zones(names: &[&str]) -> BTreeSet<String> {
