@@ -46,6 +46,21 @@ fn with_spans_env(cmd: &mut Command) -> &mut Command {
     }
 }
 
+static ZONE_LOG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes every zone-cp this test starts from now on log (text, at info) to `file`.
+pub fn zone_logs_to(file: &Path) {
+    let _ = ZONE_LOG.set(file.to_owned());
+}
+
+static OPEN_FILES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Makes every global-cp this test starts from now on run with at most `n` open files
+/// (`prlimit --nofile=n:n`); like [`export_spans_to`], it stays within the test's process.
+pub fn limit_open_files(n: u64) {
+    let _ = OPEN_FILES.set(n);
+}
+
 /// The team's example YAML, beside the repository.
 pub fn example(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -105,7 +120,17 @@ impl GlobalCp {
         env: Vec<(String, String)>,
     ) -> Result<Self> {
         let tls = env.iter().any(|(k, _)| k == "MERIDIAN_SYNC_TLS_CERT");
-        let mut cmd = Command::new(bin("global-cp")?);
+        let mut cmd = match OPEN_FILES.get() {
+            // prlimit execs the command: the child we hold is global-cp itself.
+            Some(n) => {
+                let mut cmd = Command::new("prlimit");
+                cmd.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(bin("global-cp")?);
+                cmd
+            }
+            None => Command::new(bin("global-cp")?),
+        };
         with_spans_env(&mut cmd);
         cmd.arg("run")
             .current_dir(workdir)
@@ -465,8 +490,17 @@ impl ZoneCp {
                 .args(["--xds-addr", &format!("127.0.0.1:{xds_port}")])
                 .arg("--data-dir")
                 .arg(data_dir)
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", if ZONE_LOG.get().is_some() { "info" } else { "warn" })
                 .stdout(Stdio::null())
+                .stderr(match ZONE_LOG.get() {
+                    Some(file) => std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(file)
+                        .context("opening the zone log")?
+                        .into(),
+                    None => Stdio::inherit(),
+                })
                 .spawn()
                 .context("starting zone-cp")?,
         );

@@ -79,6 +79,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "Zone sync streams refused (bad or missing zone token)",
         sync_refused.clone(),
     );
+    let refused = api::serve::refused_family(metrics.registry_mut());
     let state = api::ApiState {
         store,
         metrics: Arc::new(metrics),
@@ -88,10 +89,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Names this replica among those sharing the store, in the zones' recorded state.
     let zones = zones::Zones::new(api_addr.to_string());
     tokio::spawn(zones.clone().run(state.store.clone()));
+    // Half of what the process can hold open for each port.
+    let cap = api::serve::connection_budget() / 2;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let sync_listener = tokio::net::TcpListener::bind(sync_addr)
         .await
         .with_context(|| format!("binding the sync service to {sync_addr}"))?;
-    info!(addr = %sync_listener.local_addr()?, "sync service serving");
+    info!(addr = %sync_listener.local_addr()?, max_connections = cap, "sync service serving");
     let tokens = api::tokens::Tokens::new(state.store.clone());
     for kind in [api::tokens::TokenKind::User, api::tokens::TokenKind::Zone] {
         tokens
@@ -110,7 +114,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             |p: &std::path::PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
         let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
         sync_server = sync_server
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .tls_config(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(identity)
+                    .timeout(api::serve::FIRST_BYTES_TIMEOUT),
+            )
             .context("the sync TLS certificate and key")?;
         info!(cert = %cert.display(), "sync service uses TLS");
     }
@@ -120,12 +128,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(3)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
             .add_service(sync_service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(sync_listener)),
+            .serve_with_incoming(api::serve::grpc_incoming(
+                sync_listener,
+                "sync",
+                cap,
+                stop.clone(),
+                api::serve::Refused::register(&refused, "sync"),
+            )),
     );
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("binding the REST API to {api_addr}"))?;
-    info!(addr = %listener.local_addr()?, "REST API serving");
     api::token_api::keep_admin_token(tokens.clone(), &data_dir)
         .await
         .with_context(|| format!("writing the admin token into {}", data_dir.display()))?;
@@ -140,12 +153,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         &[api::tokens::TokenKind::User, api::tokens::TokenKind::Zone],
         zones::routes(store, zones),
     );
+    let mut rest = tokio::spawn(api::serve::rest(
+        listener,
+        router,
+        cap,
+        stop.clone(),
+        api::serve::Refused::register(&refused, "rest"),
+    ));
     // The sync service is critical: if it stops, the process stops rather than limping on.
-    tokio::select! {
-        served = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .with_graceful_shutdown(shutdown_signal()) => served.context("serving the REST API")?,
-        stopped = &mut sync => anyhow::bail!("the sync service stopped: {stopped:?}"),
-    }
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => Ok(()),
+        stopped = &mut rest => Err(anyhow::anyhow!("the REST API stopped: {stopped:?}")),
+        stopped = &mut sync => Err(anyhow::anyhow!("the sync service stopped: {stopped:?}")),
+    };
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut rest).await;
     info!("stopped");
-    Ok(())
+    outcome
 }

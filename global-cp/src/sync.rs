@@ -32,6 +32,8 @@ use meridian_api::tokens::{Subject, TokenKind, Tokens};
 
 /// Changes per batch.
 const BATCH: u32 = 500;
+/// How long a new stream has to send its Hello.
+const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct SyncServer {
     store: Arc<dyn Store>,
@@ -341,7 +343,17 @@ impl GlobalSync for SyncServer {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::to_owned);
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
+        // A stream that never says who it is would be held open for nothing.
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| {
+                warn!(
+                    "sync stream closed: no Hello within {} s",
+                    HELLO_TIMEOUT.as_secs()
+                );
+                Status::deadline_exceeded(format!("no Hello within {} s", HELLO_TIMEOUT.as_secs()))
+            })??;
+        let hello = match first {
             Some(ZoneMessage {
                 kind: Some(zone_message::Kind::Hello(h)),
             }) => h,
@@ -478,7 +490,13 @@ impl GlobalSync for SyncServer {
                                 }
                             }
                             Ok(Some(_)) => {}
-                            Ok(None) | Err(_) => break,
+                            Ok(None) => break,
+                            Err(status) => {
+                                // A message over the size limit, say: the zone is told why, and so is the log.
+                                warn!(code = ?status.code(), reason = %status.message(), "sync stream ended by an error");
+                                let _ = tx.send(Err(status)).await;
+                                break;
+                            }
                         },
                         _ = tx.closed() => break,
                     }

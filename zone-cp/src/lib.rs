@@ -128,7 +128,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokens: tokens.clone(),
         trust_localhost,
     };
-    let mut raft_server = node.serve(auth.clone(), stop_rx.clone()).await?;
     let global = match global_address.as_deref() {
         Some(address) => {
             let ca = global_ca_file
@@ -156,6 +155,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut metrics = Metrics::new();
     let xds_metrics = Arc::new(XdsMetrics::register(metrics.registry_mut()));
     node.register_metrics(metrics.registry_mut());
+    // What the process can hold open: most for proxies, an eighth each for REST and Raft.
+    let budget = meridian_api::serve::connection_budget();
+    let refused = meridian_api::serve::refused_family(metrics.registry_mut());
+    let mut raft_server = node
+        .serve(
+            auth.clone(),
+            (budget / 8).max(16),
+            meridian_api::serve::Refused::register(&refused, "raft"),
+            stop_rx.clone(),
+        )
+        .await?;
     let cache = SnapshotCache::default();
 
     if let Some(url) = global {
@@ -217,20 +227,31 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let xds_listener = tokio::net::TcpListener::bind(xds_addr)
         .await
         .with_context(|| format!("binding the xDS server to {xds_addr}"))?;
-    info!(addr = %xds_listener.local_addr()?, "xDS serving");
+    info!(addr = %xds_listener.local_addr()?, max_connections = budget * 3 / 4, "xDS serving");
     let ads = AggregatedDiscoveryServiceServer::new(
         AdsServer::new(cache.clone(), xds_metrics).with_auth(auth.clone(), store.clone()),
     )
-    .max_decoding_message_size(16 << 20);
+    // Envoy's largest request is a reconnecting delta stream listing every resource it has.
+    .max_decoding_message_size(4 << 20);
     let mut stop = stop_rx.clone();
     let mut xds = tokio::spawn(
         tonic::transport::Server::builder()
             // Detects Envoys that vanished without closing their stream.
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            // What a proxy sends is small; a small window keeps what a stranger sends unread
+            // (in its own buffers) until its stream is admitted.
+            .initial_stream_window_size(Some(64 << 10))
+            .initial_connection_window_size(Some(256 << 10))
             .add_service(ads)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(xds_listener),
+                meridian_api::serve::grpc_incoming(
+                    xds_listener,
+                    "xds",
+                    budget * 3 / 4,
+                    stop_rx.clone(),
+                    meridian_api::serve::Refused::register(&refused, "xds"),
+                ),
                 async move {
                     let _ = stop.changed().await;
                 },
@@ -256,18 +277,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let api_listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("binding the REST API to {api_addr}"))?;
-    info!(addr = %api_listener.local_addr()?, zone = %zone, "REST API serving");
-    let mut stop = stop_rx.clone();
-    let mut api = tokio::spawn(
-        axum::serve(
-            api_listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop.changed().await;
-        })
-        .into_future(),
-    );
+    let mut api = tokio::spawn(meridian_api::serve::rest(
+        api_listener,
+        router,
+        (budget / 8).max(16),
+        stop_rx.clone(),
+        meridian_api::serve::Refused::register(&refused, "rest"),
+    ));
 
     // Any critical task ending early ends the process (non-zero), rather than limping on.
     let outcome: anyhow::Result<()> = tokio::select! {

@@ -1,5 +1,7 @@
 //! Reading a resource from a request body: JSON or YAML by Content-Type, at most 1 MiB.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
 use meridian_model::Format;
@@ -8,6 +10,19 @@ use super::error::ApiError;
 
 /// The largest body the API reads.
 pub const MAX_BODY: usize = 1 << 20;
+/// How long a client may take to send a body: a megabyte a second is slow, but enough.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reading a body, bounded in time: a client sending it a byte at a time is cut off.
+async fn within_time<T>(read: impl std::future::Future<Output = T>) -> Result<T, ApiError> {
+    tokio::time::timeout(BODY_TIMEOUT, read).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "Request timeout",
+            format!("the body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+        )
+    })
+}
 
 /// The body as text, with the format its Content-Type names (or, without one, the format its
 /// first character suggests).
@@ -26,8 +41,8 @@ pub async fn read(headers: &HeaderMap, body: Body) -> Result<(String, Format), A
     if declared.is_some_and(|n| n > MAX_BODY) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, MAX_BODY)
-        .await
+    let bytes = within_time(axum::body::to_bytes(body, MAX_BODY))
+        .await?
         .map_err(|_| too_large())?;
     let text = String::from_utf8(bytes.to_vec())
         .map_err(|e| ApiError::bad_field("", format!("the body is not UTF-8 text: {e}")))?;
@@ -85,13 +100,15 @@ pub async fn json<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: Bod
             format!("Content-Type {mime:?} is not supported here: send application/json"),
         ));
     }
-    let bytes = axum::body::to_bytes(body, MAX_SMALL_BODY).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Payload too large",
-            format!("the body is larger than {MAX_SMALL_BODY} bytes"),
-        )
-    })?;
+    let bytes = within_time(axum::body::to_bytes(body, MAX_SMALL_BODY))
+        .await?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Payload too large",
+                format!("the body is larger than {MAX_SMALL_BODY} bytes"),
+            )
+        })?;
     let mut de = serde_json::Deserializer::from_slice(&bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

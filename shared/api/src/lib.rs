@@ -16,6 +16,7 @@ mod error;
 pub mod metrics;
 pub mod openapi;
 mod resources;
+pub mod serve;
 pub mod token_api;
 pub mod tokens;
 

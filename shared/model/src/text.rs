@@ -447,7 +447,8 @@ fn string_text(s: &str) -> String {
     let plain_safe = !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./:@+=<>()".contains(c) || c == ' ')
-        && !s.starts_with(['-', ':', '@', ' ', '<', '>', '='])
+        // Not opening with a YAML indicator (those allowed in the body above).
+        && !s.starts_with(['-', ':', '@', ' ', '>'])
         && !s.ends_with([' ', ':'])
         && !s.contains(": ")
         && !s.contains(" #")
@@ -476,7 +477,16 @@ fn write_seq(out: &mut String, a: &[Value], level: usize) {
     for v in a {
         indent(out, level);
         out.push('-');
-        write_child(out, v, level);
+        match v {
+            // `- key: value` with the rest of the mapping under it, as people write it.
+            Value::Object(m) if !m.is_empty() => {
+                let mut nested = String::new();
+                write_map(&mut nested, m, level + 1);
+                out.push(' ');
+                out.push_str(&nested[2 * (level + 1)..]);
+            }
+            _ => write_child(out, v, level),
+        }
     }
 }
 

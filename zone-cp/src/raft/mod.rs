@@ -201,6 +201,8 @@ impl Node {
     pub async fn serve(
         &self,
         auth: meridian_api::auth::Auth,
+        cap: usize,
+        refused: meridian_api::serve::Refused,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
         let Some(addr) = self.raft_addr else {
@@ -215,7 +217,7 @@ impl Node {
             tls: self.network.tls.clone(),
             auth,
         };
-        serve(addr, service, self.network.tls.as_deref(), stop).await
+        serve(addr, service, self.network.tls.as_deref(), cap, refused, stop).await
     }
 
     /// Adds node `id` at Raft address `address` as a voting member (through the leader).
@@ -373,6 +375,8 @@ async fn serve(
     addr: std::net::SocketAddr,
     service: network::RaftService,
     tls: Option<&peer_tls::PeerTls>,
+    cap: usize,
+    refused: meridian_api::serve::Refused,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
     use anyhow::Context;
@@ -388,7 +392,7 @@ async fn serve(
     }
     Ok(tokio::spawn(
         server.add_service(service).serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            meridian_api::serve::grpc_incoming(listener, "raft", cap, stop.clone(), refused),
             async move {
                 let _ = stop.changed().await;
             },

@@ -33,10 +33,18 @@ impl ProxyId {
         }
     }
 
-    /// Parses Envoy's node id, `mesh.name`.
+    /// Parses Envoy's node id, `mesh.name`: a mesh (or the ingresses' `_ingress`) and a
+    /// Dataplane name, both DNS-1123 labels, so an id is short and holds nothing but
+    /// lowercase letters, digits, `-` and the one dot.
     pub fn from_node_id(id: &str) -> Option<Self> {
+        use meridian_model::policies::zone_ingress::INGRESS_NODE_MESH;
+        use meridian_model::validate::dns1123_label;
+        if id.len() > 2 * 63 + 1 {
+            return None;
+        }
         let (mesh, name) = id.split_once('.')?;
-        (!mesh.is_empty() && !name.is_empty()).then(|| Self::new(mesh, name))
+        let mesh_ok = mesh == INGRESS_NODE_MESH || dns1123_label(mesh).is_ok();
+        (mesh_ok && dns1123_label(name).is_ok()).then(|| Self::new(mesh, name))
     }
 
     pub fn node_id(&self) -> String {
@@ -130,6 +138,9 @@ pub struct ProxyStatus {
 struct Entry {
     snapshot: watch::Sender<Arc<Snapshot>>,
     status: ProxyStatus,
+    /// Whether the reconciler made this entry's snapshot (the proxy's Dataplane exists); an
+    /// entry only a stream made goes when its last stream does.
+    registered: bool,
 }
 
 /// All proxies' snapshots and statuses.
@@ -144,6 +155,7 @@ impl SnapshotCache {
         let entry = map.entry(id.clone()).or_insert_with(|| Entry {
             snapshot: watch::Sender::new(Arc::new(Snapshot::default())),
             status: ProxyStatus::default(),
+            registered: false,
         });
         f(entry)
     }
@@ -151,6 +163,7 @@ impl SnapshotCache {
     /// Replaces a proxy's snapshot; watchers wake only when it differs. Returns whether it did.
     pub fn set(&self, id: &ProxyId, snapshot: Snapshot) -> bool {
         self.with_entry(id, |e| {
+            e.registered = true;
             e.snapshot.send_if_modified(|current| {
                 if **current == snapshot {
                     false
@@ -165,12 +178,35 @@ impl SnapshotCache {
     /// Drops a proxy whose Dataplane is gone; its stream, if any, sees an empty snapshot.
     pub fn remove(&self, id: &ProxyId) {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = map.get(id) {
+        if let Some(entry) = map.get_mut(id) {
+            entry.registered = false;
             entry.snapshot.send_replace(Arc::new(Snapshot::default()));
             if entry.status.streams == 0 {
                 map.remove(id);
             }
         }
+    }
+
+    /// A stream of the proxy ended: counted off, and the proxy forgotten if that was its last
+    /// stream and it has no Dataplane.
+    pub fn stream_ended(&self, id: &ProxyId) {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = map.get_mut(id) {
+            entry.status.streams = entry.status.streams.saturating_sub(1);
+            entry.status.disconnected_at = Some(SystemTime::now());
+            if entry.status.streams == 0 && !entry.registered {
+                map.remove(id);
+            }
+        }
+    }
+
+    /// How many proxies the cache holds (registered, or with a stream open).
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub fn watch(&self, id: &ProxyId) -> watch::Receiver<Arc<Snapshot>> {
@@ -230,12 +266,45 @@ mod tests {
     }
 
     #[test]
+    fn a_proxy_only_a_stream_made_goes_with_its_last_stream() {
+        let cache = SnapshotCache::default();
+        let stray = ProxyId::new("default", "nobody");
+        let _rx = cache.watch(&stray);
+        cache.update_status(&stray, |s| s.streams += 1);
+        cache.stream_ended(&stray);
+        assert!(cache.is_empty(), "nothing kept for a proxy with no Dataplane");
+        let known = ProxyId::new("default", "dp-1");
+        cache.set(&known, Snapshot::default());
+        cache.update_status(&known, |s| s.streams += 1);
+        cache.stream_ended(&known);
+        assert_eq!(
+            cache.len(),
+            1,
+            "a registered proxy keeps its snapshot for its next stream"
+        );
+        cache.remove(&known);
+        assert!(cache.is_empty());
+    }
+
+    #[test]
     fn node_ids() {
         assert_eq!(
             ProxyId::from_node_id("default.demo-1"),
             Some(ProxyId::new("default", "demo-1"))
         );
-        assert_eq!(ProxyId::from_node_id("nodot"), None);
+        assert_eq!(
+            ProxyId::from_node_id("_ingress.ingress-1"),
+            Some(ProxyId::new("_ingress", "ingress-1"))
+        );
+        for bad in [
+            "nodot",
+            "default.web\nforged",
+            "Default.web",
+            "a.b.c",
+            &format!("default.{}", "x".repeat(1 << 20)),
+        ] {
+            assert_eq!(ProxyId::from_node_id(bad), None, "{bad:.40}");
+        }
         assert_eq!(ProxyId::new("m", "n").node_id(), "m.n");
     }
 }

@@ -37,7 +37,16 @@ pub struct AdsServer {
     /// Checks each stream's dataplane token against the Dataplane in the store; without it
     /// every stream is taken.
     auth: Option<(meridian_api::auth::Auth, Arc<dyn meridian_store::Store>)>,
+    /// Streams reading their first request at once. Until a stream is admitted nothing is
+    /// kept for it, and what it sends beyond HTTP/2's window waits unread: so at most this
+    /// many first requests (up to the message limit each) are in memory at a time.
+    admitting: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many streams may read their first request at once.
+const ADMITTING: usize = 16;
+/// How long a new stream may take to send its first request.
+const FIRST_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl AdsServer {
     pub fn new(cache: SnapshotCache, metrics: Arc<XdsMetrics>) -> Self {
@@ -45,7 +54,31 @@ impl AdsServer {
             cache,
             metrics,
             auth: None,
+            admitting: Arc::new(tokio::sync::Semaphore::new(ADMITTING)),
         }
+    }
+
+    /// A stream's first request, and the proxy it names once admitted.
+    async fn first<T: prost::Message + Default + 'static>(
+        &self,
+        metadata: tonic::metadata::MetadataMap,
+        extensions: tonic::Extensions,
+        inbound: &mut Streaming<T>,
+        node: impl Fn(&T) -> Option<&Node>,
+    ) -> Result<(T, ProxyId), Status> {
+        let _turn = self
+            .admitting
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("shutting down"))?;
+        let first = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no first request in time"))??
+            .ok_or_else(|| Status::cancelled("stream closed"))?;
+        let proxy = self
+            .admit(&Request::from_parts(metadata, extensions, ()), node(&first))
+            .await?;
+        Ok((first, proxy))
     }
 
     /// Refuses streams whose dataplane token does not match the Dataplane they claim.
@@ -82,8 +115,12 @@ impl AdsServer {
 fn proxy_of(node: Option<&Node>) -> Result<ProxyId, Status> {
     let id = node.map(|n| n.id.as_str()).unwrap_or("");
     ProxyId::from_node_id(id).ok_or_else(|| {
+        // Quoted (control characters escaped) and cut short: an id is the client's to choose.
+        let shown: String = id.chars().take(64).collect();
+        let more = if id.chars().count() > 64 { "..." } else { "" };
+        warn!(node_id = %shown, length = id.len(), "xDS stream refused: its node id is not MESH.NAME");
         Status::invalid_argument(format!(
-            "node.id {id:?} must be MESH.NAME, the Dataplane's mesh and name"
+            "node.id {shown:?}{more} must be MESH.NAME, the Dataplane's mesh and name (DNS-1123 labels)"
         ))
     })
 }
@@ -133,10 +170,7 @@ impl StreamGuard {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.cache.update_status(&self.proxy, |s| {
-            s.streams = s.streams.saturating_sub(1);
-            s.disconnected_at = Some(SystemTime::now());
-        });
+        self.cache.stream_ended(&self.proxy);
         self.metrics.streams.dec();
         info!(proxy = %self.proxy, "proxy disconnected");
     }
@@ -157,15 +191,8 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (metadata, extensions, mut inbound) = request.into_parts();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::cancelled("stream closed"))?;
-        let proxy = self
-            .admit(
-                &Request::from_parts(metadata, extensions, ()),
-                first.node.as_ref(),
-            )
+        let (first, proxy) = self
+            .first(metadata, extensions, &mut inbound, |r| r.node.as_ref())
             .await?;
         let (tx, rx) = mpsc::channel(16);
         let span = info_span!("ads", proxy = %proxy, mode = "sotw");
@@ -189,15 +216,8 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (metadata, extensions, mut inbound) = request.into_parts();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::cancelled("stream closed"))?;
-        let proxy = self
-            .admit(
-                &Request::from_parts(metadata, extensions, ()),
-                first.node.as_ref(),
-            )
+        let (first, proxy) = self
+            .first(metadata, extensions, &mut inbound, |r| r.node.as_ref())
             .await?;
         let (tx, rx) = mpsc::channel(16);
         let span = info_span!("ads", proxy = %proxy, mode = "delta");
