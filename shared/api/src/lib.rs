@@ -82,6 +82,7 @@ pub fn app(state: ApiState, auth: auth::Auth, issues: &[tokens::TokenKind], extr
     router(state)
         .merge(extra)
         .merge(token_api::routes(auth.tokens.clone(), issues))
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(auth, auth::authorize))
         .layer(middleware::from_fn_with_state(metrics, observe))
         .layer(middleware::from_fn(trace_request))
@@ -110,6 +111,41 @@ async fn trace_request(request: Request, next: Next) -> Response {
     let response = in_span(span.context(), next.run(request)).await;
     span.set("http.status_code", response.status().as_u16());
     response
+}
+
+/// Every error answer is `{title, details, causes}`, those of axum's extractors included
+/// (which answer plain text on a malformed path or query).
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
+    let title = status.canonical_reason().unwrap_or("Error");
+    let details = String::from_utf8_lossy(&text).trim().to_owned();
+    let mut fixed = ApiError::new(
+        status,
+        title,
+        if details.is_empty() {
+            title.to_owned()
+        } else {
+            details
+        },
+    )
+    .into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            fixed.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    fixed
 }
 
 async fn observe(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
@@ -149,8 +185,8 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         .into_response()
 }
 
-async fn openapi_json() -> Json<serde_json::Value> {
-    Json(openapi::document())
+async fn openapi_json(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    Json(openapi::document(openapi::Role::from_name(state.role)))
 }
 
 async fn not_found(request: Request) -> ApiError {

@@ -1,10 +1,25 @@
-//! The OpenAPI document, generated from the kind registry and the spec types' schemas, so it
-//! cannot drift from the code. A copy is kept at `docs/openapi.json`; a test fails when they
-//! differ (regenerate with `UPDATE_OPENAPI=1 cargo test -p meridian-api openapi`).
+//! The OpenAPI documents of global-cp and zone-cp, generated from the kind registry, the spec
+//! types' schemas and the request types of the token routes, so they cannot drift from the
+//! code. Copies are kept at `docs/openapi.json` (global) and `docs/openapi-zone.json`; a test
+//! fails when they differ (regenerate with `UPDATE_OPENAPI=1 cargo test -p meridian-api
+//! openapi`). The test command also runs schemathesis against a started global-cp.
 
 use meridian_model::{FieldError, Kind, Scope};
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
+
+/// Which control plane a document describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Global,
+    Zone,
+}
+
+impl Role {
+    pub fn from_name(role: &str) -> Self {
+        if role == "zone" { Self::Zone } else { Self::Global }
+    }
+}
 
 fn schema_ref(name: &str) -> Value {
     json!({ "$ref": format!("#/components/schemas/{name}") })
@@ -14,18 +29,26 @@ fn json_content(schema: Value) -> Value {
     json!({ "application/json": { "schema": schema } })
 }
 
-fn error_responses(codes: &[&str]) -> Map<String, Value> {
+fn text_content() -> Value {
+    json!({ "text/plain": { "schema": { "type": "string" } } })
+}
+
+/// Error answers, `{title, details, causes}`, by status.
+fn errors(codes: &[u16]) -> Map<String, Value> {
     codes
         .iter()
         .map(|code| {
-            let description = match *code {
-                "400" => "Invalid request or resource; `causes` names each field at fault",
-                "404" => "Not found (the resource, its mesh, or the resource type)",
-                "403" => "Forbidden: on a federated zone, only Dataplanes are written locally",
-                "409" => "Conflict: a stale version, or a mesh that still holds resources",
-                "413" => "Body larger than 1 MiB",
-                "415" => "Content-Type is neither JSON nor YAML",
-                _ => "Store unavailable",
+            let description = match code {
+                400 => "Invalid request or resource; `causes` names each field at fault",
+                401 => "No valid token: missing where one is needed, or invalid, expired or revoked",
+                403 => "The token's holder may not do this (changes need mesh-system:admin; secrets are an admin's)",
+                404 => "Not found (the resource, its mesh, or the resource type)",
+                405 => "Method not allowed on this path",
+                408 => "The body did not arrive in time",
+                409 => "Conflict: a stale version, or a mesh that still holds resources",
+                413 => "Body too large",
+                415 => "Content-Type is neither JSON nor YAML",
+                _ => "Unavailable (the store, or a zone's Raft leader)",
             };
             (
                 code.to_string(),
@@ -37,6 +60,33 @@ fn error_responses(codes: &[&str]) -> Map<String, Value> {
 
 fn param(name: &str, location: &str, description: &str, schema: Value) -> Value {
     json!({ "name": name, "in": location, "required": location == "path", "description": description, "schema": schema })
+}
+
+/// Reads need no token; a token, if sent, must be valid.
+fn read_security() -> Value {
+    json!([{}, { "bearer": [] }])
+}
+
+/// Changes need an admin's token (or the trusted host itself).
+fn write_security() -> Value {
+    json!([{ "bearer": [] }])
+}
+
+fn op(summary: &str, tag: &str, security: Value, params: Vec<Value>, responses: Map<String, Value>) -> Value {
+    json!({ "summary": summary, "tags": [tag], "security": security, "parameters": params, "responses": responses })
+}
+
+fn with(
+    mut responses: Map<String, Value>,
+    code: &str,
+    description: &str,
+    content: Value,
+) -> Map<String, Value> {
+    responses.insert(
+        code.into(),
+        json!({ "description": description, "content": content }),
+    );
+    responses
 }
 
 fn page_params() -> Vec<Value> {
@@ -51,36 +101,43 @@ fn page_params() -> Vec<Value> {
             "offset",
             "query",
             "Items to skip",
-            json!({"type": "integer", "minimum": 0}),
+            json!({"type": "integer", "minimum": 0, "maximum": i64::MAX}),
         ),
     ]
 }
 
 fn list_op(kind: Kind, mut params: Vec<Value>, summary: String) -> Value {
     params.extend(page_params());
-    let mut responses = error_responses(&["400", "404", "503"]);
-    responses.insert(
-        "200".into(),
-        json!({ "description": "A page of resources", "content": json_content(schema_ref(&format!("{}List", kind.name()))) }),
+    let responses = with(
+        errors(&[400, 401, 403, 404, 503]),
+        "200",
+        "A page of resources",
+        json_content(schema_ref(&format!("{}List", kind.name()))),
     );
-    json!({ "summary": summary, "tags": [kind.name()], "parameters": params, "responses": responses })
+    op(&summary, kind.name(), read_security(), params, responses)
 }
 
-fn item_ops(kind: Kind, params: Vec<Value>) -> Value {
+/// Reading, writing and deleting one resource; on global, a zone's kinds are only read (the
+/// zones report them).
+fn item_ops(kind: Kind, role: Role, params: Vec<Value>) -> Value {
     let resource = schema_ref(&format!("{}Resource", kind.name()));
-    let mut get_responses = error_responses(&["404", "503"]);
-    get_responses.insert(
-        "200".into(),
-        json!({ "description": "The resource", "content": json_content(resource.clone()) }),
+    let name = kind.name();
+    let get = with(
+        errors(&[401, 403, 404, 503]),
+        "200",
+        "The resource",
+        json_content(resource.clone()),
     );
-    let mut put_responses = error_responses(&["400", "403", "404", "409", "413", "415", "503"]);
-    put_responses.insert(
-        "200".into(),
-        json!({ "description": "Updated, or unchanged", "content": json_content(schema_ref("PutResult")) }),
-    );
-    put_responses.insert(
-        "201".into(),
-        json!({ "description": "Created", "content": json_content(schema_ref("PutResult")) }),
+    let put = with(
+        with(
+            errors(&[400, 401, 403, 404, 408, 409, 413, 415, 503]),
+            "200",
+            "Updated, or unchanged",
+            json_content(schema_ref("PutResult")),
+        ),
+        "201",
+        "Created",
+        json_content(schema_ref("PutResult")),
     );
     let mut delete_params = params.clone();
     delete_params.push(param(
@@ -97,102 +154,127 @@ fn item_ops(kind: Kind, params: Vec<Value>) -> Value {
             json!({"type": "boolean"}),
         ));
     }
-    let mut delete_responses = error_responses(&["400", "403", "404", "409", "503"]);
-    delete_responses.insert(
-        "200".into(),
-        json!({ "description": "Deleted", "content": json_content(json!({"type": "object", "properties": {"revision": {"type": "integer"}}})) }),
+    let delete = with(
+        errors(&[400, 401, 403, 404, 409, 503]),
+        "200",
+        "Deleted",
+        json_content(
+            json!({"type": "object", "required": ["revision"], "properties": {"revision": {"type": "integer"}}}),
+        ),
     );
-    let name = kind.name();
+    let mut put_op = op(
+        &format!("Create or replace a {name}"),
+        name,
+        write_security(),
+        params.clone(),
+        put,
+    );
+    put_op["requestBody"] = json!({
+        "required": true,
+        "content": {
+            "application/json": { "schema": resource.clone() },
+            "application/yaml": { "schema": resource }
+        }
+    });
+    let get = op(&format!("Read a {name}"), name, read_security(), params, get);
+    if role == Role::Global && kind.zone_owned() {
+        return json!({ "get": get });
+    }
     json!({
-        "get": { "summary": format!("Read a {name}"), "tags": [name], "parameters": params, "responses": get_responses },
-        "put": {
-            "summary": format!("Create or replace a {name}"),
-            "tags": [name],
-            "parameters": params,
-            "requestBody": {
-                "required": true,
-                "content": {
-                    "application/json": { "schema": resource.clone() },
-                    "application/yaml": { "schema": resource }
-                }
-            },
-            "responses": put_responses
-        },
-        "delete": { "summary": format!("Delete a {name}"), "tags": [name], "parameters": delete_params, "responses": delete_responses }
+        "get": get,
+        "put": put_op,
+        "delete": op(&format!("Delete a {name}"), name, write_security(), delete_params, delete),
     })
 }
 
-fn resource_schema(kind: Kind, spec: Value) -> Value {
-    let mut meta = json!({
-        "type": "object",
-        "required": ["type", "name"],
-        "properties": {
-            "type": { "type": "string", "enum": [kind.name()] },
-            "name": { "type": "string", "description": "A DNS-1123 label" },
-            "labels": { "type": "object", "additionalProperties": { "type": "string" } },
-            "version": { "type": "integer", "description": "On write: refuse unless the stored version is this (0: create only)" },
-            "creationTime": { "type": "string", "format": "date-time", "readOnly": true },
-            "modificationTime": { "type": "string", "format": "date-time", "readOnly": true }
-        }
-    });
-    if kind.scope() == Scope::Mesh {
-        meta["properties"]["mesh"] = json!({ "type": "string", "default": "default" });
-    }
-    if kind.spec_inline() {
-        json!({ "description": format!("A {} in the universal form; its spec fields sit beside type and name.", kind.name()), "allOf": [meta, spec] })
+/// The universal form of `kind`: `type`, `name` (and `mesh`), store metadata, and the spec
+/// either under `spec` or, for Kuma's older kinds, inline beside them (`spec` is the spec's
+/// own schema, looked up in `defs` when it is a reference).
+fn resource_schema(kind: Kind, spec: Value, defs: &Map<String, Value>) -> Value {
+    let mut properties = Map::new();
+    properties.insert("type".into(), json!({ "type": "string", "enum": [kind.name()] }));
+    let name_rule = if kind.is_secret() {
+        "A DNS-1123 subdomain"
     } else {
-        meta["properties"]["spec"] = spec;
-        meta["description"] = json!(format!("A {} in the universal form.", kind.name()));
-        meta
+        "A DNS-1123 label"
+    };
+    properties.insert(
+        "name".into(),
+        json!({ "type": "string", "description": name_rule }),
+    );
+    if kind.scope() == Scope::Mesh {
+        properties.insert("mesh".into(), json!({ "type": "string", "default": "default" }));
     }
+    properties.insert(
+        "labels".into(),
+        json!({ "type": "object", "additionalProperties": { "type": "string" } }),
+    );
+    properties.insert(
+        "version".into(),
+        json!({ "type": "integer", "minimum": 0, "description": "On write: refuse unless the stored version is this (0: create only)" }),
+    );
+    properties.insert(
+        "creationTime".into(),
+        json!({ "type": "string", "format": "date-time", "readOnly": true }),
+    );
+    properties.insert(
+        "modificationTime".into(),
+        json!({ "type": "string", "format": "date-time", "readOnly": true }),
+    );
+    let mut required = vec![json!("type"), json!("name")];
+    if kind.spec_inline() {
+        let resolved = spec["$ref"]
+            .as_str()
+            .and_then(|r| r.rsplit('/').next())
+            .and_then(|name| defs.get(name))
+            .unwrap_or(&spec);
+        for (k, v) in resolved["properties"].as_object().into_iter().flatten() {
+            properties.insert(k.clone(), v.clone());
+        }
+        required.extend(resolved["required"].as_array().into_iter().flatten().cloned());
+    } else {
+        properties.insert("spec".into(), spec);
+    }
+    json!({
+        "description": format!("A {} in the universal form.", kind.name()),
+        "type": "object",
+        "required": required,
+        "properties": properties,
+        "additionalProperties": false,
+    })
 }
 
-/// The whole document.
-pub fn document() -> Value {
-    let mut generator = SchemaSettings::openapi3().into_generator();
-    let mut schemas = Map::new();
-    let mut paths = Map::new();
+fn resource_paths(paths: &mut Map<String, Value>, role: Role) {
     let mesh_param = || param("mesh", "path", "The mesh", json!({"type": "string"}));
     let name_param = || param("name", "path", "The resource's name", json!({"type": "string"}));
     for &kind in Kind::ALL {
-        let spec = serde_json::to_value(kind.spec_schema(&mut generator)).unwrap_or(Value::Null);
-        schemas.insert(format!("{}Resource", kind.name()), resource_schema(kind, spec));
-        schemas.insert(
-            format!("{}List", kind.name()),
-            json!({
-                "type": "object",
-                "properties": {
-                    "total": { "type": "integer" },
-                    "items": { "type": "array", "items": schema_ref(&format!("{}Resource", kind.name())) },
-                    "next": { "type": "string", "nullable": true, "description": "URL of the next page" }
-                }
-            }),
-        );
+        let plural = kind.plural();
         match kind.scope() {
-            Scope::Global if kind != Kind::Mesh => {
-                let plural = kind.plural();
-                paths.insert(
-                    format!("/{plural}"),
-                    json!({ "get": list_op(kind, vec![], format!("List {plural}")) }),
-                );
-                paths.insert(format!("/{plural}/{{name}}"), item_ops(kind, vec![name_param()]));
-            }
-            Scope::Global => {
+            Scope::Global if kind == Kind::Mesh => {
                 paths.insert(
                     "/meshes".into(),
                     json!({ "get": list_op(kind, vec![], "List meshes".into()) }),
                 );
-                paths.insert("/meshes/{name}".into(), item_ops(kind, vec![name_param()]));
+                paths.insert("/meshes/{name}".into(), item_ops(kind, role, vec![name_param()]));
+            }
+            Scope::Global => {
+                paths.insert(
+                    format!("/{plural}"),
+                    json!({ "get": list_op(kind, vec![], format!("List {plural}")) }),
+                );
+                paths.insert(
+                    format!("/{plural}/{{name}}"),
+                    item_ops(kind, role, vec![name_param()]),
+                );
             }
             Scope::Mesh => {
-                let plural = kind.plural();
                 paths.insert(
                     format!("/meshes/{{mesh}}/{plural}"),
                     json!({ "get": list_op(kind, vec![mesh_param()], format!("List {plural} in a mesh")) }),
                 );
                 paths.insert(
                     format!("/meshes/{{mesh}}/{plural}/{{name}}"),
-                    item_ops(kind, vec![mesh_param(), name_param()]),
+                    item_ops(kind, role, vec![mesh_param(), name_param()]),
                 );
                 paths.insert(
                     format!("/{plural}"),
@@ -201,22 +283,262 @@ pub fn document() -> Value {
             }
         }
     }
-    let text = |description: &str| json!({ "description": description, "content": { "text/plain": { "schema": { "type": "string" } } } });
-    paths.insert("/healthz".into(), json!({ "get": { "summary": "200 once the API serves and the store answers", "responses": { "200": text("ok"), "503": text("store unavailable") } } }));
-    paths.insert("/metrics".into(), json!({ "get": { "summary": "Prometheus metrics", "responses": { "200": text("Prometheus text format") } } }));
-    paths.insert("/openapi.json".into(), json!({ "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.0" } } } }));
+}
+
+fn token_op(summary: &str, request: &str) -> Value {
+    let responses = with(
+        errors(&[400, 401, 403, 408, 413, 415, 503]),
+        "200",
+        "The token (a JWT)",
+        text_content(),
+    );
+    let mut o = op(summary, "Tokens", write_security(), vec![], responses);
+    o["requestBody"] = json!({ "required": true, "content": json_content(schema_ref(request)) });
+    o
+}
+
+fn token_paths(paths: &mut Map<String, Value>, role: Role) {
+    paths.insert("/tokens/user".into(), json!({ "post": token_op("A user token: mesh-system:admin may change resources, others read", "UserTokenRequest") }));
+    match role {
+        Role::Global => {
+            paths.insert("/tokens/zone".into(), json!({ "post": token_op("A zone token: what a zone's control plane shows to sync", "ZoneTokenRequest") }));
+        }
+        Role::Zone => {
+            paths.insert("/tokens/dataplane".into(), json!({ "post": token_op("A dataplane token: a sidecar's xDS stream and registration", "DataplaneTokenRequest") }));
+            paths.insert(
+                "/tokens/zone-ingress".into(),
+                json!({ "post": token_op("A zone ingress token", "IngressTokenRequest") }),
+            );
+        }
+    }
+    let revoked = with(
+        errors(&[400, 401, 403, 408, 413, 415, 503]),
+        "200",
+        "Revoked",
+        json_content(
+            json!({"type": "object", "required": ["revoked"], "properties": {"revoked": {"type": "string"}}}),
+        ),
+    );
+    let mut revoke = op(
+        "Revoke a token (by the token, or its id)",
+        "Tokens",
+        write_security(),
+        vec![],
+        revoked,
+    );
+    revoke["requestBody"] = json!({ "required": true, "content": json_content(schema_ref("RevokeRequest")) });
+    paths.insert("/tokens/revocations".into(), json!({ "post": revoke }));
+    let keys = with(
+        errors(&[401, 403, 503]),
+        "200",
+        "Every signing key (no key material)",
+        json_content(
+            json!({"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": schema_ref("KeyInfo")}}}),
+        ),
+    );
+    let rotated = with(
+        errors(&[400, 401, 403, 408, 413, 415, 503]),
+        "201",
+        "A new key signs this kind's tokens",
+        json_content(
+            json!({"type": "object", "required": ["kind", "serial"], "properties": {"kind": {"type": "string"}, "serial": {"type": "integer"}}}),
+        ),
+    );
+    let mut rotate = op(
+        "Rotate a kind's signing key",
+        "Tokens",
+        write_security(),
+        vec![],
+        rotated,
+    );
+    rotate["requestBody"] = json!({ "required": true, "content": json_content(schema_ref("RotateRequest")) });
+    paths.insert(
+        "/tokens/signing-keys".into(),
+        json!({ "get": op("The signing keys", "Tokens", write_security(), vec![], keys), "post": rotate }),
+    );
+}
+
+fn global_paths(paths: &mut Map<String, Value>) {
+    let zone = json!({
+        "type": "object",
+        "required": ["type", "name", "state"],
+        "properties": {
+            "type": {"type": "string", "enum": ["Zone"]},
+            "name": {"type": "string"},
+            "state": {"type": "string", "enum": ["Online", "Offline"]},
+            "connectedAt": {"type": "string", "format": "date-time", "nullable": true},
+            "lastSeen": {"type": "string", "format": "date-time", "nullable": true},
+            "ackedRevision": {"type": "integer"},
+            "lastNack": {"type": "string", "nullable": true},
+            "dataplanes": {"type": "integer"},
+            "ingresses": {"type": "array", "items": {"type": "string"}},
+            "inventoryRefused": {"type": "array", "items": {"type": "string"}}
+        }
+    });
+    let list = json!({"type": "object", "required": ["total", "items"], "properties": {"total": {"type": "integer"}, "items": {"type": "array", "items": zone.clone()}, "next": {"type": "string", "nullable": true}}});
+    paths.insert(
+        "/zones".into(),
+        json!({ "get": op("Every zone that has connected, and its sync", "Zones", read_security(), vec![], with(errors(&[401, 503]), "200", "The zones", json_content(list))) }),
+    );
+    paths.insert(
+        "/zones/{name}".into(),
+        json!({ "get": op(
+            "One zone: online or offline, last seen, ACKed revision, last NACK, inventory",
+            "Zones",
+            read_security(),
+            vec![param("name", "path", "The zone", json!({"type": "string"}))],
+            with(errors(&[401, 404, 503]), "200", "The zone", json_content(zone)),
+        ) }),
+    );
+}
+
+fn zone_paths(paths: &mut Map<String, Value>) {
+    let object = json!({"type": "object"});
+    paths.insert(
+        "/meshes/{mesh}/dataplanes/{name}/_config".into(),
+        json!({ "get": op(
+            "The Envoy config generated for a Dataplane, and how its proxy took it (secrets by name only)",
+            "Dataplane",
+            read_security(),
+            vec![param("mesh", "path", "The mesh", json!({"type": "string"})), param("name", "path", "The Dataplane", json!({"type": "string"}))],
+            with(errors(&[401, 404]), "200", "Config and proxy state", json_content(object.clone())),
+        ) }),
+    );
+    let members = json!({"type": "object", "required": ["node_id", "role", "members"], "properties": {
+        "node_id": {"type": "integer"}, "role": {"type": "string"}, "term": {"type": "integer"},
+        "leader": {"type": "integer", "nullable": true}, "members": {"type": "array", "items": {"type": "object"}}
+    }});
+    paths.insert(
+        "/raft".into(),
+        json!({ "get": op("This node's view of the zone's Raft cluster", "Raft", read_security(), vec![], with(errors(&[401]), "200", "Role, term, leader, indexes, members", json_content(members.clone()))) }),
+    );
+    let mut add = op(
+        "Add a voting member (started with --join)",
+        "Raft",
+        write_security(),
+        vec![],
+        with(
+            errors(&[400, 401, 403, 409, 503]),
+            "200",
+            "The cluster after",
+            json_content(members.clone()),
+        ),
+    );
+    add["requestBody"] = json!({ "required": true, "content": json_content(json!({
+        "type": "object", "required": ["id", "address"], "additionalProperties": false,
+        "properties": {"id": {"type": "integer", "minimum": 1}, "address": {"type": "string", "description": "HOST:PORT"}}
+    })) });
+    paths.insert("/raft/members".into(), json!({ "post": add }));
+    paths.insert(
+        "/raft/members/{id}".into(),
+        json!({ "delete": op(
+            "Remove a member",
+            "Raft",
+            write_security(),
+            vec![param("id", "path", "The node id", json!({"type": "integer"}))],
+            with(errors(&[400, 401, 403, 404, 409, 503]), "200", "The cluster after", json_content(members)),
+        ) }),
+    );
+}
+
+/// The document of a control plane in `role`.
+pub fn document(role: Role) -> Value {
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    let mut schemas = Map::new();
+    let mut paths = Map::new();
+    let specs: Vec<(Kind, Value)> = Kind::ALL
+        .iter()
+        .map(|&k| {
+            (
+                k,
+                serde_json::to_value(k.spec_schema(&mut generator)).unwrap_or(Value::Null),
+            )
+        })
+        .collect();
+    for (name, schema) in [
+        (
+            "UserTokenRequest",
+            generator.subschema_for::<crate::token_api::UserTokenRequest>(),
+        ),
+        (
+            "DataplaneTokenRequest",
+            generator.subschema_for::<crate::token_api::DataplaneTokenRequest>(),
+        ),
+        (
+            "IngressTokenRequest",
+            generator.subschema_for::<crate::token_api::IngressTokenRequest>(),
+        ),
+        (
+            "ZoneTokenRequest",
+            generator.subschema_for::<crate::token_api::ZoneTokenRequest>(),
+        ),
+        (
+            "RevokeRequest",
+            generator.subschema_for::<crate::token_api::RevokeRequest>(),
+        ),
+        (
+            "RotateRequest",
+            generator.subschema_for::<crate::token_api::RotateRequest>(),
+        ),
+        ("KeyInfo", generator.subschema_for::<crate::tokens::KeyInfo>()),
+        ("FieldError", generator.subschema_for::<FieldError>()),
+    ] {
+        let schema = serde_json::to_value(schema).unwrap_or(Value::Null);
+        if schema.get("$ref").is_none() {
+            schemas.insert(name.to_owned(), schema);
+        }
+    }
     schemas.extend(generator.take_definitions(true));
-    let field_error = serde_json::to_value(generator.subschema_for::<FieldError>()).unwrap_or(Value::Null);
-    schemas.extend(generator.take_definitions(true));
+    for (kind, spec) in specs {
+        let resource = resource_schema(kind, spec, &schemas);
+        schemas.insert(format!("{}Resource", kind.name()), resource);
+        schemas.insert(
+            format!("{}List", kind.name()),
+            json!({
+                "type": "object",
+                "required": ["total", "items"],
+                "properties": {
+                    "total": { "type": "integer" },
+                    "items": { "type": "array", "items": schema_ref(&format!("{}Resource", kind.name())) },
+                    "next": { "type": "string", "nullable": true, "description": "Path and query of the next page" }
+                }
+            }),
+        );
+    }
+    resource_paths(&mut paths, role);
+    token_paths(&mut paths, role);
+    match role {
+        Role::Global => global_paths(&mut paths),
+        Role::Zone => zone_paths(&mut paths),
+    }
+    let text = |description: &str| json!({ "description": description, "content": text_content() });
+    let none = json!([{}]);
+    paths.insert(
+        "/healthz".into(),
+        json!({ "get": { "summary": "200 once the API serves and the store answers", "security": none, "responses": with(errors(&[503]), "200", "ok", text_content()) } }),
+    );
+    paths.insert("/metrics".into(), json!({ "get": { "summary": "Prometheus metrics", "security": none, "responses": { "200": text("Prometheus text format") } } }));
+    paths.insert(
+        "/openapi.json".into(),
+        json!({ "get": { "summary": "This document", "security": none, "responses": { "200": { "description": "OpenAPI 3.0", "content": json_content(json!({"type": "object"})) } } } }),
+    );
+    paths.insert(
+        "/".into(),
+        json!({ "get": { "summary": "Which control plane this is", "security": none, "responses": { "200": { "description": "Product, version and role", "content": json_content(json!({
+            "type": "object", "required": ["product", "version", "role"],
+            "properties": {"product": {"type": "string"}, "version": {"type": "string"}, "role": {"type": "string", "enum": ["global", "zone"]}}
+        })) } } } }),
+    );
     schemas.insert(
         "Error".into(),
         json!({
             "type": "object",
             "required": ["title", "details", "causes"],
+            "additionalProperties": false,
             "properties": {
                 "title": { "type": "string" },
                 "details": { "type": "string" },
-                "causes": { "type": "array", "items": field_error }
+                "causes": { "type": "array", "items": schema_ref("FieldError") }
             }
         }),
     );
@@ -224,6 +546,7 @@ pub fn document() -> Value {
         "PutResult".into(),
         json!({
             "type": "object",
+            "required": ["result", "version", "revision"],
             "properties": {
                 "result": { "type": "string", "enum": ["created", "updated", "unchanged"] },
                 "version": { "type": "integer" },
@@ -234,15 +557,26 @@ pub fn document() -> Value {
     );
     schemas.sort_keys();
     paths.sort_keys();
+    let (title, description) = match role {
+        Role::Global => (
+            "Meridian global control plane",
+            "Kuma-compatible REST API for meshes and policies. Bodies are JSON or YAML, in the universal or the Kubernetes form. Reads need no token (secrets excepted); changes need a user token in mesh-system:admin, or a request from the control plane's own host when it trusts it.",
+        ),
+        Role::Zone => (
+            "Meridian zone control plane",
+            "The same resource API for the zone's policies and Dataplanes, the config generated for each proxy, the zone's Raft cluster, and its tokens. Bodies are JSON or YAML, in the universal or the Kubernetes form.",
+        ),
+    };
     json!({
         "openapi": "3.0.3",
-        "info": {
-            "title": "Meridian global control plane",
-            "description": "Kuma-compatible REST API for meshes and policies. Bodies are JSON or YAML, in the universal or the Kubernetes form.",
-            "version": env!("CARGO_PKG_VERSION")
-        },
+        "info": { "title": title, "description": description, "version": env!("CARGO_PKG_VERSION") },
         "paths": paths,
-        "components": { "schemas": schemas }
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "A user token (meshctl generate user-token), or a proxy's own token for its own Dataplane" }
+            }
+        }
     })
 }
 
@@ -250,20 +584,26 @@ pub fn document() -> Value {
 mod tests {
     use std::path::PathBuf;
 
+    use super::Role;
+
     #[test]
-    fn openapi_document_is_checked_in() {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
-        let generated = format!(
-            "{}\n",
-            serde_json::to_string_pretty(&super::document()).expect("encode")
-        );
-        if std::env::var_os("UPDATE_OPENAPI").is_some() {
-            std::fs::write(&path, &generated).expect("write docs/openapi.json");
+    fn openapi_documents_are_checked_in() {
+        for (role, file) in [(Role::Global, "openapi.json"), (Role::Zone, "openapi-zone.json")] {
+            let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../docs")
+                .join(file);
+            let generated = format!(
+                "{}\n",
+                serde_json::to_string_pretty(&super::document(role)).expect("encode")
+            );
+            if std::env::var_os("UPDATE_OPENAPI").is_some() {
+                std::fs::write(&path, &generated).expect("write the document");
+            }
+            let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                checked_in == generated,
+                "docs/{file} is out of date: run `UPDATE_OPENAPI=1 cargo test -p meridian-api openapi` and commit it"
+            );
         }
-        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            checked_in == generated,
-            "docs/openapi.json is out of date: run `UPDATE_OPENAPI=1 cargo test -p meridian-api openapi` and commit it"
-        );
     }
 }

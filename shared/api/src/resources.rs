@@ -83,10 +83,12 @@ async fn list(
     query: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let page = parse_page(query)?;
-    if let Some(mesh) = mesh {
-        state.store.get(&ResourceKey::new(Kind::Mesh, "", mesh)).await?;
-    }
     let admin = readable(kind)?;
+    if let Some(mesh) = mesh {
+        let key = ResourceKey::new(Kind::Mesh, "", mesh);
+        plausible(&key)?;
+        state.store.get(&key).await?;
+    }
     let listed = state.store.list(kind, mesh, page).await?;
     let shown = page.offset + listed.items.len() as u64;
     // Relative: the request's Host header is the client's to choose, so it is not echoed.
@@ -127,7 +129,22 @@ pub async fn list_all_meshes(
     list(&state, &format!("/{plural}"), kind, None, &query).await
 }
 
+/// Refuses a key whose mesh or name no resource could have (what a client put in a path),
+/// before the store sees it.
+fn plausible(key: &ResourceKey) -> Result<(), ApiError> {
+    let ok = |s: &str| meridian_model::validate::dns1123_subdomain(s).is_ok();
+    if ok(&key.name) && (key.mesh.is_empty() || ok(&key.mesh)) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
+            "no {} by that name: names are DNS-1123 labels",
+            key.kind
+        )))
+    }
+}
+
 async fn get(state: &ApiState, key: ResourceKey) -> Result<Response, ApiError> {
+    plausible(&key)?;
     let admin = readable(key.kind)?;
     let stored = state.store.get(&key).await?;
     Ok(Json(as_seen(stored, admin)).into_response())
@@ -378,6 +395,7 @@ async fn delete(
     key: ResourceKey,
     query: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
+    plausible(&key)?;
     check_writable(state, &key)?;
     let options = DeleteOptions {
         cascade: parse_bool(query, "cascade")?,

@@ -67,18 +67,18 @@ fn label(field: &str, value: &str) -> Result<(), ApiError> {
         .map_err(|e| ApiError::bad_field(field, format!("{value:?} {e}")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct UserRequest {
+pub(crate) struct UserTokenRequest {
     name: String,
     #[serde(default)]
     groups: Vec<String>,
     valid_for: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct DataplaneRequest {
+pub(crate) struct DataplaneTokenRequest {
     #[serde(default = "default_mesh")]
     mesh: String,
     name: String,
@@ -92,32 +92,32 @@ fn default_mesh() -> String {
     meridian_model::DEFAULT_MESH.to_owned()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct IngressRequest {
+pub(crate) struct IngressTokenRequest {
     name: String,
     valid_for: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ZoneRequest {
+pub(crate) struct ZoneTokenRequest {
     zone: String,
     valid_for: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RevokeRequest {
+pub(crate) struct RevokeRequest {
     /// The token itself (its id is read from it)...
     token: Option<String>,
     /// ...or its id (`jti`), as logged when it was issued.
     id: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RotateRequest {
+pub(crate) struct RotateRequest {
     kind: String,
 }
 
@@ -133,7 +133,7 @@ async fn issue_user(
     headers: HeaderMap,
     body: Body,
 ) -> Result<String, ApiError> {
-    let r: UserRequest = body::json(&headers, body).await?;
+    let r: UserTokenRequest = body::json(&headers, body).await?;
     if r.name.is_empty() || r.name.len() > 253 {
         return Err(ApiError::bad_field(
             "name",
@@ -159,7 +159,7 @@ async fn issue_dataplane(
     headers: HeaderMap,
     body: Body,
 ) -> Result<String, ApiError> {
-    let r: DataplaneRequest = body::json(&headers, body).await?;
+    let r: DataplaneTokenRequest = body::json(&headers, body).await?;
     label("mesh", &r.mesh)?;
     label("name", &r.name)?;
     for (key, values) in &r.tags {
@@ -184,7 +184,7 @@ async fn issue_ingress(
     headers: HeaderMap,
     body: Body,
 ) -> Result<String, ApiError> {
-    let r: IngressRequest = body::json(&headers, body).await?;
+    let r: IngressTokenRequest = body::json(&headers, body).await?;
     label("name", &r.name)?;
     let valid_for = valid_for(r.valid_for.as_deref(), PROXY_VALIDITY)?;
     issue(&tokens, Subject::ZoneIngress { name: r.name }, valid_for).await
@@ -195,7 +195,7 @@ async fn issue_zone(
     headers: HeaderMap,
     body: Body,
 ) -> Result<String, ApiError> {
-    let r: ZoneRequest = body::json(&headers, body).await?;
+    let r: ZoneTokenRequest = body::json(&headers, body).await?;
     label("zone", &r.zone)?;
     let valid_for = valid_for(r.valid_for.as_deref(), PROXY_VALIDITY)?;
     issue(&tokens, Subject::Zone { zone: r.zone }, valid_for).await

@@ -37,7 +37,9 @@ const KEY_PREFIX: &str = "signing-key/";
 const REVOKED_PREFIX: &str = "revoked-token/";
 
 /// What a token is for; each kind has its own signing keys.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum TokenKind {
     /// A person or a program using the REST API.
@@ -206,7 +208,7 @@ struct Verifying {
 }
 
 /// A key as listed to an operator.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyInfo {
     pub kind: TokenKind,

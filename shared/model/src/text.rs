@@ -104,10 +104,12 @@ impl<'de> Visitor<'de> for StrictVisitor {
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
         Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
     }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        no_nul(v).map_err(E::custom)?;
         Ok(Value::String(v.to_owned()))
     }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        no_nul(&v).map_err(E::custom)?;
         Ok(Value::String(v))
     }
     fn visit_unit<E>(self) -> Result<Value, E> {
@@ -129,6 +131,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
+            no_nul(&key).map_err(de::Error::custom)?;
             if out.contains_key(&key) {
                 return Err(de::Error::custom(format!("duplicate key {key:?}")));
             }
@@ -136,6 +139,15 @@ impl<'de> Visitor<'de> for StrictVisitor {
             out.insert(key, value);
         }
         Ok(Value::Object(out))
+    }
+}
+
+/// Refuses a NUL character: no resource needs one, and databases refuse it in text.
+fn no_nul(text: &str) -> Result<(), &'static str> {
+    if text.contains('\0') {
+        Err("a string holds a NUL character")
+    } else {
+        Ok(())
     }
 }
 
@@ -346,6 +358,7 @@ pub fn yaml_values(text: &str) -> Result<Vec<Value>, TextError> {
             Event::StreamEnd => break,
             Event::Nothing | Event::StreamStart | Event::DocumentStart(_) | Event::DocumentEnd => None,
             Event::Scalar(text, style, anchor, tag) => {
+                no_nul(&text).map_err(|e| error_at(&span, e))?;
                 let plain = style == ScalarStyle::Plain;
                 let value = match tag.as_deref() {
                     None if plain => resolve_plain(&text),
