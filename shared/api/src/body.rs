@@ -46,16 +46,7 @@ pub async fn read(headers: &HeaderMap, body: Body) -> Result<(String, Format), A
         .map_err(|_| too_large())?;
     let text = String::from_utf8(bytes.to_vec())
         .map_err(|e| ApiError::bad_field("", format!("the body is not UTF-8 text: {e}")))?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let mime = mime(headers, "");
     let format = match mime.as_str() {
         "" => {
             if text.trim_start().starts_with('{') {
@@ -77,22 +68,26 @@ pub async fn read(headers: &HeaderMap, body: Body) -> Result<(String, Format), A
     Ok((text, format))
 }
 
+/// The media type a request's Content-Type names (lowercase, no parameters), or `absent`.
+fn mime(headers: &HeaderMap, absent: &str) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(absent)
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// The largest body of a small JSON request (tokens, membership).
 const MAX_SMALL_BODY: usize = 64 << 10;
 
 /// A small JSON request body as `T`: a field that is missing, unknown, repeated or of the
 /// wrong type is refused with its path.
 pub async fn json<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let mime = mime(headers, "application/json");
     if mime != "application/json" && !mime.ends_with("+json") {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

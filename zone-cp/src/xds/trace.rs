@@ -357,13 +357,18 @@ mod selection_tests {
             .collect()
     }
 
-    #[test]
-    fn the_most_specific_meshtrace_wins_and_the_older_form_works() {
-        let dp: DataplaneSpec = serde_json::from_value(serde_json::json!({
+    /// demo's Dataplane and its (no) labels.
+    fn demo() -> (DataplaneSpec, BTreeMap<String, String>) {
+        let dp = serde_json::from_value(serde_json::json!({
             "networking": {"address": "127.0.0.1", "inbound": [{"port": 1, "tags": {"kuma.io/service": "demo"}}]}
         }))
         .expect("dataplane");
-        let labels = BTreeMap::new();
+        (dp, BTreeMap::new())
+    }
+
+    #[test]
+    fn the_most_specific_meshtrace_wins_and_the_older_form_works() {
+        let (dp, labels) = demo();
         let view = ProxyView {
             name: "demo-1",
             labels: &labels,
@@ -388,11 +393,7 @@ mod selection_tests {
 
     #[test]
     fn a_header_can_come_from_a_secret_of_the_mesh() {
-        let dp: DataplaneSpec = serde_json::from_value(serde_json::json!({
-            "networking": {"address": "127.0.0.1", "inbound": [{"port": 1, "tags": {"kuma.io/service": "demo"}}]}
-        }))
-        .expect("dataplane");
-        let labels = BTreeMap::new();
+        let (dp, labels) = demo();
         let view = ProxyView {
             name: "demo-1",
             labels: &labels,
