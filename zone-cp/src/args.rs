@@ -88,8 +88,8 @@ pub struct RunArgs {
     /// This node's id in the zone's Raft cluster (a positive number).
     #[arg(long, env = "MERIDIAN_NODE_ID", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub node_id: u64,
-    /// Where this node serves Raft to the zone's other nodes. A zone of one node started
-    /// without it serves no Raft port. Anything but a loopback address needs peer TLS.
+    /// Where this node serves Raft to the zone's other nodes (with peer TLS, which it
+    /// needs). A zone of one node started without it serves no Raft port.
     #[arg(long, env = "MERIDIAN_RAFT_ADDR")]
     pub raft_addr: Option<SocketAddr>,
     /// This node's Raft peer certificate (PEM; `zone-cp generate peer-certs`): the zone's

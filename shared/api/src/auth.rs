@@ -116,12 +116,14 @@ pub struct Auth {
 pub enum Refusal {
     Unauthenticated(String),
     Forbidden(String),
+    /// The keys could not be read (the store is away): nobody is refused for good.
+    Unavailable(String),
 }
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Unauthenticated(why) | Self::Forbidden(why) => f.write_str(why),
+            Self::Unauthenticated(why) | Self::Forbidden(why) | Self::Unavailable(why) => f.write_str(why),
         }
     }
 }
@@ -131,6 +133,7 @@ impl From<Refusal> for ApiError {
         match r {
             Refusal::Unauthenticated(why) => ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", why),
             Refusal::Forbidden(why) => ApiError::new(StatusCode::FORBIDDEN, "Forbidden", why),
+            Refusal::Unavailable(why) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", why),
         }
     }
 }
@@ -214,12 +217,15 @@ impl Auth {
     /// The caller `authority` stands for, its token verified now.
     pub async fn resolve(&self, authority: &Authority) -> Result<Caller, Refusal> {
         let claims = match authority {
-            Authority::Token(token) => Some(
-                self.tokens
-                    .verify(token, &REST_KINDS)
-                    .await
-                    .map_err(|e| Refusal::Unauthenticated(format!("invalid token: {e}")))?,
-            ),
+            Authority::Token(token) => Some(self.tokens.verify(token, &REST_KINDS).await.map_err(
+                |e| match e {
+                    crate::tokens::TokenError::Store(e) => {
+                        tracing::warn!(error = %e, "reading the signing keys failed");
+                        Refusal::Unavailable("the token cannot be checked now: retry later".into())
+                    }
+                    e => Refusal::Unauthenticated(format!("invalid token: {e}")),
+                },
+            )?),
             Authority::TrustedHost if !self.trust_localhost => {
                 return Err(Refusal::Unauthenticated(
                     "this control plane does not trust its host without a token".into(),
@@ -298,7 +304,7 @@ fn from_this_host(request: &Request) -> bool {
     let loopback = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .is_some_and(|c| c.0.ip().is_loopback());
+        .is_some_and(|c| c.0.ip().to_canonical().is_loopback());
     let headers = request.headers();
     let proxied = ["forwarded", "x-forwarded-for", "x-real-ip"]
         .iter()
@@ -334,7 +340,9 @@ fn is_loopback_host(host: &str) -> bool {
         }),
     };
     name.eq_ignore_ascii_case("localhost")
-        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 fn bearer(headers: &HeaderMap) -> Result<Option<String>, Refusal> {

@@ -397,6 +397,7 @@ async fn delete(
 ) -> Result<Response, ApiError> {
     plausible(&key)?;
     check_writable(state, &key)?;
+    crate::auth::may_change(&crate::auth::caller(), crate::auth::Change::Delete(&key))?;
     let options = DeleteOptions {
         cascade: parse_bool(query, "cascade")?,
         expected_version: parse_version(query)?,

@@ -36,6 +36,9 @@ use tracing::{info, warn};
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a gRPC client may take to send its first bytes.
 pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+/// The bytes that must arrive in that time: HTTP/2's connection preface is 24 (a TLS hello
+/// is longer). After them, HTTP/2 keepalives (or the TLS handshake timeout) take over.
+const OPENING_BYTES: usize = 24;
 /// File descriptors kept back from every cap: stores, logs, outgoing connections.
 const RESERVED_FDS: u64 = 128;
 
@@ -200,7 +203,9 @@ pub async fn rest(
 /// holds its place under the port's cap while open.
 pub struct Bounded {
     stream: TcpStream,
+    /// Until the client has sent [`OPENING_BYTES`]: a TLS hello, or HTTP/2's preface.
     first_bytes: Option<Pin<Box<tokio::time::Sleep>>>,
+    received: usize,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -212,10 +217,11 @@ impl AsyncRead for Bounded {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &polled
-            && buf.filled().len() > before
-        {
-            self.first_bytes = None;
+        if let Poll::Ready(Ok(())) = &polled {
+            self.received += buf.filled().len() - before;
+            if self.received >= OPENING_BYTES {
+                self.first_bytes = None;
+            }
         }
         if polled.is_pending()
             && let Some(deadline) = self.first_bytes.as_mut()
@@ -276,6 +282,7 @@ pub fn grpc_incoming(
                 let bounded = Bounded {
                     stream,
                     first_bytes: Some(Box::pin(tokio::time::sleep(FIRST_BYTES_TIMEOUT))),
+                    received: 0,
                     _permit: permit,
                 };
                 // Full only if the server is not taking connections: drop this one.

@@ -207,16 +207,17 @@ async fn revoke(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let r: RevokeRequest = body::json(&headers, body).await?;
-    let id = match (r.token, r.id) {
+    let (id, exp) = match (r.token, r.id) {
         (Some(token), None) => {
             // Only a token issued here: verifying it also says it is not expired yet.
-            tokens.verify(&token, &TokenKind::ALL).await?.jti
+            let claims = tokens.verify(&token, &TokenKind::ALL).await?;
+            (claims.jti, Some(claims.exp))
         }
-        (None, Some(id)) => id,
+        (None, Some(id)) => (id, None),
         _ => return Err(ApiError::bad_field("", "give either token or id")),
     };
     tokens
-        .revoke(&id)
+        .revoke(&id, exp)
         .await
         .map_err(|e| ApiError::bad_field("id", e.to_string()))?;
     info!(id = %id, "token revoked");

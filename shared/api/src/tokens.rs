@@ -3,7 +3,7 @@
 //! ```text
 //!   store secrets   signing-key/user/1   {"public": ..}              verifies only (rotated)
 //!                   signing-key/user/2   {"public": .., "private": ..} signs new tokens
-//!                   revoked-token/JTI    the revoked token's expiry
+//!                   revoked-token/JTI    the revoked token's expiry (`unknown` if revoked by id)
 //!
 //!   token = base64url({alg: EdDSA, typ: JWT, kid: "user/2"})
 //!         . base64url({kind: user, name, groups, jti, iat, exp})
@@ -155,10 +155,13 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn random_id() -> String {
+/// A token's id. No randomness is an error: tokens sharing an id would be revoked together.
+fn random_id() -> Result<String, TokenError> {
     let mut bytes = [0u8; 16];
-    let _ = SystemRandom::new().fill(&mut bytes);
-    B64.encode(bytes)
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| StoreError::Internal("no randomness for a token id".into()))?;
+    Ok(B64.encode(bytes))
 }
 
 /// Public keys by kind and serial.
@@ -215,7 +218,7 @@ pub fn sample_signed(subject: Subject, exp: u64) -> Result<(String, PublicKeys),
     let private = decode(key.private.as_deref().unwrap_or_default())?;
     let kind = subject.kind();
     let claims = Claims {
-        jti: random_id(),
+        jti: random_id()?,
         iat: 0,
         exp,
         subject,
@@ -385,7 +388,7 @@ impl Tokens {
         let (serial, private) = self.signing_key(kind).await?;
         let iat = now_secs();
         let claims = Claims {
-            jti: random_id(),
+            jti: random_id()?,
             iat,
             exp: iat.saturating_add(valid_for.as_secs()),
             subject,
@@ -411,7 +414,7 @@ impl Tokens {
 
     /// Revokes the token with id `jti`: from now on (within a second on every replica) it is
     /// refused wherever it is shown.
-    pub async fn revoke(&self, jti: &str) -> Result<(), TokenError> {
+    pub async fn revoke(&self, jti: &str, exp: Option<u64>) -> Result<(), TokenError> {
         if jti.is_empty()
             || jti.len() > 64
             || !jti
@@ -421,7 +424,10 @@ impl Tokens {
             return Err(TokenError::Malformed(format!("{jti:?} is not a token id")));
         }
         self.store
-            .put_secret(&format!("{REVOKED_PREFIX}{jti}"), "revoked")
+            .put_secret(
+                &format!("{REVOKED_PREFIX}{jti}"),
+                &exp.map_or_else(|| "unknown".to_owned(), |e| e.to_string()),
+            )
             .await?;
         self.forget();
         Ok(())

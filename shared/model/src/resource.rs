@@ -111,6 +111,7 @@ impl Resource {
     pub fn redacted(mut self) -> Self {
         match &mut self.spec {
             Spec::MeshTrace(trace) => trace.redact(),
+            Spec::Mesh(mesh) => mesh.redact(),
             Spec::Secret(s) | Spec::GlobalSecret(s) => s.data = crate::policies::secret::REDACTED.to_owned(),
             _ => {}
         }

@@ -193,8 +193,9 @@ enum Frame {
 /// Builds values from the event stream, within the budgets.
 struct Builder {
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Value>,
-    /// Nodes that aliases may still add.
+    /// Anchored values, with their size and depth (see [`weigh`]).
+    anchors: HashMap<usize, (Value, usize, usize)>,
+    /// Bytes that anchors and aliases may still add beyond the text itself.
     budget: usize,
 }
 
@@ -232,12 +233,23 @@ fn unsupported(span: &Span, tag: &saphyr_parser::Tag) -> TextError {
     )
 }
 
-/// Nodes in a value: what an alias to it adds.
-fn nodes(v: &Value) -> usize {
+/// What a copy of `v` costs (its strings' and keys' bytes, and one per node) and how deep it
+/// nests: what an alias to it adds to a document.
+fn weigh(v: &Value) -> (usize, usize) {
     match v {
-        Value::Array(items) => 1 + items.iter().map(nodes).sum::<usize>(),
-        Value::Object(m) => 1 + m.values().map(nodes).sum::<usize>(),
-        _ => 1,
+        Value::Array(items) => items
+            .iter()
+            .map(weigh)
+            .fold((1, 1), |(b, d), (ib, id)| (b + ib, d.max(id + 1))),
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| {
+                let (b, d) = weigh(v);
+                (b + k.len(), d)
+            })
+            .fold((1, 1), |(b, d), (ib, id)| (b + ib, d.max(id + 1))),
+        Value::String(s) => (1 + s.len(), 0),
+        _ => (1, 0),
     }
 }
 
@@ -251,10 +263,15 @@ fn resolve_plain(text: &str) -> Value {
     }
     let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
     let negative = text.starts_with('-');
+    // Digits only: `from_str_radix` would take a second sign (`-0x-8000000000000000`).
     let radix = |digits: &str, radix: u32| {
+        if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+            return None;
+        }
         i64::from_str_radix(digits, radix)
             .ok()
-            .map(|n| Value::from(if negative { -n } else { n }))
+            .and_then(|n| if negative { n.checked_neg() } else { Some(n) })
+            .map(Value::from)
     };
     let parsed = if let Some(hex) = unsigned.strip_prefix("0x") {
         radix(hex, 16)
@@ -305,7 +322,9 @@ impl Builder {
     /// Adds a finished node to the collection being built, or returns it if it is a document.
     fn add(&mut self, value: Value, anchor: usize, span: &Span) -> Result<Option<Value>, TextError> {
         if anchor != 0 {
-            self.anchors.insert(anchor, value.clone());
+            let (bytes, depth) = weigh(&value);
+            self.spend(bytes, span)?;
+            self.anchors.insert(anchor, (value.clone(), bytes, depth));
         }
         match self.stack.last_mut() {
             None => Ok(Some(value)),
@@ -332,6 +351,14 @@ impl Builder {
                 }
             },
         }
+    }
+
+    fn spend(&mut self, bytes: usize, span: &Span) -> Result<(), TextError> {
+        self.budget = self
+            .budget
+            .checked_sub(bytes)
+            .ok_or_else(|| error_at(span, "aliases expand this document too far (a YAML bomb?)"))?;
+        Ok(())
     }
 
     fn open(&mut self, frame: Frame, span: &Span) -> Result<(), TextError> {
@@ -373,16 +400,20 @@ pub fn yaml_values(text: &str) -> Result<Vec<Value>, TextError> {
                 builder.add(value, anchor, &span)?
             }
             Event::Alias(anchor) => {
+                let (bytes, depth) = match builder.anchors.get(&anchor) {
+                    Some((_, bytes, depth)) => (*bytes, *depth),
+                    None => return Err(error_at(&span, "an alias to an unknown anchor")),
+                };
+                // An alias nests what it names where it stands: the depth limit holds for it too.
+                if builder.stack.len() + depth > MAX_DEPTH {
+                    return Err(error_at(&span, too_deep()));
+                }
+                builder.spend(bytes, &span)?;
                 let value = builder
                     .anchors
                     .get(&anchor)
-                    .cloned()
-                    .ok_or_else(|| error_at(&span, "an alias to an unknown anchor"))?;
-                let cost = nodes(&value);
-                builder.budget = builder
-                    .budget
-                    .checked_sub(cost)
-                    .ok_or_else(|| error_at(&span, "aliases expand this document too far (a YAML bomb?)"))?;
+                    .map(|(v, _, _)| v.clone())
+                    .unwrap_or_default();
                 builder.add(value, 0, &span)?
             }
             Event::SequenceStart(anchor, tag) => {

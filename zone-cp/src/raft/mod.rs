@@ -122,9 +122,10 @@ impl Node {
             .map(|files| peer_tls::PeerTls::load(&zone, node_id, &files))
             .transpose()
             .context("the Raft peer TLS files (--raft-tls-cert, --raft-tls-key, --raft-tls-ca)")?;
+        // Not even on loopback: every local user reaches that, and a Raft peer can write
+        // anything (a signing key, say) into the zone.
         if let Some(addr) = raft_addr
             && tls.is_none()
-            && !addr.ip().is_loopback()
         {
             anyhow::bail!(
                 "refusing to serve Raft on {addr} without peer TLS: whoever reaches it could write to the zone. Make certificates with `zone-cp generate peer-certs --zone {zone} --nodes 1,2,3 --dir DIR` and give each node --raft-tls-cert, --raft-tls-key and --raft-tls-ca"

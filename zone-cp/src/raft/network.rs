@@ -479,7 +479,25 @@ impl ZoneRaft for RaftService {
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: VoteRequest<NodeId> = decode(request.get_ref())?;
-        self.check_sender(&request, rpc.vote.leader_id.node_id)?;
+        let candidate = rpc.vote.leader_id.node_id;
+        self.check_sender(&request, candidate)?;
+        // A node that was never a voter here (or was removed) cannot call elections and win
+        // the zone, whatever certificate it holds. A node not yet in any cluster (joining) has
+        // nobody to compare with.
+        let voters: Vec<NodeId> = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.membership_config.membership().voter_ids().collect()
+        };
+        if !voters.is_empty() && !voters.contains(&candidate) {
+            warn!(
+                candidate,
+                "vote refused: the candidate is not a voter of this zone"
+            );
+            return Err(Status::permission_denied(format!(
+                "node {candidate} is not a voter of this zone"
+            )));
+        }
         encode(&self.raft.vote(rpc).await).map(Response::new)
     }
 

@@ -27,6 +27,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::cache::{CLUSTER, ENDPOINT, LISTENER, Nack, PUSH_ORDER, ProxyId, Snapshot, SnapshotCache};
 use super::metrics::XdsMetrics;
+use meridian_api::tokens::TokenKind;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -58,7 +59,9 @@ impl AdsServer {
         }
     }
 
-    /// A stream's first request, and the proxy it names once admitted.
+    /// A stream's first request, and the proxy it names once admitted. A stream without a
+    /// valid proxy token (unless from the trusted host) is refused before it may wait for a
+    /// turn, so strangers cannot hold the turns.
     async fn first<T: prost::Message + Default + 'static>(
         &self,
         metadata: tonic::metadata::MetadataMap,
@@ -66,18 +69,33 @@ impl AdsServer {
         inbound: &mut Streaming<T>,
         node: impl Fn(&T) -> Option<&Node>,
     ) -> Result<(T, ProxyId), Status> {
-        let _turn = self
-            .admitting
-            .acquire()
+        let request = Request::from_parts(metadata, extensions, ());
+        if let Some((auth, _)) = &self.auth {
+            let checked = match token_of(&request) {
+                Some(token) => auth
+                    .tokens
+                    .verify(token, &[TokenKind::Dataplane, TokenKind::ZoneIngress])
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                None if is_local(&request) && auth.trust_localhost => Ok(()),
+                None => Err("no dataplane token: start meridian-dp with --dataplane-token-file (meshctl generate dataplane-token)".into()),
+            };
+            if let Err(why) = checked {
+                warn!(peer = ?request.remote_addr(), reason = %why, "xDS stream refused");
+                self.metrics.refused.inc();
+                return Err(Status::unauthenticated(why));
+            }
+        }
+        let _turn = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, self.admitting.acquire())
             .await
+            .map_err(|_| Status::unavailable("too many streams starting: retry"))?
             .map_err(|_| Status::unavailable("shutting down"))?;
         let first = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no first request in time"))??
             .ok_or_else(|| Status::cancelled("stream closed"))?;
-        let proxy = self
-            .admit(&Request::from_parts(metadata, extensions, ()), node(&first))
-            .await?;
+        let proxy = self.admit(&request, node(&first)).await?;
         Ok((first, proxy))
     }
 
@@ -94,15 +112,17 @@ impl AdsServer {
     async fn admit<T>(&self, request: &Request<T>, node: Option<&Node>) -> Result<ProxyId, Status> {
         let proxy = proxy_of(node)?;
         if let Some((auth, store)) = &self.auth {
-            let token = request
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.strip_prefix("Bearer ").unwrap_or(v));
-            let local = request.remote_addr().is_some_and(|a| a.ip().is_loopback());
             let key = meridian_api::auth::Auth::proxy_key(&proxy.mesh, &proxy.name);
-            let registered = store.get(&key).await.ok().map(|s| s.resource);
-            if let Err(why) = auth.check_proxy(token, &key, local, registered.as_ref()).await {
+            let registered = match store.get(&key).await {
+                Ok(stored) => Some(stored.resource),
+                Err(meridian_store::StoreError::NotFound(_)) => None,
+                // Without the Dataplane its token's tags cannot be checked: refuse.
+                Err(e) => return Err(Status::unavailable(format!("reading Dataplane {}: {e}", proxy))),
+            };
+            let checked = auth
+                .check_proxy(token_of(request), &key, is_local(request), registered.as_ref())
+                .await;
+            if let Err(why) = checked {
                 warn!(proxy = %proxy, reason = %why, "xDS stream refused");
                 self.metrics.refused.inc();
                 return Err(Status::unauthenticated(format!("proxy {proxy}: {why}")));
@@ -110,6 +130,21 @@ impl AdsServer {
         }
         Ok(proxy)
     }
+}
+
+/// The bearer token a stream shows, if any.
+fn token_of<T>(request: &Request<T>) -> Option<&str> {
+    request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v))
+}
+
+fn is_local<T>(request: &Request<T>) -> bool {
+    request
+        .remote_addr()
+        .is_some_and(|a| a.ip().to_canonical().is_loopback())
 }
 
 fn proxy_of(node: Option<&Node>) -> Result<ProxyId, Status> {

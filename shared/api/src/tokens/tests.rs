@@ -97,7 +97,7 @@ async fn a_revoked_token_is_refused_and_the_others_are_not() {
     let (_dir, tokens) = mk_tokens().await;
     let a = tokens.issue(user("a"), HOUR).await.expect("issue");
     let b = tokens.issue(user("b"), HOUR).await.expect("issue");
-    tokens.revoke(&a.jti).await.expect("revoke");
+    tokens.revoke(&a.jti, Some(a.exp)).await.expect("revoke");
     let err = tokens
         .verify(&a.token, &[TokenKind::User])
         .await
@@ -107,7 +107,7 @@ async fn a_revoked_token_is_refused_and_the_others_are_not() {
         .verify(&b.token, &[TokenKind::User])
         .await
         .expect("b stays good");
-    assert!(tokens.revoke("not an id!").await.is_err());
+    assert!(tokens.revoke("not an id!", None).await.is_err());
 }
 
 #[tokio::test]

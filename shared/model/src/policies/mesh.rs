@@ -57,6 +57,28 @@ pub enum CaType {
     Certmanager,
 }
 
+impl MeshSpec {
+    /// Hides what a CA backend's configuration holds (a provided CA's inline key, a Vault
+    /// token) from readers who are not admins; the names of Secrets it refers to stay.
+    pub fn redact(&mut self) {
+        fn hide(v: &mut Value) {
+            match v {
+                Value::String(s) => *s = crate::policies::secret::REDACTED.to_owned(),
+                Value::Array(items) => items.iter_mut().for_each(hide),
+                Value::Object(m) => m
+                    .iter_mut()
+                    .filter(|(k, _)| k.as_str() != "secret")
+                    .for_each(|(_, v)| hide(v)),
+                _ => {}
+            }
+        }
+        let backends = self.mtls.iter_mut().flat_map(|m| m.backends.iter_mut().flatten());
+        for backend in backends.filter(|b| b.ca_type != CaType::Builtin) {
+            backend.conf.iter_mut().for_each(hide);
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum MtlsMode {
     #[serde(rename = "STRICT")]

@@ -72,4 +72,17 @@ mod tests {
         .expect_err("a global secret has no mesh");
         assert!(err.to_string().contains("mesh"), "{err}");
     }
+
+    #[test]
+    fn a_provided_cas_inline_key_is_hidden_from_readers() {
+        let mesh = parse_one(
+            "type: Mesh\nname: m\nmtls:\n  backends:\n  - name: p\n    type: provided\n    conf:\n      cert: {secret: ca-cert}\n      key: {inlineString: THE-KEY}\n",
+            Format::Yaml,
+        )
+        .expect("valid")
+        .resource
+        .redacted();
+        let shown = mesh.to_universal().to_string();
+        assert!(!shown.contains("THE-KEY") && shown.contains("ca-cert"), "{shown}");
+    }
 }

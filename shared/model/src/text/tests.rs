@@ -79,6 +79,36 @@ fn a_yaml_bomb_is_refused_not_built() {
 }
 
 #[test]
+fn aliases_are_charged_by_size_and_nest_no_deeper_than_the_limit() {
+    // Found in review: one big string named many times is charged by its bytes, not as a node.
+    let big = "x".repeat(100_000);
+    let refs = vec!["*s"; 200].join(", ");
+    let e = yaml_values(&format!("a: &s \"{big}\"\nb: [{refs}]\n")).expect_err("a string bomb");
+    assert!(e.message.contains("aliases expand"), "{e:?}");
+    // A deep value named deep down would nest past the limit.
+    let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+    let e = yaml_values(&format!(
+        "a: &d {deep}\nb: {}*d{}\n",
+        "[".repeat(40),
+        "]".repeat(40)
+    ))
+    .expect_err("too deep");
+    assert!(e.message.contains("nested more than"), "{e:?}");
+    assert_eq!(
+        yaml("a: &x {k: [1]}\nb: *x\n"),
+        json!({"a": {"k": [1]}, "b": {"k": [1]}})
+    );
+}
+
+#[test]
+fn integers_take_one_sign() {
+    assert_eq!(
+        yaml("a: -0x-8000000000000000\nb: 0x-5\nc: -0x10\n"),
+        json!({"a": "-0x-8000000000000000", "b": "0x-5", "c": -16})
+    );
+}
+
+#[test]
 fn yaml_written_reads_back_the_same() {
     let v = json!({
         "type": "MeshTrace", "name": "t", "labels": {"kuma.io/zone": "zone-1"},
