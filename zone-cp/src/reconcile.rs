@@ -20,9 +20,9 @@ use std::time::{Duration, SystemTime};
 
 use meridian_api::ca::{Leaf, MeshCa, secret_name, spiffe_id};
 
-use meridian_model::matching::{ProxyView, ToPolicy, selects};
 use meridian_model::policies::dataplane::{DataplaneSpec, SERVICE_TAG};
 use meridian_model::policies::zone_ingress::ZoneIngressSpec;
+use meridian_model::resolve::{ProxyView, selects, top_target};
 use meridian_model::targetref::TargetRefKind;
 use meridian_model::{Kind, Resource, ResourceKey, Spec};
 use meridian_store::{Change, Store, StoreError};
@@ -165,7 +165,7 @@ impl ZoneView {
                 // the change; a mesh-wide one (or an older kind without targetRef), all of them.
                 let mut targets = Vec::new();
                 for version in [self.get(&key), upserted(change)].into_iter().flatten() {
-                    match ToPolicy::new(version).map(|p| p.top) {
+                    match top_target(&version.spec) {
                         Some(t) if t.kind != TargetRefKind::Mesh => targets.push(t),
                         _ => {
                             out.insert(key.mesh.clone(), None);

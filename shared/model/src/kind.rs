@@ -51,6 +51,12 @@ macro_rules! kinds {
             }
         }
 
+        impl serde::Serialize for Kind {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
+            }
+        }
+
         /// A resource's spec, typed by kind.
         #[derive(Clone, Debug, PartialEq)]
         pub enum Spec { $($kind($spec)),+ }

@@ -15,8 +15,8 @@
 
 mod error;
 mod kind;
-pub mod matching;
 pub mod policies;
+pub mod resolve;
 mod resource;
 pub mod targetref;
 pub mod text;

@@ -37,7 +37,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::google::protobuf::{Any, BoolValue};
 use meridian_api::ca::spiffe_id;
 
-use super::rbac::{Access, Who};
+use meridian_model::resolve::access::{Access, Who};
 
 /// The SDS name of a proxy's own certificate and key.
 pub const IDENTITY_SECRET: &str = "identity_cert";

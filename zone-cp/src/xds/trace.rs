@@ -33,11 +33,9 @@ use envoy_types::pb::envoy::r#type::tracing::v3::CustomTag;
 use envoy_types::pb::envoy::r#type::tracing::v3::custom_tag::{Header, Literal, Type as TagType};
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{Any, BoolValue};
-use meridian_model::matching::{ProxyView, selects, specificity};
-use meridian_model::policies::mesh_trace::{
-    LegacyTraceBackendType, MeshTraceSpec, TraceBackendType, TraceTag,
-};
-use meridian_model::targetref::TargetRef;
+use meridian_model::policies::mesh_trace::{LegacyTraceBackendType, TraceBackendType, TraceTag};
+use meridian_model::resolve::Resolved;
+use meridian_model::resolve::trace::TraceConf;
 use prost::{Message, Name};
 
 /// Where spans go.
@@ -65,59 +63,48 @@ pub struct TraceSettings {
     pub tags: Vec<TraceTag>,
 }
 
-/// The MeshTrace that applies to a proxy: of those selecting it, the most specific targetRef
-/// wins, then the last by name. Its first backend Envoy can use is the collector (Datadog is
-/// not supported yet and is skipped).
+/// The tracing of a proxy's resolved MeshTrace (see `meridian_model::resolve::trace`): its
+/// first backend Envoy can use is the collector (Datadog is not supported yet and is skipped).
 ///
 /// A header taken from a Secret gets the secret's value (a trailing newline dropped, as
 /// `echo KEY | base64` leaves one); a header whose Secret is missing is left out, with a
 /// warning.
 pub fn settings(
-    traces: &[(String, MeshTraceSpec)],
+    resolved: Option<&Resolved<TraceConf>>,
     secrets: &BTreeMap<String, Vec<u8>>,
-    proxy: &ProxyView<'_>,
 ) -> Option<TraceSettings> {
-    let mut chosen: Option<(u8, &String, &MeshTraceSpec)> = None;
-    for (name, spec) in traces {
-        let top = spec.target_ref.clone().unwrap_or_else(TargetRef::mesh);
-        if !selects(&top, proxy) {
-            continue;
+    let backends = match &resolved?.conf {
+        TraceConf::Default(conf) => {
+            let collector = conf
+                .backends
+                .iter()
+                .flatten()
+                .find_map(|b| match b.backend_type {
+                    TraceBackendType::OpenTelemetry => {
+                        b.open_telemetry.as_ref().map(|o| Collector::OpenTelemetry {
+                            endpoint: o.endpoint.clone(),
+                            headers: Vec::new(),
+                        })
+                    }
+                    TraceBackendType::Zipkin => b.zipkin.as_ref().map(|z| Collector::Zipkin {
+                        url: z.url.clone(),
+                        shared_span_context: z.shared_span_context,
+                    }),
+                    TraceBackendType::Datadog => None,
+                })?;
+            let sampling = conf.sampling.as_ref();
+            return Some(TraceSettings {
+                collector,
+                overall: sampling.and_then(|s| s.overall).map(|p| p.value()),
+                client: sampling.and_then(|s| s.client).map(|p| p.value()),
+                random: sampling.and_then(|s| s.random).map(|p| p.value()),
+                tags: conf.tags.clone().unwrap_or_default(),
+            });
         }
-        let key = specificity(top.kind);
-        if chosen.is_none_or(|(k, n, _)| (key, name) >= (k, n)) {
-            chosen = Some((key, name, spec));
-        }
-    }
-    let (_, _, spec) = chosen?;
-    if let Some(conf) = &spec.default {
-        let collector = conf
-            .backends
-            .iter()
-            .flatten()
-            .find_map(|b| match b.backend_type {
-                TraceBackendType::OpenTelemetry => {
-                    b.open_telemetry.as_ref().map(|o| Collector::OpenTelemetry {
-                        endpoint: o.endpoint.clone(),
-                        headers: Vec::new(),
-                    })
-                }
-                TraceBackendType::Zipkin => b.zipkin.as_ref().map(|z| Collector::Zipkin {
-                    url: z.url.clone(),
-                    shared_span_context: z.shared_span_context,
-                }),
-                TraceBackendType::Datadog => None,
-            })?;
-        let sampling = conf.sampling.as_ref();
-        return Some(TraceSettings {
-            collector,
-            overall: sampling.and_then(|s| s.overall).map(|p| p.value()),
-            client: sampling.and_then(|s| s.client).map(|p| p.value()),
-            random: sampling.and_then(|s| s.random).map(|p| p.value()),
-            tags: conf.tags.clone().unwrap_or_default(),
-        });
-    }
+        TraceConf::Backends(backends) => backends,
+    };
     // The older form: the first usable backend, its sampling as the random sampling.
-    spec.backends.iter().flatten().find_map(|b| {
+    backends.iter().find_map(|b| {
         let collector = match b.backend_type {
             LegacyTraceBackendType::OpenTelemetry => Collector::OpenTelemetry {
                 endpoint: b.conf.endpoint.clone()?,
@@ -343,41 +330,35 @@ mod selection_tests {
     use std::collections::BTreeMap;
 
     use meridian_model::policies::dataplane::DataplaneSpec;
-    use meridian_model::{Format, Spec, parse_one};
+    use meridian_model::resolve::{MeshPolicies, ProxyView};
+    use meridian_model::{Format, parse_one};
 
     use super::*;
 
-    fn traces(yaml: &[&str]) -> Vec<(String, MeshTraceSpec)> {
-        yaml.iter()
-            .map(|doc| {
-                let r = parse_one(doc, Format::Yaml).expect("valid").resource;
-                let Spec::MeshTrace(t) = r.spec else { panic!() };
-                (r.name, t)
-            })
-            .collect()
-    }
-
-    /// demo's Dataplane and its (no) labels.
-    fn demo() -> (DataplaneSpec, BTreeMap<String, String>) {
-        let dp = serde_json::from_value(serde_json::json!({
+    /// The tracing demo's proxy gets from these MeshTraces.
+    fn resolved(yaml: &[&str]) -> Option<Resolved<TraceConf>> {
+        let mut policies = MeshPolicies::default();
+        for doc in yaml {
+            policies.add(&parse_one(doc, Format::Yaml).expect("valid").resource);
+        }
+        let dp: DataplaneSpec = serde_json::from_value(serde_json::json!({
             "networking": {"address": "127.0.0.1", "inbound": [{"port": 1, "tags": {"kuma.io/service": "demo"}}]}
         }))
         .expect("dataplane");
-        (dp, BTreeMap::new())
+        let labels = BTreeMap::new();
+        policies.traced(&ProxyView {
+            name: "demo-1",
+            labels: &labels,
+            dataplane: &dp,
+        })
     }
 
     #[test]
     fn the_most_specific_meshtrace_wins_and_the_older_form_works() {
-        let (dp, labels) = demo();
-        let view = ProxyView {
-            name: "demo-1",
-            labels: &labels,
-            dataplane: &dp,
-        };
         let seed = "type: MeshTrace\nname: default\nspec:\n  backends:\n  - name: otel\n    type: open_telemetry\n    conf:\n      endpoint: otel:4317\n      headers: {X-Api-Key: k}\n";
         let zipkin_for_demo = "type: MeshTrace\nname: z\nspec:\n  targetRef: {kind: MeshService, name: demo}\n  default:\n    backends:\n    - type: Zipkin\n      zipkin: {url: 'http://zipkin:9411/api/v2/spans'}\n    sampling: {random: 10}\n";
         let no_secrets = BTreeMap::new();
-        let only_seed = settings(&traces(&[seed]), &no_secrets, &view).expect("applies");
+        let only_seed = settings(resolved(&[seed]).as_ref(), &no_secrets).expect("applies");
         assert_eq!(
             only_seed.collector,
             Collector::OpenTelemetry {
@@ -385,7 +366,7 @@ mod selection_tests {
                 headers: vec![("x-api-key".into(), "k".into())]
             }
         );
-        let both = settings(&traces(&[seed, zipkin_for_demo]), &no_secrets, &view).expect("applies");
+        let both = settings(resolved(&[seed, zipkin_for_demo]).as_ref(), &no_secrets).expect("applies");
         assert!(matches!(both.collector, Collector::Zipkin { .. }));
         assert_eq!(both.random, Some(10.0));
         assert_eq!(cluster_name(&both.collector), "meshtrace:zipkin:9411");
@@ -393,15 +374,9 @@ mod selection_tests {
 
     #[test]
     fn a_header_can_come_from_a_secret_of_the_mesh() {
-        let (dp, labels) = demo();
-        let view = ProxyView {
-            name: "demo-1",
-            labels: &labels,
-            dataplane: &dp,
-        };
         let doc = "type: MeshTrace\nname: default\nspec:\n  backends:\n  - name: otel\n    type: open_telemetry\n    conf:\n      endpoint: otel:4317\n      headers:\n        x-api-key: {secret: honeycomb}\n        x-team: {secret: missing}\n";
         let secrets = BTreeMap::from([("honeycomb".to_owned(), b"the-key\n".to_vec())]);
-        let got = settings(&traces(&[doc]), &secrets, &view).expect("applies");
+        let got = settings(resolved(&[doc]).as_ref(), &secrets).expect("applies");
         assert_eq!(
             got.collector,
             Collector::OpenTelemetry {

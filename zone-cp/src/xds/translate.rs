@@ -54,22 +54,17 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
     UpstreamProtocolOptions, UseDownstreamHttpConfig,
 };
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
-use meridian_model::matching::{ProxyView, ToPolicy, outbound_conf};
 use meridian_model::policies::dataplane::{DataplaneSpec, SERVICE_TAG, speaks_http};
 use meridian_model::policies::mesh::MtlsMode;
-use meridian_model::policies::mesh_circuit_breaker::BreakerConf;
-use meridian_model::policies::mesh_health_check::HealthCheckConf;
-use meridian_model::policies::mesh_load_balancing_strategy::LbConf;
-use meridian_model::policies::mesh_trace::MeshTraceSpec;
-use meridian_model::policies::zone_ingress::ZoneIngressSpec;
 use meridian_model::policies::mesh_retry::{HttpRetryOn, RetryConf};
-use meridian_model::policies::mesh_timeout::TimeoutConf;
+use meridian_model::policies::zone_ingress::ZoneIngressSpec;
+use meridian_model::resolve::access::Access;
+use meridian_model::resolve::{MeshPolicies, OutboundPolicy, ProxyView};
 use meridian_model::{Resource, Spec};
 use prost::{Message, Name};
 
 use super::cache::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot};
 use super::crosszone::{self, Zones};
-use super::rbac::{Permissions, ServiceTags, inbound_access};
 use super::{tls, trace};
 
 pub use meridian_model::policies::dataplane::PROTOCOL_TAG;
@@ -119,20 +114,12 @@ pub struct Identity<'a> {
 pub struct MeshContext {
     pub mesh: String,
     pub services: BTreeMap<String, ServiceInfo>,
-    pub timeouts: Vec<ToPolicy>,
-    pub retries: Vec<ToPolicy>,
     /// Set when the mesh has mTLS on.
     pub tls: Option<TlsSettings>,
-    pub permissions: Permissions,
-    /// Each service's inbound tag sets, to resolve permissions that select clients by tags.
-    pub service_tags: ServiceTags,
+    /// The mesh's policies, typed, and what they resolve against.
+    pub policies: MeshPolicies,
     /// Ready instances of each service in other zones, by zone.
     pub remote: BTreeMap<String, BTreeMap<String, u32>>,
-    pub balancing: Vec<ToPolicy>,
-    pub breakers: Vec<ToPolicy>,
-    pub health_checks: Vec<ToPolicy>,
-    /// MeshTraces by name.
-    pub traces: Vec<(String, MeshTraceSpec)>,
     /// The mesh's Secrets, decoded, by name (what policies refer to).
     pub secrets: BTreeMap<String, Vec<u8>>,
     /// The other zones and their ingresses (set by the reconciler).
@@ -144,6 +131,7 @@ impl MeshContext {
     pub fn new<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Self {
         let mut ctx = MeshContext::default();
         for r in resources {
+            ctx.policies.add(r);
             match &r.spec {
                 Spec::Mesh(mesh) => {
                     ctx.mesh = r.name.clone();
@@ -157,18 +145,12 @@ impl MeshContext {
                             .map_or(DEFAULT_CERT_LIFETIME, |r| r.expiration.as_duration()),
                     });
                 }
-                Spec::MeshTrafficPermission(p) => ctx.permissions.mesh.push((r.name.clone(), p.clone())),
-                Spec::TrafficPermission(p) => ctx.permissions.legacy.push(p.clone()),
                 Spec::Dataplane(dp) => {
                     let zone = r.key().synced_zone().map(str::to_owned);
                     for inbound in dp.networking.inbound.iter().flatten() {
                         let Some(service) = inbound.tags.get(SERVICE_TAG) else {
                             continue;
                         };
-                        ctx.service_tags
-                            .entry(service.clone())
-                            .or_default()
-                            .push(inbound.tags.clone());
                         let info = ctx.services.entry(service.clone()).or_default();
                         info.http |= speaks_http(&inbound.tags);
                         let ready = inbound.health.as_ref().is_none_or(|h| h.ready);
@@ -194,12 +176,6 @@ impl MeshContext {
                         });
                     }
                 }
-                Spec::MeshTimeout(_) => ctx.timeouts.extend(ToPolicy::new(r)),
-                Spec::MeshRetry(_) => ctx.retries.extend(ToPolicy::new(r)),
-                Spec::MeshLoadBalancingStrategy(_) => ctx.balancing.extend(ToPolicy::new(r)),
-                Spec::MeshCircuitBreaker(_) => ctx.breakers.extend(ToPolicy::new(r)),
-                Spec::MeshHealthCheck(_) => ctx.health_checks.extend(ToPolicy::new(r)),
-                Spec::MeshTrace(t) => ctx.traces.push((r.name.clone(), t.clone())),
                 Spec::Secret(secret) => {
                     if let Some(value) = secret.value() {
                         ctx.secrets.insert(r.name.clone(), value);
@@ -314,10 +290,6 @@ fn route_to(cluster: &str, action: RouteAction) -> Route {
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(value: Option<serde_json::Value>) -> Option<T> {
-    value.and_then(|v| serde_json::from_value(v).ok())
-}
-
 /// Kuma's `retryOn` name as Envoy's `retry_on` condition.
 fn envoy_retry_condition(kuma: &str) -> &str {
     match kuma {
@@ -404,7 +376,7 @@ pub fn proxy_snapshot(
         .flatten()
         .find_map(|i| i.tags.get(SERVICE_TAG).cloned())
         .unwrap_or_else(|| name.to_owned());
-    let trace_settings = trace::settings(&ctx.traces, &ctx.secrets, &view);
+    let trace_settings = trace::settings(ctx.policies.traced(&view).as_ref(), &ctx.secrets);
     let tracing = trace_settings
         .as_ref()
         .map(|t| trace::hcm_tracing(t, &ctx.mesh, &ctx.zones.local, &own_service));
@@ -466,8 +438,8 @@ pub fn proxy_snapshot(
         let listener_name = format!("inbound:{address}:{}", inbound.port);
         let stat_prefix = listener_name.replace(':', "_");
         // Permissions are enforced on what arrives over mTLS: only there is the peer known.
-        let access = tls.map(|_| inbound_access(&ctx.permissions, &ctx.service_tags, &view, &inbound.tags));
-        let chain = |access: Option<&super::rbac::Access>| -> Vec<Filter> {
+        let access = tls.map(|_| ctx.policies.inbound(&view, &inbound.tags).access());
+        let chain = |access: Option<&Access>| -> Vec<Filter> {
             if speaks_http(&inbound.tags) {
                 let routes = RouteConfiguration {
                     name: format!("inbound:{service}"),
@@ -551,19 +523,25 @@ pub fn proxy_snapshot(
             endpoints: Vec::new(),
             http: true,
         });
-        let timeouts: Option<TimeoutConf> = decode(outbound_conf(&ctx.timeouts, &view, service));
-        let retries: Option<RetryConf> = decode(outbound_conf(&ctx.retries, &view, service));
+        let policy = ctx.policies.outbound(&view, service);
+        let OutboundPolicy {
+            timeout,
+            retry,
+            load_balancing,
+            circuit_breaker,
+            health_check,
+        } = &policy;
+        let timeouts = timeout.as_ref().map(|r| &r.conf);
+        let retries = retry.as_ref().map(|r| &r.conf);
+        let balancing = load_balancing.as_ref().map(|r| &r.conf);
+        let breaker = circuit_breaker.as_ref().map(|r| &r.conf);
+        let health = health_check.as_ref().map(|r| &r.conf);
         let connect = timeouts
-            .as_ref()
             .and_then(|t| t.connection_timeout.as_ref())
             .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.as_duration());
         let idle = timeouts
-            .as_ref()
             .and_then(|t| t.idle_timeout.as_ref())
             .map(|d| d.as_duration());
-        let balancing: Option<LbConf> = decode(outbound_conf(&ctx.balancing, &view, service));
-        let breaker: Option<BreakerConf> = decode(outbound_conf(&ctx.breakers, &view, service));
-        let health: Option<HealthCheckConf> = decode(outbound_conf(&ctx.health_checks, &view, service));
         let mut cluster = Cluster {
             name: service.to_owned(),
             cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
@@ -578,10 +556,10 @@ pub fn proxy_snapshot(
                 Default::default()
             },
             transport_socket: tls.map(|_| tls::outbound_socket(&ads(), &ctx.mesh, service)),
-            outlier_detection: crosszone::outlier_detection(breaker.as_ref()),
+            outlier_detection: crosszone::outlier_detection(breaker),
             ..Default::default()
         };
-        if let Some(h) = &health {
+        if let Some(h) = health {
             crosszone::apply_health_check(&mut cluster, h, info.http);
         }
         snap.insert(CLUSTER, service.to_owned(), pack(&cluster));
@@ -600,7 +578,7 @@ pub fn proxy_snapshot(
                 .flat_map(|i| i.tags.iter())
                 .collect();
             for (lb, e) in first.lb_endpoints.iter_mut().zip(&info.endpoints) {
-                let w = crosszone::affinity_weight(balancing.as_ref(), &caller, &e.tags);
+                let w = crosszone::affinity_weight(balancing, &caller, &e.tags);
                 if w != 1 {
                     lb.load_balancing_weight = Some(UInt32Value { value: w });
                 }
@@ -611,12 +589,12 @@ pub fn proxy_snapshot(
             && let Some(instances) = ctx.remote.get(service)
         {
             let candidates: std::collections::BTreeSet<String> = instances.keys().cloned().collect();
-            let order = if crosszone::locality_disabled(balancing.as_ref()) {
+            let order = if crosszone::locality_disabled(balancing) {
                 vec![candidates.into_iter().collect()]
             } else {
-                crosszone::failover_order(balancing.as_ref(), &ctx.zones.local, &candidates)
+                crosszone::failover_order(balancing, &ctx.zones.local, &candidates)
             };
-            let first = u32::from(!crosszone::locality_disabled(balancing.as_ref()));
+            let first = u32::from(!crosszone::locality_disabled(balancing));
             endpoints.endpoints.extend(crosszone::remote_localities(
                 &ctx.zones,
                 &order,
@@ -632,7 +610,7 @@ pub fn proxy_snapshot(
                     ..Default::default()
                 },
             ));
-            endpoints.policy = crosszone::overprovisioning(balancing.as_ref()).map(|factor| Policy {
+            endpoints.policy = crosszone::overprovisioning(balancing).map(|factor| Policy {
                 overprovisioning_factor: Some(factor),
                 ..Default::default()
             });
@@ -641,7 +619,7 @@ pub fn proxy_snapshot(
         let address = outbound.address.as_deref().unwrap_or("127.0.0.1");
         let listener_name = format!("outbound:{address}:{}", outbound.port);
         let filter = if info.http {
-            let http = timeouts.as_ref().and_then(|t| t.http.as_ref());
+            let http = timeouts.and_then(|t| t.http.as_ref());
             let request = http
                 .and_then(|h| h.request_timeout.as_ref())
                 .map_or(DEFAULT_REQUEST_TIMEOUT, |d| d.as_duration());
@@ -650,7 +628,7 @@ pub fn proxy_snapshot(
                 idle_timeout: http
                     .and_then(|h| h.stream_idle_timeout.as_ref())
                     .map(|d| duration(d.as_duration())),
-                retry_policy: retries.as_ref().and_then(retry_policy),
+                retry_policy: retries.and_then(retry_policy),
                 ..Default::default()
             };
             let route_name = format!("outbound:{service}");

@@ -233,6 +233,59 @@ impl Validate for OutlierDetection {
     }
 }
 
+impl crate::resolve::Targeted for MeshCircuitBreakerSpec {
+    const KIND: crate::Kind = crate::Kind::MeshCircuitBreaker;
+    fn target_ref(&self) -> Option<&TargetRef> {
+        self.target_ref.as_ref()
+    }
+}
+
+impl crate::resolve::Outbound for MeshCircuitBreakerSpec {
+    type Conf = BreakerConf;
+    fn to(&self) -> &[To<BreakerConf>] {
+        self.to.as_deref().unwrap_or_default()
+    }
+}
+
+crate::merge_fields!(BreakerConf {
+    connection_limits,
+    outlier_detection
+});
+crate::merge_fields!(ConnectionLimits {
+    max_connections,
+    max_connection_pools,
+    max_pending_requests,
+    max_retries,
+    max_requests
+});
+crate::merge_fields!(OutlierDetection {
+    disabled,
+    interval,
+    base_ejection_time,
+    max_ejection_percent,
+    split_external_and_local_errors,
+    detectors,
+    healthy_panic_threshold
+});
+crate::merge_fields!(Detectors {
+    total_failures,
+    gateway_failures,
+    local_origin_failures,
+    success_rate,
+    failure_percentage
+});
+crate::merge_fields!(Consecutive { consecutive });
+crate::merge_fields!(SuccessRate {
+    minimum_hosts,
+    request_volume,
+    standard_deviation_factor
+});
+crate::merge_fields!(FailurePercentage {
+    request_volume,
+    minimum_hosts,
+    threshold
+});
+
 #[cfg(test)]
 mod tests {
     use crate::{Format, Spec, parse_one};

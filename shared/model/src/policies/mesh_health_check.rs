@@ -230,6 +230,57 @@ impl Validate for HealthCheckConf {
     }
 }
 
+impl crate::resolve::Targeted for MeshHealthCheckSpec {
+    const KIND: crate::Kind = crate::Kind::MeshHealthCheck;
+    fn target_ref(&self) -> Option<&TargetRef> {
+        self.target_ref.as_ref()
+    }
+}
+
+impl crate::resolve::Outbound for MeshHealthCheckSpec {
+    type Conf = HealthCheckConf;
+    fn to(&self) -> &[To<HealthCheckConf>] {
+        self.to.as_deref().unwrap_or_default()
+    }
+}
+
+crate::merge_fields!(HealthCheckConf {
+    interval,
+    unhealthy_interval,
+    timeout,
+    unhealthy_threshold,
+    healthy_threshold,
+    initial_jitter,
+    interval_jitter,
+    interval_jitter_percent,
+    healthy_panic_threshold,
+    fail_traffic_on_panic,
+    no_traffic_interval,
+    event_log_path,
+    always_log_health_check_failures,
+    reuse_connection,
+    tcp,
+    http,
+    grpc
+});
+crate::merge_fields!(TcpHealthCheck {
+    disabled,
+    send,
+    receive
+});
+crate::merge_fields!(HttpHealthCheck {
+    disabled,
+    path,
+    request_headers_to_add,
+    expected_statuses
+});
+crate::merge_fields!(GrpcHealthCheck {
+    disabled,
+    service_name,
+    authority
+});
+crate::merge_fields!(HeaderModifier { set, add });
+
 #[cfg(test)]
 mod tests {
     use crate::{Format, Spec, parse_one};

@@ -478,6 +478,61 @@ impl Validate for HashPolicy {
     }
 }
 
+impl crate::resolve::Targeted for MeshLoadBalancingStrategySpec {
+    const KIND: crate::Kind = crate::Kind::MeshLoadBalancingStrategy;
+    fn target_ref(&self) -> Option<&TargetRef> {
+        self.target_ref.as_ref()
+    }
+}
+
+impl crate::resolve::Outbound for MeshLoadBalancingStrategySpec {
+    type Conf = LbConf;
+    fn to(&self) -> &[To<LbConf>] {
+        self.to.as_deref().unwrap_or_default()
+    }
+}
+
+crate::merge_fields!(LbConf {
+    locality_awareness,
+    load_balancer,
+    hash_policies
+});
+crate::merge_fields!(LocalityAwareness {
+    disabled,
+    local_zone,
+    cross_zone
+});
+crate::merge_fields!(LocalZone { affinity_tags });
+crate::merge_fields!(CrossZone {
+    failover,
+    failover_threshold
+});
+crate::merge_fields!(FailoverThreshold { percentage });
+crate::merge_fields!(LoadBalancer {
+    lb_type,
+    round_robin,
+    least_request,
+    ring_hash,
+    random,
+    maglev
+});
+crate::merge_fields!(Empty {});
+crate::merge_by_replacing!(LoadBalancerType, HashFunction);
+crate::merge_fields!(LeastRequest {
+    choice_count,
+    active_request_bias
+});
+crate::merge_fields!(RingHash {
+    hash_function,
+    min_ring_size,
+    max_ring_size,
+    hash_policies
+});
+crate::merge_fields!(Maglev {
+    table_size,
+    hash_policies
+});
+
 #[cfg(test)]
 mod tests {
     use crate::{Format, Spec, parse_one};

@@ -413,6 +413,49 @@ fn validate_host_selection(v: &mut Validator, preds: &[Predicate]) {
     }
 }
 
+impl crate::resolve::Targeted for MeshRetrySpec {
+    const KIND: crate::Kind = crate::Kind::MeshRetry;
+    fn target_ref(&self) -> Option<&TargetRef> {
+        self.target_ref.as_ref()
+    }
+}
+
+impl crate::resolve::Outbound for MeshRetrySpec {
+    type Conf = RetryConf;
+    fn to(&self) -> &[To<RetryConf>] {
+        self.to.as_deref().unwrap_or_default()
+    }
+}
+
+crate::merge_fields!(RetryConf { tcp, http, grpc });
+crate::merge_fields!(TcpRetry { max_connect_attempt });
+crate::merge_fields!(HttpRetry {
+    num_retries,
+    per_try_timeout,
+    back_off,
+    rate_limited_back_off,
+    retry_on,
+    retriable_response_headers,
+    retriable_request_headers,
+    host_selection,
+    host_selection_max_attempts
+});
+crate::merge_fields!(GrpcRetry {
+    num_retries,
+    per_try_timeout,
+    back_off,
+    rate_limited_back_off,
+    retry_on
+});
+crate::merge_fields!(BackOff {
+    base_interval,
+    max_interval
+});
+crate::merge_fields!(RateLimitedBackOff {
+    reset_headers,
+    max_interval
+});
+
 #[cfg(test)]
 mod tests {
     use super::HttpRetryOn;

@@ -90,3 +90,30 @@ impl Validate for TimeoutConf {
         }
     }
 }
+
+impl crate::resolve::Targeted for MeshTimeoutSpec {
+    const KIND: crate::Kind = crate::Kind::MeshTimeout;
+    fn target_ref(&self) -> Option<&TargetRef> {
+        self.target_ref.as_ref()
+    }
+}
+
+impl crate::resolve::Outbound for MeshTimeoutSpec {
+    type Conf = TimeoutConf;
+    fn to(&self) -> &[To<TimeoutConf>] {
+        self.to.as_deref().unwrap_or_default()
+    }
+}
+
+crate::merge_fields!(TimeoutConf {
+    connection_timeout,
+    idle_timeout,
+    http
+});
+crate::merge_fields!(HttpTimeouts {
+    request_timeout,
+    stream_idle_timeout,
+    max_stream_duration,
+    max_connection_duration,
+    request_headers_timeout
+});

@@ -350,3 +350,14 @@ impl Validate for LegacyTraceBackend {
         });
     }
 }
+
+crate::merge_fields!(MeshTraceConf {
+    backends,
+    sampling,
+    tags
+});
+crate::merge_fields!(Sampling {
+    overall,
+    client,
+    random
+});

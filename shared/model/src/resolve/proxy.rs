@@ -1,0 +1,148 @@
+//! A mesh's policies, typed by kind, and what they come to for one proxy.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::access::{Access, InboundPermissions, Permissions, ServiceTags};
+use super::trace::{self, TraceConf};
+use super::{Policy, ProxyView, Resolved, outbound};
+use crate::policies::dataplane::SERVICE_TAG;
+use crate::policies::mesh_circuit_breaker::{BreakerConf, MeshCircuitBreakerSpec};
+use crate::policies::mesh_health_check::{HealthCheckConf, MeshHealthCheckSpec};
+use crate::policies::mesh_load_balancing_strategy::{LbConf, MeshLoadBalancingStrategySpec};
+use crate::policies::mesh_retry::{MeshRetrySpec, RetryConf};
+use crate::policies::mesh_timeout::{MeshTimeoutSpec, TimeoutConf};
+use crate::policies::mesh_trace::MeshTraceSpec;
+use crate::{Resource, Spec};
+
+/// The policies of one mesh, read once per change, and the service tags permissions resolve
+/// against.
+#[derive(Clone, Debug, Default)]
+pub struct MeshPolicies {
+    pub timeouts: Vec<Policy<MeshTimeoutSpec>>,
+    pub retries: Vec<Policy<MeshRetrySpec>>,
+    pub balancing: Vec<Policy<MeshLoadBalancingStrategySpec>>,
+    pub breakers: Vec<Policy<MeshCircuitBreakerSpec>>,
+    pub health_checks: Vec<Policy<MeshHealthCheckSpec>>,
+    pub traces: Vec<Policy<MeshTraceSpec>>,
+    pub permissions: Permissions,
+    /// Each service's inbound tag sets, to resolve permissions that select clients by tags.
+    pub service_tags: ServiceTags,
+}
+
+impl MeshPolicies {
+    /// Takes in one resource of the mesh: a policy, or a Dataplane (for its service tags).
+    pub fn add(&mut self, r: &Resource) {
+        match &r.spec {
+            Spec::MeshTimeout(s) => self.timeouts.push(Policy::new(r, s)),
+            Spec::MeshRetry(s) => self.retries.push(Policy::new(r, s)),
+            Spec::MeshLoadBalancingStrategy(s) => self.balancing.push(Policy::new(r, s)),
+            Spec::MeshCircuitBreaker(s) => self.breakers.push(Policy::new(r, s)),
+            Spec::MeshHealthCheck(s) => self.health_checks.push(Policy::new(r, s)),
+            Spec::MeshTrace(s) => self.traces.push(Policy::new(r, s)),
+            Spec::MeshTrafficPermission(s) => self.permissions.mesh.push(Policy::new(r, s)),
+            Spec::TrafficPermission(s) => self.permissions.legacy.push(Policy::new(r, s)),
+            Spec::Dataplane(dp) => {
+                for inbound in dp.networking.inbound.iter().flatten() {
+                    if let Some(service) = inbound.tags.get(SERVICE_TAG) {
+                        self.service_tags
+                            .entry(service.clone())
+                            .or_default()
+                            .push(inbound.tags.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// What this mesh's policies come to for `proxy`.
+    pub fn for_proxy(&self, proxy: &ProxyView<'_>) -> ProxyPolicy {
+        let inbounds = proxy
+            .dataplane
+            .networking
+            .inbound
+            .iter()
+            .flatten()
+            .map(|inbound| InboundPolicy {
+                port: inbound.port,
+                tags: inbound.tags.clone(),
+                access: self.inbound(proxy, &inbound.tags).access(),
+            })
+            .collect();
+        let outbounds = proxy
+            .dataplane
+            .networking
+            .outbound
+            .iter()
+            .flatten()
+            .filter_map(|o| o.service())
+            .map(|service| (service.to_owned(), self.outbound(proxy, service)))
+            .collect();
+        ProxyPolicy {
+            inbounds,
+            outbounds,
+            trace: self.traced(proxy),
+        }
+    }
+
+    /// The tracing `proxy` gets.
+    pub fn traced(&self, proxy: &ProxyView<'_>) -> Option<Resolved<TraceConf>> {
+        trace::select(&self.traces, proxy)
+    }
+
+    /// The permissions of the inbound with `tags` of `proxy`, to ask about clients.
+    pub fn inbound<'a>(
+        &'a self,
+        proxy: &ProxyView<'_>,
+        tags: &BTreeMap<String, String>,
+    ) -> InboundPermissions<'a> {
+        InboundPermissions::new(&self.permissions, &self.service_tags, proxy, tags)
+    }
+
+    /// What applies to traffic from `proxy` to `service`.
+    pub fn outbound(&self, proxy: &ProxyView<'_>, service: &str) -> OutboundPolicy {
+        OutboundPolicy {
+            timeout: outbound(&self.timeouts, proxy, service),
+            retry: outbound(&self.retries, proxy, service),
+            load_balancing: outbound(&self.balancing, proxy, service),
+            circuit_breaker: outbound(&self.breakers, proxy, service),
+            health_check: outbound(&self.health_checks, proxy, service),
+        }
+    }
+}
+
+/// Everything the mesh's policies say about one proxy.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProxyPolicy {
+    pub inbounds: Vec<InboundPolicy>,
+    /// By destination service.
+    pub outbounds: BTreeMap<String, OutboundPolicy>,
+    pub trace: Option<Resolved<TraceConf>>,
+}
+
+/// What applies to one inbound.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InboundPolicy {
+    pub port: u32,
+    pub tags: BTreeMap<String, String>,
+    /// Who may call it (enforced with mTLS on).
+    pub access: Access,
+}
+
+/// What applies to traffic to one service, kind by kind.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundPolicy {
+    #[serde(rename = "MeshTimeout", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Resolved<TimeoutConf>>,
+    #[serde(rename = "MeshRetry", skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Resolved<RetryConf>>,
+    #[serde(rename = "MeshLoadBalancingStrategy", skip_serializing_if = "Option::is_none")]
+    pub load_balancing: Option<Resolved<LbConf>>,
+    #[serde(rename = "MeshCircuitBreaker", skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<Resolved<BreakerConf>>,
+    #[serde(rename = "MeshHealthCheck", skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<Resolved<HealthCheckConf>>,
+}
