@@ -67,19 +67,34 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
-    /// Show what the control plane generated for a proxy, and how the proxy took it.
+    /// Ask why. `inspect dataplane NAME`: what the control plane generated for a proxy and how
+    /// the proxy took it (`--rules`: the policies' resolved rules and where each came from;
+    /// `--endpoints`: each cluster's endpoints). `inspect KIND NAME` (a policy): the
+    /// Dataplanes it selects. `inspect traffic --from A --to B`: may service A call service
+    /// B, and which policy decides.
     Inspect {
-        /// What to inspect (only `dataplane` for now).
+        /// `dataplane`, a policy kind (meshtimeout, MeshTrafficPermission, ...), or `traffic`.
         kind: String,
-        name: String,
+        /// The Dataplane or policy (not for `traffic`).
+        #[arg(required_unless_present_all = ["from", "to"])]
+        name: Option<String>,
         #[arg(short = 'm', long, default_value = DEFAULT_MESH)]
         mesh: String,
         /// `table` shows the state and resource names; `yaml`/`json` include every resource's config.
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
         /// Show each cluster's endpoints instead: address, zone, priority, weight, health.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "rules")]
         endpoints: bool,
+        /// Show the resolved policy rules instead (Kuma's `_rules`).
+        #[arg(long)]
+        rules: bool,
+        /// For `traffic`: the calling service (kuma.io/service).
+        #[arg(long, requires = "to")]
+        from: Option<String>,
+        /// For `traffic`: the called service.
+        #[arg(long, requires = "from")]
+        to: Option<String>,
     },
     /// Generate a credential.
     Generate {
@@ -352,7 +367,26 @@ impl Cli {
                 mesh,
                 output,
                 endpoints,
-            } => inspect(&client, &kind, &name, &mesh, output, endpoints).await,
+                rules,
+                from,
+                to,
+            } => {
+                let what = match (kind.as_str(), name, from, to) {
+                    ("traffic", None, Some(from), Some(to)) => Inspected::Traffic { from, to },
+                    ("traffic", ..) => {
+                        return fail(Failure::Usage(
+                            "inspect traffic takes --from SERVICE --to SERVICE, and no name".into(),
+                        ));
+                    }
+                    (_, Some(name), None, None) => Inspected::Resource { kind, name },
+                    _ => {
+                        return fail(Failure::Usage(
+                            "--from and --to are for `inspect traffic`; other kinds take a NAME".into(),
+                        ));
+                    }
+                };
+                inspect(&client, what, &mesh, output, endpoints, rules).await
+            }
         };
         span.set("ok", result.is_ok());
         drop(span);
@@ -611,18 +645,57 @@ fn print_members(status: &serde_json::Value) {
     }
 }
 
+/// What `meshctl inspect` was asked about.
+enum Inspected {
+    Resource { kind: String, name: String },
+    Traffic { from: String, to: String },
+}
+
 async fn inspect(
     client: &Client,
-    kind: &str,
-    name: &str,
+    what: Inspected,
     mesh: &str,
     output: OutputFormat,
     endpoints: bool,
+    rules: bool,
 ) -> Result<(), Failure> {
-    if parse_kind(kind)? != Kind::Dataplane {
-        return Err(Failure::Usage(format!(
-            "inspect supports dataplane, not {kind:?}"
-        )));
+    let (kind, name) = match what {
+        Inspected::Traffic { from, to } => {
+            let query = format!(
+                "/meshes/{mesh}/_traffic?from={}&to={}",
+                client::encode(&from),
+                client::encode(&to)
+            );
+            return output::show_traffic(&client.get(&query).await?, output);
+        }
+        Inspected::Resource { kind, name } => (parse_kind(&kind)?, name),
+    };
+    if kind != Kind::Dataplane {
+        if endpoints || rules {
+            return Err(Failure::Usage(
+                "--endpoints and --rules are for `inspect dataplane`".into(),
+            ));
+        }
+        if kind.scope() != Scope::Mesh || kind == Kind::Secret {
+            return Err(Failure::Usage(format!(
+                "inspect takes dataplane, traffic or a policy kind, not {kind}"
+            )));
+        }
+        let path = format!("/meshes/{mesh}/{}/{name}/_resources/dataplanes", kind.plural());
+        let mut items = Vec::new();
+        let mut next = Some(path);
+        while let Some(page) = next.take() {
+            let answer = client.get(&page).await?;
+            items.extend(answer["items"].as_array().into_iter().flatten().cloned());
+            next = answer["next"].as_str().map(str::to_owned);
+        }
+        return output::show_list(Kind::Dataplane, &items, output);
+    }
+    if rules {
+        let answer = client
+            .get(&format!("/meshes/{mesh}/dataplanes/{name}/_rules"))
+            .await?;
+        return output::show_rules(&answer, output);
     }
     let config = client
         .get(&format!("/meshes/{mesh}/dataplanes/{name}/_config"))

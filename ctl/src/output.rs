@@ -169,3 +169,185 @@ pub fn show_inspect(config: &Value, output: OutputFormat) -> Result<(), Failure>
     }
     Ok(())
 }
+
+/// A conf as `field=value` pairs, nested fields dotted (`http.requestTimeout=2s`).
+fn flat(conf: &Value) -> String {
+    fn walk(prefix: &str, v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) if !map.is_empty() => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            Value::String(s) => out.push(format!("{prefix}={s}")),
+            other => out.push(format!("{prefix}={other}")),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", conf, &mut out);
+    out.join(" ")
+}
+
+fn names(origin: &Value) -> String {
+    let names: Vec<String> = origin
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| text(o, "name"))
+        .collect();
+    if names.is_empty() {
+        "-".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn print_rows(rows: &[Vec<String>]) {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", line.join("   ").trim_end());
+    }
+}
+
+/// `meshctl inspect dataplane NAME --rules`: one row per rule, with the policies it came from
+/// (the last one named won where they disagree).
+pub fn show_rules(answer: &Value, output: OutputFormat) -> Result<(), Failure> {
+    if output != OutputFormat::Table {
+        return print_structured(answer, output);
+    }
+    let mut rows = vec![vec![
+        "TYPE".to_owned(),
+        "APPLIES TO".into(),
+        "CONF".into(),
+        "ORIGIN".into(),
+    ]];
+    let mut warnings = Vec::new();
+    for rule in answer["rules"].as_array().into_iter().flatten() {
+        let kind = text(rule, "type");
+        for to in rule["toRules"].as_array().into_iter().flatten() {
+            let target: Vec<String> = to["matchers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| text(m, "value"))
+                .collect();
+            rows.push(vec![
+                kind.clone(),
+                format!("to {}", target.join(",")),
+                flat(&to["conf"]),
+                names(&to["origin"]),
+            ]);
+        }
+        for from in rule["fromRules"].as_array().into_iter().flatten() {
+            for r in from["rules"].as_array().into_iter().flatten() {
+                rows.push(vec![
+                    kind.clone(),
+                    format!("inbound {}", from["inbound"]["port"]),
+                    access(&r["conf"]),
+                    names(&r["origin"]),
+                ]);
+            }
+        }
+        if let Some(p) = rule.get("proxyRule").filter(|p| !p.is_null()) {
+            rows.push(vec![
+                kind.clone(),
+                "proxy".into(),
+                flat(&p["conf"]),
+                names(&p["origin"]),
+            ]);
+        }
+        for w in rule["warnings"].as_array().into_iter().flatten() {
+            warnings.push(format!("{kind}: {}", w.as_str().unwrap_or_default()));
+        }
+    }
+    if rows.len() == 1 {
+        println!("no policy applies to {}", text(&answer["resource"], "name"));
+    } else {
+        print_rows(&rows);
+    }
+    for w in warnings {
+        println!("warning: {w}");
+    }
+    Ok(())
+}
+
+/// Permissions in words: who is let in, who is kept out.
+fn access(conf: &Value) -> String {
+    let who = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .map(|w| match w["type"].as_str() {
+                Some("Anyone") => "anyone".to_owned(),
+                Some("Service") => text(w, "value"),
+                Some(t) => format!("{t}:{}", text(w, "value")),
+                None => w.to_string(),
+            })
+            .collect()
+    };
+    let (allow, deny) = (who(&conf["allow"]), who(&conf["deny"]));
+    match (allow.is_empty(), deny.is_empty()) {
+        (true, _) => "allow nobody".to_owned(),
+        (false, true) => format!("allow {}", allow.join(",")),
+        (false, false) => format!("allow {} deny {}", allow.join(","), deny.join(",")),
+    }
+}
+
+/// `meshctl inspect traffic --from A --to B`: the answer, then each inbound of B.
+pub fn show_traffic(answer: &Value, output: OutputFormat) -> Result<(), Failure> {
+    if output != OutputFormat::Table {
+        return print_structured(answer, output);
+    }
+    let verdict = if answer["allowed"] == true {
+        "allowed"
+    } else {
+        "denied"
+    };
+    println!(
+        "{} -> {} in mesh {}: {verdict}",
+        text(answer, "from"),
+        text(answer, "to"),
+        text(answer, "mesh")
+    );
+    if let Some(note) = answer["note"].as_str() {
+        println!("note: {note}");
+    }
+    println!();
+    let mut rows = vec![vec![
+        "DATAPLANE".to_owned(),
+        "PORT".into(),
+        "ALLOWED".into(),
+        "POLICY".into(),
+        "REASON".into(),
+    ]];
+    for d in answer["destinations"].as_array().into_iter().flatten() {
+        let policy = d
+            .get("policy")
+            .filter(|p| !p.is_null())
+            .map_or("-".to_owned(), |p| {
+                format!("{}/{}", text(p, "type"), text(p, "name"))
+            });
+        rows.push(vec![
+            text(d, "dataplane"),
+            d["port"].to_string(),
+            if d["allowed"] == true { "yes" } else { "no" }.into(),
+            policy,
+            text(d, "reason"),
+        ]);
+    }
+    print_rows(&rows);
+    Ok(())
+}

@@ -151,6 +151,52 @@ fn the_seed_permission_decides_who_reaches_reg_server_over_mtls() {
     settle("demo to be let in again", &demo_url, 200);
     assert_eq!(http_get(&web_url).0, 403);
 
+    // Why is web denied? An explicit deny, a call refused by Envoy, and `inspect traffic`
+    // naming the policy that decided; `--rules` shows reg-server's inbound with its origin.
+    let deny_web = "type: MeshTrafficPermission\nname: deny-web\nmesh: default\nspec:\n  targetRef: {kind: MeshService, name: reg-server}\n  from:\n  - targetRef: {kind: MeshService, name: web}\n    default: {action: Deny}\n";
+    ok(cp
+        .meshctl(&["apply", "-f", "-"], Some(deny_web))
+        .expect("meshctl"));
+    let (status, body, _) = http_get(&web_url);
+    assert_eq!(status, 403, "{body}");
+    let why = ok(cp
+        .meshctl(
+            &["inspect", "traffic", "--from", "web", "--to", "reg-server"],
+            None,
+        )
+        .expect("meshctl"));
+    assert!(why.contains("web -> reg-server in mesh default: denied"), "{why}");
+    assert!(why.contains("MeshTrafficPermission/deny-web"), "{why}");
+    let demo_why = ok(cp
+        .meshctl(
+            &["inspect", "traffic", "--from", "demo", "--to", "reg-server"],
+            None,
+        )
+        .expect("meshctl"));
+    assert!(demo_why.contains(": allowed"), "{demo_why}");
+    assert!(
+        demo_why.contains("TrafficPermission/allow-demo-to-reg"),
+        "{demo_why}"
+    );
+    let rules = ok(cp
+        .meshctl(&["inspect", "dataplane", "reg-server-1", "--rules"], None)
+        .expect("meshctl"));
+    assert!(rules.contains("allow demo"), "{rules}");
+    assert!(
+        rules.contains("allow-demo-to-reg") && rules.contains("deny-web"),
+        "{rules}"
+    );
+    let affected = ok(cp
+        .meshctl(&["inspect", "meshtrafficpermission", "deny-web"], None)
+        .expect("meshctl"));
+    assert!(
+        affected.contains("reg-server-1") && !affected.contains("web-1"),
+        "{affected}"
+    );
+    ok(cp
+        .meshctl(&["delete", "meshtrafficpermission", "deny-web"], None)
+        .expect("meshctl"));
+
     // PERMISSIVE: plaintext is taken as well (for migration); mTLS traffic is still checked.
     ok(cp
         .meshctl(&["apply", "-f", "-"], Some(&mtls_mesh("    mode: PERMISSIVE\n")))

@@ -4,6 +4,8 @@
 //!   /meshes[/{mesh}]                      Mesh CRUD
 //!   /meshes/{mesh}/{plural}[/{name}]      mesh-scoped CRUD (meshtraces, dataplanes, ...)
 //!   /{plural}                             a kind across all meshes
+//!   .../dataplanes/{name}/_rules, .../{name}/_resources/dataplanes, /meshes/{mesh}/_traffic
+//!                                         asking why (see `inspect`)
 //!   /healthz  /metrics  /openapi.json  /
 //! ```
 
@@ -13,6 +15,7 @@ pub mod auth;
 mod body;
 pub mod ca;
 mod error;
+mod inspect;
 pub mod metrics;
 pub mod openapi;
 mod resources;
@@ -64,6 +67,12 @@ pub fn router(state: ApiState) -> Router {
             "/meshes/{mesh}/{plural}/{name}",
             get(get_resource).put(put_resource).delete(delete_resource),
         )
+        .route("/meshes/{mesh}/dataplanes/{name}/_rules", get(inspect::rules))
+        .route(
+            "/meshes/{mesh}/{plural}/{name}/_resources/dataplanes",
+            get(inspect::affected_dataplanes),
+        )
+        .route("/meshes/{mesh}/_traffic", get(inspect::traffic))
         .route("/{plural}", get(list_all_meshes))
         .route(
             "/{plural}/{name}",

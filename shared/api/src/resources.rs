@@ -21,7 +21,7 @@ use meridian_store::{DeleteOptions, Page, PutOutcome};
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
 
-fn mesh_kind(plural: &str) -> Result<Kind, ApiError> {
+pub(crate) fn mesh_kind(plural: &str) -> Result<Kind, ApiError> {
     kind_where(plural, |k| k.scope() == Scope::Mesh)
 }
 
@@ -47,7 +47,7 @@ fn kind_where(plural: &str, wanted: impl Fn(Kind) -> bool) -> Result<Kind, ApiEr
     }
 }
 
-fn parse_page(query: &HashMap<String, String>) -> Result<Page, ApiError> {
+pub(crate) fn parse_page(query: &HashMap<String, String>) -> Result<Page, ApiError> {
     let size = match query.get("size") {
         None => DEFAULT_PAGE,
         Some(s) => match s.parse::<u32>() {
@@ -131,7 +131,7 @@ pub async fn list_all_meshes(
 
 /// Refuses a key whose mesh or name no resource could have (what a client put in a path),
 /// before the store sees it.
-fn plausible(key: &ResourceKey) -> Result<(), ApiError> {
+pub(crate) fn plausible(key: &ResourceKey) -> Result<(), ApiError> {
     let ok = |s: &str| meridian_model::validate::dns1123_subdomain(s).is_ok();
     if ok(&key.name) && (key.mesh.is_empty() || ok(&key.mesh)) {
         Ok(())

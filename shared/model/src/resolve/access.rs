@@ -96,7 +96,7 @@ fn from_clients(target: &TargetRef, services: &ServiceTags) -> Option<BTreeSet<S
 }
 
 /// Whether a TrafficPermission selector (where `*` matches any value) matches these tags.
-fn selector_matches(selector: &Selector, tags: &BTreeMap<String, String>) -> bool {
+pub(crate) fn selector_matches(selector: &Selector, tags: &BTreeMap<String, String>) -> bool {
     selector
         .match_tags
         .iter()

@@ -196,6 +196,15 @@ pub fn top_target(spec: &Spec) -> Option<TargetRef> {
     Some(target.clone().unwrap_or_else(TargetRef::mesh))
 }
 
+/// Whether a policy selects `proxy`; `None` for kinds that are not policies.
+pub fn affects(spec: &Spec, proxy: &ProxyView<'_>) -> Option<bool> {
+    if let Spec::TrafficPermission(tp) = spec {
+        let mut tags = proxy.inbound_tags();
+        return Some(tags.any(|t| tp.destinations.iter().any(|d| access::selector_matches(d, t))));
+    }
+    top_target(spec).map(|t| selects(&t, proxy))
+}
+
 /// A policy kind with a top-level `targetRef`.
 pub trait Targeted {
     const KIND: Kind;
