@@ -14,18 +14,10 @@
 //! at a priority only when it has ready instances of the service and a reachable ingress.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration as StdDuration;
 
-use envoy_types::pb::envoy::config::cluster::v3::{Cluster, OutlierDetection as EnvoyOutlierDetection};
-use envoy_types::pb::envoy::config::core::v3::health_check::{
-    HealthChecker, HttpHealthCheck as EnvoyHttpCheck, TcpHealthCheck as EnvoyTcpCheck,
-};
-use envoy_types::pb::envoy::config::core::v3::{HealthCheck, Locality};
+use envoy_types::pb::envoy::config::core::v3::Locality;
 use envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints;
-use envoy_types::pb::envoy::r#type::v3::Int64Range;
-use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
-use meridian_model::policies::mesh_circuit_breaker::BreakerConf;
-use meridian_model::policies::mesh_health_check::HealthCheckConf;
+use envoy_types::pb::google::protobuf::UInt32Value;
 use meridian_model::policies::mesh_load_balancing_strategy::{LbConf, ToZonesType};
 
 pub use meridian_model::policies::zone_ingress::INGRESS_NODE_MESH as INGRESS_MESH;
@@ -42,13 +34,6 @@ pub struct Zones {
     pub local: String,
     /// Each other zone's reachable ingresses (advertised host and port).
     pub ingresses: BTreeMap<String, Vec<(String, u32)>>,
-}
-
-fn duration(d: StdDuration) -> Duration {
-    Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
 }
 
 /// Other zones in priority order (each group is one priority), for calls from `local`.
@@ -178,110 +163,6 @@ pub fn remote_localities(
         }
     }
     out
-}
-
-/// Outlier detection: Meridian's defaults (eject a host after 3 gateway failures or 5 errors,
-/// for 5 s at first, any share of hosts, so a dead zone empties and its traffic fails over,
-/// and a recovered one gets traffic back within seconds), with what a MeshCircuitBreaker says
-/// on top. `None` when the breaker disables it.
-pub fn outlier_detection(conf: Option<&BreakerConf>) -> Option<EnvoyOutlierDetection> {
-    let od = conf.and_then(|c| c.outlier_detection.as_ref());
-    if od.and_then(|o| o.disabled).unwrap_or(false) {
-        return None;
-    }
-    let u32v = |v: u32| Some(UInt32Value { value: v });
-    let mut out = EnvoyOutlierDetection {
-        consecutive_5xx: u32v(5),
-        consecutive_gateway_failure: u32v(3),
-        enforcing_consecutive_gateway_failure: u32v(100),
-        interval: Some(duration(StdDuration::from_secs(1))),
-        base_ejection_time: Some(duration(StdDuration::from_secs(5))),
-        max_ejection_percent: u32v(100),
-        enforcing_success_rate: u32v(0),
-        ..Default::default()
-    };
-    let Some(od) = od else { return Some(out) };
-    if let Some(d) = &od.interval {
-        out.interval = Some(duration(d.as_duration()));
-    }
-    if let Some(d) = &od.base_ejection_time {
-        out.base_ejection_time = Some(duration(d.as_duration()));
-    }
-    if let Some(p) = od.max_ejection_percent {
-        out.max_ejection_percent = u32v(p);
-    }
-    out.split_external_local_origin_errors = od.split_external_and_local_errors.unwrap_or(false);
-    if let Some(d) = &od.detectors {
-        if let Some(n) = d.total_failures.as_ref().and_then(|c| c.consecutive) {
-            out.consecutive_5xx = u32v(n);
-        }
-        if let Some(n) = d.gateway_failures.as_ref().and_then(|c| c.consecutive) {
-            out.consecutive_gateway_failure = u32v(n);
-        }
-        if let Some(n) = d.local_origin_failures.as_ref().and_then(|c| c.consecutive) {
-            out.consecutive_local_origin_failure = u32v(n);
-        }
-        if let Some(fp) = &d.failure_percentage {
-            out.failure_percentage_threshold = fp.threshold.and_then(u32v);
-            out.failure_percentage_request_volume = fp.request_volume.and_then(u32v);
-            out.failure_percentage_minimum_hosts = fp.minimum_hosts.and_then(u32v);
-            out.enforcing_failure_percentage = u32v(100);
-        }
-    }
-    Some(out)
-}
-
-/// Applies a MeshHealthCheck's active checks to a cluster (HTTP when the service speaks it
-/// and the check is not disabled, else TCP).
-pub fn apply_health_check(cluster: &mut Cluster, conf: &HealthCheckConf, http: bool) {
-    let secs = |d: &Option<meridian_model::values::GoDuration>, default: u64| {
-        Some(duration(
-            d.as_ref()
-                .map_or(StdDuration::from_secs(default), |d| d.as_duration()),
-        ))
-    };
-    let u32v = |v: Option<i32>, default: u32| {
-        Some(UInt32Value {
-            value: v.and_then(|v| u32::try_from(v).ok()).unwrap_or(default),
-        })
-    };
-    let http_check = conf.http.as_ref().filter(|h| !h.disabled.unwrap_or(false));
-    let checker = match (http, http_check) {
-        (true, Some(h)) => HealthChecker::HttpHealthCheck(EnvoyHttpCheck {
-            path: h.path.clone().unwrap_or_else(|| "/".into()),
-            expected_statuses: h
-                .expected_statuses
-                .iter()
-                .flatten()
-                .map(|s| Int64Range {
-                    start: i64::from(*s),
-                    end: i64::from(*s) + 1,
-                })
-                .collect(),
-            ..Default::default()
-        }),
-        (true, None) if conf.tcp.is_none() => HealthChecker::HttpHealthCheck(EnvoyHttpCheck {
-            path: "/".into(),
-            ..Default::default()
-        }),
-        _ => HealthChecker::TcpHealthCheck(EnvoyTcpCheck::default()),
-    };
-    cluster.health_checks = vec![HealthCheck {
-        timeout: secs(&conf.timeout, 1),
-        interval: secs(&conf.interval, 1),
-        unhealthy_interval: conf
-            .unhealthy_interval
-            .as_ref()
-            .map(|d| duration(d.as_duration())),
-        unhealthy_threshold: u32v(conf.unhealthy_threshold, 2),
-        healthy_threshold: u32v(conf.healthy_threshold, 1),
-        no_traffic_interval: conf
-            .no_traffic_interval
-            .as_ref()
-            .map(|d| duration(d.as_duration())),
-        health_checker: Some(checker),
-        ..Default::default()
-    }];
 }
 
 #[cfg(test)]

@@ -20,24 +20,18 @@ use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus, HttpProtocolOptions, Locality,
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus, HttpProtocolOptions,
     SocketAddress, TrafficDirection,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-use envoy_types::pb::envoy::config::endpoint::v3::cluster_load_assignment::Policy;
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints};
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener};
-use envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType as HostPredicateConfig;
-use envoy_types::pb::envoy::config::route::v3::retry_policy::retry_priority::ConfigType as PriorityConfig;
-use envoy_types::pb::envoy::config::route::v3::retry_policy::{RetryBackOff, RetryHostPredicate, RetryPriority};
-use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
-use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier as RouteCluster;
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::{
-    RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
@@ -53,24 +47,22 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
     UpstreamProtocolOptions, UseDownstreamHttpConfig,
 };
-use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
+use envoy_types::pb::google::protobuf::{Any, Duration};
 use meridian_model::policies::dataplane::{DataplaneSpec, SERVICE_TAG, speaks_http};
 use meridian_model::policies::mesh::MtlsMode;
-use meridian_model::policies::mesh_retry::{HttpRetryOn, RetryConf};
 use meridian_model::policies::zone_ingress::ZoneIngressSpec;
 use meridian_model::resolve::access::Access;
-use meridian_model::resolve::{MeshPolicies, OutboundPolicy, ProxyView};
+use meridian_model::resolve::{MeshPolicies, ProxyView};
 use meridian_model::{Resource, Spec};
 use prost::{Message, Name};
 
 use super::cache::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot};
 use super::crosszone::{self, Zones};
-use super::{tls, trace};
+use super::policies::mesh_timeout::DEFAULT_CONNECT_TIMEOUT;
+use super::policies::{self, Generated, InboundResources, OutboundResources, ProxyInput};
+use super::tls;
 
 pub use meridian_model::policies::dataplane::PROTOCOL_TAG;
-/// Timeouts that apply when no MeshTimeout says otherwise (Kuma's defaults).
-const DEFAULT_CONNECT_TIMEOUT: StdDuration = StdDuration::from_secs(5);
-const DEFAULT_REQUEST_TIMEOUT: StdDuration = StdDuration::from_secs(15);
 
 /// One endpoint of a service: a Dataplane's inbound.
 #[derive(Clone, Debug, PartialEq)]
@@ -192,21 +184,21 @@ impl MeshContext {
     }
 }
 
-fn pack<M: Message + Name>(m: &M) -> Any {
+pub(crate) fn pack<M: Message + Name>(m: &M) -> Any {
     Any {
         type_url: M::type_url(),
         value: m.encode_to_vec(),
     }
 }
 
-fn duration(d: StdDuration) -> Duration {
+pub(crate) fn duration(d: StdDuration) -> Duration {
     Duration {
         seconds: d.as_secs() as i64,
         nanos: d.subsec_nanos() as i32,
     }
 }
 
-fn socket(address: &str, port: u32) -> Address {
+pub(crate) fn socket(address: &str, port: u32) -> Address {
     Address {
         address: Some(AddressKind::SocketAddress(SocketAddress {
             address: address.to_owned(),
@@ -239,16 +231,37 @@ fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
     }
 }
 
-fn tcp_filter(stat_prefix: &str, cluster: &str, idle: Option<StdDuration>) -> Filter {
-    let proxy = TcpProxy {
+fn tcp_proxy(stat_prefix: &str, cluster: &str) -> TcpProxy {
+    TcpProxy {
         stat_prefix: stat_prefix.to_owned(),
         cluster_specifier: Some(TcpCluster::Cluster(cluster.to_owned())),
-        idle_timeout: idle.map(duration),
         ..Default::default()
-    };
+    }
+}
+
+fn tcp_filter(proxy: &TcpProxy) -> Filter {
     Filter {
         name: "envoy.filters.network.tcp_proxy".into(),
-        config_type: Some(FilterConfig::TypedConfig(pack(&proxy))),
+        config_type: Some(FilterConfig::TypedConfig(pack(proxy))),
+    }
+}
+
+/// Every route action of a route configuration (what timeouts and retries shape).
+pub(crate) fn route_actions(routes: &mut RouteConfiguration) -> impl Iterator<Item = &mut RouteAction> {
+    routes
+        .virtual_hosts
+        .iter_mut()
+        .flat_map(|vh| vh.routes.iter_mut())
+        .filter_map(|r| match &mut r.action {
+            Some(Action::Route(action)) => Some(action),
+            _ => None,
+        })
+}
+
+/// Sets an HTTP upstream's idle timeout (a TCP cluster has no HTTP options: left alone).
+pub(crate) fn set_upstream_idle(cluster: &mut Cluster, idle: StdDuration) {
+    if !cluster.typed_extension_protocol_options.is_empty() {
+        cluster.typed_extension_protocol_options = upstream_http_options(Some(idle));
     }
 }
 
@@ -290,71 +303,9 @@ fn route_to(cluster: &str, action: RouteAction) -> Route {
     }
 }
 
-/// Kuma's `retryOn` name as Envoy's `retry_on` condition.
-fn envoy_retry_condition(kuma: &str) -> &str {
-    match kuma {
-        "GatewayError" => "gateway-error",
-        "Reset" => "reset",
-        "Retriable4xx" => "retriable-4xx",
-        "ConnectFailure" => "connect-failure",
-        "EnvoyRatelimited" => "envoy-ratelimited",
-        "RefusedStream" => "refused-stream",
-        "Http3PostConnectFailure" => "http3-post-connect-failure",
-        other => other,
-    }
-}
-
-fn retry_policy(conf: &RetryConf) -> Option<RetryPolicy> {
-    let http = conf.http.as_ref()?;
-    let mut codes = Vec::new();
-    let mut conditions = Vec::new();
-    for c in http.retry_on.iter().flatten() {
-        match c {
-            HttpRetryOn::Status(code) => codes.push(u32::from(*code)),
-            // Method names restrict which requests are retried; Envoy has no condition for them.
-            HttpRetryOn::Named(name) if name.starts_with("HttpMethod") => {}
-            HttpRetryOn::Named(name) => conditions.push(envoy_retry_condition(name)),
-        }
-    }
-    if conditions.is_empty() && codes.is_empty() {
-        conditions = vec!["5xx", "gateway-error", "reset", "connect-failure"];
-    }
-    if !codes.is_empty() {
-        conditions.push("retriable-status-codes");
-    }
-    let interval =
-        |d: &Option<meridian_model::values::GoDuration>| d.as_ref().map(|d| duration(d.as_duration()));
-    Some(RetryPolicy {
-        retry_on: conditions.join(","),
-        num_retries: http.num_retries.map(|n| UInt32Value {
-            value: u32::try_from(n).unwrap_or(0),
-        }),
-        per_try_timeout: interval(&http.per_try_timeout),
-        retriable_status_codes: codes,
-        retry_back_off: http.back_off.as_ref().map(|b| RetryBackOff {
-            base_interval: interval(&b.base_interval).or(Some(duration(StdDuration::from_millis(25)))),
-            max_interval: interval(&b.max_interval),
-        }),
-        // A retry goes to another host, and away from the priority (zone) that failed.
-        retry_host_predicate: vec![RetryHostPredicate {
-            name: "envoy.retry_host_predicates.previous_hosts".into(),
-            config_type: Some(HostPredicateConfig::TypedConfig(pack(
-                &PreviousHostsPredicate::default(),
-            ))),
-        }],
-        host_selection_retry_max_attempts: 3,
-        retry_priority: Some(RetryPriority {
-            name: "envoy.retry_priorities.previous_priorities".into(),
-            config_type: Some(PriorityConfig::TypedConfig(pack(&PreviousPrioritiesConfig {
-                update_frequency: 1,
-            }))),
-        }),
-        ..Default::default()
-    })
-}
-
-/// Generates every resource of the proxy `name` with Dataplane `dp`. With mTLS on, a proxy
-/// without its `identity` gets no listeners: it must not serve or call in plaintext.
+/// Generates every resource of the proxy `name` with Dataplane `dp`: the base resources,
+/// shaped by each policy plugin in turn (see [`super::policies`]), then packed. With mTLS on,
+/// a proxy without its `identity` gets no listeners: it must not serve or call in plaintext.
 pub fn proxy_snapshot(
     ctx: &MeshContext,
     name: &str,
@@ -363,12 +314,6 @@ pub fn proxy_snapshot(
     identity: Option<Identity<'_>>,
 ) -> Snapshot {
     let mut snap = Snapshot::default();
-    let view = ProxyView {
-        name,
-        labels,
-        dataplane: dp,
-    };
-    // MeshTrace: tracing on every HTTP connection manager, and a cluster to the collector.
     let own_service = dp
         .networking
         .inbound
@@ -376,29 +321,8 @@ pub fn proxy_snapshot(
         .flatten()
         .find_map(|i| i.tags.get(SERVICE_TAG).cloned())
         .unwrap_or_else(|| name.to_owned());
-    let trace_settings = trace::settings(ctx.policies.traced(&view).as_ref(), &ctx.secrets);
-    let tracing = trace_settings
-        .as_ref()
-        .map(|t| trace::hcm_tracing(t, &ctx.mesh, &ctx.zones.local, &own_service));
-    if let Some(t) = &trace_settings {
-        let cluster = trace::collector_cluster(&t.collector, |name, host, port| Cluster {
-            name: name.to_owned(),
-            connect_timeout: Some(duration(DEFAULT_CONNECT_TIMEOUT)),
-            load_assignment: Some(load_assignment(
-                name,
-                &[ServiceEndpoint {
-                    address: host.to_owned(),
-                    port,
-                    ready: true,
-                    tags: BTreeMap::new(),
-                }],
-            )),
-            ..Default::default()
-        });
-        snap.insert(CLUSTER, cluster.name.clone(), pack(&cluster));
-    }
-    let tls = match (&ctx.tls, identity) {
-        (None, _) => None,
+    let (tls, complete) = match (&ctx.tls, identity) {
+        (None, _) => (None, true),
         (Some(settings), Some(id)) => {
             snap.insert(
                 SECRET,
@@ -406,10 +330,35 @@ pub fn proxy_snapshot(
                 tls::identity_secret(id.cert, id.key),
             );
             snap.insert(SECRET, tls::CA_SECRET.into(), tls::ca_secret(id.ca_cert));
-            Some(settings)
+            (Some(settings), true)
         }
-        (Some(_), None) => return snap,
+        (Some(_), None) => (None, false),
     };
+    let input = ProxyInput {
+        ctx,
+        view: ProxyView {
+            name,
+            labels,
+            dataplane: dp,
+        },
+        tls,
+        own_service,
+    };
+    let mut generated = if complete {
+        base_resources(ctx, dp, tls)
+    } else {
+        Generated::default()
+    };
+    policies::apply_all(&input, &mut generated);
+    pack_into(&mut snap, ctx, generated, tls);
+    snap
+}
+
+/// What a proxy gets before any policy shapes it: an inbound listener and a cluster to the
+/// app per inbound, and per outbound a listener, a cluster (EDS), its endpoints and, for
+/// HTTP, a route.
+fn base_resources(ctx: &MeshContext, dp: &DataplaneSpec, tls: Option<&TlsSettings>) -> Generated {
+    let mut generated = Generated::default();
     for inbound in dp.networking.inbound.iter().flatten() {
         let service = inbound.tags.get(SERVICE_TAG).cloned().unwrap_or_default();
         let app_address = inbound
@@ -433,45 +382,144 @@ pub fn proxy_snapshot(
             )),
             ..Default::default()
         };
-        snap.insert(CLUSTER, cluster_name.clone(), pack(&cluster));
-        let address = inbound.address.as_deref().unwrap_or(&dp.networking.address);
-        let listener_name = format!("inbound:{address}:{}", inbound.port);
-        let stat_prefix = listener_name.replace(':', "_");
-        // Permissions are enforced on what arrives over mTLS: only there is the peer known.
-        let access = tls.map(|_| ctx.policies.inbound(&view, &inbound.tags).access());
-        let chain = |access: Option<&Access>| -> Vec<Filter> {
-            if speaks_http(&inbound.tags) {
-                let routes = RouteConfiguration {
-                    name: format!("inbound:{service}"),
-                    virtual_hosts: vec![VirtualHost {
-                        name: service.clone(),
-                        domains: vec!["*".into()],
-                        routes: vec![route_to(
-                            &cluster_name,
-                            RouteAction {
-                                // The caller's sidecar enforces the request timeout; the inbound does not cut it short.
-                                timeout: Some(duration(StdDuration::ZERO)),
-                                ..Default::default()
-                            },
-                        )],
-                        ..Default::default()
-                    }],
+        let address = inbound
+            .address
+            .clone()
+            .unwrap_or_else(|| dp.networking.address.clone());
+        let stat_prefix = format!("inbound:{address}:{}", inbound.port).replace(':', "_");
+        let (http, tcp) = if speaks_http(&inbound.tags) {
+            let routes = RouteConfiguration {
+                name: format!("inbound:{service}"),
+                virtual_hosts: vec![VirtualHost {
+                    name: service.clone(),
+                    domains: vec!["*".into()],
+                    routes: vec![route_to(
+                        &cluster_name,
+                        RouteAction {
+                            // The caller's sidecar enforces the request timeout; the inbound does not cut it short.
+                            timeout: Some(duration(StdDuration::ZERO)),
+                            ..Default::default()
+                        },
+                    )],
                     ..Default::default()
-                };
-                let rbac = access.map(|a| tls::http_rbac(&ctx.mesh, a));
-                vec![hcm_filter(&HttpConnectionManager {
-                    stat_prefix: stat_prefix.clone(),
-                    codec_type: CodecType::Auto as i32,
-                    route_specifier: Some(RouteSpecifier::RouteConfig(routes)),
-                    http_filters: rbac.into_iter().chain([router_filter()]).collect(),
-                    tracing: tracing.clone(),
-                    ..Default::default()
-                })]
+                }],
+                ..Default::default()
+            };
+            let hcm = HttpConnectionManager {
+                stat_prefix,
+                codec_type: CodecType::Auto as i32,
+                route_specifier: Some(RouteSpecifier::RouteConfig(routes)),
+                http_filters: vec![router_filter()],
+                ..Default::default()
+            };
+            (Some(hcm), None)
+        } else {
+            (None, Some(tcp_proxy(&stat_prefix, &cluster_name)))
+        };
+        generated.inbounds.push(InboundResources {
+            port: inbound.port,
+            address,
+            tags: inbound.tags.clone(),
+            cluster,
+            http,
+            tcp,
+            access: None,
+        });
+    }
+    for outbound in dp.networking.outbound.iter().flatten() {
+        let Some(service) = outbound.service() else {
+            continue;
+        };
+        // A service with no instances anywhere gets HTTP, which answers its callers a fast 503
+        // (a TCP caller fails either way); flipping to TCP would turn that into resets.
+        let info = ctx.services.get(service).cloned().unwrap_or(ServiceInfo {
+            endpoints: Vec::new(),
+            http: true,
+        });
+        let cluster = Cluster {
+            name: service.to_owned(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            eds_cluster_config: Some(EdsClusterConfig {
+                eds_config: Some(ads()),
+                service_name: String::new(),
+            }),
+            typed_extension_protocol_options: if info.http {
+                upstream_http_options(None)
             } else {
-                let rbac = access.map(|a| tls::network_rbac(&ctx.mesh, a, &stat_prefix));
-                rbac.into_iter()
-                    .chain([tcp_filter(&stat_prefix, &cluster_name, None)])
-                    .collect()
+                Default::default()
+            },
+            transport_socket: tls.map(|_| tls::outbound_socket(&ads(), &ctx.mesh, service)),
+            ..Default::default()
+        };
+        let address = outbound.address.clone().unwrap_or_else(|| "127.0.0.1".into());
+        let stat_prefix = format!("outbound:{address}:{}", outbound.port).replace(':', "_");
+        let (route, http, tcp) = if info.http {
+            let route_name = format!("outbound:{service}");
+            let routes = RouteConfiguration {
+                name: route_name.clone(),
+                virtual_hosts: vec![VirtualHost {
+                    name: service.to_owned(),
+                    domains: vec!["*".into()],
+                    routes: vec![route_to(service, RouteAction::default())],
+                    ..Default::default()
+                }],
+                validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+                ..Default::default()
+            };
+            let hcm = HttpConnectionManager {
+                stat_prefix,
+                codec_type: CodecType::Auto as i32,
+                route_specifier: Some(RouteSpecifier::Rds(Rds {
+                    config_source: Some(ads()),
+                    route_config_name: route_name,
+                })),
+                http_filters: vec![router_filter()],
+                ..Default::default()
+            };
+            (Some(routes), Some(hcm), None)
+        } else {
+            (None, None, Some(tcp_proxy(&stat_prefix, service)))
+        };
+        generated.outbounds.push(OutboundResources {
+            service: service.to_owned(),
+            address,
+            port: outbound.port,
+            cluster,
+            endpoints: load_assignment(service, &info.endpoints),
+            local: info.endpoints,
+            route,
+            http,
+            tcp,
+        });
+    }
+    generated
+}
+
+/// Packs the shaped resources into the snapshot: inbound filter chains (with RBAC and TLS as
+/// the mesh says), outbound listeners, clusters, endpoints and routes.
+fn pack_into(snap: &mut Snapshot, ctx: &MeshContext, generated: Generated, tls: Option<&TlsSettings>) {
+    for cluster in &generated.clusters {
+        snap.insert(CLUSTER, cluster.name.clone(), pack(cluster));
+    }
+    for inbound in generated.inbounds {
+        snap.insert(CLUSTER, inbound.cluster.name.clone(), pack(&inbound.cluster));
+        let listener_name = format!("inbound:{}:{}", inbound.address, inbound.port);
+        let stat_prefix = listener_name.replace(':', "_");
+        let chain = |access: Option<&Access>| -> Vec<Filter> {
+            match (&inbound.http, &inbound.tcp) {
+                (Some(hcm), _) => {
+                    let mut hcm = hcm.clone();
+                    if let Some(a) = access {
+                        hcm.http_filters.insert(0, tls::http_rbac(&ctx.mesh, a));
+                    }
+                    vec![hcm_filter(&hcm)]
+                }
+                (None, Some(tcp)) => access
+                    .map(|a| tls::network_rbac(&ctx.mesh, a, &stat_prefix))
+                    .into_iter()
+                    .chain([tcp_filter(tcp)])
+                    .collect(),
+                (None, None) => Vec::new(),
             }
         };
         let chains = match tls {
@@ -482,7 +530,7 @@ pub fn proxy_snapshot(
                         transport_protocol: "tls".into(),
                         ..Default::default()
                     }),
-                    filters: chain(access.as_ref()),
+                    filters: chain(inbound.access.as_ref()),
                     transport_socket: Some(tls::inbound_socket(&ads())),
                     name: "mtls".into(),
                     ..Default::default()
@@ -503,7 +551,7 @@ pub fn proxy_snapshot(
         };
         let mut l = listener(
             listener_name.clone(),
-            address,
+            &inbound.address,
             inbound.port,
             TrafficDirection::Inbound,
             chains,
@@ -513,161 +561,27 @@ pub fn proxy_snapshot(
         }
         snap.insert(LISTENER, listener_name, pack(&l));
     }
-    for outbound in dp.networking.outbound.iter().flatten() {
-        let Some(service) = outbound.service() else {
-            continue;
-        };
-        // A service with no instances anywhere gets HTTP, which answers its callers a fast 503
-        // (a TCP caller fails either way); flipping to TCP would turn that into resets.
-        let info = ctx.services.get(service).cloned().unwrap_or(ServiceInfo {
-            endpoints: Vec::new(),
-            http: true,
-        });
-        let policy = ctx.policies.outbound(&view, service);
-        let OutboundPolicy {
-            timeout,
-            retry,
-            load_balancing,
-            circuit_breaker,
-            health_check,
-        } = &policy;
-        let timeouts = timeout.as_ref().map(|r| &r.conf);
-        let retries = retry.as_ref().map(|r| &r.conf);
-        let balancing = load_balancing.as_ref().map(|r| &r.conf);
-        let breaker = circuit_breaker.as_ref().map(|r| &r.conf);
-        let health = health_check.as_ref().map(|r| &r.conf);
-        let connect = timeouts
-            .and_then(|t| t.connection_timeout.as_ref())
-            .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.as_duration());
-        let idle = timeouts
-            .and_then(|t| t.idle_timeout.as_ref())
-            .map(|d| d.as_duration());
-        let mut cluster = Cluster {
-            name: service.to_owned(),
-            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
-            eds_cluster_config: Some(EdsClusterConfig {
-                eds_config: Some(ads()),
-                service_name: String::new(),
-            }),
-            connect_timeout: Some(duration(connect)),
-            typed_extension_protocol_options: if info.http {
-                upstream_http_options(idle)
-            } else {
-                Default::default()
-            },
-            transport_socket: tls.map(|_| tls::outbound_socket(&ads(), &ctx.mesh, service)),
-            outlier_detection: crosszone::outlier_detection(breaker),
-            ..Default::default()
-        };
-        if let Some(h) = health {
-            crosszone::apply_health_check(&mut cluster, h, info.http);
+    for o in generated.outbounds {
+        snap.insert(CLUSTER, o.service.clone(), pack(&o.cluster));
+        snap.insert(ENDPOINT, o.service.clone(), pack(&o.endpoints));
+        if let Some(route) = &o.route {
+            snap.insert(ROUTE, route.name.clone(), pack(route));
         }
-        snap.insert(CLUSTER, service.to_owned(), pack(&cluster));
-        let mut endpoints = load_assignment(service, &info.endpoints);
-        if let Some(first) = endpoints.endpoints.first_mut() {
-            first.locality = Some(Locality {
-                zone: ctx.zones.local.clone(),
-                ..Default::default()
-            });
-            // Local instances sharing the caller's tag values get the affinity weights.
-            let caller: BTreeMap<&String, &String> = dp
-                .networking
-                .inbound
-                .iter()
-                .flatten()
-                .flat_map(|i| i.tags.iter())
-                .collect();
-            for (lb, e) in first.lb_endpoints.iter_mut().zip(&info.endpoints) {
-                let w = crosszone::affinity_weight(balancing, &caller, &e.tags);
-                if w != 1 {
-                    lb.load_balancing_weight = Some(UInt32Value { value: w });
-                }
-            }
-        }
-        // Other zones, through their ingresses: only with mTLS, which carries the service in SNI.
-        if tls.is_some()
-            && let Some(instances) = ctx.remote.get(service)
-        {
-            let candidates: std::collections::BTreeSet<String> = instances.keys().cloned().collect();
-            let order = if crosszone::locality_disabled(balancing) {
-                vec![candidates.into_iter().collect()]
-            } else {
-                crosszone::failover_order(balancing, &ctx.zones.local, &candidates)
-            };
-            let first = u32::from(!crosszone::locality_disabled(balancing));
-            endpoints.endpoints.extend(crosszone::remote_localities(
-                &ctx.zones,
-                &order,
-                instances,
-                first,
-                |host, port, weight| LbEndpoint {
-                    host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                        address: Some(socket(host, port)),
-                        ..Default::default()
-                    })),
-                    health_status: HealthStatus::Healthy as i32,
-                    load_balancing_weight: Some(UInt32Value { value: weight.max(1) }),
-                    ..Default::default()
-                },
-            ));
-            endpoints.policy = crosszone::overprovisioning(balancing).map(|factor| Policy {
-                overprovisioning_factor: Some(factor),
-                ..Default::default()
-            });
-        }
-        snap.insert(ENDPOINT, service.to_owned(), pack(&endpoints));
-        let address = outbound.address.as_deref().unwrap_or("127.0.0.1");
-        let listener_name = format!("outbound:{address}:{}", outbound.port);
-        let filter = if info.http {
-            let http = timeouts.and_then(|t| t.http.as_ref());
-            let request = http
-                .and_then(|h| h.request_timeout.as_ref())
-                .map_or(DEFAULT_REQUEST_TIMEOUT, |d| d.as_duration());
-            let action = RouteAction {
-                timeout: Some(duration(request)),
-                idle_timeout: http
-                    .and_then(|h| h.stream_idle_timeout.as_ref())
-                    .map(|d| duration(d.as_duration())),
-                retry_policy: retries.and_then(retry_policy),
-                ..Default::default()
-            };
-            let route_name = format!("outbound:{service}");
-            let routes = RouteConfiguration {
-                name: route_name.clone(),
-                virtual_hosts: vec![VirtualHost {
-                    name: service.to_owned(),
-                    domains: vec!["*".into()],
-                    routes: vec![route_to(service, action)],
-                    ..Default::default()
-                }],
-                validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
-                ..Default::default()
-            };
-            snap.insert(ROUTE, route_name.clone(), pack(&routes));
-            hcm_filter(&HttpConnectionManager {
-                stat_prefix: listener_name.replace(':', "_"),
-                codec_type: CodecType::Auto as i32,
-                route_specifier: Some(RouteSpecifier::Rds(Rds {
-                    config_source: Some(ads()),
-                    route_config_name: route_name,
-                })),
-                http_filters: vec![router_filter()],
-                tracing: tracing.clone(),
-                ..Default::default()
-            })
-        } else {
-            tcp_filter(&listener_name.replace(':', "_"), service, idle)
+        let filter = match (&o.http, &o.tcp) {
+            (Some(hcm), _) => hcm_filter(hcm),
+            (None, Some(tcp)) => tcp_filter(tcp),
+            (None, None) => continue,
         };
+        let listener_name = format!("outbound:{}:{}", o.address, o.port);
         let l = listener(
             listener_name.clone(),
-            address,
-            outbound.port,
+            &o.address,
+            o.port,
             TrafficDirection::Outbound,
             vec![chain_of(vec![filter])],
         );
         snap.insert(LISTENER, listener_name, pack(&l));
     }
-    snap
 }
 
 /// HTTP upstreams speak the protocol the downstream spoke, with MeshTimeout's idle timeout.
@@ -690,7 +604,7 @@ fn upstream_http_options(idle: Option<StdDuration>) -> std::collections::HashMap
     std::collections::HashMap::from([(UpstreamHttpOptions::full_name(), pack(&options))])
 }
 
-fn load_assignment(cluster: &str, endpoints: &[ServiceEndpoint]) -> ClusterLoadAssignment {
+pub(crate) fn load_assignment(cluster: &str, endpoints: &[ServiceEndpoint]) -> ClusterLoadAssignment {
     ClusterLoadAssignment {
         cluster_name: cluster.to_owned(),
         endpoints: vec![LocalityLbEndpoints {
@@ -735,7 +649,7 @@ pub fn ingress_snapshot(ingress: &ZoneIngressSpec, meshes: &[&MeshContext]) -> S
                     service_name: String::new(),
                 }),
                 connect_timeout: Some(duration(DEFAULT_CONNECT_TIMEOUT)),
-                outlier_detection: crosszone::outlier_detection(None),
+                outlier_detection: policies::mesh_circuit_breaker::outlier_detection(None),
                 ..Default::default()
             };
             snap.insert(CLUSTER, target.clone(), pack(&cluster));
@@ -749,11 +663,10 @@ pub fn ingress_snapshot(ingress: &ZoneIngressSpec, meshes: &[&MeshContext]) -> S
                     server_names: vec![target.clone()],
                     ..Default::default()
                 }),
-                filters: vec![tcp_filter(
+                filters: vec![tcp_filter(&tcp_proxy(
                     &format!("ingress_{}_{service}", ctx.mesh),
                     &target,
-                    None,
-                )],
+                ))],
                 name: target,
                 ..Default::default()
             });
@@ -761,7 +674,7 @@ pub fn ingress_snapshot(ingress: &ZoneIngressSpec, meshes: &[&MeshContext]) -> S
     }
     // Whatever names no service here: tcp_proxy to a cluster that does not exist closes it.
     chains.push(FilterChain {
-        filters: vec![tcp_filter("ingress_unknown", "unknown-service", None)],
+        filters: vec![tcp_filter(&tcp_proxy("ingress_unknown", "unknown-service"))],
         name: "unknown-service".into(),
         ..Default::default()
     });

@@ -36,7 +36,48 @@ use envoy_types::pb::google::protobuf::{Any, BoolValue};
 use meridian_model::policies::mesh_trace::{LegacyTraceBackendType, TraceBackendType, TraceTag};
 use meridian_model::resolve::Resolved;
 use meridian_model::resolve::trace::TraceConf;
+use meridian_model::Kind;
 use prost::{Message, Name};
+
+use super::{Generated, PolicyPlugin, ProxyInput};
+use crate::xds::policies::mesh_timeout::DEFAULT_CONNECT_TIMEOUT;
+use crate::xds::translate::{ServiceEndpoint, duration, load_assignment};
+
+pub struct Plugin;
+
+impl PolicyPlugin for Plugin {
+    fn kinds(&self) -> &'static [Kind] {
+        &[Kind::MeshTrace]
+    }
+
+    /// Tracing on every HTTP connection manager of the proxy, and a cluster to the collector.
+    fn apply(&self, input: &ProxyInput<'_>, generated: &mut Generated) {
+        let ctx = input.ctx;
+        let Some(t) = settings(ctx.policies.traced(&input.view).as_ref(), &ctx.secrets) else {
+            return;
+        };
+        let tracing = hcm_tracing(&t, &ctx.mesh, &ctx.zones.local, &input.own_service);
+        for hcm in generated.connection_managers() {
+            hcm.tracing = Some(tracing.clone());
+        }
+        generated
+            .clusters
+            .push(collector_cluster(&t.collector, |name, host, port| Cluster {
+                name: name.to_owned(),
+                connect_timeout: Some(duration(DEFAULT_CONNECT_TIMEOUT)),
+                load_assignment: Some(load_assignment(
+                    name,
+                    &[ServiceEndpoint {
+                        address: host.to_owned(),
+                        port,
+                        ready: true,
+                        tags: BTreeMap::new(),
+                    }],
+                )),
+                ..Default::default()
+            }));
+    }
+}
 
 /// Where spans go.
 #[derive(Clone, Debug, PartialEq)]
