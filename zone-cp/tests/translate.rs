@@ -156,3 +156,142 @@ fn an_ingress_passes_each_services_tls_through_by_sni() {
     assert!(out.contains("reg-server{mesh=default}"), "{out}");
     insta::assert_snapshot!(out);
 }
+
+/// Every field the policies set reaches the Envoy config: what validation accepts is applied.
+mod every_field {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    use envoy_types::pb::envoy::config::route::v3::route::Action;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+    use meridian_zone_cp::xds::cache::{CLUSTER, LISTENER, ROUTE, Snapshot};
+    use prost::Message;
+
+    use super::*;
+
+    fn decoded<M: Message + Default>(snap: &Snapshot, type_url: &str, name: &str) -> M {
+        let any = &snap
+            .of_type(type_url)
+            .and_then(|m| m.get(name))
+            .unwrap_or_else(|| panic!("no {name}"))
+            .resource;
+        M::decode(any.value.as_slice()).expect("decodes")
+    }
+
+    fn filter<M: Message + Default>(listener: &Listener, index: usize) -> M {
+        match &listener.filter_chains[0].filters[index].config_type {
+            Some(ConfigType::TypedConfig(any)) => M::decode(any.value.as_slice()).expect("decodes"),
+            _ => panic!("no typed config"),
+        }
+    }
+
+    fn generated() -> Snapshot {
+        let mut world = world();
+        world.retain(|r| !matches!(r.spec, Spec::MeshTimeout(_) | Spec::MeshRetry(_)));
+        world.push(resource(
+            "type: Dataplane\nname: grpc-1\nnetworking:\n  address: 127.0.0.5\n  inbound:\n  - port: 10005\n    tags: {kuma.io/service: grpc-api, kuma.io/protocol: grpc}\n",
+        ));
+        let Spec::Dataplane(demo) = &mut world[0].spec else {
+            panic!()
+        };
+        demo.networking.outbound.get_or_insert_with(Vec::new).push(
+            serde_json::from_value(
+                serde_json::json!({"port": 20003, "tags": {"kuma.io/service": "grpc-api"}}),
+            )
+            .expect("outbound"),
+        );
+        for doc in [
+            "type: MeshTimeout\nname: out\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: reg-server}\n    default: {http: {maxStreamDuration: 30s, maxConnectionDuration: 1h, requestHeadersTimeout: 2s}}\n",
+            "type: MeshTimeout\nname: in\nspec:\n  targetRef: {kind: MeshService, name: demo}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 3s, idleTimeout: 10m, http: {requestTimeout: 7s, streamIdleTimeout: 20s}}\n",
+            "type: MeshCircuitBreaker\nname: limits\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: reg-server}\n    default:\n      connectionLimits: {maxConnections: 7, maxPendingRequests: 8}\n      outlierDetection:\n        healthyPanicThreshold: 40\n        detectors: {successRate: {minimumHosts: 3, standardDeviationFactor: '1.9'}}\n",
+            "type: MeshLoadBalancingStrategy\nname: hashing\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: reg-server}\n    default:\n      loadBalancer:\n        type: RingHash\n        ringHash: {minRingSize: 64, hashPolicies: [{type: Header, header: {name: x-user}}]}\n",
+            "type: MeshRetry\nname: retries\nspec:\n  to:\n  - targetRef: {kind: Mesh}\n    default:\n      tcp: {maxConnectAttempt: 4}\n      http: {numRetries: 2, retryOn: [5xx, HttpMethodGet], retriableResponseHeaders: [{name: x-retry, type: Present}]}\n      grpc: {numRetries: 5, retryOn: [Unavailable]}\n",
+        ] {
+            world.push(resource(doc));
+        }
+        let ctx = MeshContext::new(world.iter());
+        let dp = &world[0];
+        let Spec::Dataplane(spec) = &dp.spec else { panic!() };
+        proxy_snapshot(&ctx, &dp.name, &dp.labels, spec, None)
+    }
+
+    #[test]
+    fn outbound_timeouts_limits_balancing_and_retries() {
+        let snap = generated();
+        let reg: Cluster = decoded(&snap, CLUSTER, "reg-server");
+        let limits = &reg.circuit_breakers.as_ref().expect("limits").thresholds[0];
+        assert_eq!(limits.max_connections.map(|v| v.value), Some(7));
+        assert_eq!(limits.max_pending_requests.map(|v| v.value), Some(8));
+        let od = reg.outlier_detection.as_ref().expect("outlier detection");
+        assert_eq!(od.success_rate_stdev_factor.map(|v| v.value), Some(1900));
+        assert_eq!(od.enforcing_success_rate.map(|v| v.value), Some(100));
+        assert_eq!(
+            reg.common_lb_config
+                .and_then(|c| c.healthy_panic_threshold)
+                .map(|p| p.value),
+            Some(40.0)
+        );
+        assert_eq!(reg.lb_policy, LbPolicy::RingHash as i32);
+        assert!(!reg.typed_extension_protocol_options.is_empty());
+        let routes: RouteConfiguration = decoded(&snap, ROUTE, "outbound:reg-server");
+        let Some(Action::Route(action)) = &routes.virtual_hosts[0].routes[0].action else {
+            panic!()
+        };
+        assert_eq!(action.hash_policy.len(), 1);
+        assert_eq!(
+            action
+                .max_stream_duration
+                .as_ref()
+                .and_then(|m| m.max_stream_duration)
+                .map(|d| d.seconds),
+            Some(30)
+        );
+        let retry = action.retry_policy.as_ref().expect("retries");
+        assert_eq!(retry.num_retries.map(|n| n.value), Some(2));
+        assert_eq!(retry.retriable_headers.len(), 1);
+        assert_eq!(retry.retriable_request_headers[0].name, ":method");
+        let listener: Listener = decoded(&snap, LISTENER, "outbound:127.0.0.1:20001");
+        let hcm: HttpConnectionManager = filter(&listener, 0);
+        assert_eq!(hcm.request_headers_timeout.map(|d| d.seconds), Some(2));
+        // gRPC services retry on gRPC's conditions, TCP ones reconnect.
+        let grpc: RouteConfiguration = decoded(&snap, ROUTE, "outbound:grpc-api");
+        let Some(Action::Route(grpc)) = &grpc.virtual_hosts[0].routes[0].action else {
+            panic!()
+        };
+        let grpc = grpc.retry_policy.as_ref().expect("grpc retries");
+        assert_eq!(
+            (grpc.retry_on.as_str(), grpc.num_retries.map(|n| n.value)),
+            ("unavailable", Some(5))
+        );
+        let db: Listener = decoded(&snap, LISTENER, "outbound:127.0.0.1:20002");
+        let tcp: TcpProxy = filter(&db, 0);
+        assert_eq!(tcp.max_connect_attempts.map(|n| n.value), Some(4));
+    }
+
+    #[test]
+    fn inbound_timeouts_from_a_from_entry() {
+        let snap = generated();
+        let app: Cluster = decoded(&snap, CLUSTER, "localhost:8080");
+        assert_eq!(app.connect_timeout.map(|d| d.seconds), Some(3));
+        let listener: Listener = decoded(&snap, LISTENER, "inbound:127.0.0.1:10001");
+        let hcm: HttpConnectionManager = filter(&listener, 0);
+        assert_eq!(hcm.stream_idle_timeout.map(|d| d.seconds), Some(20));
+        assert_eq!(
+            hcm.common_http_protocol_options
+                .and_then(|o| o.idle_timeout)
+                .map(|d| d.seconds),
+            Some(600)
+        );
+        let Some(RouteSpecifier::RouteConfig(routes)) = &hcm.route_specifier else {
+            panic!()
+        };
+        let Some(Action::Route(action)) = &routes.virtual_hosts[0].routes[0].action else {
+            panic!()
+        };
+        assert_eq!(action.timeout.map(|d| d.seconds), Some(7));
+    }
+}

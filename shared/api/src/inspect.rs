@@ -94,6 +94,24 @@ fn to_rule<T: Serialize>(mesh: &str, service: &str, resolved: &Resolved<T>) -> V
     })
 }
 
+/// `fromRules` entries: for each inbound, its resolved conf of one kind (all clients).
+fn from_rules<T: Serialize>(
+    mesh: &str,
+    inbounds: &[meridian_model::resolve::InboundPolicy],
+    conf: impl Fn(&meridian_model::resolve::InboundPolicy) -> Option<&Resolved<T>>,
+) -> Vec<Value> {
+    inbounds
+        .iter()
+        .filter_map(|i| {
+            let r = conf(i)?;
+            Some(json!({
+                "inbound": { "port": i.port, "tags": i.tags },
+                "rules": [{ "conf": r.conf, "origin": origin(mesh, &r.origin) }],
+            }))
+        })
+        .collect()
+}
+
 /// `GET /meshes/{mesh}/dataplanes/{name}/_rules`: per policy kind, the rules that apply to
 /// the proxy (`toRules` per destination service, `fromRules` per inbound, `proxyRule`), each
 /// with the policies it came from (`origin`, in merge order: the last won).
@@ -134,6 +152,23 @@ pub async fn rules(
         }
         if let Some(r) = &o.health_check {
             to(Kind::MeshHealthCheck, to_rule(&mesh, service, r));
+        }
+    }
+    for (kind, rules) in [
+        (
+            Kind::MeshTimeout,
+            from_rules(&mesh, &resolved.inbounds, |i| i.timeout.as_ref()),
+        ),
+        (
+            Kind::MeshCircuitBreaker,
+            from_rules(&mesh, &resolved.inbounds, |i| i.circuit_breaker.as_ref()),
+        ),
+    ] {
+        if !rules.is_empty() {
+            let entry = by_kind.entry(kind.name()).or_insert_with(
+                || json!({ "type": kind, "toRules": [], "fromRules": [], "proxyRule": null, "warnings": [] }),
+            );
+            entry["fromRules"] = Value::Array(rules);
         }
     }
     let mtls = mtls_on(&resources);
@@ -247,7 +282,7 @@ pub async fn traffic(
             if inbound.tags.get(SERVICE_TAG) != Some(&to) {
                 continue;
             }
-            let decision = policies.inbound(&proxy, &inbound.tags).decide(Some(&from));
+            let decision = policies.permissions(&proxy, &inbound.tags).decide(Some(&from));
             destinations.push(json!({
                 "dataplane": r.name,
                 "port": inbound.port,

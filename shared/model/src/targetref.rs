@@ -70,13 +70,20 @@ impl TargetRef {
         use TargetRefKind::*;
         if !allowed.contains(&self.kind) {
             let names: Vec<String> = allowed.iter().map(|k| format!("{k:?}")).collect();
-            v.error_at(
-                "kind",
+            let why = if UNSUPPORTED.contains(&self.kind) {
                 format!(
-                    "{:?} is not allowed here; expected one of {}",
-                    self.kind,
-                    names.join(", ")
-                ),
+                    "{:?} is not supported yet: Meridian has no {:?} resources to refer to",
+                    self.kind, self.kind
+                )
+            } else {
+                format!("{:?} is not allowed here", self.kind)
+            };
+            v.error_at("kind", format!("{why}; expected one of {}", names.join(", ")));
+        }
+        if self.section_name.is_some() {
+            v.error_at(
+                "sectionName",
+                "is not supported yet: a policy applies to every inbound and port of what it selects",
             );
         }
         match self.kind {
@@ -92,8 +99,9 @@ impl TargetRef {
                 }
             }
             Dataplane => {
-                if self.name.is_none() && self.labels.is_none() {
-                    v.error("kind Dataplane needs a name or labels");
+                // Bare, it selects every Dataplane (as Kuma); a name and labels do not mix.
+                if self.name.is_some() && self.labels.is_some() {
+                    v.error_at("labels", "must not be set together with name");
                 }
             }
         }
@@ -114,24 +122,30 @@ impl TargetRef {
     }
 }
 
-/// Kinds a policy's top-level `targetRef` may name.
+/// Kinds Kuma's policies may name that Meridian has no resources of yet: refused with a
+/// message that says so, rather than stored and then ignored.
+const UNSUPPORTED: &[TargetRefKind] = &[
+    TargetRefKind::MeshExternalService,
+    TargetRefKind::MeshMultiZoneService,
+    TargetRefKind::MeshGateway,
+    TargetRefKind::MeshHTTPRoute,
+];
+
+/// Kinds a policy's top-level `targetRef` may name (what translation applies).
 pub const TOP_LEVEL: &[TargetRefKind] = &[
     TargetRefKind::Mesh,
     TargetRefKind::MeshSubset,
     TargetRefKind::MeshService,
     TargetRefKind::MeshServiceSubset,
-    TargetRefKind::MeshGateway,
     TargetRefKind::Dataplane,
 ];
 
 /// Kinds a `to[].targetRef` (outbound traffic) may name.
-pub const TO: &[TargetRefKind] = &[
-    TargetRefKind::Mesh,
-    TargetRefKind::MeshService,
-    TargetRefKind::MeshExternalService,
-    TargetRefKind::MeshMultiZoneService,
-    TargetRefKind::MeshHTTPRoute,
-];
+pub const TO: &[TargetRefKind] = &[TargetRefKind::Mesh, TargetRefKind::MeshService];
+
+/// What a `from[].targetRef` may name where a conf applies to every client (MeshTimeout,
+/// MeshCircuitBreaker: Kuma takes only `Mesh` there).
+pub const FROM_ALL: &[TargetRefKind] = &[TargetRefKind::Mesh];
 
 /// Kinds a `from[].targetRef` (inbound traffic) may name.
 pub const FROM: &[TargetRefKind] = &[
@@ -170,7 +184,34 @@ mod tests {
         };
         let errs = errors(&tr, FROM);
         assert_eq!(errs.len(), 2, "{errs:?}");
-        assert!(errs[0].starts_with("targetRef.kind: MeshHTTPRoute is not allowed here"));
+        assert!(
+            errs[0].starts_with("targetRef.kind: MeshHTTPRoute is not supported yet"),
+            "{errs:?}"
+        );
         assert_eq!(errs[1], "targetRef.name: must be set for kind MeshHTTPRoute");
+        let service = TargetRef {
+            kind: TargetRefKind::MeshServiceSubset,
+            name: Some("web".into()),
+            ..TargetRef::mesh()
+        };
+        assert_eq!(
+            errors(&service, TO),
+            vec!["targetRef.kind: MeshServiceSubset is not allowed here; expected one of Mesh, MeshService"]
+        );
+        let mut dataplane = TargetRef {
+            kind: TargetRefKind::Dataplane,
+            ..TargetRef::mesh()
+        };
+        assert!(
+            errors(&dataplane, TOP_LEVEL).is_empty(),
+            "a bare Dataplane selects them all"
+        );
+        dataplane.section_name = Some("http".into());
+        assert_eq!(
+            errors(&dataplane, TOP_LEVEL),
+            vec![
+                "targetRef.sectionName: is not supported yet: a policy applies to every inbound and port of what it selects"
+            ]
+        );
     }
 }

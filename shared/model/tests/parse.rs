@@ -273,13 +273,19 @@ name: mtp
 mesh: default
 spec:
   targetRef: {kind: Mesh}
-  from:
-    - targetRef: {kind: MeshSubset, tags: {kuma.io/zone: east}}
-      default: {action: Deny}
   rules:
     - default:
         allowWithShadowDeny:
           - spiffeID: {type: Prefix, value: 'spiffe://default/ns/demo/'}
+",
+    "type: MeshTrafficPermission
+name: mtp-from
+mesh: default
+spec:
+  targetRef: {kind: Mesh}
+  from:
+    - targetRef: {kind: MeshSubset, tags: {kuma.io/zone: east}}
+      default: {action: Deny}
 ",
     "type: MeshTrace
 name: trace
@@ -342,6 +348,12 @@ spec:
           detectors:
             successRate: {standardDeviationFactor: '1.9'}
             gatewayFailures: {consecutive: 3}
+",
+    "type: MeshCircuitBreaker
+name: cb-inbound
+mesh: default
+spec:
+  targetRef: {kind: Mesh}
   rules:
     - default:
         connectionLimits: {maxConnections: 10, maxRequests: 20}
@@ -370,6 +382,12 @@ spec:
   from:
     - targetRef: {kind: Mesh}
       default: {idleTimeout: 1h}
+",
+    "type: MeshTimeout
+name: timeout-rules
+mesh: default
+spec:
+  targetRef: {kind: Mesh}
   rules:
     - default:
         http: {requestHeadersTimeout: 500ms}
@@ -409,7 +427,8 @@ fn universal_round_trip_keeps_every_kind() {
         seen.push(resource.kind());
     }
     seen.sort();
-    assert_eq!(seen, Kind::ALL.to_vec(), "one example per kind");
+    seen.dedup();
+    assert_eq!(seen, Kind::ALL.to_vec(), "an example of every kind");
 }
 
 #[test]

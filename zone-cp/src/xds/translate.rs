@@ -79,6 +79,8 @@ pub struct ServiceEndpoint {
 pub struct ServiceInfo {
     pub endpoints: Vec<ServiceEndpoint>,
     pub http: bool,
+    /// Some instance says `kuma.io/protocol: grpc` (MeshRetry's `grpc` section applies).
+    pub grpc: bool,
 }
 
 /// Dataplane certificates live this long unless the mesh says otherwise (Kuma's default).
@@ -145,6 +147,7 @@ impl MeshContext {
                         };
                         let info = ctx.services.entry(service.clone()).or_default();
                         info.http |= speaks_http(&inbound.tags);
+                        info.grpc |= inbound.tags.get(PROTOCOL_TAG).is_some_and(|p| p == "grpc");
                         let ready = inbound.health.as_ref().is_none_or(|h| h.ready);
                         if let Some(zone) = &zone {
                             // Another zone's instance: reached through that zone's ingress.
@@ -258,10 +261,11 @@ pub(crate) fn route_actions(routes: &mut RouteConfiguration) -> impl Iterator<It
         })
 }
 
-/// Sets an HTTP upstream's idle timeout (a TCP cluster has no HTTP options: left alone).
-pub(crate) fn set_upstream_idle(cluster: &mut Cluster, idle: StdDuration) {
+/// Sets an HTTP upstream's common options (idle timeout, connection and stream lifetimes);
+/// a TCP cluster has no HTTP options and is left alone.
+pub(crate) fn set_upstream_options(cluster: &mut Cluster, common: HttpProtocolOptions) {
     if !cluster.typed_extension_protocol_options.is_empty() {
-        cluster.typed_extension_protocol_options = upstream_http_options(Some(idle));
+        cluster.typed_extension_protocol_options = upstream_http_options(Some(common));
     }
 }
 
@@ -435,6 +439,7 @@ fn base_resources(ctx: &MeshContext, dp: &DataplaneSpec, tls: Option<&TlsSetting
         let info = ctx.services.get(service).cloned().unwrap_or(ServiceInfo {
             endpoints: Vec::new(),
             http: true,
+            grpc: false,
         });
         let cluster = Cluster {
             name: service.to_owned(),
@@ -486,6 +491,7 @@ fn base_resources(ctx: &MeshContext, dp: &DataplaneSpec, tls: Option<&TlsSetting
             port: outbound.port,
             cluster,
             endpoints: load_assignment(service, &info.endpoints),
+            grpc: info.grpc,
             local: info.endpoints,
             route,
             http,
@@ -586,12 +592,9 @@ fn pack_into(snap: &mut Snapshot, ctx: &MeshContext, generated: Generated, tls: 
 
 /// HTTP upstreams speak the protocol the downstream spoke, with MeshTimeout's idle timeout.
 /// (A single entry: prost encodes maps in iteration order, and one entry keeps it stable.)
-fn upstream_http_options(idle: Option<StdDuration>) -> std::collections::HashMap<String, Any> {
+fn upstream_http_options(common: Option<HttpProtocolOptions>) -> std::collections::HashMap<String, Any> {
     let options = UpstreamHttpOptions {
-        common_http_protocol_options: idle.map(|d| HttpProtocolOptions {
-            idle_timeout: Some(duration(d)),
-            ..Default::default()
-        }),
+        common_http_protocol_options: common,
         upstream_protocol_options: Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(
             UseDownstreamHttpConfig {
                 http_protocol_options: Some(Default::default()),

@@ -139,7 +139,13 @@ impl Validate for MeshCircuitBreakerSpec {
                 ("rules", non_empty(&self.rules)),
             ],
         );
-        validate_from(v, &self.from, targetref::FROM);
+        if non_empty(&self.rules) && (non_empty(&self.to) || non_empty(&self.from)) {
+            v.error_at(
+                "rules",
+                "must not be set together with to or from (as in Kuma): move their confs into rules, or drop rules",
+            );
+        }
+        validate_from(v, &self.from, targetref::FROM_ALL);
         validate_to(v, &self.to, targetref::TO);
         validate_rules(v, &self.rules);
     }
@@ -240,6 +246,16 @@ impl crate::resolve::Targeted for MeshCircuitBreakerSpec {
     }
 }
 
+impl crate::resolve::Inbound for MeshCircuitBreakerSpec {
+    type Conf = BreakerConf;
+    fn from(&self) -> &[From<BreakerConf>] {
+        self.from.as_deref().unwrap_or_default()
+    }
+    fn rules(&self) -> &[Rule<BreakerConf>] {
+        self.rules.as_deref().unwrap_or_default()
+    }
+}
+
 impl crate::resolve::Outbound for MeshCircuitBreakerSpec {
     type Conf = BreakerConf;
     fn to(&self) -> &[To<BreakerConf>] {
@@ -333,11 +349,6 @@ mod tests {
     - targetRef: {kind: Mesh}
       default:
         connectionLimits: {maxConnections: 1024}
-  rules:
-    - default:
-        outlierDetection:
-          detectors:
-            successRate: {standardDeviationFactor: 2}
 ";
         let sub = parse_one(&format!("{HEAD}{spec}"), Format::Yaml).unwrap();
         let Spec::MeshCircuitBreaker(s) = &sub.resource.spec else {
@@ -349,6 +360,22 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(od.healthy_panic_threshold.map(|p| p.value()), Some(60.5));
+    }
+
+    #[test]
+    fn rules_do_not_mix_with_to_or_from_and_from_is_for_every_client() {
+        let mixed = "  to:\n    - targetRef: {kind: Mesh}\n      default: {connectionLimits: {maxConnections: 1}}\n  rules:\n    - default: {connectionLimits: {maxConnections: 2}}\n";
+        assert_eq!(
+            errors(mixed),
+            vec![
+                "spec.rules: must not be set together with to or from (as in Kuma): move their confs into rules, or drop rules"
+            ]
+        );
+        let from_one = "  from:\n    - targetRef: {kind: MeshService, name: web}\n      default: {connectionLimits: {maxConnections: 1}}\n";
+        assert_eq!(
+            errors(from_one),
+            vec!["spec.from[0].targetRef.kind: MeshService is not allowed here; expected one of Mesh"]
+        );
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{To, non_empty, validate_to, validate_top};
-use crate::targetref::{self, TargetRef, TargetRefKind};
+use super::common::{To, validate_to, validate_top};
+use crate::targetref::{self, TargetRef};
 use crate::validate::{Validate, Validator, check_header_name};
 use crate::values::{GoDuration, Percentage};
 
@@ -133,30 +133,8 @@ pub struct HeaderKeyValue {
 impl Validate for MeshHealthCheckSpec {
     fn validate(&self, v: &mut Validator) {
         validate_top(v, &self.target_ref, targetref::TOP_LEVEL);
-        if !non_empty(&self.to) {
-            v.error_at("to", "must have at least one entry");
-        }
+        // As Kuma: an empty or absent `to` is valid and configures nothing.
         validate_to(v, &self.to, targetref::TO);
-        let top_is_mesh = self
-            .target_ref
-            .as_ref()
-            .is_none_or(|t| t.kind == TargetRefKind::Mesh);
-        if let (Some(to), false) = (&self.to, top_is_mesh) {
-            v.field("to", |v| {
-                for (i, e) in to.iter().enumerate() {
-                    if e.target_ref.kind == TargetRefKind::MeshExternalService {
-                        v.index(i, |v| {
-                            v.field("targetRef", |v| {
-                                v.error_at(
-                                    "kind",
-                                    "MeshExternalService is only possible with targetRef.kind Mesh",
-                                )
-                            })
-                        });
-                    }
-                }
-            });
-        }
     }
 }
 
@@ -378,7 +356,9 @@ mod tests {
         );
         assert_eq!(
             errs,
-            vec!["spec.to[0].targetRef.kind: MeshExternalService is only possible with targetRef.kind Mesh"]
+            vec![
+                "spec.to[0].targetRef.kind: MeshExternalService is not supported yet: Meridian has no MeshExternalService resources to refer to; expected one of Mesh, MeshService"
+            ]
         );
     }
 }

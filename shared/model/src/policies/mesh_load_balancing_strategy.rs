@@ -5,7 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{To, non_empty, validate_to, validate_top};
-use crate::targetref::{self, TargetRef, TargetRefKind};
+use crate::targetref::{self, TargetRef};
 use crate::validate::{Validate, Validator};
 use crate::values::{GoDuration, IntOrDecimal, Percentage};
 
@@ -251,31 +251,8 @@ pub struct FilterState {
 impl Validate for MeshLoadBalancingStrategySpec {
     fn validate(&self, v: &mut Validator) {
         validate_top(v, &self.target_ref, targetref::TOP_LEVEL);
-        if !non_empty(&self.to) {
-            v.error_at("to", "must have at least one entry");
-        }
+        // As Kuma: an empty or absent `to` is valid and configures nothing.
         validate_to(v, &self.to, targetref::TO);
-        // A route owns no cluster: only the per-request hashing can be set for it.
-        if let Some(to) = &self.to {
-            v.field("to", |v| {
-                for (i, e) in to.iter().enumerate() {
-                    if e.target_ref.kind != TargetRefKind::MeshHTTPRoute {
-                        continue;
-                    }
-                    v.index(i, |v| {
-                        v.field("default", |v| {
-                            const MSG: &str = "must not be set when targetRef.kind is MeshHTTPRoute, only hashPolicies is supported";
-                            if e.default.load_balancer.is_some() {
-                                v.error_at("loadBalancer", MSG);
-                            }
-                            if e.default.locality_awareness.is_some() {
-                                v.error_at("localityAwareness", MSG);
-                            }
-                        })
-                    });
-                }
-            });
-        }
     }
 }
 
@@ -549,7 +526,7 @@ mod tests {
     kind: Mesh
   to:
     - targetRef:
-        kind: MeshMultiZoneService
+        kind: MeshService
         name: backend
       default:
         localityAwareness:
@@ -641,9 +618,9 @@ mod tests {
             "  to:\n    - targetRef: {kind: MeshHTTPRoute, name: r}\n      default:\n        loadBalancer: {type: Random}\n",
         );
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].starts_with(
-            "spec.to[0].default.loadBalancer: must not be set when targetRef.kind is MeshHTTPRoute"
-        ));
+        assert!(errs[0].starts_with("spec.to[0].targetRef.kind: MeshHTTPRoute is not supported yet"));
+        // An empty `to` is valid, as in Kuma: it configures nothing.
+        assert!(crate::parse_one(&format!("{HEAD}  to: []\n"), crate::Format::Yaml).is_ok());
         let errs = errors(&format!(
             "{to}        localityAwareness:\n          crossZone:\n            failoverThreshold: {{percentage: 120}}\n"
         ));

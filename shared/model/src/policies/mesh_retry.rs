@@ -8,9 +8,9 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::common::{To, non_empty, validate_to, validate_top};
+use super::common::{To, validate_to, validate_top};
 use crate::targetref::{self, TargetRef};
-use crate::validate::{Validate, Validator, check_header_name, validate_labels};
+use crate::validate::{Validate, Validator, check_header_name};
 use crate::values::GoDuration;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -270,9 +270,7 @@ impl JsonSchema for HttpRetryOn {
 impl Validate for MeshRetrySpec {
     fn validate(&self, v: &mut Validator) {
         validate_top(v, &self.target_ref, targetref::TOP_LEVEL);
-        if !non_empty(&self.to) {
-            v.error_at("to", "must have at least one entry");
-        }
+        // As Kuma: an empty or absent `to` is valid and configures nothing.
         validate_to(v, &self.to, targetref::TO);
     }
 }
@@ -395,10 +393,10 @@ fn validate_host_selection(v: &mut Validator, preds: &[Predicate]) {
     let mut seen_priorities = false;
     for (i, p) in preds.iter().enumerate() {
         v.index(i, |v| match p.predicate {
-            PredicateType::OmitHostsWithTags => match &p.tags {
-                None => v.error_at("tags", "must be set for OmitHostsWithTags"),
-                Some(tags) => v.field("tags", |v| validate_labels(v, tags)),
-            },
+            PredicateType::OmitHostsWithTags => v.error_at(
+                "predicate",
+                "OmitHostsWithTags is not supported yet: endpoints carry no tag metadata to omit by",
+            ),
             PredicateType::OmitPreviousPriorities => {
                 if seen_priorities {
                     v.error_at("predicate", "OmitPreviousPriorities may be given only once");
@@ -494,8 +492,6 @@ mod tests {
             - {type: Present, name: x-idempotent}
           hostSelection:
             - predicate: OmitPreviousHosts
-            - predicate: OmitHostsWithTags
-              tags: {version: v1}
             - predicate: OmitPreviousPriorities
               updateFrequency: 2
           hostSelectionMaxAttempts: 3
@@ -529,7 +525,9 @@ mod tests {
                 format!("{d}.http.numRetries: must be between 0 and 4294967295"),
                 format!("{d}.http.backOff: at least one of baseInterval, maxInterval must be set"),
                 format!("{d}.http.rateLimitedBackOff.resetHeaders: must be set"),
-                format!("{d}.http.hostSelection[0].tags: must be set for OmitHostsWithTags"),
+                format!(
+                    "{d}.http.hostSelection[0].predicate: OmitHostsWithTags is not supported yet: endpoints carry no tag metadata to omit by"
+                ),
             ]
         );
         let errs = errors(&format!(
@@ -556,7 +554,8 @@ mod tests {
                 format!("{d}.grpc: must not be empty")
             ]
         );
-        let errs = errors("  targetRef: {kind: Mesh}\n");
-        assert_eq!(errs, vec!["spec.to: must have at least one entry"]);
+        // As in Kuma, a MeshRetry without `to` entries is valid and configures nothing.
+        let bare = format!("{HEAD}  targetRef: {{kind: Mesh}}\n  to: []\n");
+        assert!(crate::parse_one(&bare, crate::Format::Yaml).is_ok());
     }
 }

@@ -63,7 +63,13 @@ impl Validate for MeshTimeoutSpec {
                 ("rules", non_empty(&self.rules)),
             ],
         );
-        validate_from(v, &self.from, targetref::FROM);
+        if non_empty(&self.rules) && (non_empty(&self.to) || non_empty(&self.from)) {
+            v.error_at(
+                "rules",
+                "must not be set together with to or from (as in Kuma): move their confs into rules, or drop rules",
+            );
+        }
+        validate_from(v, &self.from, targetref::FROM_ALL);
         validate_to(v, &self.to, targetref::TO);
         validate_rules(v, &self.rules);
     }
@@ -95,6 +101,16 @@ impl crate::resolve::Targeted for MeshTimeoutSpec {
     const KIND: crate::Kind = crate::Kind::MeshTimeout;
     fn target_ref(&self) -> Option<&TargetRef> {
         self.target_ref.as_ref()
+    }
+}
+
+impl crate::resolve::Inbound for MeshTimeoutSpec {
+    type Conf = TimeoutConf;
+    fn from(&self) -> &[From<TimeoutConf>] {
+        self.from.as_deref().unwrap_or_default()
+    }
+    fn rules(&self) -> &[Rule<TimeoutConf>] {
+        self.rules.as_deref().unwrap_or_default()
     }
 }
 

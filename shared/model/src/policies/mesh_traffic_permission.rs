@@ -99,6 +99,9 @@ impl Validate for MeshTrafficPermissionSpec {
             v,
             &[("from", non_empty(&self.from)), ("rules", non_empty(&self.rules))],
         );
+        if non_empty(&self.rules) && non_empty(&self.from) {
+            v.error_at("rules", "must not be set together with from (as in Kuma)");
+        }
         validate_from(v, &self.from, targetref::FROM);
         validate_rules(v, &self.rules);
     }
@@ -136,8 +139,11 @@ impl Validate for Match {
         if self.spiffe_id.as_ref().is_some_and(|m| m.value.is_empty()) {
             v.field("spiffeID", |v| v.error_at("value", "must not be empty"));
         }
-        if self.sni.as_ref().is_some_and(|m| m.value.is_empty()) {
-            v.field("sni", |v| v.error_at("value", "must not be empty"));
+        if self.sni.is_some() {
+            v.error_at(
+                "sni",
+                "is not supported yet: match clients by spiffeID (their certificate's identity)",
+            );
         }
     }
 }
@@ -239,6 +245,22 @@ spec:
             "{base}  from:\n    - targetRef: {{kind: MeshHTTPRoute, name: r}}\n      default: {{action: Deny}}\n"
         ));
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].starts_with("spec.from[0].targetRef.kind: MeshHTTPRoute is not allowed here"));
+        assert!(errs[0].starts_with("spec.from[0].targetRef.kind: MeshHTTPRoute is not supported yet"));
+
+        let errs = errors(&format!(
+            "{base}  from:\n    - targetRef: {{kind: Mesh}}\n      default: {{action: Allow}}\n  rules:\n    - default:\n        allow:\n          - spiffeID: {{type: Exact, value: 'spiffe://default/web'}}\n"
+        ));
+        assert_eq!(
+            errs,
+            vec!["spec.rules: must not be set together with from (as in Kuma)"]
+        );
+        let errs = errors(&format!(
+            "{base}  rules:\n    - default:\n        deny:\n          - sni: {{type: Exact, value: 'web'}}\n"
+        ));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("spec.rules[0].default.deny[0].sni: is not supported yet"),
+            "{errs:?}"
+        );
     }
 }

@@ -24,7 +24,7 @@ use serde::Serialize;
 pub use merge::Merge;
 pub use proxy::{InboundPolicy, MeshPolicies, OutboundPolicy, ProxyPolicy};
 
-use crate::policies::common::To;
+use crate::policies::common::{From, Rule, To};
 use crate::policies::dataplane::{DataplaneSpec, SERVICE_TAG};
 use crate::targetref::{ProxyType, TargetRef, TargetRefKind};
 use crate::{Kind, Resource, Spec};
@@ -218,6 +218,14 @@ pub trait Outbound: Targeted {
     fn to(&self) -> &[To<Self::Conf>];
 }
 
+/// A policy kind that configures inbound traffic from every client (`from` entries whose
+/// `targetRef` is `Mesh`, and `rules`): MeshTimeout and MeshCircuitBreaker.
+pub trait Inbound: Targeted {
+    type Conf: Merge + Clone + Serialize;
+    fn from(&self) -> &[From<Self::Conf>];
+    fn rules(&self) -> &[Rule<Self::Conf>];
+}
+
 /// A policy a value came from.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Source {
@@ -288,6 +296,37 @@ pub fn outbound<S: Outbound>(
                     &entry.default,
                 ));
             }
+        }
+    }
+    merge_all(S::KIND, contributions)
+}
+
+/// The merged conf of every `from` (for all clients) and `rules` entry of `policies` that
+/// applies to traffic into `proxy`, or `None` when none does.
+pub fn inbound<S: Inbound>(policies: &[Policy<S>], proxy: &ProxyView<'_>) -> Option<Resolved<S::Conf>> {
+    let mesh = TargetRef::mesh();
+    let mut contributions = Vec::new();
+    for policy in policies {
+        let top = policy.spec.target_ref().unwrap_or(&mesh);
+        if !selects(top, proxy) {
+            continue;
+        }
+        let from = policy.spec.from();
+        for (i, entry) in from.iter().enumerate() {
+            if entry.target_ref.kind == TargetRefKind::Mesh {
+                contributions.push((
+                    precedence(policy, top, Some(&entry.target_ref), i),
+                    policy.name.as_str(),
+                    &entry.default,
+                ));
+            }
+        }
+        for (i, rule) in policy.spec.rules().iter().enumerate() {
+            contributions.push((
+                precedence(policy, top, None, from.len() + i),
+                policy.name.as_str(),
+                &rule.default,
+            ));
         }
     }
     merge_all(S::KIND, contributions)

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::access::{Access, InboundPermissions, Permissions, ServiceTags};
 use super::trace::{self, TraceConf};
-use super::{Policy, ProxyView, Resolved, outbound};
+use super::{Policy, ProxyView, Resolved, inbound, outbound};
 use crate::policies::dataplane::SERVICE_TAG;
 use crate::policies::mesh_circuit_breaker::{BreakerConf, MeshCircuitBreakerSpec};
 use crate::policies::mesh_health_check::{HealthCheckConf, MeshHealthCheckSpec};
@@ -59,6 +59,8 @@ impl MeshPolicies {
 
     /// What this mesh's policies come to for `proxy`.
     pub fn for_proxy(&self, proxy: &ProxyView<'_>) -> ProxyPolicy {
+        let timeout = inbound(&self.timeouts, proxy);
+        let circuit_breaker = inbound(&self.breakers, proxy);
         let inbounds = proxy
             .dataplane
             .networking
@@ -68,7 +70,9 @@ impl MeshPolicies {
             .map(|inbound| InboundPolicy {
                 port: inbound.port,
                 tags: inbound.tags.clone(),
-                access: self.inbound(proxy, &inbound.tags).access(),
+                access: self.permissions(proxy, &inbound.tags).access(),
+                timeout: timeout.clone(),
+                circuit_breaker: circuit_breaker.clone(),
             })
             .collect();
         let outbounds = proxy
@@ -93,7 +97,7 @@ impl MeshPolicies {
     }
 
     /// The permissions of the inbound with `tags` of `proxy`, to ask about clients.
-    pub fn inbound<'a>(
+    pub fn permissions<'a>(
         &'a self,
         proxy: &ProxyView<'_>,
         tags: &BTreeMap<String, String>,
@@ -129,6 +133,8 @@ pub struct InboundPolicy {
     pub tags: BTreeMap<String, String>,
     /// Who may call it (enforced with mTLS on).
     pub access: Access,
+    pub timeout: Option<Resolved<TimeoutConf>>,
+    pub circuit_breaker: Option<Resolved<BreakerConf>>,
 }
 
 /// What applies to traffic to one service, kind by kind.

@@ -1,14 +1,21 @@
-//! MeshTimeout on outbounds: the cluster's connect timeout, the upstream idle timeout (HTTP)
-//! or the TCP proxy's, and the route's request and stream-idle timeouts. Kuma's defaults
-//! apply where no policy sets a value.
+//! MeshTimeout. Outbound (`to`): the cluster's connect timeout; the upstream's idle timeout
+//! and connection and stream lifetimes (HTTP) or the TCP proxy's idle timeout; the route's
+//! request, stream-idle and stream-duration limits and the listener's request-headers timeout.
+//! Inbound (`from` with `targetRef: Mesh`, and `rules`): the same on the inbound's listener,
+//! route and cluster to the app. Kuma's defaults apply where no policy sets a value.
 
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::config::route::v3::route_action::MaxStreamDuration;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use meridian_model::Kind;
-use meridian_model::resolve::outbound;
+use meridian_model::policies::mesh_timeout::TimeoutConf;
+use meridian_model::resolve::{inbound, outbound};
+use meridian_model::values::GoDuration;
 
 use super::{Generated, PolicyPlugin, ProxyInput};
-use crate::xds::translate::{duration, route_actions};
+use crate::xds::translate::{duration, route_actions, set_upstream_options};
 
 /// Timeouts that apply when no MeshTimeout says otherwise (Kuma's defaults).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -16,37 +23,109 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub struct Plugin;
 
+fn d(value: &Option<GoDuration>) -> Option<envoy_types::pb::google::protobuf::Duration> {
+    value.as_ref().map(|v| duration(v.as_duration()))
+}
+
+/// What a conf says about a connection manager: request headers, stream idle (inbound only:
+/// an outbound's is on its route), idle and connection lifetime.
+fn shape_listener(hcm: &mut HttpConnectionManager, conf: &TimeoutConf, inbound: bool) {
+    let http = conf.http.as_ref();
+    if let Some(t) = http.and_then(|h| d(&h.request_headers_timeout)) {
+        hcm.request_headers_timeout = Some(t);
+    }
+    if !inbound {
+        return;
+    }
+    if let Some(t) = http.and_then(|h| d(&h.stream_idle_timeout)) {
+        hcm.stream_idle_timeout = Some(t);
+    }
+    let idle = d(&conf.idle_timeout);
+    let lifetime = http.and_then(|h| d(&h.max_connection_duration));
+    if idle.is_some() || lifetime.is_some() {
+        let common = hcm
+            .common_http_protocol_options
+            .get_or_insert_with(Default::default);
+        common.idle_timeout = idle.or(common.idle_timeout);
+        common.max_connection_duration = lifetime.or(common.max_connection_duration);
+    }
+}
+
 impl PolicyPlugin for Plugin {
     fn kinds(&self) -> &'static [Kind] {
         &[Kind::MeshTimeout]
     }
 
     fn apply(&self, input: &ProxyInput<'_>, generated: &mut Generated) {
+        let policies = &input.ctx.policies.timeouts;
         for o in &mut generated.outbounds {
-            let conf = outbound(&input.ctx.policies.timeouts, &input.view, &o.service).map(|r| r.conf);
-            let conf = conf.as_ref();
+            let resolved = outbound(policies, &input.view, &o.service);
+            let conf = resolved.as_ref().map(|r| &r.conf);
             let connect = conf
                 .and_then(|t| t.connection_timeout.as_ref())
                 .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.as_duration());
             o.cluster.connect_timeout = Some(duration(connect));
-            let idle = conf
-                .and_then(|t| t.idle_timeout.as_ref())
-                .map(|d| d.as_duration());
+            let idle = conf.and_then(|t| d(&t.idle_timeout));
             if let Some(tcp) = &mut o.tcp {
-                tcp.idle_timeout = idle.map(duration);
-            }
-            if let Some(idle) = idle {
-                crate::xds::translate::set_upstream_idle(&mut o.cluster, idle);
+                tcp.idle_timeout = idle;
             }
             let http = conf.and_then(|t| t.http.as_ref());
+            let lifetime = http.and_then(|h| d(&h.max_connection_duration));
+            if idle.is_some() || lifetime.is_some() {
+                set_upstream_options(
+                    &mut o.cluster,
+                    HttpProtocolOptions {
+                        idle_timeout: idle,
+                        max_connection_duration: lifetime,
+                        ..Default::default()
+                    },
+                );
+            }
+            if let (Some(hcm), Some(conf)) = (&mut o.http, conf) {
+                shape_listener(hcm, conf, false);
+            }
             for action in o.route.iter_mut().flat_map(route_actions) {
                 let request = http
                     .and_then(|h| h.request_timeout.as_ref())
                     .map_or(DEFAULT_REQUEST_TIMEOUT, |d| d.as_duration());
                 action.timeout = Some(duration(request));
-                action.idle_timeout = http
-                    .and_then(|h| h.stream_idle_timeout.as_ref())
-                    .map(|d| duration(d.as_duration()));
+                action.idle_timeout = http.and_then(|h| d(&h.stream_idle_timeout));
+                action.max_stream_duration =
+                    http.and_then(|h| d(&h.max_stream_duration))
+                        .map(|t| MaxStreamDuration {
+                            max_stream_duration: Some(t),
+                            ..Default::default()
+                        });
+            }
+        }
+        let Some(resolved) = inbound(policies, &input.view) else {
+            return;
+        };
+        let conf = &resolved.conf;
+        let http = conf.http.as_ref();
+        for i in &mut generated.inbounds {
+            if let Some(t) = d(&conf.connection_timeout) {
+                i.cluster.connect_timeout = Some(t);
+            }
+            if let Some(tcp) = &mut i.tcp {
+                tcp.idle_timeout = d(&conf.idle_timeout).or(tcp.idle_timeout);
+            }
+            let Some(hcm) = &mut i.http else { continue };
+            shape_listener(hcm, conf, true);
+            let routes = match &mut hcm.route_specifier {
+                Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier::RouteConfig(r)) => r,
+                _ => continue,
+            };
+            for action in route_actions(routes) {
+                if let Some(t) = http.and_then(|h| d(&h.request_timeout)) {
+                    action.timeout = Some(t);
+                }
+                if let Some(t) = http.and_then(|h| d(&h.max_stream_duration)) {
+                    action.max_stream_duration = Some(MaxStreamDuration {
+                        max_stream_duration: Some(t),
+                        ..Default::default()
+                    });
+                }
             }
         }
     }

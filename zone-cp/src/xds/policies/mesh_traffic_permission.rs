@@ -18,7 +18,13 @@ impl PolicyPlugin for Plugin {
             return;
         }
         for inbound in &mut generated.inbounds {
-            inbound.access = Some(input.ctx.policies.inbound(&input.view, &inbound.tags).access());
+            inbound.access = Some(
+                input
+                    .ctx
+                    .policies
+                    .permissions(&input.view, &inbound.tags)
+                    .access(),
+            );
         }
     }
 }

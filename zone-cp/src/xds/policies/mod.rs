@@ -59,6 +59,8 @@ pub struct InboundResources {
 /// Traffic to one service: its listener's filter, route, cluster and endpoints.
 pub struct OutboundResources {
     pub service: String,
+    /// The service speaks gRPC.
+    pub grpc: bool,
     pub address: String,
     pub port: u32,
     pub cluster: Cluster,
