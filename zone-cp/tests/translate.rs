@@ -210,6 +210,7 @@ mod every_field {
             "type: MeshCircuitBreaker\nname: limits\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: reg-server}\n    default:\n      connectionLimits: {maxConnections: 7, maxPendingRequests: 8}\n      outlierDetection:\n        healthyPanicThreshold: 40\n        detectors: {successRate: {minimumHosts: 3, standardDeviationFactor: '1.9'}}\n",
             "type: MeshLoadBalancingStrategy\nname: hashing\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: reg-server}\n    default:\n      loadBalancer:\n        type: RingHash\n        ringHash: {minRingSize: 64, hashPolicies: [{type: Header, header: {name: x-user}}]}\n",
             "type: MeshRetry\nname: retries\nspec:\n  to:\n  - targetRef: {kind: Mesh}\n    default:\n      tcp: {maxConnectAttempt: 4}\n      http: {numRetries: 2, retryOn: [5xx, HttpMethodGet], retriableResponseHeaders: [{name: x-retry, type: Present}]}\n      grpc: {numRetries: 5, retryOn: [Unavailable]}\n",
+            "type: MeshHealthCheck\nname: db-check\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: db}\n    default: {intervalJitter: 100ms, reuseConnection: false, healthyPanicThreshold: 30, tcp: {send: cGluZw==, receive: [cG9uZw==]}}\n",
         ] {
             world.push(resource(doc));
         }
@@ -270,6 +271,31 @@ mod every_field {
         let db: Listener = decoded(&snap, LISTENER, "outbound:127.0.0.1:20002");
         let tcp: TcpProxy = filter(&db, 0);
         assert_eq!(tcp.max_connect_attempts.map(|n| n.value), Some(4));
+    }
+
+    #[test]
+    fn tcp_health_checks_send_and_expect_their_payloads() {
+        use envoy_types::pb::envoy::config::core::v3::health_check::HealthChecker;
+        use envoy_types::pb::envoy::config::core::v3::health_check::payload::Payload;
+        let snap = generated();
+        let db: Cluster = decoded(&snap, CLUSTER, "db");
+        let check = &db.health_checks[0];
+        assert_eq!(check.interval_jitter.map(|d| d.nanos), Some(100_000_000));
+        assert_eq!(check.reuse_connection.map(|b| b.value), Some(false));
+        let Some(HealthChecker::TcpHealthCheck(tcp)) = &check.health_checker else {
+            panic!()
+        };
+        assert_eq!(
+            tcp.send.as_ref().and_then(|p| p.payload.clone()),
+            Some(Payload::Binary(b"ping".to_vec()))
+        );
+        assert_eq!(tcp.receive.len(), 1);
+        assert_eq!(
+            db.common_lb_config
+                .and_then(|c| c.healthy_panic_threshold)
+                .map(|p| p.value),
+            Some(30.0)
+        );
     }
 
     #[test]

@@ -130,6 +130,12 @@ pub struct HeaderKeyValue {
     pub value: String,
 }
 
+/// A TCP check's payload (`send`, `receive[]`), which Kuma writes in base64.
+pub fn decode_payload(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text.trim()).ok()
+}
+
 impl Validate for MeshHealthCheckSpec {
     fn validate(&self, v: &mut Validator) {
         validate_top(v, &self.target_ref, targetref::TOP_LEVEL);
@@ -171,6 +177,20 @@ impl Validate for HealthCheckConf {
         }
         if self.http.is_none() && self.tcp.is_none() && self.grpc.is_none() {
             v.error("at least one of http, tcp, grpc must be set");
+        }
+        if let Some(tcp) = &self.tcp {
+            v.field("tcp", |v| {
+                if let Some(send) = &tcp.send
+                    && decode_payload(send).is_none()
+                {
+                    v.error_at("send", "must be base64");
+                }
+                for (i, r) in tcp.receive.iter().flatten().enumerate() {
+                    if decode_payload(r).is_none() {
+                        v.field("receive", |v| v.index(i, |v| v.error("must be base64")));
+                    }
+                }
+            });
         }
         if let Some(http) = &self.http {
             v.field("http", |v| {

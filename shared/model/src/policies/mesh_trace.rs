@@ -278,6 +278,9 @@ impl Validate for MeshTraceConf {
 
 impl Validate for TraceBackend {
     fn validate(&self, v: &mut Validator) {
+        if self.backend_type == TraceBackendType::Datadog {
+            v.error_at("type", DATADOG);
+        }
         let (wanted, present) = match self.backend_type {
             TraceBackendType::Zipkin => ("zipkin", self.zipkin.is_some()),
             TraceBackendType::Datadog => ("datadog", self.datadog.is_some()),
@@ -297,7 +300,10 @@ impl Validate for TraceBackend {
             }
         }
         if let Some(z) = &self.zipkin {
-            v.field("zipkin", |v| check_url(v, "url", &z.url));
+            v.field("zipkin", |v| {
+                check_url(v, "url", &z.url);
+                check_zipkin_api(v, &z.api_version);
+            });
         }
         if let Some(d) = &self.datadog {
             v.field("datadog", |v| check_url(v, "url", &d.url));
@@ -312,8 +318,25 @@ impl Validate for TraceBackend {
     }
 }
 
+const DATADOG: &str = "Datadog is not supported yet: send spans to an OpenTelemetry collector (it exports to Datadog) or Zipkin";
+
+/// Zipkin's API versions, as Kuma names them (v1 is gone from Envoy).
+fn check_zipkin_api(v: &mut Validator, version: &Option<String>) {
+    if let Some(version) = version
+        && !matches!(version.as_str(), "httpJson" | "httpProto")
+    {
+        v.error_at(
+            "apiVersion",
+            format!("{version:?} is not supported: expected httpJson or httpProto"),
+        );
+    }
+}
+
 impl Validate for LegacyTraceBackend {
     fn validate(&self, v: &mut Validator) {
+        if self.backend_type == LegacyTraceBackendType::Datadog {
+            v.error_at("type", DATADOG);
+        }
         if self.name.is_empty() {
             v.error_at("name", "must not be empty");
         }
@@ -333,6 +356,7 @@ impl Validate for LegacyTraceBackend {
                     Some(u) => check_url(v, "url", u),
                 },
             }
+            check_zipkin_api(v, &c.api_version);
             if let Some(headers) = &c.headers {
                 v.field("headers", |v| {
                     for (name, value) in headers {

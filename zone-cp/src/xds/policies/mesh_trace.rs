@@ -91,6 +91,10 @@ pub enum Collector {
     Zipkin {
         url: String,
         shared_span_context: Option<bool>,
+        /// 128-bit trace ids (the default here, so traces join OpenTelemetry's).
+        trace_id_128bit: Option<bool>,
+        /// `httpProto` instead of the JSON API.
+        proto: bool,
     },
 }
 
@@ -130,6 +134,8 @@ pub fn settings(
                     TraceBackendType::Zipkin => b.zipkin.as_ref().map(|z| Collector::Zipkin {
                         url: z.url.clone(),
                         shared_span_context: z.shared_span_context,
+                        trace_id_128bit: z.trace_id_128bit,
+                        proto: z.api_version.as_deref() == Some("httpProto"),
                     }),
                     TraceBackendType::Datadog => None,
                 })?;
@@ -160,6 +166,8 @@ pub fn settings(
             LegacyTraceBackendType::Zipkin => Collector::Zipkin {
                 url: b.conf.url.clone()?,
                 shared_span_context: b.conf.shared_span_context,
+                trace_id_128bit: b.conf.trace_id_128bit,
+                proto: b.conf.api_version.as_deref() == Some("httpProto"),
             },
             LegacyTraceBackendType::Datadog => return None,
         };
@@ -300,6 +308,8 @@ pub fn hcm_tracing(settings: &TraceSettings, mesh: &str, zone: &str, service: &s
         Collector::Zipkin {
             url,
             shared_span_context,
+            trace_id_128bit,
+            proto,
         } => {
             let (host, _, path) = split(url);
             TraceProvider {
@@ -307,9 +317,13 @@ pub fn hcm_tracing(settings: &TraceSettings, mesh: &str, zone: &str, service: &s
                 config_type: Some(ProviderConfig::TypedConfig(pack(&ZipkinConfig {
                     collector_cluster: cluster_name(&settings.collector),
                     collector_endpoint: path,
-                    trace_id_128bit: true,
+                    trace_id_128bit: trace_id_128bit.unwrap_or(true),
                     shared_span_context: shared_span_context.map(|value| BoolValue { value }),
-                    collector_endpoint_version: CollectorEndpointVersion::HttpJson as i32,
+                    collector_endpoint_version: if *proto {
+                        CollectorEndpointVersion::HttpProto
+                    } else {
+                        CollectorEndpointVersion::HttpJson
+                    } as i32,
                     collector_hostname: host,
                     ..Default::default()
                 }))),
