@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::validate::{Validator, validate_labels};
+use crate::validate::{Validator, validate_labels, validate_tag_map};
 
 /// What a `targetRef` points at. The names are Kuma's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -111,7 +111,7 @@ impl TargetRef {
             (_, None) => {}
         }
         if let Some(tags) = &self.tags {
-            v.field("tags", |v| validate_labels(v, tags));
+            v.field("tags", |v| validate_tag_map(v, tags));
         }
         if let Some(labels) = &self.labels {
             v.field("labels", |v| validate_labels(v, labels));

@@ -209,6 +209,28 @@ fn label_value(value: &str) -> Result<(), String> {
     }
 }
 
+/// Validates tags (a Dataplane's, a selector's): keys as label keys, values as Kuma takes
+/// them (letters, digits, `.`, `-`, `_`, `:` and `/`, not empty).
+pub fn validate_tag_map(v: &mut Validator, tags: &BTreeMap<String, String>) {
+    for (key, value) in tags {
+        v.field(key, |v| {
+            if let Err(e) = label_key(key) {
+                v.error(format!("invalid key: {e}"));
+            }
+            let ok = !value.is_empty()
+                && value.len() <= 253
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '/'));
+            if !ok {
+                v.error(format!(
+                    "invalid value {value:?}: must be letters, digits, '.', '-', '_', ':' or '/' (at most 253)"
+                ));
+            }
+        });
+    }
+}
+
 /// Header names are HTTP tokens.
 pub fn check_header_name(v: &mut Validator, name: &str) {
     let token = !name.is_empty()

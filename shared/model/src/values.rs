@@ -44,7 +44,7 @@ impl fmt::Display for GoDuration {
 fn parse_go_duration(text: &str) -> Result<Duration, String> {
     let err = || {
         format!(
-            "invalid duration {text:?}: expected a non-negative number with a unit (ns, us, ms, s, m, h, d), such as 500ms, 10s or 1m30s"
+            "invalid duration {text:?}: expected a non-negative number with a unit (ns, us, ms, s, m, h, d, y), such as 500ms, 10s or 1m30s"
         )
     };
     let s = text.strip_prefix('+').unwrap_or(text);
@@ -75,8 +75,9 @@ fn parse_go_duration(text: &str) -> Result<Duration, String> {
             "s" => 1e9,
             "m" => 60e9,
             "h" => 3600e9,
-            // Kuma accepts days for certificate lifetimes (`expiration: 1d`).
+            // Kuma accepts days and years for certificate lifetimes (`expiration: 1d`, `10y`).
             "d" => 86_400e9,
+            "y" => 365.0 * 86_400e9,
             _ => return Err(err()),
         };
         rest = &rest[unit_len..];

@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::validate::{Validate, Validator, dns1123_subdomain, validate_labels};
+use crate::validate::{Validate, Validator, dns1123_subdomain};
 
 /// The tag that names the service an inbound belongs to.
 pub const SERVICE_TAG: &str = "kuma.io/service";
@@ -143,13 +143,38 @@ pub(crate) fn validate_port(v: &mut Validator, field: &str, port: u32) {
     }
 }
 
+/// The protocols `kuma.io/protocol` may name (Kuma's).
+const PROTOCOLS: &[&str] = &["tcp", "http", "http2", "grpc", "kafka"];
+
 pub(crate) fn validate_tags(v: &mut Validator, tags: &BTreeMap<String, String>, need_service: bool) {
     v.field("tags", |v| {
-        validate_labels(v, tags);
+        crate::validate::validate_tag_map(v, tags);
         if need_service && tags.get(SERVICE_TAG).is_none_or(String::is_empty) {
             v.error_at(SERVICE_TAG, "must be set: it names the service");
         }
+        if let Some(p) = tags.get(PROTOCOL_TAG)
+            && !PROTOCOLS.contains(&p.as_str())
+        {
+            v.error_at(
+                PROTOCOL_TAG,
+                format!(
+                    "{p:?} is not a protocol: expected one of {}",
+                    PROTOCOLS.join(", ")
+                ),
+            );
+        }
     });
+}
+
+/// A Dataplane's own address must be one others can reach it at.
+fn validate_own_address(v: &mut Validator, field: &str, address: &str) {
+    validate_address(v, field, address);
+    if address.parse::<IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+        v.error_at(
+            field,
+            format!("{address} is not an address others can reach: give the Dataplane's own"),
+        );
+    }
 }
 
 impl DataplaneSpec {
@@ -188,14 +213,12 @@ impl Validate for DataplaneSpec {
     fn validate(&self, v: &mut Validator) {
         let n = &self.networking;
         v.field("networking", |v| {
-            validate_address(v, "address", &n.address);
+            validate_own_address(v, "address", &n.address);
             if let Some(a) = &n.advertised_address {
-                validate_address(v, "advertisedAddress", a);
+                validate_own_address(v, "advertisedAddress", a);
             }
+            // No inbounds is fine (a proxy that only calls out, as Kuma allows).
             let inbound = n.inbound.as_deref().unwrap_or_default();
-            if inbound.is_empty() && n.gateway.is_none() {
-                v.error_at("inbound", "must list at least one inbound (or set gateway)");
-            }
             if !inbound.is_empty() && n.gateway.is_some() {
                 v.error_at("gateway", "must not be set together with inbound");
             }
@@ -246,7 +269,18 @@ impl Validate for DataplaneSpec {
                 v.field("gateway", |v| validate_tags(v, &gw.tags, true));
             }
             if let Some(admin) = &n.admin {
-                v.field("admin", |v| validate_port(v, "port", admin.port));
+                v.field("admin", |v| {
+                    validate_port(v, "port", admin.port);
+                    if inbound
+                        .iter()
+                        .any(|ib| ib.port == admin.port || ib.service_port == Some(admin.port))
+                    {
+                        v.error_at(
+                            "port",
+                            format!("{} is also an inbound's port or servicePort", admin.port),
+                        );
+                    }
+                });
             }
         });
     }

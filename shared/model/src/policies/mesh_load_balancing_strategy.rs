@@ -301,6 +301,15 @@ fn validate_affinity(v: &mut Validator, tags: &[AffinityTag]) {
 
 impl Validate for CrossZone {
     fn validate(&self, v: &mut Validator) {
+        if self
+            .failover_threshold
+            .as_ref()
+            .is_some_and(|t| t.percentage.value() <= 0.0)
+        {
+            v.field("failoverThreshold", |v| {
+                v.error_at("percentage", "must be greater than 0 (as in Kuma)")
+            });
+        }
         let Some(failover) = &self.failover else { return };
         v.field("failover", |v| {
             for (i, f) in failover.iter().enumerate() {

@@ -125,12 +125,18 @@ pub struct ResetHeader {
     pub format: RateLimitFormat,
 }
 
+/// How a header is matched; Kuma's older upper-case names are accepted too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum HeaderMatchType {
+    #[serde(alias = "EXACT")]
     Exact,
+    #[serde(alias = "PRESENT")]
     Present,
+    #[serde(alias = "REGULAR_EXPRESSION")]
     RegularExpression,
+    #[serde(alias = "ABSENT")]
     Absent,
+    #[serde(alias = "PREFIX")]
     Prefix,
 }
 

@@ -129,6 +129,46 @@ impl Validate for RuleConf {
     }
 }
 
+/// A SPIFFE id is `spiffe://TRUST-DOMAIN[/PATH]`: a trust domain of lower-case letters,
+/// digits, `.`, `-` and `_`, and path segments of letters, digits, `.`, `-` and `_`. A prefix
+/// must at least name its trust domain.
+fn check_spiffe_id(value: &str, match_type: SpiffeIdMatchType) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "{value:?} is not a SPIFFE id ({why}): expected spiffe://TRUST-DOMAIN/PATH"
+        ))
+    };
+    let Some(rest) = value.strip_prefix("spiffe://") else {
+        return bad("it must start with spiffe://");
+    };
+    let (domain, path) = rest.split_once('/').map_or((rest, None), |(d, p)| (d, Some(p)));
+    let domain_ok = !domain.is_empty()
+        && domain.len() <= 255
+        && domain
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'));
+    if !domain_ok {
+        return bad("the trust domain");
+    }
+    let Some(path) = path else { return Ok(()) };
+    let segments: Vec<&str> = path.split('/').collect();
+    for (i, segment) in segments.iter().enumerate() {
+        // A prefix may end with `/`; an exact id's path has no empty segment.
+        let last = i + 1 == segments.len();
+        if segment.is_empty() && !(last && match_type == SpiffeIdMatchType::Prefix) {
+            return bad("an empty path segment");
+        }
+        if matches!(*segment, "." | "..")
+            || !segment
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        {
+            return bad("a path segment");
+        }
+    }
+    Ok(())
+}
+
 impl Validate for Match {
     fn validate(&self, v: &mut Validator) {
         match (&self.spiffe_id, &self.sni) {
@@ -136,8 +176,14 @@ impl Validate for Match {
             (Some(_), Some(_)) => v.error("only one of spiffeID or sni may be set"),
             _ => {}
         }
-        if self.spiffe_id.as_ref().is_some_and(|m| m.value.is_empty()) {
-            v.field("spiffeID", |v| v.error_at("value", "must not be empty"));
+        if let Some(id) = &self.spiffe_id {
+            v.field("spiffeID", |v| {
+                if id.value.is_empty() {
+                    v.error_at("value", "must not be empty");
+                } else if let Err(e) = check_spiffe_id(&id.value, id.match_type) {
+                    v.error_at("value", e);
+                }
+            });
         }
         if self.sni.is_some() {
             v.error_at(

@@ -46,7 +46,13 @@ pub struct AvailableService {
     pub tags: BTreeMap<String, String>,
     #[serde(default)]
     pub instances: u32,
+    /// The mesh of the service (`default` when not given, as Kuma).
+    #[serde(default = "default_mesh")]
     pub mesh: String,
+}
+
+fn default_mesh() -> String {
+    crate::DEFAULT_MESH.to_owned()
 }
 
 impl ZoneIngressSpec {

@@ -12,6 +12,7 @@
 //! lexicographically first wins, as in Kuma), then the entry's place in its policy.
 
 pub mod access;
+pub mod locality;
 mod merge;
 pub mod proxy;
 pub mod trace;

@@ -24,7 +24,7 @@ use meridian_model::Kind;
 use meridian_model::policies::mesh_load_balancing_strategy::{
     HashFunction, HashPolicy, HashPolicyType, LbConf, LoadBalancerType,
 };
-use meridian_model::resolve::outbound;
+use meridian_model::resolve::{locality, outbound};
 
 use super::{Generated, PolicyPlugin, ProxyInput};
 use crate::xds::crosszone;
@@ -67,7 +67,7 @@ impl PolicyPlugin for Plugin {
                     ..Default::default()
                 });
                 for (lb, e) in first.lb_endpoints.iter_mut().zip(&o.local) {
-                    let w = crosszone::affinity_weight(conf, &caller, &e.tags);
+                    let w = locality::affinity_weight(conf, &caller, &e.tags);
                     if w != 1 {
                         lb.load_balancing_weight = Some(UInt32Value { value: w });
                     }
@@ -78,12 +78,12 @@ impl PolicyPlugin for Plugin {
                 continue;
             };
             let candidates: std::collections::BTreeSet<String> = instances.keys().cloned().collect();
-            let order = if crosszone::locality_disabled(conf) {
+            let order = if locality::locality_disabled(conf) {
                 vec![candidates.into_iter().collect()]
             } else {
-                crosszone::failover_order(conf, &ctx.zones.local, &candidates)
+                locality::failover_order(conf, &ctx.zones.local, &candidates)
             };
-            let first = u32::from(!crosszone::locality_disabled(conf));
+            let first = u32::from(!locality::locality_disabled(conf));
             o.endpoints.endpoints.extend(crosszone::remote_localities(
                 &ctx.zones,
                 &order,
