@@ -282,7 +282,7 @@ pub async fn traffic(
             if inbound.tags.get(SERVICE_TAG) != Some(&to) {
                 continue;
             }
-            let decision = policies.permissions(&proxy, &inbound.tags).decide(Some(&from));
+            let decision = policies.permissions(&proxy, inbound).decide(Some(&from));
             destinations.push(json!({
                 "dataplane": r.name,
                 "port": inbound.port,

@@ -67,6 +67,16 @@ impl TargetRef {
 
     /// Validates this reference where only the `allowed` kinds make sense.
     pub fn validate_in(&self, v: &mut Validator, allowed: &[TargetRefKind]) {
+        self.validate_with(v, allowed, false);
+    }
+
+    /// Validates a top-level reference of a policy that configures inbounds (`from`,
+    /// `rules`), where a Dataplane's `sectionName` names one inbound, by name or port.
+    pub fn validate_inbound_top(&self, v: &mut Validator, allowed: &[TargetRefKind]) {
+        self.validate_with(v, allowed, true);
+    }
+
+    fn validate_with(&self, v: &mut Validator, allowed: &[TargetRefKind], inbound_section: bool) {
         use TargetRefKind::*;
         if !allowed.contains(&self.kind) {
             let names: Vec<String> = allowed.iter().map(|k| format!("{k:?}")).collect();
@@ -80,11 +90,13 @@ impl TargetRef {
             };
             v.error_at("kind", format!("{why}; expected one of {}", names.join(", ")));
         }
-        if self.section_name.is_some() {
-            v.error_at(
+        match &self.section_name {
+            Some(_) if !(inbound_section && self.kind == Dataplane) => v.error_at(
                 "sectionName",
-                "is not supported yet: a policy applies to every inbound and port of what it selects",
-            );
+                "is only supported on a top-level Dataplane targetRef of a policy with from or rules, where it names an inbound (by name or port)",
+            ),
+            Some(s) if s.is_empty() => v.error_at("sectionName", "must not be empty"),
+            _ => {}
         }
         match self.kind {
             Mesh | MeshSubset => {
@@ -210,8 +222,11 @@ mod tests {
         assert_eq!(
             errors(&dataplane, TOP_LEVEL),
             vec![
-                "targetRef.sectionName: is not supported yet: a policy applies to every inbound and port of what it selects"
+                "targetRef.sectionName: is only supported on a top-level Dataplane targetRef of a policy with from or rules, where it names an inbound (by name or port)"
             ]
         );
+        let mut v = Validator::new("targetRef");
+        dataplane.validate_inbound_top(&mut v, TOP_LEVEL);
+        assert!(v.finish().is_empty());
     }
 }

@@ -43,6 +43,10 @@ fn kuma_valid_documents_are_accepted() {
     accepted(
         "type: MeshRetry\nname: r\nspec:\n  to:\n  - targetRef: {kind: Mesh}\n    default:\n      http:\n        retriableRequestHeaders: [{type: REGULAR_EXPRESSION, name: x-id, value: '^a'}]\n",
     );
+    // A sectionName names one inbound of a Dataplane, for policies that configure inbounds.
+    accepted(
+        "type: MeshTrafficPermission\nname: p\nspec:\n  targetRef: {kind: Dataplane, name: web-1, sectionName: http}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n",
+    );
     // Years in durations (certificate lifetimes).
     accepted(
         "type: Mesh\nname: m\nmtls:\n  enabledBackend: ca\n  backends:\n  - name: ca\n    type: builtin\n    dpCert: {rotation: {expiration: 1y}}\n",
@@ -101,6 +105,13 @@ fn kuma_invalid_documents_are_refused_naming_the_field() {
     }
     accepted(
         "type: MeshTrafficPermission\nname: p\nspec:\n  rules:\n  - default:\n      allow:\n      - spiffeID: {type: Prefix, value: 'spiffe://default/'}\n      deny:\n      - spiffeID: {type: Exact, value: 'spiffe://default/ns/demo/sa/web'}\n",
+    );
+    // A sectionName is for inbounds (as in Kuma): not on an outbound-only policy.
+    assert_eq!(
+        refused(
+            "type: MeshRetry\nname: r\nspec:\n  targetRef: {kind: Dataplane, name: web-1, sectionName: http}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {tcp: {maxConnectAttempt: 2}}\n"
+        ),
+        ["spec.targetRef.sectionName"]
     );
     // What Meridian cannot apply yet is refused, not stored and ignored.
     assert_eq!(

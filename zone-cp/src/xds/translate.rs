@@ -421,6 +421,7 @@ fn base_resources(ctx: &MeshContext, dp: &DataplaneSpec, tls: Option<&TlsSetting
             (None, Some(tcp_proxy(&stat_prefix, &cluster_name)))
         };
         generated.inbounds.push(InboundResources {
+            spec: inbound.clone(),
             port: inbound.port,
             address,
             tags: inbound.tags.clone(),

@@ -30,6 +30,20 @@ pub struct Rule<T> {
 }
 
 /// Validates the top-level `targetRef` (when present) against `allowed`.
+/// Validates the top-level `targetRef` of a policy that configures inbounds when `inbound`
+/// (its `from` or `rules` are set): a Dataplane's `sectionName` may then name one inbound.
+pub fn validate_top_for(
+    v: &mut Validator,
+    target_ref: &Option<TargetRef>,
+    allowed: &[TargetRefKind],
+    inbound: bool,
+) {
+    match target_ref {
+        Some(tr) if inbound => v.field("targetRef", |v| tr.validate_inbound_top(v, allowed)),
+        _ => validate_top(v, target_ref, allowed),
+    }
+}
+
 pub fn validate_top(v: &mut Validator, target_ref: &Option<TargetRef>, allowed: &[TargetRefKind]) {
     if let Some(tr) = target_ref {
         v.field("targetRef", |v| tr.validate_in(v, allowed));

@@ -4,7 +4,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    From, Rule, To, non_empty, require_some, validate_from, validate_rules, validate_to, validate_top,
+    From, Rule, To, non_empty, require_some, validate_from, validate_rules, validate_to, validate_top_for,
 };
 use crate::targetref::{self, TargetRef};
 use crate::validate::{Validate, Validator};
@@ -54,7 +54,8 @@ pub struct HttpTimeouts {
 
 impl Validate for MeshTimeoutSpec {
     fn validate(&self, v: &mut Validator) {
-        validate_top(v, &self.target_ref, targetref::TOP_LEVEL);
+        let inbound = non_empty(&self.from) || non_empty(&self.rules);
+        validate_top_for(v, &self.target_ref, targetref::TOP_LEVEL, inbound);
         require_some(
             v,
             &[

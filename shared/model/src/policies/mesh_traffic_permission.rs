@@ -7,7 +7,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{From, Rule, non_empty, require_some, validate_from, validate_rules, validate_top};
+use super::common::{From, Rule, non_empty, require_some, validate_from, validate_rules, validate_top_for};
 use crate::targetref::{self, TargetRef};
 use crate::validate::{Validate, Validator};
 
@@ -94,7 +94,7 @@ pub struct SniMatch {
 
 impl Validate for MeshTrafficPermissionSpec {
     fn validate(&self, v: &mut Validator) {
-        validate_top(v, &self.target_ref, targetref::TOP_LEVEL);
+        validate_top_for(v, &self.target_ref, targetref::TOP_LEVEL, true);
         require_some(
             v,
             &[("from", non_empty(&self.from)), ("rules", non_empty(&self.rules))],

@@ -16,9 +16,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::{Policy, Precedence, ProxyView, Source, precedence, selects};
+use super::{Policy, Precedence, ProxyView, Source, precedence, selects, selects_inbound};
 use crate::Kind;
-use crate::policies::dataplane::SERVICE_TAG;
+use crate::policies::dataplane::{Inbound, SERVICE_TAG};
 use crate::policies::mesh_traffic_permission::{Action, Match, MeshTrafficPermissionSpec, SpiffeIdMatchType};
 use crate::policies::traffic_permission::{Selector, TrafficPermissionSpec};
 use crate::targetref::{TargetRef, TargetRefKind};
@@ -137,19 +137,20 @@ pub struct InboundPermissions<'a> {
 }
 
 impl<'a> InboundPermissions<'a> {
-    /// The permissions that apply to the inbound with `tags` of `proxy`.
+    /// The permissions that apply to `inbound` of `proxy`.
     pub fn new(
         permissions: &'a Permissions,
         services: &'a ServiceTags,
         proxy: &ProxyView<'_>,
-        tags: &BTreeMap<String, String>,
+        inbound: &Inbound,
     ) -> Self {
+        let tags = &inbound.tags;
         let mesh = TargetRef::mesh();
         let mut entries = Vec::new();
         let mut rules = Vec::new();
         for policy in &permissions.mesh {
             let top = policy.spec.target_ref.as_ref().unwrap_or(&mesh);
-            if !selects(top, proxy) {
+            if !selects(top, proxy) || !selects_inbound(top, inbound) {
                 continue;
             }
             for (i, from) in policy.spec.from.iter().flatten().enumerate() {
@@ -330,9 +331,9 @@ mod tests {
             labels: &labels,
             dataplane: &dp,
         };
-        let tags = BTreeMap::from([(SERVICE_TAG.to_owned(), "reg-server".to_owned())]);
+        let inbound = &dp.networking.inbound.as_ref().expect("inbounds")[0];
         let services = services();
-        f(&InboundPermissions::new(p, &services, &view, &tags))
+        f(&InboundPermissions::new(p, &services, &view, inbound))
     }
 
     fn access(p: &Permissions) -> Access {

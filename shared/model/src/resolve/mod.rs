@@ -26,7 +26,7 @@ pub use merge::Merge;
 pub use proxy::{InboundPolicy, MeshPolicies, OutboundPolicy, ProxyPolicy};
 
 use crate::policies::common::{From, Rule, To};
-use crate::policies::dataplane::{DataplaneSpec, SERVICE_TAG};
+use crate::policies::dataplane::{DataplaneSpec, Inbound as DataplaneInbound, SERVICE_TAG};
 use crate::targetref::{ProxyType, TargetRef, TargetRefKind};
 use crate::{Kind, Resource, Spec};
 
@@ -82,6 +82,17 @@ pub fn selects(target: &TargetRef, proxy: &ProxyView<'_>) -> bool {
                 && contains_all(proxy.labels, target.labels.as_ref())
         }
         MeshExternalService | MeshMultiZoneService | MeshGateway | MeshHTTPRoute => false,
+    }
+}
+
+/// Whether a top-level `targetRef` that selects a proxy takes in its inbound `inbound`: all
+/// of them, unless a Dataplane's `sectionName` names one (by name, or by port).
+pub fn selects_inbound(target: &TargetRef, inbound: &DataplaneInbound) -> bool {
+    match &target.section_name {
+        None => true,
+        Some(section) => {
+            inbound.name.as_deref() == Some(section.as_str()) || inbound.port.to_string() == *section
+        }
     }
 }
 
@@ -303,13 +314,17 @@ pub fn outbound<S: Outbound>(
 }
 
 /// The merged conf of every `from` (for all clients) and `rules` entry of `policies` that
-/// applies to traffic into `proxy`, or `None` when none does.
-pub fn inbound<S: Inbound>(policies: &[Policy<S>], proxy: &ProxyView<'_>) -> Option<Resolved<S::Conf>> {
+/// applies to traffic into `inbound` of `proxy`, or `None` when none does.
+pub fn inbound<S: Inbound>(
+    policies: &[Policy<S>],
+    proxy: &ProxyView<'_>,
+    inbound: &DataplaneInbound,
+) -> Option<Resolved<S::Conf>> {
     let mesh = TargetRef::mesh();
     let mut contributions = Vec::new();
     for policy in policies {
         let top = policy.spec.target_ref().unwrap_or(&mesh);
-        if !selects(top, proxy) {
+        if !selects(top, proxy) || !selects_inbound(top, inbound) {
             continue;
         }
         let from = policy.spec.from();

@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use super::access::{Access, InboundPermissions, Permissions, ServiceTags};
 use super::trace::{self, TraceConf};
-use super::{Policy, ProxyView, Resolved, inbound, outbound};
-use crate::policies::dataplane::SERVICE_TAG;
+use super::{Policy, ProxyView, Resolved, outbound};
+use crate::policies::dataplane::{Inbound, SERVICE_TAG};
 use crate::policies::mesh_circuit_breaker::{BreakerConf, MeshCircuitBreakerSpec};
 use crate::policies::mesh_health_check::{HealthCheckConf, MeshHealthCheckSpec};
 use crate::policies::mesh_load_balancing_strategy::{LbConf, MeshLoadBalancingStrategySpec};
@@ -59,8 +59,6 @@ impl MeshPolicies {
 
     /// What this mesh's policies come to for `proxy`.
     pub fn for_proxy(&self, proxy: &ProxyView<'_>) -> ProxyPolicy {
-        let timeout = inbound(&self.timeouts, proxy);
-        let circuit_breaker = inbound(&self.breakers, proxy);
         let inbounds = proxy
             .dataplane
             .networking
@@ -70,9 +68,9 @@ impl MeshPolicies {
             .map(|inbound| InboundPolicy {
                 port: inbound.port,
                 tags: inbound.tags.clone(),
-                access: self.permissions(proxy, &inbound.tags).access(),
-                timeout: timeout.clone(),
-                circuit_breaker: circuit_breaker.clone(),
+                access: self.permissions(proxy, inbound).access(),
+                timeout: super::inbound(&self.timeouts, proxy, inbound),
+                circuit_breaker: super::inbound(&self.breakers, proxy, inbound),
             })
             .collect();
         let outbounds = proxy
@@ -96,13 +94,9 @@ impl MeshPolicies {
         trace::select(&self.traces, proxy)
     }
 
-    /// The permissions of the inbound with `tags` of `proxy`, to ask about clients.
-    pub fn permissions<'a>(
-        &'a self,
-        proxy: &ProxyView<'_>,
-        tags: &BTreeMap<String, String>,
-    ) -> InboundPermissions<'a> {
-        InboundPermissions::new(&self.permissions, &self.service_tags, proxy, tags)
+    /// The permissions of `inbound` of `proxy`, to ask about clients.
+    pub fn permissions<'a>(&'a self, proxy: &ProxyView<'_>, inbound: &Inbound) -> InboundPermissions<'a> {
+        InboundPermissions::new(&self.permissions, &self.service_tags, proxy, inbound)
     }
 
     /// What applies to traffic from `proxy` to `service`.

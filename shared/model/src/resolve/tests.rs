@@ -299,3 +299,29 @@ proptest! {
         prop_assert_eq!(left, right);
     }
 }
+
+#[test]
+fn a_section_name_picks_one_inbound_by_name_or_port() {
+    let r = resource(
+        "type: Dataplane\nname: two-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 8080\n    name: http\n    tags: {kuma.io/service: two}\n  - port: 9090\n    tags: {kuma.io/service: two}\n",
+    );
+    let Spec::Dataplane(dp) = &r.spec else { panic!() };
+    let proxy = ProxyView {
+        name: &r.name,
+        labels: &r.labels,
+        dataplane: dp,
+    };
+    let inbounds = dp.networking.inbound.as_ref().expect("inbounds");
+    let applies = |section: &str| -> Vec<bool> {
+        let policies = timeouts(&[&format!(
+            "type: MeshTimeout\nname: one\nspec:\n  targetRef: {{kind: Dataplane, name: two-1, sectionName: '{section}'}}\n  from:\n  - targetRef: {{kind: Mesh}}\n    default: {{idleTimeout: 1s}}\n"
+        )]);
+        inbounds
+            .iter()
+            .map(|i| inbound(&policies, &proxy, i).is_some())
+            .collect()
+    };
+    assert_eq!(applies("http"), [true, false]);
+    assert_eq!(applies("9090"), [false, true]);
+    assert_eq!(applies("nope"), [false, false]);
+}

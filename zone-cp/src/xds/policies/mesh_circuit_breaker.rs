@@ -36,13 +36,14 @@ impl PolicyPlugin for Plugin {
                 limit(&mut o.cluster, conf);
             }
         }
-        if let Some(resolved) = inbound(policies, &input.view) {
-            for i in &mut generated.inbounds {
-                if resolved.conf.outlier_detection.is_some() {
-                    i.cluster.outlier_detection = outlier_detection(Some(&resolved.conf));
-                }
-                limit(&mut i.cluster, &resolved.conf);
+        for i in &mut generated.inbounds {
+            let Some(resolved) = inbound(policies, &input.view, &i.spec) else {
+                continue;
+            };
+            if resolved.conf.outlier_detection.is_some() {
+                i.cluster.outlier_detection = outlier_detection(Some(&resolved.conf));
             }
+            limit(&mut i.cluster, &resolved.conf);
         }
     }
 }

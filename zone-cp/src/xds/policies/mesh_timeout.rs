@@ -98,12 +98,12 @@ impl PolicyPlugin for Plugin {
                         });
             }
         }
-        let Some(resolved) = inbound(policies, &input.view) else {
-            return;
-        };
-        let conf = &resolved.conf;
-        let http = conf.http.as_ref();
         for i in &mut generated.inbounds {
+            let Some(resolved) = inbound(policies, &input.view, &i.spec) else {
+                continue;
+            };
+            let conf = &resolved.conf;
+            let http = conf.http.as_ref();
             if let Some(t) = d(&conf.connection_timeout) {
                 i.cluster.connect_timeout = Some(t);
             }

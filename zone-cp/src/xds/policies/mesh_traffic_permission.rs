@@ -22,7 +22,7 @@ impl PolicyPlugin for Plugin {
                 input
                     .ctx
                     .policies
-                    .permissions(&input.view, &inbound.tags)
+                    .permissions(&input.view, &inbound.spec)
                     .access(),
             );
         }

@@ -44,6 +44,8 @@ pub struct ProxyInput<'a> {
 
 /// One inbound's resources, before they are packed.
 pub struct InboundResources {
+    /// The Dataplane's inbound these are for.
+    pub spec: meridian_model::policies::dataplane::Inbound,
     pub port: u32,
     pub address: String,
     pub tags: BTreeMap<String, String>,
