@@ -561,6 +561,14 @@ async fn apply(client: &Client, file: &str) -> Result<(), Failure> {
             Scope::Global => println!("{} {:?} {word}", r.kind(), r.name),
             Scope::Mesh => println!("{} {:?} in mesh {:?} {word}", r.kind(), r.name, r.mesh),
         }
+        for w in result["warnings"].as_array().into_iter().flatten() {
+            eprintln!(
+                "warning: {} {:?}: {}",
+                r.kind(),
+                r.name,
+                w.as_str().unwrap_or_default()
+            );
+        }
     }
     Ok(())
 }

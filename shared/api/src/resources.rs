@@ -299,6 +299,7 @@ async fn put(
     // Whoever sends this change on (the sync to zones) continues the trace from here; kept
     // before the write, which the sync may see before this handler goes on.
     meridian_otlp::exporter::remember_change(&key.to_string(), span.is_live().then(|| span.context()));
+    let warnings = submission.resource.warnings();
     let outcome = meridian_store::put_with_defaults(&*state.store, submission).await?;
     span.set("revision", outcome.stored().revision);
     span.set("resource", &key);
@@ -313,7 +314,7 @@ async fn put(
         "result": outcome.word(),
         "version": stored.version,
         "revision": stored.revision,
-        "warnings": [],
+        "warnings": warnings,
     });
     Ok((status, Json(body)).into_response())
 }

@@ -259,3 +259,31 @@ async fn traffic_names_the_policy_that_decides() {
     let (status, _) = send(&w.router, "GET", &ask("demo", "nobody"), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_write_warns_of_what_is_kept_but_not_applied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqlStore::open_sqlite(dir.path()).await.expect("open"));
+    store.migrate().await.expect("migrate");
+    let router = meridian_api::router(ApiState {
+        store,
+        metrics: Arc::new(Metrics::new()),
+        role: "global",
+        managed_by: None,
+    });
+    let (status, body) = send(
+        &router,
+        "PUT",
+        "/meshes/old",
+        Some("type: Mesh\nname: old\nmetrics:\n  enabledBackend: p\n  backends:\n  - name: p\n    type: prometheus\n"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let warnings = body["warnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 1, "{body}");
+    assert!(
+        warnings[0]
+            .as_str()
+            .is_some_and(|w| w.starts_with("metrics is kept but not applied"))
+    );
+}

@@ -107,6 +107,33 @@ impl Resource {
         self.spec.kind()
     }
 
+    /// What the resource says that Meridian accepts but does not apply (Kuma's older
+    /// mesh-wide sections), in words for the writer: a PUT answers them as `warnings`.
+    pub fn warnings(&self) -> Vec<String> {
+        let Spec::Mesh(mesh) = &self.spec else {
+            return Vec::new();
+        };
+        [
+            (mesh.tracing.is_some(), "tracing", "MeshTrace"),
+            (
+                mesh.logging.is_some(),
+                "logging",
+                "MeshAccessLog (not in Meridian yet)",
+            ),
+            (
+                mesh.metrics.is_some(),
+                "metrics",
+                "MeshMetric (not in Meridian yet)",
+            ),
+        ]
+        .into_iter()
+        .filter(|(set, ..)| *set)
+        .map(|(_, field, instead)| {
+            format!("{field} is kept but not applied: Kuma's mesh-wide {field} is replaced by {instead}")
+        })
+        .collect()
+    }
+
     /// The resource as a reader who is not an admin may see it: secret values hidden.
     pub fn redacted(mut self) -> Self {
         match &mut self.spec {

@@ -127,3 +127,20 @@ fn kuma_invalid_documents_are_refused_naming_the_field() {
         ["spec.default.backends[0].type"]
     );
 }
+
+#[test]
+fn kumas_older_mesh_wide_sections_are_kept_with_a_warning() {
+    let mesh = parse_one(
+        "type: Mesh\nname: m\ntracing:\n  defaultBackend: z\n  backends:\n  - name: z\n    type: zipkin\n    conf: {url: 'http://zipkin:9411/api/v2/spans'}\nlogging:\n  backends:\n  - name: f\n    type: file\n    conf: {path: /tmp/access.log}\n",
+        Format::Yaml,
+    )
+    .expect("accepted")
+    .resource;
+    let warnings = mesh.warnings();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("tracing is kept but not applied"),
+        "{warnings:?}"
+    );
+    assert!(warnings[0].contains("MeshTrace"), "{warnings:?}");
+}
