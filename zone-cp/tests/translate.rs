@@ -254,6 +254,11 @@ mod every_field {
         let retry = action.retry_policy.as_ref().expect("retries");
         assert_eq!(retry.num_retries.map(|n| n.value), Some(2));
         assert_eq!(retry.retriable_headers.len(), 1);
+        assert!(
+            retry.retry_on.ends_with(",retriable-headers"),
+            "{}",
+            retry.retry_on
+        );
         assert_eq!(retry.retriable_request_headers[0].name, ":method");
         let listener: Listener = decoded(&snap, LISTENER, "outbound:127.0.0.1:20001");
         let hcm: HttpConnectionManager = filter(&listener, 0);

@@ -33,7 +33,11 @@ async fn mesh_resources(state: &ApiState, mesh: &str) -> Result<Vec<Resource>, A
     let admin = crate::auth::caller().is_admin();
     let seen = |r: Resource| if admin { r } else { r.redacted() };
     let mut out = vec![seen(state.store.get(&key).await?.resource)];
-    for kind in Kind::ALL.iter().filter(|k| k.scope() == Scope::Mesh) {
+    // Secrets are not policies: never loaded here.
+    for kind in Kind::ALL
+        .iter()
+        .filter(|k| k.scope() == Scope::Mesh && !k.is_secret())
+    {
         let mut offset = 0;
         loop {
             let page = state
@@ -282,7 +286,7 @@ pub async fn traffic(
             if inbound.tags.get(SERVICE_TAG) != Some(&to) {
                 continue;
             }
-            let decision = policies.permissions(&proxy, inbound).decide(Some(&from));
+            let decision = policies.permissions(&proxy, inbound).decide_for(&mesh, &from);
             destinations.push(json!({
                 "dataplane": r.name,
                 "port": inbound.port,

@@ -106,6 +106,28 @@ fn kuma_invalid_documents_are_refused_naming_the_field() {
     accepted(
         "type: MeshTrafficPermission\nname: p\nspec:\n  rules:\n  - default:\n      allow:\n      - spiffeID: {type: Prefix, value: 'spiffe://default/'}\n      deny:\n      - spiffeID: {type: Exact, value: 'spiffe://default/ns/demo/sa/web'}\n",
     );
+    // Values Envoy would refuse (a NACK blocks every later update of the proxy).
+    assert_eq!(
+        refused(
+            "type: MeshLoadBalancingStrategy\nname: l\nspec:\n  to:\n  - targetRef: {kind: Mesh}\n    default: {loadBalancer: {type: Maglev, maglev: {tableSize: 1000}}}\n"
+        ),
+        ["spec.to[0].default.loadBalancer.maglev.tableSize"]
+    );
+    assert_eq!(
+        refused(
+            "type: MeshTimeout\nname: t\nspec:\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 0s}\n"
+        ),
+        ["spec.to[0].default.connectionTimeout"]
+    );
+    assert_eq!(
+        refused(
+            "type: MeshRetry\nname: r\nspec:\n  to:\n  - targetRef: {kind: Mesh}\n    default: {http: {backOff: {maxInterval: 10ms}, rateLimitedBackOff: {resetHeaders: []}}}\n"
+        ),
+        [
+            "spec.to[0].default.http.backOff.maxInterval",
+            "spec.to[0].default.http.rateLimitedBackOff.resetHeaders"
+        ]
+    );
     // A sectionName is for inbounds (as in Kuma): not on an outbound-only policy.
     assert_eq!(
         refused(

@@ -320,7 +320,7 @@ spec:
             failoverThreshold: {percentage: '70.5'}
         loadBalancer:
           type: Maglev
-          maglev: {tableSize: 1000}
+          maglev: {tableSize: 1009}
         hashPolicies:
           - {type: QueryParameter, queryParameter: {name: user}}
           - {type: FilterState, filterState: {key: io.istio.peer}}

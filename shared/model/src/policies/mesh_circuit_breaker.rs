@@ -132,6 +132,12 @@ impl Validate for MeshCircuitBreakerSpec {
     fn validate(&self, v: &mut Validator) {
         let inbound = non_empty(&self.from) || non_empty(&self.rules);
         validate_top_for(v, &self.target_ref, targetref::TOP_LEVEL, inbound);
+        if non_empty(&self.to) && self.target_ref.as_ref().is_some_and(|t| t.section_name.is_some()) {
+            v.error_at(
+                "to",
+                "must not be set when targetRef.sectionName names an inbound: put the outbound conf in a policy of its own",
+            );
+        }
         require_some(
             v,
             &[

@@ -256,6 +256,10 @@ impl Validate for MeshLoadBalancingStrategySpec {
     }
 }
 
+fn is_prime(n: u32) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+}
+
 impl Validate for LbConf {
     fn validate(&self, v: &mut Validator) {
         if self.locality_awareness.is_none() && self.load_balancer.is_none() && self.hash_policies.is_none() {
@@ -402,6 +406,11 @@ impl Validate for LoadBalancer {
             v.field("maglev", |v| {
                 if m.table_size.is_some_and(|n| !(1..=5_000_011).contains(&n)) {
                     v.error_at("tableSize", "must be between 1 and 5000011");
+                } else if m.table_size.is_some_and(|n| !is_prime(n)) {
+                    v.error_at(
+                        "tableSize",
+                        "must be a prime number (Envoy's Maglev needs one), e.g. 65537",
+                    );
                 }
                 if let Some(hp) = &m.hash_policies {
                     v.nested("hashPolicies", hp);

@@ -361,10 +361,18 @@ fn common(
             {
                 v.error_at("baseInterval", "must be greater than 0");
             }
-            if let (Some(base), Some(max)) = (&b.base_interval, &b.max_interval)
-                && max.as_duration() < base.as_duration()
+            let base = b
+                .base_interval
+                .as_ref()
+                .map_or(DEFAULT_BASE_INTERVAL, GoDuration::as_duration);
+            if b.max_interval
+                .as_ref()
+                .is_some_and(|max| max.as_duration() < base)
             {
-                v.error_at("maxInterval", "must not be less than baseInterval");
+                v.error_at(
+                    "maxInterval",
+                    "must not be less than baseInterval (25ms when not given)",
+                );
             }
         });
     }
@@ -379,6 +387,9 @@ fn common(
             }
             match &rl.reset_headers {
                 None => v.error_at("resetHeaders", "must be set"),
+                Some(headers) if headers.is_empty() => {
+                    v.error_at("resetHeaders", "must have at least one entry")
+                }
                 Some(headers) => v.field("resetHeaders", |v| {
                     for (i, h) in headers.iter().enumerate() {
                         v.index(i, |v| v.field("name", |v| check_header_name(v, &h.name)));
@@ -388,6 +399,9 @@ fn common(
         });
     }
 }
+
+/// The back-off's base interval when a policy gives none (Envoy's).
+pub const DEFAULT_BASE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(25);
 
 impl Validate for HeaderMatch {
     fn validate(&self, v: &mut Validator) {

@@ -56,6 +56,12 @@ impl Validate for MeshTimeoutSpec {
     fn validate(&self, v: &mut Validator) {
         let inbound = non_empty(&self.from) || non_empty(&self.rules);
         validate_top_for(v, &self.target_ref, targetref::TOP_LEVEL, inbound);
+        if non_empty(&self.to) && self.target_ref.as_ref().is_some_and(|t| t.section_name.is_some()) {
+            v.error_at(
+                "to",
+                "must not be set when targetRef.sectionName names an inbound: put the outbound conf in a policy of its own",
+            );
+        }
         require_some(
             v,
             &[
@@ -80,6 +86,13 @@ impl Validate for TimeoutConf {
     fn validate(&self, v: &mut Validator) {
         if self.connection_timeout.is_none() && self.idle_timeout.is_none() && self.http.is_none() {
             v.error("at least one of connectionTimeout, idleTimeout, http must be set");
+        }
+        if self
+            .connection_timeout
+            .as_ref()
+            .is_some_and(|d| d.as_duration().is_zero())
+        {
+            v.error_at("connectionTimeout", "must be greater than 0");
         }
         if let Some(http) = &self.http {
             let none = [

@@ -241,6 +241,38 @@ impl<'a> InboundPermissions<'a> {
         }
     }
 
+    /// The decision for the service `client` of `mesh` as Envoy enforces it: `rules` matching
+    /// its SPIFFE id (`spiffe://MESH/SERVICE`) count too, a deny before anything else.
+    pub fn decide_for(&self, mesh: &str, client: &str) -> Decision {
+        let id = format!("spiffe://{mesh}/{client}");
+        let matches = |who: &Who| match who {
+            Who::Anyone => true,
+            Who::Service(s) => s == client,
+            Who::SpiffeExact(v) => *v == id,
+            Who::SpiffePrefix(p) => id.starts_with(p.as_str()),
+        };
+        let by_rule = |policy: &str, allowed: bool, how: &str| Decision {
+            allowed,
+            by: Some(Source {
+                kind: Kind::MeshTrafficPermission,
+                name: policy.to_owned(),
+            }),
+            reason: format!("its rules {how} {id}"),
+        };
+        if let Some((name, ..)) = self.rules.iter().find(|(_, _, deny)| deny.iter().any(matches)) {
+            return by_rule(name, false, "deny");
+        }
+        let decision = self.decide(Some(client));
+        // Denied by name while everyone else is let in: on Envoy's deny list, rules or not.
+        if decision.allowed || self.decide(None).allowed {
+            return decision;
+        }
+        match self.rules.iter().find(|(_, allow, _)| allow.iter().any(matches)) {
+            Some((name, ..)) => by_rule(name, true, "allow"),
+            None => decision,
+        }
+    }
+
     /// The identities Envoy lets in and keeps out.
     pub fn access(&self) -> Access {
         let mut access = Access::default();
@@ -408,6 +440,23 @@ mod tests {
         let a = access(&permissions(&[deny_demo, wildcard]));
         assert_eq!(a.allow, vec![Who::Anyone]);
         assert_eq!(a.deny, svc(&["demo"]));
+    }
+
+    #[test]
+    fn decisions_count_the_rules_as_envoy_does() {
+        let rules = "type: MeshTrafficPermission\nname: ids\nspec:\n  rules:\n  - default:\n      allow:\n      - spiffeID: {type: Prefix, value: 'spiffe://default/'}\n      deny:\n      - spiffeID: {type: Exact, value: 'spiffe://default/web'}\n";
+        with_inbound(&permissions(&[rules]), |i| {
+            let demo = i.decide_for("default", "demo");
+            assert!(demo.allowed, "{demo:?}");
+            assert_eq!(demo.by.map(|s| s.name), Some("ids".to_owned()));
+            assert!(!i.decide_for("default", "web").allowed);
+            assert!(!i.decide_for("other", "demo").allowed, "another mesh's id");
+        });
+        with_inbound(&permissions(&[ALL, rules]), |i| {
+            let web = i.decide_for("default", "web");
+            assert!(!web.allowed, "a rule's deny beats an allow-all");
+            assert_eq!(web.by.map(|s| s.name), Some("ids".to_owned()));
+        });
     }
 
     #[test]

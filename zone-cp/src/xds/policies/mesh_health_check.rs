@@ -47,6 +47,21 @@ impl PolicyPlugin for Plugin {
 /// Applies a MeshHealthCheck's active checks to a cluster (HTTP when the service speaks it
 /// and the check is not disabled, else TCP).
 pub fn apply_health_check(cluster: &mut Cluster, conf: &HealthCheckConf, http: bool, grpc: bool) {
+    if conf.healthy_panic_threshold.is_some() || conf.fail_traffic_on_panic.is_some() {
+        let lb = cluster
+            .common_lb_config
+            .get_or_insert_with(CommonLbConfig::default);
+        if let Some(p) = conf.healthy_panic_threshold {
+            lb.healthy_panic_threshold = Some(Percent { value: p.value() });
+        }
+        if let Some(fail) = conf.fail_traffic_on_panic {
+            lb.locality_config_specifier =
+                Some(LocalityConfigSpecifier::ZoneAwareLbConfig(ZoneAwareLbConfig {
+                    fail_traffic_on_panic: fail,
+                    ..Default::default()
+                }));
+        }
+    }
     let secs = |d: &Option<meridian_model::values::GoDuration>, default: u64| {
         Some(duration(
             d.as_ref()
@@ -86,10 +101,12 @@ pub fn apply_health_check(cluster: &mut Cluster, conf: &HealthCheckConf, http: b
             request_headers_to_add: h.request_headers_to_add.as_ref().map(headers).unwrap_or_default(),
             ..Default::default()
         }),
-        (true, None) if conf.tcp.is_none() => HealthChecker::HttpHealthCheck(EnvoyHttpCheck {
-            path: "/".into(),
-            ..Default::default()
-        }),
+        (true, None) if conf.tcp.is_none() && conf.http.is_none() => {
+            HealthChecker::HttpHealthCheck(EnvoyHttpCheck {
+                path: "/".into(),
+                ..Default::default()
+            })
+        }
         _ if conf.tcp.is_some() && tcp_check.is_none() => return,
         _ => {
             let payload = |text: &String| {
@@ -129,21 +146,6 @@ pub fn apply_health_check(cluster: &mut Cluster, conf: &HealthCheckConf, http: b
         health_checker: Some(checker),
         ..Default::default()
     }];
-    if conf.healthy_panic_threshold.is_some() || conf.fail_traffic_on_panic.is_some() {
-        let lb = cluster
-            .common_lb_config
-            .get_or_insert_with(CommonLbConfig::default);
-        if let Some(p) = conf.healthy_panic_threshold {
-            lb.healthy_panic_threshold = Some(Percent { value: p.value() });
-        }
-        if let Some(fail) = conf.fail_traffic_on_panic {
-            lb.locality_config_specifier =
-                Some(LocalityConfigSpecifier::ZoneAwareLbConfig(ZoneAwareLbConfig {
-                    fail_traffic_on_panic: fail,
-                    ..Default::default()
-                }));
-        }
-    }
 }
 
 /// Headers a health check request carries: `set` replaces, `add` appends.

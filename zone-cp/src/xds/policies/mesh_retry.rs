@@ -5,8 +5,6 @@
 //! default another host, away from the zone that failed). TCP services: the TCP proxy's
 //! connection attempts (`tcp.maxConnectAttempt`).
 
-use std::time::Duration as StdDuration;
-
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType as HostPredicateConfig;
 use envoy_types::pb::envoy::config::route::v3::retry_policy::retry_priority::ConfigType as PriorityConfig;
@@ -22,8 +20,8 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher};
 use envoy_types::pb::google::protobuf::UInt32Value;
 use meridian_model::Kind;
 use meridian_model::policies::mesh_retry::{
-    BackOff, GrpcRetryOn, HeaderMatch, HeaderMatchType, HttpRetryOn, PredicateType, RateLimitFormat,
-    RateLimitedBackOff, RetryConf,
+    BackOff, DEFAULT_BASE_INTERVAL, GrpcRetryOn, HeaderMatch, HeaderMatchType, HttpRetryOn, PredicateType,
+    RateLimitFormat, RateLimitedBackOff, RetryConf,
 };
 use meridian_model::resolve::outbound;
 use meridian_model::values::GoDuration;
@@ -82,10 +80,19 @@ fn interval(d: &Option<GoDuration>) -> Option<envoy_types::pb::google::protobuf:
     d.as_ref().map(|d| duration(d.as_duration()))
 }
 
+/// Envoy refuses a maximum below the base, which merged policies can still produce: the
+/// maximum is then the base.
 fn back_off(b: &BackOff) -> RetryBackOff {
+    let base = b
+        .base_interval
+        .as_ref()
+        .map_or(DEFAULT_BASE_INTERVAL, GoDuration::as_duration);
     RetryBackOff {
-        base_interval: interval(&b.base_interval).or(Some(duration(StdDuration::from_millis(25)))),
-        max_interval: interval(&b.max_interval),
+        base_interval: Some(duration(base)),
+        max_interval: b
+            .max_interval
+            .as_ref()
+            .map(|m| duration(m.as_duration().max(base))),
     }
 }
 
@@ -143,6 +150,7 @@ fn policy(
     back: Option<&BackOff>,
     limited: Option<&RateLimitedBackOff>,
     conf: &RetryConf,
+    for_http: bool,
 ) -> RetryPolicy {
     let http = conf.http.as_ref();
     let previous_hosts = || RetryHostPredicate {
@@ -173,6 +181,19 @@ fn policy(
             (hosts, priority)
         }
     };
+    let retriable_headers: Vec<HeaderMatcher> = http
+        .filter(|_| for_http)
+        .and_then(|h| h.retriable_response_headers.as_ref())
+        .into_iter()
+        .flatten()
+        .map(header_matcher)
+        .collect();
+    // Envoy looks at retriable_headers only when retry_on says so.
+    let retry_on = if retriable_headers.is_empty() {
+        retry_on
+    } else {
+        format!("{retry_on},retriable-headers")
+    };
     RetryPolicy {
         retry_on,
         num_retries: num_retries.map(|n| UInt32Value {
@@ -184,12 +205,7 @@ fn policy(
         retry_host_predicate: hosts,
         host_selection_retry_max_attempts: http.and_then(|h| h.host_selection_max_attempts).unwrap_or(3),
         retry_priority: priority,
-        retriable_headers: http
-            .and_then(|h| h.retriable_response_headers.as_ref())
-            .into_iter()
-            .flatten()
-            .map(header_matcher)
-            .collect(),
+        retriable_headers,
         ..Default::default()
     }
 }
@@ -222,6 +238,7 @@ fn retry_policy(conf: &RetryConf) -> Option<RetryPolicy> {
         http.back_off.as_ref(),
         http.rate_limited_back_off.as_ref(),
         conf,
+        true,
     );
     out.retriable_status_codes = codes;
     out.retriable_request_headers = http
@@ -270,5 +287,6 @@ fn grpc_retry_policy(conf: &RetryConf) -> Option<RetryPolicy> {
         grpc.back_off.as_ref(),
         grpc.rate_limited_back_off.as_ref(),
         conf,
+        false,
     ))
 }
