@@ -132,12 +132,9 @@ impl Validate for RuleConf {
 /// A SPIFFE id is `spiffe://TRUST-DOMAIN[/PATH]`: a trust domain of lower-case letters,
 /// digits, `.`, `-` and `_`, and path segments of letters, digits, `.`, `-` and `_`. A prefix
 /// must at least name its trust domain.
-fn check_spiffe_id(value: &str, match_type: SpiffeIdMatchType) -> Result<(), String> {
-    let bad = |why: &str| {
-        Err(format!(
-            "{value:?} is not a SPIFFE id ({why}): expected spiffe://TRUST-DOMAIN/PATH"
-        ))
-    };
+/// What is wrong with `value` as a SPIFFE id, if anything.
+fn spiffe_id_problem(value: &str, match_type: SpiffeIdMatchType) -> Option<&'static str> {
+    let bad = Some;
     let Some(rest) = value.strip_prefix("spiffe://") else {
         return bad("it must start with spiffe://");
     };
@@ -150,7 +147,7 @@ fn check_spiffe_id(value: &str, match_type: SpiffeIdMatchType) -> Result<(), Str
     if !domain_ok {
         return bad("the trust domain");
     }
-    let Some(path) = path else { return Ok(()) };
+    let path = path?;
     let segments: Vec<&str> = path.split('/').collect();
     for (i, segment) in segments.iter().enumerate() {
         // A prefix may end with `/`; an exact id's path has no empty segment.
@@ -166,7 +163,7 @@ fn check_spiffe_id(value: &str, match_type: SpiffeIdMatchType) -> Result<(), Str
             return bad("a path segment");
         }
     }
-    Ok(())
+    None
 }
 
 impl Validate for Match {
@@ -180,8 +177,14 @@ impl Validate for Match {
             v.field("spiffeID", |v| {
                 if id.value.is_empty() {
                     v.error_at("value", "must not be empty");
-                } else if let Err(e) = check_spiffe_id(&id.value, id.match_type) {
-                    v.error_at("value", e);
+                } else if let Some(why) = spiffe_id_problem(&id.value, id.match_type) {
+                    v.error_at(
+                        "value",
+                        format!(
+                            "{:?} is not a SPIFFE id ({why}): expected spiffe://TRUST-DOMAIN/PATH",
+                            id.value
+                        ),
+                    );
                 }
             });
         }
