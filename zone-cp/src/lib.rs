@@ -86,6 +86,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         info!("exporting spans to OTEL_EXPORTER_OTLP_ENDPOINT");
     }
     dns1123_label(&zone).map_err(|e| anyhow::anyhow!("--zone {zone:?} {e}"))?;
+    // A policy kind without its plugin would be stored and never applied.
+    xds::policies::check()?;
     let data_dir = data_dir.unwrap_or_else(|| format!("./.meridian/zone-{zone}").into());
     meridian_telemetry::private_dir(&data_dir)
         .with_context(|| format!("making the data dir {} owner-only", data_dir.display()))?;

@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::FieldError;
+use crate::extension::{Extension, ExtensionKind};
 use crate::policies::*;
 use crate::validate::{Validate, Validator, join_path};
 
@@ -18,36 +19,41 @@ pub enum Scope {
 
 macro_rules! kinds {
     ($( $kind:ident { spec: $spec:ident, plural: $plural:literal, scope: $scope:ident, inline: $inline:literal } ),+ $(,)?) => {
-        /// Every kind of resource Meridian stores.
+        /// Every kind of resource Meridian stores: the built-in ones, and policy kinds
+        /// registered from outside this crate ([`crate::extension`]).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum Kind { $($kind),+ }
+        pub enum Kind { $($kind,)+ Extension(&'static ExtensionKind) }
 
         impl Kind {
+            /// The built-in kinds ([`Kind::all`] adds the registered ones).
             pub const ALL: &'static [Kind] = &[$(Kind::$kind),+];
 
             /// The name used in `type:` and `kind:` (`MeshTrace`).
             pub fn name(self) -> &'static str {
-                match self { $(Kind::$kind => stringify!($kind)),+ }
+                match self { $(Kind::$kind => stringify!($kind),)+ Kind::Extension(k) => k.name }
             }
 
             /// The path segment of the REST API (`meshtraces`).
             pub fn plural(self) -> &'static str {
-                match self { $(Kind::$kind => $plural),+ }
+                match self { $(Kind::$kind => $plural,)+ Kind::Extension(k) => k.plural }
             }
 
             pub fn scope(self) -> Scope {
-                match self { $(Kind::$kind => Scope::$scope),+ }
+                match self { $(Kind::$kind => Scope::$scope,)+ Kind::Extension(_) => Scope::Mesh }
             }
 
             /// Kuma's older kinds write their spec inline beside `type`/`name`/`mesh` in the
             /// universal form; the newer policies nest it under `spec`.
             pub fn spec_inline(self) -> bool {
-                match self { $(Kind::$kind => $inline),+ }
+                match self { $(Kind::$kind => $inline,)+ Kind::Extension(_) => false }
             }
 
-            /// The JSON schema of this kind's spec.
+            /// The JSON schema of this kind's spec (any object, for a registered kind).
             pub fn spec_schema(self, generator: &mut SchemaGenerator) -> Schema {
-                match self { $(Kind::$kind => generator.subschema_for::<$spec>()),+ }
+                match self {
+                    $(Kind::$kind => generator.subschema_for::<$spec>(),)+
+                    Kind::Extension(_) => generator.subschema_for::<serde_json::Map<String, Value>>(),
+                }
             }
         }
 
@@ -59,20 +65,26 @@ macro_rules! kinds {
 
         /// A resource's spec, typed by kind.
         #[derive(Clone, Debug, PartialEq)]
-        pub enum Spec { $($kind($spec)),+ }
+        pub enum Spec { $($kind($spec),)+ Extension(Extension) }
 
         impl Spec {
             pub fn kind(&self) -> Kind {
-                match self { $(Spec::$kind(_) => Kind::$kind),+ }
+                match self { $(Spec::$kind(_) => Kind::$kind,)+ Spec::Extension(e) => Kind::Extension(e.kind) }
             }
 
             /// Decodes a spec of `kind`; the error names the field under `root`.
             pub fn from_value(kind: Kind, root: &str, value: Value) -> Result<Spec, FieldError> {
-                match kind { $(Kind::$kind => decode::<$spec>(root, value).map(Spec::$kind)),+ }
+                match kind {
+                    $(Kind::$kind => decode::<$spec>(root, value).map(Spec::$kind),)+
+                    Kind::Extension(k) => k.decode(root, value).map(Spec::Extension),
+                }
             }
 
             pub fn to_value(&self) -> Value {
-                let encoded = match self { $(Spec::$kind(s) => serde_json::to_value(s)),+ };
+                let encoded = match self {
+                    $(Spec::$kind(s) => serde_json::to_value(s),)+
+                    Spec::Extension(e) => Ok(e.spec.to_value()),
+                };
                 // Spec types are plain data with string keys: encoding cannot fail.
                 encoded.unwrap_or(Value::Null)
             }
@@ -80,7 +92,7 @@ macro_rules! kinds {
 
         impl Validate for Spec {
             fn validate(&self, v: &mut Validator) {
-                match self { $(Spec::$kind(s) => s.validate(v)),+ }
+                match self { $(Spec::$kind(s) => s.validate(v),)+ Spec::Extension(e) => e.spec.validate(v) }
             }
         }
     };
@@ -116,12 +128,12 @@ impl Kind {
 
     /// The exact name, as written in `type:` or `kind:`.
     pub fn from_name(name: &str) -> Option<Kind> {
-        Kind::ALL.iter().copied().find(|k| k.name() == name)
+        Kind::all().into_iter().find(|k| k.name() == name)
     }
 
     /// The kind whose REST path segment is `plural`.
     pub fn from_plural(plural: &str) -> Option<Kind> {
-        Kind::ALL.iter().copied().find(|k| k.plural() == plural)
+        Kind::all().into_iter().find(|k| k.plural() == plural)
     }
 
     /// The kind a person meant on a command line: `MeshTrace`, `meshtrace`, `meshtraces`,
@@ -129,14 +141,20 @@ impl Kind {
     pub fn from_cli(text: &str) -> Option<Kind> {
         let norm = |s: &str| s.to_ascii_lowercase().replace(['-', '_'], "");
         let wanted = norm(text);
-        Kind::ALL
-            .iter()
-            .copied()
+        Kind::all()
+            .into_iter()
             .find(|k| norm(k.name()) == wanted || norm(k.plural()) == wanted)
     }
 
+    /// The built-in kinds, then the registered ones.
+    pub fn all() -> Vec<Kind> {
+        let mut all = Kind::ALL.to_vec();
+        all.extend(crate::extension::registered());
+        all
+    }
+
     pub fn names() -> Vec<&'static str> {
-        Kind::ALL.iter().map(|k| k.name()).collect()
+        Kind::all().into_iter().map(|k| k.name()).collect()
     }
 }
 
@@ -146,7 +164,7 @@ impl std::fmt::Display for Kind {
     }
 }
 
-fn decode<T: DeserializeOwned>(root: &str, value: Value) -> Result<T, FieldError> {
+pub(crate) fn decode<T: DeserializeOwned>(root: &str, value: Value) -> Result<T, FieldError> {
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = join_path(root, &err.path().to_string());
         let message = err.into_inner().to_string();

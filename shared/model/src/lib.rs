@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod extension;
 mod kind;
 pub mod policies;
 pub mod resolve;

@@ -203,6 +203,7 @@ pub fn top_target(spec: &Spec) -> Option<TargetRef> {
         Spec::MeshCircuitBreaker(s) => &s.target_ref,
         Spec::MeshRetry(s) => &s.target_ref,
         Spec::MeshTimeout(s) => &s.target_ref,
+        Spec::Extension(e) => return Some(e.spec.target_ref().cloned().unwrap_or_else(TargetRef::mesh)),
         _ => return None,
     };
     Some(target.clone().unwrap_or_else(TargetRef::mesh))

@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::access::{Access, InboundPermissions, Permissions, ServiceTags};
 use super::trace::{self, TraceConf};
 use super::{Policy, ProxyView, Resolved, outbound};
+use crate::extension::Extension;
 use crate::policies::dataplane::{Inbound, SERVICE_TAG};
 use crate::policies::mesh_circuit_breaker::{BreakerConf, MeshCircuitBreakerSpec};
 use crate::policies::mesh_health_check::{HealthCheckConf, MeshHealthCheckSpec};
@@ -14,7 +15,7 @@ use crate::policies::mesh_load_balancing_strategy::{LbConf, MeshLoadBalancingStr
 use crate::policies::mesh_retry::{MeshRetrySpec, RetryConf};
 use crate::policies::mesh_timeout::{MeshTimeoutSpec, TimeoutConf};
 use crate::policies::mesh_trace::MeshTraceSpec;
-use crate::{Resource, Spec};
+use crate::{Kind, Resource, Spec};
 
 /// The policies of one mesh, read once per change, and the service tags permissions resolve
 /// against.
@@ -29,6 +30,8 @@ pub struct MeshPolicies {
     pub permissions: Permissions,
     /// Each service's inbound tag sets, to resolve permissions that select clients by tags.
     pub service_tags: ServiceTags,
+    /// Policies of registered kinds ([`crate::extension`]), by kind.
+    pub extensions: BTreeMap<Kind, Vec<Policy<Extension>>>,
 }
 
 impl MeshPolicies {
@@ -43,6 +46,11 @@ impl MeshPolicies {
             Spec::MeshTrace(s) => self.traces.push(Policy::new(r, s)),
             Spec::MeshTrafficPermission(s) => self.permissions.mesh.push(Policy::new(r, s)),
             Spec::TrafficPermission(s) => self.permissions.legacy.push(Policy::new(r, s)),
+            Spec::Extension(e) => self
+                .extensions
+                .entry(Kind::Extension(e.kind))
+                .or_default()
+                .push(Policy::new(r, e)),
             Spec::Dataplane(dp) => {
                 for inbound in dp.networking.inbound.iter().flatten() {
                     if let Some(service) = inbound.tags.get(SERVICE_TAG) {
@@ -55,6 +63,21 @@ impl MeshPolicies {
             }
             _ => {}
         }
+    }
+
+    /// The policies of a registered kind whose spec is `S`, to resolve with the functions of
+    /// [`super`] like any built-in kind's.
+    pub fn extension<S: Clone + 'static>(&self, kind: Kind) -> Vec<Policy<S>> {
+        let policies = self.extensions.get(&kind).into_iter().flatten();
+        policies
+            .filter_map(|p| {
+                Some(Policy {
+                    name: p.name.clone(),
+                    origin: p.origin,
+                    spec: p.spec.get::<S>()?.clone(),
+                })
+            })
+            .collect()
     }
 
     /// What this mesh's policies come to for `proxy`.

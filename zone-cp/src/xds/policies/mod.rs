@@ -7,9 +7,11 @@
 //!     └─> packed into the proxy's snapshot
 //! ```
 //!
-//! Adding a kind: its model module (`shared/model/src/policies/<kind>.rs`: types, validation,
-//! merge), its plugin here (`<kind>.rs`), and a line in [`PLUGINS`]. A test fails when a
-//! policy kind has no plugin.
+//! Adding a built-in kind: its model module (`shared/model/src/policies/<kind>.rs`: types,
+//! validation, merge) with its line in the model's kind table, its plugin here (`<kind>.rs`),
+//! and a line in [`PLUGINS`]. A kind defined outside Meridian is its two files and one call to
+//! [`register`], which takes both halves at once (`zone-cp/tests/extension_kind/` is one).
+//! [`check`] refuses a policy kind without exactly one plugin; zone-cp checks at start.
 
 pub mod mesh_circuit_breaker;
 pub mod mesh_health_check;
@@ -19,7 +21,8 @@ pub mod mesh_timeout;
 pub mod mesh_trace;
 pub mod mesh_traffic_permission;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::RwLock;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -27,6 +30,7 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use meridian_model::Kind;
+use meridian_model::extension::{self, ExtensionKind, RegisterError};
 use meridian_model::resolve::ProxyView;
 use meridian_model::resolve::access::Access;
 
@@ -111,37 +115,93 @@ pub const PLUGINS: &[&dyn PolicyPlugin] = &[
     &mesh_trace::Plugin,
 ];
 
+/// Plugins of kinds registered from outside, in the order registered.
+static REGISTERED: RwLock<Vec<&'static dyn PolicyPlugin>> = RwLock::new(Vec::new());
+
+/// Every plugin in the order they run: [`PLUGINS`], then the registered ones.
+pub fn plugins() -> Vec<&'static dyn PolicyPlugin> {
+    let registered = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
+    PLUGINS
+        .iter()
+        .copied()
+        .chain(registered.iter().copied())
+        .collect()
+}
+
 /// Runs every plugin over `generated`.
 pub fn apply_all(input: &ProxyInput<'_>, generated: &mut Generated) {
-    for plugin in PLUGINS {
+    for plugin in plugins() {
         plugin.apply(input, generated);
+    }
+}
+
+/// Why a policy kind and its plugin do not fit together.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Taken(#[from] RegisterError),
+    #[error("the plugin given for {kind} applies {applies:?}; it must apply {kind} alone")]
+    WrongPlugin { kind: Kind, applies: Vec<Kind> },
+    #[error("policy kind {0} has no plugin: register it with xds::policies::register")]
+    NoPlugin(Kind),
+    #[error("policy kind {0} has more than one plugin")]
+    TwoPlugins(Kind),
+    #[error("{0} is not a policy kind: no plugin applies it")]
+    NotAPolicy(Kind),
+}
+
+/// Makes a policy kind defined outside Meridian known, together with the plugin that applies
+/// it: the kind is then parsed, validated, stored, served and applied like a built-in one.
+pub fn register(
+    kind: &'static ExtensionKind,
+    plugin: &'static dyn PolicyPlugin,
+) -> Result<(), RegistryError> {
+    let expected = Kind::Extension(kind);
+    if plugin.kinds() != [expected] {
+        return Err(RegistryError::WrongPlugin {
+            kind: expected,
+            applies: plugin.kinds().to_vec(),
+        });
+    }
+    let mut registered = REGISTERED.write().unwrap_or_else(|e| e.into_inner());
+    extension::register(kind)?;
+    registered.push(plugin);
+    Ok(())
+}
+
+/// A policy kind is one whose resources select proxies; each needs exactly one plugin.
+fn is_policy(kind: Kind) -> bool {
+    kind.scope() == meridian_model::Scope::Mesh && !matches!(kind, Kind::Dataplane | Kind::Secret)
+}
+
+/// Checks that every policy kind, built-in or registered, has exactly one plugin.
+pub fn check() -> Result<(), RegistryError> {
+    let mut seen = BTreeSet::new();
+    for plugin in plugins() {
+        for kind in plugin.kinds() {
+            if !is_policy(*kind) {
+                return Err(RegistryError::NotAPolicy(*kind));
+            }
+            if !seen.insert(*kind) {
+                return Err(RegistryError::TwoPlugins(*kind));
+            }
+        }
+    }
+    match Kind::all()
+        .into_iter()
+        .find(|k| is_policy(*k) && !seen.contains(k))
+    {
+        Some(kind) => Err(RegistryError::NoPlugin(kind)),
+        None => Ok(()),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use super::*;
-
-    /// A policy kind is one whose resources select proxies; each needs exactly one plugin.
-    fn is_policy(kind: Kind) -> bool {
-        kind.scope() == meridian_model::Scope::Mesh && !matches!(kind, Kind::Dataplane | Kind::Secret)
-    }
 
     #[test]
     fn every_policy_kind_has_exactly_one_plugin() {
-        let mut seen = BTreeSet::new();
-        for plugin in PLUGINS {
-            for kind in plugin.kinds() {
-                assert!(is_policy(*kind), "{kind} is not a policy kind");
-                assert!(seen.insert(*kind), "{kind} has two plugins");
-            }
-        }
-        let missing: Vec<_> = Kind::ALL
-            .iter()
-            .filter(|k| is_policy(**k) && !seen.contains(*k))
-            .collect();
-        assert!(missing.is_empty(), "policy kinds without a plugin: {missing:?}");
+        assert_eq!(check(), Ok(()));
     }
 }
