@@ -19,7 +19,7 @@ use meridian_model::{Kind, ResourceKey, Stored, Submission};
 pub use sql::{Backend, Sensitive, SqlStore, Write, Written, redact};
 
 /// What a store can fail with, in domain terms (the REST layer maps these to statuses).
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0}")]
     NotFound(String),

@@ -85,6 +85,51 @@ async fn write_in(
     })
 }
 
+/// What fails when a write in a batch meets an error that is not its own refusal (the
+/// database failing under it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Failure {
+    /// The whole batch: a replicated log's entries must apply alike on every replica.
+    Batch,
+    /// That write alone: independent clients' writes, each answered on its own.
+    Write,
+}
+
+/// Applies `writes` in order inside `tx`, each in a savepoint so that a refused one is undone
+/// alone. Returns each write's outcome and the last revision taken.
+pub(super) async fn write_batch(
+    tx: &mut sqlx::AnyConnection,
+    writes: Vec<(Option<Write>, i64)>,
+    failure: Failure,
+) -> Result<(Vec<Result<Written, StoreError>>, Option<i64>), StoreError> {
+    let mut outcomes = Vec::with_capacity(writes.len());
+    let mut last = None;
+    for (write, at_ms) in writes {
+        let Some(write) = write else {
+            outcomes.push(Ok(Written::Nothing));
+            continue;
+        };
+        let mut revisions = Revisions::at(at_ms);
+        let mut entry = sqlx::Connection::begin(&mut *tx).await.map_err(db_error)?;
+        match write_in(&mut entry, &mut revisions, write).await {
+            Ok(written) => {
+                entry.commit().await.map_err(db_error)?;
+                last = revisions.last.or(last);
+                outcomes.push(Ok(written));
+            }
+            Err(e) => {
+                let refused = matches!(e, StoreError::NotFound(_) | StoreError::Conflict(_));
+                if !refused && failure == Failure::Batch {
+                    return Err(e);
+                }
+                entry.rollback().await.map_err(db_error)?;
+                outcomes.push(Err(e));
+            }
+        }
+    }
+    Ok((outcomes, last))
+}
+
 async fn set_marker(tx: &mut sqlx::AnyConnection, marker: &str) -> Result<(), StoreError> {
     sqlx::query("UPDATE meridian_applied SET value = $1 WHERE id = 1")
         .bind(marker)
@@ -105,37 +150,35 @@ impl SqlStore {
     }
 
     /// Applies `write` (with `None`, only the marker moves) as of `at_ms` and records `marker`,
-    /// in one transaction. A write refused for reasons of its own (a stale version, a missing
-    /// mesh) is an outcome like any other: the marker still moves, since every replica refuses
-    /// it the same way. The outer error is the store itself failing.
+    /// in one transaction: [`SqlStore::apply_logged_batch`] of one.
     pub async fn apply_logged(
         &self,
         write: Option<Write>,
         at_ms: i64,
         marker: &str,
     ) -> Result<Result<Written, StoreError>, StoreError> {
+        let mut outcomes = self.apply_logged_batch(vec![(write, at_ms)], marker).await?;
+        Ok(outcomes.pop().unwrap_or(Ok(Written::Nothing)))
+    }
+
+    /// Applies consecutive log entries, each `(write, at_ms)`, in order, and records `marker`
+    /// (the position after the last), in one transaction: one fsync for the lot (group commit).
+    /// A write refused for reasons of its own (a stale version, a missing mesh) is an outcome
+    /// like any other, undone alone (a savepoint) while the others stand, since every replica
+    /// refuses it the same way. The outer error is the store itself failing: nothing is applied.
+    pub async fn apply_logged_batch(
+        &self,
+        writes: Vec<(Option<Write>, i64)>,
+        marker: &str,
+    ) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
         let mut tx = self.begin_write().await?;
-        let mut revisions = Revisions::at(at_ms);
-        let outcome = match write {
-            None => Ok(Written::Nothing),
-            Some(write) => write_in(&mut tx, &mut revisions, write).await,
-        };
-        let outcome = match outcome {
-            Ok(written) => Ok(written),
-            Err(refused @ (StoreError::NotFound(_) | StoreError::Conflict(_))) => {
-                tx.rollback().await.map_err(db_error)?;
-                tx = self.begin_write().await?;
-                revisions = Revisions::at(at_ms);
-                Err(refused)
-            }
-            Err(failure) => return Err(failure),
-        };
+        let (outcomes, last) = write_batch(&mut tx, writes, Failure::Batch).await?;
         set_marker(&mut tx, marker).await?;
         tx.commit().await.map_err(db_error)?;
-        if let Some(last) = revisions.last {
+        if let Some(last) = last {
             self.committed(last);
         }
-        Ok(outcome)
+        Ok(outcomes)
     }
 
     /// The whole state as JSON bytes, and the marker it stands at, read at one instant.
@@ -272,6 +315,57 @@ mod tests {
             .expect("nothing");
         assert_eq!(store.applied_marker().await.expect("marker"), "2-4");
         assert_eq!(store.revision().await.expect("revision"), 2);
+    }
+
+    #[tokio::test]
+    async fn a_batch_commits_together_and_a_refused_write_is_undone_alone() {
+        let (store, _dir) = store().await;
+        let put = |yaml: &str| Some(Write::Put(Box::new(submission(yaml))));
+        let stale = Submission {
+            expected_version: Some(7),
+            ..submission(&TRACE.replace("name: t", "name: t2"))
+        };
+        let outcomes = store
+            .apply_logged_batch(
+                vec![
+                    (put(TRACE), 1_000),
+                    (put("type: Mesh\nname: default\n"), 2_000),
+                    (None, 2_500),
+                    (put(TRACE), 3_000),
+                    (Some(Write::Put(Box::new(stale))), 4_000),
+                    (put(&TRACE.replace("name: t", "name: t3")), 5_000),
+                ],
+                "1-6",
+            )
+            .await
+            .expect("store works");
+        let words: Vec<String> = outcomes
+            .iter()
+            .map(|o| match o {
+                Ok(Written::Put(p)) => format!("{} at {}", p.word(), p.stored().revision),
+                Ok(Written::Nothing) => "nothing".into(),
+                Ok(other) => format!("{other:?}"),
+                Err(StoreError::NotFound(_)) => "not found".into(),
+                Err(StoreError::Conflict(_)) => "conflict".into(),
+                Err(other) => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            words,
+            [
+                "not found",
+                "created at 1",
+                "nothing",
+                "created at 2",
+                "conflict",
+                "created at 3"
+            ]
+        );
+        assert_eq!(store.applied_marker().await.expect("marker"), "1-6");
+        assert_eq!(store.revision().await.expect("revision"), 3);
+        assert_eq!(*store.watch().borrow(), 3, "watchers hear of the last revision");
+        let changes = store.changes_since(0, 100).await.expect("changes");
+        assert_eq!(changes.len(), 3);
     }
 
     #[tokio::test]

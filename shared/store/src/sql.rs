@@ -22,6 +22,8 @@ use super::{
     SyncedOutcome,
 };
 
+#[path = "group.rs"]
+mod group;
 #[path = "logged.rs"]
 mod logged;
 pub use logged::{Sensitive, Write, Written};
@@ -38,6 +40,8 @@ pub struct SqlStore {
     pool: Pool<Any>,
     backend: Backend,
     committed: Arc<watch::Sender<i64>>,
+    /// Where writes queue for the group committer; `None` in the committer's own handle.
+    queue: Option<group::Queue>,
 }
 
 const COLUMNS: &str = "kind, mesh, name, version, revision, labels, spec, creation_time, modification_time";
@@ -107,11 +111,14 @@ impl SqlStore {
                 Arc::downgrade(&committed),
             ));
         }
-        Ok(Self {
+        let mut store = Self {
             pool,
             backend,
             committed,
-        })
+            queue: None,
+        };
+        store.queue = Some(group::start(store.clone()));
+        Ok(store)
     }
 
     pub fn backend(&self) -> Backend {
@@ -248,6 +255,11 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// A write answered with another kind of outcome: a bug, said as one.
+fn unexpected(written: Written) -> StoreError {
+    StoreError::Internal(format!("a write answered {written:?}"))
 }
 
 fn now_ms() -> i64 {
@@ -650,26 +662,17 @@ impl Store for SqlStore {
     }
 
     async fn put(&self, submission: Submission) -> Result<PutOutcome, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let mut revisions = Revisions::at(now_ms());
-        let outcome = put_in(&mut tx, &mut revisions, submission).await?;
-        match revisions.last {
-            None => tx.rollback().await.map_err(db_error)?,
-            Some(last) => {
-                tx.commit().await.map_err(db_error)?;
-                self.committed(last);
-            }
+        match self.write(Write::Put(Box::new(submission))).await? {
+            Written::Put(outcome) => Ok(*outcome),
+            other => Err(unexpected(other)),
         }
-        Ok(outcome)
     }
 
     async fn delete(&self, key: &ResourceKey, options: DeleteOptions) -> Result<i64, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let mut revisions = Revisions::at(now_ms());
-        let revision = delete_in(&mut tx, &mut revisions, key, options).await?;
-        tx.commit().await.map_err(db_error)?;
-        self.committed(revision);
-        Ok(revision)
+        match self.write(Write::Delete(key.clone(), options)).await? {
+            Written::Deleted(revision) => Ok(revision),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn apply_synced(
@@ -677,14 +680,10 @@ impl Store for SqlStore {
         ops: Vec<SyncedOp>,
         position: Option<i64>,
     ) -> Result<SyncedOutcome, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let mut revisions = Revisions::at(now_ms());
-        let outcome = synced_in(&mut tx, &mut revisions, ops, position).await?;
-        tx.commit().await.map_err(db_error)?;
-        if let Some(last) = revisions.last {
-            self.committed(last);
+        match self.write(Write::Synced(ops, position)).await? {
+            Written::Synced(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
         }
-        Ok(outcome)
     }
 
     async fn revision(&self) -> Result<i64, StoreError> {

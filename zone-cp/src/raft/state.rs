@@ -117,10 +117,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // Every committed entry openraft hands over goes into one transaction: one fsync for
+        // the lot, however many clients wrote at once (group commit).
         let mut applied = self.applied.lock().await;
-        let mut replies = Vec::new();
+        let mut next = applied.clone();
+        let mut writes = Vec::new();
+        let mut invalid = Vec::new();
         for entry in entries {
-            let mut next = applied.clone();
             next.last_applied = Some(entry.log_id);
             let (write, at_ms) = match &entry.payload {
                 EntryPayload::Blank => (Ok(None), 0),
@@ -130,28 +133,34 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Normal(request) => (request.to_write().map(Some), request.at_ms),
             };
-            let reply = match write {
+            match write {
                 Ok(write) => {
-                    let outcome = self
-                        .store
-                        .apply_logged(write, at_ms, &next.marker())
-                        .await
-                        .map_err(|e| io_error_at(entry.log_id, e))?;
-                    ZoneReply::new(&outcome)
+                    writes.push((write, at_ms));
+                    invalid.push(None);
                 }
                 Err(why) => {
-                    self.store
-                        .apply_logged(None, at_ms, &next.marker())
-                        .await
-                        .map_err(|e| io_error_at(entry.log_id, e))?
-                        .map_err(|e| io_error_at(entry.log_id, e))?;
-                    ZoneReply::invalid(why)
+                    writes.push((None, at_ms));
+                    invalid.push(Some(why));
                 }
-            };
-            *applied = next;
-            replies.push(reply);
+            }
         }
-        Ok(replies)
+        let Some(last) = next.last_applied.filter(|_| !writes.is_empty()) else {
+            return Ok(Vec::new());
+        };
+        let outcomes = self
+            .store
+            .apply_logged_batch(writes, &next.marker())
+            .await
+            .map_err(|e| io_error_at(last, e))?;
+        *applied = next;
+        let replies = outcomes
+            .iter()
+            .zip(invalid)
+            .map(|(outcome, invalid)| match invalid {
+                Some(why) => ZoneReply::invalid(why),
+                None => ZoneReply::new(outcome),
+            });
+        Ok(replies.collect())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
