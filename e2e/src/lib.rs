@@ -138,7 +138,7 @@ impl GlobalCp {
             .env("MERIDIAN_SYNC_ADDR", format!("127.0.0.1:{sync_port}"))
             .env_remove("MERIDIAN_DATA_DIR")
             .env_remove("MERIDIAN_STORE")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,openraft=off")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .envs(env.iter().map(|(k, v)| (k, v)));
@@ -490,7 +490,14 @@ impl ZoneCp {
                 .args(["--xds-addr", &format!("127.0.0.1:{xds_port}")])
                 .arg("--data-dir")
                 .arg(data_dir)
-                .env("RUST_LOG", if ZONE_LOG.get().is_some() { "info" } else { "warn" })
+                .env(
+                    "RUST_LOG",
+                    if ZONE_LOG.get().is_some() {
+                        "info,openraft=off"
+                    } else {
+                        "warn,openraft=off"
+                    },
+                )
                 .stdout(Stdio::null())
                 .stderr(match ZONE_LOG.get() {
                     Some(file) => std::fs::OpenOptions::new()
@@ -678,7 +685,7 @@ impl Sidecar {
                 .arg(envoy()?)
                 .args(["--admin-port", &admin_port.to_string(), "--drain-time", "1"])
                 .args(dataplane_args)
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", "warn,openraft=off")
                 .stdout(Stdio::null())
                 .spawn()
                 .context("starting meridian-dp")?,

@@ -88,7 +88,7 @@ fn start(bin: &std::path::Path, flags: &[&str]) -> Result<(KillOnDrop, String)> 
         .args(["--api-addr", &format!("127.0.0.1:{port}")])
         .args(["--sync-addr", &format!("127.0.0.1:{}", free_port()?)])
         .args(flags)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,openraft=off")
         .stdout(Stdio::null())
         .spawn()
         .context("starting global-cp")?;

@@ -44,7 +44,7 @@ pub fn sync(args: &[&str]) -> Result<()> {
             ])
             .arg("--data-dir")
             .arg(dir.path().join("global"))
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,openraft=off")
             .stdout(Stdio::null())
             .spawn()
             .context("starting global-cp")?,
@@ -98,7 +98,7 @@ pub fn sync(args: &[&str]) -> Result<()> {
                 .arg(&token_file)
                 .arg("--data-dir")
                 .arg(dir.path().join(zone))
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", "warn,openraft=off")
                 .stdout(Stdio::null())
                 .spawn()
                 .context("starting zone-cp")?,

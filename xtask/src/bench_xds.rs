@@ -86,7 +86,7 @@ pub fn xds(args: &[&str]) -> Result<()> {
             ])
             .arg("--data-dir")
             .arg(dir.path())
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,openraft=off")
             .stdout(Stdio::null())
             .spawn()
             .context("starting zone-cp")?,

@@ -157,7 +157,7 @@ fn start_zone(z: &ZonePorts, dir: &Path, envoy: &Path, processes: &mut Vec<KillO
                 .arg(dir.join(format!("node-{n}")))
                 .args(["--global-address", "grpc://127.0.0.1:5685", "--zone-token-file"])
                 .arg(&token_file)
-                .env("RUST_LOG", "warn"),
+                .env("RUST_LOG", "warn,openraft=off"),
         )?);
     }
     for n in 0..3 {
@@ -203,7 +203,7 @@ fn sidecar(z: &ZonePorts, envoy: &Path) -> Command {
     ])
     .arg("--envoy-binary")
     .arg(envoy)
-    .env("RUST_LOG", "warn");
+    .env("RUST_LOG", "warn,openraft=off");
     cmd
 }
 
@@ -248,7 +248,7 @@ pub fn demo(flags: &[&str]) -> Result<()> {
         Command::new(bin("global-cp"))
             .args(["run", "--data-dir"])
             .arg(state.join("global"))
-            .env("RUST_LOG", "warn"),
+            .env("RUST_LOG", "warn,openraft=off"),
     )?];
     wait_until("global-cp", Duration::from_secs(30), || {
         get("http://127.0.0.1:5681/healthz") == 200

@@ -23,9 +23,15 @@ pub enum LogFormat {
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default filter (`info`, quieter for sqlx).
+/// What is logged unless `RUST_LOG` says otherwise: Meridian's own lines at info, and of the
+/// libraries only real trouble. openraft logs a line per failed call while a peer is down or
+/// a node starts; Meridian logs the state changes themselves (leader elected, peer lost and
+/// back). `RUST_LOG=info,openraft=info` shows openraft's lines again.
+pub const DEFAULT_FILTER: &str = "info,sqlx=warn,h2=warn,tower=warn,openraft=off";
+
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,h2=warn,tower=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -325,6 +325,18 @@ impl Node {
                     if m.current_leader != leader {
                         leader = m.current_leader;
                         leader_changes.inc();
+                        match leader {
+                            Some(node) if node == m.id => {
+                                tracing::info!(term = m.current_term, "this node is the raft leader")
+                            }
+                            Some(node) => {
+                                tracing::info!(leader = node, term = m.current_term, "raft leader elected")
+                            }
+                            None => tracing::warn!(
+                                term = m.current_term,
+                                "no raft leader: an election is under way"
+                            ),
+                        }
                     }
                 }
                 if metrics.changed().await.is_err() {

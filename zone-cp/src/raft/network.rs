@@ -1,7 +1,8 @@
 //! Raft between a zone's nodes over gRPC (`meridian.raft.v1.ZoneRaft`, JSON in each message),
 //! and the `Forward` call that carries a write from a follower to the leader.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use meridian_proto::raft::RaftPayload;
 use meridian_proto::raft_service::zone_raft_client::ZoneRaftClient;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 
 use meridian_api::auth::{Auth, Authority, Change, may_change};
 use meridian_store::Write;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::peer_tls::PeerTls;
 use super::{NodeId, TypeConfig, ZoneReply, ZoneRequest};
@@ -74,6 +75,44 @@ pub struct Network {
     /// replication, votes and forwarded calls: a handshake inside a 20 ms heartbeat budget
     /// would time out.
     channels: Arc<std::sync::Mutex<std::collections::HashMap<(NodeId, String), Channel>>>,
+    health: Health,
+}
+
+/// Whether each peer answers: one line when a peer is lost, one when it is back. (openraft's
+/// own line per failed call is left out of the default log filter.)
+#[derive(Clone, Default)]
+struct Health(Arc<std::sync::Mutex<HashMap<NodeId, PeerHealth>>>);
+
+#[derive(Default)]
+struct PeerHealth {
+    failing_since: Option<Instant>,
+    reported_lost: bool,
+}
+
+/// How long a peer fails every call before it counts as lost: a slow heartbeat on a busy
+/// machine is not news.
+const LOST_AFTER: Duration = Duration::from_secs(2);
+
+impl Health {
+    fn record(&self, peer: NodeId, failure: Option<&dyn std::fmt::Display>) {
+        let mut peers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let h = peers.entry(peer).or_default();
+        match failure {
+            None => {
+                if h.reported_lost {
+                    info!(peer, "raft peer is back");
+                }
+                *h = PeerHealth::default();
+            }
+            Some(why) => {
+                let since = *h.failing_since.get_or_insert_with(Instant::now);
+                if !h.reported_lost && since.elapsed() >= LOST_AFTER {
+                    h.reported_lost = true;
+                    warn!(peer, error = %why, "raft peer lost: no answer for {LOST_AFTER:?}");
+                }
+            }
+        }
+    }
 }
 
 impl Network {
@@ -82,6 +121,7 @@ impl Network {
             routes,
             tls,
             channels: Arc::default(),
+            health: Health::default(),
         }
     }
 
@@ -108,6 +148,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Peer {
             target,
             client: self.client(target, &node.addr),
+            health: self.health.clone(),
         }
     }
 }
@@ -116,6 +157,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct Peer {
     target: NodeId,
     client: Result<ZoneRaftClient<Channel>, String>,
+    health: Health,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +168,27 @@ type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, E>>;
 
 impl Peer {
     async fn call<Req, Resp, E>(
+        &mut self,
+        route: Route,
+        request: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let result = self.try_call(route, request, option).await;
+        match &result {
+            Err(RPCError::Unreachable(e)) => self.health.record(self.target, Some(e)),
+            Err(RPCError::Network(e)) => self.health.record(self.target, Some(e)),
+            // An answer, even a refusal, means the peer is there.
+            _ => self.health.record(self.target, None),
+        }
+        result
+    }
+
+    async fn try_call<Req, Resp, E>(
         &mut self,
         route: Route,
         request: &Req,
