@@ -20,195 +20,25 @@ use std::time::{Duration, SystemTime};
 
 use meridian_api::ca::{Leaf, MeshCa, secret_name, spiffe_id};
 
-use meridian_model::policies::dataplane::{DataplaneSpec, SERVICE_TAG};
+use meridian_model::policies::dataplane::DataplaneSpec;
 use meridian_model::policies::zone_ingress::ZoneIngressSpec;
-use meridian_model::resolve::{ProxyView, selects, top_target};
-use meridian_model::targetref::TargetRefKind;
-use meridian_model::{Kind, Resource, ResourceKey, Spec};
+use meridian_model::{Kind, ResourceKey};
 use meridian_store::{Change, Store, StoreError};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::xds::cache::{ProxyId, SnapshotCache};
 use crate::xds::crosszone::{INGRESS_MESH, Zones};
 use crate::xds::metrics::XdsMetrics;
 use crate::xds::translate::{Identity, MeshContext, TlsSettings, ingress_snapshot, proxy_snapshot};
 
+mod probe;
+mod view;
+
+pub use probe::probe_ingresses;
+use view::{ZoneView, change_key, dataplane, served};
+
 const BATCH: u32 = 1000;
-
-/// The zone's resources, by mesh then kind and name.
-#[derive(Default)]
-pub struct ZoneView {
-    meshes: BTreeMap<String, BTreeMap<(Kind, String), Resource>>,
-}
-
-fn dataplane(r: &Resource) -> Option<&DataplaneSpec> {
-    match &r.spec {
-        Spec::Dataplane(d) => Some(d),
-        _ => None,
-    }
-}
-
-fn served(dp: &DataplaneSpec) -> impl Iterator<Item = &String> {
-    dp.networking
-        .inbound
-        .iter()
-        .flatten()
-        .filter_map(|i| i.tags.get(SERVICE_TAG))
-}
-
-impl ZoneView {
-    fn get(&self, key: &ResourceKey) -> Option<&Resource> {
-        let mesh = if key.kind == Kind::Mesh {
-            &key.name
-        } else {
-            &key.mesh
-        };
-        self.meshes.get(mesh)?.get(&(key.kind, key.name.clone()))
-    }
-
-    fn apply(&mut self, change: &Change) {
-        match change {
-            Change::Upsert(stored) => {
-                let r = &stored.resource;
-                let mesh = if r.kind() == Kind::Mesh { &r.name } else { &r.mesh };
-                self.meshes
-                    .entry(mesh.clone())
-                    .or_default()
-                    .insert((r.kind(), r.name.clone()), r.clone());
-            }
-            Change::Delete { key, .. } => {
-                let mesh = if key.kind == Kind::Mesh {
-                    &key.name
-                } else {
-                    &key.mesh
-                };
-                if let Some(m) = self.meshes.get_mut(mesh) {
-                    m.remove(&(key.kind, key.name.clone()));
-                }
-            }
-        }
-    }
-
-    /// This zone's Dataplanes in `mesh` (not other zones', which only feed cross-zone endpoints).
-    fn dataplanes<'a>(&'a self, mesh: &str) -> impl Iterator<Item = &'a Resource> + 'a {
-        self.meshes
-            .get(mesh)
-            .into_iter()
-            .flat_map(|m| m.values())
-            .filter(|r| r.kind() == Kind::Dataplane && r.key().synced_zone().is_none())
-    }
-
-    /// Every zone ingress known here: this zone's and (named `ZONE.NAME`) the others'.
-    fn ingresses(&self) -> impl Iterator<Item = (&Resource, &ZoneIngressSpec)> {
-        self.meshes
-            .get("")
-            .into_iter()
-            .flat_map(|m| m.values())
-            .filter_map(|r| match &r.spec {
-                Spec::ZoneIngress(z) => Some((r, z)),
-                _ => None,
-            })
-    }
-
-    /// Mesh names (resources without a mesh, such as ingresses, are kept under "").
-    fn mesh_names(&self) -> Vec<String> {
-        self.meshes.keys().filter(|m| !m.is_empty()).cloned().collect()
-    }
-
-    /// Proxies a change can affect, judged against the view before the change is applied.
-    fn affected(&self, change: &Change, out: &mut BTreeMap<String, Option<BTreeSet<String>>>) {
-        let key = change_key(change);
-        match key.kind {
-            // Where other zones are reached: every mesh's cross-zone endpoints.
-            Kind::ZoneIngress => {
-                for mesh in self.mesh_names() {
-                    out.insert(mesh, None);
-                }
-            }
-            Kind::Mesh => {
-                out.insert(key.name.clone(), None);
-            }
-            Kind::Dataplane => {
-                let mut services: BTreeSet<&String> = BTreeSet::new();
-                if let Some(old) = self.get(&key).and_then(dataplane) {
-                    services.extend(served(old));
-                }
-                if let Change::Upsert(s) = change
-                    && let Some(new) = dataplane(&s.resource)
-                {
-                    services.extend(served(new));
-                }
-                let mut names = BTreeSet::from([key.name.clone()]);
-                for r in self.dataplanes(&key.mesh) {
-                    let Some(dp) = dataplane(r) else { continue };
-                    if dp
-                        .networking
-                        .outbound
-                        .iter()
-                        .flatten()
-                        .any(|o| o.service().is_some_and(|s| services.contains(&s.to_owned())))
-                    {
-                        names.insert(r.name.clone());
-                    }
-                }
-                // `None` means the whole mesh is regenerated anyway.
-                if let Some(set) = out
-                    .entry(key.mesh.clone())
-                    .or_insert_with(|| Some(BTreeSet::new()))
-                {
-                    set.extend(names);
-                }
-            }
-            _ => {
-                // A policy touches the proxies its top-level targetRef selects, before or after
-                // the change; a mesh-wide one (or an older kind without targetRef), all of them.
-                let mut targets = Vec::new();
-                for version in [self.get(&key), upserted(change)].into_iter().flatten() {
-                    match top_target(&version.spec) {
-                        Some(t) if t.kind != TargetRefKind::Mesh => targets.push(t),
-                        _ => {
-                            out.insert(key.mesh.clone(), None);
-                            return;
-                        }
-                    }
-                }
-                let mut names = BTreeSet::new();
-                for r in self.dataplanes(&key.mesh) {
-                    let Some(dp) = dataplane(r) else { continue };
-                    let view = ProxyView {
-                        name: &r.name,
-                        labels: &r.labels,
-                        dataplane: dp,
-                    };
-                    if targets.iter().any(|t| selects(t, &view)) {
-                        names.insert(r.name.clone());
-                    }
-                }
-                if let Some(set) = out
-                    .entry(key.mesh.clone())
-                    .or_insert_with(|| Some(BTreeSet::new()))
-                {
-                    set.extend(names);
-                }
-            }
-        }
-    }
-}
-
-fn change_key(change: &Change) -> ResourceKey {
-    match change {
-        Change::Upsert(s) => s.resource.key(),
-        Change::Delete { key, .. } => key.clone(),
-    }
-}
-
-fn upserted(change: &Change) -> Option<&Resource> {
-    match change {
-        Change::Upsert(s) => Some(&s.resource),
-        Change::Delete { .. } => None,
-    }
-}
 
 /// Where a zone's mesh CAs come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -449,8 +279,12 @@ impl Reconciler {
         let refs: Vec<&MeshContext> = contexts.iter().collect();
         for (name, spec) in local {
             let id = ProxyId::new(INGRESS_MESH, name);
-            let changed = self.cache.set(&id, ingress_snapshot(&spec, &refs));
-            debug!(proxy = %id, changed, "ingress snapshot regenerated");
+            match self.cache.set(&id, ingress_snapshot(&spec, &refs)) {
+                Ok(changed) => debug!(proxy = %id, changed, "ingress snapshot regenerated"),
+                Err(e) => {
+                    error!(proxy = %id, error = %e, "ingress snapshot refused; the last good one stays")
+                }
+            }
         }
     }
 
@@ -581,172 +415,16 @@ impl Reconciler {
                     proxy_snapshot(&ctx, &name, &labels, &dp, None)
                 }
             };
-            let changed = self.cache.set(&id, snapshot);
-            changed_count += usize::from(changed);
             self.metrics.generations.inc();
-            debug!(proxy = %id, changed, "snapshot regenerated");
+            match self.cache.set(&id, snapshot) {
+                Ok(changed) => {
+                    changed_count += usize::from(changed);
+                    debug!(proxy = %id, changed, "snapshot regenerated");
+                }
+                // A bug in generation: the proxy keeps its last good snapshot, and it shows.
+                Err(e) => error!(proxy = %id, error = %e, "snapshot refused; the last good one stays"),
+            }
         }
         changed_count
-    }
-}
-
-/// How often other zones' ingresses are probed, and how long a connect may take.
-const PROBE_EVERY: Duration = Duration::from_secs(1);
-const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
-
-/// Whether something at `target` takes a connection and holds it: an ingress waits for the
-/// caller's TLS hello, so a connection closed at once (a cut link, a proxy with nothing
-/// behind it) counts as unreachable, like a refused or timed-out one.
-async fn answers(target: &str) -> bool {
-    use tokio::io::AsyncReadExt;
-    let Ok(Ok(mut stream)) =
-        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(target)).await
-    else {
-        return false;
-    };
-    let mut byte = [0u8; 1];
-    match tokio::time::timeout(PROBE_HOLD, stream.read(&mut byte)).await {
-        Err(_) => true,
-        Ok(Ok(n)) => n > 0,
-        Ok(Err(_)) => false,
-    }
-}
-
-/// How long a probe connection must stay open.
-const PROBE_HOLD: Duration = Duration::from_millis(200);
-
-/// Zone-to-zone health: every second, connects to each other zone's ingress (its advertised
-/// address; see [`answers`]) and publishes the ones that did not answer, so their zones leave this zone's
-/// endpoints until they answer again.
-pub async fn probe_ingresses(
-    store: Arc<dyn Store>,
-    tx: watch::Sender<BTreeSet<String>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let page = meridian_store::Page {
-            size: 10_000,
-            offset: 0,
-        };
-        if let Ok(list) = store.list(Kind::ZoneIngress, None, page).await {
-            let mut probes = tokio::task::JoinSet::new();
-            for stored in list.items {
-                let r = stored.resource;
-                let Spec::ZoneIngress(z) = &r.spec else { continue };
-                if r.key().synced_zone().is_none() {
-                    continue;
-                }
-                let target = z.advertised();
-                probes.spawn(async move { (r.name, answers(&target).await) });
-            }
-            let mut unreachable = BTreeSet::new();
-            while let Some(Ok((name, ok))) = probes.join_next().await {
-                if !ok {
-                    unreachable.insert(name);
-                }
-            }
-            tx.send_if_modified(|current| {
-                if *current == unreachable {
-                    return false;
-                }
-                for gone in unreachable.difference(current) {
-                    warn!(ingress = %gone, "another zone's ingress stopped answering; its zone leaves the endpoints");
-                }
-                for back in current.difference(&unreachable) {
-                    info!(ingress = %back, "another zone's ingress answers again");
-                }
-                *current = unreachable;
-                true
-            });
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(PROBE_EVERY) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use meridian_model::{Format, Stored, parse_one};
-
-    use super::*;
-
-    fn change(yaml: &str) -> Change {
-        let resource = parse_one(yaml, Format::Yaml).expect("valid").resource;
-        Change::Upsert(Box::new(Stored {
-            resource,
-            version: 1,
-            revision: 1,
-            creation_time_ms: 0,
-            modification_time_ms: 0,
-        }))
-    }
-
-    fn view() -> ZoneView {
-        let mut v = ZoneView::default();
-        for (name, service, outbound) in [
-            ("demo-1", "demo", "reg-server"),
-            ("reg-1", "reg-server", "db"),
-            ("db-1", "db", ""),
-        ] {
-            let out = if outbound.is_empty() {
-                String::new()
-            } else {
-                format!("  outbound:\n  - port: 20001\n    tags: {{kuma.io/service: {outbound}}}\n")
-            };
-            v.apply(&change(&format!(
-                "type: Dataplane\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 10001\n    tags: {{kuma.io/service: {service}}}\n{out}"
-            )));
-        }
-        v
-    }
-
-    fn affected(v: &ZoneView, c: &Change) -> BTreeMap<String, Option<BTreeSet<String>>> {
-        let mut out = BTreeMap::new();
-        v.affected(c, &mut out);
-        out
-    }
-
-    fn only(names: &[&str]) -> BTreeMap<String, Option<BTreeSet<String>>> {
-        BTreeMap::from([(
-            "default".to_owned(),
-            Some(names.iter().map(|n| n.to_string()).collect()),
-        )])
-    }
-
-    #[test]
-    fn a_dataplane_affects_itself_and_its_callers() {
-        let v = view();
-        let c = change(
-            "type: Dataplane\nname: reg-2\nnetworking:\n  address: 127.0.0.2\n  inbound:\n  - port: 10001\n    tags: {kuma.io/service: reg-server}\n",
-        );
-        assert_eq!(affected(&v, &c), only(&["demo-1", "reg-2"]));
-    }
-
-    #[test]
-    fn a_policy_affects_the_proxies_it_selects() {
-        let v = view();
-        let c = change(
-            "type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshService, name: reg-server}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n",
-        );
-        assert_eq!(affected(&v, &c), only(&["reg-1"]));
-        let mesh_wide = change(
-            "type: MeshTimeout\nname: t\nspec:\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n",
-        );
-        assert_eq!(
-            affected(&v, &mesh_wide),
-            BTreeMap::from([("default".to_owned(), None)])
-        );
-    }
-
-    #[test]
-    fn a_retargeted_policy_affects_old_and_new_targets() {
-        let mut v = view();
-        v.apply(&change("type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshService, name: reg-server}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n"));
-        let moved = change(
-            "type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshService, name: db}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n",
-        );
-        assert_eq!(affected(&v, &moved), only(&["db-1", "reg-1"]));
     }
 }

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -15,6 +18,7 @@ use envoy_types::pb::google::rpc::Status as RpcStatus;
 use meridian_zone_cp::xds::cache::{CLUSTER, ENDPOINT, LISTENER, ProxyId, Snapshot, SnapshotCache};
 use meridian_zone_cp::xds::metrics::XdsMetrics;
 use meridian_zone_cp::xds::server::AdsServer;
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -31,10 +35,30 @@ async fn serve(cache: SnapshotCache) -> String {
     format!("http://{addr}")
 }
 
+/// A resource of `type_url` whose content is `content` (the cache checks that it decodes).
 fn any(type_url: &str, content: &str) -> Any {
+    let content = content.to_owned();
+    let value = match type_url {
+        CLUSTER => Cluster {
+            alt_stat_name: content,
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        LISTENER => Listener {
+            stat_prefix: content,
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        ENDPOINT => ClusterLoadAssignment {
+            cluster_name: content,
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        other => panic!("no test resource of {other}"),
+    };
     Any {
         type_url: type_url.into(),
-        value: content.as_bytes().to_vec(),
+        value,
     }
 }
 
@@ -128,7 +152,9 @@ fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
 async fn delta_sends_only_what_changed_and_records_acks_and_nacks() {
     let cache = SnapshotCache::default();
     let id = ProxyId::new("default", "dp-1");
-    cache.set(&id, snapshot(&[("a", "1"), ("b", "1")]));
+    cache
+        .set(&id, snapshot(&[("a", "1"), ("b", "1")]))
+        .expect("consistent");
     let url = serve(cache.clone()).await;
     let mut delta = Delta::open(
         &url,
@@ -146,7 +172,9 @@ async fn delta_sends_only_what_changed_and_records_acks_and_nacks() {
     delta.reply(&first, None).await;
 
     // One resource changes, one goes, one comes: only those are sent.
-    cache.set(&id, snapshot(&[("a", "2"), ("c", "1")]));
+    cache
+        .set(&id, snapshot(&[("a", "2"), ("c", "1")]))
+        .expect("consistent");
     let upserts = delta.next().await;
     assert_eq!(names(&upserts), ["a", "c"]);
     assert!(
@@ -168,7 +196,9 @@ async fn delta_sends_only_what_changed_and_records_acks_and_nacks() {
     assert_eq!(status.streams, 1);
 
     // The same content again is no change: nothing is sent.
-    cache.set(&id, snapshot(&[("a", "2"), ("c", "1")]));
+    cache
+        .set(&id, snapshot(&[("a", "2"), ("c", "1")]))
+        .expect("consistent");
     delta.nothing_within(Duration::from_millis(200)).await;
     drop(delta);
     wait_status(&cache, &id, "the stream to be gone", |s| s.streams == 0).await;
@@ -178,7 +208,9 @@ async fn delta_sends_only_what_changed_and_records_acks_and_nacks() {
 async fn a_reconnecting_delta_client_gets_only_what_it_lacks() {
     let cache = SnapshotCache::default();
     let id = ProxyId::new("default", "dp-1");
-    cache.set(&id, snapshot(&[("a", "1"), ("b", "1")]));
+    cache
+        .set(&id, snapshot(&[("a", "1"), ("b", "1")]))
+        .expect("consistent");
     let url = serve(cache.clone()).await;
     let mut first = Delta::open(
         &url,
@@ -197,7 +229,9 @@ async fn a_reconnecting_delta_client_gets_only_what_it_lacks() {
         .collect();
     drop(first);
 
-    cache.set(&id, snapshot(&[("a", "1"), ("b", "2")]));
+    cache
+        .set(&id, snapshot(&[("a", "1"), ("b", "2")]))
+        .expect("consistent");
     let mut again = Delta::open(
         &url,
         DeltaDiscoveryRequest {
@@ -219,7 +253,7 @@ async fn explicit_subscriptions_only_get_their_names() {
     let mut s = snapshot(&[]);
     s.insert(LISTENER, "l1".into(), any(LISTENER, "x"));
     s.insert(LISTENER, "l2".into(), any(LISTENER, "y"));
-    cache.set(&id, s);
+    cache.set(&id, s).expect("consistent");
     let url = serve(cache.clone()).await;
     let mut delta = Delta::open(
         &url,
@@ -246,7 +280,7 @@ async fn sotw_next(rx: &mut Streaming<DiscoveryResponse>) -> DiscoveryResponse {
 async fn state_of_the_world_acks_nacks_and_ignores_stale_nonces() {
     let cache = SnapshotCache::default();
     let id = ProxyId::new("default", "dp-1");
-    cache.set(&id, snapshot(&[("a", "1")]));
+    cache.set(&id, snapshot(&[("a", "1")])).expect("consistent");
     let url = serve(cache.clone()).await;
     let mut client = AggregatedDiscoveryServiceClient::connect(url)
         .await
@@ -277,7 +311,9 @@ async fn state_of_the_world_acks_nacks_and_ignores_stale_nonces() {
     // An ACK that arrives after a newer push answers an outdated one; wait until it is in.
     wait_status(&cache, &id, "the ACK", |s| s.acked.contains_key(CLUSTER)).await;
 
-    cache.set(&id, snapshot(&[("a", "1"), ("b", "1")]));
+    cache
+        .set(&id, snapshot(&[("a", "1"), ("b", "1")]))
+        .expect("consistent");
     let second = sotw_next(&mut rx).await;
     assert_eq!(
         second.resources.len(),
@@ -369,7 +405,9 @@ async fn a_stream_must_show_the_token_of_the_dataplane_it_claims() {
         trust_localhost: false,
     };
     let cache = SnapshotCache::default();
-    cache.set(&ProxyId::new("default", "dp-1"), snapshot(&[("c1", "v1")]));
+    cache
+        .set(&ProxyId::new("default", "dp-1"), snapshot(&[("c1", "v1")]))
+        .expect("consistent");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let server = AdsServer::new(cache, Arc::new(XdsMetrics::default())).with_auth(auth, store);
@@ -445,7 +483,7 @@ async fn a_replaced_cluster_gets_its_endpoints_again_even_unchanged() {
     let id = ProxyId::new("default", "dp-1");
     let mut s = snapshot(&[("reg", "plaintext")]);
     s.insert(ENDPOINT, "reg".into(), any(ENDPOINT, "10.0.0.1"));
-    cache.set(&id, s.clone());
+    cache.set(&id, s.clone()).expect("consistent");
     let url = serve(cache.clone()).await;
     let mut delta = Delta::open(
         &url,
@@ -474,7 +512,7 @@ async fn a_replaced_cluster_gets_its_endpoints_again_even_unchanged() {
     // The cluster changes (say, it now speaks TLS) and its endpoints do not: Envoy keeps the
     // new cluster warming until they come, so they are sent again.
     s.insert(CLUSTER, "reg".into(), any(CLUSTER, "tls"));
-    cache.set(&id, s);
+    cache.set(&id, s).expect("consistent");
     let pushed = delta.next().await;
     assert_eq!((pushed.type_url.as_str(), names(&pushed)), (CLUSTER, vec!["reg"]));
     let again = delta.next().await;

@@ -43,7 +43,16 @@ fn snapshot_in(world: &[Resource], name: &str) -> String {
         cert: "CERT",
         key: "KEY",
     };
-    describe_snapshot(&proxy_snapshot(&ctx, &dp.name, &dp.labels, spec, Some(identity)))
+    let snapshot = proxy_snapshot(&ctx, &dp.name, &dp.labels, spec, Some(identity));
+    consistent(&snapshot);
+    describe_snapshot(&snapshot)
+}
+
+/// What is generated passes the check the cache makes before publishing.
+fn consistent(snapshot: &meridian_zone_cp::xds::cache::Snapshot) {
+    if let Err(e) = meridian_zone_cp::xds::consistency::check(snapshot) {
+        panic!("inconsistent snapshot: {e}");
+    }
 }
 
 fn snapshot_of(name: &str) -> String {
@@ -149,10 +158,9 @@ fn an_ingress_passes_each_services_tls_through_by_sni() {
     else {
         panic!()
     };
-    let out = describe_snapshot(&meridian_zone_cp::xds::translate::ingress_snapshot(
-        &ingress,
-        &[&ctx],
-    ));
+    let snapshot = meridian_zone_cp::xds::translate::ingress_snapshot(&ingress, &[&ctx]);
+    consistent(&snapshot);
+    let out = describe_snapshot(&snapshot);
     assert!(out.contains("reg-server{mesh=default}"), "{out}");
     insta::assert_snapshot!(out);
 }
@@ -217,7 +225,9 @@ mod every_field {
         let ctx = MeshContext::new(world.iter());
         let dp = &world[0];
         let Spec::Dataplane(spec) = &dp.spec else { panic!() };
-        proxy_snapshot(&ctx, &dp.name, &dp.labels, spec, None)
+        let snapshot = proxy_snapshot(&ctx, &dp.name, &dp.labels, spec, None);
+        super::consistent(&snapshot);
+        snapshot
     }
 
     #[test]
@@ -286,6 +296,11 @@ mod every_field {
         let db: Cluster = decoded(&snap, CLUSTER, "db");
         let check = &db.health_checks[0];
         assert_eq!(check.interval_jitter.map(|d| d.nanos), Some(100_000_000));
+        // What the policy leaves unset takes Kuma's defaults.
+        assert_eq!(check.interval.map(|d| d.seconds), Some(60));
+        assert_eq!(check.timeout.map(|d| d.seconds), Some(15));
+        assert_eq!(check.unhealthy_threshold.map(|v| v.value), Some(5));
+        assert_eq!(check.healthy_threshold.map(|v| v.value), Some(1));
         assert_eq!(check.reuse_connection.map(|b| b.value), Some(false));
         let Some(HealthChecker::TcpHealthCheck(tcp)) = &check.health_checker else {
             panic!()

@@ -8,6 +8,12 @@ use meridian_model::{FieldError, Kind, Scope};
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
+mod inspect;
+mod tokens;
+
+use inspect::inspect_paths;
+use tokens::token_paths;
+
 /// Which control plane a document describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -285,79 +291,6 @@ fn resource_paths(paths: &mut Map<String, Value>, role: Role) {
     }
 }
 
-fn token_op(summary: &str, request: &str) -> Value {
-    let responses = with(
-        errors(&[400, 401, 403, 408, 413, 415, 503]),
-        "200",
-        "The token (a JWT)",
-        text_content(),
-    );
-    let mut o = op(summary, "Tokens", write_security(), vec![], responses);
-    o["requestBody"] = json!({ "required": true, "content": json_content(schema_ref(request)) });
-    o
-}
-
-fn token_paths(paths: &mut Map<String, Value>, role: Role) {
-    paths.insert("/tokens/user".into(), json!({ "post": token_op("A user token: mesh-system:admin may change resources, others read", "UserTokenRequest") }));
-    match role {
-        Role::Global => {
-            paths.insert("/tokens/zone".into(), json!({ "post": token_op("A zone token: what a zone's control plane shows to sync", "ZoneTokenRequest") }));
-        }
-        Role::Zone => {
-            paths.insert("/tokens/dataplane".into(), json!({ "post": token_op("A dataplane token: a sidecar's xDS stream and registration", "DataplaneTokenRequest") }));
-            paths.insert(
-                "/tokens/zone-ingress".into(),
-                json!({ "post": token_op("A zone ingress token", "IngressTokenRequest") }),
-            );
-        }
-    }
-    let revoked = with(
-        errors(&[400, 401, 403, 408, 413, 415, 503]),
-        "200",
-        "Revoked",
-        json_content(
-            json!({"type": "object", "required": ["revoked"], "properties": {"revoked": {"type": "string"}}}),
-        ),
-    );
-    let mut revoke = op(
-        "Revoke a token (by the token, or its id)",
-        "Tokens",
-        write_security(),
-        vec![],
-        revoked,
-    );
-    revoke["requestBody"] = json!({ "required": true, "content": json_content(schema_ref("RevokeRequest")) });
-    paths.insert("/tokens/revocations".into(), json!({ "post": revoke }));
-    let keys = with(
-        errors(&[401, 403, 503]),
-        "200",
-        "Every signing key (no key material)",
-        json_content(
-            json!({"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": schema_ref("KeyInfo")}}}),
-        ),
-    );
-    let rotated = with(
-        errors(&[400, 401, 403, 408, 413, 415, 503]),
-        "201",
-        "A new key signs this kind's tokens",
-        json_content(
-            json!({"type": "object", "required": ["kind", "serial"], "properties": {"kind": {"type": "string"}, "serial": {"type": "integer"}}}),
-        ),
-    );
-    let mut rotate = op(
-        "Rotate a kind's signing key",
-        "Tokens",
-        write_security(),
-        vec![],
-        rotated,
-    );
-    rotate["requestBody"] = json!({ "required": true, "content": json_content(schema_ref("RotateRequest")) });
-    paths.insert(
-        "/tokens/signing-keys".into(),
-        json!({ "get": op("The signing keys", "Tokens", write_security(), vec![], keys), "post": rotate }),
-    );
-}
-
 fn global_paths(paths: &mut Map<String, Value>) {
     let zone = json!({
         "type": "object",
@@ -393,93 +326,6 @@ fn global_paths(paths: &mut Map<String, Value>) {
 }
 
 /// Kinds whose policies select proxies (what `_resources/dataplanes` answers for).
-fn policy_kinds() -> impl Iterator<Item = Kind> {
-    Kind::ALL
-        .iter()
-        .copied()
-        .filter(|k| k.scope() == Scope::Mesh && !matches!(k, Kind::Dataplane | Kind::Secret))
-}
-
-/// Asking why: `_rules`, `_resources/dataplanes`, `_traffic` (both roles).
-fn inspect_paths(paths: &mut Map<String, Value>) {
-    let mesh_param = || param("mesh", "path", "The mesh", json!({"type": "string"}));
-    let name_param = || param("name", "path", "The resource's name", json!({"type": "string"}));
-    let meta = json!({"type": "object", "required": ["type", "mesh", "name"], "properties": {
-        "type": {"type": "string"}, "mesh": {"type": "string"}, "name": {"type": "string"},
-        "labels": {"type": "object", "additionalProperties": {"type": "string"}}
-    }});
-    let rule = json!({"type": "object", "required": ["conf", "origin"], "properties": {
-        "matchers": {"type": "array", "items": {"type": "object"}},
-        "conf": {},
-        "origin": {"type": "array", "items": meta.clone()}
-    }});
-    let rules = json!({"type": "object", "required": ["resource", "rules"], "properties": {
-        "resource": meta.clone(),
-        "rules": {"type": "array", "items": {"type": "object", "required": ["type", "toRules", "fromRules", "warnings"], "properties": {
-            "type": {"type": "string"},
-            "toRules": {"type": "array", "items": rule.clone()},
-            "fromRules": {"type": "array", "items": {"type": "object", "required": ["inbound", "rules"], "properties": {
-                "inbound": {"type": "object", "required": ["port", "tags"], "properties": {"port": {"type": "integer"}, "tags": {"type": "object"}}},
-                "rules": {"type": "array", "items": rule.clone()}
-            }}},
-            "proxyRule": {"type": "object", "nullable": true, "required": ["conf", "origin"], "properties": {"conf": {}, "origin": {"type": "array", "items": meta.clone()}}},
-            "warnings": {"type": "array", "items": {"type": "string"}}
-        }}}
-    }});
-    paths.insert(
-        "/meshes/{mesh}/dataplanes/{name}/_rules".into(),
-        json!({ "get": op(
-            "What the mesh's policies come to for a Dataplane: per kind, rules per destination (toRules), per inbound (fromRules) and for the whole proxy (proxyRule), each with the policies it came from (origin, in merge order: the last won)",
-            "Inspect",
-            read_security(),
-            vec![mesh_param(), name_param()],
-            with(errors(&[401, 404, 503]), "200", "The resolved rules", json_content(rules)),
-        ) }),
-    );
-    let dataplanes = json!({"type": "object", "required": ["total", "items"], "properties": {
-        "total": {"type": "integer"}, "items": {"type": "array", "items": meta.clone()},
-        "next": {"type": "string", "nullable": true}
-    }});
-    for kind in policy_kinds() {
-        let mut params = vec![mesh_param(), name_param()];
-        params.extend(page_params());
-        paths.insert(
-            format!("/meshes/{{mesh}}/{}/{{name}}/_resources/dataplanes", kind.plural()),
-            json!({ "get": op(
-                &format!("The Dataplanes a {} selects", kind.name()),
-                "Inspect",
-                read_security(),
-                params,
-                with(errors(&[400, 401, 403, 404, 503]), "200", "A page of Dataplanes", json_content(dataplanes.clone())),
-            ) }),
-        );
-    }
-    let service = |name: &str, what: &str| {
-        let mut p = param(name, "query", what, json!({"type": "string"}));
-        p["required"] = json!(true);
-        p
-    };
-    let traffic = json!({"type": "object", "required": ["from", "to", "mesh", "allowed", "enforced", "destinations"], "properties": {
-        "from": {"type": "string"}, "to": {"type": "string"}, "mesh": {"type": "string"},
-        "allowed": {"type": "boolean"}, "enforced": {"type": "boolean", "description": "false when the mesh has mTLS off: permissions are then not enforced"},
-        "note": {"type": "string", "nullable": true},
-        "destinations": {"type": "array", "items": {"type": "object", "required": ["dataplane", "port", "allowed", "reason"], "properties": {
-            "dataplane": {"type": "string"}, "port": {"type": "integer"}, "allowed": {"type": "boolean"},
-            "policy": {"type": "object", "nullable": true, "required": ["type", "mesh", "name"]}, "reason": {"type": "string"}
-        }}}
-    }});
-    paths.insert(
-        "/meshes/{mesh}/_traffic".into(),
-        json!({ "get": op(
-            "Whether service `from` may call service `to`, at each inbound of `to`, and the policy that decides it",
-            "Inspect",
-            read_security(),
-            vec![mesh_param(), service("from", "The calling service (kuma.io/service)"), service("to", "The called service")],
-            with(errors(&[400, 401, 404, 503]), "200", "The decision", json_content(traffic)),
-        ) }),
-    );
-}
-
 fn zone_paths(paths: &mut Map<String, Value>) {
     let object = json!({"type": "object"});
     paths.insert(

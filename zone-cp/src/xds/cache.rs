@@ -3,11 +3,14 @@
 //! server, which only reads snapshots and reports status.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::watch;
+
+use super::consistency::{self, Inconsistent};
 
 /// Envoy resource types, in the order a change is pushed (make before break).
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -102,6 +105,19 @@ impl Snapshot {
         self.resources.get(type_url)
     }
 
+    /// A hash of every resource's type, name and version: equal digests, equal snapshots.
+    pub fn digest(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        for (type_url, items) in &self.resources {
+            type_url.hash(&mut h);
+            for (name, r) in items {
+                name.hash(&mut h);
+                r.version.hash(&mut h);
+            }
+        }
+        h.finish()
+    }
+
     /// The version of a whole type, for state-of-the-world: a hash of its resources' versions.
     pub fn type_version(&self, type_url: &str) -> String {
         let mut all = Vec::new();
@@ -137,49 +153,76 @@ pub struct ProxyStatus {
 
 struct Entry {
     snapshot: watch::Sender<Arc<Snapshot>>,
+    /// The snapshot's [`Snapshot::digest`], so a new one is compared without walking both.
+    digest: u64,
     status: ProxyStatus,
     /// Whether the reconciler made this entry's snapshot (the proxy's Dataplane exists); an
     /// entry only a stream made goes when its last stream does.
     registered: bool,
 }
 
+/// Proxies are spread over this many locks, so streams and the generator rarely wait on each
+/// other.
+const SHARDS: usize = 16;
+
+type Shard = Mutex<HashMap<ProxyId, Entry>>;
+
 /// All proxies' snapshots and statuses.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct SnapshotCache {
-    inner: Arc<Mutex<HashMap<ProxyId, Entry>>>,
+    shards: Arc<[Shard]>,
+}
+
+impl Default for SnapshotCache {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+        }
+    }
 }
 
 impl SnapshotCache {
+    fn shard(&self, id: &ProxyId) -> std::sync::MutexGuard<'_, HashMap<ProxyId, Entry>> {
+        let mut h = DefaultHasher::new();
+        id.hash(&mut h);
+        let shard = &self.shards[(h.finish() % SHARDS as u64) as usize];
+        shard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn with_entry<R>(&self, id: &ProxyId, f: impl FnOnce(&mut Entry) -> R) -> R {
-        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.shard(id);
         let entry = map.entry(id.clone()).or_insert_with(|| Entry {
             snapshot: watch::Sender::new(Arc::new(Snapshot::default())),
+            digest: Snapshot::default().digest(),
             status: ProxyStatus::default(),
             registered: false,
         });
         f(entry)
     }
 
-    /// Replaces a proxy's snapshot; watchers wake only when it differs. Returns whether it did.
-    pub fn set(&self, id: &ProxyId, snapshot: Snapshot) -> bool {
-        self.with_entry(id, |e| {
+    /// Replaces a proxy's snapshot once it is found consistent; watchers wake only when it
+    /// differs. Returns whether it did; an inconsistent snapshot is refused and the proxy keeps
+    /// the one it has. The check and the digest are computed before any lock is taken.
+    pub fn set(&self, id: &ProxyId, snapshot: Snapshot) -> Result<bool, Inconsistent> {
+        consistency::check(&snapshot)?;
+        let digest = snapshot.digest();
+        Ok(self.with_entry(id, |e| {
             e.registered = true;
-            e.snapshot.send_if_modified(|current| {
-                if **current == snapshot {
-                    false
-                } else {
-                    *current = Arc::new(snapshot);
-                    true
-                }
-            })
-        })
+            if e.digest == digest {
+                return false;
+            }
+            e.digest = digest;
+            e.snapshot.send_replace(Arc::new(snapshot));
+            true
+        }))
     }
 
     /// Drops a proxy whose Dataplane is gone; its stream, if any, sees an empty snapshot.
     pub fn remove(&self, id: &ProxyId) {
-        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.shard(id);
         if let Some(entry) = map.get_mut(id) {
             entry.registered = false;
+            entry.digest = Snapshot::default().digest();
             entry.snapshot.send_replace(Arc::new(Snapshot::default()));
             if entry.status.streams == 0 {
                 map.remove(id);
@@ -190,7 +233,7 @@ impl SnapshotCache {
     /// A stream of the proxy ended: counted off, and the proxy forgotten if that was its last
     /// stream and it has no Dataplane.
     pub fn stream_ended(&self, id: &ProxyId) {
-        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.shard(id);
         if let Some(entry) = map.get_mut(id) {
             entry.status.streams = entry.status.streams.saturating_sub(1);
             entry.status.disconnected_at = Some(SystemTime::now());
@@ -202,7 +245,10 @@ impl SnapshotCache {
 
     /// How many proxies the cache holds (registered, or with a stream open).
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).len()
+        let shards = self.shards.iter();
+        shards
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -214,13 +260,11 @@ impl SnapshotCache {
     }
 
     pub fn snapshot(&self, id: &ProxyId) -> Option<Arc<Snapshot>> {
-        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(id).map(|e| e.snapshot.borrow().clone())
+        self.shard(id).get(id).map(|e| e.snapshot.borrow().clone())
     }
 
     pub fn status(&self, id: &ProxyId) -> Option<ProxyStatus> {
-        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(id).map(|e| e.status.clone())
+        self.shard(id).get(id).map(|e| e.status.clone())
     }
 
     pub fn update_status(&self, id: &ProxyId, f: impl FnOnce(&mut ProxyStatus)) {
@@ -233,9 +277,15 @@ mod tests {
     use super::*;
 
     fn any(bytes: &[u8]) -> Any {
+        use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+        use prost::Message;
+        let cluster = Cluster {
+            alt_stat_name: String::from_utf8_lossy(bytes).into_owned(),
+            ..Default::default()
+        };
         Any {
             type_url: CLUSTER.into(),
-            value: bytes.to_vec(),
+            value: cluster.encode_to_vec(),
         }
     }
 
@@ -258,10 +308,10 @@ mod tests {
         let mut rx = cache.watch(&id);
         let mut snap = Snapshot::default();
         snap.insert(CLUSTER, "c".into(), any(b"1"));
-        assert!(cache.set(&id, snap.clone()));
+        assert_eq!(cache.set(&id, snap.clone()), Ok(true));
         assert!(rx.has_changed().unwrap_or(false));
         rx.borrow_and_update();
-        assert!(!cache.set(&id, snap), "the same content is no change");
+        assert_eq!(cache.set(&id, snap), Ok(false), "the same content is no change");
         assert!(!rx.has_changed().unwrap_or(true));
     }
 
@@ -274,7 +324,7 @@ mod tests {
         cache.stream_ended(&stray);
         assert!(cache.is_empty(), "nothing kept for a proxy with no Dataplane");
         let known = ProxyId::new("default", "dp-1");
-        cache.set(&known, Snapshot::default());
+        cache.set(&known, Snapshot::default()).expect("consistent");
         cache.update_status(&known, |s| s.streams += 1);
         cache.stream_ended(&known);
         assert_eq!(

@@ -1,4 +1,6 @@
 pub mod cache;
+pub mod consistency;
+pub mod context;
 pub mod crosszone;
 pub mod describe;
 pub mod metrics;

@@ -27,6 +27,13 @@ use meridian_model::resolve::outbound;
 use super::{Generated, PolicyPlugin, ProxyInput};
 use crate::xds::translate::duration;
 
+/// What a MeshHealthCheck leaves unset gets Kuma's defaults: a check every minute, 15 s to
+/// answer, unhealthy after 5 failures, healthy again after 1 pass.
+pub const DEFAULT_INTERVAL_SECS: u64 = 60;
+pub const DEFAULT_TIMEOUT_SECS: u64 = 15;
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 5;
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 1;
+
 pub struct Plugin;
 
 impl PolicyPlugin for Plugin {
@@ -127,8 +134,8 @@ pub fn apply_health_check(cluster: &mut Cluster, conf: &HealthCheckConf, http: b
         }
     };
     cluster.health_checks = vec![HealthCheck {
-        timeout: secs(&conf.timeout, 1),
-        interval: secs(&conf.interval, 1),
+        timeout: secs(&conf.timeout, DEFAULT_TIMEOUT_SECS),
+        interval: secs(&conf.interval, DEFAULT_INTERVAL_SECS),
         initial_jitter: opt(&conf.initial_jitter),
         interval_jitter: opt(&conf.interval_jitter),
         interval_jitter_percent: conf
@@ -136,8 +143,8 @@ pub fn apply_health_check(cluster: &mut Cluster, conf: &HealthCheckConf, http: b
             .and_then(|p| u32::try_from(p).ok())
             .unwrap_or(0),
         unhealthy_interval: opt(&conf.unhealthy_interval),
-        unhealthy_threshold: u32v(conf.unhealthy_threshold, 2),
-        healthy_threshold: u32v(conf.healthy_threshold, 1),
+        unhealthy_threshold: u32v(conf.unhealthy_threshold, DEFAULT_UNHEALTHY_THRESHOLD),
+        healthy_threshold: u32v(conf.healthy_threshold, DEFAULT_HEALTHY_THRESHOLD),
         no_traffic_interval: opt(&conf.no_traffic_interval),
         reuse_connection: conf.reuse_connection.map(|value| BoolValue { value }),
         #[allow(deprecated)]

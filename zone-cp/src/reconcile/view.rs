@@ -1,0 +1,269 @@
+//! The zone's view of its resources, and invalidation: which proxies a change can affect.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meridian_model::policies::dataplane::{DataplaneSpec, SERVICE_TAG};
+use meridian_model::policies::zone_ingress::ZoneIngressSpec;
+use meridian_model::resolve::{ProxyView, selects, top_target};
+use meridian_model::targetref::TargetRefKind;
+use meridian_model::{Kind, Resource, ResourceKey, Spec};
+use meridian_store::Change;
+
+/// The zone's resources, by mesh then kind and name.
+#[derive(Default)]
+pub struct ZoneView {
+    pub(super) meshes: BTreeMap<String, BTreeMap<(Kind, String), Resource>>,
+}
+
+pub(super) fn dataplane(r: &Resource) -> Option<&DataplaneSpec> {
+    match &r.spec {
+        Spec::Dataplane(d) => Some(d),
+        _ => None,
+    }
+}
+
+pub(super) fn served(dp: &DataplaneSpec) -> impl Iterator<Item = &String> {
+    dp.networking
+        .inbound
+        .iter()
+        .flatten()
+        .filter_map(|i| i.tags.get(SERVICE_TAG))
+}
+
+impl ZoneView {
+    pub(super) fn get(&self, key: &ResourceKey) -> Option<&Resource> {
+        let mesh = if key.kind == Kind::Mesh {
+            &key.name
+        } else {
+            &key.mesh
+        };
+        self.meshes.get(mesh)?.get(&(key.kind, key.name.clone()))
+    }
+
+    pub(super) fn apply(&mut self, change: &Change) {
+        match change {
+            Change::Upsert(stored) => {
+                let r = &stored.resource;
+                let mesh = if r.kind() == Kind::Mesh { &r.name } else { &r.mesh };
+                self.meshes
+                    .entry(mesh.clone())
+                    .or_default()
+                    .insert((r.kind(), r.name.clone()), r.clone());
+            }
+            Change::Delete { key, .. } => {
+                let mesh = if key.kind == Kind::Mesh {
+                    &key.name
+                } else {
+                    &key.mesh
+                };
+                if let Some(m) = self.meshes.get_mut(mesh) {
+                    m.remove(&(key.kind, key.name.clone()));
+                }
+            }
+        }
+    }
+
+    /// This zone's Dataplanes in `mesh` (not other zones', which only feed cross-zone endpoints).
+    pub(super) fn dataplanes<'a>(&'a self, mesh: &str) -> impl Iterator<Item = &'a Resource> + 'a {
+        self.meshes
+            .get(mesh)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter(|r| r.kind() == Kind::Dataplane && r.key().synced_zone().is_none())
+    }
+
+    /// Every zone ingress known here: this zone's and (named `ZONE.NAME`) the others'.
+    pub(super) fn ingresses(&self) -> impl Iterator<Item = (&Resource, &ZoneIngressSpec)> {
+        self.meshes
+            .get("")
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(|r| match &r.spec {
+                Spec::ZoneIngress(z) => Some((r, z)),
+                _ => None,
+            })
+    }
+
+    /// Mesh names (resources without a mesh, such as ingresses, are kept under "").
+    pub(super) fn mesh_names(&self) -> Vec<String> {
+        self.meshes.keys().filter(|m| !m.is_empty()).cloned().collect()
+    }
+
+    /// Proxies a change can affect, judged against the view before the change is applied.
+    pub(super) fn affected(&self, change: &Change, out: &mut BTreeMap<String, Option<BTreeSet<String>>>) {
+        let key = change_key(change);
+        match key.kind {
+            // Where other zones are reached: every mesh's cross-zone endpoints.
+            Kind::ZoneIngress => {
+                for mesh in self.mesh_names() {
+                    out.insert(mesh, None);
+                }
+            }
+            Kind::Mesh => {
+                out.insert(key.name.clone(), None);
+            }
+            Kind::Dataplane => {
+                let mut services: BTreeSet<&String> = BTreeSet::new();
+                if let Some(old) = self.get(&key).and_then(dataplane) {
+                    services.extend(served(old));
+                }
+                if let Change::Upsert(s) = change
+                    && let Some(new) = dataplane(&s.resource)
+                {
+                    services.extend(served(new));
+                }
+                let mut names = BTreeSet::from([key.name.clone()]);
+                for r in self.dataplanes(&key.mesh) {
+                    let Some(dp) = dataplane(r) else { continue };
+                    if dp
+                        .networking
+                        .outbound
+                        .iter()
+                        .flatten()
+                        .any(|o| o.service().is_some_and(|s| services.contains(&s.to_owned())))
+                    {
+                        names.insert(r.name.clone());
+                    }
+                }
+                // `None` means the whole mesh is regenerated anyway.
+                if let Some(set) = out
+                    .entry(key.mesh.clone())
+                    .or_insert_with(|| Some(BTreeSet::new()))
+                {
+                    set.extend(names);
+                }
+            }
+            _ => {
+                // A policy touches the proxies its top-level targetRef selects, before or after
+                // the change; a mesh-wide one (or an older kind without targetRef), all of them.
+                let mut targets = Vec::new();
+                for version in [self.get(&key), upserted(change)].into_iter().flatten() {
+                    match top_target(&version.spec) {
+                        Some(t) if t.kind != TargetRefKind::Mesh => targets.push(t),
+                        _ => {
+                            out.insert(key.mesh.clone(), None);
+                            return;
+                        }
+                    }
+                }
+                let mut names = BTreeSet::new();
+                for r in self.dataplanes(&key.mesh) {
+                    let Some(dp) = dataplane(r) else { continue };
+                    let view = ProxyView {
+                        name: &r.name,
+                        labels: &r.labels,
+                        dataplane: dp,
+                    };
+                    if targets.iter().any(|t| selects(t, &view)) {
+                        names.insert(r.name.clone());
+                    }
+                }
+                if let Some(set) = out
+                    .entry(key.mesh.clone())
+                    .or_insert_with(|| Some(BTreeSet::new()))
+                {
+                    set.extend(names);
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn change_key(change: &Change) -> ResourceKey {
+    match change {
+        Change::Upsert(s) => s.resource.key(),
+        Change::Delete { key, .. } => key.clone(),
+    }
+}
+
+fn upserted(change: &Change) -> Option<&Resource> {
+    match change {
+        Change::Upsert(s) => Some(&s.resource),
+        Change::Delete { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_model::{Format, Stored, parse_one};
+
+    use super::*;
+
+    fn change(yaml: &str) -> Change {
+        let resource = parse_one(yaml, Format::Yaml).expect("valid").resource;
+        Change::Upsert(Box::new(Stored {
+            resource,
+            version: 1,
+            revision: 1,
+            creation_time_ms: 0,
+            modification_time_ms: 0,
+        }))
+    }
+
+    fn view() -> ZoneView {
+        let mut v = ZoneView::default();
+        for (name, service, outbound) in [
+            ("demo-1", "demo", "reg-server"),
+            ("reg-1", "reg-server", "db"),
+            ("db-1", "db", ""),
+        ] {
+            let out = if outbound.is_empty() {
+                String::new()
+            } else {
+                format!("  outbound:\n  - port: 20001\n    tags: {{kuma.io/service: {outbound}}}\n")
+            };
+            v.apply(&change(&format!(
+                "type: Dataplane\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 10001\n    tags: {{kuma.io/service: {service}}}\n{out}"
+            )));
+        }
+        v
+    }
+
+    fn affected(v: &ZoneView, c: &Change) -> BTreeMap<String, Option<BTreeSet<String>>> {
+        let mut out = BTreeMap::new();
+        v.affected(c, &mut out);
+        out
+    }
+
+    fn only(names: &[&str]) -> BTreeMap<String, Option<BTreeSet<String>>> {
+        BTreeMap::from([(
+            "default".to_owned(),
+            Some(names.iter().map(|n| n.to_string()).collect()),
+        )])
+    }
+
+    #[test]
+    fn a_dataplane_affects_itself_and_its_callers() {
+        let v = view();
+        let c = change(
+            "type: Dataplane\nname: reg-2\nnetworking:\n  address: 127.0.0.2\n  inbound:\n  - port: 10001\n    tags: {kuma.io/service: reg-server}\n",
+        );
+        assert_eq!(affected(&v, &c), only(&["demo-1", "reg-2"]));
+    }
+
+    #[test]
+    fn a_policy_affects_the_proxies_it_selects() {
+        let v = view();
+        let c = change(
+            "type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshService, name: reg-server}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n",
+        );
+        assert_eq!(affected(&v, &c), only(&["reg-1"]));
+        let mesh_wide = change(
+            "type: MeshTimeout\nname: t\nspec:\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n",
+        );
+        assert_eq!(
+            affected(&v, &mesh_wide),
+            BTreeMap::from([("default".to_owned(), None)])
+        );
+    }
+
+    #[test]
+    fn a_retargeted_policy_affects_old_and_new_targets() {
+        let mut v = view();
+        v.apply(&change("type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshService, name: reg-server}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n"));
+        let moved = change(
+            "type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshService, name: db}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n",
+        );
+        assert_eq!(affected(&v, &moved), only(&["db-1", "reg-1"]));
+    }
+}
