@@ -1,4 +1,3 @@
-
 use crate::{Format, Spec, parse_one};
 
 const HEAD: &str = "type: MeshLoadBalancingStrategy\nname: x\nmesh: default\nspec:\n";
