@@ -154,6 +154,8 @@ struct Progress {
     changed_at: Mutex<Option<Instant>>,
     updated: AtomicUsize,
     last_ack: Mutex<Option<Instant>>,
+    /// When each proxy received the change, to show how the pushes spread.
+    received: std::sync::Mutex<Vec<Instant>>,
     /// Proxies that received their certificate.
     secured: AtomicUsize,
     last_secured: Mutex<Option<Instant>>,
@@ -204,8 +206,14 @@ async fn simulate(
         }
         if !counted_change && progress.changed_at.lock().await.is_some() {
             counted_change = true;
+            let now = Instant::now();
+            progress
+                .received
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(now);
             progress.updated.fetch_add(1, Ordering::Relaxed);
-            *progress.last_ack.lock().await = Some(Instant::now());
+            *progress.last_ack.lock().await = Some(now);
         }
     }
     Ok(())
@@ -299,6 +307,18 @@ async fn measure(pid: u32, api: &str, xds: &str, proxies: usize, mtls: bool) -> 
         "mesh-wide MeshTimeout: REST write {:.1} ms; last of {proxies} proxies ACKed {:.1} ms after the write began",
         write.as_secs_f64() * 1000.0,
         last.as_secs_f64() * 1000.0
+    );
+    let mut received: Vec<f64> = (progress.received.lock().unwrap_or_else(|e| e.into_inner()).iter())
+        .map(|t| t.saturating_duration_since(t0).as_secs_f64() * 1000.0)
+        .collect();
+    received.sort_by(f64::total_cmp);
+    let at = |q: f64| received[((received.len() - 1) as f64 * q) as usize];
+    println!(
+        "  received by the proxies after the write began: p10 {:.1} ms, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
+        at(0.1),
+        at(0.5),
+        at(0.9),
+        at(0.99)
     );
     if mtls {
         let mesh = serde_json::json!({
