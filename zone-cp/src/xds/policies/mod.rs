@@ -130,7 +130,12 @@ pub fn plugins() -> Vec<&'static dyn PolicyPlugin> {
 
 /// Runs every plugin over `generated`.
 pub fn apply_all(input: &ProxyInput<'_>, generated: &mut Generated) {
-    for plugin in plugins() {
+    // Per proxy, on the generation path: no list is built, the lock is a read.
+    for plugin in PLUGINS {
+        plugin.apply(input, generated);
+    }
+    let registered = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
+    for plugin in registered.iter() {
         plugin.apply(input, generated);
     }
 }
