@@ -1,6 +1,8 @@
 //! `cargo xtask bench xds`: N simulated delta-xDS clients on one zone-cp node (release build).
 //! Prints streams held, zone-cp memory per stream, and the time from one mesh-wide policy
-//! change (a REST write) to the last client's ACK of it. With `--mtls`, it then turns on the
+//! change (a REST write) to the last client's receipt of it, with the CPU zone-cp spent on it.
+//! With `--churn`, the one instance every proxy calls then turns unready and ready again (an
+//! endpoints-only change), measured the same way. With `--mtls`, it then turns on the
 //! mesh's mTLS and prints how long until every proxy has its certificate (issued and pushed
 //! over SDS), and the memory per stream with certificates. It asserts nothing.
 
@@ -48,6 +50,7 @@ fn rss_kib(pid: u32) -> Result<u64> {
 pub fn xds(args: &[&str]) -> Result<()> {
     let mut proxies = 1000;
     let mut mtls = false;
+    let mut churn = false;
     let mut rest = args;
     loop {
         match rest {
@@ -60,7 +63,11 @@ pub fn xds(args: &[&str]) -> Result<()> {
                 mtls = true;
                 rest = tail;
             }
-            _ => bail!("usage: cargo xtask bench xds [--proxies N] [--mtls]"),
+            ["--churn", tail @ ..] => {
+                churn = true;
+                rest = tail;
+            }
+            _ => bail!("usage: cargo xtask bench xds [--proxies N] [--mtls] [--churn]"),
         }
     }
     if !(1..=20_000).contains(&proxies) {
@@ -107,6 +114,7 @@ pub fn xds(args: &[&str]) -> Result<()> {
         &format!("http://127.0.0.1:{xds_port}"),
         proxies,
         mtls,
+        churn,
     ))
 }
 
@@ -146,19 +154,125 @@ async fn register(api: &str, proxies: usize) -> Result<Duration> {
     Ok(started.elapsed())
 }
 
+/// A counter from zone-cp's Prometheus metrics.
+async fn metric(http: &reqwest::Client, api: &str, name: &str) -> Result<u64> {
+    let text = http.get(format!("{api}/metrics")).send().await?.text().await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .with_context(|| format!("metric {name} not found"))
+}
+
+/// Waits until zone-cp stops regenerating snapshots (its `xds_generations` counter holds for
+/// 300 ms), so that what follows measures one change, not the tail of the registrations.
+async fn settle(api: &str) -> Result<Duration> {
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let mut last = metric(&http, api, "meridian_xds_generations_total").await?;
+    let mut still = Instant::now();
+    while still.elapsed() < Duration::from_millis(300) {
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("zone-cp still regenerating snapshots after 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = metric(&http, api, "meridian_xds_generations_total").await?;
+        if now != last {
+            (last, still) = (now, Instant::now());
+        }
+    }
+    Ok(still.duration_since(started))
+}
+
 /// Shared progress of every simulated proxy.
 #[derive(Default)]
 struct Progress {
     initialized: AtomicUsize,
-    /// Set when the policy is written: streams count a response after it as the change.
-    changed_at: Mutex<Option<Instant>>,
-    updated: AtomicUsize,
-    last_ack: Mutex<Option<Instant>>,
-    /// When each proxy received the change, to show how the pushes spread.
+    /// Bumped for each change measured: a stream counts its first response after a bump as
+    /// its arrival.
+    epoch: AtomicUsize,
+    /// When each proxy received the change being measured.
     received: std::sync::Mutex<Vec<Instant>>,
     /// Proxies that received their certificate.
     secured: AtomicUsize,
     last_secured: Mutex<Option<Instant>>,
+}
+
+impl Progress {
+    fn arrivals(&self) -> std::sync::MutexGuard<'_, Vec<Instant>> {
+        self.received.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// CPU time zone-cp has used, all threads (those ended too), in ms; 10 ms resolution.
+fn cpu_ms(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("reading /proc/PID/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks =
+        |i: usize| -> Result<u64> { fields.get(i).context("stat field")?.parse().context("stat field") };
+    // utime and stime, in clock ticks of 10 ms.
+    Ok((ticks(11)? + ticks(12)?) * 10)
+}
+
+/// Makes one change with `write`, waits until `expected` proxies have received a response
+/// after it, and prints when they did and the CPU zone-cp spent meanwhile.
+async fn change<F: std::future::Future<Output = Result<()>>>(
+    pid: u32,
+    progress: &Progress,
+    expected: usize,
+    what: &str,
+    write: F,
+) -> Result<()> {
+    progress.arrivals().clear();
+    let cpu0 = cpu_ms(pid)?;
+    let t0 = Instant::now();
+    progress.epoch.fetch_add(1, Ordering::SeqCst);
+    write.await?;
+    let written = t0.elapsed();
+    while progress.arrivals().len() < expected {
+        if t0.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "{what}: only {} of {expected} proxies received it",
+                progress.arrivals().len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let cpu = cpu_ms(pid)? - cpu0;
+    let mut received: Vec<f64> = (progress.arrivals().iter())
+        .map(|t| t.saturating_duration_since(t0).as_secs_f64() * 1000.0)
+        .collect();
+    received.sort_by(f64::total_cmp);
+    let at = |q: f64| received[((received.len() - 1) as f64 * q) as usize];
+    println!(
+        "{what}: REST write {:.1} ms; last of {expected} proxies received it {:.1} ms after the write began; zone-cp CPU {cpu} ms",
+        written.as_secs_f64() * 1000.0,
+        at(1.0),
+    );
+    println!(
+        "  received by the proxies after the write began: p10 {:.1} ms, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
+        at(0.1),
+        at(0.5),
+        at(0.9),
+        at(0.99)
+    );
+    Ok(())
+}
+
+/// Writes `body` to the REST API at `path`.
+async fn put(api: &str, path: &str, body: serde_json::Value) -> Result<()> {
+    let r = reqwest::Client::new()
+        .put(format!("{api}{path}"))
+        .json(&body)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("PUT {path}: {}", r.status());
+    }
+    Ok(())
 }
 
 async fn simulate(
@@ -188,7 +302,7 @@ async fn simulate(
         .await?
         .into_inner();
     let mut seen_types = 0;
-    let mut counted_change = false;
+    let mut seen_epoch = 0;
     while let Some(r) = responses.message().await? {
         tx.send(DeltaDiscoveryRequest {
             type_url: r.type_url.clone(),
@@ -204,22 +318,16 @@ async fn simulate(
             progress.secured.fetch_add(1, Ordering::Relaxed);
             *progress.last_secured.lock().await = Some(Instant::now());
         }
-        if !counted_change && progress.changed_at.lock().await.is_some() {
-            counted_change = true;
-            let now = Instant::now();
-            progress
-                .received
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(now);
-            progress.updated.fetch_add(1, Ordering::Relaxed);
-            *progress.last_ack.lock().await = Some(now);
+        let epoch = progress.epoch.load(Ordering::SeqCst);
+        if epoch > seen_epoch {
+            seen_epoch = epoch;
+            progress.arrivals().push(Instant::now());
         }
     }
     Ok(())
 }
 
-async fn measure(pid: u32, api: &str, xds: &str, proxies: usize, mtls: bool) -> Result<()> {
+async fn measure(pid: u32, api: &str, xds: &str, proxies: usize, mtls: bool, churn: bool) -> Result<()> {
     println!("\nxDS benchmark: {proxies} simulated delta-xDS proxies on one zone-cp node\n");
     let took = register(api, proxies).await?;
     println!(
@@ -227,7 +335,11 @@ async fn measure(pid: u32, api: &str, xds: &str, proxies: usize, mtls: bool) -> 
         proxies + 1,
         took.as_secs_f64()
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = settle(api).await?;
+    println!(
+        "zone-cp finished generating their snapshots {:.1}s after the last registration",
+        settled.as_secs_f64()
+    );
     let rss_before = rss_kib(pid)?;
     let progress = Arc::new(Progress::default());
     let started = Instant::now();
@@ -277,63 +389,28 @@ async fn measure(pid: u32, api: &str, xds: &str, proxies: usize, mtls: bool) -> 
         "type": "MeshTimeout", "mesh": "default", "name": "bench",
         "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "3s"}}]}
     });
-    *progress.changed_at.lock().await = Some(Instant::now());
-    let t0 = Instant::now();
-    let r = reqwest::Client::new()
-        .put(format!("{api}/meshes/default/meshtimeouts/bench"))
-        .json(&policy)
-        .send()
-        .await?;
-    let write = t0.elapsed();
-    if !r.status().is_success() {
-        bail!("writing the policy: {}", r.status());
-    }
-    while progress.updated.load(Ordering::Relaxed) < proxies {
-        if t0.elapsed() > Duration::from_secs(120) {
-            bail!(
-                "only {} of {proxies} proxies received the change",
-                progress.updated.load(Ordering::Relaxed)
-            );
+    let write = put(api, "/meshes/default/meshtimeouts/bench", policy);
+    change(pid, &progress, proxies, "mesh-wide MeshTimeout", write).await?;
+    if churn {
+        // The one backend instance every proxy calls turns unready, then ready again.
+        for ready in [false, true] {
+            settle(api).await?;
+            let backend = serde_json::json!({
+                "type": "Dataplane", "mesh": "default", "name": "backend-0",
+                "networking": {"address": "127.0.0.1", "inbound": [{"port": 10001, "servicePort": 8080, "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}, "health": {"ready": ready}}]}
+            });
+            let write = put(api, "/meshes/default/dataplanes/backend-0", backend);
+            let what = format!("readiness flip (backend-0 ready: {ready})");
+            change(pid, &progress, proxies, &what, write).await?;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let last = progress
-        .last_ack
-        .lock()
-        .await
-        .map(|t| t.duration_since(t0))
-        .unwrap_or_default();
-    println!(
-        "mesh-wide MeshTimeout: REST write {:.1} ms; last of {proxies} proxies ACKed {:.1} ms after the write began",
-        write.as_secs_f64() * 1000.0,
-        last.as_secs_f64() * 1000.0
-    );
-    let mut received: Vec<f64> = (progress.received.lock().unwrap_or_else(|e| e.into_inner()).iter())
-        .map(|t| t.saturating_duration_since(t0).as_secs_f64() * 1000.0)
-        .collect();
-    received.sort_by(f64::total_cmp);
-    let at = |q: f64| received[((received.len() - 1) as f64 * q) as usize];
-    println!(
-        "  received by the proxies after the write began: p10 {:.1} ms, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
-        at(0.1),
-        at(0.5),
-        at(0.9),
-        at(0.99)
-    );
     if mtls {
         let mesh = serde_json::json!({
             "type": "Mesh", "name": "default",
             "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}
         });
         let t0 = Instant::now();
-        let r = reqwest::Client::new()
-            .put(format!("{api}/meshes/default"))
-            .json(&mesh)
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!("turning mTLS on: {}", r.status());
-        }
+        put(api, "/meshes/default", mesh).await?;
         while progress.secured.load(Ordering::Relaxed) < proxies {
             if t0.elapsed() > Duration::from_secs(300) {
                 bail!(

@@ -30,10 +30,13 @@ use tracing::{debug, error, info, warn};
 use crate::xds::cache::{ProxyId, SnapshotCache};
 use crate::xds::crosszone::{INGRESS_MESH, Zones};
 use crate::xds::metrics::XdsMetrics;
-use crate::xds::translate::{Identity, MeshContext, TlsSettings, ingress_snapshot, proxy_snapshot};
+use crate::xds::translate::{MeshContext, TlsSettings, ingress_snapshot};
 
+mod generate;
 mod probe;
 mod view;
+
+use generate::{Generation, Proxy};
 
 pub use probe::probe_ingresses;
 use view::{ZoneView, change_key, dataplane, served};
@@ -54,7 +57,7 @@ struct Issued {
     ids: Vec<String>,
     ca: String,
     lifetime: Duration,
-    leaf: Leaf,
+    leaf: Arc<Leaf>,
 }
 
 /// How often meshes waiting for their CA look again.
@@ -324,40 +327,60 @@ impl Reconciler {
         }
     }
 
-    /// The proxy's current certificate, issued anew when it is missing, due, or for other
-    /// services, CA or lifetime.
-    fn leaf(&mut self, id: &ProxyId, dp: &DataplaneSpec, ca: &MeshCa, tls: &TlsSettings) -> Option<&Leaf> {
-        let ids = identities(&id.mesh, &id.name, dp);
+    /// The current certificate of each proxy (`None` where issuing failed), issued anew
+    /// where it is missing, due, or for other services, CA or lifetime.
+    async fn leaves(
+        &mut self,
+        mesh: &str,
+        proxies: &[Proxy],
+        ca: &MeshCa,
+        tls: &TlsSettings,
+    ) -> Vec<Option<Arc<Leaf>>> {
         let fingerprint = ca.fingerprint();
-        let fresh = self.leaves.get(id).is_some_and(|i| {
-            i.ids == ids
-                && i.ca == fingerprint
-                && i.lifetime == tls.cert_lifetime
-                && i.leaf.renew_at > SystemTime::now()
-        });
-        if !fresh {
-            match ca.issue(&id.mesh, &ids, tls.cert_lifetime) {
+        let now = SystemTime::now();
+        let due: Vec<(ProxyId, Vec<String>)> = proxies
+            .iter()
+            .map(|p| (p.id.clone(), identities(&p.id.mesh, &p.id.name, &p.dataplane)))
+            .filter(|(id, ids)| {
+                !self.leaves.get(id).is_some_and(|i| {
+                    i.ids == *ids
+                        && i.ca == fingerprint
+                        && i.lifetime == tls.cert_lifetime
+                        && i.leaf.renew_at > now
+                })
+            })
+            .collect();
+        let (signer, mesh_name, lifetime) = (ca.clone(), mesh.to_owned(), tls.cert_lifetime);
+        let issued = generate::blocking(move || {
+            generate::in_parallel(due, |(id, ids)| {
+                let leaf = signer.issue(&mesh_name, &ids, lifetime);
+                (id, ids, leaf)
+            })
+        })
+        .await;
+        for (id, ids, leaf) in issued {
+            match leaf {
                 Ok(leaf) => {
                     debug!(proxy = %id, ids = ?ids, not_after = ?leaf.not_after, "certificate issued");
                     self.metrics.certificates.inc();
-                    self.leaves.insert(
-                        id.clone(),
-                        Issued {
-                            ids,
-                            ca: fingerprint,
-                            lifetime: tls.cert_lifetime,
-                            leaf,
-                        },
-                    );
+                    let issued = Issued {
+                        ids,
+                        ca: fingerprint.clone(),
+                        lifetime,
+                        leaf: Arc::new(leaf),
+                    };
+                    self.leaves.insert(id, issued);
                 }
                 Err(e) => {
                     warn!(proxy = %id, error = %e, "issuing a certificate failed");
-                    self.leaves.remove(id);
-                    return None;
+                    self.leaves.remove(&id);
                 }
             }
         }
-        self.leaves.get(id).map(|i| &i.leaf)
+        proxies
+            .iter()
+            .map(|p| self.leaves.get(&p.id).map(|i| i.leaf.clone()))
+            .collect()
     }
 
     /// Regenerates the proxies of `mesh` (only those named, if given); returns how many got a
@@ -389,42 +412,40 @@ impl Reconciler {
                 }
             },
         };
-        let proxies: Vec<(String, BTreeMap<String, String>, DataplaneSpec)> = self
+        let mut proxies: Vec<Proxy> = self
             .view
             .dataplanes(mesh)
             .filter(|r| only.is_none_or(|names| names.contains(&r.name)))
-            .filter_map(|r| Some((r.name.clone(), r.labels.clone(), dataplane(r)?.clone())))
+            .filter_map(|r| {
+                Some(Proxy {
+                    id: ProxyId::new(mesh, r.name.clone()),
+                    labels: r.labels.clone(),
+                    dataplane: dataplane(r)?.clone(),
+                    leaf: None,
+                })
+            })
             .collect();
-        let mut changed_count = 0;
-        for (name, labels, dp) in proxies {
-            let id = ProxyId::new(mesh, name.clone());
-            let snapshot = match (&ca, &ctx.tls) {
-                (Some(ca), Some(tls)) => {
-                    let Some(leaf) = self.leaf(&id, &dp, ca, tls) else {
-                        continue;
-                    };
-                    let identity = Identity {
-                        ca_cert: &ca.cert,
-                        cert: &leaf.cert,
-                        key: &leaf.key,
-                    };
-                    proxy_snapshot(&ctx, &name, &labels, &dp, Some(identity))
+        match (&ca, &ctx.tls) {
+            (Some(ca), Some(tls)) => {
+                let leaves = self.leaves(mesh, &proxies, ca, tls).await;
+                for (p, leaf) in proxies.iter_mut().zip(leaves) {
+                    p.leaf = leaf;
                 }
-                _ => {
-                    self.leaves.remove(&id);
-                    proxy_snapshot(&ctx, &name, &labels, &dp, None)
+                // A proxy whose certificate could not be issued keeps what it has.
+                proxies.retain(|p| p.leaf.is_some());
+            }
+            _ => {
+                for p in &proxies {
+                    self.leaves.remove(&p.id);
                 }
-            };
-            self.metrics.generations.inc();
-            match self.cache.set(&id, snapshot) {
-                Ok(changed) => {
-                    changed_count += usize::from(changed);
-                    debug!(proxy = %id, changed, "snapshot regenerated");
-                }
-                // A bug in generation: the proxy keeps its last good snapshot, and it shows.
-                Err(e) => error!(proxy = %id, error = %e, "snapshot refused; the last good one stays"),
             }
         }
-        changed_count
+        let generation = Generation {
+            ctx,
+            ca_cert: ca.map(|ca| ca.cert),
+            cache: self.cache.clone(),
+            metrics: self.metrics.clone(),
+        };
+        generation.run(proxies).await
     }
 }

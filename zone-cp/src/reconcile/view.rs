@@ -13,6 +13,9 @@ use meridian_store::Change;
 #[derive(Default)]
 pub struct ZoneView {
     pub(super) meshes: BTreeMap<String, BTreeMap<(Kind, String), Resource>>,
+    /// Which of this zone's Dataplanes call each service, by mesh then service: what a
+    /// Dataplane change invalidates, without scanning every Dataplane.
+    callers: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
 }
 
 pub(super) fn dataplane(r: &Resource) -> Option<&DataplaneSpec> {
@@ -41,23 +44,54 @@ impl ZoneView {
     }
 
     pub(super) fn apply(&mut self, change: &Change) {
-        match change {
-            Change::Upsert(stored) => {
-                let r = &stored.resource;
-                let mesh = if r.kind() == Kind::Mesh { &r.name } else { &r.mesh };
-                self.meshes
-                    .entry(mesh.clone())
+        let key = change_key(change);
+        let mesh = if key.kind == Kind::Mesh {
+            &key.name
+        } else {
+            &key.mesh
+        };
+        let old = match change {
+            Change::Upsert(stored) => self
+                .meshes
+                .entry(mesh.clone())
+                .or_default()
+                .insert((key.kind, key.name.clone()), stored.resource.clone()),
+            Change::Delete { .. } => self
+                .meshes
+                .get_mut(mesh)
+                .and_then(|m| m.remove(&(key.kind, key.name.clone()))),
+        };
+        if let Some(old) = old {
+            self.index_calls(&old, false);
+        }
+        if let Change::Upsert(stored) = change {
+            self.index_calls(&stored.resource, true);
+        }
+    }
+
+    /// Records (or forgets) which services a Dataplane of this zone calls.
+    fn index_calls(&mut self, r: &Resource, calls: bool) {
+        let Some(dp) = dataplane(r) else { return };
+        if r.key().synced_zone().is_some() {
+            return;
+        }
+        let services = self.callers.entry(r.mesh.clone()).or_default();
+        for service in dp
+            .networking
+            .outbound
+            .iter()
+            .flatten()
+            .filter_map(|o| o.service())
+        {
+            if calls {
+                services
+                    .entry(service.to_owned())
                     .or_default()
-                    .insert((r.kind(), r.name.clone()), r.clone());
-            }
-            Change::Delete { key, .. } => {
-                let mesh = if key.kind == Kind::Mesh {
-                    &key.name
-                } else {
-                    &key.mesh
-                };
-                if let Some(m) = self.meshes.get_mut(mesh) {
-                    m.remove(&(key.kind, key.name.clone()));
+                    .insert(r.name.clone());
+            } else if let Some(names) = services.get_mut(service) {
+                names.remove(&r.name);
+                if names.is_empty() {
+                    services.remove(service);
                 }
             }
         }
@@ -113,16 +147,9 @@ impl ZoneView {
                     services.extend(served(new));
                 }
                 let mut names = BTreeSet::from([key.name.clone()]);
-                for r in self.dataplanes(&key.mesh) {
-                    let Some(dp) = dataplane(r) else { continue };
-                    if dp
-                        .networking
-                        .outbound
-                        .iter()
-                        .flatten()
-                        .any(|o| o.service().is_some_and(|s| services.contains(&s.to_owned())))
-                    {
-                        names.insert(r.name.clone());
+                if let Some(callers) = self.callers.get(&key.mesh) {
+                    for service in services {
+                        names.extend(callers.get(service).into_iter().flatten().cloned());
                     }
                 }
                 // `None` means the whole mesh is regenerated anyway.

@@ -206,15 +206,16 @@ impl SnapshotCache {
     pub fn set(&self, id: &ProxyId, snapshot: Snapshot) -> Result<bool, Inconsistent> {
         consistency::check(&snapshot)?;
         let digest = snapshot.digest();
-        Ok(self.with_entry(id, |e| {
+        let replaced = self.with_entry(id, |e| {
             e.registered = true;
             if e.digest == digest {
-                return false;
+                return None;
             }
             e.digest = digest;
-            e.snapshot.send_replace(Arc::new(snapshot));
-            true
-        }))
+            Some(e.snapshot.send_replace(Arc::new(snapshot)))
+        });
+        // The old snapshot (often its last owner) is dropped here, outside the shard's lock.
+        Ok(replaced.is_some())
     }
 
     /// Drops a proxy whose Dataplane is gone; its stream, if any, sees an empty snapshot.

@@ -1,0 +1,128 @@
+//! Generating many proxies' snapshots at once: on the blocking pool, never on the async workers
+//! that serve the xDS streams, and split across the machine's cores. Certificates are issued
+//! the same way: key generation is the costliest step of turning mTLS on.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use meridian_api::ca::Leaf;
+use meridian_model::policies::dataplane::DataplaneSpec;
+use tracing::{debug, error};
+
+use crate::xds::cache::{ProxyId, SnapshotCache};
+use crate::xds::metrics::XdsMetrics;
+use crate::xds::translate::{Identity, MeshContext, proxy_snapshot};
+
+/// Below this many items, threads cost more than they save.
+const SERIAL_BELOW: usize = 64;
+
+/// One proxy to generate.
+pub(super) struct Proxy {
+    pub id: ProxyId,
+    pub labels: BTreeMap<String, String>,
+    pub dataplane: DataplaneSpec,
+    /// Its certificate, when the mesh has mTLS on.
+    pub leaf: Option<Arc<Leaf>>,
+}
+
+/// What every proxy of one mesh is generated from.
+pub(super) struct Generation {
+    pub ctx: MeshContext,
+    /// The mesh CA's certificate, when the mesh has mTLS on.
+    pub ca_cert: Option<String>,
+    pub cache: SnapshotCache,
+    pub metrics: Arc<XdsMetrics>,
+}
+
+impl Generation {
+    /// Translates each proxy and publishes its snapshot; returns how many changed (and so
+    /// are pushed).
+    pub async fn run(self, proxies: Vec<Proxy>) -> usize {
+        let changed = blocking(move || in_parallel(proxies, |p| self.one(p))).await;
+        changed.into_iter().filter(|&c| c).count()
+    }
+
+    fn one(&self, p: Proxy) -> bool {
+        let identity = match (&self.ca_cert, &p.leaf) {
+            (Some(ca_cert), Some(leaf)) => Some(Identity {
+                ca_cert,
+                cert: &leaf.cert,
+                key: &leaf.key,
+            }),
+            _ => None,
+        };
+        let snapshot = proxy_snapshot(&self.ctx, &p.id.name, &p.labels, &p.dataplane, identity);
+        self.metrics.generations.inc();
+        match self.cache.set(&p.id, snapshot) {
+            Ok(changed) => {
+                debug!(proxy = %p.id, changed, "snapshot regenerated");
+                changed
+            }
+            // A bug in generation: the proxy keeps its last good snapshot, and it shows.
+            Err(e) => {
+                error!(proxy = %p.id, error = %e, "snapshot refused; the last good one stays");
+                false
+            }
+        }
+    }
+}
+
+/// Runs `f` on the blocking pool. A panic in it is a bug: it goes on in the caller, so the
+/// task's supervisor sees it.
+pub(super) async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// `f` of every item, in order, computed on up to as many threads as there are cores.
+pub(super) fn in_parallel<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads == 1 || items.len() < SERIAL_BELOW {
+        return items.into_iter().map(f).collect();
+    }
+    let per_thread = items.len().div_ceil(threads);
+    let mut chunks: Vec<Vec<T>> = Vec::with_capacity(threads);
+    let mut items = items.into_iter();
+    loop {
+        let chunk: Vec<T> = items.by_ref().take(per_thread).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        chunks.push(chunk);
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| scope.spawn(move || chunk.into_iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_keep_the_order_of_the_items() {
+        for n in [0, 1, SERIAL_BELOW - 1, SERIAL_BELOW, 1001] {
+            let items: Vec<usize> = (0..n).collect();
+            let doubled = in_parallel(items, |i| i * 2);
+            assert_eq!(doubled, (0..n).map(|i| i * 2).collect::<Vec<_>>(), "{n} items");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "item 700")]
+    fn a_panic_in_a_thread_reaches_the_caller() {
+        in_parallel((0..1000).collect(), |i: usize| {
+            assert_ne!(i, 700, "item 700");
+        });
+    }
+}
