@@ -184,6 +184,14 @@ impl GlobalCp {
     }
 
     /// `kill -9`, as a crash would.
+    /// Sends SIGTERM and waits (up to 30 s) for the exit: how long it took, and the status.
+    pub fn terminate(&mut self) -> Result<(Duration, std::process::ExitStatus)> {
+        let started = std::time::Instant::now();
+        self.process.signal("TERM")?;
+        let status = self.process.wait_exit(Duration::from_secs(30))?;
+        Ok((started.elapsed(), status))
+    }
+
     pub fn kill_9(&mut self) -> Result<()> {
         self.process.kill_now()
     }
@@ -527,6 +535,14 @@ impl ZoneCp {
             global,
         };
         Ok(cp)
+    }
+
+    /// Sends SIGTERM and waits (up to 30 s) for the exit: how long it took, and the status.
+    pub fn terminate(&mut self) -> Result<(Duration, std::process::ExitStatus)> {
+        let started = std::time::Instant::now();
+        self.process.signal("TERM")?;
+        let status = self.process.wait_exit(Duration::from_secs(30))?;
+        Ok((started.elapsed(), status))
     }
 
     pub fn kill_9(&mut self) -> Result<()> {

@@ -20,7 +20,7 @@ use tracing::info;
 use args::{Cli, Command, RunArgs, StoreArgs};
 use meridian_api as api;
 use meridian_store::{SqlStore, Store};
-use meridian_telemetry::{LogFormat, init_logging, shutdown_signal};
+use meridian_telemetry::{LogFormat, Supervisor, init_logging, shutdown_signal};
 
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
@@ -88,10 +88,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     // Names this replica among those sharing the store, in the zones' recorded state.
     let zones = zones::Zones::new(api_addr.to_string());
-    tokio::spawn(zones.clone().run(state.store.clone()));
+    let mut tasks = Supervisor::new();
+    let insights = zones.clone().run(state.store.clone(), tasks.stop_signal());
+    tasks.critical("zone insights", insights);
     // Half of what the process can hold open for each port.
     let cap = api::serve::connection_budget() / 2;
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stop = tasks.stop_signal();
     let sync_listener = tokio::net::TcpListener::bind(sync_addr)
         .await
         .with_context(|| format!("binding the sync service to {sync_addr}"))?;
@@ -122,20 +124,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .context("the sync TLS certificate and key")?;
         info!(cert = %cert.display(), "sync service uses TLS");
     }
-    let mut sync = tokio::spawn(
-        sync_server
-            // Detects zones that vanished without closing their stream.
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(3)))
-            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
-            .add_service(sync_service)
-            .serve_with_incoming(api::serve::grpc_incoming(
-                sync_listener,
-                "sync",
-                cap,
-                stop.clone(),
-                api::serve::Refused::register(&refused, "sync"),
-            )),
-    );
+    let sync_serving = sync_server
+        // Detects zones that vanished without closing their stream.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(3)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
+        .add_service(sync_service)
+        // No graceful drain: a zone's stream lasts as long as the zone, and it resumes
+        // from its applied revision on another replica or after the restart.
+        .serve_with_incoming(api::serve::grpc_incoming(
+            sync_listener,
+            "sync",
+            cap,
+            stop.clone(),
+            api::serve::Refused::register(&refused, "sync"),
+        ));
+    let mut stop_sync = stop.clone();
+    tasks.critical("sync service", async move {
+        tokio::select! {
+            served = sync_serving => served,
+            _ = stop_sync.wait_for(|s| *s) => Ok(()),
+        }
+    });
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("binding the REST API to {api_addr}"))?;
@@ -153,21 +162,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         &[api::tokens::TokenKind::User, api::tokens::TokenKind::Zone],
         zones::routes(store, zones),
     );
-    let mut rest = tokio::spawn(api::serve::rest(
-        listener,
-        router,
-        cap,
-        stop.clone(),
-        api::serve::Refused::register(&refused, "rest"),
-    ));
-    // The sync service is critical: if it stops, the process stops rather than limping on.
-    let outcome = tokio::select! {
-        _ = shutdown_signal() => Ok(()),
-        stopped = &mut rest => Err(anyhow::anyhow!("the REST API stopped: {stopped:?}")),
-        stopped = &mut sync => Err(anyhow::anyhow!("the sync service stopped: {stopped:?}")),
-    };
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut rest).await;
+    tasks.critical(
+        "REST API",
+        api::serve::rest(
+            listener,
+            router,
+            cap,
+            stop.clone(),
+            api::serve::Refused::register(&refused, "rest"),
+        ),
+    );
+    // Every task is critical: if one stops, the process stops rather than limping on.
+    let outcome = tasks
+        .run(shutdown_signal(), std::time::Duration::from_secs(5))
+        .await;
     info!("stopped");
-    outcome
+    Ok(outcome?)
 }

@@ -83,13 +83,14 @@ impl Zones {
     }
 
     /// Writes this replica's view of every zone that is connected or changed, every
-    /// heartbeat and when asked. Runs for the life of the process.
-    pub async fn run(self, store: Arc<dyn Store>) {
+    /// heartbeat and when asked, until `stop` turns true.
+    pub async fn run(self, store: Arc<dyn Store>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut written: BTreeMap<String, ZoneInsight> = BTreeMap::new();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(HEARTBEAT) => {}
                 _ = self.urgent.notified() => {}
+                _ = stop.wait_for(|s| *s) => return,
             }
             let now = now_ms();
             for (zone, mut insight) in self.local() {

@@ -28,8 +28,7 @@ use meridian_api::ApiState;
 use meridian_api::metrics::Metrics;
 use meridian_model::validate::dns1123_label;
 use meridian_store::{SqlStore, Store};
-use meridian_telemetry::{init_logging, shutdown_signal};
-use tokio::sync::watch;
+use meridian_telemetry::{Supervisor, init_logging, shutdown_signal, supervisor};
 use tracing::info;
 
 use args::{Cli, Command, RunArgs};
@@ -96,7 +95,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("opening the zone store")?;
     sql.migrate().await.context("migrating the zone store")?;
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Supervisor::new();
+    let stop_rx = tasks.stop_signal();
     let members = peers.map(|p| p.0).unwrap_or_else(|| {
         // A zone of one: its member address is only read once it grows.
         let addr = raft_addr.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
@@ -146,7 +146,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         // Standalone: the zone is its own source of policy. Federated: meshes come from global.
         // Through Raft, so once the cluster has a leader.
         let store = store.clone();
-        tokio::spawn(async move {
+        tasks.job("default mesh", async move {
             while let Err(e) = meridian_store::create_default_mesh(&*store).await {
                 tracing::debug!(error = %e, "creating the default mesh; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -160,7 +160,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // What the process can hold open: most for proxies, an eighth each for REST and Raft.
     let budget = meridian_api::serve::connection_budget();
     let refused = meridian_api::serve::refused_family(metrics.registry_mut());
-    let mut raft_server = node
+    let raft_server = node
         .serve(
             auth.clone(),
             (budget / 8).max(16),
@@ -182,15 +182,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .to_owned();
         info!(global = %url.url, tls = url.ca.is_some(), zone = %zone, "federated: syncing from global");
         let sync_metrics = sync::SyncMetrics::register(metrics.registry_mut());
-        tokio::spawn(sync::run(
-            url,
-            zone.clone(),
-            token,
-            store.clone(),
-            sync_metrics,
-            node.leadership(),
-            stop_rx.clone(),
-        ));
+        tasks.critical(
+            "sync client",
+            sync::run(
+                url,
+                zone.clone(),
+                token,
+                store.clone(),
+                sync_metrics,
+                node.leadership(),
+                stop_rx.clone(),
+            ),
+        );
     }
 
     let ca_source = if global_address.is_some() {
@@ -199,21 +202,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         reconcile::CaSource::Create
     };
     let (unreachable_tx, unreachable) = tokio::sync::watch::channel(Default::default());
-    tokio::spawn(reconcile::probe_ingresses(
-        store.clone(),
-        unreachable_tx,
-        stop_rx.clone(),
-    ));
+    tasks.critical(
+        "ingress prober",
+        reconcile::probe_ingresses(store.clone(), unreachable_tx, stop_rx.clone()),
+    );
     let reconciler = reconcile::Reconciler::new(store.clone(), cache.clone(), xds_metrics.clone())
         .with_zone(&zone, unreachable)
         .with_ca_source(ca_source);
-    let mut reconciler = tokio::spawn(reconciler.run(stop_rx.clone()));
+    tasks.critical("reconciler", reconciler.run(stop_rx.clone()));
 
     // The signing keys are replicated like any write, so they are made once the zone's Raft
     // has a leader; until then no token can be valid, and the trusted host may still write.
     {
         let (tokens, dir) = (tokens.clone(), data_dir.clone());
-        tokio::spawn(async move {
+        tasks.job("signing keys", async move {
             use meridian_api::tokens::TokenKind;
             for kind in [TokenKind::User, TokenKind::Dataplane, TokenKind::ZoneIngress] {
                 while let Err(e) = tokens.ensure_key(kind).await {
@@ -236,7 +238,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Envoy's largest request is a reconnecting delta stream listing every resource it has.
     .max_decoding_message_size(4 << 20);
     let mut stop = stop_rx.clone();
-    let mut xds = tokio::spawn(
+    tasks.critical(
+        "xDS server",
         tonic::transport::Server::builder()
             // Detects Envoys that vanished without closing their stream.
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -279,30 +282,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let api_listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("binding the REST API to {api_addr}"))?;
-    let mut api = tokio::spawn(meridian_api::serve::rest(
-        api_listener,
-        router,
-        (budget / 8).max(16),
-        stop_rx.clone(),
-        meridian_api::serve::Refused::register(&refused, "rest"),
-    ));
+    tasks.critical(
+        "REST API",
+        meridian_api::serve::rest(
+            api_listener,
+            router,
+            (budget / 8).max(16),
+            stop_rx.clone(),
+            meridian_api::serve::Refused::register(&refused, "rest"),
+        ),
+    );
+    tasks.critical("Raft server", supervisor::joined(raft_server));
 
     // Any critical task ending early ends the process (non-zero), rather than limping on.
-    let outcome: anyhow::Result<()> = tokio::select! {
-        _ = shutdown_signal() => Ok(()),
-        r = &mut reconciler => Err(anyhow::anyhow!("the reconciler stopped: {r:?}")),
-        r = &mut xds => Err(anyhow::anyhow!("the xDS server stopped: {r:?}")),
-        r = &mut api => Err(anyhow::anyhow!("the REST API stopped: {r:?}")),
-        r = &mut raft_server => Err(anyhow::anyhow!("the Raft server stopped: {r:?}")),
-    };
-    let _ = stop_tx.send(true);
-    let grace = Duration::from_secs(5);
-    let _ = tokio::time::timeout(grace, async {
-        let _ = (&mut api).await;
-        let _ = (&mut xds).await;
-    })
-    .await;
+    let outcome = tasks.run(shutdown_signal(), Duration::from_secs(5)).await;
     let _ = node.raft.shutdown().await;
     info!("stopped");
-    outcome
+    Ok(outcome?)
 }

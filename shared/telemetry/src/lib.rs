@@ -4,8 +4,10 @@
 #![forbid(unsafe_code)]
 
 mod files;
+pub mod supervisor;
 
 pub use files::{owner_only_files, private_dir};
+pub use supervisor::{Stopped, Supervisor};
 
 use clap::{Args, ValueEnum};
 use tracing::info;
