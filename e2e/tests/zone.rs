@@ -131,6 +131,24 @@ fn traffic_survives_the_zone_cp_and_proxies_reconnect() {
 }
 
 #[test]
+fn sigterm_ends_zone_cp_promptly_with_envoys_connected_and_traffic_keeps_flowing() {
+    let mut z = demo_zone();
+    wait_until("both proxies connected", Duration::from_secs(30), || {
+        ["demo-1", "reg-server-1"].iter().all(|n| {
+            z.cp.proxy_config("default", n)
+                .is_some_and(|c| c["connected"] == true)
+        })
+    })
+    .expect("connected");
+    // The xDS streams end at the stop signal instead of holding the drain for its 5 s grace.
+    let (took, status) = z.cp.terminate().expect("zone-cp exits");
+    assert!(status.success(), "exits 0 on SIGTERM: {status}");
+    assert!(took < Duration::from_secs(3), "took {took:?} to stop");
+    let (status, body, _) = http_get(&z.pair.demo_url);
+    assert_eq!(status, 200, "Envoy keeps its last config: {body}");
+}
+
+#[test]
 fn a_stopped_sidecar_deregisters_its_dataplane() {
     let mut z = demo_zone();
     z.pair.reg_sidecar.terminate().expect("SIGTERM");

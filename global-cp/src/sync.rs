@@ -102,17 +102,8 @@ async fn mesh_cas<'a>(
 
 /// Every mesh CA, for a zone that just connected (it may have missed them).
 async fn all_mesh_cas(store: &dyn Store) -> Result<Vec<Secret>, StoreError> {
-    let meshes = store
-        .list(
-            Kind::Mesh,
-            None,
-            meridian_store::Page {
-                size: 10_000,
-                offset: 0,
-            },
-        )
-        .await?;
-    mesh_cas(store, meshes.items.iter().map(|s| &s.resource)).await
+    let meshes = meridian_store::list_all(store, Kind::Mesh, None).await?;
+    mesh_cas(store, meshes.iter().map(|s| &s.resource)).await
 }
 
 /// Everything `zone` receives, at one revision, read in one transaction.

@@ -233,7 +233,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the xDS server to {xds_addr}"))?;
     info!(addr = %xds_listener.local_addr()?, max_connections = budget * 3 / 4, "xDS serving");
     let ads = AggregatedDiscoveryServiceServer::new(
-        AdsServer::new(cache.clone(), xds_metrics).with_auth(auth.clone(), store.clone()),
+        AdsServer::new(cache.clone(), xds_metrics, stop_rx.clone()).with_auth(auth.clone(), store.clone()),
     )
     // Envoy's largest request is a reconnecting delta stream listing every resource it has.
     .max_decoding_message_size(4 << 20);

@@ -24,9 +24,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 async fn serve(cache: SnapshotCache) -> String {
+    serve_until(cache, tokio::sync::watch::channel(false).1).await
+}
+
+/// Serves until `stop` turns true.
+async fn serve_until(cache: SnapshotCache, stop: tokio::sync::watch::Receiver<bool>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let server = AdsServer::new(cache, Arc::new(XdsMetrics::default()));
+    let server = AdsServer::new(cache, Arc::new(XdsMetrics::default()), stop);
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(AggregatedDiscoveryServiceServer::new(server))
@@ -202,6 +207,30 @@ async fn delta_sends_only_what_changed_and_records_acks_and_nacks() {
     delta.nothing_within(Duration::from_millis(200)).await;
     drop(delta);
     wait_status(&cache, &id, "the stream to be gone", |s| s.streams == 0).await;
+}
+
+#[tokio::test]
+async fn streams_end_when_the_process_stops() {
+    let cache = SnapshotCache::default();
+    cache
+        .set(&ProxyId::new("default", "dp-1"), snapshot(&[("a", "1")]))
+        .expect("consistent");
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let url = serve_until(cache, stopping).await;
+    let first = DeltaDiscoveryRequest {
+        node: node(),
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    };
+    let mut delta = Delta::open(&url, first).await;
+    let response = delta.next().await;
+    delta.reply(&response, None).await;
+    stop.send_replace(true);
+    // The stream ends (the proxy then reconnects elsewhere) rather than holding the drain.
+    let ended = tokio::time::timeout(Duration::from_secs(5), delta.rx.message())
+        .await
+        .expect("the stream ends without waiting for the proxy");
+    assert!(matches!(ended, Ok(None)), "ended cleanly: {ended:?}");
 }
 
 #[tokio::test]
@@ -410,7 +439,8 @@ async fn a_stream_must_show_the_token_of_the_dataplane_it_claims() {
         .expect("consistent");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let server = AdsServer::new(cache, Arc::new(XdsMetrics::default())).with_auth(auth, store);
+    let stop = tokio::sync::watch::channel(false).1;
+    let server = AdsServer::new(cache, Arc::new(XdsMetrics::default()), stop).with_auth(auth, store);
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(AggregatedDiscoveryServiceServer::new(server))

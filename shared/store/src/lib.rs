@@ -196,26 +196,34 @@ pub trait Store: Send + Sync + 'static {
     fn watch(&self) -> tokio::sync::watch::Receiver<i64>;
 }
 
-/// The keys of every resource of `kind`, in all meshes.
-pub async fn keys(store: &dyn Store, kind: Kind) -> Result<Vec<ResourceKey>, StoreError> {
-    let mut keys = Vec::new();
+/// Every resource of `kind` (in `mesh`, or in all meshes), a page at a time: callers that need
+/// all of them never stop at a page size.
+pub async fn list_all(store: &dyn Store, kind: Kind, mesh: Option<&str>) -> Result<Vec<Stored>, StoreError> {
+    const PAGE: u32 = 1000;
+    let mut all = Vec::new();
     loop {
         let page = store
             .list(
                 kind,
-                None,
+                mesh,
                 Page {
-                    size: 1000,
-                    offset: keys.len() as u64,
+                    size: PAGE,
+                    offset: all.len() as u64,
                 },
             )
             .await?;
-        let done = page.items.is_empty();
-        keys.extend(page.items.iter().map(|s| s.resource.key()));
-        if done || keys.len() as u64 >= page.total {
-            return Ok(keys);
+        let done = page.items.len() < PAGE as usize;
+        all.extend(page.items);
+        if done || all.len() as u64 >= page.total {
+            return Ok(all);
         }
     }
+}
+
+/// The keys of every resource of `kind`, in all meshes.
+pub async fn keys(store: &dyn Store, kind: Kind) -> Result<Vec<ResourceKey>, StoreError> {
+    let all = list_all(store, kind, None).await?;
+    Ok(all.iter().map(|s| s.resource.key()).collect())
 }
 
 /// The policies a new mesh is created with, as in Kuma: an allow-all MeshTrafficPermission

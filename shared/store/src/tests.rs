@@ -383,6 +383,26 @@ async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = 
 }
 
 #[tokio::test]
+async fn list_all_reads_past_one_page() {
+    let fixture = sqlite().await;
+    let store = &*fixture.store;
+    put(store, mk_mesh("default")).await;
+    let names: Vec<String> = (0..2345).map(|i| format!("t{i:05}")).collect();
+    for chunk in names.chunks(200) {
+        futures_join_all(chunk.iter().map(|n| put(store, mk_trace("default", n, "a:4317")))).await;
+    }
+    let all = crate::list_all(store, Kind::MeshTrace, Some("default"))
+        .await
+        .expect("list");
+    let listed: Vec<&str> = all.iter().map(|s| s.resource.name.as_str()).collect();
+    assert_eq!(listed, names, "every one, once, in name order");
+    assert_eq!(
+        crate::keys(store, Kind::MeshTrace).await.expect("keys").len(),
+        2345
+    );
+}
+
+#[tokio::test]
 async fn sqlite_keeps_writes_across_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     {

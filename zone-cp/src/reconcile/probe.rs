@@ -43,13 +43,9 @@ pub async fn probe_ingresses(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let page = meridian_store::Page {
-            size: 10_000,
-            offset: 0,
-        };
-        if let Ok(list) = store.list(Kind::ZoneIngress, None, page).await {
+        if let Ok(ingresses) = meridian_store::list_all(&*store, Kind::ZoneIngress, None).await {
             let mut probes = tokio::task::JoinSet::new();
-            for stored in list.items {
+            for stored in ingresses {
                 let r = stored.resource;
                 let Spec::ZoneIngress(z) = &r.spec else { continue };
                 if r.key().synced_zone().is_none() {

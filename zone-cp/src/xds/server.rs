@@ -42,6 +42,9 @@ pub struct AdsServer {
     /// kept for it, and what it sends beyond HTTP/2's window waits unread: so at most this
     /// many first requests (up to the message limit each) are in memory at a time.
     admitting: Arc<tokio::sync::Semaphore>,
+    /// Turns true when the process stops: every stream ends then, so the server drains at
+    /// once and the proxies reconnect (to another node of the zone, if any).
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// How many streams may read their first request at once.
@@ -50,12 +53,17 @@ const ADMITTING: usize = 16;
 const FIRST_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl AdsServer {
-    pub fn new(cache: SnapshotCache, metrics: Arc<XdsMetrics>) -> Self {
+    pub fn new(
+        cache: SnapshotCache,
+        metrics: Arc<XdsMetrics>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         Self {
             cache,
             metrics,
             auth: None,
             admitting: Arc::new(tokio::sync::Semaphore::new(ADMITTING)),
+            stop,
         }
     }
 
@@ -242,7 +250,7 @@ impl AggregatedDiscoveryService for AdsServer {
             nonce: 0,
             tx,
         };
-        tokio::spawn(drive(stream, first, inbound).instrument(span));
+        tokio::spawn(drive(stream, first, inbound, self.stop.clone()).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -267,7 +275,7 @@ impl AggregatedDiscoveryService for AdsServer {
             nonce: 0,
             tx,
         };
-        tokio::spawn(drive(stream, first, inbound).instrument(span));
+        tokio::spawn(drive(stream, first, inbound, self.stop.clone()).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -284,9 +292,21 @@ trait Protocol {
     async fn push(&mut self, snapshot: Arc<Snapshot>) -> Result<(), ()>;
 }
 
+/// Resolves once `stop` turns true (never, if its sender is gone).
+async fn stopping(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// The life of one stream: answer each request, push each snapshot change, until either side
-/// goes away.
-async fn drive<P: Protocol>(mut p: P, first: P::Request, mut inbound: Streaming<P::Request>) {
+/// goes away or the process stops.
+async fn drive<P: Protocol>(
+    mut p: P,
+    first: P::Request,
+    mut inbound: Streaming<P::Request>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut next = Some(first);
     loop {
         if let Some(request) = next.take()
@@ -295,6 +315,10 @@ async fn drive<P: Protocol>(mut p: P, first: P::Request, mut inbound: Streaming<
             return;
         }
         tokio::select! {
+            () = stopping(&mut stop) => {
+                debug!("stream ended: stopping");
+                return;
+            }
             request = inbound.message() => match request {
                 Ok(Some(r)) => next = Some(r),
                 Ok(None) => return,
