@@ -9,6 +9,9 @@
 //! proxies it can affect: a Dataplane itself and the proxies that call its services; a policy,
 //! the proxies its top-level targetRef selects (all of the mesh for a mesh-wide one).
 //!
+//! Translation runs on the blocking pool, spread over the cores (`reconcile/generate.rs`), so the async
+//! workers keep serving the streams meanwhile.
+//!
 //! With mesh mTLS on, it also issues each proxy's certificate from the mesh CA, and reissues
 //! it four fifths into its life (a timer here), so Envoy gets a fresh one over SDS in time.
 //! The CA comes from the store: created here when the zone is standalone, synced from global
@@ -18,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meridian_api::ca::{Leaf, MeshCa, secret_name, spiffe_id};
+use meridian_api::ca::{CaError, Leaf, MeshCa, secret_name, spiffe_id};
 
 use meridian_model::policies::dataplane::DataplaneSpec;
 use meridian_model::policies::zone_ingress::ZoneIngressSpec;
@@ -313,16 +316,13 @@ impl Reconciler {
     }
 
     /// The CA of `mesh`'s backend: stored, or (standalone) created now.
-    async fn mesh_ca(&self, mesh: &str, tls: &TlsSettings) -> Result<Option<MeshCa>, String> {
+    async fn mesh_ca(&self, mesh: &str, tls: &TlsSettings) -> Result<Option<MeshCa>, CaError> {
         if self.ca_source == CaSource::Create {
-            return MeshCa::ensure(&*self.store, mesh, &tls.backend)
-                .await
-                .map(Some)
-                .map_err(|e| e.to_string());
+            return MeshCa::ensure(&*self.store, mesh, &tls.backend).await.map(Some);
         }
         let name = secret_name(mesh, &tls.backend);
-        match self.store.stored_secret(&name).await.map_err(|e| e.to_string())? {
-            Some(stored) => MeshCa::from_secret(&stored).map(Some).map_err(|e| e.to_string()),
+        match self.store.stored_secret(&name).await? {
+            Some(stored) => MeshCa::from_secret(&stored).map(Some),
             None => Ok(None),
         }
     }
