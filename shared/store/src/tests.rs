@@ -5,7 +5,7 @@ use std::sync::Arc;
 use meridian_model::{Format, Kind, ResourceKey, Submission, parse_one};
 use meridian_testing::Postgres;
 
-use super::{Change, DeleteOptions, Page, PutOutcome, SqlStore, Store, StoreError, SyncedOp, SyncedOutcome};
+use super::{Change, DeleteOptions, PutOutcome, SqlStore, Store, StoreError, SyncedOp, SyncedOutcome};
 
 /// A store and whatever must outlive it (a temp dir, a Postgres cluster).
 struct Fixture {
@@ -35,6 +35,9 @@ async fn postgres() -> Fixture {
         _pg: Some(pg),
     }
 }
+
+mod paging;
+use paging::lists_page_in_name_order;
 
 macro_rules! conformance {
     ($($name:ident),+ $(,)?) => {
@@ -247,39 +250,6 @@ async fn non_empty_mesh_is_kept_unless_cascade(store: &dyn Store) {
     assert!(revisions.windows(2).all(|w| w[0] < w[1]), "{revisions:?}");
 }
 
-async fn lists_page_in_name_order(store: &dyn Store) {
-    put(store, mk_mesh("default")).await;
-    put(store, mk_mesh("other")).await;
-    for name in ["e", "c", "a", "d", "b"] {
-        put(store, mk_trace("default", name, "a:4317")).await;
-    }
-    put(store, mk_trace("other", "z", "a:4317")).await;
-    let page = |size, offset| Page { size, offset };
-    let first = store
-        .list(Kind::MeshTrace, Some("default"), page(2, 0))
-        .await
-        .expect("list");
-    assert_eq!(first.total, 5);
-    let names: Vec<&str> = first.items.iter().map(|s| s.resource.name.as_str()).collect();
-    assert_eq!(names, ["a", "b"]);
-    let last = store
-        .list(Kind::MeshTrace, Some("default"), page(2, 4))
-        .await
-        .expect("list");
-    assert_eq!(last.items.len(), 1);
-    assert_eq!(last.items[0].resource.name, "e");
-    let all = store
-        .list(Kind::MeshTrace, None, page(100, 0))
-        .await
-        .expect("list");
-    assert_eq!(all.total, 6);
-    let meshes = store
-        .list(Kind::Mesh, Some("ignored"), page(100, 0))
-        .await
-        .expect("list");
-    assert_eq!(meshes.total, 2);
-}
-
 async fn changes_resume_from_a_revision(store: &dyn Store) {
     put(store, mk_mesh("default")).await;
     let start = store.revision().await.expect("revision");
@@ -380,26 +350,6 @@ async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = 
     })
     .await;
     out.into_iter().flatten().collect()
-}
-
-#[tokio::test]
-async fn list_all_reads_past_one_page() {
-    let fixture = sqlite().await;
-    let store = &*fixture.store;
-    put(store, mk_mesh("default")).await;
-    let names: Vec<String> = (0..2345).map(|i| format!("t{i:05}")).collect();
-    for chunk in names.chunks(200) {
-        futures_join_all(chunk.iter().map(|n| put(store, mk_trace("default", n, "a:4317")))).await;
-    }
-    let all = crate::list_all(store, Kind::MeshTrace, Some("default"))
-        .await
-        .expect("list");
-    let listed: Vec<&str> = all.iter().map(|s| s.resource.name.as_str()).collect();
-    assert_eq!(listed, names, "every one, once, in name order");
-    assert_eq!(
-        crate::keys(store, Kind::MeshTrace).await.expect("keys").len(),
-        2345
-    );
 }
 
 #[tokio::test]

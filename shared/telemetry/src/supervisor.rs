@@ -32,29 +32,34 @@ pub enum Stopped {
     Panicked { task: &'static str, message: String },
 }
 
+/// What a task failed with, as its error displayed itself (tasks' error types differ).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct TaskError(String);
+
 /// What a supervised task returns: nothing, or a `Result` whose error says what failed.
 pub trait TaskOutput: Send + 'static {
-    fn into_result(self) -> Result<(), String>;
+    fn into_result(self) -> Result<(), TaskError>;
 }
 
 impl TaskOutput for () {
-    fn into_result(self) -> Result<(), String> {
+    fn into_result(self) -> Result<(), TaskError> {
         Ok(())
     }
 }
 
 impl<E: Display + Send + 'static> TaskOutput for Result<(), E> {
-    fn into_result(self) -> Result<(), String> {
-        self.map_err(|e| e.to_string())
+    fn into_result(self) -> Result<(), TaskError> {
+        self.map_err(|e| TaskError(e.to_string()))
     }
 }
 
 /// A task spawned elsewhere, as a future for the supervisor: its panic goes on in the caller.
-pub async fn joined<T: TaskOutput>(handle: tokio::task::JoinHandle<T>) -> Result<(), String> {
+pub async fn joined<T: TaskOutput>(handle: tokio::task::JoinHandle<T>) -> Result<(), TaskError> {
     match handle.await {
         Ok(out) => out.into_result(),
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(TaskError(e.to_string())),
     }
 }
 
@@ -126,7 +131,7 @@ impl Supervisor {
                 match outcome {
                     Ok(()) if critical => End::Stopped(Stopped::Ended { task }),
                     Ok(()) => End::Fine,
-                    Err(error) => End::Stopped(Stopped::Failed { task, error }),
+                    Err(TaskError(error)) => End::Stopped(Stopped::Failed { task, error }),
                 }
             }
             .instrument(info_span!("task", name = task)),
@@ -190,15 +195,11 @@ mod tests {
     const GRACE: Duration = Duration::from_secs(2);
 
     /// A task that runs until the stop signal, and notes that it saw it.
-    fn server(
-        stop: watch::Receiver<bool>,
-        saw_stop: Arc<AtomicBool>,
-    ) -> impl Future<Output = Result<(), String>> {
+    fn server(stop: watch::Receiver<bool>, saw_stop: Arc<AtomicBool>) -> impl Future<Output = ()> {
         let mut stop = stop;
         async move {
             let _ = stop.wait_for(|s| *s).await;
             saw_stop.store(true, Ordering::SeqCst);
-            Ok(())
         }
     }
 
@@ -212,7 +213,6 @@ mod tests {
             if true {
                 panic!("lost the plot");
             }
-            Ok::<(), String>(())
         });
         let outcome = s.run(std::future::pending(), GRACE).await;
         assert_eq!(
@@ -231,7 +231,7 @@ mod tests {
     #[tokio::test]
     async fn a_critical_task_that_ends_or_fails_stops_the_process() {
         let mut s = Supervisor::new();
-        s.critical("reconciler", async { Ok::<(), String>(()) });
+        s.critical("reconciler", async {});
         assert_eq!(
             s.run(std::future::pending(), GRACE).await,
             Err(Stopped::Ended { task: "reconciler" })
@@ -252,7 +252,7 @@ mod tests {
         let mut s = Supervisor::new();
         let saw_stop = Arc::new(AtomicBool::new(false));
         s.critical("server", server(s.stop_signal(), saw_stop.clone()));
-        s.job("default mesh", async { Ok::<(), String>(()) });
+        s.job("default mesh", async {});
         let signal = tokio::time::sleep(Duration::from_millis(100));
         assert_eq!(s.run(signal, GRACE).await, Ok(()), "a signal stops it cleanly");
         assert!(saw_stop.load(Ordering::SeqCst));
@@ -283,7 +283,7 @@ mod tests {
     #[tokio::test]
     async fn a_task_that_ignores_the_stop_is_aborted_after_the_grace() {
         let mut s = Supervisor::new();
-        s.critical("stubborn", std::future::pending::<Result<(), String>>());
+        s.critical("stubborn", std::future::pending::<()>());
         let started = std::time::Instant::now();
         let outcome = s.run(async {}, Duration::from_millis(50)).await;
         assert_eq!(outcome, Ok(()));

@@ -125,6 +125,14 @@ impl KillOnDrop {
         }
     }
 
+    /// Sends SIGTERM and waits up to `timeout` for the exit: how long it took, and the status.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<(Duration, std::process::ExitStatus)> {
+        let started = Instant::now();
+        self.signal("TERM")?;
+        let status = self.wait_exit(timeout)?;
+        Ok((started.elapsed(), status))
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

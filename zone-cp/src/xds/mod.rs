@@ -6,5 +6,6 @@ pub mod describe;
 pub mod metrics;
 pub mod policies;
 pub mod server;
+mod streams;
 pub mod tls;
 pub mod translate;
