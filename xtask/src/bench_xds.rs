@@ -99,7 +99,8 @@ pub fn xds(args: &[&str]) -> Result<()> {
             .context("starting zone-cp")?,
     );
     let api = format!("http://127.0.0.1:{api_port}");
-    let health = format!("{api}/healthz");
+    // Up once the default mesh is there (it is created just after the API answers).
+    let health = format!("{api}/meshes/default");
     wait_until("zone-cp", Duration::from_secs(30), || {
         Command::new("curl")
             .args(["-sf", "-o", "/dev/null", &health])
@@ -162,19 +163,25 @@ async fn metric(http: &reqwest::Client, api: &str, name: &str) -> Result<u64> {
         .with_context(|| format!("metric {name} not found"))
 }
 
-/// Waits until zone-cp stops regenerating snapshots (its `xds_generations` counter holds for
+/// Snapshots zone-cp has made: translated in full, or with endpoints patched in.
+async fn generated(http: &reqwest::Client, api: &str) -> Result<u64> {
+    let full = metric(http, api, "meridian_xds_generations_total").await?;
+    Ok(full + metric(http, api, "meridian_xds_endpoint_patches_total").await?)
+}
+
+/// Waits until zone-cp stops regenerating snapshots (what [`generated`] counts holds for
 /// 300 ms), so that what follows measures one change, not the tail of the registrations.
 async fn settle(api: &str) -> Result<Duration> {
     let http = reqwest::Client::new();
     let started = Instant::now();
-    let mut last = metric(&http, api, "meridian_xds_generations_total").await?;
+    let mut last = generated(&http, api).await?;
     let mut still = Instant::now();
     while still.elapsed() < Duration::from_millis(300) {
         if started.elapsed() > Duration::from_secs(300) {
             bail!("zone-cp still regenerating snapshots after 300 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = metric(&http, api, "meridian_xds_generations_total").await?;
+        let now = generated(&http, api).await?;
         if now != last {
             (last, still) = (now, Instant::now());
         }
@@ -220,13 +227,20 @@ fn cpu_ms(pid: u32) -> Result<u64> {
 /// Makes one change with `write`, waits until `expected` proxies have received a response
 /// after it, and prints when they did and the CPU zone-cp spent meanwhile.
 async fn change<F: std::future::Future<Output = Result<()>>>(
-    pid: u32,
+    (pid, api): (u32, &str),
     progress: &Progress,
     expected: usize,
     what: &str,
     write: F,
 ) -> Result<()> {
     progress.arrivals().clear();
+    let http = reqwest::Client::new();
+    let counts = || async {
+        let full = metric(&http, api, "meridian_xds_generations_total").await?;
+        let patched = metric(&http, api, "meridian_xds_endpoint_patches_total").await?;
+        Ok::<_, anyhow::Error>((full, patched))
+    };
+    let (full0, patched0) = counts().await?;
     let cpu0 = cpu_ms(pid)?;
     let t0 = Instant::now();
     progress.epoch.fetch_add(1, Ordering::SeqCst);
@@ -242,6 +256,7 @@ async fn change<F: std::future::Future<Output = Result<()>>>(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let cpu = cpu_ms(pid)? - cpu0;
+    let (full, patched) = counts().await?;
     let mut received: Vec<f64> = (progress.arrivals().iter())
         .map(|t| t.saturating_duration_since(t0).as_secs_f64() * 1000.0)
         .collect();
@@ -258,6 +273,11 @@ async fn change<F: std::future::Future<Output = Result<()>>>(
         at(0.5),
         at(0.9),
         at(0.99)
+    );
+    println!(
+        "  snapshots: {} translated in full, {} with endpoints patched in",
+        full - full0,
+        patched - patched0
     );
     Ok(())
 }
@@ -390,7 +410,7 @@ async fn measure(pid: u32, api: &str, xds: &str, proxies: usize, mtls: bool, chu
         "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "3s"}}]}
     });
     let write = put(api, "/meshes/default/meshtimeouts/bench", policy);
-    change(pid, &progress, proxies, "mesh-wide MeshTimeout", write).await?;
+    change((pid, api), &progress, proxies, "mesh-wide MeshTimeout", write).await?;
     if churn {
         // The one backend instance every proxy calls turns unready, then ready again.
         for ready in [false, true] {
@@ -401,7 +421,7 @@ async fn measure(pid: u32, api: &str, xds: &str, proxies: usize, mtls: bool, chu
             });
             let write = put(api, "/meshes/default/dataplanes/backend-0", backend);
             let what = format!("readiness flip (backend-0 ready: {ready})");
-            change(pid, &progress, proxies, &what, write).await?;
+            change((pid, api), &progress, proxies, &what, write).await?;
         }
     }
     if mtls {

@@ -37,12 +37,14 @@ use crate::xds::translate::{MeshContext, TlsSettings, ingress_snapshot};
 
 mod generate;
 mod probe;
+#[cfg(test)]
+mod tests;
 mod view;
 
 use generate::{Generation, Proxy};
 
 pub use probe::probe_ingresses;
-use view::{ZoneView, change_key, dataplane, served};
+use view::{Touched, ZoneView, change_key, dataplane, served};
 
 const BATCH: u32 = 1000;
 
@@ -151,7 +153,7 @@ impl Reconciler {
                     if changed.is_ok() {
                         self.unreachable.borrow_and_update();
                         for mesh in self.view.mesh_names() {
-                            self.regenerate(&mesh, None).await;
+                            self.regenerate(&mesh, &Touched::All).await;
                         }
                     }
                     continue;
@@ -222,8 +224,8 @@ impl Reconciler {
                 }
             }
             let mut pushed = 0;
-            for (mesh, names) in affected {
-                pushed += self.regenerate(&mesh, names.as_ref()).await;
+            for (mesh, touched) in affected {
+                pushed += self.regenerate(&mesh, &touched).await;
             }
             for mut span in traced {
                 span.set("proxies.pushed", pushed);
@@ -297,21 +299,18 @@ impl Reconciler {
     /// Reissues certificates that are due, and retries meshes that were waiting for a CA.
     async fn refresh_identities(&mut self) {
         let now = SystemTime::now();
-        let mut due: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
+        let mut due: BTreeMap<String, Touched> = BTreeMap::new();
         for (id, issued) in &self.leaves {
-            if issued.leaf.renew_at <= now
-                && let Some(names) = due
-                    .entry(id.mesh.clone())
-                    .or_insert_with(|| Some(BTreeSet::new()))
-            {
-                names.insert(id.name.clone());
+            if issued.leaf.renew_at <= now {
+                let touched = due.entry(id.mesh.clone()).or_insert_with(|| Touched::proxies([]));
+                touched.add_whole([id.name.clone()]);
             }
         }
         for mesh in std::mem::take(&mut self.waiting) {
-            due.insert(mesh, None);
+            due.insert(mesh, Touched::All);
         }
-        for (mesh, names) in due {
-            self.regenerate(&mesh, names.as_ref()).await;
+        for (mesh, touched) in due {
+            self.regenerate(&mesh, &touched).await;
         }
     }
 
@@ -383,15 +382,54 @@ impl Reconciler {
             .collect()
     }
 
-    /// Regenerates the proxies of `mesh` (only those named, if given); returns how many got a
-    /// changed snapshot (and so a push).
-    async fn regenerate(&mut self, mesh: &str, only: Option<&BTreeSet<String>>) -> usize {
+    /// Regenerates what `touched` names of `mesh`'s proxies; returns how many got a changed
+    /// snapshot (and so a push). Callers touched only through the instances they call get
+    /// their endpoints patched where that is all that changed, and the rest in full.
+    async fn regenerate(&mut self, mesh: &str, touched: &Touched) -> usize {
         if mesh.is_empty() {
             return 0;
         }
         let resources = self.view.meshes.get(mesh);
         let mut ctx = MeshContext::new(resources.into_iter().flat_map(|m| m.values()));
         ctx.zones = self.zones();
+        let ctx = Arc::new(ctx);
+        let (whole, endpoints) = match touched {
+            Touched::All => (None, None),
+            Touched::Some { whole, endpoints } => (Some(whole), Some(endpoints)),
+        };
+        let mut proxies: Vec<Proxy> = Vec::new();
+        let mut patch: Vec<(Proxy, BTreeSet<String>)> = Vec::new();
+        for r in self.view.dataplanes(mesh) {
+            let id = ProxyId::new(mesh, r.name.clone());
+            let services = endpoints.and_then(|e| e.get(&r.name));
+            let in_full = whole.is_none_or(|names| names.contains(&r.name));
+            if !in_full && services.is_none() {
+                continue;
+            }
+            let Some(dp) = dataplane(r) else { continue };
+            // With mTLS on, only a proxy holding its certificate has outbounds to patch.
+            let patchable = !in_full && (ctx.tls.is_none() || self.leaves.contains_key(&id));
+            let proxy = Proxy {
+                id,
+                labels: r.labels.clone(),
+                dataplane: dp.clone(),
+                leaf: None,
+            };
+            match services {
+                Some(services) if patchable => patch.push((proxy, services.clone())),
+                _ => proxies.push(proxy),
+            }
+        }
+        let mut pushed = 0;
+        if !patch.is_empty() {
+            let (patched, diverged) =
+                generate::patch_endpoints(ctx.clone(), self.cache.clone(), self.metrics.clone(), patch).await;
+            pushed += patched;
+            proxies.extend(diverged);
+        }
+        if proxies.is_empty() {
+            return pushed;
+        }
         let ca = match &ctx.tls {
             None => None,
             Some(tls) => match self.mesh_ca(mesh, tls).await {
@@ -403,28 +441,15 @@ impl Reconciler {
                             "mTLS is on but the mesh CA has not come from global yet; proxies keep their config"
                         );
                     }
-                    return 0;
+                    return pushed;
                 }
                 Err(e) => {
                     warn!(mesh, error = %e, "the mesh CA is not usable; proxies keep their config");
                     self.waiting.insert(mesh.to_owned());
-                    return 0;
+                    return pushed;
                 }
             },
         };
-        let mut proxies: Vec<Proxy> = self
-            .view
-            .dataplanes(mesh)
-            .filter(|r| only.is_none_or(|names| names.contains(&r.name)))
-            .filter_map(|r| {
-                Some(Proxy {
-                    id: ProxyId::new(mesh, r.name.clone()),
-                    labels: r.labels.clone(),
-                    dataplane: dataplane(r)?.clone(),
-                    leaf: None,
-                })
-            })
-            .collect();
         match (&ca, &ctx.tls) {
             (Some(ca), Some(tls)) => {
                 let leaves = self.leaves(mesh, &proxies, ca, tls).await;
@@ -446,6 +471,6 @@ impl Reconciler {
             cache: self.cache.clone(),
             metrics: self.metrics.clone(),
         };
-        generation.run(proxies).await
+        pushed + generation.run(proxies).await
     }
 }

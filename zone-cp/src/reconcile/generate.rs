@@ -2,16 +2,16 @@
 //! that serve the xDS streams, and split across the machine's cores. Certificates are issued
 //! the same way: key generation is the costliest step of turning mTLS on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use meridian_api::ca::Leaf;
 use meridian_model::policies::dataplane::DataplaneSpec;
 use tracing::{debug, error};
 
-use crate::xds::cache::{ProxyId, SnapshotCache};
+use crate::xds::cache::{Patch, ProxyId, SnapshotCache};
 use crate::xds::metrics::XdsMetrics;
-use crate::xds::translate::{Identity, MeshContext, proxy_snapshot};
+use crate::xds::translate::{Identity, MeshContext, outbounds_snapshot, proxy_snapshot};
 
 /// Below this many items, threads cost more than they save.
 const SERIAL_BELOW: usize = 64;
@@ -27,7 +27,7 @@ pub(super) struct Proxy {
 
 /// What every proxy of one mesh is generated from.
 pub(super) struct Generation {
-    pub ctx: MeshContext,
+    pub ctx: Arc<MeshContext>,
     /// The mesh CA's certificate, when the mesh has mTLS on.
     pub ca_cert: Option<String>,
     pub cache: SnapshotCache,
@@ -65,6 +65,38 @@ impl Generation {
             }
         }
     }
+}
+
+/// Callers whose only change is in the instances of the services named with each: their
+/// endpoints are patched where that is all a full translation would change. Returns how many
+/// changed (and so are pushed), and the proxies that need a full translation after all.
+pub(super) async fn patch_endpoints(
+    ctx: Arc<MeshContext>,
+    cache: SnapshotCache,
+    metrics: Arc<XdsMetrics>,
+    callers: Vec<(Proxy, BTreeSet<String>)>,
+) -> (usize, Vec<Proxy>) {
+    let results = blocking(move || {
+        in_parallel(callers, |(p, services)| {
+            let partial = outbounds_snapshot(&ctx, &p.id.name, &p.labels, &p.dataplane, &services);
+            let patch = cache.patch_endpoints(&p.id, &partial);
+            if patch != Patch::Diverged {
+                metrics.endpoint_patches.inc();
+            }
+            debug!(proxy = %p.id, ?patch, "endpoints patched");
+            (p, patch)
+        })
+    })
+    .await;
+    let mut pushed = 0;
+    let mut whole = Vec::new();
+    for (p, patch) in results {
+        match patch {
+            Patch::Patched(changed) => pushed += usize::from(changed),
+            Patch::Diverged => whole.push(p),
+        }
+    }
+    (pushed, whole)
 }
 
 /// Runs `f` on the blocking pool. A panic in it is a bug: it goes on in the caller, so the

@@ -18,6 +18,49 @@ pub struct ZoneView {
     callers: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
 }
 
+/// What a batch of changes touches in one mesh's proxies.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Touched {
+    /// Every proxy, translated in full.
+    All,
+    Some {
+        /// Proxies translated in full.
+        whole: BTreeSet<String>,
+        /// Proxies whose only change is in the instances of services they call (named here):
+        /// they get those outbounds translated alone, and their endpoints patched when nothing
+        /// else differs.
+        endpoints: BTreeMap<String, BTreeSet<String>>,
+    },
+}
+
+impl Touched {
+    /// The named proxies, in full.
+    pub(super) fn proxies(names: impl IntoIterator<Item = String>) -> Self {
+        Self::Some {
+            whole: names.into_iter().collect(),
+            endpoints: BTreeMap::new(),
+        }
+    }
+
+    pub(super) fn add_whole(&mut self, names: impl IntoIterator<Item = String>) {
+        if let Self::Some { whole, .. } = self {
+            whole.extend(names);
+        }
+    }
+
+    fn add_endpoints(&mut self, name: &str, services: &BTreeSet<&String>) {
+        if let Self::Some { endpoints, .. } = self {
+            let entry = endpoints.entry(name.to_owned()).or_default();
+            entry.extend(services.iter().map(|s| s.to_string()));
+        }
+    }
+}
+
+/// The entry of `mesh` in `out`, touching nothing yet.
+fn touched<'a>(out: &'a mut BTreeMap<String, Touched>, mesh: &str) -> &'a mut Touched {
+    out.entry(mesh.to_owned()).or_insert_with(|| Touched::proxies([]))
+}
+
 pub(super) fn dataplane(r: &Resource) -> Option<&DataplaneSpec> {
     match &r.spec {
         Spec::Dataplane(d) => Some(d),
@@ -124,17 +167,17 @@ impl ZoneView {
     }
 
     /// Proxies a change can affect, judged against the view before the change is applied.
-    pub(super) fn affected(&self, change: &Change, out: &mut BTreeMap<String, Option<BTreeSet<String>>>) {
+    pub(super) fn affected(&self, change: &Change, out: &mut BTreeMap<String, Touched>) {
         let key = change_key(change);
         match key.kind {
             // Where other zones are reached: every mesh's cross-zone endpoints.
             Kind::ZoneIngress => {
                 for mesh in self.mesh_names() {
-                    out.insert(mesh, None);
+                    out.insert(mesh, Touched::All);
                 }
             }
             Kind::Mesh => {
-                out.insert(key.name.clone(), None);
+                out.insert(key.name.clone(), Touched::All);
             }
             Kind::Dataplane => {
                 let mut services: BTreeSet<&String> = BTreeSet::new();
@@ -146,18 +189,19 @@ impl ZoneView {
                 {
                     services.extend(served(new));
                 }
-                let mut names = BTreeSet::from([key.name.clone()]);
+                // The Dataplane itself, in full; its services' callers see other endpoints.
+                let entry = touched(out, &key.mesh);
+                entry.add_whole([key.name.clone()]);
+                let mut calls: BTreeMap<&String, BTreeSet<&String>> = BTreeMap::new();
                 if let Some(callers) = self.callers.get(&key.mesh) {
                     for service in services {
-                        names.extend(callers.get(service).into_iter().flatten().cloned());
+                        for caller in callers.get(service).into_iter().flatten() {
+                            calls.entry(caller).or_default().insert(service);
+                        }
                     }
                 }
-                // `None` means the whole mesh is regenerated anyway.
-                if let Some(set) = out
-                    .entry(key.mesh.clone())
-                    .or_insert_with(|| Some(BTreeSet::new()))
-                {
-                    set.extend(names);
+                for (caller, services) in calls {
+                    entry.add_endpoints(caller, &services);
                 }
             }
             _ => {
@@ -168,7 +212,7 @@ impl ZoneView {
                     match top_target(&version.spec) {
                         Some(t) if t.kind != TargetRefKind::Mesh => targets.push(t),
                         _ => {
-                            out.insert(key.mesh.clone(), None);
+                            out.insert(key.mesh.clone(), Touched::All);
                             return;
                         }
                     }
@@ -185,12 +229,7 @@ impl ZoneView {
                         names.insert(r.name.clone());
                     }
                 }
-                if let Some(set) = out
-                    .entry(key.mesh.clone())
-                    .or_insert_with(|| Some(BTreeSet::new()))
-                {
-                    set.extend(names);
-                }
+                touched(out, &key.mesh).add_whole(names);
             }
         }
     }
@@ -246,26 +285,33 @@ mod tests {
         v
     }
 
-    fn affected(v: &ZoneView, c: &Change) -> BTreeMap<String, Option<BTreeSet<String>>> {
+    fn affected(v: &ZoneView, c: &Change) -> BTreeMap<String, Touched> {
         let mut out = BTreeMap::new();
         v.affected(c, &mut out);
         out
     }
 
-    fn only(names: &[&str]) -> BTreeMap<String, Option<BTreeSet<String>>> {
+    fn only(names: &[&str]) -> BTreeMap<String, Touched> {
         BTreeMap::from([(
             "default".to_owned(),
-            Some(names.iter().map(|n| n.to_string()).collect()),
+            Touched::proxies(names.iter().map(|n| n.to_string())),
         )])
     }
 
     #[test]
-    fn a_dataplane_affects_itself_and_its_callers() {
+    fn a_dataplane_affects_itself_and_the_endpoints_of_its_callers() {
         let v = view();
         let c = change(
             "type: Dataplane\nname: reg-2\nnetworking:\n  address: 127.0.0.2\n  inbound:\n  - port: 10001\n    tags: {kuma.io/service: reg-server}\n",
         );
-        assert_eq!(affected(&v, &c), only(&["demo-1", "reg-2"]));
+        let expected = Touched::Some {
+            whole: BTreeSet::from(["reg-2".to_owned()]),
+            endpoints: BTreeMap::from([("demo-1".to_owned(), BTreeSet::from(["reg-server".to_owned()]))]),
+        };
+        assert_eq!(
+            affected(&v, &c),
+            BTreeMap::from([("default".to_owned(), expected)])
+        );
     }
 
     #[test]
@@ -280,7 +326,7 @@ mod tests {
         );
         assert_eq!(
             affected(&v, &mesh_wide),
-            BTreeMap::from([("default".to_owned(), None)])
+            BTreeMap::from([("default".to_owned(), Touched::All)])
         );
     }
 

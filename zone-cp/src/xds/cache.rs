@@ -61,18 +61,19 @@ impl std::fmt::Display for ProxyId {
     }
 }
 
-/// One resource with the hash of its content as its version.
+/// One resource with the hash of its content as its version. The resource is shared, so a
+/// snapshot made from another (an endpoints patch) copies no encoded bytes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Versioned {
     pub version: String,
-    pub resource: Any,
+    pub resource: Arc<Any>,
 }
 
 impl Versioned {
     pub fn new(resource: Any) -> Self {
         Self {
             version: content_hash(&resource.value),
-            resource,
+            resource: Arc::new(resource),
         }
     }
 }
@@ -128,6 +129,16 @@ impl Snapshot {
         }
         content_hash(&all)
     }
+}
+
+/// What [`SnapshotCache::patch_endpoints`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Patch {
+    /// The assignments are in the snapshot; `true` when that changed it (and so is pushed).
+    Patched(bool),
+    /// The proxy has no snapshot, or `partial` differs from it beyond endpoints: it needs a
+    /// full translation.
+    Diverged,
 }
 
 /// A rejected push, as Envoy reported it.
@@ -216,6 +227,67 @@ impl SnapshotCache {
         });
         // The old snapshot (often its last owner) is dropped here, outside the shard's lock.
         Ok(replaced.is_some())
+    }
+
+    /// Puts the endpoint assignments of `partial` into the proxy's snapshot, when `partial`
+    /// agrees with it in everything else: each of its other resources is in the snapshot at the
+    /// same version, and each assignment replaces one the snapshot holds. `partial` is what
+    /// translation makes of some of the proxy's outbounds; when they agree, a full translation
+    /// would differ from the snapshot in those assignments alone, and no name changes, so the
+    /// patched snapshot stays consistent without checking it again.
+    pub fn patch_endpoints(&self, id: &ProxyId, partial: &Snapshot) -> Patch {
+        let current = self
+            .shard(id)
+            .get(id)
+            .filter(|e| e.registered)
+            .map(|e| (e.snapshot.borrow().clone(), e.digest));
+        let Some((current, base)) = current else {
+            return Patch::Diverged;
+        };
+        let agrees = partial.resources.iter().all(|(type_url, items)| {
+            let held = current.of_type(type_url);
+            items.iter().all(|(name, r)| {
+                let same = held.and_then(|h| h.get(name));
+                match *type_url {
+                    ENDPOINT => same.is_some(),
+                    _ => same.is_some_and(|s| s.version == r.version),
+                }
+            })
+        });
+        if !agrees {
+            return Patch::Diverged;
+        }
+        let mut patched = (*current).clone();
+        let mut changed = false;
+        if let (Some(assignments), Some(held)) =
+            (partial.of_type(ENDPOINT), patched.resources.get_mut(ENDPOINT))
+        {
+            for (name, r) in assignments {
+                if let Some(slot) = held.get_mut(name)
+                    && slot.version != r.version
+                {
+                    *slot = r.clone();
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            return Patch::Patched(false);
+        }
+        let digest = patched.digest();
+        let replaced = self.with_entry(id, |e| {
+            // Only the reconciler writes snapshots; should another write have come first,
+            // this patch is stale.
+            if e.digest != base {
+                return None;
+            }
+            e.digest = digest;
+            Some(e.snapshot.send_replace(Arc::new(patched)))
+        });
+        match replaced {
+            Some(_) => Patch::Patched(true),
+            None => Patch::Diverged,
+        }
     }
 
     /// Drops a proxy whose Dataplane is gone; its stream, if any, sees an empty snapshot.
@@ -314,6 +386,57 @@ mod tests {
         rx.borrow_and_update();
         assert_eq!(cache.set(&id, snap), Ok(false), "the same content is no change");
         assert!(!rx.has_changed().unwrap_or(true));
+    }
+
+    #[test]
+    fn endpoints_are_patched_only_into_a_snapshot_that_agrees() {
+        let cache = SnapshotCache::default();
+        let id = ProxyId::new("default", "dp-1");
+        let mut full = Snapshot::default();
+        full.insert(CLUSTER, "backend".into(), any(b"cluster"));
+        full.insert(ENDPOINT, "backend".into(), any(b"one endpoint"));
+        full.insert(LISTENER, "inbound".into(), any(b"listener"));
+        let mut partial = Snapshot::default();
+        partial.insert(CLUSTER, "backend".into(), any(b"cluster"));
+        partial.insert(ENDPOINT, "backend".into(), any(b"two endpoints"));
+        assert_eq!(
+            cache.patch_endpoints(&id, &partial),
+            Patch::Diverged,
+            "no snapshot yet"
+        );
+        cache.set(&id, full.clone()).expect("consistent");
+        let mut rx = cache.watch(&id);
+        rx.borrow_and_update();
+
+        assert_eq!(cache.patch_endpoints(&id, &partial), Patch::Patched(true));
+        assert!(rx.has_changed().unwrap_or(false), "the stream wakes");
+        let mut expected = full.clone();
+        expected.insert(ENDPOINT, "backend".into(), any(b"two endpoints"));
+        assert_eq!(
+            *cache.snapshot(&id).expect("held"),
+            expected,
+            "the rest as it was"
+        );
+        rx.borrow_and_update();
+        assert_eq!(cache.patch_endpoints(&id, &partial), Patch::Patched(false));
+        assert!(!rx.has_changed().unwrap_or(true), "no change, no wake");
+
+        let mut other_cluster = partial.clone();
+        other_cluster.insert(CLUSTER, "backend".into(), any(b"another cluster"));
+        let mut new_name = partial.clone();
+        new_name.insert(ENDPOINT, "db".into(), any(b"db endpoints"));
+        let mut new_listener = partial.clone();
+        new_listener.insert(LISTENER, "outbound".into(), any(b"listener"));
+        for diverged in [other_cluster, new_name, new_listener] {
+            assert_eq!(cache.patch_endpoints(&id, &diverged), Patch::Diverged);
+        }
+        assert_eq!(
+            *cache.snapshot(&id).expect("held"),
+            expected,
+            "nothing half-patched"
+        );
+        cache.remove(&id);
+        assert_eq!(cache.patch_endpoints(&id, &partial), Patch::Diverged, "removed");
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub struct XdsMetrics {
     pub acks: Counter,
     pub nacks: Counter,
     pub generations: Counter,
+    /// Proxies whose endpoints were patched in, with no full translation.
+    pub endpoint_patches: Counter,
     /// Streams refused for a missing or wrong dataplane token.
     pub refused: Counter,
     /// Proxy certificates issued (first ones and renewals).
@@ -39,6 +41,11 @@ impl XdsMetrics {
             "xds_generations",
             "Proxy snapshots regenerated",
             m.generations.clone(),
+        );
+        registry.register(
+            "xds_endpoint_patches",
+            "Proxy snapshots whose endpoints were patched in without a full translation",
+            m.endpoint_patches.clone(),
         );
         registry.register(
             "xds_certificates_issued",

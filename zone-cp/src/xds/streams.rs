@@ -7,6 +7,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
+use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 use tracing::debug;
@@ -174,7 +175,7 @@ impl SotwStream {
             .into_iter()
             .flatten()
             .filter(|(name, _)| all || state.names.contains(*name))
-            .map(|(_, r)| r.resource.clone())
+            .map(|(_, r)| Any::clone(&r.resource))
             .collect();
         self.nonce += 1;
         state.nonce = self.nonce.to_string();
@@ -332,7 +333,7 @@ impl DeltaStream {
                     resources.push(Resource {
                         name: name.clone(),
                         version: r.version.clone(),
-                        resource: Some(r.resource.clone()),
+                        resource: Some(Any::clone(&r.resource)),
                         ..Default::default()
                     });
                 }

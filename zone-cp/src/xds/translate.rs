@@ -11,7 +11,7 @@
 //! [`super::tls`]). Everything here is a pure function of the zone's state and the proxy's
 //! certificate, so snapshot tests pin its output.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration as StdDuration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -197,13 +197,6 @@ pub fn proxy_snapshot(
     identity: Option<Identity<'_>>,
 ) -> Snapshot {
     let mut snap = Snapshot::default();
-    let own_service = dp
-        .networking
-        .inbound
-        .iter()
-        .flatten()
-        .find_map(|i| i.tags.get(SERVICE_TAG).cloned())
-        .unwrap_or_else(|| name.to_owned());
     let (tls, complete) = match (&ctx.tls, identity) {
         (None, _) => (None, true),
         (Some(settings), Some(id)) => {
@@ -217,32 +210,80 @@ pub fn proxy_snapshot(
         }
         (Some(_), None) => (None, false),
     };
-    let input = ProxyInput {
-        ctx,
-        view: ProxyView {
-            name,
-            labels,
-            dataplane: dp,
-        },
-        tls,
-        own_service,
+    let view = ProxyView {
+        name,
+        labels,
+        dataplane: dp,
     };
-    let mut generated = if complete {
-        base_resources(ctx, dp, tls)
+    let generated = if complete {
+        base_resources(ctx, dp, tls, None)
     } else {
         Generated::default()
     };
-    policies::apply_all(&input, &mut generated);
-    pack_into(&mut snap, ctx, generated, tls);
+    shape_and_pack(&mut snap, ctx, view, tls, generated);
     snap
+}
+
+/// What [`proxy_snapshot`] makes of `dp`'s outbounds to `services` alone (their listeners,
+/// clusters, routes and endpoints, and what plugins add beside them), for a proxy that has
+/// its certificate if the mesh has mTLS on: all that a change to those services' instances
+/// can alter (see [`super::cache::SnapshotCache::patch_endpoints`]).
+pub fn outbounds_snapshot(
+    ctx: &MeshContext,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    dp: &DataplaneSpec,
+    services: &BTreeSet<String>,
+) -> Snapshot {
+    let mut snap = Snapshot::default();
+    let view = ProxyView {
+        name,
+        labels,
+        dataplane: dp,
+    };
+    let tls = ctx.tls.as_ref();
+    let generated = base_resources(ctx, dp, tls, Some(services));
+    shape_and_pack(&mut snap, ctx, view, tls, generated);
+    snap
+}
+
+fn shape_and_pack(
+    snap: &mut Snapshot,
+    ctx: &MeshContext,
+    view: ProxyView<'_>,
+    tls: Option<&TlsSettings>,
+    mut generated: Generated,
+) {
+    let dp = view.dataplane;
+    let own_service = dp
+        .networking
+        .inbound
+        .iter()
+        .flatten()
+        .find_map(|i| i.tags.get(SERVICE_TAG).cloned())
+        .unwrap_or_else(|| view.name.to_owned());
+    let input = ProxyInput {
+        ctx,
+        view,
+        tls,
+        own_service,
+    };
+    policies::apply_all(&input, &mut generated);
+    pack_into(snap, ctx, generated, tls);
 }
 
 /// What a proxy gets before any policy shapes it: an inbound listener and a cluster to the
 /// app per inbound, and per outbound a listener, a cluster (EDS), its endpoints and, for
-/// HTTP, a route.
-fn base_resources(ctx: &MeshContext, dp: &DataplaneSpec, tls: Option<&TlsSettings>) -> Generated {
+/// HTTP, a route. With `only`, just the outbounds to those services.
+fn base_resources(
+    ctx: &MeshContext,
+    dp: &DataplaneSpec,
+    tls: Option<&TlsSettings>,
+    only: Option<&BTreeSet<String>>,
+) -> Generated {
     let mut generated = Generated::default();
-    for inbound in dp.networking.inbound.iter().flatten() {
+    let inbounds = dp.networking.inbound.iter().flatten();
+    for inbound in inbounds.filter(|_| only.is_none()) {
         let service = inbound.tags.get(SERVICE_TAG).cloned().unwrap_or_default();
         let app_address = inbound
             .service_address
@@ -314,6 +355,9 @@ fn base_resources(ctx: &MeshContext, dp: &DataplaneSpec, tls: Option<&TlsSetting
         let Some(service) = outbound.service() else {
             continue;
         };
+        if only.is_some_and(|services| !services.contains(service)) {
+            continue;
+        }
         // A service with no instances anywhere gets HTTP, which answers its callers a fast 503
         // (a TCP caller fails either way); flipping to TCP would turn that into resets.
         let info = ctx.services.get(service).cloned().unwrap_or(ServiceInfo {

@@ -97,7 +97,10 @@ impl Generated {
     }
 }
 
-/// Applies one kind's resolved value to a proxy's resources.
+/// Applies one kind's resolved value to a proxy's resources. What a plugin makes of an
+/// outbound must depend on the proxy and that outbound alone, not on the other inbounds and
+/// outbounds in `generated`: an endpoints patch translates some outbounds without the rest
+/// (see [`crate::xds::translate::outbounds_snapshot`]).
 pub trait PolicyPlugin: Sync {
     /// The kinds whose policies this applies.
     fn kinds(&self) -> &'static [Kind];
