@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use meridian_api::ApiState;
 use meridian_api::metrics::Metrics;
 use meridian_model::validate::dns1123_label;
@@ -33,6 +32,7 @@ use tracing::info;
 
 use args::{Cli, Command, RunArgs};
 use xds::cache::SnapshotCache;
+use xds::grpc::AdsService;
 use xds::metrics::XdsMetrics;
 use xds::server::AdsServer;
 
@@ -232,11 +232,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the xDS server to {xds_addr}"))?;
     info!(addr = %xds_listener.local_addr()?, max_connections = budget * 3 / 4, "xDS serving");
-    let ads = AggregatedDiscoveryServiceServer::new(
+    let ads = AdsService::new(
         AdsServer::new(cache.clone(), xds_metrics, stop_rx.clone()).with_auth(auth.clone(), store.clone()),
-    )
-    // Envoy's largest request is a reconnecting delta stream listing every resource it has.
-    .max_decoding_message_size(4 << 20);
+        // Envoy's largest request is a reconnecting delta stream listing every resource it has.
+        4 << 20,
+    );
     let mut stop = stop_rx.clone();
     tasks.critical(
         "xDS server",

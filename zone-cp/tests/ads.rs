@@ -9,19 +9,22 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use meridian_zone_cp::xds::cache::{CLUSTER, ENDPOINT, LISTENER, ProxyId, Snapshot, SnapshotCache};
+use meridian_zone_cp::xds::grpc::AdsService;
 use meridian_zone_cp::xds::metrics::XdsMetrics;
 use meridian_zone_cp::xds::server::AdsServer;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
+
+/// The request size limit of the test server (zone-cp's own is 4 MiB).
+const LIMIT: usize = 1 << 20;
 
 async fn serve(cache: SnapshotCache) -> String {
     serve_until(cache, tokio::sync::watch::channel(false).1).await
@@ -34,7 +37,7 @@ async fn serve_until(cache: SnapshotCache, stop: tokio::sync::watch::Receiver<bo
     let server = AdsServer::new(cache, Arc::new(XdsMetrics::default()), stop);
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(server))
+            .add_service(AdsService::new(server, LIMIT))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     format!("http://{addr}")
@@ -443,7 +446,7 @@ async fn a_stream_must_show_the_token_of_the_dataplane_it_claims() {
     let server = AdsServer::new(cache, Arc::new(XdsMetrics::default()), stop).with_auth(auth, store);
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(server))
+            .add_service(AdsService::new(server, 4 << 20))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let open = |token: Option<String>| {
@@ -560,4 +563,53 @@ async fn a_replaced_cluster_gets_its_endpoints_again_even_unchanged() {
         .expect("send");
     assert_eq!(names(&delta.next().await), ["reg"]);
     delta.nothing_within(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn messages_larger_than_the_codec_buffers_pass_and_oversized_requests_end_the_stream() {
+    let cache = SnapshotCache::default();
+    let id = ProxyId::new("default", "dp-1");
+    // 300 KiB in one response, far past the 1 KiB the stream's buffers start with.
+    let big = "x".repeat(300 << 10);
+    cache.set(&id, snapshot(&[("a", &big)])).expect("consistent");
+    let url = serve(cache.clone()).await;
+    let mut delta = Delta::open(
+        &url,
+        DeltaDiscoveryRequest {
+            node: node(),
+            type_url: CLUSTER.into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let first = delta.next().await;
+    let cluster = Cluster::decode(
+        first.resources[0]
+            .resource
+            .as_ref()
+            .expect("resource")
+            .value
+            .as_slice(),
+    )
+    .expect("decodes");
+    assert_eq!(cluster.alt_stat_name, big, "the whole resource");
+    delta.reply(&first, None).await;
+    wait_status(&cache, &id, "the ACK", |s| s.acked.contains_key(CLUSTER)).await;
+
+    // A request over the limit ends the stream with an error, naming the limit.
+    delta
+        .tx
+        .send(DeltaDiscoveryRequest {
+            type_url: CLUSTER.into(),
+            resource_names_subscribe: vec!["y".repeat(LIMIT + 1)],
+            ..Default::default()
+        })
+        .await
+        .expect("send");
+    let ended = tokio::time::timeout(Duration::from_secs(5), delta.rx.message())
+        .await
+        .expect("an answer in time");
+    let status = ended.expect_err("the stream ends in an error");
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains(&LIMIT.to_string()), "{status:?}");
 }

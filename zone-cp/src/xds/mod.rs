@@ -3,6 +3,7 @@ pub mod consistency;
 pub mod context;
 pub mod crosszone;
 pub mod describe;
+pub mod grpc;
 pub mod metrics;
 pub mod policies;
 pub mod server;

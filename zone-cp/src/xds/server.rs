@@ -19,8 +19,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -242,7 +242,9 @@ impl AggregatedDiscoveryService for AdsServer {
         let guard = StreamGuard::open(&self.cache, &self.metrics, &proxy);
         let stream = SotwStream::new(guard, self.cache.watch(&proxy), self.metrics.clone(), tx);
         tokio::spawn(drive(stream, first, inbound, self.stop.clone()).instrument(span));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(rx).map(|r| r.map(|r| *r)),
+        )))
     }
 
     async fn delta_aggregated_resources(
@@ -258,6 +260,8 @@ impl AggregatedDiscoveryService for AdsServer {
         let guard = StreamGuard::open(&self.cache, &self.metrics, &proxy);
         let stream = DeltaStream::new(guard, self.cache.watch(&proxy), self.metrics.clone(), tx);
         tokio::spawn(drive(stream, first, inbound, self.stop.clone()).instrument(span));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(rx).map(|r| r.map(|r| *r)),
+        )))
     }
 }
