@@ -94,6 +94,12 @@ impl GlobalCp {
         Self::start_on(workdir, store, free_port()?, free_port()?, Vec::new())
     }
 
+    /// With the settings `env` gives (`MERIDIAN_...` variables, as flags would).
+    pub fn start_with(workdir: &Path, store: Option<&str>, env: &[(&str, &str)]) -> Result<Self> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::start_on(workdir, store, free_port()?, free_port()?, env)
+    }
+
     /// Requiring a token for every change, even from this host (`--trust-localhost false`).
     pub fn start_untrusting(workdir: &Path) -> Result<Self> {
         let env = vec![("MERIDIAN_TRUST_LOCALHOST".to_owned(), "false".to_owned())];

@@ -293,6 +293,44 @@ fn two_replicas_on_one_postgres_feed_zones_connected_to_either() {
 }
 
 #[test]
+fn a_zone_away_past_the_tombstone_retention_catches_up_by_snapshot() {
+    let pg = meridian_testing::Postgres::start().expect("postgres");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).expect("dir");
+    std::fs::create_dir_all(&db).expect("dir");
+    let retention = [("MERIDIAN_TOMBSTONE_RETENTION", "1s")];
+    let a = GlobalCp::start_with(&da, Some(&pg.url()), &retention).expect("replica a");
+    let b = GlobalCp::start_with(&db, Some(&pg.url()), &retention).expect("replica b");
+    let mut zone = ZoneCp::start_federated("zone-1", &dir.path().join("z1"), &a).expect("zone");
+    for name in ["kept", "deleted"] {
+        apply(&a.api_url, &trace(name, "a:4317"));
+    }
+    wait_on_zone(&zone, "deleted arrives", |t| t.is_some());
+    zone.kill_9().expect("kill zone");
+
+    ok(meshctl(&a.api_url, &["delete", "meshtrace", "deleted"], None).expect("delete"));
+    apply(&a.api_url, &trace("created", "c:4317"));
+    // Past the retention, the replica holding the lease compacts the deletion away: the
+    // changes since the zone's position are gone, so it can only catch up by snapshot.
+    let compacted = |cp: &GlobalCp| metric(&cp.api_url, "meridian_tombstones_compacted_total");
+    wait_until("the tombstone compacted", Duration::from_secs(20), || {
+        compacted(&a) + compacted(&b) >= 1.0
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        compacted(&a) * compacted(&b),
+        0.0,
+        "one replica compacts, not both"
+    );
+
+    let zone = zone.restart().expect("restart zone");
+    wait_on_zone(&zone, "created arrives", |t| t.is_some());
+    wait_on_zone(&zone, "deleted goes", |t| t.is_none());
+    assert!(on_zone(&zone, "meshtrace", "kept").is_some(), "kept stays");
+}
+
+#[test]
 fn global_rides_out_a_postgres_restart() {
     let mut pg = meridian_testing::Postgres::start().expect("postgres");
     let dir = tempfile::tempdir().expect("tempdir");

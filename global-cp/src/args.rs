@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use meridian_telemetry::LogArgs;
@@ -39,6 +40,10 @@ pub struct RunArgs {
     /// `--trust-localhost false` requires a token from everyone.
     #[arg(long, env = "MERIDIAN_TRUST_LOCALHOST", default_value_t = true, action = clap::ArgAction::Set)]
     pub trust_localhost: bool,
+    /// How long a deletion is remembered for zones that are away: one away for longer
+    /// catches up by a full snapshot instead of the changes it missed (at least 1s).
+    #[arg(long, env = "MERIDIAN_TOMBSTONE_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub tombstone_retention: Duration,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod args;
+mod compaction;
 pub mod sync;
 pub mod zones;
 
@@ -61,15 +62,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         sync_tls_cert,
         sync_tls_key,
         trust_localhost,
+        tombstone_retention,
         store,
         log,
     } = args;
+    if tombstone_retention < std::time::Duration::from_secs(1) {
+        anyhow::bail!("--tombstone-retention: expected at least 1s, got {tombstone_retention:?}");
+    }
     init_logging(log.log_format);
     if meridian_otlp::exporter::init("global-cp") {
         info!("exporting spans to OTEL_EXPORTER_OTLP_ENDPOINT");
     }
     let data_dir = store.data_dir.clone();
-    let store: Arc<dyn Store> = Arc::new(open_store(&store).await?);
+    let sql = Arc::new(open_store(&store).await?);
+    let store: Arc<dyn Store> = sql.clone();
     meridian_store::create_default_mesh(&*store).await?;
     info!(mesh = meridian_model::DEFAULT_MESH, "default mesh ensured");
     let mut metrics = api::metrics::Metrics::new();
@@ -78,6 +84,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "sync_refused",
         "Zone sync streams refused (bad or missing zone token)",
         sync_refused.clone(),
+    );
+    let compacted = prometheus_client::metrics::counter::Counter::<u64>::default();
+    metrics.registry_mut().register(
+        "tombstones_compacted",
+        "Tombstones removed after the retention (zones away longer catch up by snapshot)",
+        compacted.clone(),
     );
     let refused = api::serve::refused_family(metrics.registry_mut());
     let state = api::ApiState {
@@ -91,6 +103,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut tasks = Supervisor::new();
     let insights = zones.clone().run(state.store.clone(), tasks.stop_signal());
     tasks.critical("zone insights", insights);
+    let compaction = compaction::run(sql, tombstone_retention, compacted, tasks.stop_signal());
+    tasks.critical("tombstone compaction", compaction);
     // Half of what the process can hold open for each port.
     let cap = api::serve::connection_budget() / 2;
     let stop = tasks.stop_signal();

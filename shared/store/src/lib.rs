@@ -16,7 +16,7 @@ mod sql;
 use async_trait::async_trait;
 use meridian_model::{Kind, ResourceKey, Stored, Submission};
 
-pub use sql::{Backend, Sensitive, SqlStore, Write, Written, redact};
+pub use sql::{Backend, Lease, Sensitive, SqlStore, TOMBSTONE_COMPACTION, Write, Written, redact};
 
 /// What a store can fail with, in domain terms (the REST layer maps these to statuses).
 #[derive(Clone, Debug, thiserror::Error)]

@@ -24,10 +24,13 @@ use super::{
 
 #[path = "group.rs"]
 mod group;
+#[path = "lease.rs"]
+mod lease;
 #[path = "logged.rs"]
 mod logged;
 #[path = "writes.rs"]
 mod writes;
+pub use lease::{Lease, TOMBSTONE_COMPACTION};
 pub use logged::{Sensitive, Write, Written};
 use writes::{Revisions, delete_in, fetch, put_in, secret_in, status_in, synced_in};
 
