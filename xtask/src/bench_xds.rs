@@ -19,7 +19,7 @@ use meridian_testing::{KillOnDrop, free_port, wait_until};
 use tokio::sync::{Mutex, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::{run, target_dir, workspace_root};
+use crate::{run, target_dir};
 
 const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 const TYPES: [(&str, &str); 5] = [
@@ -48,6 +48,23 @@ fn rss_kib(pid: u32) -> Result<u64> {
 }
 
 pub fn xds(args: &[&str]) -> Result<()> {
+    // The simulated proxies share the two cores with zone-cp; as a debug build they took a
+    // quarter of the CPU. So they run from a release build of this very program.
+    if cfg!(debug_assertions) {
+        run(
+            "cargo build --release (xtask, the simulated proxies)",
+            crate::cargo().args(["build", "--release", "-p", "xtask"]),
+        )?;
+        let status = Command::new(target_dir().join("release/xtask"))
+            .args(["bench", "xds"])
+            .args(args)
+            .status()
+            .context("starting the release build of xtask")?;
+        if !status.success() {
+            bail!("bench xds: {status}");
+        }
+        return Ok(());
+    }
     let mut proxies = 1000;
     let mut mtls = false;
     let mut churn = false;
@@ -73,12 +90,9 @@ pub fn xds(args: &[&str]) -> Result<()> {
     if !(1..=20_000).contains(&proxies) {
         bail!("--proxies must be from 1 to 20000");
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(
         "cargo build --release (zone-cp)",
-        Command::new(cargo)
-            .args(["build", "--release", "-p", "meridian-zone-cp"])
-            .current_dir(workspace_root()),
+        crate::cargo().args(["build", "--release", "-p", "meridian-zone-cp"]),
     )?;
     let dir = tempfile::tempdir()?;
     let (api_port, xds_port) = (free_port()?, free_port()?);
@@ -256,6 +270,8 @@ async fn change<F: std::future::Future<Output = Result<()>>>(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let cpu = cpu_ms(pid)? - cpu0;
+    // Counted once generation is over: what the proxies received may not be all it did.
+    settle(api).await?;
     let (full, patched) = counts().await?;
     let mut received: Vec<f64> = (progress.arrivals().iter())
         .map(|t| t.saturating_duration_since(t0).as_secs_f64() * 1000.0)
