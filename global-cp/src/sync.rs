@@ -14,8 +14,8 @@ use meridian_model::Resource;
 use meridian_model::validate::dns1123_label;
 use meridian_model::{Kind, ResourceKey, Spec, Stored, Submission, ZONE_LABEL};
 use meridian_proto::sync::{
-    Ack, Batch, Change as WireChange, GlobalMessage, Hello, Inventory, Secret, ZoneMessage, global_message,
-    zone_message,
+    Ack, BadChange, Batch, Change as WireChange, GlobalMessage, Hello, Inventory, Secret, ZoneMessage,
+    global_message, zone_message,
 };
 use meridian_proto::sync_service::global_sync_server::GlobalSync;
 use meridian_store::{Change, Store, StoreError, SyncedOp, SyncedOutcome};
@@ -28,7 +28,7 @@ use tracing::{Instrument, info, info_span, warn};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::zones::{Zones, now_ms};
-use meridian_api::tokens::{Subject, TokenKind, Tokens};
+use meridian_api::tokens::{Subject, TokenError, TokenKind, Tokens};
 
 /// Changes per batch.
 const BATCH: u32 = 500;
@@ -195,11 +195,27 @@ async fn send_changes(store: &dyn Store, out: &Outbox, zone: &str, mut sent: i64
     }
 }
 
+/// Why global skips one item of a zone's inventory (the zone is told, in its Ack).
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error(transparent)]
+    Undecodable(#[from] BadChange),
+    /// Something a zone may not report, or not as this.
+    #[error("{kind} {name:?}: {why}")]
+    NotTheZones { kind: Kind, name: String, why: String },
+}
+
 /// One inventory item as global stores it: named `ZONE.NAME` and labelled with the zone.
 /// Refuses what a zone may not write: global's kinds, and anything claiming another zone.
-fn pin(zone: &str, change: &WireChange) -> Result<SyncedOp, String> {
+fn pin(zone: &str, change: &WireChange) -> Result<SyncedOp, Refused> {
     let (key, resource) = change.decode()?;
-    let refuse = |why: String| Err(format!("{} {:?}: {why}", key.kind, key.name));
+    let refuse = |why: String| {
+        Err(Refused::NotTheZones {
+            kind: key.kind,
+            name: key.name.clone(),
+            why,
+        })
+    };
     if !key.kind.zone_owned() {
         return refuse(format!(
             "{} resources come from global; a zone reports only Dataplanes and ZoneIngresses",
@@ -250,7 +266,7 @@ async fn apply_inventory(
         let op = match pin(zone, change) {
             Ok(op) => op,
             Err(why) => {
-                refused.push(why);
+                refused.push(why.to_string());
                 continue;
             }
         };
@@ -301,21 +317,35 @@ async fn apply_inventory(
     Ok((outcome, refused))
 }
 
+/// Why a zone's token does not let it sync as the zone it says it is.
+#[derive(Debug, thiserror::Error)]
+enum ZoneTokenError {
+    #[error("{0}: generate a new one (meshctl generate zone-token --zone {1})")]
+    Expired(TokenError, String),
+    #[error(transparent)]
+    Invalid(TokenError),
+    #[error("the token is for zone {token:?}, not {hello:?}")]
+    OtherZone { token: String, hello: String },
+    #[error("not a zone token")]
+    NotAZoneToken,
+}
+
 /// Checks that `token` is a zone token global issued for `zone`, not expired nor revoked.
-async fn verify_zone_token(tokens: &Tokens, token: &str, zone: &str) -> Result<(), String> {
+async fn verify_zone_token(tokens: &Tokens, token: &str, zone: &str) -> Result<(), ZoneTokenError> {
     let claims = tokens
         .verify(token, &[TokenKind::Zone])
         .await
         .map_err(|e| match e {
-            meridian_api::tokens::TokenError::Expired(_) => {
-                format!("{e}: generate a new one (meshctl generate zone-token --zone {zone})")
-            }
-            other => other.to_string(),
+            TokenError::Expired(_) => ZoneTokenError::Expired(e, zone.to_owned()),
+            other => ZoneTokenError::Invalid(other),
         })?;
     match claims.subject {
         Subject::Zone { zone: z } if z == zone => Ok(()),
-        Subject::Zone { zone: z } => Err(format!("the token is for zone {z:?}, not {zone:?}")),
-        _ => Err("not a zone token".into()),
+        Subject::Zone { zone: z } => Err(ZoneTokenError::OtherZone {
+            token: z,
+            hello: zone.to_owned(),
+        }),
+        _ => Err(ZoneTokenError::NotAZoneToken),
     }
 }
 

@@ -138,7 +138,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     std::fs::read(f).with_context(|| format!("reading --global-ca-file {}", f.display()))
                 })
                 .transpose()?;
-            Some(sync::GlobalEndpoint::parse(address, ca).map_err(anyhow::Error::msg)?)
+            Some(sync::GlobalEndpoint::parse(address, ca)?)
         }
         None => None,
     };

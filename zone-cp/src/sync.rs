@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use meridian_model::{Kind, ResourceKey, Submission};
 use meridian_proto::sync::{
-    Ack, Batch, Change as WireChange, Hello, Inventory, ZoneMessage, global_message, zone_message,
+    Ack, BadChange, Batch, Change as WireChange, Hello, Inventory, ZoneMessage, global_message, zone_message,
 };
 use meridian_proto::sync_service::global_sync_client::GlobalSyncClient;
 use meridian_store::{Change, Store, StoreError, SyncedOp, SyncedOutcome};
@@ -35,6 +35,54 @@ pub fn from_global(key: &ResourceKey) -> bool {
 /// Changes per inventory message after the first.
 const INVENTORY_BATCH: u32 = 1000;
 
+/// Why a sync session with global ended, or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("--global-address {address:?} must be grpc://HOST:PORT or grpcs://HOST:PORT")]
+    Address { address: String },
+    #[error("--global-address {address:?} uses TLS: give --global-ca-file")]
+    NoCa { address: String },
+    #[error("--global-ca-file is for grpcs:// addresses, not {address:?}")]
+    CaWithoutTls { address: String },
+    #[error("connecting to {url}: {source}")]
+    Connect {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error("the zone token is not valid header text")]
+    TokenText,
+    #[error("opening the sync stream: {0}")]
+    Open(tonic::Status),
+    #[error("the sync stream broke: {0}")]
+    Stream(tonic::Status),
+    #[error("the sync stream closed")]
+    Closed,
+    #[error("the zone store closed")]
+    StoreClosed,
+    #[error("the zone store: {0}")]
+    Store(#[from] StoreError),
+    #[error("batch up to revision {revision} refused: {why}")]
+    Refused { revision: i64, why: ApplyError },
+}
+
+/// Why the zone refuses a batch from global (and says so in its Ack).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Undecodable(#[from] BadChange),
+    #[error("change {revision}: {key} is this zone's own, not global's to send")]
+    NotGlobals { revision: i64, key: ResourceKey },
+    #[error("secret {name:?}: only mesh CAs ({prefix}MESH/BACKEND) come from global", prefix = meridian_api::ca::SECRET_PREFIX)]
+    NotACa { name: String },
+    #[error("secret {name:?}: {source}")]
+    BadCa {
+        name: String,
+        source: meridian_api::ca::CaError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// Where global's sync service is, and how to trust it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GlobalEndpoint {
@@ -46,8 +94,11 @@ pub struct GlobalEndpoint {
 
 impl GlobalEndpoint {
     /// Parses `grpc://HOST:PORT` or `grpcs://HOST:PORT` (which needs `ca`).
-    pub fn parse(address: &str, ca: Option<Vec<u8>>) -> Result<Self, String> {
-        let bad = || format!("--global-address {address:?} must be grpc://HOST:PORT or grpcs://HOST:PORT");
+    pub fn parse(address: &str, ca: Option<Vec<u8>>) -> Result<Self, SyncError> {
+        let address_owned = || address.to_owned();
+        let bad = || SyncError::Address {
+            address: address_owned(),
+        };
         let (scheme, rest) = if let Some(rest) = address.strip_prefix("grpcs://") {
             ("https", rest)
         } else if let Some(rest) = address.strip_prefix("grpc://") {
@@ -59,12 +110,12 @@ impl GlobalEndpoint {
             return Err(bad());
         }
         match (scheme, &ca) {
-            ("https", None) => Err(format!(
-                "--global-address {address:?} uses TLS: give --global-ca-file"
-            )),
-            ("http", Some(_)) => Err(format!(
-                "--global-ca-file is for grpcs:// addresses, not {address:?}"
-            )),
+            ("https", None) => Err(SyncError::NoCa {
+                address: address_owned(),
+            }),
+            ("http", Some(_)) => Err(SyncError::CaWithoutTls {
+                address: address_owned(),
+            }),
             _ => Ok(Self {
                 url: format!("{scheme}://{rest}"),
                 ca,
@@ -72,31 +123,31 @@ impl GlobalEndpoint {
         }
     }
 
-    async fn connect(&self) -> Result<tonic::transport::Channel, String> {
-        let mut endpoint =
-            tonic::transport::Endpoint::from_shared(self.url.clone()).map_err(|e| e.to_string())?;
+    async fn connect(&self) -> Result<tonic::transport::Channel, SyncError> {
+        let failed = |source| SyncError::Connect {
+            url: self.url.clone(),
+            source,
+        };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(self.url.clone()).map_err(failed)?;
         if let Some(ca) = &self.ca {
             let tls = tonic::transport::ClientTlsConfig::new()
                 .ca_certificate(tonic::transport::Certificate::from_pem(ca));
-            endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS setup: {e}"))?;
+            endpoint = endpoint.tls_config(tls).map_err(failed)?;
         }
-        endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("connecting to {}: {e}", self.url))
+        endpoint.connect().await.map_err(failed)
     }
 }
 
 /// Decodes every change first: a batch with one bad resource is refused whole.
-fn decode(zone: &str, batch: &Batch) -> Result<Vec<(ResourceKey, Option<Submission>)>, String> {
+fn decode(zone: &str, batch: &Batch) -> Result<Vec<(ResourceKey, Option<Submission>)>, ApplyError> {
     let mut out = Vec::with_capacity(batch.changes.len());
     for c in &batch.changes {
         let (key, resource) = c.decode()?;
         if !from_global(&key) || key.synced_zone() == Some(zone) {
-            return Err(format!(
-                "change {}: {key} is this zone's own, not global's to send",
-                c.revision
-            ));
+            return Err(ApplyError::NotGlobals {
+                revision: c.revision,
+                key,
+            });
         }
         // Global decides versions; the zone applies what it is sent.
         let submission = resource.map(|resource| Submission {
@@ -109,25 +160,22 @@ fn decode(zone: &str, batch: &Batch) -> Result<Vec<(ResourceKey, Option<Submissi
 }
 
 /// Applies a batch to the zone's store, with the new position, in one transaction.
-pub async fn apply(store: &dyn Store, zone: &str, batch: &Batch) -> Result<SyncedOutcome, String> {
+pub async fn apply(store: &dyn Store, zone: &str, batch: &Batch) -> Result<SyncedOutcome, ApplyError> {
     let changes = decode(zone, batch)?;
     for secret in &batch.secrets {
         if !secret.name.starts_with(meridian_api::ca::SECRET_PREFIX) {
-            return Err(format!(
-                "secret {:?}: only mesh CAs ({}MESH/BACKEND) come from global",
-                secret.name,
-                meridian_api::ca::SECRET_PREFIX
-            ));
+            return Err(ApplyError::NotACa {
+                name: secret.name.clone(),
+            });
         }
-        meridian_api::ca::MeshCa::from_secret(&secret.value)
-            .map_err(|e| format!("secret {:?}: {e}", secret.name))?;
+        meridian_api::ca::MeshCa::from_secret(&secret.value).map_err(|source| ApplyError::BadCa {
+            name: secret.name.clone(),
+            source,
+        })?;
     }
     // The CAs first: the meshes that need them may be in this batch.
     for secret in &batch.secrets {
-        store
-            .put_secret(&secret.name, &secret.value)
-            .await
-            .map_err(|e| e.to_string())?;
+        store.put_secret(&secret.name, &secret.value).await?;
     }
     let mut ops = Vec::with_capacity(changes.len());
     if batch.snapshot {
@@ -135,9 +183,7 @@ pub async fn apply(store: &dyn Store, zone: &str, batch: &Batch) -> Result<Synce
         // the transaction is safe: this sync is the only writer of what comes from global.
         let keep: BTreeSet<&ResourceKey> = changes.iter().map(|(k, _)| k).collect();
         for &kind in Kind::ALL.iter().rev() {
-            let all = meridian_store::keys(store, kind)
-                .await
-                .map_err(|e| e.to_string())?;
+            let all = meridian_store::keys(store, kind).await?;
             ops.extend(
                 all.into_iter()
                     .filter(|k| from_global(k) && !keep.contains(k))
@@ -159,10 +205,7 @@ pub async fn apply(store: &dyn Store, zone: &str, batch: &Batch) -> Result<Synce
         SyncedOp::Delete(k) if k.kind == Kind::Mesh => 2,
         _ => 1,
     });
-    store
-        .apply_synced(ops, Some(batch.to_revision))
-        .await
-        .map_err(|e| e.to_string())
+    Ok(store.apply_synced(ops, Some(batch.to_revision)).await?)
 }
 
 /// The zone's whole inventory and the store revision it was read at.
@@ -285,13 +328,13 @@ async fn session(
     token: &str,
     store: &dyn Store,
     metrics: &SyncMetrics,
-) -> Result<(), String> {
+) -> Result<(), SyncError> {
     let mut client = GlobalSyncClient::new(global.connect().await?).max_decoding_message_size(64 << 20);
-    let applied_revision = store.sync_position().await.map_err(|e| e.to_string())?;
+    let applied_revision = store.sync_position().await?;
     // Watch before reading the inventory, so no local commit falls between the two.
     let mut commits = store.watch();
     commits.borrow_and_update();
-    let (reported, inventory) = full_inventory(store).await.map_err(|e| e.to_string())?;
+    let (reported, inventory) = full_inventory(store).await?;
     let (tx, rx) = mpsc::channel(4);
     let hello = Hello {
         zone: zone.to_owned(),
@@ -304,17 +347,17 @@ async fn session(
     ] {
         tx.send(ZoneMessage { kind: Some(kind) })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| SyncError::Closed)?;
     }
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     let bearer = format!("Bearer {token}")
         .parse()
-        .map_err(|_| "the zone token is not valid header text".to_owned())?;
+        .map_err(|_| SyncError::TokenText)?;
     request.metadata_mut().insert("authorization", bearer);
     let mut inbound = client
         .stream(request)
         .await
-        .map_err(|e| format!("opening the sync stream: {e}"))?
+        .map_err(SyncError::Open)?
         .into_inner();
     info!(applied_revision, "sync stream open");
     metrics.connected.set(1);
@@ -361,16 +404,16 @@ async fn exchange(
     zone: &str,
     commits: &mut watch::Receiver<i64>,
     mut reported: i64,
-) -> Result<(), String> {
+) -> Result<(), SyncError> {
     let send = |kind| async move {
         tx.send(ZoneMessage { kind: Some(kind) })
             .await
-            .map_err(|_| "the sync stream closed".to_owned())
+            .map_err(|_| SyncError::Closed)
     };
     loop {
         tokio::select! {
             message = inbound.message() => {
-                let Some(message) = message.map_err(|e| e.to_string())? else {
+                let Some(message) = message.map_err(SyncError::Stream)? else {
                     return Ok(());
                 };
                 let Some(global_message::Kind::Batch(batch)) = message.kind else {
@@ -407,24 +450,22 @@ async fn exchange(
                         warn!(revision = batch.to_revision, error = %error, "refusing a batch from global");
                         let _ = send(zone_message::Kind::Ack(Ack {
                             revision: batch.to_revision,
-                            error: error.clone(),
+                            error: error.to_string(),
                         }))
                         .await;
-                        return Err(format!(
-                            "batch up to revision {} refused: {error}",
-                            batch.to_revision
-                        ));
+                        return Err(SyncError::Refused {
+                            revision: batch.to_revision,
+                            why: error,
+                        });
                     }
                 }
             }
             changed = commits.changed() => {
                 if changed.is_err() {
-                    return Err("the zone store closed".to_owned());
+                    return Err(SyncError::StoreClosed);
                 }
                 commits.borrow_and_update();
-                let (position, inventory) = inventory_since(store, reported)
-                    .await
-                    .map_err(|e| format!("reading the zone's inventory: {e}"))?;
+                let (position, inventory) = inventory_since(store, reported).await?;
                 reported = position;
                 if let Some(inventory) = inventory {
                     info!(changes = inventory.changes.len(), full = inventory.full, "inventory reported");
@@ -487,7 +528,7 @@ mod tests {
             ],
         );
         assert_eq!(
-            apply(&store, "zone-1", &b).await,
+            apply(&store, "zone-1", &b).await.map_err(|e| e.to_string()),
             Ok(SyncedOutcome {
                 written: 2,
                 unchanged: 0,
@@ -497,7 +538,7 @@ mod tests {
         assert_eq!(store.sync_position().await.expect("position"), 3);
         // The same batch again (a crash before the ACK): nothing is rewritten.
         assert_eq!(
-            apply(&store, "zone-1", &b).await,
+            apply(&store, "zone-1", &b).await.map_err(|e| e.to_string()),
             Ok(SyncedOutcome {
                 written: 0,
                 unchanged: 2,
@@ -521,7 +562,13 @@ mod tests {
             false,
             vec![upsert(2, &in_other), upsert(5, "type: Mesh\nname: other\n")],
         );
-        assert_eq!(apply(&store, "zone-1", &b).await.map(|o| o.written), Ok(2));
+        assert_eq!(
+            apply(&store, "zone-1", &b)
+                .await
+                .map_err(|e| e.to_string())
+                .map(|o| o.written),
+            Ok(2)
+        );
     }
 
     #[tokio::test]
@@ -557,7 +604,7 @@ mod tests {
             ],
         );
         assert_eq!(
-            apply(&store, "zone-1", &snap).await,
+            apply(&store, "zone-1", &snap).await.map_err(|e| e.to_string()),
             Ok(SyncedOutcome {
                 written: 1,
                 unchanged: 2,
@@ -593,7 +640,10 @@ mod tests {
         let mut bad = upsert(2, &trace("t", "a:4317"));
         bad.resource = bad.resource.replace("a:4317", "no-port");
         let b = batch(2, false, vec![upsert(1, "type: Mesh\nname: default\n"), bad]);
-        let err = apply(&store, "zone-1", &b).await.expect_err("refused");
+        let err = apply(&store, "zone-1", &b)
+            .await
+            .map_err(|e| e.to_string())
+            .expect_err("refused");
         assert!(err.contains("spec.backends[0].conf.endpoint"), "{err}");
         assert_eq!(
             store.revision().await.expect("revision"),
@@ -609,7 +659,7 @@ mod tests {
             let err = apply(&store, "zone-1", &batch(3, false, vec![upsert(3, &own)]))
                 .await
                 .expect_err("refused");
-            assert!(err.contains("this zone's own"), "{err}");
+            assert!(matches!(err, ApplyError::NotGlobals { .. }), "{err}");
         }
     }
 
@@ -621,7 +671,7 @@ mod tests {
         assert_eq!(tls.url, "https://global.example:5685");
         assert!(
             GlobalEndpoint::parse("grpcs://global.example:5685", None)
-                .is_err_and(|e| e.contains("--global-ca-file"))
+                .is_err_and(|e| e.to_string().contains("--global-ca-file"))
         );
         assert!(GlobalEndpoint::parse("grpc://127.0.0.1:5685", Some(b"ca".to_vec())).is_err());
         assert!(GlobalEndpoint::parse("http://127.0.0.1:5685", None).is_err());

@@ -169,30 +169,43 @@ impl Change {
 
     /// The key, and for an upsert the resource, validated as any input is. The error says
     /// which change is at fault and why.
-    pub fn decode(&self) -> Result<(ResourceKey, Option<Resource>), String> {
-        let at = |e: &dyn std::fmt::Display| {
-            format!("change {} ({} {:?}): {e}", self.revision, self.kind, self.name)
+    pub fn decode(&self) -> Result<(ResourceKey, Option<Resource>), BadChange> {
+        let at = |problem: String| BadChange {
+            revision: self.revision,
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+            problem,
         };
-        let kind = Kind::from_name(&self.kind).ok_or_else(|| at(&"unknown kind"))?;
+        let kind = Kind::from_name(&self.kind).ok_or_else(|| at("unknown kind".into()))?;
         let key = ResourceKey::new(kind, self.mesh.clone(), self.name.clone());
         match ChangeType::try_from(self.change_type) {
             Ok(ChangeType::Delete) => Ok((key, None)),
             Ok(ChangeType::Upsert) => {
                 let mut values =
-                    meridian_model::text::json_values(&self.resource).map_err(|e| at(&e.message))?;
+                    meridian_model::text::json_values(&self.resource).map_err(|e| at(e.message))?;
                 if values.len() != 1 {
-                    return Err(at(&"expected one resource as JSON"));
+                    return Err(at("expected one resource as JSON".into()));
                 }
                 let value = values.remove(0);
-                let Submission { resource, .. } = from_value(value).map_err(|e| at(&e))?;
+                let Submission { resource, .. } = from_value(value).map_err(|e| at(e.to_string()))?;
                 if resource.key() != key {
-                    return Err(at(&format!("the resource is {}", resource.key())));
+                    return Err(at(format!("the resource is {}", resource.key())));
                 }
                 Ok((key, Some(resource)))
             }
-            Err(_) => Err(at(&format!("unknown change type {}", self.change_type))),
+            Err(_) => Err(at(format!("unknown change type {}", self.change_type))),
         }
     }
+}
+
+/// A change that cannot be applied: which one, and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("change {revision} ({kind} {name:?}): {problem}")]
+pub struct BadChange {
+    pub revision: i64,
+    pub kind: String,
+    pub name: String,
+    pub problem: String,
 }
 
 #[cfg(test)]
@@ -210,16 +223,17 @@ mod tests {
         assert_eq!(Change::delete(4, &r.key()).decode(), Ok((r.key(), None)));
         let mut bad = Change::upsert(5, &r);
         bad.name = "other".into();
+        let err = |c: &Change| c.decode().map_err(|e| e.to_string());
         assert_eq!(
-            bad.decode(),
+            err(&bad),
             Err("change 5 (Mesh \"other\"): the resource is Mesh \"demo\"".into())
         );
         bad.kind = "Nope".into();
-        assert!(bad.decode().is_err_and(|e| e.contains("unknown kind")));
+        assert!(err(&bad).is_err_and(|e| e.contains("unknown kind")));
         let mut bad = Change::upsert(6, &r);
         bad.resource = r#"{"type":"Mesh","name":"demo","bogus":1}"#.into();
         assert!(
-            bad.decode().is_err_and(|e| e.contains("bogus")),
+            err(&bad).is_err_and(|e| e.contains("bogus")),
             "{:?}",
             bad.decode()
         );
