@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use meridian_testing::{KillOnDrop, free_port, wait_until};
 
-use crate::{run, target_dir, workspace_root};
+use crate::{run, target_dir};
 
 pub fn sync(args: &[&str]) -> Result<()> {
     let (existing, writes) = match args {
@@ -17,99 +17,124 @@ pub fn sync(args: &[&str]) -> Result<()> {
         ["--writes", n] => (1000, n.parse().context("--writes: expected a number")?),
         _ => bail!("usage: cargo xtask bench sync [--writes N]"),
     };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(
-        "cargo build --release (global-cp, zone-cp)",
-        Command::new(cargo)
-            .args([
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let federation = runtime.block_on(Federation::start())?;
+    let http = reqwest::Client::new();
+    runtime.block_on(measure(&http, &federation.global, existing, writes))
+}
+
+/// A running global-cp and two zone-cps federated to it (release builds, embedded stores),
+/// stopped when dropped.
+pub(crate) struct Federation {
+    /// Global's REST API.
+    pub global: String,
+    /// Each zone's REST API and xDS address (`http://...`).
+    pub zones: Vec<(String, String)>,
+    _processes: Vec<KillOnDrop>,
+    _dir: tempfile::TempDir,
+}
+
+fn healthy(url: String) -> impl FnMut() -> bool {
+    move || {
+        Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", &url])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Federation {
+    /// Builds them in release first.
+    pub(crate) async fn start() -> Result<Self> {
+        run(
+            "cargo build --release (global-cp, zone-cp)",
+            crate::cargo().args([
                 "build",
                 "--release",
                 "-p",
                 "meridian-global-cp",
                 "-p",
                 "meridian-zone-cp",
-            ])
-            .current_dir(workspace_root()),
-    )?;
-    let dir = tempfile::tempdir()?;
-    let (api, sync) = (free_port()?, free_port()?);
-    let _global = KillOnDrop::new(
-        Command::new(target_dir().join("release/global-cp"))
-            .args([
-                "run",
-                "--api-addr",
-                &format!("127.0.0.1:{api}"),
-                "--sync-addr",
-                &format!("127.0.0.1:{sync}"),
-            ])
-            .arg("--data-dir")
-            .arg(dir.path().join("global"))
-            .env("RUST_LOG", "warn,openraft=off")
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting global-cp")?,
-    );
-    let global = format!("http://127.0.0.1:{api}");
-    let healthy = |url: String| {
-        move || {
-            Command::new("curl")
-                .args(["-sf", "-o", "/dev/null", &url])
-                .status()
-                .is_ok_and(|s| s.success())
-        }
-    };
-    wait_until(
-        "global-cp",
-        Duration::from_secs(30),
-        healthy(format!("{global}/healthz")),
-    )?;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Runtime::new()?;
-    let http = reqwest::Client::new();
-    let mut zones = Vec::new();
-    for zone in ["zone-1", "zone-2"] {
-        let token = runtime.block_on(async {
-            http.post(format!("{global}/tokens/zone"))
+            ]),
+        )?;
+        let dir = tempfile::tempdir()?;
+        let (api, sync) = (free_port()?, free_port()?);
+        let mut processes = vec![KillOnDrop::new(
+            Command::new(target_dir().join("release/global-cp"))
+                .args([
+                    "run",
+                    "--api-addr",
+                    &format!("127.0.0.1:{api}"),
+                    "--sync-addr",
+                    &format!("127.0.0.1:{sync}"),
+                ])
+                .arg("--data-dir")
+                .arg(dir.path().join("global"))
+                .env("RUST_LOG", "warn,openraft=off")
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting global-cp")?,
+        )];
+        let global = format!("http://127.0.0.1:{api}");
+        wait_until(
+            "global-cp",
+            Duration::from_secs(30),
+            healthy(format!("{global}/healthz")),
+        )?;
+        let http = reqwest::Client::new();
+        let mut zones = Vec::new();
+        for zone in ["zone-1", "zone-2"] {
+            let token = http
+                .post(format!("{global}/tokens/zone"))
                 .json(&serde_json::json!({"zone": zone}))
                 .send()
                 .await?
                 .text()
-                .await
-        })?;
-        let token_file = dir.path().join(format!("{zone}.token"));
-        std::fs::write(&token_file, token)?;
-        let zone_api = free_port()?;
-        zones.push(KillOnDrop::new(
-            Command::new(target_dir().join("release/zone-cp"))
-                .args([
-                    "run",
-                    "--zone",
-                    zone,
-                    "--global-address",
-                    &format!("grpc://127.0.0.1:{sync}"),
-                ])
-                .args([
-                    "--api-addr",
-                    &format!("127.0.0.1:{zone_api}"),
-                    "--xds-addr",
-                    &format!("127.0.0.1:{}", free_port()?),
-                ])
-                .arg("--zone-token-file")
-                .arg(&token_file)
-                .arg("--data-dir")
-                .arg(dir.path().join(zone))
-                .env("RUST_LOG", "warn,openraft=off")
-                .stdout(Stdio::null())
-                .spawn()
-                .context("starting zone-cp")?,
-        ));
-        wait_until(
-            "zone-cp",
-            Duration::from_secs(30),
-            healthy(format!("http://127.0.0.1:{zone_api}/healthz")),
-        )?;
+                .await?;
+            let token_file = dir.path().join(format!("{zone}.token"));
+            std::fs::write(&token_file, token)?;
+            let (zone_api, xds) = (free_port()?, free_port()?);
+            processes.push(KillOnDrop::new(
+                Command::new(target_dir().join("release/zone-cp"))
+                    .args([
+                        "run",
+                        "--zone",
+                        zone,
+                        "--global-address",
+                        &format!("grpc://127.0.0.1:{sync}"),
+                    ])
+                    .args([
+                        "--api-addr",
+                        &format!("127.0.0.1:{zone_api}"),
+                        "--xds-addr",
+                        &format!("127.0.0.1:{xds}"),
+                    ])
+                    .arg("--zone-token-file")
+                    .arg(&token_file)
+                    .arg("--data-dir")
+                    .arg(dir.path().join(zone))
+                    .env("RUST_LOG", "warn,openraft=off")
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .context("starting zone-cp")?,
+            ));
+            let zone_api = format!("http://127.0.0.1:{zone_api}");
+            // Up once global's default mesh has arrived.
+            wait_until(
+                "zone-cp",
+                Duration::from_secs(30),
+                healthy(format!("{zone_api}/meshes/default")),
+            )?;
+            zones.push((zone_api, format!("http://127.0.0.1:{xds}")));
+        }
+        Ok(Self {
+            global,
+            zones,
+            _processes: processes,
+            _dir: dir,
+        })
     }
-    runtime.block_on(measure(&http, &global, existing, writes))
 }
 
 fn trace(name: &str, endpoint: &str) -> serde_json::Value {

