@@ -31,9 +31,9 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::xds::cache::{ProxyId, SnapshotCache};
-use crate::xds::crosszone::{INGRESS_MESH, Zones};
+use crate::xds::crosszone::{INGRESS_MESH, Zones, ingress_snapshot};
 use crate::xds::metrics::XdsMetrics;
-use crate::xds::translate::{MeshContext, TlsSettings, ingress_snapshot};
+use crate::xds::translate::{MeshContext, TlsSettings};
 
 mod generate;
 mod probe;

@@ -158,7 +158,7 @@ fn an_ingress_passes_each_services_tls_through_by_sni() {
     else {
         panic!()
     };
-    let snapshot = meridian_zone_cp::xds::translate::ingress_snapshot(&ingress, &[&ctx]);
+    let snapshot = meridian_zone_cp::xds::crosszone::ingress_snapshot(&ingress, &[&ctx]);
     consistent(&snapshot);
     let out = describe_snapshot(&snapshot);
     assert!(out.contains("reg-server{mesh=default}"), "{out}");

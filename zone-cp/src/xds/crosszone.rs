@@ -15,10 +15,21 @@
 
 use std::collections::BTreeMap;
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
+};
 use envoy_types::pb::envoy::config::core::v3::Locality;
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints;
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch};
 use envoy_types::pb::google::protobuf::UInt32Value;
 use meridian_model::policies::mesh_load_balancing_strategy::LbConf;
+use meridian_model::policies::zone_ingress::ZoneIngressSpec;
+
+use super::cache::{CLUSTER, ENDPOINT, LISTENER, Snapshot};
+use super::policies::mesh_timeout::DEFAULT_CONNECT_TIMEOUT;
+use super::translate::{MeshContext, ads, duration, listener, load_assignment, pack, tcp_filter, tcp_proxy};
 
 pub use meridian_model::policies::zone_ingress::INGRESS_NODE_MESH as INGRESS_MESH;
 
@@ -84,6 +95,69 @@ pub fn remote_localities(
         }
     }
     out
+}
+
+/// Everything a zone ingress gets: in each mesh with mTLS, for each service with endpoints
+/// here, a filter chain matching the service's SNI that passes the caller's TLS through
+/// (never decrypting it) to the service's sidecars. Anything else is closed.
+pub fn ingress_snapshot(ingress: &ZoneIngressSpec, meshes: &[&MeshContext]) -> Snapshot {
+    let mut snap = Snapshot::default();
+    let mut chains = Vec::new();
+    for ctx in meshes.iter().filter(|c| c.tls.is_some()) {
+        for (service, info) in &ctx.services {
+            if info.endpoints.is_empty() {
+                continue;
+            }
+            let target = sni(&ctx.mesh, service);
+            let cluster = Cluster {
+                name: target.clone(),
+                cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+                eds_cluster_config: Some(EdsClusterConfig {
+                    eds_config: Some(ads()),
+                    service_name: String::new(),
+                }),
+                connect_timeout: Some(duration(DEFAULT_CONNECT_TIMEOUT)),
+                outlier_detection: super::policies::mesh_circuit_breaker::outlier_detection(None),
+                ..Default::default()
+            };
+            snap.insert(CLUSTER, target.clone(), pack(&cluster));
+            snap.insert(
+                ENDPOINT,
+                target.clone(),
+                pack(&load_assignment(&target, &info.endpoints)),
+            );
+            chains.push(FilterChain {
+                filter_chain_match: Some(FilterChainMatch {
+                    server_names: vec![target.clone()],
+                    ..Default::default()
+                }),
+                filters: vec![tcp_filter(&tcp_proxy(
+                    &format!("ingress_{}_{service}", ctx.mesh),
+                    &target,
+                ))],
+                name: target,
+                ..Default::default()
+            });
+        }
+    }
+    // Whatever names no service here: tcp_proxy to a cluster that does not exist closes it.
+    chains.push(FilterChain {
+        filters: vec![tcp_filter(&tcp_proxy("ingress_unknown", "unknown-service"))],
+        name: "unknown-service".into(),
+        ..Default::default()
+    });
+    let n = &ingress.networking;
+    let listener_name = format!("ingress:{}:{}", n.address, n.port);
+    let mut l = listener(
+        listener_name.clone(),
+        &n.address,
+        n.port,
+        TrafficDirection::Inbound,
+        chains,
+    );
+    l.listener_filters = vec![super::tls::tls_inspector()];
+    snap.insert(LISTENER, listener_name, pack(&l));
+    snap
 }
 
 #[cfg(test)]

@@ -49,13 +49,11 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 };
 use envoy_types::pb::google::protobuf::{Any, Duration};
 use meridian_model::policies::dataplane::{DataplaneSpec, SERVICE_TAG, speaks_http};
-use meridian_model::policies::zone_ingress::ZoneIngressSpec;
 use meridian_model::resolve::access::Access;
 use meridian_model::resolve::ProxyView;
 use prost::{Message, Name};
 
 use super::cache::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot};
-use super::crosszone;
 use super::policies::mesh_timeout::DEFAULT_CONNECT_TIMEOUT;
 use super::policies::{self, Generated, InboundResources, OutboundResources, ProxyInput};
 use super::tls;
@@ -90,7 +88,7 @@ pub(crate) fn socket(address: &str, port: u32) -> Address {
     }
 }
 
-fn ads() -> ConfigSource {
+pub(crate) fn ads() -> ConfigSource {
     ConfigSource {
         resource_api_version: ApiVersion::V3 as i32,
         config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
@@ -113,7 +111,7 @@ fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
     }
 }
 
-fn tcp_proxy(stat_prefix: &str, cluster: &str) -> TcpProxy {
+pub(crate) fn tcp_proxy(stat_prefix: &str, cluster: &str) -> TcpProxy {
     TcpProxy {
         stat_prefix: stat_prefix.to_owned(),
         cluster_specifier: Some(TcpCluster::Cluster(cluster.to_owned())),
@@ -121,7 +119,7 @@ fn tcp_proxy(stat_prefix: &str, cluster: &str) -> TcpProxy {
     }
 }
 
-fn tcp_filter(proxy: &TcpProxy) -> Filter {
+pub(crate) fn tcp_filter(proxy: &TcpProxy) -> Filter {
     Filter {
         name: "envoy.filters.network.tcp_proxy".into(),
         config_type: Some(FilterConfig::TypedConfig(pack(proxy))),
@@ -148,7 +146,7 @@ pub(crate) fn set_upstream_options(cluster: &mut Cluster, common: HttpProtocolOp
     }
 }
 
-fn listener(
+pub(crate) fn listener(
     name: String,
     address: &str,
     port: u32,
@@ -554,67 +552,4 @@ pub(crate) fn load_assignment(cluster: &str, endpoints: &[ServiceEndpoint]) -> C
         }],
         ..Default::default()
     }
-}
-
-/// Everything a zone ingress gets: in each mesh with mTLS, for each service with endpoints
-/// here, a filter chain matching the service's SNI that passes the caller's TLS through
-/// (never decrypting it) to the service's sidecars. Anything else is closed.
-pub fn ingress_snapshot(ingress: &ZoneIngressSpec, meshes: &[&MeshContext]) -> Snapshot {
-    let mut snap = Snapshot::default();
-    let mut chains = Vec::new();
-    for ctx in meshes.iter().filter(|c| c.tls.is_some()) {
-        for (service, info) in &ctx.services {
-            if info.endpoints.is_empty() {
-                continue;
-            }
-            let target = crosszone::sni(&ctx.mesh, service);
-            let cluster = Cluster {
-                name: target.clone(),
-                cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
-                eds_cluster_config: Some(EdsClusterConfig {
-                    eds_config: Some(ads()),
-                    service_name: String::new(),
-                }),
-                connect_timeout: Some(duration(DEFAULT_CONNECT_TIMEOUT)),
-                outlier_detection: policies::mesh_circuit_breaker::outlier_detection(None),
-                ..Default::default()
-            };
-            snap.insert(CLUSTER, target.clone(), pack(&cluster));
-            snap.insert(
-                ENDPOINT,
-                target.clone(),
-                pack(&load_assignment(&target, &info.endpoints)),
-            );
-            chains.push(FilterChain {
-                filter_chain_match: Some(FilterChainMatch {
-                    server_names: vec![target.clone()],
-                    ..Default::default()
-                }),
-                filters: vec![tcp_filter(&tcp_proxy(
-                    &format!("ingress_{}_{service}", ctx.mesh),
-                    &target,
-                ))],
-                name: target,
-                ..Default::default()
-            });
-        }
-    }
-    // Whatever names no service here: tcp_proxy to a cluster that does not exist closes it.
-    chains.push(FilterChain {
-        filters: vec![tcp_filter(&tcp_proxy("ingress_unknown", "unknown-service"))],
-        name: "unknown-service".into(),
-        ..Default::default()
-    });
-    let n = &ingress.networking;
-    let listener_name = format!("ingress:{}:{}", n.address, n.port);
-    let mut l = listener(
-        listener_name.clone(),
-        &n.address,
-        n.port,
-        TrafficDirection::Inbound,
-        chains,
-    );
-    l.listener_filters = vec![tls::tls_inspector()];
-    snap.insert(LISTENER, listener_name, pack(&l));
-    snap
 }
