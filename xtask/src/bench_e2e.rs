@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::bench_sync::Federation;
-use crate::bench_xds::{Progress, connect, ran_in_release, register, settle, wait_configured};
+use crate::bench_xds::{Progress, connect, put, ran_in_release, register, settle, wait_configured};
 
 pub fn e2e(args: &[&str]) -> Result<()> {
     if ran_in_release("e2e", args)? {
@@ -52,7 +52,6 @@ async fn measure(federation: &Federation, proxies: usize, writes: usize) -> Resu
     }
     let expected = 2 * proxies;
     wait_configured(&progress, expected).await?;
-    let http = reqwest::Client::new();
     let (mut last, mut p50s) = (Vec::with_capacity(writes), Vec::with_capacity(writes));
     for i in 0..writes {
         for (api, _) in &federation.zones {
@@ -66,25 +65,10 @@ async fn measure(federation: &Federation, proxies: usize, writes: usize) -> Resu
             "type": "MeshTimeout", "mesh": "default", "name": "bench",
             "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": format!("{}ms", 1000 + i)}}]}
         });
-        let r = http
-            .put(format!("{}/meshes/default/meshtimeouts/bench", federation.global))
-            .json(&policy)
-            .send()
+        put(&federation.global, "/meshes/default/meshtimeouts/bench", policy).await?;
+        let arrivals = progress
+            .wait_arrivals(expected, t0, &format!("write {i}"))
             .await?;
-        if !r.status().is_success() {
-            bail!("PUT the MeshTimeout: {}", r.status());
-        }
-        while progress.arrivals().len() < expected {
-            if t0.elapsed() > Duration::from_secs(60) {
-                bail!(
-                    "write {i}: only {} of {expected} proxies received it",
-                    progress.arrivals().len()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let mut arrivals: Vec<Duration> = progress.arrivals().iter().map(|t| t.duration_since(t0)).collect();
-        arrivals.sort();
         p50s.push(arrivals[arrivals.len() / 2]);
         last.push(arrivals[arrivals.len() - 1]);
     }

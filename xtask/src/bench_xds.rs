@@ -230,6 +230,32 @@ impl Progress {
     pub(crate) fn arrivals(&self) -> std::sync::MutexGuard<'_, Vec<Instant>> {
         self.received.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Waits (up to 120 s) until `expected` proxies have received the change `what` made at
+    /// `t0`; returns when each did, after `t0`, in order.
+    pub(crate) async fn wait_arrivals(
+        &self,
+        expected: usize,
+        t0: Instant,
+        what: &str,
+    ) -> Result<Vec<Duration>> {
+        while self.arrivals().len() < expected {
+            if t0.elapsed() > Duration::from_secs(120) {
+                bail!(
+                    "{what}: only {} of {expected} proxies received it",
+                    self.arrivals().len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut arrivals: Vec<Duration> = self
+            .arrivals()
+            .iter()
+            .map(|t| t.saturating_duration_since(t0))
+            .collect();
+        arrivals.sort();
+        Ok(arrivals)
+    }
 }
 
 /// CPU time zone-cp has used, all threads (those ended too), in ms; 10 ms resolution.
@@ -269,24 +295,12 @@ async fn change<F: std::future::Future<Output = Result<()>>>(
     progress.epoch.fetch_add(1, Ordering::SeqCst);
     write.await?;
     let written = t0.elapsed();
-    while progress.arrivals().len() < expected {
-        if t0.elapsed() > Duration::from_secs(120) {
-            bail!(
-                "{what}: only {} of {expected} proxies received it",
-                progress.arrivals().len()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let arrivals = progress.wait_arrivals(expected, t0, what).await?;
     let cpu = cpu_ms(pid)? - cpu0;
     // Counted once generation is over: what the proxies received may not be all it did.
     settle(api).await?;
     let (full, patched) = counts().await?;
-    let mut received: Vec<f64> = (progress.arrivals().iter())
-        .map(|t| t.saturating_duration_since(t0).as_secs_f64() * 1000.0)
-        .collect();
-    received.sort_by(f64::total_cmp);
-    let at = |q: f64| received[((received.len() - 1) as f64 * q) as usize];
+    let at = |q: f64| arrivals[((arrivals.len() - 1) as f64 * q) as usize].as_secs_f64() * 1000.0;
     println!(
         "{what}: REST write {:.1} ms; last of {expected} proxies received it {:.1} ms after the write began; zone-cp CPU {cpu} ms",
         written.as_secs_f64() * 1000.0,
@@ -308,7 +322,7 @@ async fn change<F: std::future::Future<Output = Result<()>>>(
 }
 
 /// Writes `body` to the REST API at `path`.
-async fn put(api: &str, path: &str, body: serde_json::Value) -> Result<()> {
+pub(crate) async fn put(api: &str, path: &str, body: serde_json::Value) -> Result<()> {
     let r = reqwest::Client::new()
         .put(format!("{api}{path}"))
         .json(&body)
