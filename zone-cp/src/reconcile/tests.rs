@@ -114,6 +114,14 @@ impl Zone {
         proxy_snapshot(&ctx, name, &dp.labels, dataplane(dp).expect("spec"), identity)
     }
 
+    /// Each of the three callers' snapshots is what a full translation makes of the zone now.
+    async fn callers_hold_what_a_full_translation_makes(&self) {
+        for caller in ["web-1", "web-2", "web-3"] {
+            let held = self.snapshot(caller).digest();
+            assert_eq!(held, self.translated(caller).await.digest(), "{caller}");
+        }
+    }
+
     fn health(&self, caller: &str, service: &str) -> Vec<i32> {
         let snap = self.snapshot(caller);
         let cla = &snap.of_type(ENDPOINT).expect("endpoints")[service];
@@ -154,13 +162,7 @@ async fn flip_patches_only_the_callers_endpoints(mesh: &str) {
             "{type_url}"
         );
     }
-    for caller in ["web-1", "web-2", "web-3"] {
-        assert_eq!(
-            zone.snapshot(caller).digest(),
-            zone.translated(caller).await.digest(),
-            "{caller}: the patch is what a full translation makes"
-        );
-    }
+    zone.callers_hold_what_a_full_translation_makes().await;
     let counts = zone
         .put(&dp_yaml("backend-1", "backend", "http", false, &[]))
         .await;
@@ -191,13 +193,7 @@ async fn callers_whose_clusters_change_are_translated_in_full() {
             .is_none_or(|r| !r.contains_key("outbound:db")),
         "db is TCP now"
     );
-    for caller in ["web-1", "web-2", "web-3"] {
-        assert_eq!(
-            zone.snapshot(caller).digest(),
-            zone.translated(caller).await.digest(),
-            "{caller}"
-        );
-    }
+    zone.callers_hold_what_a_full_translation_makes().await;
     // A second TCP instance changes endpoints only.
     assert_eq!(zone.put(&dp_yaml("db-2", "db", "tcp", true, &[])).await, (1, 3));
 }

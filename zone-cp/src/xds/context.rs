@@ -2,6 +2,7 @@
 //! its policies (typed) and its Secrets, computed once per change for every proxy of the mesh.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use meridian_model::policies::dataplane::{PROTOCOL_TAG, SERVICE_TAG, speaks_http};
@@ -24,7 +25,8 @@ pub struct ServiceEndpoint {
 /// What the proxies of a mesh need to know about its services.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ServiceInfo {
-    pub endpoints: Vec<ServiceEndpoint>,
+    /// Shared: every caller's translation reads them, none copies them.
+    pub endpoints: Arc<Vec<ServiceEndpoint>>,
     pub http: bool,
     /// Some instance says `kuma.io/protocol: grpc` (MeshRetry's `grpc` section applies).
     pub grpc: bool,
@@ -107,7 +109,7 @@ impl MeshContext {
                             }
                             continue;
                         }
-                        info.endpoints.push(ServiceEndpoint {
+                        Arc::make_mut(&mut info.endpoints).push(ServiceEndpoint {
                             address: inbound
                                 .address
                                 .clone()
@@ -127,7 +129,7 @@ impl MeshContext {
             }
         }
         for info in ctx.services.values_mut() {
-            info.endpoints
+            Arc::make_mut(&mut info.endpoints)
                 .sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
         }
         ctx

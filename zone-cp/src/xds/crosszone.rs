@@ -16,9 +16,6 @@
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
-};
 use envoy_types::pb::envoy::config::core::v3::Locality;
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints;
@@ -29,7 +26,9 @@ use meridian_model::policies::zone_ingress::ZoneIngressSpec;
 
 use super::cache::{CLUSTER, ENDPOINT, LISTENER, Snapshot};
 use super::policies::mesh_timeout::DEFAULT_CONNECT_TIMEOUT;
-use super::translate::{MeshContext, ads, duration, listener, load_assignment, pack, tcp_filter, tcp_proxy};
+use super::translate::{
+    MeshContext, duration, eds_cluster, listener, load_assignment, pack, tcp_filter, tcp_proxy,
+};
 
 pub use meridian_model::policies::zone_ingress::INGRESS_NODE_MESH as INGRESS_MESH;
 
@@ -110,15 +109,9 @@ pub fn ingress_snapshot(ingress: &ZoneIngressSpec, meshes: &[&MeshContext]) -> S
             }
             let target = sni(&ctx.mesh, service);
             let cluster = Cluster {
-                name: target.clone(),
-                cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
-                eds_cluster_config: Some(EdsClusterConfig {
-                    eds_config: Some(ads()),
-                    service_name: String::new(),
-                }),
                 connect_timeout: Some(duration(DEFAULT_CONNECT_TIMEOUT)),
                 outlier_detection: super::policies::mesh_circuit_breaker::outlier_detection(None),
-                ..Default::default()
+                ..eds_cluster(&target)
             };
             snap.insert(CLUSTER, target.clone(), pack(&cluster));
             snap.insert(

@@ -26,8 +26,9 @@ pub(super) trait Protocol {
     /// Pushes what a new snapshot changed, and makes it the one requests are answered from;
     /// `Err` ends the stream.
     async fn push(&mut self, snapshot: Arc<Snapshot>) -> Result<(), ()>;
-    /// Ends the stream with `status`, which the client sees.
-    async fn fail(&mut self, status: Status);
+    /// Ends the stream with `status`, which the client sees. Never waits: a client that has
+    /// left its responses unread has its stream ended without it.
+    fn fail(&mut self, status: Status);
 }
 
 /// Resolves once `stop` turns true (never, if its sender is gone).
@@ -63,7 +64,7 @@ pub(super) async fn drive<P: Protocol>(
                 // A request that does not decode, or is over the size limit: the client is told.
                 Err(e) => {
                     debug!(error = %e, "stream ended");
-                    p.fail(e).await;
+                    p.fail(e);
                     return;
                 }
             },
@@ -121,8 +122,8 @@ impl SotwStream {
 }
 
 impl Protocol for SotwStream {
-    async fn fail(&mut self, status: Status) {
-        let _ = self.tx.send(Err(status)).await;
+    fn fail(&mut self, status: Status) {
+        let _ = self.tx.try_send(Err(status));
     }
 
     type Request = DiscoveryRequest;
@@ -264,8 +265,8 @@ impl DeltaStream {
 }
 
 impl Protocol for DeltaStream {
-    async fn fail(&mut self, status: Status) {
-        let _ = self.tx.send(Err(status)).await;
+    fn fail(&mut self, status: Status) {
+        let _ = self.tx.try_send(Err(status));
     }
 
     type Request = DeltaDiscoveryRequest;

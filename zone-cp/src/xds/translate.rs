@@ -88,6 +88,19 @@ pub(crate) fn socket(address: &str, port: u32) -> Address {
     }
 }
 
+/// A cluster named `name` whose endpoints come over EDS on the ADS stream.
+pub(crate) fn eds_cluster(name: &str) -> Cluster {
+    Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
 pub(crate) fn ads() -> ConfigSource {
     ConfigSource {
         resource_api_version: ApiVersion::V3 as i32,
@@ -359,24 +372,18 @@ fn base_resources(
         // A service with no instances anywhere gets HTTP, which answers its callers a fast 503
         // (a TCP caller fails either way); flipping to TCP would turn that into resets.
         let info = ctx.services.get(service).cloned().unwrap_or(ServiceInfo {
-            endpoints: Vec::new(),
+            endpoints: Default::default(),
             http: true,
             grpc: false,
         });
         let cluster = Cluster {
-            name: service.to_owned(),
-            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
-            eds_cluster_config: Some(EdsClusterConfig {
-                eds_config: Some(ads()),
-                service_name: String::new(),
-            }),
             typed_extension_protocol_options: if info.http {
                 upstream_http_options(None)
             } else {
                 Default::default()
             },
             transport_socket: tls.map(|_| tls::outbound_socket(&ads(), &ctx.mesh, service)),
-            ..Default::default()
+            ..eds_cluster(service)
         };
         let address = outbound.address.clone().unwrap_or_else(|| "127.0.0.1".into());
         let stat_prefix = format!("outbound:{address}:{}", outbound.port).replace(':', "_");

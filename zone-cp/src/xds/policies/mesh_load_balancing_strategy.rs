@@ -66,7 +66,7 @@ impl PolicyPlugin for Plugin {
                     zone: ctx.zones.local.clone(),
                     ..Default::default()
                 });
-                for (lb, e) in first.lb_endpoints.iter_mut().zip(&o.local) {
+                for (lb, e) in first.lb_endpoints.iter_mut().zip(o.local.iter()) {
                     let w = locality::affinity_weight(conf, &caller, &e.tags);
                     if w != 1 {
                         lb.load_balancing_weight = Some(UInt32Value { value: w });

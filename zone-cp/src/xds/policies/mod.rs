@@ -72,7 +72,7 @@ pub struct OutboundResources {
     pub cluster: Cluster,
     pub endpoints: ClusterLoadAssignment,
     /// The local endpoints `endpoints` starts with, with their tags (for affinity).
-    pub local: Vec<ServiceEndpoint>,
+    pub local: std::sync::Arc<Vec<ServiceEndpoint>>,
     /// HTTP: the route configuration (served by RDS) and the connection manager.
     pub route: Option<RouteConfiguration>,
     pub http: Option<HttpConnectionManager>,
