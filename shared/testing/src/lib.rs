@@ -6,6 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod linearizable;
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
