@@ -205,6 +205,15 @@ impl GlobalCp {
         self.process.id()
     }
 
+    /// SIGSTOP: the process stays, silent, its connections open.
+    pub fn freeze(&self) -> Result<()> {
+        self.process.signal("STOP")
+    }
+
+    pub fn thaw(&self) -> Result<()> {
+        self.process.signal("CONT")
+    }
+
     /// Starts again on the same port, workdir and store.
     pub fn restart(self) -> Result<Self> {
         let Self {

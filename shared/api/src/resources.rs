@@ -84,6 +84,7 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let page = parse_page(query)?;
     let admin = readable(kind)?;
+    state.store.read_barrier().await?;
     if let Some(mesh) = mesh {
         let key = ResourceKey::new(Kind::Mesh, "", mesh);
         plausible(&key)?;
@@ -146,6 +147,7 @@ pub(crate) fn plausible(key: &ResourceKey) -> Result<(), ApiError> {
 async fn get(state: &ApiState, key: ResourceKey) -> Result<Response, ApiError> {
     plausible(&key)?;
     let admin = readable(key.kind)?;
+    state.store.read_barrier().await?;
     let stored = state.store.get(&key).await?;
     Ok(Json(as_seen(stored, admin)).into_response())
 }

@@ -16,7 +16,10 @@ mod sql;
 use async_trait::async_trait;
 use meridian_model::{Kind, ResourceKey, Stored, Submission};
 
-pub use sql::{Backend, Lease, Sensitive, SqlStore, TOMBSTONE_COMPACTION, Write, Written, redact};
+pub use sql::{
+    Backend, Lease, Logged, LoggedWrite, REQUEST_MEMORY_MS, Sensitive, SqlStore, TOMBSTONE_COMPACTION, Write,
+    Written, redact,
+};
 
 /// What a store can fail with, in domain terms (the REST layer maps these to statuses).
 #[derive(Clone, Debug, thiserror::Error)]
@@ -156,6 +159,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Returns once reads from this store see every write acknowledged before the call, on
+    /// any replica: `read_barrier` then `get` is a linearizable read. A store whose every
+    /// reader shares one database (SQLite, Postgres) is there already.
+    async fn read_barrier(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// On a zone: the last global revision applied to this store.
     async fn sync_position(&self) -> Result<i64, StoreError>;

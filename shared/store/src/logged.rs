@@ -52,6 +52,28 @@ pub enum Written {
     Secret(Sensitive),
 }
 
+/// A write as the log carries it: when, and the id its client gave it, the same on every retry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoggedWrite {
+    /// `None` for log entries that carry no write (Raft's own).
+    pub write: Option<Write>,
+    pub at_ms: i64,
+    pub request: Option<String>,
+}
+
+/// What a logged write did.
+#[derive(Debug)]
+pub enum Logged {
+    Applied(Result<Written, StoreError>),
+    /// The request was applied before (this is a retry whose first answer was lost): nothing
+    /// was done again, and this is what it answered then, as it was recorded.
+    Repeated(String),
+}
+
+/// How long a request's answer is kept for retries, by the log's clock. Retries stop within
+/// seconds of the first try; the rest is margin for the clocks of nodes that stamped them.
+pub const REQUEST_MEMORY_MS: i64 = 60_000;
+
 /// The tables that make up the state, with their columns, in the order they are restored.
 const STATE: &[(&str, &str)] = &[
     ("meridian_revision", "id, value"),
@@ -61,7 +83,11 @@ const STATE: &[(&str, &str)] = &[
     ("tombstones", "kind, mesh, name, revision, deleted_at"),
     ("meridian_signing_keys", "name, secret, created_at"),
     ("meridian_status", "name, value, updated_at"),
+    ("meridian_requests", "id, at_ms, reply"),
 ];
+
+/// Tables of [`STATE`] that snapshots made before them do not have: restored empty.
+const ADDED_LATER: &[&str] = &["meridian_requests"];
 
 async fn write_in(
     tx: &mut sqlx::AnyConnection,
@@ -139,6 +165,12 @@ async fn set_marker(tx: &mut sqlx::AnyConnection, marker: &str) -> Result<(), St
     Ok(())
 }
 
+/// A write that repeats a request: recorded before, or at this index of the same batch.
+enum Repeat {
+    Recorded(String),
+    Of(usize),
+}
+
 impl SqlStore {
     /// The marker the last logged write recorded (empty before the first).
     pub async fn applied_marker(&self) -> Result<String, StoreError> {
@@ -150,35 +182,111 @@ impl SqlStore {
     }
 
     /// Applies `write` (with `None`, only the marker moves) as of `at_ms` and records `marker`,
-    /// in one transaction: [`SqlStore::apply_logged_batch`] of one.
+    /// in one transaction: [`SqlStore::apply_logged_batch`] of one, with no request id.
     pub async fn apply_logged(
         &self,
         write: Option<Write>,
         at_ms: i64,
         marker: &str,
     ) -> Result<Result<Written, StoreError>, StoreError> {
-        let mut outcomes = self.apply_logged_batch(vec![(write, at_ms)], marker).await?;
-        Ok(outcomes.pop().unwrap_or(Ok(Written::Nothing)))
+        let write = LoggedWrite {
+            write,
+            at_ms,
+            request: None,
+        };
+        let mut outcomes = self
+            .apply_logged_batch(vec![write], marker, |_| String::new())
+            .await?;
+        match outcomes.pop() {
+            Some(Logged::Applied(outcome)) => Ok(outcome),
+            _ => Ok(Ok(Written::Nothing)),
+        }
     }
 
-    /// Applies consecutive log entries, each `(write, at_ms)`, in order, and records `marker`
-    /// (the position after the last), in one transaction: one fsync for the lot (group commit).
+    /// Applies consecutive log entries in order, and records `marker` (the position after the
+    /// last), in one transaction: one fsync for the lot (group commit).
+    ///
     /// A write refused for reasons of its own (a stale version, a missing mesh) is an outcome
     /// like any other, undone alone (a savepoint) while the others stand, since every replica
     /// refuses it the same way. The outer error is the store itself failing: nothing is applied.
+    ///
+    /// A write whose request id was applied within [`REQUEST_MEMORY_MS`] is not applied again:
+    /// it gets what `record` made of its first outcome. Without that, a retry would apply a put
+    /// a second time over a write made in between, or answer a compare-and-set that took
+    /// effect with a conflict (the linearizability drill found both).
     pub async fn apply_logged_batch(
         &self,
-        writes: Vec<(Option<Write>, i64)>,
+        writes: Vec<LoggedWrite>,
         marker: &str,
-    ) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
+        record: impl Fn(&Result<Written, StoreError>) -> String,
+    ) -> Result<Vec<Logged>, StoreError> {
         let mut tx = self.begin_write().await?;
-        let (outcomes, last) = write_batch(&mut tx, writes, Failure::Batch).await?;
+        // Which writes are repeats: of a request recorded before, or of one earlier in this batch.
+        let mut first_in_batch: std::collections::HashMap<&str, usize> = Default::default();
+        let mut repeats: Vec<Option<Repeat>> = Vec::with_capacity(writes.len());
+        for (i, w) in writes.iter().enumerate() {
+            let Some(id) = w.request.as_deref() else {
+                repeats.push(None);
+                continue;
+            };
+            if let Some(first) = first_in_batch.get(id) {
+                repeats.push(Some(Repeat::Of(*first)));
+                continue;
+            }
+            let recorded = sqlx::query("SELECT reply FROM meridian_requests WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?
+                .map(|row| row.try_get::<String, _>(0))
+                .transpose()
+                .map_err(db_error)?;
+            if recorded.is_none() {
+                first_in_batch.insert(id, i);
+            }
+            repeats.push(recorded.map(Repeat::Recorded));
+        }
+        let newest = writes.iter().map(|w| w.at_ms).max().unwrap_or(0);
+        let to_apply = writes
+            .iter()
+            .zip(&repeats)
+            .map(|(w, repeat)| (w.write.clone().filter(|_| repeat.is_none()), w.at_ms))
+            .collect();
+        let (outcomes, last) = write_batch(&mut tx, to_apply, Failure::Batch).await?;
+        let mut replies: Vec<Option<String>> = vec![None; writes.len()];
+        for (i, (w, outcome)) in writes.iter().zip(&outcomes).enumerate() {
+            if let (Some(id), None) = (&w.request, &repeats[i]) {
+                let reply = record(outcome);
+                sqlx::query("INSERT INTO meridian_requests (id, at_ms, reply) VALUES ($1, $2, $3)")
+                    .bind(id)
+                    .bind(w.at_ms)
+                    .bind(&reply)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                replies[i] = Some(reply);
+            }
+        }
+        sqlx::query("DELETE FROM meridian_requests WHERE at_ms < $1")
+            .bind(newest - REQUEST_MEMORY_MS)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
         set_marker(&mut tx, marker).await?;
         tx.commit().await.map_err(db_error)?;
         if let Some(last) = last {
             self.committed(last);
         }
-        Ok(outcomes)
+        let logged = outcomes
+            .into_iter()
+            .zip(repeats)
+            .map(|(outcome, repeat)| match repeat {
+                None => Logged::Applied(outcome),
+                Some(Repeat::Recorded(reply)) => Logged::Repeated(reply),
+                Some(Repeat::Of(first)) => Logged::Repeated(replies[first].clone().unwrap_or_default()),
+            })
+            .collect();
+        Ok(logged)
     }
 
     /// The whole state as JSON bytes, and the marker it stands at, read at one instant.
@@ -227,10 +335,11 @@ impl SqlStore {
                 .map_err(db_error)?;
         }
         for (table, columns) in STATE {
-            let rows = tables
-                .get(*table)
-                .and_then(Value::as_array)
-                .ok_or_else(|| corrupt(format!("no table {table}")))?;
+            let rows = match tables.get(*table).and_then(Value::as_array) {
+                Some(rows) => rows.as_slice(),
+                None if ADDED_LATER.contains(table) => &[],
+                None => return Err(corrupt(format!("no table {table}"))),
+            };
             let width = columns.split(',').count();
             let params: Vec<String> = (1..=width).map(|i| format!("${i}")).collect();
             let sql = format!("INSERT INTO {table} ({columns}) VALUES ({})", params.join(", "));
@@ -327,20 +436,28 @@ mod tests {
         };
         let outcomes = store
             .apply_logged_batch(
-                vec![
+                [
                     (put(TRACE), 1_000),
                     (put("type: Mesh\nname: default\n"), 2_000),
                     (None, 2_500),
                     (put(TRACE), 3_000),
                     (Some(Write::Put(Box::new(stale))), 4_000),
                     (put(&TRACE.replace("name: t", "name: t3")), 5_000),
-                ],
+                ]
+                .into_iter()
+                .map(|(write, at_ms)| logged(write, at_ms, None))
+                .collect(),
                 "1-6",
+                |_| String::new(),
             )
             .await
             .expect("store works");
         let words: Vec<String> = outcomes
             .iter()
+            .map(|o| match o {
+                Logged::Applied(o) => o,
+                Logged::Repeated(r) => panic!("no request ids, yet repeated: {r}"),
+            })
             .map(|o| match o {
                 Ok(Written::Put(p)) => format!("{} at {}", p.word(), p.stored().revision),
                 Ok(Written::Nothing) => "nothing".into(),
@@ -366,6 +483,102 @@ mod tests {
         assert_eq!(*store.watch().borrow(), 3, "watchers hear of the last revision");
         let changes = store.changes_since(0, 100).await.expect("changes");
         assert_eq!(changes.len(), 3);
+    }
+
+    fn logged(write: Option<Write>, at_ms: i64, request: Option<&str>) -> LoggedWrite {
+        LoggedWrite {
+            write,
+            at_ms,
+            request: request.map(str::to_owned),
+        }
+    }
+
+    /// What a put answered, as a test records it.
+    fn word(outcome: &Result<Written, StoreError>) -> String {
+        match outcome {
+            Ok(Written::Put(p)) => format!("{} v{}", p.word(), p.stored().version),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_applied_before_is_answered_as_then_and_not_applied_again() {
+        let (store, _dir) = store().await;
+        let put = |yaml: &str| Some(Write::Put(Box::new(submission(yaml))));
+        let other = TRACE.replace("a:4317", "b:4317");
+        let apply = |writes: Vec<LoggedWrite>, marker: &'static str| {
+            let store = store.clone();
+            async move {
+                let logged = store
+                    .apply_logged_batch(writes, marker, word)
+                    .await
+                    .expect("store works");
+                logged
+                    .into_iter()
+                    .map(|l| match l {
+                        Logged::Applied(o) => word(&o),
+                        Logged::Repeated(r) => format!("again: {r}"),
+                    })
+                    .collect::<Vec<_>>()
+            }
+        };
+        let first = apply(
+            vec![
+                logged(put("type: Mesh\nname: default\n"), 1_000, Some("m")),
+                logged(put(TRACE), 1_000, Some("a")),
+                // The same request twice in one batch: applied once.
+                logged(put(TRACE), 1_000, Some("a")),
+            ],
+            "1-3",
+        )
+        .await;
+        assert_eq!(first, ["created v1", "created v1", "again: created v1"]);
+        // Someone else changes it; then request "a" comes again, its first answer lost. It must
+        // not put the old value back.
+        let second = apply(
+            vec![
+                logged(put(&other), 2_000, Some("b")),
+                logged(put(TRACE), 2_000, Some("a")),
+            ],
+            "1-5",
+        )
+        .await;
+        assert_eq!(second, ["updated v2", "again: created v1"]);
+        let key = submission(TRACE).resource.key();
+        let stored = store.get(&key).await.expect("stored");
+        assert_eq!(
+            (stored.version, stored.resource),
+            (2, submission(&other).resource)
+        );
+        // A minute later by the log's clock, "a" is forgotten: a new write like any other.
+        let later = apply(
+            vec![logged(put(TRACE), 2_000 + REQUEST_MEMORY_MS + 1, Some("c"))],
+            "1-6",
+        )
+        .await;
+        assert_eq!(later, ["updated v3"]);
+        let forgotten = apply(
+            vec![logged(put(&other), 2_000 + REQUEST_MEMORY_MS + 2, Some("a"))],
+            "1-7",
+        )
+        .await;
+        assert_eq!(forgotten, ["updated v4"]);
+        // The record travels in snapshots, so a node restored from one answers repeats alike.
+        let (restored, _d) = super::tests::store().await;
+        let (_, dump) = store.dump().await.expect("dump");
+        restored.restore(&dump, "1-7").await.expect("restore");
+        let again = restored
+            .apply_logged_batch(
+                vec![logged(put(TRACE), 2_000 + REQUEST_MEMORY_MS + 3, Some("c"))],
+                "1-8",
+                word,
+            )
+            .await
+            .expect("works");
+        assert!(
+            matches!(&again[..], [Logged::Repeated(r)] if r == "updated v3"),
+            "{again:?}"
+        );
     }
 
     #[tokio::test]
@@ -407,5 +620,11 @@ mod tests {
                 .await
                 .is_err_and(|e| e.to_string().contains("no table"))
         );
+        // A snapshot from before the request record existed restores with none.
+        let mut old: Map<String, Value> = serde_json::from_slice(&dump).expect("json");
+        old.remove("meridian_requests");
+        b.restore(&serde_json::to_vec(&old).expect("json"), "3-10")
+            .await
+            .expect("an older snapshot");
     }
 }

@@ -31,7 +31,7 @@ mod logged;
 #[path = "writes.rs"]
 mod writes;
 pub use lease::{Lease, TOMBSTONE_COMPACTION};
-pub use logged::{Sensitive, Write, Written};
+pub use logged::{Logged, LoggedWrite, REQUEST_MEMORY_MS, Sensitive, Write, Written};
 use writes::{Revisions, delete_in, fetch, put_in, secret_in, status_in, synced_in};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

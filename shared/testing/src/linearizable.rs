@@ -58,49 +58,53 @@ pub enum Verdict {
     Undecided { explored: u64 },
 }
 
-/// Which operations a scan of the events tries: answered ones first, since an operation whose
-/// answer never came most often never happened, and only then the unanswered ones.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Pass {
-    Answered,
-    Unanswered,
-}
-
+/// Where the search stands at a node of its tree: scanning the answered operations' events
+/// (from a list entry), or, once that scan met a return it could not pass, the unanswered
+/// operations called before that return (from an index into them; the return's time).
 #[derive(Clone, Copy)]
-struct Event {
-    op: usize,
-    is_call: bool,
+enum Cursor {
+    Answered(usize),
+    Unanswered(usize, u64),
 }
 
 /// Checks `history` against `model` from `initial`, giving up after `budget` steps (a step
-/// visits one event; a few hundred million take seconds).
+/// tries one operation or passes one event; a few hundred million take seconds).
+///
+/// Answered operations are tried first: one whose answer never came most often never took
+/// effect, and trying those only where nothing answered fits keeps their many pending
+/// possibilities out of the common path.
 pub fn check<M: Model>(
     model: &M,
     initial: M::State,
     history: &[Operation<M::Input, M::Output>],
     budget: u64,
 ) -> Result<(), Verdict> {
-    // Events sorted by time; at equal times calls first, which lets more operations overlap
-    // (the generous reading of a tie). Answers that never came sort last.
-    let mut events: Vec<(u64, bool, Event)> = Vec::with_capacity(history.len() * 2);
+    // The answered operations' events, sorted by time; at equal times calls first, which lets
+    // more operations overlap (the generous reading of a tie).
+    let mut events: Vec<(u64, bool, usize)> = Vec::with_capacity(history.len() * 2);
     for (op, o) in history.iter().enumerate() {
-        events.push((o.call, false, Event { op, is_call: true }));
-        let at = o.answer.as_ref().map_or(u64::MAX, |(t, _)| *t);
-        events.push((at, true, Event { op, is_call: false }));
+        if let Some((answered, _)) = &o.answer {
+            events.push((o.call, false, op));
+            events.push((*answered, true, op));
+        }
     }
-    events.sort_by_key(|(t, is_return, e)| (*t, *is_return, e.op));
+    events.sort_unstable();
+    let mut unanswered: Vec<usize> = (0..history.len())
+        .filter(|op| history[*op].answer.is_none())
+        .collect();
+    unanswered.sort_by_key(|op| history[*op].call);
     let n = events.len();
-    if n == 0 {
-        return Ok(());
-    }
     // A doubly linked list over the events, with node n as the head.
     let end = usize::MAX;
-    let mut next: Vec<usize> = (1..n).chain([end, 0]).collect();
+    let mut next: Vec<usize> = (1..n).chain([end, end]).collect();
+    if n > 0 {
+        next[n] = 0;
+    }
     let mut prev: Vec<usize> = [n].into_iter().chain(0..n).collect();
     let mut return_of = vec![0usize; history.len()];
-    for (i, (_, _, e)) in events.iter().enumerate() {
-        if !e.is_call {
-            return_of[e.op] = i;
+    for (i, (_, is_return, op)) in events.iter().enumerate() {
+        if *is_return {
+            return_of[*op] = i;
         }
     }
     let unlink = |next: &mut Vec<usize>, prev: &mut Vec<usize>, i: usize| {
@@ -121,86 +125,100 @@ pub fn check<M: Model>(
     let words = history.len().div_ceil(64);
     let mut placed = vec![0u64; words];
     let mut seen: HashSet<(Vec<u64>, M::State)> = HashSet::new();
-    // Each placed operation's call event, the state before it, and the pass it was placed in.
-    let mut stack: Vec<(usize, M::State, Pass)> = Vec::new();
-    // Per depth of the stack, the states unanswered operations were tried into from there.
+    // Each placed operation: where it was found, and the state before it.
+    let mut stack: Vec<(usize, Cursor, M::State)> = Vec::new();
+    // Per depth of the stack, the states unanswered operations were tried into from there:
+    // two that lead to the same state are interchangeable (neither has an answer to honour).
     let mut tried: Vec<Vec<M::State>> = vec![Vec::new(); history.len() + 1];
     let mut state = initial;
-    let mut entry = next[n];
-    let mut pass = Pass::Answered;
+    let mut cursor = Cursor::Answered(next[n]);
     let mut explored = 0u64;
     // The deepest prefix placed, and the operation whose answer came before it could be.
     let mut deepest = (0usize, 0usize);
-    while next[n] != end {
+    loop {
         explored += 1;
         if explored > budget {
             return Err(Verdict::Undecided { explored });
         }
-        // Only returns of placed operations are unlinked, and each call precedes its return,
-        // so a scan meets a return before the list ends.
-        let Event { op, is_call } = events[entry].2;
-        let o = &history[op];
-        let output = o.answer.as_ref().map(|(_, out)| out);
-        if is_call {
-            if (pass == Pass::Answered) != output.is_some() {
-                entry = next[entry];
-                continue;
-            }
-            // An unanswered operation that would change nothing here is as good as one that
-            // never happened, which the end of the search allows anyway: not placing it
-            // spares a branch per such operation.
-            let step = model
-                .step(&state, &o.input, output)
-                .filter(|after| output.is_some() || *after != state);
-            // Unanswered operations that lead from here to the same state are interchangeable
-            // (neither has an answer to honour): one of them is enough to try.
-            let step = step.filter(|after| {
-                output.is_some() || {
-                    let tried = &mut tried[stack.len()];
-                    !tried.contains(after) && {
-                        tried.push(after.clone());
-                        true
-                    }
+        // The operation to try here, or the return that ends this scan.
+        let (op, backtrack) = match cursor {
+            Cursor::Answered(entry) => {
+                if entry == end {
+                    // Every answered operation is placed; the rest may never have happened.
+                    return Ok(());
                 }
-            });
-            if let Some(after) = step {
-                placed[op / 64] |= 1 << (op % 64);
-                if seen.insert((placed.clone(), after.clone())) {
-                    stack.push((entry, std::mem::replace(&mut state, after), pass));
-                    tried[stack.len()].clear();
-                    unlink(&mut next, &mut prev, entry);
-                    unlink(&mut next, &mut prev, return_of[op]);
-                    (entry, pass) = (next[n], Pass::Answered);
+                let (at, is_return, op) = events[entry];
+                if is_return {
+                    // Nothing answered fits here: try the unanswered ones called by now.
+                    cursor = Cursor::Unanswered(0, at);
+                    if stack.len() >= deepest.0 {
+                        deepest = (stack.len(), op);
+                    }
                     continue;
                 }
-                placed[op / 64] &= !(1 << (op % 64));
+                (op, false)
             }
-            entry = next[entry];
-        } else if output.is_none() {
-            // Every answered operation is placed; the rest may never have happened.
-            return Ok(());
-        } else if pass == Pass::Answered {
-            // No answered operation fits here: try the unanswered ones before backtracking.
-            (entry, pass) = (next[n], Pass::Unanswered);
-        } else {
-            if stack.len() >= deepest.0 {
-                deepest = (stack.len(), op);
-            }
-            let Some((call, before, placed_in)) = stack.pop() else {
+            Cursor::Unanswered(i, before) => match unanswered.get(i) {
+                Some(op) if history[*op].call <= before => (*op, false),
+                _ => (0, true),
+            },
+        };
+        if backtrack {
+            let Some((op, found_at, before)) = stack.pop() else {
                 return Err(Verdict::NotLinearizable {
                     stuck: deepest.1,
                     placed: deepest.0,
                 });
             };
-            let undone = events[call].2.op;
-            placed[undone / 64] &= !(1 << (undone % 64));
-            relink(&mut next, &mut prev, return_of[undone]);
-            relink(&mut next, &mut prev, call);
+            placed[op / 64] &= !(1 << (op % 64));
             state = before;
-            (entry, pass) = (next[call], placed_in);
+            cursor = match found_at {
+                Cursor::Answered(call) => {
+                    relink(&mut next, &mut prev, return_of[op]);
+                    relink(&mut next, &mut prev, call);
+                    Cursor::Answered(next[call])
+                }
+                Cursor::Unanswered(i, at) => Cursor::Unanswered(i + 1, at),
+            };
+            continue;
         }
+        let advance = |cursor: Cursor| match cursor {
+            Cursor::Answered(entry) => Cursor::Answered(next[entry]),
+            Cursor::Unanswered(i, at) => Cursor::Unanswered(i + 1, at),
+        };
+        if placed[op / 64] & (1 << (op % 64)) != 0 {
+            cursor = advance(cursor);
+            continue;
+        }
+        let o = &history[op];
+        let output = o.answer.as_ref().map(|(_, out)| out);
+        let step = model.step(&state, &o.input, output).filter(|after| {
+            output.is_some() || {
+                // An unanswered operation that changes nothing here is as good as one that
+                // never happened, which the end of the search allows anyway.
+                let tried = &mut tried[stack.len()];
+                *after != state && !tried.contains(after) && {
+                    tried.push(after.clone());
+                    true
+                }
+            }
+        });
+        if let Some(after) = step {
+            placed[op / 64] |= 1 << (op % 64);
+            if seen.insert((placed.clone(), after.clone())) {
+                stack.push((op, cursor, std::mem::replace(&mut state, after)));
+                tried[stack.len()].clear();
+                if let Cursor::Answered(call) = cursor {
+                    unlink(&mut next, &mut prev, call);
+                    unlink(&mut next, &mut prev, return_of[op]);
+                }
+                cursor = Cursor::Answered(next[n]);
+                continue;
+            }
+            placed[op / 64] &= !(1 << (op % 64));
+        }
+        cursor = advance(cursor);
     }
-    Ok(())
 }
 
 /// A versioned register, as the REST API keeps one resource: a value and the version the store

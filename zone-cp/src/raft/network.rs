@@ -8,7 +8,8 @@ use meridian_proto::raft::RaftPayload;
 use meridian_proto::raft_service::zone_raft_client::ZoneRaftClient;
 use meridian_proto::raft_service::zone_raft_server::ZoneRaft;
 use openraft::error::{
-    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    CheckIsLeaderError, ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError,
+    RemoteError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -263,8 +264,16 @@ impl RaftNetwork<TypeConfig> for Peer {
 #[serde(rename_all = "camelCase")]
 pub enum LeaderCall {
     Write(ZoneRequest),
-    AddMember { id: NodeId, address: String },
-    RemoveMember { id: NodeId },
+    /// The leader's commit index, once a majority has confirmed it still leads: a read on any
+    /// node that has applied that far sees every write acknowledged before the call.
+    ReadIndex,
+    AddMember {
+        id: NodeId,
+        address: String,
+    },
+    RemoveMember {
+        id: NodeId,
+    },
 }
 
 impl LeaderCall {
@@ -379,6 +388,17 @@ async fn lead_inner(
             let done = raft.client_write(write).await?;
             Ok((Some(done.data), done.log_id.index))
         }
+        LeaderCall::ReadIndex => match raft.ensure_linearizable().await {
+            Ok(read) => Ok((None, read.map_or(0, |id| id.index))),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => {
+                Err(LeadError::NotLeader(to.leader_id.zip(to.leader_node)))
+            }
+            // Not confirmed by a majority (yet): as for a write, the caller tries again.
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(LeadError::NotLeader(None))
+            }
+            Err(other) => Err(LeadError::Failed(other.to_string())),
+        },
         LeaderCall::AddMember { id, address } => {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             loop {
@@ -574,6 +594,8 @@ impl ZoneRaft for RaftService {
         let from = self.check_member(&request)?;
         let Forward { authority, call } = decode(request.get_ref())?;
         let allowed = match self.auth.resolve(&authority).await {
+            // A read index changes nothing and tells only a position in the log.
+            Ok(_) if matches!(call, LeaderCall::ReadIndex) => Ok(()),
             Ok(caller) => call.change(|change| may_change(&caller, change)),
             Err(refusal) => Err(refusal),
         };

@@ -5,7 +5,7 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
-use meridian_store::SqlStore;
+use meridian_store::{Logged, LoggedWrite, SqlStore};
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
     BasicNode, Entry, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError, StoredMembership,
@@ -13,7 +13,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::{LogId, LogStore, NodeId, StorageError, TypeConfig, ZoneReply, io_error};
+use super::{LogId, LogStore, NodeId, StorageError, TypeConfig, ZoneReply, ZoneRequest, io_error};
 
 /// Where the state stands in the log: kept in the SQL store beside the state it describes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -122,43 +122,47 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut applied = self.applied.lock().await;
         let mut next = applied.clone();
         let mut writes = Vec::new();
-        let mut invalid = Vec::new();
-        for entry in entries {
+        // Per entry: the request it carries, or why it no longer decodes.
+        let mut requests: Vec<Result<Option<&ZoneRequest>, String>> = Vec::new();
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        for entry in &entries {
             next.last_applied = Some(entry.log_id);
-            let (write, at_ms) = match &entry.payload {
-                EntryPayload::Blank => (Ok(None), 0),
+            let (write, at_ms, request) = match &entry.payload {
+                EntryPayload::Blank => (Ok(None), 0, None),
                 EntryPayload::Membership(m) => {
                     next.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    (Ok(None), 0)
+                    (Ok(None), 0, None)
                 }
-                EntryPayload::Normal(request) => (request.to_write().map(Some), request.at_ms),
+                EntryPayload::Normal(request) => (request.to_write().map(Some), request.at_ms, Some(request)),
             };
-            match write {
-                Ok(write) => {
-                    writes.push((write, at_ms));
-                    invalid.push(None);
-                }
-                Err(why) => {
-                    writes.push((None, at_ms));
-                    invalid.push(Some(why));
-                }
-            }
+            let (write, decoded) = match write {
+                Ok(write) => (write, Ok(request)),
+                Err(why) => (None, Err(why)),
+            };
+            writes.push(LoggedWrite {
+                write,
+                at_ms,
+                request: request.and_then(|r| r.id.clone()).filter(|_| decoded.is_ok()),
+            });
+            requests.push(decoded);
         }
         let Some(last) = next.last_applied.filter(|_| !writes.is_empty()) else {
             return Ok(Vec::new());
         };
         let outcomes = self
             .store
-            .apply_logged_batch(writes, &next.marker())
+            .apply_logged_batch(writes, &next.marker(), ZoneReply::recorded)
             .await
             .map_err(|e| io_error_at(last, e))?;
         *applied = next;
         let replies = outcomes
             .iter()
-            .zip(invalid)
-            .map(|(outcome, invalid)| match invalid {
-                Some(why) => ZoneReply::invalid(why),
-                None => ZoneReply::new(outcome),
+            .zip(requests)
+            .map(|(outcome, request)| match (outcome, request) {
+                (_, Err(why)) => ZoneReply::invalid(why),
+                (Logged::Applied(outcome), _) => ZoneReply::new(outcome),
+                (Logged::Repeated(recorded), Ok(Some(request))) => ZoneReply::repeated(recorded, request),
+                (Logged::Repeated(_), Ok(None)) => ZoneReply::new(&Ok(meridian_store::Written::Nothing)),
             });
         Ok(replies.collect())
     }

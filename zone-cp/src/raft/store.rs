@@ -1,6 +1,11 @@
 //! The zone's `Store`: reads from this node's copy of the state, writes through Raft. A write
 //! that reaches a follower is forwarded to the leader, and answered once this node has applied
 //! it too, so whoever wrote reads their own write from the node they asked.
+//!
+//! A read that must see everyone's acknowledged writes (the REST API's) first passes
+//! [`Store::read_barrier`]: the leader confirms with a majority that it still leads and names
+//! its commit index (Raft's read index, §6.4), and this node waits until it has applied that
+//! far. Readers inside the zone-cp (xDS, the reconciler) read this node's copy directly.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,6 +178,16 @@ impl Store for ZoneStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.local.ping().await
+    }
+
+    async fn read_barrier(&self) -> Result<(), StoreError> {
+        on_leader(&self.raft, &self.network, LeaderCall::ReadIndex)
+            .await
+            .map(drop)
+            .map_err(|e| match e {
+                LeadError::Denied(why) => StoreError::Forbidden(why),
+                other => StoreError::Unavailable(other.to_string()),
+            })
     }
 
     async fn sync_position(&self) -> Result<i64, StoreError> {

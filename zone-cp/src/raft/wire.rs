@@ -10,11 +10,15 @@ use meridian_store::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// One write, stamped with the time the leader accepted it.
+/// One write, stamped with the time the node that took it accepted it, and with an id that
+/// stays the same when it is sent again: applying it twice answers twice and writes once.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ZoneRequest {
     pub at_ms: i64,
+    /// Absent in entries logged before requests had ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub write: WireWrite,
 }
 
@@ -76,6 +80,15 @@ fn submission(resource: &Value, expected_version: Option<i64>) -> Result<Submiss
     Ok(s)
 }
 
+/// 128 random bits, in hex: unique among the zone's requests without any coordination.
+/// Without randomness a request has none, and is applied as often as it arrives.
+fn request_id() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    let random = rustls::crypto::ring::default_provider().secure_random;
+    random.fill(&mut bytes).ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 impl ZoneRequest {
     pub fn new(at_ms: i64, write: &Write) -> Self {
         let write = match write {
@@ -120,7 +133,11 @@ impl ZoneRequest {
                 replace: *replace,
             },
         };
-        Self { at_ms, write }
+        Self {
+            at_ms,
+            id: request_id(),
+            write,
+        }
     }
 
     /// The write, validated again.
@@ -284,6 +301,32 @@ impl ZoneReply {
                 Written::Secret(value) => WireWritten::Secret { value: value.clone() },
             }),
         })
+    }
+
+    /// The reply as the state machine records it for retries of its request: a put's resource
+    /// is left out, since the retry carries the same one.
+    pub fn recorded(outcome: &Result<Written, StoreError>) -> String {
+        let mut reply = Self::new(outcome);
+        if let Ok(WireWritten::Put { stored, .. }) = &mut reply.0 {
+            stored.resource = Value::Null;
+        }
+        serde_json::to_string(&reply).unwrap_or_default()
+    }
+
+    /// A reply recorded by [`ZoneReply::recorded`], answered again to a retry of `request`.
+    pub fn repeated(recorded: &str, request: &ZoneRequest) -> Self {
+        let Ok(mut reply) = serde_json::from_str::<Self>(recorded) else {
+            return Self(Err(WireError {
+                kind: "Internal".into(),
+                message: "the recorded answer to a repeated request does not decode".into(),
+            }));
+        };
+        if let (Ok(WireWritten::Put { stored, .. }), WireWrite::Put { resource, .. }) =
+            (&mut reply.0, &request.write)
+        {
+            stored.resource = resource.clone();
+        }
+        reply
     }
 
     /// A request that no longer decodes (it was valid when written): every node refuses it.
