@@ -196,19 +196,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
 
-    let ca_source = if global_address.is_some() {
-        reconcile::CaSource::Global
-    } else {
-        reconcile::CaSource::Create
-    };
     let (unreachable_tx, unreachable) = tokio::sync::watch::channel(Default::default());
     tasks.critical(
         "ingress prober",
         reconcile::probe_ingresses(store.clone(), unreachable_tx, stop_rx.clone()),
     );
-    let reconciler = reconcile::Reconciler::new(store.clone(), cache.clone(), xds_metrics.clone())
-        .with_zone(&zone, unreachable)
-        .with_ca_source(ca_source);
+    let mut reconciler = reconcile::Reconciler::new(store.clone(), cache.clone(), xds_metrics.clone())
+        .with_zone(&zone, unreachable);
+    // Standalone, the zone makes its mesh CAs; federated, global makes them for every zone.
+    if global_address.is_none() {
+        let (created_tx, created) = tokio::sync::watch::channel(0);
+        tasks.critical(
+            "mesh CAs",
+            reconcile::create_mesh_cas(store.clone(), created_tx, stop_rx.clone()),
+        );
+        reconciler = reconciler.with_ca_created(created);
+    }
     tasks.critical("reconciler", reconciler.run(stop_rx.clone()));
 
     // The signing keys are replicated like any write, so they are made once the zone's Raft

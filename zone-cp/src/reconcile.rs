@@ -14,14 +14,15 @@
 //!
 //! With mesh mTLS on, it also issues each proxy's certificate from the mesh CA, and reissues
 //! it four fifths into its life (a timer here), so Envoy gets a fresh one over SDS in time.
-//! The CA comes from the store: created here when the zone is standalone, synced from global
-//! when federated (until it arrives, the mesh's proxies keep what they have).
+//! The CA comes from the store, which it only reads (`reconcile/cas.rs`): a job creates it
+//! when the zone is standalone, the sync brings it from global when federated; until it is
+//! there, the mesh's proxies keep what they have.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meridian_api::ca::{CaError, Leaf, MeshCa, secret_name, spiffe_id};
+use meridian_api::ca::{CaError, Leaf, MeshCa, spiffe_id};
 
 use meridian_model::policies::dataplane::DataplaneSpec;
 use meridian_model::policies::zone_ingress::ZoneIngressSpec;
@@ -35,6 +36,7 @@ use crate::xds::crosszone::{INGRESS_MESH, Zones, ingress_snapshot};
 use crate::xds::metrics::XdsMetrics;
 use crate::xds::translate::{MeshContext, TlsSettings};
 
+mod cas;
 mod generate;
 mod probe;
 #[cfg(test)]
@@ -43,19 +45,11 @@ mod view;
 
 use generate::{Generation, Proxy};
 
+pub use cas::create_mesh_cas;
 pub use probe::probe_ingresses;
 use view::{Touched, ZoneView, change_key, dataplane, served};
 
 const BATCH: u32 = 1000;
-
-/// Where a zone's mesh CAs come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CaSource {
-    /// Standalone: the zone creates them (once, through its store).
-    Create,
-    /// Federated: global creates them and the sync brings them.
-    Global,
-}
 
 /// A proxy's certificate, and what it was issued for.
 struct Issued {
@@ -74,7 +68,9 @@ pub struct Reconciler {
     metrics: Arc<XdsMetrics>,
     view: ZoneView,
     applied: i64,
-    ca_source: CaSource,
+    cas: cas::MeshCas,
+    /// Bumped when a mesh CA was created: meshes waiting for one look again.
+    ca_created: watch::Receiver<u64>,
     leaves: HashMap<ProxyId, Issued>,
     /// Meshes with mTLS on whose CA is not available yet.
     waiting: BTreeSet<String>,
@@ -82,8 +78,9 @@ pub struct Reconciler {
     zone: String,
     /// Other zones' ingresses (by resource name) that this zone cannot reach now.
     unreachable: watch::Receiver<BTreeSet<String>>,
-    /// Keeps the default (never changing) reachability channel open.
+    /// Keep the default (never changing) reachability and CA channels open.
     _no_probe: Option<watch::Sender<BTreeSet<String>>>,
+    _no_ca_job: Option<watch::Sender<u64>>,
 }
 
 /// The identities a proxy's certificate carries: one per service it serves.
@@ -99,18 +96,21 @@ fn identities(mesh: &str, name: &str, dp: &DataplaneSpec) -> Vec<String> {
 impl Reconciler {
     pub fn new(store: Arc<dyn Store>, cache: SnapshotCache, metrics: Arc<XdsMetrics>) -> Self {
         let (tx, rx) = watch::channel(BTreeSet::new());
+        let (ca_tx, ca_rx) = watch::channel(0);
         Self {
             store,
             cache,
             metrics,
             view: ZoneView::default(),
             applied: 0,
-            ca_source: CaSource::Create,
+            cas: cas::MeshCas::default(),
+            ca_created: ca_rx,
             leaves: HashMap::new(),
             waiting: BTreeSet::new(),
             zone: String::new(),
             unreachable: rx,
             _no_probe: Some(tx),
+            _no_ca_job: Some(ca_tx),
         }
     }
 
@@ -125,8 +125,13 @@ impl Reconciler {
         }
     }
 
-    pub fn with_ca_source(self, ca_source: CaSource) -> Self {
-        Self { ca_source, ..self }
+    /// Where the news comes from that a mesh CA was created ([`create_mesh_cas`]).
+    pub fn with_ca_created(self, ca_created: watch::Receiver<u64>) -> Self {
+        Self {
+            ca_created,
+            _no_ca_job: None,
+            ..self
+        }
     }
 
     /// When the next certificate is due for renewal.
@@ -155,6 +160,13 @@ impl Reconciler {
                         for mesh in self.view.mesh_names() {
                             self.regenerate(&mesh, &Touched::All).await;
                         }
+                    }
+                    continue;
+                }
+                changed = self.ca_created.changed() => {
+                    if changed.is_ok() {
+                        self.ca_created.borrow_and_update();
+                        self.refresh_identities().await;
                     }
                     continue;
                 }
@@ -314,16 +326,9 @@ impl Reconciler {
         }
     }
 
-    /// The CA of `mesh`'s backend: stored, or (standalone) created now.
-    async fn mesh_ca(&self, mesh: &str, tls: &TlsSettings) -> Result<Option<MeshCa>, CaError> {
-        if self.ca_source == CaSource::Create {
-            return MeshCa::ensure(&*self.store, mesh, &tls.backend).await.map(Some);
-        }
-        let name = secret_name(mesh, &tls.backend);
-        match self.store.stored_secret(&name).await? {
-            Some(stored) => MeshCa::from_secret(&stored).map(Some),
-            None => Ok(None),
-        }
+    /// The CA of `mesh`'s backend, if the store has it.
+    async fn mesh_ca(&mut self, mesh: &str, tls: &TlsSettings) -> Result<Option<MeshCa>, CaError> {
+        self.cas.get(&*self.store, mesh, &tls.backend).await
     }
 
     /// The current certificate of each proxy (`None` where issuing failed), issued anew
@@ -438,7 +443,7 @@ impl Reconciler {
                     if self.waiting.insert(mesh.to_owned()) {
                         info!(
                             mesh,
-                            "mTLS is on but the mesh CA has not come from global yet; proxies keep their config"
+                            "mTLS is on but the mesh CA is not there yet; proxies keep their config"
                         );
                     }
                     return pushed;

@@ -65,6 +65,8 @@ impl Zone {
     async fn put(&mut self, yaml: &str) -> (u64, u64) {
         let submission = parse_one(yaml, Format::Yaml).expect("valid");
         put_with_defaults(&*self.store, submission).await.expect("put");
+        // What the standalone zone's CA job would do by now.
+        super::cas::ensure_all(&*self.store).await.expect("mesh CAs");
         let (full, patched) = (
             self.metrics.generations.get(),
             self.metrics.endpoint_patches.get(),
@@ -89,7 +91,13 @@ impl Zone {
         let mut ctx = MeshContext::new(resources.values());
         ctx.zones = r.zones();
         let ca = match &ctx.tls {
-            Some(tls) => Some(r.mesh_ca("default", tls).await.expect("CA").expect("a CA")),
+            Some(tls) => Some(
+                super::cas::MeshCas::default()
+                    .get(&*r.store, "default", &tls.backend)
+                    .await
+                    .expect("CA")
+                    .expect("a CA"),
+            ),
             None => None,
         };
         let dp = r
