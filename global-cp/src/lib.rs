@@ -10,6 +10,7 @@
 
 pub mod args;
 mod compaction;
+mod feed;
 pub mod sync;
 pub mod zones;
 
@@ -103,6 +104,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut tasks = Supervisor::new();
     let insights = zones.clone().run(state.store.clone(), tasks.stop_signal());
     tasks.critical("zone insights", insights);
+    let feed = feed::ChangeFeed::new(feed::WINDOW);
+    tasks.critical(
+        "change feed",
+        feed.clone().run(state.store.clone(), tasks.stop_signal()),
+    );
     let compaction = compaction::run(sql, tombstone_retention, compacted, tasks.stop_signal());
     tasks.critical("tombstone compaction", compaction);
     // Half of what the process can hold open for each port.
@@ -119,11 +125,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("loading the {kind} token signing key"))?;
     }
-    let sync_service = meridian_proto::sync_service::global_sync_server::GlobalSyncServer::new(
-        sync::SyncServer::new(state.store.clone(), zones.clone(), tokens.clone(), sync_refused),
-    )
-    // A zone's whole inventory arrives in one message.
-    .max_decoding_message_size(64 << 20);
+    let sync_service =
+        meridian_proto::sync_service::global_sync_server::GlobalSyncServer::new(sync::SyncServer::new(
+            state.store.clone(),
+            feed,
+            zones.clone(),
+            tokens.clone(),
+            sync_refused,
+        ))
+        // A zone's whole inventory arrives in one message.
+        .max_decoding_message_size(64 << 20);
     let mut sync_server = tonic::transport::Server::builder();
     if let (Some(cert), Some(key)) = (&sync_tls_cert, &sync_tls_key) {
         let read =

@@ -27,6 +27,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use prometheus_client::metrics::counter::Counter;
 
+use crate::feed::ChangeFeed;
 use crate::zones::{Zones, now_ms};
 use meridian_api::tokens::{Subject, TokenError, TokenKind, Tokens};
 
@@ -37,15 +38,23 @@ const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct SyncServer {
     store: Arc<dyn Store>,
+    feed: ChangeFeed,
     zones: Zones,
     tokens: Tokens,
     refused: Counter,
 }
 
 impl SyncServer {
-    pub fn new(store: Arc<dyn Store>, zones: Zones, tokens: Tokens, refused: Counter) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        feed: ChangeFeed,
+        zones: Zones,
+        tokens: Tokens,
+        refused: Counter,
+    ) -> Self {
         Self {
             store,
+            feed,
             zones,
             tokens,
             refused,
@@ -122,10 +131,24 @@ async fn snapshot(store: &dyn Store, zone: &str) -> Result<Batch, StoreError> {
     })
 }
 
-/// Sends `zone` every change after `sent`, in batches; returns the new position.
-async fn send_changes(store: &dyn Store, out: &Outbox, zone: &str, mut sent: i64) -> Result<i64, StoreError> {
+/// Sends `zone` every change after `sent`, in batches; returns the new position. The changes
+/// come from the replica's shared feed, or from the store for a zone behind its window.
+async fn send_changes(
+    store: &dyn Store,
+    feed: &ChangeFeed,
+    out: &Outbox,
+    zone: &str,
+    mut sent: i64,
+) -> Result<i64, StoreError> {
     loop {
-        let changes = match store.changes_since(sent, BATCH).await {
+        let read = match feed.since(sent, BATCH as usize) {
+            Some(changes) => Ok(changes),
+            None => store
+                .changes_since(sent, BATCH)
+                .await
+                .map(|c| c.into_iter().map(Arc::new).collect()),
+        };
+        let changes: Vec<Arc<Change>> = match read {
             Ok(c) => c,
             Err(StoreError::TooOld { asked, horizon }) => {
                 info!(
@@ -142,7 +165,7 @@ async fn send_changes(store: &dyn Store, out: &Outbox, zone: &str, mut sent: i64
             }
             Err(e) => return Err(e),
         };
-        let Some(last) = changes.last().map(Change::revision) else {
+        let Some(last) = changes.last().map(|c| c.revision()) else {
             return Ok(sent);
         };
         let mut spans = Vec::new();
@@ -155,7 +178,7 @@ async fn send_changes(store: &dyn Store, out: &Outbox, zone: &str, mut sent: i64
                     return Some(w);
                 }
                 // A traced write: the zone's spans continue its trace, under this one.
-                let key = match c {
+                let key = match &**c {
                     Change::Upsert(s) => s.resource.key(),
                     Change::Delete { key, .. } => key.clone(),
                 };
@@ -175,7 +198,7 @@ async fn send_changes(store: &dyn Store, out: &Outbox, zone: &str, mut sent: i64
             .collect();
         // A batch of only the zone's own changes moves the position without bothering it.
         if !wire.is_empty() {
-            let upserted = changes.iter().filter_map(|c| match c {
+            let upserted = changes.iter().filter_map(|c| match &**c {
                 Change::Upsert(s) => Some(&s.resource),
                 Change::Delete { .. } => None,
             });
@@ -407,6 +430,7 @@ impl GlobalSync for SyncServer {
         }
         let (tx, rx) = mpsc::channel(4);
         let store = self.store.clone();
+        let feed = self.feed.clone();
         let zones = self.zones.clone();
         let span = info_span!("sync", zone = %zone);
         tokio::spawn(
@@ -418,7 +442,7 @@ impl GlobalSync for SyncServer {
                     z.last_seen_ms = z.connected_at_ms;
                 });
                 zones.flush_soon();
-                let mut commits = store.watch();
+                let mut commits = feed.watch();
                 let mut sent = applied_revision;
                 // First the mesh CAs, which a zone needs whatever it has applied.
                 match all_mesh_cas(&*store).await {
@@ -444,7 +468,7 @@ impl GlobalSync for SyncServer {
                     if pending {
                         pending = false;
                         commits.borrow_and_update();
-                        match send_changes(&*store, &tx, &zone, sent).await {
+                        match send_changes(&*store, &feed, &tx, &zone, sent).await {
                             Ok(s) => sent = s,
                             Err(e) => {
                                 warn!(error = %e, "reading changes failed");
