@@ -109,7 +109,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "change feed",
         feed.clone().run(state.store.clone(), tasks.stop_signal()),
     );
-    let compaction = compaction::run(sql, tombstone_retention, compacted, tasks.stop_signal());
+    let compaction = compaction::run(sql.clone(), tombstone_retention, compacted, tasks.stop_signal());
     tasks.critical("tombstone compaction", compaction);
     // Half of what the process can hold open for each port.
     let cap = api::serve::connection_budget() / 2;
@@ -180,12 +180,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokens,
         trust_localhost,
     };
-    let store = state.store.clone();
     let router = api::app(
         state,
         auth,
         &[api::tokens::TokenKind::User, api::tokens::TokenKind::Zone],
-        zones::routes(store, zones),
+        zones::routes(sql, zones),
     );
     tasks.critical(
         "REST API",

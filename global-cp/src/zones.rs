@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use meridian_api::ApiError;
 use meridian_model::{Kind, Spec};
-use meridian_store::{Page, Store, StoreError};
+use meridian_store::{SqlStore, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -152,27 +152,28 @@ struct Inventory {
     ingresses: Vec<String>,
 }
 
-async fn inventories(store: &dyn Store) -> Result<BTreeMap<String, Inventory>, StoreError> {
-    let mut out: BTreeMap<String, Inventory> = BTreeMap::new();
-    for kind in [Kind::Dataplane, Kind::ZoneIngress] {
-        let mut offset = 0;
-        loop {
-            let page = store.list(kind, None, Page { size: 1000, offset }).await?;
-            offset += page.items.len() as u64;
-            for stored in &page.items {
-                let r = &stored.resource;
-                let Some(zone) = meridian_model::synced_zone(&r.name) else {
-                    continue;
-                };
-                let inventory = out.entry(zone.to_owned()).or_default();
-                match &r.spec {
-                    Spec::ZoneIngress(ingress) => inventory.ingresses.push(ingress.advertised()),
-                    _ => inventory.dataplanes += 1,
-                }
-            }
-            if page.items.is_empty() || offset >= page.total {
-                break;
-            }
+/// Each zone's inventory: Dataplanes counted by the database from their names (a zone may
+/// report tens of thousands), ZoneIngresses (a few per zone) read for their addresses.
+async fn inventories(store: &SqlStore) -> Result<BTreeMap<String, Inventory>, StoreError> {
+    let mut out: BTreeMap<String, Inventory> = store
+        .count_by_zone(Kind::Dataplane)
+        .await?
+        .into_iter()
+        .map(|(zone, dataplanes)| {
+            let inventory = Inventory {
+                dataplanes,
+                ingresses: Vec::new(),
+            };
+            (zone, inventory)
+        })
+        .collect();
+    for stored in meridian_store::list_all(store, Kind::ZoneIngress, None).await? {
+        let r = &stored.resource;
+        if let (Some(zone), Spec::ZoneIngress(ingress)) = (meridian_model::synced_zone(&r.name), &r.spec) {
+            out.entry(zone.to_owned())
+                .or_default()
+                .ingresses
+                .push(ingress.advertised());
         }
     }
     Ok(out)
@@ -226,12 +227,12 @@ async fn all(store: &dyn Store, zones: &Zones) -> Result<BTreeMap<String, Merged
 }
 
 /// `GET /zones` and `GET /zones/{name}`: each zone's sync state and inventory.
-pub fn routes(store: Arc<dyn Store>, zones: Zones) -> axum::Router {
+pub fn routes(store: Arc<SqlStore>, zones: Zones) -> axum::Router {
     use axum::extract::{Path, State};
     use axum::routing::get;
-    type ZoneState = State<(Arc<dyn Store>, Zones)>;
+    type ZoneState = State<(Arc<SqlStore>, Zones)>;
     async fn list(State((store, zones)): ZoneState) -> Result<axum::Json<Value>, ApiError> {
-        let inventories = inventories(&*store).await?;
+        let inventories = inventories(&store).await?;
         let items: Vec<Value> = all(&*store, &zones)
             .await?
             .iter()
@@ -248,7 +249,7 @@ pub fn routes(store: Arc<dyn Store>, zones: Zones) -> axum::Router {
         let Some(zone) = all(&*store, &zones).await?.remove(&name) else {
             return Err(ApiError::not_found(format!("zone {name:?} has never connected")));
         };
-        let inventories = inventories(&*store).await?;
+        let inventories = inventories(&store).await?;
         Ok(axum::Json(zone_json(&name, &zone, inventories.get(&name))))
     }
     axum::Router::new()

@@ -24,6 +24,8 @@ use super::{
 
 #[path = "group.rs"]
 mod group;
+#[path = "inventory.rs"]
+mod inventory;
 #[path = "lease.rs"]
 mod lease;
 #[path = "logged.rs"]

@@ -38,7 +38,7 @@ async fn postgres() -> Fixture {
 
 mod paging;
 mod replicas;
-use paging::lists_page_in_name_order;
+use paging::{lists_page_in_name_order, zones_inventories_are_counted_by_name};
 
 macro_rules! conformance {
     ($($name:ident),+ $(,)?) => {
@@ -67,6 +67,7 @@ conformance!(
     synced_batches_apply_whole_or_not_at_all,
     writes_that_change_nothing_announce_nothing,
     statuses_are_kept_by_name_and_take_no_revision,
+    zones_inventories_are_counted_by_name,
 );
 
 fn mk(yaml: &str) -> Submission {

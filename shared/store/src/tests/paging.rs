@@ -54,3 +54,37 @@ async fn list_all_reads_past_one_page() {
     assert_eq!(listed, names, "every one, once, in name order");
     assert_eq!(keys(store, Kind::MeshTrace).await.expect("keys").len(), 2345);
 }
+
+/// Dataplanes named `ZONE.NAME` (a zone's inventory on global) count per zone; local ones,
+/// other kinds and other meshes' names do not mix in.
+pub(super) async fn zones_inventories_are_counted_by_name(store: &crate::SqlStore) {
+    put(store, mk_mesh("default")).await;
+    put(store, mk_mesh("other")).await;
+    let dataplane = |mesh: &str, name: &str, zone: Option<&str>| {
+        let labels = zone.map_or(String::new(), |z| format!("labels: {{kuma.io/zone: {z}}}\n"));
+        super::mk(&format!(
+            "type: Dataplane\nmesh: {mesh}\nname: {name}\n{labels}networking:\n  address: 127.0.0.1\n  inbound:\n  - port: 1\n    tags: {{kuma.io/service: s}}\n"
+        ))
+    };
+    for (mesh, name, zone) in [
+        ("default", "zone-1.a", Some("zone-1")),
+        ("default", "zone-1.b", Some("zone-1")),
+        ("other", "zone-1.a", Some("zone-1")),
+        ("default", "zone-2.c", Some("zone-2")),
+        ("default", "local", None),
+    ] {
+        put(store, dataplane(mesh, name, zone)).await;
+    }
+    put(store, mk_trace("default", "t", "a:4317")).await;
+    let counts = store.count_by_zone(Kind::Dataplane).await.expect("count");
+    let expected: std::collections::BTreeMap<String, u64> =
+        [("zone-1".to_owned(), 3), ("zone-2".to_owned(), 1)].into();
+    assert_eq!(counts, expected);
+    assert!(
+        store
+            .count_by_zone(Kind::MeshTrace)
+            .await
+            .expect("count")
+            .is_empty()
+    );
+}
