@@ -28,7 +28,7 @@ pub fn raft_routes(node: std::sync::Arc<crate::raft::Node>) -> Router {
     use axum::http::StatusCode;
     use axum::routing::{delete, post};
 
-    use crate::raft::network::LeadError;
+    use crate::raft::leader::LeadError;
 
     type NodeState = State<std::sync::Arc<crate::raft::Node>>;
     async fn status(State(node): NodeState) -> Json<Value> {

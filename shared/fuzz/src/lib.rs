@@ -209,7 +209,7 @@ fn sync_message(bytes: &[u8]) {
 fn raft_seeds() -> Vec<Vec<u8>> {
     use meridian_store::Write;
     use meridian_zone_cp::raft::ZoneRequest;
-    use meridian_zone_cp::raft::network::{Forward, LeaderCall};
+    use meridian_zone_cp::raft::leader::{Forward, LeaderCall};
     let submission = meridian_model::parse_one(RESOURCES[4], Format::Yaml).expect("seed");
     let put = ZoneRequest::new(1, &Write::Put(Box::new(submission)));
     let forward = Forward {
@@ -230,7 +230,7 @@ fn raft_seeds() -> Vec<Vec<u8>> {
 /// What a Raft peer sends: a forwarded call, a logged write, an AppendEntries. Whatever
 /// decodes yields a write or a reason, and never a panic.
 fn raft_payload(bytes: &[u8]) {
-    use meridian_zone_cp::raft::network::{Forward, LeaderCall};
+    use meridian_zone_cp::raft::leader::{Forward, LeaderCall};
     use meridian_zone_cp::raft::{TypeConfig, ZoneReply, ZoneRequest};
     let Some((&tag, body)) = bytes.split_first() else {
         return;

@@ -19,6 +19,7 @@
 //! from queueing behind state-machine writes on one database lock.
 
 // openraft's traits return its StorageError, which is large; helpers return it too.
+pub mod leader;
 #[allow(clippy::result_large_err)]
 pub mod log;
 pub mod network;
@@ -222,30 +223,26 @@ impl Node {
     }
 
     /// Adds node `id` at Raft address `address` as a voting member (through the leader).
-    pub async fn add_member(&self, id: NodeId, address: String) -> Result<(), network::LeadError> {
+    pub async fn add_member(&self, id: NodeId, address: String) -> Result<(), leader::LeadError> {
         if self.raft_addr.is_none() {
-            return Err(network::LeadError::Refused(
+            return Err(leader::LeadError::Refused(
                 "this zone-cp serves no Raft port: restart it with --raft-addr (and peer TLS) before adding members".into(),
             ));
         }
         store::on_leader(
             &self.raft,
             &self.network,
-            network::LeaderCall::AddMember { id, address },
+            leader::LeaderCall::AddMember { id, address },
         )
         .await
         .map(drop)
     }
 
     /// Removes node `id` from the cluster (through the leader).
-    pub async fn remove_member(&self, id: NodeId) -> Result<(), network::LeadError> {
-        store::on_leader(
-            &self.raft,
-            &self.network,
-            network::LeaderCall::RemoveMember { id },
-        )
-        .await
-        .map(drop)
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), leader::LeadError> {
+        store::on_leader(&self.raft, &self.network, leader::LeaderCall::RemoveMember { id })
+            .await
+            .map(drop)
     }
 
     /// Becomes true while this node leads the zone.

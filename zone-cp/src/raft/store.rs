@@ -19,7 +19,8 @@ use meridian_store::{
 use openraft::Raft;
 use tokio::sync::watch;
 
-use super::network::{self, LeadError, LeaderCall, Network, lead};
+use super::leader::{self, LeadError, LeaderCall, lead};
+use super::network::Network;
 use super::{TypeConfig, ZoneReply, ZoneRequest, now_ms};
 
 /// How long a write waits for a leader, and for the leader to answer.
@@ -118,7 +119,7 @@ async fn try_once(
     };
     let authority = meridian_api::auth::caller().authority;
     let (reply, index) =
-        network::forward(network, id, &leader.addr, call, &authority, time_left(deadline)).await?;
+        leader::forward(network, id, &leader.addr, call, &authority, time_left(deadline)).await?;
     let _ = raft
         .wait(Some(time_left(deadline)))
         .applied_index_at_least(Some(index), "a forwarded call")
