@@ -472,7 +472,7 @@ impl GlobalSync for SyncServer {
                             Ok(s) => sent = s,
                             Err(e) => {
                                 warn!(error = %e, "reading changes failed");
-                                let _ = tx.send(Err(Status::unavailable("global store unavailable"))).await;
+                                let _ = tx.send(Err(meridian_api::grpc_status("reading changes", &e))).await;
                                 break;
                             }
                         }
@@ -529,7 +529,7 @@ impl GlobalSync for SyncServer {
                                     Err(e) => {
                                         // The zone reconnects and sends its whole inventory again.
                                         warn!(error = %e, "applying the zone's inventory failed");
-                                        let _ = tx.send(Err(Status::unavailable("global store unavailable"))).await;
+                                        let _ = tx.send(Err(meridian_api::grpc_status("applying the inventory", &e))).await;
                                         break;
                                     }
                                 }

@@ -34,7 +34,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-pub use error::{ApiError, ErrorBody};
+pub use error::{ApiError, ErrorBody, grpc_code, grpc_status, http_status};
 
 use meridian_store::Store;
 

@@ -42,6 +42,34 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// What kind of failure an error is, whatever its details: the one classification that the
+/// REST API maps to HTTP statuses and the gRPC services to codes (`meridian_api::error`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    Forbidden,
+    Conflict,
+    /// Asked for something the server no longer has (changes behind the tombstone horizon).
+    Gone,
+    /// Worth retrying later.
+    Unavailable,
+    /// A fault of the server's: its details go to the log, not to the caller.
+    Internal,
+}
+
+impl StoreError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::NotFound(_) => ErrorKind::NotFound,
+            StoreError::Forbidden(_) => ErrorKind::Forbidden,
+            StoreError::Conflict(_) => ErrorKind::Conflict,
+            StoreError::TooOld { .. } => ErrorKind::Gone,
+            StoreError::Unavailable(_) => ErrorKind::Unavailable,
+            StoreError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}
+
 /// The result of a put.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PutOutcome {

@@ -13,6 +13,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use super::wire::BadWrite;
 use super::{LogId, LogStore, NodeId, StorageError, TypeConfig, ZoneReply, ZoneRequest, io_error};
 
 /// Where the state stands in the log: kept in the SQL store beside the state it describes.
@@ -123,7 +124,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut next = applied.clone();
         let mut writes = Vec::new();
         // Per entry: the request it carries, or why it no longer decodes.
-        let mut requests: Vec<Result<Option<&ZoneRequest>, String>> = Vec::new();
+        let mut requests: Vec<Result<Option<&ZoneRequest>, BadWrite>> = Vec::new();
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         for entry in &entries {
             next.last_applied = Some(entry.log_id);
@@ -159,7 +160,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .iter()
             .zip(requests)
             .map(|(outcome, request)| match (outcome, request) {
-                (_, Err(why)) => ZoneReply::invalid(why),
+                (_, Err(why)) => ZoneReply::invalid(&why),
                 (Logged::Applied(outcome), _) => ZoneReply::new(outcome),
                 (Logged::Repeated(recorded), Ok(Some(request))) => ZoneReply::repeated(recorded, request),
                 (Logged::Repeated(_), Ok(None)) => ZoneReply::new(&Ok(meridian_store::Written::Nothing)),

@@ -69,13 +69,23 @@ fn resource_value(s: &Submission) -> Value {
     s.resource.to_universal()
 }
 
-fn key_of(kind: &str, mesh: &str, name: &str) -> Result<ResourceKey, String> {
-    let kind = Kind::from_name(kind).ok_or_else(|| format!("unknown kind {kind:?}"))?;
+/// Why a logged write no longer decodes (it was valid when written: the kinds or their
+/// validation changed since). Every node refuses it alike.
+#[derive(Debug, thiserror::Error)]
+pub enum BadWrite {
+    #[error("unknown kind {0:?}")]
+    UnknownKind(String),
+    #[error(transparent)]
+    Resource(#[from] meridian_model::ResourceError),
+}
+
+fn key_of(kind: &str, mesh: &str, name: &str) -> Result<ResourceKey, BadWrite> {
+    let kind = Kind::from_name(kind).ok_or_else(|| BadWrite::UnknownKind(kind.to_owned()))?;
     Ok(ResourceKey::new(kind, mesh, name))
 }
 
-fn submission(resource: &Value, expected_version: Option<i64>) -> Result<Submission, String> {
-    let mut s = from_value(resource.clone()).map_err(|e| e.to_string())?;
+fn submission(resource: &Value, expected_version: Option<i64>) -> Result<Submission, BadWrite> {
+    let mut s = from_value(resource.clone())?;
     s.expected_version = expected_version;
     Ok(s)
 }
@@ -141,7 +151,7 @@ impl ZoneRequest {
     }
 
     /// The write, validated again.
-    pub fn to_write(&self) -> Result<Write, String> {
+    pub fn to_write(&self) -> Result<Write, BadWrite> {
         Ok(match &self.write {
             WireWrite::Put {
                 resource,
@@ -330,7 +340,7 @@ impl ZoneReply {
     }
 
     /// A request that no longer decodes (it was valid when written): every node refuses it.
-    pub fn invalid(why: String) -> Self {
+    pub fn invalid(why: &BadWrite) -> Self {
         Self(Err(WireError {
             kind: "Internal".into(),
             message: format!("a logged write no longer decodes: {why}"),

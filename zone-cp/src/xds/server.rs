@@ -125,7 +125,12 @@ impl AdsServer {
                 Ok(stored) => Some(stored.resource),
                 Err(meridian_store::StoreError::NotFound(_)) => None,
                 // Without the Dataplane its token's tags cannot be checked: refuse.
-                Err(e) => return Err(Status::unavailable(format!("reading Dataplane {}: {e}", proxy))),
+                Err(e) => {
+                    return Err(meridian_api::grpc_status(
+                        &format!("reading Dataplane {proxy}"),
+                        &e,
+                    ));
+                }
             };
             let checked = auth
                 .check_proxy(token_of(request), &key, is_local(request), registered.as_ref())
