@@ -113,10 +113,19 @@ impl Supervisor {
         fut: impl Future<Output: TaskOutput> + Send + 'static,
     ) {
         let mut stop = self.stop.subscribe();
+        let fault = injected_fault(task);
         let handle = self.tasks.spawn(
             async move {
                 let outcome = if critical {
-                    fut.await.into_result()
+                    tokio::select! {
+                        out = fut => out.into_result(),
+                        () = async {
+                            match fault {
+                                Some(after) => tokio::time::sleep(after).await,
+                                None => std::future::pending().await,
+                            }
+                        } => panic!("a fault injected into {task} ({FAULT_VAR})"),
+                    }
                 } else {
                     // A job is a retry loop with nothing to finish: it ends when stopping.
                     tokio::select! {
@@ -175,6 +184,20 @@ impl Supervisor {
         }
         outcome
     }
+}
+
+/// In debug builds only: `MERIDIAN_FAULT_PANIC_TASK=NAME@MS` makes the critical task `NAME`
+/// panic `MS` milliseconds after it starts, so that a test can see a running binary end when
+/// one of its critical tasks dies. Release builds ignore it.
+const FAULT_VAR: &str = "MERIDIAN_FAULT_PANIC_TASK";
+
+fn injected_fault(task: &str) -> Option<Duration> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let value = std::env::var(FAULT_VAR).ok()?;
+    let (name, ms) = value.rsplit_once('@')?;
+    (name == task).then(|| ms.parse().ok().map(Duration::from_millis))?
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
