@@ -12,7 +12,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_store::{Lease, SqlStore, Store, StoreError, TOMBSTONE_COMPACTION};
+use meridian_store::prelude::*;
+use meridian_store::{Lease, SqlStore, StoreError, TOMBSTONE_COMPACTION};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 use tokio::time::Instant;

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use meridian_store::{Change, Store, StoreError};
+use meridian_store::{Change, ChangeLog, StoreError};
 use tokio::sync::watch;
 use tracing::warn;
 
@@ -80,7 +80,11 @@ impl ChangeFeed {
     }
 
     /// Follows the store until `stop`: after each commit, reads what is new once for everyone.
-    pub async fn run(self, store: Arc<dyn Store>, mut stop: watch::Receiver<bool>) -> Result<(), StoreError> {
+    pub async fn run(
+        self,
+        store: Arc<dyn ChangeLog>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), StoreError> {
         let mut commits = store.watch();
         let mut delay = Duration::from_millis(100);
         // The window starts empty at the current revision; older changes are the store's.
@@ -129,7 +133,7 @@ impl ChangeFeed {
     }
 
     /// Reads every change after the head into the window.
-    async fn catch_up(&self, store: &dyn Store) -> Result<(), StoreError> {
+    async fn catch_up(&self, store: &dyn ChangeLog) -> Result<(), StoreError> {
         loop {
             let head = self.window.read().unwrap_or_else(|e| e.into_inner()).head();
             let changes = match store.changes_since(head, READ).await {
@@ -162,7 +166,7 @@ impl ChangeFeed {
 #[cfg(test)]
 mod tests {
     use meridian_model::{Format, parse_one};
-    use meridian_store::SqlStore;
+    use meridian_store::{SqlStore, Store};
 
     use super::*;
 

@@ -1,5 +1,6 @@
 //! The REST API against a real SQLite store, request by request (no network).
 
+use meridian_store::prelude::*;
 use std::sync::Arc;
 
 use axum::Router;
@@ -9,7 +10,7 @@ use meridian_api::auth::Auth;
 use meridian_api::metrics::Metrics;
 use meridian_api::tokens::{Subject, TokenKind, Tokens};
 use meridian_api::{ApiState, app, router};
-use meridian_store::{SqlStore, Store};
+use meridian_store::SqlStore;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 

@@ -159,8 +159,15 @@ impl Change {
     }
 }
 
+/// The store's role traits, unnamed: `use meridian_store::prelude::*` lets code holding a
+/// concrete store (a `SqlStore`) call any of their methods.
+pub mod prelude {
+    pub use super::{ChangeLog as _, Resources as _, Secrets as _, Statuses as _, Store as _, SyncLog as _};
+}
+
+/// Resources as the REST API sees them: read, written, listed.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Resources: Send + Sync {
     async fn get(&self, key: &ResourceKey) -> Result<Stored, StoreError>;
 
     /// Resources of `kind`, in one mesh or (with `None`) in all, ordered by mesh and name.
@@ -172,6 +179,17 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a resource and returns the revision of the delete.
     async fn delete(&self, key: &ResourceKey, options: DeleteOptions) -> Result<i64, StoreError>;
 
+    /// Returns once reads from this store see every write acknowledged before the call, on
+    /// any replica: `read_barrier` then `get` is a linearizable read. A store whose every
+    /// reader shares one database (SQLite, Postgres) is there already.
+    async fn read_barrier(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// The change feed: what the reconciler, global's zone streams and replicas follow.
+#[async_trait]
+pub trait ChangeLog: Send + Sync {
     /// The revision of the last committed write.
     async fn revision(&self) -> Result<i64, StoreError>;
 
@@ -182,19 +200,15 @@ pub trait Store: Send + Sync + 'static {
     /// the tombstone horizon starts again from.
     async fn snapshot(&self) -> Result<(i64, Vec<Stored>), StoreError>;
 
-    /// Forgets tombstones at or below `up_to`; readers older than that need a snapshot.
-    async fn compact_tombstones(&self, up_to: i64) -> Result<u64, StoreError>;
+    /// The revision of the last write committed through this store, updated as writes commit:
+    /// what the xDS and sync layers wait on instead of polling.
+    fn watch(&self) -> tokio::sync::watch::Receiver<i64>;
+}
 
-    /// Checks that the database answers.
-    async fn ping(&self) -> Result<(), StoreError>;
-
-    /// Returns once reads from this store see every write acknowledged before the call, on
-    /// any replica: `read_barrier` then `get` is a linearizable read. A store whose every
-    /// reader shares one database (SQLite, Postgres) is there already.
-    async fn read_barrier(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-
+/// Federation's writes: global's on a zone (with the position they came from), a zone's
+/// inventory on global.
+#[async_trait]
+pub trait SyncLog: Send + Sync {
     /// On a zone: the last global revision applied to this store.
     async fn sync_position(&self) -> Result<i64, StoreError>;
 
@@ -207,7 +221,12 @@ pub trait Store: Send + Sync + 'static {
         ops: Vec<SyncedOp>,
         position: Option<i64>,
     ) -> Result<SyncedOutcome, StoreError>;
+}
 
+/// Secrets (signing keys, mesh CAs): in the store, never in the change feed nor the API's
+/// listings.
+#[async_trait]
+pub trait Secrets: Send + Sync {
     /// The secret named `name`: the stored one, or `candidate` if none was stored yet (the
     /// first writer wins, so replicas starting together agree).
     async fn secret(&self, name: &str, candidate: &str) -> Result<String, StoreError>;
@@ -221,17 +240,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every secret whose name starts with `prefix` (name and value), in name order.
     async fn secrets(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError>;
+}
 
+/// Runtime status records (each global replica's view of a zone): no revision, the last
+/// writer wins.
+#[async_trait]
+pub trait Statuses: Send + Sync {
     /// Records runtime status that is not a resource (each global replica's view of a zone's
     /// sync): it takes no revision, and the last writer wins.
     async fn put_status(&self, name: &str, value: &str) -> Result<(), StoreError>;
 
     /// Every status whose name starts with `prefix`, in name order.
     async fn statuses(&self, prefix: &str) -> Result<Vec<StatusEntry>, StoreError>;
+}
 
-    /// The revision of the last write committed through this store, updated as writes commit:
-    /// what the xDS and sync layers wait on instead of polling.
-    fn watch(&self) -> tokio::sync::watch::Receiver<i64>;
+/// A store in every role, as the runtime wires one (`Arc<dyn Store>`). Compacting tombstones
+/// is not among them: only global compacts, on its SQL store ([`SqlStore::compact_tombstones`]).
+#[async_trait]
+pub trait Store: Resources + ChangeLog + SyncLog + Secrets + Statuses + 'static {
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
 }
 
 /// Every resource of `kind` (in `mesh`, or in all meshes), a page at a time: callers that need

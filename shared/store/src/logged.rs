@@ -7,7 +7,8 @@ use serde_json::{Map, Value};
 use sqlx::Row;
 
 use super::{COLUMNS, Revisions, SqlStore, db_error, delete_in, put_in, secret_in, status_in, synced_in};
-use crate::{DeleteOptions, PutOutcome, Store, StoreError, SyncedOp, SyncedOutcome};
+use crate::prelude::*;
+use crate::{DeleteOptions, PutOutcome, StoreError, SyncedOp, SyncedOutcome};
 use meridian_model::{ResourceKey, Submission};
 
 /// A secret's value: kept out of `Debug` output, so logging a write never shows it.

@@ -18,8 +18,8 @@ use tokio::sync::watch;
 
 use super::migrations::migrator;
 use super::{
-    Change, DeleteOptions, ListPage, Page, PutOutcome, StatusEntry, Store, StoreError, SyncedOp,
-    SyncedOutcome,
+    Change, ChangeLog, DeleteOptions, ListPage, Page, PutOutcome, Resources, Secrets, StatusEntry, Statuses,
+    Store, StoreError, SyncLog, SyncedOp, SyncedOutcome,
 };
 
 #[path = "group.rs"]
@@ -127,6 +127,25 @@ impl SqlStore {
         };
         store.queue = Some(group::start(store.clone()));
         Ok(store)
+    }
+
+    /// Forgets tombstones at or below `up_to`; readers older than that need a snapshot.
+    /// Global's alone: a zone keeps its tombstones, and Raft snapshots bound its log.
+    pub async fn compact_tombstones(&self, up_to: i64) -> Result<u64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let removed = sqlx::query("DELETE FROM tombstones WHERE revision <= $1")
+            .bind(up_to)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        sqlx::query("UPDATE meridian_tombstone_horizon SET value = $1 WHERE id = 1 AND value < $1")
+            .bind(up_to)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(removed)
     }
 
     pub fn backend(&self) -> Backend {
@@ -327,7 +346,7 @@ fn decode_row(row: &AnyRow) -> Result<Stored, StoreError> {
 }
 
 #[async_trait]
-impl Store for SqlStore {
+impl Resources for SqlStore {
     async fn get(&self, key: &ResourceKey) -> Result<Stored, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
         fetch(&mut conn, key)
@@ -383,18 +402,10 @@ impl Store for SqlStore {
             other => Err(unexpected(other)),
         }
     }
+}
 
-    async fn apply_synced(
-        &self,
-        ops: Vec<SyncedOp>,
-        position: Option<i64>,
-    ) -> Result<SyncedOutcome, StoreError> {
-        match self.write(Write::Synced(ops, position)).await? {
-            Written::Synced(outcome) => Ok(outcome),
-            other => Err(unexpected(other)),
-        }
-    }
-
+#[async_trait]
+impl ChangeLog for SqlStore {
     async fn revision(&self) -> Result<i64, StoreError> {
         sqlx::query("SELECT value FROM meridian_revision WHERE id = 1")
             .fetch_one(&self.pool)
@@ -470,31 +481,13 @@ impl Store for SqlStore {
         Ok((revision, rows.iter().map(decode_row).collect::<Result<_, _>>()?))
     }
 
-    async fn compact_tombstones(&self, up_to: i64) -> Result<u64, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let removed = sqlx::query("DELETE FROM tombstones WHERE revision <= $1")
-            .bind(up_to)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?
-            .rows_affected();
-        sqlx::query("UPDATE meridian_tombstone_horizon SET value = $1 WHERE id = 1 AND value < $1")
-            .bind(up_to)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(removed)
+    fn watch(&self) -> watch::Receiver<i64> {
+        self.committed.subscribe()
     }
+}
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .fetch_one(&self.pool)
-            .await
-            .map(drop)
-            .map_err(db_error)
-    }
-
+#[async_trait]
+impl SyncLog for SqlStore {
     async fn sync_position(&self) -> Result<i64, StoreError> {
         sqlx::query("SELECT value FROM meridian_sync_position WHERE id = 1")
             .fetch_one(&self.pool)
@@ -503,6 +496,20 @@ impl Store for SqlStore {
             .map_err(db_error)
     }
 
+    async fn apply_synced(
+        &self,
+        ops: Vec<SyncedOp>,
+        position: Option<i64>,
+    ) -> Result<SyncedOutcome, StoreError> {
+        match self.write(Write::Synced(ops, position)).await? {
+            Written::Synced(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+#[async_trait]
+impl Secrets for SqlStore {
     async fn secret(&self, name: &str, candidate: &str) -> Result<String, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
         secret_in(&mut conn, name, candidate, false, now_ms()).await
@@ -537,7 +544,10 @@ impl Store for SqlStore {
             })
             .collect()
     }
+}
 
+#[async_trait]
+impl Statuses for SqlStore {
     async fn put_status(&self, name: &str, value: &str) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
         status_in(&mut conn, name, value, now_ms()).await
@@ -562,8 +572,15 @@ impl Store for SqlStore {
         }
         Ok(out)
     }
+}
 
-    fn watch(&self) -> watch::Receiver<i64> {
-        self.committed.subscribe()
+#[async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .fetch_one(&self.pool)
+            .await
+            .map(drop)
+            .map_err(db_error)
     }
 }

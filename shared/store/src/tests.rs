@@ -1,5 +1,6 @@
 //! The store conformance suite: every test runs against SQLite and a throwaway Postgres.
 
+use crate::prelude::*;
 use std::sync::Arc;
 
 use meridian_model::{Format, Kind, ResourceKey, Submission, parse_one};
@@ -285,7 +286,7 @@ async fn changes_resume_from_a_revision(store: &dyn Store) {
     );
 }
 
-async fn compacted_tombstones_need_a_snapshot(store: &dyn Store) {
+async fn compacted_tombstones_need_a_snapshot(store: &SqlStore) {
     put(store, mk_mesh("default")).await;
     put(store, mk_trace("default", "t", "a:4317")).await;
     let before = store.revision().await.expect("revision");

@@ -13,8 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use meridian_model::{Kind, ResourceKey, Stored, Submission};
 use meridian_store::{
-    Change, DeleteOptions, ListPage, Page, PutOutcome, Sensitive, SqlStore, StatusEntry, Store, StoreError,
-    SyncedOp, SyncedOutcome, Write, Written,
+    Change, ChangeLog, DeleteOptions, ListPage, Page, PutOutcome, Resources, Secrets, Sensitive, SqlStore,
+    StatusEntry, Statuses, Store, StoreError, SyncLog, SyncedOp, SyncedOutcome, Write, Written,
 };
 use openraft::Raft;
 use tokio::sync::watch;
@@ -136,7 +136,7 @@ fn unexpected(written: Written) -> StoreError {
 }
 
 #[async_trait]
-impl Store for ZoneStore {
+impl Resources for ZoneStore {
     async fn get(&self, key: &ResourceKey) -> Result<Stored, StoreError> {
         self.local.get(key).await
     }
@@ -159,6 +159,19 @@ impl Store for ZoneStore {
         }
     }
 
+    async fn read_barrier(&self) -> Result<(), StoreError> {
+        on_leader(&self.raft, &self.network, LeaderCall::ReadIndex)
+            .await
+            .map(drop)
+            .map_err(|e| match e {
+                LeadError::Denied(why) => StoreError::Forbidden(why),
+                other => StoreError::Unavailable(other.to_string()),
+            })
+    }
+}
+
+#[async_trait]
+impl ChangeLog for ZoneStore {
     async fn revision(&self) -> Result<i64, StoreError> {
         self.local.revision().await
     }
@@ -171,26 +184,13 @@ impl Store for ZoneStore {
         self.local.snapshot().await
     }
 
-    async fn compact_tombstones(&self, _up_to: i64) -> Result<u64, StoreError> {
-        Err(StoreError::Internal(
-            "a zone keeps its tombstones; Raft snapshots bound its log".into(),
-        ))
+    fn watch(&self) -> watch::Receiver<i64> {
+        self.local.watch()
     }
+}
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.local.ping().await
-    }
-
-    async fn read_barrier(&self) -> Result<(), StoreError> {
-        on_leader(&self.raft, &self.network, LeaderCall::ReadIndex)
-            .await
-            .map(drop)
-            .map_err(|e| match e {
-                LeadError::Denied(why) => StoreError::Forbidden(why),
-                other => StoreError::Unavailable(other.to_string()),
-            })
-    }
-
+#[async_trait]
+impl SyncLog for ZoneStore {
     async fn sync_position(&self) -> Result<i64, StoreError> {
         self.local.sync_position().await
     }
@@ -205,7 +205,10 @@ impl Store for ZoneStore {
             other => Err(unexpected(other)),
         }
     }
+}
 
+#[async_trait]
+impl Secrets for ZoneStore {
     async fn secret(&self, name: &str, candidate: &str) -> Result<String, StoreError> {
         // Once replicated here, a secret is read locally: no leader needed.
         if let Some(secret) = self.local.stored_secret(name).await? {
@@ -242,9 +245,12 @@ impl Store for ZoneStore {
     }
 
     async fn secrets(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
-        Store::secrets(&self.local, prefix).await
+        Secrets::secrets(&self.local, prefix).await
     }
+}
 
+#[async_trait]
+impl Statuses for ZoneStore {
     async fn put_status(&self, name: &str, value: &str) -> Result<(), StoreError> {
         let write = Write::Status {
             name: name.to_owned(),
@@ -259,8 +265,11 @@ impl Store for ZoneStore {
     async fn statuses(&self, prefix: &str) -> Result<Vec<StatusEntry>, StoreError> {
         self.local.statuses(prefix).await
     }
+}
 
-    fn watch(&self) -> watch::Receiver<i64> {
-        self.local.watch()
+#[async_trait]
+impl Store for ZoneStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.local.ping().await
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use meridian_api::ca::{CaError, MeshCa, secret_name};
 use meridian_model::{Kind, Spec};
-use meridian_store::{Store, StoreError};
+use meridian_store::{Secrets, Store, StoreError};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -32,7 +32,7 @@ impl MeshCas {
     /// The CA of `mesh`'s `backend`, if the store has it.
     pub async fn get(
         &mut self,
-        store: &dyn Store,
+        store: &dyn Secrets,
         mesh: &str,
         backend: &str,
     ) -> Result<Option<MeshCa>, CaError> {

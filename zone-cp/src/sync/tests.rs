@@ -1,6 +1,7 @@
 //! Applying global's batches to a real zone store, and parsing global's address.
 
 use meridian_model::{Format, parse_one};
+use meridian_store::prelude::*;
 use meridian_store::{Page, SqlStore};
 
 use super::*;

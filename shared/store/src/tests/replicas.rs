@@ -1,10 +1,11 @@
 //! Replicas sharing one store: commits announced to all of them, and a job's lease held by
 //! one at a time.
 
+use crate::prelude::*;
 use meridian_testing::Postgres;
 
 use super::{mk_mesh, mk_trace, sqlite};
-use crate::{SqlStore, Store};
+use crate::SqlStore;
 
 #[tokio::test]
 async fn postgres_commits_reach_every_replica() {
