@@ -144,18 +144,28 @@ impl Reconciler {
         let mut commits = self.store.watch();
         self.catch_up().await?;
         info!(revision = self.applied, "proxy snapshots generated");
+        // When the meshes waiting for a CA look again: fixed once they start waiting, so a
+        // stream of other events cannot keep putting it off.
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        // A channel whose sender is gone (its task ended) would be ready at once, forever.
+        let (mut probing, mut ca_job) = (true, true);
         loop {
             let renewal = self.next_renewal().map(|at| {
                 let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
                 tokio::time::Instant::now() + wait
             });
-            let retry = (!self.waiting.is_empty()).then(|| tokio::time::Instant::now() + CA_RETRY);
-            let timer = renewal.into_iter().chain(retry).min();
+            retry_at = match (self.waiting.is_empty(), retry_at) {
+                (true, _) => None,
+                (false, None) => Some(tokio::time::Instant::now() + CA_RETRY),
+                (false, Some(at)) => Some(at),
+            };
+            let timer = renewal.into_iter().chain(retry_at).min();
             tokio::select! {
                 changed = commits.changed() => if changed.is_err() { return Ok(()) },
                 _ = shutdown.changed() => return Ok(()),
-                changed = self.unreachable.changed() => {
-                    if changed.is_ok() {
+                changed = self.unreachable.changed(), if probing => {
+                    probing = changed.is_ok();
+                    if probing {
                         self.unreachable.borrow_and_update();
                         for mesh in self.view.mesh_names() {
                             self.regenerate(&mesh, &Touched::All).await;
@@ -163,14 +173,17 @@ impl Reconciler {
                     }
                     continue;
                 }
-                changed = self.ca_created.changed() => {
-                    if changed.is_ok() {
+                changed = self.ca_created.changed(), if ca_job => {
+                    ca_job = changed.is_ok();
+                    if ca_job {
                         self.ca_created.borrow_and_update();
+                        retry_at = None;
                         self.refresh_identities().await;
                     }
                     continue;
                 }
                 _ = async { tokio::time::sleep_until(timer.unwrap_or_else(tokio::time::Instant::now)).await }, if timer.is_some() => {
+                    retry_at = None;
                     self.refresh_identities().await;
                     continue;
                 }

@@ -119,9 +119,14 @@ async fn perform(
     let text = response.text().await.ok()?;
     match status {
         200 | 201 => {
-            // "unchanged" too: a write whose first answer was lost inside the zone is sent
-            // again, and finds itself done. Its version is then the one it wrote.
+            // Every value is new, so "unchanged" would mean a write applied twice: one whose
+            // first answer was lost inside the zone is sent again, and must be answered as
+            // the first time (request ids), not find itself done.
             let answer: Value = serde_json::from_str(&text).expect("json");
+            assert_ne!(
+                answer["result"], "unchanged",
+                "{name}: a write applied again: {text}"
+            );
             Some(RegisterOutput::Written(
                 answer["version"].as_i64().expect("version"),
             ))

@@ -222,32 +222,46 @@ impl SqlStore {
         record: impl Fn(&Result<Written, StoreError>) -> String,
     ) -> Result<Vec<Logged>, StoreError> {
         let mut tx = self.begin_write().await?;
-        // Which writes are repeats: of a request recorded before, or of one earlier in this batch.
-        let mut first_in_batch: std::collections::HashMap<&str, usize> = Default::default();
+        // The log's clock: the latest stamp among the requests recorded so far, moved on entry
+        // by entry. A record counts only while it is within REQUEST_MEMORY_MS of that clock,
+        // so what is a repeat depends on the log alone: never on how it was cut into batches
+        // (which differs between nodes), nor on when old records were deleted.
+        let mut clock: i64 = sqlx::query("SELECT MAX(at_ms) FROM meridian_requests")
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|row| row.try_get::<Option<i64>, _>(0))
+            .map_err(db_error)?
+            .unwrap_or(i64::MIN);
+        // Which writes are repeats: of a request recorded before, or of one earlier in this
+        // batch (its index and stamp).
+        let mut in_batch: std::collections::HashMap<&str, (usize, i64)> = Default::default();
         let mut repeats: Vec<Option<Repeat>> = Vec::with_capacity(writes.len());
         for (i, w) in writes.iter().enumerate() {
             let Some(id) = w.request.as_deref() else {
                 repeats.push(None);
                 continue;
             };
-            if let Some(first) = first_in_batch.get(id) {
-                repeats.push(Some(Repeat::Of(*first)));
-                continue;
-            }
-            let recorded = sqlx::query("SELECT reply FROM meridian_requests WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_error)?
-                .map(|row| row.try_get::<String, _>(0))
-                .transpose()
-                .map_err(db_error)?;
+            let horizon = clock.saturating_sub(REQUEST_MEMORY_MS);
+            let recorded = match in_batch.get(id) {
+                Some((first, at)) if *at >= horizon => Some(Repeat::Of(*first)),
+                Some(_) => None,
+                None => sqlx::query("SELECT reply FROM meridian_requests WHERE id = $1 AND at_ms >= $2")
+                    .bind(id)
+                    .bind(horizon)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_error)?
+                    .map(|row| row.try_get::<String, _>(0))
+                    .transpose()
+                    .map_err(db_error)?
+                    .map(Repeat::Recorded),
+            };
             if recorded.is_none() {
-                first_in_batch.insert(id, i);
+                in_batch.insert(id, (i, w.at_ms));
+                clock = clock.max(w.at_ms);
             }
-            repeats.push(recorded.map(Repeat::Recorded));
+            repeats.push(recorded);
         }
-        let newest = writes.iter().map(|w| w.at_ms).max().unwrap_or(0);
         let to_apply = writes
             .iter()
             .zip(&repeats)
@@ -258,18 +272,23 @@ impl SqlStore {
         for (i, (w, outcome)) in writes.iter().zip(&outcomes).enumerate() {
             if let (Some(id), None) = (&w.request, &repeats[i]) {
                 let reply = record(outcome);
-                sqlx::query("INSERT INTO meridian_requests (id, at_ms, reply) VALUES ($1, $2, $3)")
-                    .bind(id)
-                    .bind(w.at_ms)
-                    .bind(&reply)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
+                // A record of the same id past the horizon may still be there: replaced.
+                sqlx::query(
+                    "INSERT INTO meridian_requests (id, at_ms, reply) VALUES ($1, $2, $3) \
+                     ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms, reply = excluded.reply",
+                )
+                .bind(id)
+                .bind(w.at_ms)
+                .bind(&reply)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
                 replies[i] = Some(reply);
             }
         }
+        // Records past the horizon count for nothing any more.
         sqlx::query("DELETE FROM meridian_requests WHERE at_ms < $1")
-            .bind(newest - REQUEST_MEMORY_MS)
+            .bind(clock.saturating_sub(REQUEST_MEMORY_MS))
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;

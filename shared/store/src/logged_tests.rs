@@ -212,6 +212,64 @@ async fn a_request_applied_before_is_answered_as_then_and_not_applied_again() {
     );
 }
 
+/// Nodes cut the same log into different batches: what counts as a repeat must not depend
+/// on the cut, or their states would part. Here a retry comes after an entry stamped past the
+/// memory (a node with a skewed clock), both as one batch and as two.
+#[tokio::test]
+async fn what_counts_as_a_repeat_does_not_depend_on_how_the_log_is_batched() {
+    let put = |yaml: &str| Some(Write::Put(Box::new(submission(yaml))));
+    let other = TRACE.replace("a:4317", "b:4317");
+    let log = || {
+        vec![
+            logged(put("type: Mesh\nname: default\n"), 1_000, Some("m")),
+            logged(put(TRACE), 2_000, Some("a")),
+            logged(put(&other), 2_001 + REQUEST_MEMORY_MS, Some("b")),
+            logged(put(TRACE), 2_000, Some("a")),
+            logged(put(&other), 2_002 + REQUEST_MEMORY_MS, Some("b")),
+        ]
+    };
+    let answers = |logged: Vec<Logged>| -> Vec<String> {
+        logged
+            .into_iter()
+            .map(|l| match l {
+                Logged::Applied(o) => word(&o),
+                Logged::Repeated(r) => format!("again: {r}"),
+            })
+            .collect()
+    };
+    let mut states = Vec::new();
+    for cut in [5, 3, 1] {
+        let (store, _dir) = store().await;
+        let mut all = Vec::new();
+        let mut entries = log();
+        let rest = entries.split_off(cut.min(entries.len()));
+        all.extend(answers(
+            store
+                .apply_logged_batch(entries, "1-1", word)
+                .await
+                .expect("works"),
+        ));
+        if !rest.is_empty() {
+            all.extend(answers(
+                store.apply_logged_batch(rest, "1-2", word).await.expect("works"),
+            ));
+        }
+        let (_, dump) = store.dump().await.expect("dump");
+        states.push((cut, all, String::from_utf8(dump).expect("utf-8")));
+    }
+    for (cut, answers, dump) in &states[1..] {
+        assert_eq!(
+            (answers, dump),
+            (&states[0].1, &states[0].2),
+            "cut after {cut} entries"
+        );
+    }
+    // The retry of "a" came when its record was past the memory: applied again (the skewed
+    // clock's price), alike on every node. The retry of "b" within it is answered as then.
+    assert_eq!(states[0].1[3], "updated v3");
+    assert_eq!(states[0].1[4], "again: updated v2");
+}
+
 #[tokio::test]
 async fn a_restored_dump_is_the_same_state_with_the_same_change_feed() {
     let (a, _da) = store().await;

@@ -35,6 +35,12 @@ pub trait Model {
         input: &Self::Input,
         output: Option<&Self::Output>,
     ) -> Option<Self::State>;
+
+    /// Whether two inputs do the same from every state. Of unanswered operations that do, the
+    /// search tries one where it could place either; by default no two inputs do.
+    fn interchangeable(&self, _a: &Self::Input, _b: &Self::Input) -> bool {
+        false
+    }
 }
 
 /// One operation of a history. Times are in any one monotonic unit (nanoseconds since the run
@@ -127,9 +133,10 @@ pub fn check<M: Model>(
     let mut seen: HashSet<(Vec<u64>, M::State)> = HashSet::new();
     // Each placed operation: where it was found, and the state before it.
     let mut stack: Vec<(usize, Cursor, M::State)> = Vec::new();
-    // Per depth of the stack, the states unanswered operations were tried into from there:
-    // two that lead to the same state are interchangeable (neither has an answer to honour).
-    let mut tried: Vec<Vec<M::State>> = vec![Vec::new(); history.len() + 1];
+    // Per depth of the stack, the unanswered operations tried from there, with the state each
+    // led to: another that does the same from every state (and so would lead there too) is
+    // not tried again, since neither has an answer to honour.
+    let mut tried: Vec<Vec<(M::State, usize)>> = vec![Vec::new(); history.len() + 1];
     let mut state = initial;
     let mut cursor = Cursor::Answered(next[n]);
     let mut explored = 0u64;
@@ -197,10 +204,14 @@ pub fn check<M: Model>(
                 // An unanswered operation that changes nothing here is as good as one that
                 // never happened, which the end of the search allows anyway.
                 let tried = &mut tried[stack.len()];
-                *after != state && !tried.contains(after) && {
-                    tried.push(after.clone());
-                    true
-                }
+                *after != state
+                    && !tried.iter().any(|(s, other)| {
+                        s == after && model.interchangeable(&history[*other].input, &o.input)
+                    })
+                    && {
+                        tried.push((after.clone(), op));
+                        true
+                    }
             }
         });
         if let Some(after) = step {
@@ -235,8 +246,15 @@ pub struct VersionedRegister {
 pub const UNSEEN: u64 = u64::MAX;
 
 impl VersionedRegister {
-    /// The register for checking `history`.
+    /// The register for checking `history`, none of whose writes may write [`UNSEEN`].
     pub fn new(history: &[Operation<RegisterInput, RegisterOutput>]) -> Self {
+        assert!(
+            !history.iter().any(|o| matches!(
+                o.input,
+                RegisterInput::Write(UNSEEN) | RegisterInput::CompareAndSet { value: UNSEEN, .. }
+            )),
+            "{UNSEEN} stands for values no read saw: a history may not write it"
+        );
         let seen = history
             .iter()
             .filter_map(|o| match &o.answer {
@@ -249,6 +267,15 @@ impl VersionedRegister {
 
     fn held(&self, value: u64) -> u64 {
         if self.seen.contains(&value) { value } else { UNSEEN }
+    }
+
+    /// An input as it acts on the register: which values, as held.
+    fn effect(&self, input: &RegisterInput) -> (u8, u64, i64) {
+        match input {
+            RegisterInput::Read => (0, 0, 0),
+            RegisterInput::Write(v) => (1, self.held(*v), 0),
+            RegisterInput::CompareAndSet { expected, value } => (2, self.held(*value), *expected),
+        }
     }
 }
 
@@ -280,6 +307,10 @@ impl Model for VersionedRegister {
     type State = Versioned;
     type Input = RegisterInput;
     type Output = RegisterOutput;
+
+    fn interchangeable(&self, a: &RegisterInput, b: &RegisterInput) -> bool {
+        self.effect(a) == self.effect(b)
+    }
 
     fn step(
         &self,
@@ -433,6 +464,25 @@ mod tests {
             op(1, Read, 5, 6, Value((9, 4))),
         ];
         assert!(run(&twice).is_err());
+    }
+
+    #[test]
+    fn unanswered_operations_that_differ_later_are_both_tried() {
+        // From (0, 1) both lead to (unseen, 2); only the set first leaves the write able to
+        // make version 3 afterwards.
+        let h = [
+            lost(0, Write(100), 0),
+            lost(
+                1,
+                CompareAndSet {
+                    expected: 1,
+                    value: 101,
+                },
+                1,
+            ),
+            op(2, Write(102), 10, 11, Written(4)),
+        ];
+        assert_eq!(run(&h), Ok(()));
     }
 
     #[test]

@@ -58,9 +58,10 @@ impl ZoneStore {
 /// leader through elections for up to 10 s. Answers once this node has applied the result
 /// too, so whoever asked reads their own write from this node.
 ///
-/// A call whose answer was lost (the leader stepped down or went away) is sent again: a put
-/// is then unchanged, a delete finds nothing, and removing a member that is gone by then is
-/// the removal having worked.
+/// A call whose answer was lost (the leader stepped down or went away) is sent again with
+/// the same request id: a write done the first time is answered as it was then (the state
+/// machine keeps the answers of recent requests), and removing a member that is gone by then
+/// is the removal having worked.
 pub async fn on_leader(
     raft: &Raft<TypeConfig>,
     network: &Network,
@@ -120,10 +121,17 @@ async fn try_once(
     let authority = meridian_api::auth::caller().authority;
     let (reply, index) =
         leader::forward(network, id, &leader.addr, call, &authority, time_left(deadline)).await?;
-    let _ = raft
+    let caught_up = raft
         .wait(Some(time_left(deadline)))
         .applied_index_at_least(Some(index), "a forwarded call")
         .await;
+    // A read index is only worth anything once this node has applied that far; a write is
+    // done whatever this node's pace (the caller may then not read it here at once).
+    if caught_up.is_err() && matches!(call, LeaderCall::ReadIndex) {
+        return Err(LeadError::Failed(format!(
+            "this node has not applied up to the leader's commit index {index} within {WRITE_TIMEOUT:?}"
+        )));
+    }
     Ok(reply)
 }
 

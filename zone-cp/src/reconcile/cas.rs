@@ -64,11 +64,16 @@ pub async fn create_mesh_cas(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
     let mut commits = store.watch();
+    // The CAs seen so far: one new here (made by this job, or by another node's and
+    // replicated) is news for the reconciler, which may be waiting for it.
+    let mut known = std::collections::BTreeSet::new();
     loop {
         let failed = match ensure_all(&*store).await {
-            Ok(0) => false,
-            Ok(_) => {
-                created.send_modify(|n| *n += 1);
+            Ok(present) => {
+                if present.iter().any(|name| !known.contains(name)) {
+                    created.send_modify(|n| *n += 1);
+                }
+                known = present;
                 false
             }
             Err(e) => {
@@ -85,10 +90,10 @@ pub async fn create_mesh_cas(
     }
 }
 
-/// Makes sure every mesh with a builtin mTLS backend enabled has its CA; how many it had to
-/// create (or found created by another node meanwhile).
-pub(super) async fn ensure_all(store: &dyn Store) -> Result<usize, CaError> {
-    let mut made = 0;
+/// Makes sure every mesh with a builtin mTLS backend enabled has its CA; the names of those
+/// CAs, all present now.
+pub(super) async fn ensure_all(store: &dyn Store) -> Result<std::collections::BTreeSet<String>, CaError> {
+    let mut present = std::collections::BTreeSet::new();
     for mesh in meridian_store::list_all(store, Kind::Mesh, None).await? {
         let Spec::Mesh(spec) = &mesh.resource.spec else {
             continue;
@@ -97,14 +102,13 @@ pub(super) async fn ensure_all(store: &dyn Store) -> Result<usize, CaError> {
             continue;
         };
         let name = secret_name(&mesh.resource.name, &backend.name);
-        if store.stored_secret(&name).await?.is_some() {
-            continue;
+        if store.stored_secret(&name).await?.is_none() {
+            MeshCa::ensure(store, &mesh.resource.name, &backend.name).await?;
+            info!(mesh = %mesh.resource.name, backend = %backend.name, "mesh CA created");
         }
-        MeshCa::ensure(store, &mesh.resource.name, &backend.name).await?;
-        info!(mesh = %mesh.resource.name, backend = %backend.name, "mesh CA created");
-        made += 1;
+        present.insert(name);
     }
-    Ok(made)
+    Ok(present)
 }
 
 #[cfg(test)]
@@ -158,8 +162,12 @@ mod tests {
                 .expect("readable")
                 .is_none()
         );
-        // Nothing left to make: a later commit makes nothing and says nothing.
-        assert_eq!(ensure_all(&*store).await.expect("ensure"), 0);
+        // Nothing left to make: the one CA is there.
+        let present = ensure_all(&*store).await.expect("ensure");
+        assert_eq!(
+            present.into_iter().collect::<Vec<_>>(),
+            [secret_name("secure", "ca-1")]
+        );
 
         stop_tx.send(true).expect("stop");
         job.await.expect("joined").expect("ends cleanly");
