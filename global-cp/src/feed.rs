@@ -15,6 +15,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use meridian_store::{Change, ChangeLog, StoreError};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 use tracing::warn;
 
@@ -38,6 +39,15 @@ impl Window {
     }
 }
 
+/// How often the store is read for changes: by the feed (once per commit, for every zone),
+/// and by streams behind its window (`meridian_sync_feed_reads_total`,
+/// `meridian_sync_stream_reads_total`).
+#[derive(Clone, Default)]
+pub struct FeedReads {
+    pub feed: Counter,
+    pub behind: Counter,
+}
+
 /// A shared, bounded window over the store's change feed. Clones share it.
 #[derive(Clone)]
 pub struct ChangeFeed {
@@ -45,11 +55,12 @@ pub struct ChangeFeed {
     head: watch::Receiver<i64>,
     publish: Arc<watch::Sender<i64>>,
     capacity: usize,
+    reads: FeedReads,
 }
 
 impl ChangeFeed {
     /// An empty feed: it starts at the store's revision when [`ChangeFeed::run`] starts.
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, reads: FeedReads) -> Self {
         let (publish, head) = watch::channel(0);
         Self {
             window: Arc::new(RwLock::new(Window {
@@ -59,6 +70,7 @@ impl ChangeFeed {
             head,
             publish: Arc::new(publish),
             capacity: capacity.max(1),
+            reads,
         }
     }
 
@@ -72,6 +84,8 @@ impl ChangeFeed {
     pub fn since(&self, after: i64, limit: usize) -> Option<Vec<Arc<Change>>> {
         let window = self.window.read().unwrap_or_else(|e| e.into_inner());
         if after < window.start {
+            // The caller reads the store itself.
+            self.reads.behind.inc();
             return None;
         }
         // Revisions rise along the window: skip to the first one after `after`.
@@ -136,6 +150,7 @@ impl ChangeFeed {
     async fn catch_up(&self, store: &dyn ChangeLog) -> Result<(), StoreError> {
         loop {
             let head = self.window.read().unwrap_or_else(|e| e.into_inner()).head();
+            self.reads.feed.inc();
             let changes = match store.changes_since(head, READ).await {
                 Ok(changes) => changes,
                 // Tombstones this feed had not read yet were compacted: start again from now;
@@ -201,7 +216,7 @@ mod tests {
         let (store, _dir) = store().await;
         put(&*store, "before").await;
         let started_at = store.revision().await.expect("revision");
-        let feed = ChangeFeed::new(3);
+        let feed = ChangeFeed::new(3, FeedReads::default());
         let (stop_tx, stop) = watch::channel(false);
         let task = tokio::spawn(feed.clone().run(store.clone(), stop));
         wait_for(&feed, started_at).await;

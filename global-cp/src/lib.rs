@@ -92,6 +92,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "Tombstones removed after the retention (zones away longer catch up by snapshot)",
         compacted.clone(),
     );
+    let feed_reads = feed::FeedReads::default();
+    metrics.registry_mut().register(
+        "sync_feed_reads",
+        "Reads of the store for changes by this replica's change feed, shared by every zone stream",
+        feed_reads.feed.clone(),
+    );
+    metrics.registry_mut().register(
+        "sync_stream_reads",
+        "Reads of the store for changes by zone streams behind the change feed's window",
+        feed_reads.behind.clone(),
+    );
     let refused = api::serve::refused_family(metrics.registry_mut());
     let state = api::ApiState {
         store,
@@ -104,7 +115,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut tasks = Supervisor::new();
     let insights = zones.clone().run(state.store.clone(), tasks.stop_signal());
     tasks.critical("zone insights", insights);
-    let feed = feed::ChangeFeed::new(feed::WINDOW);
+    let feed = feed::ChangeFeed::new(feed::WINDOW, feed_reads);
     tasks.critical(
         "change feed",
         feed.clone().run(state.store.clone(), tasks.stop_signal()),

@@ -55,11 +55,22 @@ fn policies_written_on_global_reach_every_zone_and_zones_show_online() {
             t.is_some_and(|t| t["spec"]["backends"][0]["conf"]["endpoint"] == "a:4317")
         });
     }
+    // Once both zones are current, what follows is read from the store once, by global's
+    // change feed, for both streams.
+    let stream_reads = metric(&global.api_url, "meridian_sync_stream_reads_total");
+    let feed_reads = metric(&global.api_url, "meridian_sync_feed_reads_total");
+    assert!(stream_reads > 0.0, "zones that started from scratch read the store themselves");
     apply(&global.api_url, &trace("t1", "b:4317"));
     ok(meshctl(&global.api_url, &["delete", "meshtrace", "t1"], None).expect("delete"));
     for zone in [&z1, &z2] {
         wait_on_zone(zone, "t1 goes", |t| t.is_none());
     }
+    assert_eq!(
+        metric(&global.api_url, "meridian_sync_stream_reads_total"),
+        stream_reads,
+        "a zone stream read the store itself"
+    );
+    assert!(metric(&global.api_url, "meridian_sync_feed_reads_total") > feed_reads);
     let (code, body, _) = http_get(&format!("{}/zones/zone-1", global.api_url));
     assert_eq!(code, 200, "{body}");
     let z: serde_json::Value = serde_json::from_str(&body).expect("json");
