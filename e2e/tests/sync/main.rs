@@ -59,7 +59,10 @@ fn policies_written_on_global_reach_every_zone_and_zones_show_online() {
     // change feed, for both streams.
     let stream_reads = metric(&global.api_url, "meridian_sync_stream_reads_total");
     let feed_reads = metric(&global.api_url, "meridian_sync_feed_reads_total");
-    assert!(stream_reads > 0.0, "zones that started from scratch read the store themselves");
+    assert!(
+        stream_reads > 0.0,
+        "zones that started from scratch read the store themselves"
+    );
     apply(&global.api_url, &trace("t1", "b:4317"));
     ok(meshctl(&global.api_url, &["delete", "meshtrace", "t1"], None).expect("delete"));
     for zone in [&z1, &z2] {
