@@ -205,12 +205,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_zone(&zone, unreachable);
     // Standalone, the zone makes its mesh CAs; federated, global makes them for every zone.
     if global_address.is_none() {
+        let (wanted, asked) = tokio::sync::mpsc::unbounded_channel();
         let (created_tx, created) = tokio::sync::watch::channel(0);
         tasks.critical(
             "mesh CAs",
-            reconcile::create_mesh_cas(store.clone(), created_tx, stop_rx.clone()),
+            reconcile::create_mesh_cas(store.clone(), asked, created_tx, stop_rx.clone()),
         );
-        reconciler = reconciler.with_ca_created(created);
+        reconciler = reconciler.with_ca_job(wanted, created);
     }
     tasks.critical("reconciler", reconciler.run(stop_rx.clone()));
 

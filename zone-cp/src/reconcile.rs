@@ -28,7 +28,7 @@ use meridian_model::policies::dataplane::DataplaneSpec;
 use meridian_model::policies::zone_ingress::ZoneIngressSpec;
 use meridian_model::{Kind, ResourceKey};
 use meridian_store::{Change, Store, StoreError};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::xds::cache::{ProxyId, SnapshotCache};
@@ -71,6 +71,8 @@ pub struct Reconciler {
     cas: cas::MeshCas,
     /// Bumped when a mesh CA was created: meshes waiting for one look again.
     ca_created: watch::Receiver<u64>,
+    /// Where to ask for a mesh's CA (standalone only: federated, global makes them).
+    ca_wanted: Option<mpsc::UnboundedSender<cas::Wanted>>,
     leaves: HashMap<ProxyId, Issued>,
     /// Meshes with mTLS on whose CA is not available yet.
     waiting: BTreeSet<String>,
@@ -105,6 +107,7 @@ impl Reconciler {
             applied: 0,
             cas: cas::MeshCas::default(),
             ca_created: ca_rx,
+            ca_wanted: None,
             leaves: HashMap::new(),
             waiting: BTreeSet::new(),
             zone: String::new(),
@@ -125,10 +128,16 @@ impl Reconciler {
         }
     }
 
-    /// Where the news comes from that a mesh CA was created ([`create_mesh_cas`]).
-    pub fn with_ca_created(self, ca_created: watch::Receiver<u64>) -> Self {
+    /// The job that makes mesh CAs on a standalone zone ([`create_mesh_cas`]): where to ask
+    /// for one, and where the news comes from that one was made.
+    pub fn with_ca_job(
+        self,
+        wanted: mpsc::UnboundedSender<cas::Wanted>,
+        created: watch::Receiver<u64>,
+    ) -> Self {
         Self {
-            ca_created,
+            ca_wanted: Some(wanted),
+            ca_created: created,
             _no_ca_job: None,
             ..self
         }
@@ -453,6 +462,10 @@ impl Reconciler {
             Some(tls) => match self.mesh_ca(mesh, tls).await {
                 Ok(Some(ca)) => Some(ca),
                 Ok(None) => {
+                    if let Some(wanted) = &self.ca_wanted {
+                        // Asked again on each retry: the job makes it once.
+                        let _ = wanted.send((mesh.to_owned(), tls.backend.clone()));
+                    }
                     if self.waiting.insert(mesh.to_owned()) {
                         info!(
                             mesh,

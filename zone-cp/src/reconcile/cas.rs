@@ -2,9 +2,9 @@
 //! parsed in memory.
 //!
 //! ```text
-//!   Mesh with mTLS ──commit──> create_mesh_cas: MeshCa::ensure (a Raft write) ──created──┐
-//!                                                                                        v
-//!   Reconciler: MeshCas::get (a local read; parsed once per CA) <── retries waiting meshes
+//!   Reconciler: MeshCas::get (a local read; parsed once per CA) ──no CA: wanted──┐
+//!        ^                                                                        v
+//!        └──created── create_mesh_cas: MeshCa::ensure (a Raft write) <────────────┘
 //! ```
 //!
 //! Generation never waits on consensus: the reconciler only reads CAs, and a mesh whose CA
@@ -16,9 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_api::ca::{CaError, MeshCa, secret_name};
-use meridian_model::{Kind, Spec};
 use meridian_store::{Secrets, Store, StoreError};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 /// The mesh CAs this node has read, parsed, by secret name, with the stored text they came
@@ -55,60 +54,54 @@ impl MeshCas {
 /// How soon a CA that could not be created is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// On a standalone zone: creates the CA of every mesh's enabled builtin backend that has
-/// none, after each commit, and bumps `created` when it made or found one, so the
-/// reconciler looks again at once. Runs until `stop`.
+/// A mesh whose proxies wait for its CA: `(mesh, backend)`, as the reconciler asks for it.
+pub type Wanted = (String, String);
+
+/// On a standalone zone: makes the CA the reconciler asks for (a mesh with a builtin backend
+/// enabled and no CA yet), and bumps `created` once it is stored, so the reconciler looks
+/// again at once. Asked only when a mesh waits, it costs nothing per commit. Runs until `stop`
+/// or until the reconciler is gone.
 pub async fn create_mesh_cas(
     store: Arc<dyn Store>,
+    mut wanted: mpsc::UnboundedReceiver<Wanted>,
     created: watch::Sender<u64>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
-    let mut commits = store.watch();
-    // The CAs seen so far: one new here (made by this job, or by another node's and
-    // replicated) is news for the reconciler, which may be waiting for it.
-    let mut known = std::collections::BTreeSet::new();
     loop {
-        let failed = match ensure_all(&*store).await {
-            Ok(present) => {
-                if present.iter().any(|name| !known.contains(name)) {
-                    created.send_modify(|n| *n += 1);
-                }
-                known = present;
-                false
-            }
-            Err(e) => {
-                warn!(error = %e, retry_in = ?RETRY, "creating mesh CAs failed");
-                true
-            }
-        };
-        tokio::select! {
-            changed = commits.changed() => if changed.is_err() { return Ok(()) },
-            _ = tokio::time::sleep(RETRY), if failed => {}
+        let (mesh, backend) = tokio::select! {
+            asked = wanted.recv() => match asked {
+                Some(asked) => asked,
+                None => return Ok(()),
+            },
             _ = stop.changed() => return Ok(()),
+        };
+        // Made by this job, by another node's (and replicated), or not yet: the reconciler
+        // asks again while it waits, so a failure is retried.
+        loop {
+            match ensure(&*store, &mesh, &backend).await {
+                Ok(()) => {
+                    created.send_modify(|n| *n += 1);
+                    break;
+                }
+                Err(e) => {
+                    warn!(mesh, backend, error = %e, retry_in = ?RETRY, "creating a mesh CA failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(RETRY) => {}
+                        _ = stop.changed() => return Ok(()),
+                    }
+                }
+            }
         }
-        commits.borrow_and_update();
     }
 }
 
-/// Makes sure every mesh with a builtin mTLS backend enabled has its CA; the names of those
-/// CAs, all present now.
-pub(super) async fn ensure_all(store: &dyn Store) -> Result<std::collections::BTreeSet<String>, CaError> {
-    let mut present = std::collections::BTreeSet::new();
-    for mesh in meridian_store::list_all(store, Kind::Mesh, None).await? {
-        let Spec::Mesh(spec) = &mesh.resource.spec else {
-            continue;
-        };
-        let Some(backend) = spec.enabled_ca() else {
-            continue;
-        };
-        let name = secret_name(&mesh.resource.name, &backend.name);
-        if store.stored_secret(&name).await?.is_none() {
-            MeshCa::ensure(store, &mesh.resource.name, &backend.name).await?;
-            info!(mesh = %mesh.resource.name, backend = %backend.name, "mesh CA created");
-        }
-        present.insert(name);
+/// Makes sure `mesh`'s `backend` has its CA.
+pub(super) async fn ensure(store: &dyn Store, mesh: &str, backend: &str) -> Result<(), CaError> {
+    if store.stored_secret(&secret_name(mesh, backend)).await?.is_none() {
+        MeshCa::ensure(store, mesh, backend).await?;
+        info!(mesh, backend, "mesh CA created");
     }
-    Ok(present)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -119,32 +112,34 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_job_makes_the_ca_of_a_mesh_that_enables_mtls_and_says_so() {
+    async fn the_job_makes_the_ca_it_is_asked_for_and_says_so() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn Store> = {
             let sql = SqlStore::open_sqlite(dir.path()).await.expect("open");
             sql.migrate().await.expect("migrate");
             Arc::new(sql)
         };
-        let put = |yaml: &str| {
-            let (store, submission) = (store.clone(), parse_one(yaml, Format::Yaml).expect("valid"));
-            async move {
-                meridian_store::put_with_defaults(&*store, submission)
-                    .await
-                    .expect("put")
-            }
-        };
-        put("type: Mesh\nname: plain\n").await;
+        let submission = parse_one("type: Mesh\nname: secure\n", Format::Yaml).expect("valid");
+        meridian_store::put_with_defaults(&*store, submission)
+            .await
+            .expect("put");
+        let (wanted, asked) = mpsc::unbounded_channel();
         let (created_tx, mut created) = watch::channel(0);
         let (stop_tx, stop) = watch::channel(false);
-        let job = tokio::spawn(create_mesh_cas(store.clone(), created_tx, stop));
+        let job = tokio::spawn(create_mesh_cas(store.clone(), asked, created_tx, stop));
 
-        put("type: Mesh\nname: secure\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n").await;
+        let mut cas = MeshCas::default();
+        assert!(
+            cas.get(&*store, "secure", "ca-1")
+                .await
+                .expect("readable")
+                .is_none()
+        );
+        wanted.send(("secure".into(), "ca-1".into())).expect("job alive");
         tokio::time::timeout(Duration::from_secs(10), created.changed())
             .await
             .expect("told within 10 s")
             .expect("job alive");
-        let mut cas = MeshCas::default();
         let ca = cas
             .get(&*store, "secure", "ca-1")
             .await
@@ -156,20 +151,22 @@ mod tests {
             .expect("readable")
             .expect("kept");
         assert_eq!(ca.fingerprint(), again.fingerprint());
-        assert!(
-            cas.get(&*store, "plain", "ca-1")
-                .await
-                .expect("readable")
-                .is_none()
-        );
-        // Nothing left to make: the one CA is there.
-        let present = ensure_all(&*store).await.expect("ensure");
-        assert_eq!(
-            present.into_iter().collect::<Vec<_>>(),
-            [secret_name("secure", "ca-1")]
-        );
+        // Asked again (the reconciler retries while it waits): the same CA, said again.
+        wanted.send(("secure".into(), "ca-1".into())).expect("job alive");
+        tokio::time::timeout(Duration::from_secs(10), created.changed())
+            .await
+            .expect("told within 10 s")
+            .expect("job alive");
+        let kept = cas
+            .get(&*store, "secure", "ca-1")
+            .await
+            .expect("readable")
+            .expect("kept");
+        assert_eq!(kept.fingerprint(), ca.fingerprint());
 
-        stop_tx.send(true).expect("stop");
+        // The reconciler gone, the job ends.
+        drop(wanted);
         job.await.expect("joined").expect("ends cleanly");
+        drop(stop_tx);
     }
 }
