@@ -134,15 +134,7 @@ async fn messages_larger_than_the_codec_buffers_pass_and_oversized_requests_end_
     let big = "x".repeat(300 << 10);
     cache.set(&id, snapshot(&[("a", &big)])).expect("consistent");
     let url = serve(cache.clone()).await;
-    let mut delta = Delta::open(
-        &url,
-        DeltaDiscoveryRequest {
-            node: node(),
-            type_url: CLUSTER.into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut delta = Delta::clusters(&url).await;
     let first = delta.next().await;
     let cluster = Cluster::decode(
         first.resources[0]

@@ -93,6 +93,16 @@ struct Delta {
 }
 
 impl Delta {
+    /// A stream subscribed to every cluster, as the test node.
+    async fn clusters(url: &str) -> Self {
+        let first = DeltaDiscoveryRequest {
+            node: node(),
+            type_url: CLUSTER.into(),
+            ..Default::default()
+        };
+        Self::open(url, first).await
+    }
+
     async fn open(url: &str, first: DeltaDiscoveryRequest) -> Self {
         let mut client = AggregatedDiscoveryServiceClient::connect(url.to_owned())
             .await
@@ -166,15 +176,7 @@ async fn delta_sends_only_what_changed_and_records_acks_and_nacks() {
         .set(&id, snapshot(&[("a", "1"), ("b", "1")]))
         .expect("consistent");
     let url = serve(cache.clone()).await;
-    let mut delta = Delta::open(
-        &url,
-        DeltaDiscoveryRequest {
-            node: node(),
-            type_url: CLUSTER.into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut delta = Delta::clusters(&url).await;
 
     // An empty subscription to clusters is a wildcard: everything comes.
     let first = delta.next().await;
@@ -246,15 +248,7 @@ async fn a_reconnecting_delta_client_gets_only_what_it_lacks() {
         .set(&id, snapshot(&[("a", "1"), ("b", "1")]))
         .expect("consistent");
     let url = serve(cache.clone()).await;
-    let mut first = Delta::open(
-        &url,
-        DeltaDiscoveryRequest {
-            node: node(),
-            type_url: CLUSTER.into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut first = Delta::clusters(&url).await;
     let initial = first.next().await;
     let versions = initial
         .resources
@@ -397,15 +391,7 @@ async fn a_replaced_cluster_gets_its_endpoints_again_even_unchanged() {
     s.insert(ENDPOINT, "reg".into(), any(ENDPOINT, "10.0.0.1"));
     cache.set(&id, s.clone()).expect("consistent");
     let url = serve(cache.clone()).await;
-    let mut delta = Delta::open(
-        &url,
-        DeltaDiscoveryRequest {
-            node: node(),
-            type_url: CLUSTER.into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut delta = Delta::clusters(&url).await;
     let clusters = delta.next().await;
     delta.reply(&clusters, None).await;
     delta
