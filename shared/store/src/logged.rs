@@ -40,6 +40,15 @@ pub enum Write {
     },
 }
 
+impl Write {
+    /// Whether applying it twice is applying it once: a status (the last writer wins anyway)
+    /// or a secret (the first writer wins, or a value replaces itself). Retries of those need
+    /// no record, and so no secret value is ever copied into one.
+    fn idempotent(&self) -> bool {
+        matches!(self, Write::Status { .. } | Write::Secret { .. })
+    }
+}
+
 /// What a [`Write`] did.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Written {
@@ -236,8 +245,17 @@ impl SqlStore {
         // batch (its index and stamp).
         let mut in_batch: std::collections::HashMap<&str, (usize, i64)> = Default::default();
         let mut repeats: Vec<Option<Repeat>> = Vec::with_capacity(writes.len());
-        for (i, w) in writes.iter().enumerate() {
-            let Some(id) = w.request.as_deref() else {
+        // The ids of the writes that are recorded.
+        let ids: Vec<Option<&str>> = writes
+            .iter()
+            .map(|w| {
+                w.request
+                    .as_deref()
+                    .filter(|_| w.write.as_ref().is_some_and(|w| !w.idempotent()))
+            })
+            .collect();
+        for (i, (w, id)) in writes.iter().zip(&ids).enumerate() {
+            let Some(id) = *id else {
                 repeats.push(None);
                 continue;
             };
@@ -270,7 +288,7 @@ impl SqlStore {
         let (outcomes, last) = write_batch(&mut tx, to_apply, Failure::Batch).await?;
         let mut replies: Vec<Option<String>> = vec![None; writes.len()];
         for (i, (w, outcome)) in writes.iter().zip(&outcomes).enumerate() {
-            if let (Some(id), None) = (&w.request, &repeats[i]) {
+            if let (Some(id), None) = (ids[i], &repeats[i]) {
                 let reply = record(outcome);
                 // A record of the same id past the horizon may still be there: replaced.
                 sqlx::query(

@@ -270,6 +270,42 @@ async fn what_counts_as_a_repeat_does_not_depend_on_how_the_log_is_batched() {
     assert_eq!(states[0].1[4], "again: updated v2");
 }
 
+/// Secrets and statuses apply twice as once: no record of them, so no secret value is copied.
+#[tokio::test]
+async fn idempotent_writes_leave_no_record_and_no_copy_of_a_secret() {
+    let (store, _dir) = store().await;
+    let secret = Write::Secret {
+        name: "k".into(),
+        candidate: Sensitive("the-key".into()),
+        replace: false,
+    };
+    let status = Write::Status {
+        name: "s".into(),
+        value: "v".into(),
+    };
+    for _ in 0..2 {
+        let logged = store
+            .apply_logged_batch(
+                vec![
+                    logged(Some(secret.clone()), 1_000, Some("x")),
+                    logged(Some(status.clone()), 1_000, Some("y")),
+                ],
+                "1-1",
+                word,
+            )
+            .await
+            .expect("works");
+        assert!(
+            logged.iter().all(|l| matches!(l, Logged::Applied(Ok(_)))),
+            "{logged:?}"
+        );
+    }
+    let (_, dump) = store.dump().await.expect("dump");
+    let tables: Map<String, Value> = serde_json::from_slice(&dump).expect("json");
+    assert_eq!(tables["meridian_requests"], Value::Array(Vec::new()));
+    assert_eq!(store.secret("k", "other").await.expect("secret"), "the-key");
+}
+
 #[tokio::test]
 async fn a_restored_dump_is_the_same_state_with_the_same_change_feed() {
     let (a, _da) = store().await;

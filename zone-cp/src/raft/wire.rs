@@ -281,9 +281,15 @@ impl From<WireError> for StoreError {
     }
 }
 
-fn wire_stored(s: &Stored) -> WireStored {
+/// `with_resource: false` leaves the resource out (as `null`), for a record whose reader has
+/// it already.
+fn wire_stored(s: &Stored, with_resource: bool) -> WireStored {
     WireStored {
-        resource: s.resource.to_universal(),
+        resource: if with_resource {
+            s.resource.to_universal()
+        } else {
+            Value::Null
+        },
         version: s.version,
         revision: s.revision,
         creation_time_ms: s.creation_time_ms,
@@ -293,13 +299,17 @@ fn wire_stored(s: &Stored) -> WireStored {
 
 impl ZoneReply {
     pub fn new(outcome: &Result<Written, StoreError>) -> Self {
+        Self::of(outcome, true)
+    }
+
+    fn of(outcome: &Result<Written, StoreError>, with_resource: bool) -> Self {
         Self(match outcome {
             Err(e) => Err(e.into()),
             Ok(written) => Ok(match written {
                 Written::Nothing => WireWritten::Nothing,
                 Written::Put(outcome) => WireWritten::Put {
                     outcome: outcome.word().to_owned(),
-                    stored: wire_stored(outcome.stored()),
+                    stored: wire_stored(outcome.stored(), with_resource),
                 },
                 Written::Deleted(revision) => WireWritten::Deleted { revision: *revision },
                 Written::Synced(s) => WireWritten::Synced {
@@ -316,11 +326,7 @@ impl ZoneReply {
     /// The reply as the state machine records it for retries of its request: a put's resource
     /// is left out, since the retry carries the same one.
     pub fn recorded(outcome: &Result<Written, StoreError>) -> String {
-        let mut reply = Self::new(outcome);
-        if let Ok(WireWritten::Put { stored, .. }) = &mut reply.0 {
-            stored.resource = Value::Null;
-        }
-        serde_json::to_string(&reply).unwrap_or_default()
+        serde_json::to_string(&Self::of(outcome, false)).unwrap_or_default()
     }
 
     /// A reply recorded by [`ZoneReply::recorded`], answered again to a retry of `request`.
