@@ -14,6 +14,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use meridian_model::ResourceKey;
+use meridian_proto::sync::Change as WireChange;
 use meridian_store::{Change, ChangeLog, StoreError};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
@@ -26,11 +28,39 @@ pub const WINDOW: usize = 4096;
 /// Changes per read of the store.
 const READ: u32 = 1000;
 
+/// A change, and its form on the sync wire: encoded once, for every zone stream that sends it.
+#[derive(Debug, PartialEq)]
+pub struct FeedChange {
+    pub change: Change,
+    pub wire: WireChange,
+}
+
+impl FeedChange {
+    pub fn new(change: Change) -> Self {
+        let wire = match &change {
+            Change::Upsert(s) => WireChange::upsert(s.revision, &s.resource),
+            Change::Delete { key, revision } => WireChange::delete(*revision, key),
+        };
+        Self { change, wire }
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.change.revision()
+    }
+
+    pub fn key(&self) -> ResourceKey {
+        match &self.change {
+            Change::Upsert(s) => s.resource.key(),
+            Change::Delete { key, .. } => key.clone(),
+        }
+    }
+}
+
 /// The changes after `start` up to the head, oldest first: every one of them, as the store
 /// gave them. Before the feed has read the store, `start` is `i64::MAX`: it holds nothing.
 struct Window {
     start: i64,
-    changes: VecDeque<Arc<Change>>,
+    changes: VecDeque<Arc<FeedChange>>,
 }
 
 impl Window {
@@ -81,7 +111,7 @@ impl ChangeFeed {
 
     /// Up to `limit` changes after `after`, oldest first; `None` when the window no longer
     /// reaches back that far (read the store instead).
-    pub fn since(&self, after: i64, limit: usize) -> Option<Vec<Arc<Change>>> {
+    pub fn since(&self, after: i64, limit: usize) -> Option<Vec<Arc<FeedChange>>> {
         let window = self.window.read().unwrap_or_else(|e| e.into_inner());
         if after < window.start {
             // The caller reads the store itself.
@@ -166,7 +196,9 @@ impl ChangeFeed {
             };
             {
                 let mut window = self.window.write().unwrap_or_else(|e| e.into_inner());
-                window.changes.extend(changes.into_iter().map(Arc::new));
+                window
+                    .changes
+                    .extend(changes.into_iter().map(|c| Arc::new(FeedChange::new(c))));
                 while window.changes.len() > self.capacity {
                     if let Some(dropped) = window.changes.pop_front() {
                         window.start = dropped.revision();
@@ -236,7 +268,7 @@ mod tests {
             .since(started_at, 10)
             .expect("held")
             .iter()
-            .map(|c| (**c).clone())
+            .map(|c| c.change.clone())
             .collect();
         assert_eq!(
             from_feed,

@@ -27,7 +27,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::feed::ChangeFeed;
+use crate::feed::{ChangeFeed, FeedChange};
 use crate::zones::{Zones, now_ms};
 use meridian_api::tokens::{Subject, TokenError, TokenKind, Tokens};
 
@@ -66,16 +66,6 @@ impl SyncServer {
 /// reported; never the zone's own inventory, sent back to it.
 fn sent_to(zone: &str, key: &ResourceKey) -> bool {
     !key.kind.zone_owned() || key.synced_zone().is_some_and(|origin| origin != zone)
-}
-
-fn wire(zone: &str, change: &Change) -> Option<WireChange> {
-    match change {
-        Change::Upsert(s) if sent_to(zone, &s.resource.key()) => {
-            Some(WireChange::upsert(s.revision, &s.resource))
-        }
-        Change::Delete { key, revision } if sent_to(zone, key) => Some(WireChange::delete(*revision, key)),
-        _ => None,
-    }
 }
 
 fn batch(b: Batch) -> Result<GlobalMessage, Status> {
@@ -146,9 +136,9 @@ async fn send_changes(
             None => store
                 .changes_since(sent, BATCH)
                 .await
-                .map(|c| c.into_iter().map(Arc::new).collect()),
+                .map(|c| c.into_iter().map(|c| Arc::new(FeedChange::new(c))).collect()),
         };
-        let changes: Vec<Arc<Change>> = match read {
+        let changes: Vec<Arc<FeedChange>> = match read {
             Ok(c) => c,
             Err(StoreError::TooOld { asked, horizon }) => {
                 info!(
@@ -173,15 +163,15 @@ async fn send_changes(
         let wire: Vec<WireChange> = changes
             .iter()
             .filter_map(|c| {
-                let mut w = wire(zone, c)?;
+                let key = c.key();
+                if !sent_to(zone, &key) {
+                    return None;
+                }
+                let mut w = c.wire.clone();
                 if !tracing {
                     return Some(w);
                 }
                 // A traced write: the zone's spans continue its trace, under this one.
-                let key = match &**c {
-                    Change::Upsert(s) => s.resource.key(),
-                    Change::Delete { key, .. } => key.clone(),
-                };
                 if let Some(parent) = meridian_otlp::exporter::recall(&format!("change:{key}")) {
                     let mut span = meridian_otlp::exporter::Span::start(
                         format!("sync to {zone}"),
@@ -198,7 +188,7 @@ async fn send_changes(
             .collect();
         // A batch of only the zone's own changes moves the position without bothering it.
         if !wire.is_empty() {
-            let upserted = changes.iter().filter_map(|c| match &**c {
+            let upserted = changes.iter().filter_map(|c| match &c.change {
                 Change::Upsert(s) => Some(&s.resource),
                 Change::Delete { .. } => None,
             });
