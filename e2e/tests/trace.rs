@@ -209,18 +209,25 @@ fn sampling_decides_how_many_requests_are_traced() {
 
 /// The control planes trace themselves: one MeshTimeout applied with meshctl on global is one
 /// trace, from meshctl through global's REST handler, store and sync, to each zone's apply,
-/// Raft commit and xDS push.
+/// Raft commit and xDS push. The write goes to one global replica and the zones sync from
+/// another: the trace travels with the write, through the database they share.
 #[test]
 fn a_policy_is_one_trace_from_meshctl_to_the_xds_push_in_every_zone() {
     use meridian_e2e::{GlobalCp, Sidecar, export_spans_to, meshctl};
-    use meridian_testing::free_port;
+    use meridian_testing::{Postgres, free_port};
     let receiver = receiver();
     export_spans_to(&format!("http://{}", receiver.addr));
+    let pg = Postgres::start().expect("postgres");
     let dir = tempfile::tempdir().expect("tempdir");
-    let global = GlobalCp::start(dir.path(), None).expect("global-cp");
+    let (dir_a, dir_b) = (dir.path().join("global-a"), dir.path().join("global-b"));
+    for d in [&dir_a, &dir_b] {
+        std::fs::create_dir_all(d).expect("replica dir");
+    }
+    let global = GlobalCp::start(&dir_a, Some(&pg.url())).expect("global replica a");
+    let synced_from = GlobalCp::start(&dir_b, Some(&pg.url())).expect("global replica b");
     let zones: Vec<ZoneCp> = ["zone-1", "zone-2"]
         .iter()
-        .map(|z| ZoneCp::start_federated(z, &dir.path().join(z), &global).expect("zone-cp"))
+        .map(|z| ZoneCp::start_federated(z, &dir.path().join(z), &synced_from).expect("zone-cp"))
         .collect();
     let _sidecars: Vec<Sidecar> = zones
         .iter()
@@ -283,6 +290,7 @@ fn a_policy_is_one_trace_from_meshctl_to_the_xds_push_in_every_zone() {
     assert_eq!(rest.parent_span_id, root.span_id);
     let write = by_name("store write");
     assert_eq!(write.parent_span_id, rest.span_id);
+    // Replica a wrote and replica b sent the change on: b found the trace in the row.
     for z in ["zone-1", "zone-2"] {
         let sync = by_name(&format!("sync to {z}"));
         assert_eq!(sync.parent_span_id, write.span_id);

@@ -39,7 +39,7 @@ impl FeedChange {
     pub fn new(change: Change) -> Self {
         let wire = match &change {
             Change::Upsert(s) => WireChange::upsert(s.revision, &s.resource),
-            Change::Delete { key, revision } => WireChange::delete(*revision, key),
+            Change::Delete { key, revision, .. } => WireChange::delete(*revision, key),
         };
         Self { change, wire }
     }

@@ -160,6 +160,7 @@ async fn send_changes(
         };
         let mut spans = Vec::new();
         let tracing = meridian_otlp::exporter::enabled();
+        let now = now_ms();
         let wire: Vec<WireChange> = changes
             .iter()
             .filter_map(|c| {
@@ -172,7 +173,7 @@ async fn send_changes(
                     return Some(w);
                 }
                 // A traced write: the zone's spans continue its trace, under this one.
-                if let Some(parent) = meridian_otlp::exporter::recall(&format!("change:{key}")) {
+                if let Some(parent) = c.change.trace(now) {
                     let mut span = meridian_otlp::exporter::Span::start(
                         format!("sync to {zone}"),
                         Some(parent),
@@ -242,7 +243,7 @@ fn pin(zone: &str, change: &WireChange) -> Result<SyncedOp, Refused> {
     }
     let pinned = ResourceKey::new(key.kind, key.mesh.clone(), format!("{zone}.{}", key.name));
     let Some(mut resource) = resource else {
-        return Ok(SyncedOp::Delete(pinned));
+        return Ok(SyncedOp::delete(pinned));
     };
     if let Some(claimed) = resource.labels.get(ZONE_LABEL).filter(|z| *z != zone) {
         return refuse(format!(
@@ -262,6 +263,7 @@ fn pin(zone: &str, change: &WireChange) -> Result<SyncedOp, Refused> {
     Ok(SyncedOp::Put(Box::new(Submission {
         resource,
         expected_version: None,
+        trace: None,
     })))
 }
 
@@ -315,13 +317,13 @@ async fn apply_inventory(
             .iter()
             .filter_map(|op| match op {
                 SyncedOp::Put(s) => Some(s.resource.key()),
-                SyncedOp::Delete(_) => None,
+                SyncedOp::Delete { .. } => None,
             })
             .collect();
         for &kind in Kind::ALL.iter().filter(|k| k.zone_owned()) {
             for key in meridian_store::keys(store, kind).await? {
                 if key.synced_zone() == Some(zone) && !keep.contains(&key) {
-                    ops.push(SyncedOp::Delete(key));
+                    ops.push(SyncedOp::delete(key));
                 }
             }
         }

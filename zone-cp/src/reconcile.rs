@@ -223,6 +223,9 @@ impl Reconciler {
             let mut removed = Vec::new();
             let mut traced = Vec::new();
             let tracing = meridian_otlp::exporter::enabled();
+            let now_ms = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
             // An ingress routes to this zone's Dataplanes in meshes with mTLS: only those
             // kinds change what it gets.
             let mut ingress_inputs = false;
@@ -231,12 +234,8 @@ impl Reconciler {
                     change_key(change).kind,
                     Kind::Dataplane | Kind::Mesh | Kind::ZoneIngress
                 );
-                // A change applied from a traced write (on this node, the zone's leader):
-                // its push to the proxies ends that trace.
-                if tracing
-                    && let Some(parent) =
-                        meridian_otlp::exporter::take(&format!("res:{}", change_key(change)))
-                {
+                // A change from a traced write: its push to this node's proxies ends the trace.
+                if tracing && let Some(parent) = change.trace(now_ms) {
                     let mut span = meridian_otlp::exporter::Span::start(
                         format!("zone {}: xds push", self.zone),
                         Some(parent),

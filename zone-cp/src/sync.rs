@@ -16,7 +16,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_model::{Kind, ResourceKey, Submission};
+use meridian_model::{Kind, ResourceKey, SpanContext, Submission};
+use meridian_otlp::exporter::{INTERNAL, SERVER, Span};
 use meridian_proto::sync::{
     Ack, BadChange, Batch, Change as WireChange, Hello, Inventory, ZoneMessage, global_message, zone_message,
 };
@@ -138,8 +139,45 @@ impl GlobalEndpoint {
     }
 }
 
+/// One change of a batch, decoded: the resource to write (`None` to delete), and the
+/// trace its write continues.
+struct Decoded {
+    key: ResourceKey,
+    resource: Option<Submission>,
+    trace: Option<SpanContext>,
+}
+
+/// The spans of applying a traced change here: the apply, and under it the Raft commit (the
+/// apply is one replicated write). The commit's context is kept with the write, so the xDS
+/// push continues the trace from it on whichever node pushes.
+struct Traced {
+    // Fields drop in order: the commit ends before the apply that holds it.
+    commit: Span,
+    _apply: Span,
+}
+
+fn traced(zone: &str, c: &WireChange) -> Option<Traced> {
+    if !meridian_otlp::exporter::enabled() {
+        return None;
+    }
+    let parent = SpanContext::parse(&c.traceparent)?;
+    let mut apply = Span::start(format!("zone {zone}: apply from global"), Some(parent), SERVER);
+    apply.set("zone", zone);
+    apply.set("revision", c.revision);
+    let mut commit = Span::start(
+        format!("zone {zone}: raft commit"),
+        Some(apply.context()),
+        INTERNAL,
+    );
+    commit.set("zone", zone);
+    Some(Traced {
+        commit,
+        _apply: apply,
+    })
+}
+
 /// Decodes every change first: a batch with one bad resource is refused whole.
-fn decode(zone: &str, batch: &Batch) -> Result<Vec<(ResourceKey, Option<Submission>)>, ApplyError> {
+fn decode(zone: &str, batch: &Batch, spans: &mut Vec<Traced>) -> Result<Vec<Decoded>, ApplyError> {
     let mut out = Vec::with_capacity(batch.changes.len());
     for c in &batch.changes {
         let (key, resource) = c.decode()?;
@@ -149,19 +187,27 @@ fn decode(zone: &str, batch: &Batch) -> Result<Vec<(ResourceKey, Option<Submissi
                 key,
             });
         }
+        let mut trace = None;
+        if let Some(t) = traced(zone, c) {
+            trace = t.commit.is_live().then(|| t.commit.context());
+            spans.push(t);
+        }
         // Global decides versions; the zone applies what it is sent.
-        let submission = resource.map(|resource| Submission {
+        let resource = resource.map(|resource| Submission {
             resource,
             expected_version: None,
+            trace,
         });
-        out.push((key, submission));
+        out.push(Decoded { key, resource, trace });
     }
     Ok(out)
 }
 
 /// Applies a batch to the zone's store, with the new position, in one transaction.
 pub async fn apply(store: &dyn Store, zone: &str, batch: &Batch) -> Result<SyncedOutcome, ApplyError> {
-    let changes = decode(zone, batch)?;
+    // Traced changes' spans end when the batch is applied (or refused).
+    let mut spans = Vec::new();
+    let changes = decode(zone, batch, &mut spans)?;
     for secret in &batch.secrets {
         if !secret.name.starts_with(meridian_api::ca::SECRET_PREFIX) {
             return Err(ApplyError::NotACa {
@@ -181,20 +227,20 @@ pub async fn apply(store: &dyn Store, zone: &str, batch: &Batch) -> Result<Synce
     if batch.snapshot {
         // Whatever global no longer has goes; the zone's own inventory stays. Listing outside
         // the transaction is safe: this sync is the only writer of what comes from global.
-        let keep: BTreeSet<&ResourceKey> = changes.iter().map(|(k, _)| k).collect();
+        let keep: BTreeSet<&ResourceKey> = changes.iter().map(|c| &c.key).collect();
         for &kind in Kind::ALL.iter().rev() {
             let all = meridian_store::keys(store, kind).await?;
             ops.extend(
                 all.into_iter()
                     .filter(|k| from_global(k) && !keep.contains(k))
-                    .map(SyncedOp::Delete),
+                    .map(SyncedOp::delete),
             );
         }
     }
-    for (key, submission) in changes {
-        ops.push(match submission {
+    for Decoded { key, resource, trace } in changes {
+        ops.push(match resource {
             Some(s) => SyncedOp::Put(Box::new(s)),
-            None => SyncedOp::Delete(key),
+            None => SyncedOp::Delete { key, trace },
         });
     }
     // A batch lists each resource at its latest revision, so a Mesh changed after its
@@ -202,7 +248,7 @@ pub async fn apply(store: &dyn Store, zone: &str, batch: &Batch) -> Result<Synce
     // transaction either way.
     ops.sort_by_key(|op| match op {
         SyncedOp::Put(s) if s.resource.kind() == Kind::Mesh => 0,
-        SyncedOp::Delete(k) if k.kind == Kind::Mesh => 2,
+        SyncedOp::Delete { key, .. } if key.kind == Kind::Mesh => 2,
         _ => 1,
     });
     Ok(store.apply_synced(ops, Some(batch.to_revision)).await?)
@@ -241,7 +287,9 @@ async fn inventory_since(store: &dyn Store, after: i64) -> Result<(i64, Option<I
             Change::Upsert(s) if !from_global(&s.resource.key()) => {
                 Some(WireChange::upsert(s.revision, &s.resource))
             }
-            Change::Delete { key, revision } if !from_global(key) => Some(WireChange::delete(*revision, key)),
+            Change::Delete { key, revision, .. } if !from_global(key) => {
+                Some(WireChange::delete(*revision, key))
+            }
             _ => None,
         }));
     }
@@ -366,36 +414,6 @@ async fn session(
     result
 }
 
-type TracedChange = (
-    meridian_otlp::exporter::Span,
-    meridian_otlp::exporter::Span,
-    String,
-);
-
-/// For each change of the batch that carries a trace: a span for applying it here, and under
-/// it one for the Raft commit (the apply is one replicated write), with the resource key.
-fn traced_spans(zone: &str, batch: &Batch) -> Vec<TracedChange> {
-    use meridian_otlp::exporter::{INTERNAL, SERVER, Span, SpanContext};
-    batch
-        .changes
-        .iter()
-        .filter_map(|c| {
-            let parent = SpanContext::parse(&c.traceparent)?;
-            let mut apply = Span::start(format!("zone {zone}: apply from global"), Some(parent), SERVER);
-            apply.set("zone", zone);
-            apply.set("revision", c.revision);
-            let mut commit = Span::start(
-                format!("zone {zone}: raft commit"),
-                Some(apply.context()),
-                INTERNAL,
-            );
-            commit.set("zone", zone);
-            let key = c.decode().ok()?.0.to_string();
-            Some((apply, commit, key))
-        })
-        .collect()
-}
-
 /// Applies global's batches and reports the zone's inventory changes, until the stream ends.
 async fn exchange(
     inbound: &mut tonic::Streaming<meridian_proto::sync::GlobalMessage>,
@@ -419,17 +437,7 @@ async fn exchange(
                 let Some(global_message::Kind::Batch(batch)) = message.kind else {
                     continue;
                 };
-                let traced = traced_spans(zone, &batch);
-                // The reconciler's xDS push continues each trace from its commit. Remembered
-                // before the commit: the reconciler may see the commit before `apply` returns.
-                for (_, commit_span, key) in &traced {
-                    meridian_otlp::exporter::remember(format!("res:{key}"), commit_span.context());
-                }
                 let result = apply(store, zone, &batch).await;
-                for (apply_span, commit_span, _) in traced {
-                    drop(commit_span);
-                    drop(apply_span);
-                }
                 match result {
                     Ok(a) => {
                         info!(

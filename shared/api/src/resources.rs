@@ -298,9 +298,10 @@ async fn put(
         meridian_otlp::exporter::current(),
         meridian_otlp::exporter::INTERNAL,
     );
-    // Whoever sends this change on (the sync to zones) continues the trace from here; kept
-    // before the write, which the sync may see before this handler goes on.
-    meridian_otlp::exporter::remember_change(&key.to_string(), span.is_live().then(|| span.context()));
+    // Whoever sends this change on (the sync to zones, the push to proxies) continues the
+    // trace from here: the store keeps it with the write.
+    let mut submission = submission;
+    submission.trace = span.is_live().then(|| span.context());
     let warnings = submission.resource.warnings();
     let outcome = meridian_store::put_with_defaults(&*state.store, submission).await?;
     span.set("revision", outcome.stored().revision);
@@ -401,16 +402,16 @@ async fn delete(
     plausible(&key)?;
     check_writable(state, &key)?;
     crate::auth::may_change(&crate::auth::caller(), crate::auth::Change::Delete(&key))?;
-    let options = DeleteOptions {
-        cascade: parse_bool(query, "cascade")?,
-        expected_version: parse_version(query)?,
-    };
     let mut span = meridian_otlp::exporter::Span::start(
         "store delete",
         meridian_otlp::exporter::current(),
         meridian_otlp::exporter::INTERNAL,
     );
-    meridian_otlp::exporter::remember_change(&key.to_string(), span.is_live().then(|| span.context()));
+    let options = DeleteOptions {
+        cascade: parse_bool(query, "cascade")?,
+        expected_version: parse_version(query)?,
+        trace: span.is_live().then(|| span.context()),
+    };
     let revision = state.store.delete(&key, options).await?;
     span.set("revision", revision);
     span.set("resource", &key);

@@ -21,6 +21,7 @@ pub mod resolve;
 mod resource;
 pub mod targetref;
 pub mod text;
+mod trace;
 pub mod validate;
 pub mod values;
 
@@ -30,6 +31,7 @@ pub use resource::{
     DEFAULT_MESH, Format, K8S_API_VERSION, MESH_LABEL, Resource, ResourceKey, Stored, Submission, ZONE_LABEL,
     from_value, parse_all, parse_documents, parse_one, rfc3339, synced_zone,
 };
+pub use trace::SpanContext;
 
 #[cfg(test)]
 pub(crate) mod testing {

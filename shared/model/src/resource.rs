@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::validate::{Validate, Validator, dns1123_label, validate_labels};
-use crate::{FieldError, Kind, ResourceError, Scope, Spec};
+use crate::{FieldError, Kind, ResourceError, Scope, SpanContext, Spec};
 
 pub const DEFAULT_MESH: &str = "default";
 pub const K8S_API_VERSION: &str = "kuma.io/v1alpha1";
@@ -161,6 +161,9 @@ impl Resource {
 pub struct Submission {
     pub resource: Resource,
     pub expected_version: Option<i64>,
+    /// The span of the request that makes this write, when it is traced: kept with the
+    /// stored resource, so whoever carries the change on continues the trace.
+    pub trace: Option<SpanContext>,
 }
 
 /// A resource as the store holds it.
@@ -174,6 +177,8 @@ pub struct Stored {
     /// Milliseconds since the Unix epoch.
     pub creation_time_ms: i64,
     pub modification_time_ms: i64,
+    /// The span of the write that last changed it, when that write was traced.
+    pub trace: Option<SpanContext>,
 }
 
 impl Stored {
@@ -558,6 +563,7 @@ fn finish(env: Envelope) -> Result<Submission, ResourceError> {
                         spec,
                     },
                     expected_version,
+                    trace: None,
                 });
             }
         }

@@ -3,17 +3,16 @@
 //! nowhere.
 //!
 //! ```text
-//!   meshctl ──traceparent──> REST span ──> store write ─┐ remember("change:KEY")
-//!   global sync: batch with change R ──traceparent──> zone: apply ──> raft commit
-//!        remember("res:KIND/MESH/NAME") ──> reconciler on the leader: xds push (proxies)
+//!   meshctl ──traceparent──> REST span ──> store write (the row keeps its span's context)
+//!   global sync: batch with change R ──traceparent──> zone: apply ──> raft commit (kept
+//!        with the zone's row) ──> reconciler on any node: xds push (proxies)
 //! ```
 //!
-//! A change's trace context travels in-process through [`remember`] / [`recall`] (keyed by
-//! resource, forgotten after a minute) and between processes as a W3C
-//! `traceparent` (an HTTP header, a field of a sync change).
+//! A change's trace context travels with the write itself: stored beside the resource or its
+//! tombstone (`Stored::trace`, `Change::trace`), in the zone's Raft log, and between
+//! processes as a W3C `traceparent` (an HTTP header, a field of a sync change).
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use meridian_proto::otlp::{
@@ -24,48 +23,7 @@ use meridian_proto::otlp_service::trace_service_client::TraceServiceClient;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::mpsc;
 
-/// A span's identity, as W3C trace context carries it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SpanContext {
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != N * 2 {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, chunk) in text.as_bytes().chunks(2).enumerate() {
-        out[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
-    }
-    Some(out)
-}
-
-impl SpanContext {
-    /// `00-TRACE-SPAN-01`.
-    pub fn traceparent(&self) -> String {
-        format!("00-{}-{}-01", hex(&self.trace_id), hex(&self.span_id))
-    }
-
-    /// Parses a `traceparent`; `None` for anything malformed (or all-zero ids).
-    pub fn parse(text: &str) -> Option<Self> {
-        let mut parts = text.trim().split('-');
-        let (version, trace, span, _flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if version.len() != 2 || parts.next().is_some() {
-            return None;
-        }
-        let ctx = Self {
-            trace_id: unhex(trace)?,
-            span_id: unhex(span)?,
-        };
-        (ctx.trace_id != [0; 16] && ctx.span_id != [0; 8]).then_some(ctx)
-    }
-}
+pub use meridian_model::SpanContext;
 
 fn random<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
@@ -264,81 +222,4 @@ pub async fn in_span<F: std::future::Future>(context: SpanContext, f: F) -> F::O
 /// The span context of the request or job this task is serving, if any.
 pub fn current() -> Option<SpanContext> {
     CURRENT.try_with(|c| *c).ok()
-}
-
-/// How long a remembered context is kept for whoever continues the trace.
-const REMEMBER_FOR: Duration = Duration::from_secs(60);
-
-fn memory() -> &'static Mutex<HashMap<String, (SpanContext, Instant)>> {
-    static MEMORY: OnceLock<Mutex<HashMap<String, (SpanContext, Instant)>>> = OnceLock::new();
-    MEMORY.get_or_init(Default::default)
-}
-
-/// Keeps `context` under `key` for the part of this process that continues the trace.
-pub fn remember(key: String, context: SpanContext) {
-    if !enabled() {
-        return;
-    }
-    let mut m = memory().lock().unwrap_or_else(|e| e.into_inner());
-    m.retain(|_, (_, at)| at.elapsed() < REMEMBER_FOR);
-    m.insert(key, (context, Instant::now()));
-}
-
-/// Keeps (or, for an untraced write, forgets) the context of a write to the resource `key`,
-/// for whoever sends the change on (`recall("change:KEY")`).
-pub fn remember_change(key: &str, context: Option<SpanContext>) {
-    if !enabled() {
-        return;
-    }
-    let key = format!("change:{key}");
-    match context {
-        Some(c) => remember(key, c),
-        None => {
-            take(&key);
-        }
-    }
-}
-
-/// The context kept under `key`, if any (it stays for others who continue the trace too).
-pub fn recall(key: &str) -> Option<SpanContext> {
-    if !enabled() {
-        return None;
-    }
-    let m = memory().lock().unwrap_or_else(|e| e.into_inner());
-    m.get(key)
-        .filter(|(_, at)| at.elapsed() < REMEMBER_FOR)
-        .map(|(c, _)| *c)
-}
-
-/// The context kept under `key`, removed.
-pub fn take(key: &str) -> Option<SpanContext> {
-    if !enabled() {
-        return None;
-    }
-    let mut m = memory().lock().unwrap_or_else(|e| e.into_inner());
-    m.remove(key)
-        .filter(|(_, at)| at.elapsed() < REMEMBER_FOR)
-        .map(|(c, _)| c)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn traceparents_round_trip_and_bad_ones_are_refused() {
-        let ctx = SpanContext {
-            trace_id: [0xab; 16],
-            span_id: [0x01; 8],
-        };
-        let text = ctx.traceparent();
-        assert_eq!(text, format!("00-{}-{}-01", "ab".repeat(16), "01".repeat(8)));
-        assert_eq!(SpanContext::parse(&text), Some(ctx));
-        assert_eq!(SpanContext::parse("00-xyz-01-01"), None);
-        assert_eq!(
-            SpanContext::parse(&format!("00-{}-{}-01", "0".repeat(32), "01".repeat(8))),
-            None
-        );
-        assert_eq!(SpanContext::parse(""), None);
-    }
 }

@@ -14,7 +14,7 @@ mod migrations;
 mod sql;
 
 use async_trait::async_trait;
-use meridian_model::{Kind, ResourceKey, Stored, Submission};
+use meridian_model::{Kind, ResourceKey, SpanContext, Stored, Submission};
 
 pub use sql::{
     Backend, Lease, Logged, LoggedWrite, REQUEST_MEMORY_MS, Sensitive, SqlStore, TOMBSTONE_COMPACTION, Write,
@@ -116,6 +116,8 @@ pub struct DeleteOptions {
     pub cascade: bool,
     /// Refuse the delete unless the resource is at this version.
     pub expected_version: Option<i64>,
+    /// The span of the request that deletes, when it is traced: kept with the tombstone.
+    pub trace: Option<SpanContext>,
 }
 
 /// One write of a synced batch.
@@ -123,7 +125,18 @@ pub struct DeleteOptions {
 pub enum SyncedOp {
     Put(Box<Submission>),
     /// Deletes (with everything in it, for a Mesh); a resource already gone is fine.
-    Delete(ResourceKey),
+    Delete {
+        key: ResourceKey,
+        /// The span of the write, when it is traced (as [`Submission::trace`]).
+        trace: Option<SpanContext>,
+    },
+}
+
+impl SyncedOp {
+    /// An untraced delete of `key`.
+    pub fn delete(key: ResourceKey) -> Self {
+        Self::Delete { key, trace: None }
+    }
 }
 
 /// What applying a synced batch did.
@@ -147,8 +160,18 @@ pub struct StatusEntry {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
     Upsert(Box<Stored>),
-    Delete { key: ResourceKey, revision: i64 },
+    Delete {
+        key: ResourceKey,
+        revision: i64,
+        /// Milliseconds since the Unix epoch.
+        deleted_ms: i64,
+        trace: Option<SpanContext>,
+    },
 }
+
+/// How long after a write its trace is continued: a reader catching up on older changes (a
+/// node starting, a zone back after a long absence) adds no spans to traces long finished.
+pub const TRACE_MEMORY_MS: i64 = 60_000;
 
 impl Change {
     pub fn revision(&self) -> i64 {
@@ -156,6 +179,18 @@ impl Change {
             Change::Upsert(s) => s.revision,
             Change::Delete { revision, .. } => *revision,
         }
+    }
+
+    /// The trace of the write that made this change, if it was traced less than
+    /// [`TRACE_MEMORY_MS`] before `now_ms`.
+    pub fn trace(&self, now_ms: i64) -> Option<SpanContext> {
+        let (trace, at_ms) = match self {
+            Change::Upsert(s) => (s.trace, s.modification_time_ms),
+            Change::Delete {
+                trace, deleted_ms, ..
+            } => (*trace, *deleted_ms),
+        };
+        trace.filter(|_| now_ms.saturating_sub(at_ms) < TRACE_MEMORY_MS)
     }
 }
 

@@ -6,7 +6,9 @@
 use serde_json::{Map, Value};
 use sqlx::Row;
 
-use super::{COLUMNS, Revisions, SqlStore, db_error, delete_in, put_in, secret_in, status_in, synced_in};
+use super::{
+    Revisions, STATE_COLUMNS, SqlStore, db_error, delete_in, put_in, secret_in, status_in, synced_in,
+};
 use crate::prelude::*;
 use crate::{DeleteOptions, PutOutcome, StoreError, SyncedOp, SyncedOutcome};
 use meridian_model::{ResourceKey, Submission};
@@ -89,7 +91,7 @@ const STATE: &[(&str, &str)] = &[
     ("meridian_revision", "id, value"),
     ("meridian_tombstone_horizon", "id, value"),
     ("meridian_sync_position", "id, value"),
-    ("resources", COLUMNS),
+    ("resources", STATE_COLUMNS),
     ("tombstones", "kind, mesh, name, revision, deleted_at"),
     ("meridian_signing_keys", "name, secret, created_at"),
     ("meridian_status", "name, value, updated_at"),

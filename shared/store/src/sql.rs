@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use meridian_model::{Kind, Resource, ResourceKey, Scope, Spec, Stored, Submission};
+use meridian_model::{Kind, Resource, ResourceKey, Scope, SpanContext, Spec, Stored, Submission};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{Any, Executor, Pool, Row, Transaction};
 use tokio::sync::watch;
@@ -52,7 +52,12 @@ pub struct SqlStore {
     queue: Option<group::Queue>,
 }
 
-const COLUMNS: &str = "kind, mesh, name, version, revision, labels, spec, creation_time, modification_time";
+const COLUMNS: &str =
+    "kind, mesh, name, version, revision, labels, spec, creation_time, modification_time, trace";
+/// The columns of a resource that snapshots of the state carry: not its trace, which only
+/// matters to those following changes as they happen.
+const STATE_COLUMNS: &str =
+    "kind, mesh, name, version, revision, labels, spec, creation_time, modification_time";
 
 impl SqlStore {
     /// The secret named `name`, if one is stored (never writes).
@@ -342,6 +347,7 @@ fn decode_row(row: &AnyRow) -> Result<Stored, StoreError> {
         revision: get_i64("revision")?,
         creation_time_ms: get_i64("creation_time")?,
         modification_time_ms: get_i64("modification_time")?,
+        trace: SpanContext::parse(&get_str("trace")?),
     })
 }
 
@@ -435,7 +441,7 @@ impl ChangeLog for SqlStore {
         .await
         .map_err(db_error)?;
         let deletes = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT kind, mesh, name, revision FROM tombstones WHERE revision > $1 ORDER BY revision LIMIT {limit}"
+            "SELECT kind, mesh, name, revision, deleted_at, trace FROM tombstones WHERE revision > $1 ORDER BY revision LIMIT {limit}"
         )))
         .bind(after)
         .fetch_all(&mut *tx)
@@ -457,6 +463,8 @@ impl ChangeLog for SqlStore {
                     row.try_get::<String, _>(2).map_err(db_error)?,
                 ),
                 revision: row.try_get(3).map_err(db_error)?,
+                deleted_ms: row.try_get(4).map_err(db_error)?,
+                trace: SpanContext::parse(&row.try_get::<String, _>(5).map_err(db_error)?),
             });
         }
         changes.sort_by_key(Change::revision);

@@ -39,7 +39,9 @@ async fn postgres() -> Fixture {
 
 mod paging;
 mod replicas;
+mod traces;
 use paging::{lists_page_in_name_order, zones_inventories_are_counted_by_name};
+use traces::writes_keep_their_trace;
 
 macro_rules! conformance {
     ($($name:ident),+ $(,)?) => {
@@ -69,6 +71,7 @@ conformance!(
     writes_that_change_nothing_announce_nothing,
     statuses_are_kept_by_name_and_take_no_revision,
     zones_inventories_are_counted_by_name,
+    writes_keep_their_trace,
 );
 
 fn mk(yaml: &str) -> Submission {
@@ -153,6 +156,7 @@ async fn stale_versions_conflict(store: &dyn Store) {
             DeleteOptions {
                 cascade: false,
                 expected_version: Some(2),
+                trace: None,
             },
         )
         .await
@@ -199,13 +203,10 @@ async fn deletes_leave_tombstones(store: &dyn Store) {
     ));
 
     let changes = store.changes_since(before, 100).await.expect("changes");
-    assert_eq!(
-        changes,
-        vec![Change::Delete {
-            key: trace_key("default", "t"),
-            revision: deleted_at
-        }]
-    );
+    let [Change::Delete { key, revision, .. }] = changes.as_slice() else {
+        panic!("expected one delete, got {changes:?}");
+    };
+    assert_eq!((key, *revision), (&trace_key("default", "t"), deleted_at));
 
     // Re-creating replaces the tombstone: a reader sees only the newest state.
     let recreated = put(store, mk_trace("default", "t", "a:4317")).await;
@@ -237,6 +238,7 @@ async fn non_empty_mesh_is_kept_unless_cascade(store: &dyn Store) {
             DeleteOptions {
                 cascade: true,
                 expected_version: None,
+                trace: None,
             },
         )
         .await
@@ -455,7 +457,7 @@ async fn synced_batches_apply_whole_or_not_at_all(store: &dyn Store) {
 
     // The second write fails (its mesh does not exist): the first is not kept either.
     let ops = vec![
-        SyncedOp::Delete(trace_key("default", "a")),
+        SyncedOp::delete(trace_key("default", "a")),
         SyncedOp::Put(Box::new(mk_trace("nope", "b", "a:4317"))),
     ];
     assert!(matches!(
@@ -472,7 +474,7 @@ async fn synced_batches_apply_whole_or_not_at_all(store: &dyn Store) {
     // Nothing changed: the position moves, no revision is taken, deletes of missing are fine.
     let ops = vec![
         SyncedOp::Put(Box::new(mk_trace("default", "a", "a:4317"))),
-        SyncedOp::Delete(trace_key("default", "gone")),
+        SyncedOp::delete(trace_key("default", "gone")),
     ];
     let done = store.apply_synced(ops, Some(11)).await.expect("apply");
     assert_eq!(
@@ -506,7 +508,7 @@ async fn writes_that_change_nothing_announce_nothing(store: &dyn Store) {
     let watch = store.watch();
     let ops = vec![
         SyncedOp::Put(Box::new(mk_trace("default", "a", "a:4317"))),
-        SyncedOp::Delete(trace_key("default", "gone")),
+        SyncedOp::delete(trace_key("default", "gone")),
     ];
     store.apply_synced(ops, None).await.expect("no-op");
     store

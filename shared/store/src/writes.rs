@@ -4,11 +4,16 @@
 
 use std::collections::BTreeMap;
 
-use meridian_model::{Kind, Resource, ResourceKey, Scope, Stored, Submission};
+use meridian_model::{Kind, Resource, ResourceKey, Scope, SpanContext, Stored, Submission};
 use sqlx::{AnyConnection, Row};
 
 use super::{COLUMNS, db_error, decode_row};
 use crate::{DeleteOptions, PutOutcome, StoreError, SyncedOp, SyncedOutcome};
+
+/// How a trace is stored: its `traceparent`, or '' without one.
+fn traceparent(trace: Option<SpanContext>) -> String {
+    trace.map(|t| t.traceparent()).unwrap_or_default()
+}
 
 pub(super) fn encode(resource: &Resource) -> (String, String) {
     let labels = serde_json::to_string(&resource.labels).unwrap_or_else(|_| "{}".into());
@@ -51,6 +56,7 @@ pub(super) async fn tombstone(
     key: &ResourceKey,
     revision: i64,
     now: i64,
+    trace: Option<SpanContext>,
 ) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM resources WHERE kind = $1 AND mesh = $2 AND name = $3")
         .bind(key.kind.name())
@@ -60,14 +66,16 @@ pub(super) async fn tombstone(
         .await
         .map_err(db_error)?;
     sqlx::query(
-        "INSERT INTO tombstones (kind, mesh, name, revision, deleted_at) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (kind, mesh, name) DO UPDATE SET revision = excluded.revision, deleted_at = excluded.deleted_at",
+        "INSERT INTO tombstones (kind, mesh, name, revision, deleted_at, trace) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (kind, mesh, name) DO UPDATE SET revision = excluded.revision, \
+         deleted_at = excluded.deleted_at, trace = excluded.trace",
     )
     .bind(key.kind.name())
     .bind(&key.mesh)
     .bind(&key.name)
     .bind(revision)
     .bind(now)
+    .bind(traceparent(trace))
     .execute(&mut *conn)
     .await
     .map_err(db_error)?;
@@ -120,6 +128,7 @@ pub(super) async fn put_in(
     let Submission {
         resource,
         expected_version,
+        trace,
     } = submission;
     let key = resource.key();
     if key.kind.scope() == Scope::Mesh && !mesh_exists(&mut *tx, &key.mesh).await? {
@@ -144,12 +153,13 @@ pub(super) async fn put_in(
         creation_time_ms: current.as_ref().map_or(now, |c| c.creation_time_ms),
         modification_time_ms: now,
         resource,
+        trace,
     };
     let sql = format!(
-        "INSERT INTO resources ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+        "INSERT INTO resources ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
          ON CONFLICT (kind, mesh, name) DO UPDATE SET version = excluded.version, \
          revision = excluded.revision, labels = excluded.labels, spec = excluded.spec, \
-         modification_time = excluded.modification_time"
+         modification_time = excluded.modification_time, trace = excluded.trace"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(key.kind.name())
@@ -161,6 +171,7 @@ pub(super) async fn put_in(
         .bind(spec)
         .bind(stored.creation_time_ms)
         .bind(stored.modification_time_ms)
+        .bind(traceparent(stored.trace))
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -223,12 +234,13 @@ pub(super) async fn delete_in(
                 &ResourceKey::new(kind, key.name.clone(), name),
                 revision,
                 now,
+                options.trace,
             )
             .await?;
             revision = revisions.take(tx).await?;
         }
     }
-    tombstone(&mut *tx, key, revision, now).await?;
+    tombstone(&mut *tx, key, revision, now, options.trace).await?;
     Ok(revision)
 }
 
@@ -245,10 +257,11 @@ pub(super) async fn synced_in(
                 PutOutcome::Unchanged(_) => outcome.unchanged += 1,
                 _ => outcome.written += 1,
             },
-            SyncedOp::Delete(key) => {
+            SyncedOp::Delete { key, trace } => {
                 let options = DeleteOptions {
                     cascade: true,
                     expected_version: None,
+                    trace,
                 };
                 match delete_in(&mut *tx, revisions, &key, options).await {
                     Ok(_) => outcome.deleted += 1,

@@ -3,7 +3,7 @@
 //! writes to the leader and gets the reply back. Resources travel in the universal form and
 //! are validated again when applied, like any other input.
 
-use meridian_model::{Kind, ResourceKey, Stored, Submission, from_value};
+use meridian_model::{Kind, ResourceKey, SpanContext, Stored, Submission, from_value};
 use meridian_store::{
     DeleteOptions, PutOutcome, Sensitive, StoreError, SyncedOp, SyncedOutcome, Write, Written,
 };
@@ -28,6 +28,9 @@ pub enum WireWrite {
     Put {
         resource: Value,
         expected_version: Option<i64>,
+        /// The write's trace, as a `traceparent` (absent when untraced, and in older entries).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace: Option<String>,
     },
     Delete {
         kind: String,
@@ -35,6 +38,9 @@ pub enum WireWrite {
         name: String,
         cascade: bool,
         expected_version: Option<i64>,
+        /// The write's trace, as a `traceparent` (absent when untraced, and in older entries).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace: Option<String>,
     },
     Synced {
         ops: Vec<WireSyncedOp>,
@@ -57,11 +63,17 @@ pub enum WireWrite {
 pub enum WireSyncedOp {
     Put {
         resource: Value,
+        /// The write's trace, as a `traceparent` (absent when untraced, and in older entries).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace: Option<String>,
     },
     Delete {
         kind: String,
         mesh: String,
         name: String,
+        /// The write's trace, as a `traceparent` (absent when untraced, and in older entries).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace: Option<String>,
     },
 }
 
@@ -84,10 +96,24 @@ fn key_of(kind: &str, mesh: &str, name: &str) -> Result<ResourceKey, BadWrite> {
     Ok(ResourceKey::new(kind, mesh, name))
 }
 
-fn submission(resource: &Value, expected_version: Option<i64>) -> Result<Submission, BadWrite> {
+fn submission(
+    resource: &Value,
+    expected_version: Option<i64>,
+    trace: &Option<String>,
+) -> Result<Submission, BadWrite> {
     let mut s = from_value(resource.clone())?;
     s.expected_version = expected_version;
+    s.trace = parse_trace(trace);
     Ok(s)
+}
+
+fn wire_trace(trace: Option<SpanContext>) -> Option<String> {
+    trace.map(|t| t.traceparent())
+}
+
+/// A malformed trace is dropped, never refused: it only ever decides which spans are drawn.
+fn parse_trace(trace: &Option<String>) -> Option<SpanContext> {
+    trace.as_deref().and_then(SpanContext::parse)
 }
 
 /// 128 random bits, in hex: unique among the zone's requests without any coordination.
@@ -105,6 +131,7 @@ impl ZoneRequest {
             Write::Put(s) => WireWrite::Put {
                 resource: resource_value(s),
                 expected_version: s.expected_version,
+                trace: wire_trace(s.trace),
             },
             Write::Delete(key, options) => WireWrite::Delete {
                 kind: key.kind.name().to_owned(),
@@ -112,6 +139,7 @@ impl ZoneRequest {
                 name: key.name.clone(),
                 cascade: options.cascade,
                 expected_version: options.expected_version,
+                trace: wire_trace(options.trace),
             },
             Write::Synced(ops, position) => WireWrite::Synced {
                 ops: ops
@@ -119,11 +147,13 @@ impl ZoneRequest {
                     .map(|op| match op {
                         SyncedOp::Put(s) => WireSyncedOp::Put {
                             resource: resource_value(s),
+                            trace: wire_trace(s.trace),
                         },
-                        SyncedOp::Delete(key) => WireSyncedOp::Delete {
+                        SyncedOp::Delete { key, trace } => WireSyncedOp::Delete {
                             kind: key.kind.name().to_owned(),
                             mesh: key.mesh.clone(),
                             name: key.name.clone(),
+                            trace: wire_trace(*trace),
                         },
                     })
                     .collect(),
@@ -156,29 +186,38 @@ impl ZoneRequest {
             WireWrite::Put {
                 resource,
                 expected_version,
-            } => Write::Put(Box::new(submission(resource, *expected_version)?)),
+                trace,
+            } => Write::Put(Box::new(submission(resource, *expected_version, trace)?)),
             WireWrite::Delete {
                 kind,
                 mesh,
                 name,
                 cascade,
                 expected_version,
+                trace,
             } => Write::Delete(
                 key_of(kind, mesh, name)?,
                 DeleteOptions {
                     cascade: *cascade,
                     expected_version: *expected_version,
+                    trace: parse_trace(trace),
                 },
             ),
             WireWrite::Synced { ops, position } => Write::Synced(
                 ops.iter()
                     .map(|op| match op {
-                        WireSyncedOp::Put { resource } => {
-                            submission(resource, None).map(|s| SyncedOp::Put(Box::new(s)))
+                        WireSyncedOp::Put { resource, trace } => {
+                            submission(resource, None, trace).map(|s| SyncedOp::Put(Box::new(s)))
                         }
-                        WireSyncedOp::Delete { kind, mesh, name } => {
-                            key_of(kind, mesh, name).map(SyncedOp::Delete)
-                        }
+                        WireSyncedOp::Delete {
+                            kind,
+                            mesh,
+                            name,
+                            trace,
+                        } => key_of(kind, mesh, name).map(|key| SyncedOp::Delete {
+                            key,
+                            trace: parse_trace(trace),
+                        }),
                     })
                     .collect::<Result<_, _>>()?,
                 *position,
@@ -368,6 +407,8 @@ impl ZoneReply {
                     revision: stored.revision,
                     creation_time_ms: stored.creation_time_ms,
                     modification_time_ms: stored.modification_time_ms,
+                    // The writer knows the trace it wrote with; the reply leaves it out.
+                    trace: None,
                 };
                 Written::Put(Box::new(match outcome.as_str() {
                     "created" => PutOutcome::Created(stored),
@@ -410,5 +451,54 @@ mod tests {
         assert_eq!(back.to_write().expect("write"), write);
         let reply = ZoneReply::new(&Ok(Written::Secret(Sensitive("THE-KEY".into()))));
         assert!(!format!("{reply:?}").contains("THE-KEY"));
+    }
+
+    #[test]
+    fn writes_carry_their_trace_through_the_log() {
+        let trace = SpanContext {
+            trace_id: [7; 16],
+            span_id: [9; 8],
+        };
+        let mut put = meridian_model::parse_one("type: Mesh\nname: traced\n", meridian_model::Format::Yaml)
+            .expect("mesh");
+        put.trace = Some(trace);
+        let key = put.resource.key();
+        let writes = [
+            Write::Put(Box::new(put.clone())),
+            Write::Delete(
+                key.clone(),
+                DeleteOptions {
+                    trace: Some(trace),
+                    ..DeleteOptions::default()
+                },
+            ),
+            Write::Synced(
+                vec![
+                    SyncedOp::Put(Box::new(put)),
+                    SyncedOp::Delete {
+                        key,
+                        trace: Some(trace),
+                    },
+                ],
+                Some(3),
+            ),
+        ];
+        for write in writes {
+            let json = serde_json::to_string(&ZoneRequest::new(7, &write)).expect("json");
+            let back: ZoneRequest = serde_json::from_str(&json).expect("parse");
+            assert_eq!(back.to_write().expect("write"), write, "{json}");
+        }
+        // An entry logged before writes had traces, or with one that does not parse, still
+        // applies, untraced.
+        for json in [
+            r#"{"atMs":1,"write":{"op":"delete","kind":"Mesh","mesh":"","name":"m","cascade":false,"expectedVersion":null}}"#,
+            r#"{"atMs":1,"write":{"op":"delete","kind":"Mesh","mesh":"","name":"m","cascade":false,"expectedVersion":null,"trace":"junk"}}"#,
+        ] {
+            let request: ZoneRequest = serde_json::from_str(json).expect("parse");
+            let Ok(Write::Delete(_, options)) = request.to_write() else {
+                panic!("{json}");
+            };
+            assert_eq!(options.trace, None);
+        }
     }
 }

@@ -263,6 +263,7 @@ mod tests {
             revision: 1,
             creation_time_ms: 0,
             modification_time_ms: 0,
+            trace: None,
         }))
     }
 
