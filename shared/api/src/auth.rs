@@ -213,19 +213,23 @@ fn forbidden(claims: &Claims) -> Refusal {
     })
 }
 
+/// A token that did not verify: the caller is unknown, unless the keys could not be read
+/// (then nobody is refused for good).
+fn refusal(e: crate::tokens::TokenError) -> Refusal {
+    match e {
+        crate::tokens::TokenError::Store(e) => {
+            tracing::warn!(error = %e, "reading the signing keys failed");
+            Refusal::Unavailable("the token cannot be checked now: retry later".into())
+        }
+        e => Refusal::Unauthenticated(format!("invalid token: {e}")),
+    }
+}
+
 impl Auth {
     /// The caller `authority` stands for, its token verified now.
     pub async fn resolve(&self, authority: &Authority) -> Result<Caller, Refusal> {
         let claims = match authority {
-            Authority::Token(token) => Some(self.tokens.verify(token, &REST_KINDS).await.map_err(
-                |e| match e {
-                    crate::tokens::TokenError::Store(e) => {
-                        tracing::warn!(error = %e, "reading the signing keys failed");
-                        Refusal::Unavailable("the token cannot be checked now: retry later".into())
-                    }
-                    e => Refusal::Unauthenticated(format!("invalid token: {e}")),
-                },
-            )?),
+            Authority::Token(token) => Some(self.tokens.verify(token, &REST_KINDS).await.map_err(refusal)?),
             Authority::TrustedHost if !self.trust_localhost => {
                 return Err(Refusal::Unauthenticated(
                     "this control plane does not trust its host without a token".into(),
@@ -248,12 +252,14 @@ impl Auth {
         key: &ResourceKey,
         peer_is_local: bool,
         dataplane: Option<&Resource>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refusal> {
         let Some(token) = token else {
             return if peer_is_local && self.trust_localhost {
                 Ok(())
             } else {
-                Err("no dataplane token: start meridian-dp with --dataplane-token-file (meshctl generate dataplane-token)".into())
+                Err(Refusal::Unauthenticated(
+                    "no dataplane token: start meridian-dp with --dataplane-token-file (meshctl generate dataplane-token)".into(),
+                ))
             };
         };
         let kind = if key.kind == Kind::ZoneIngress {
@@ -261,13 +267,9 @@ impl Auth {
         } else {
             TokenKind::Dataplane
         };
-        let claims = self
-            .tokens
-            .verify(token, &[kind])
-            .await
-            .map_err(|e| e.to_string())?;
+        let claims = self.tokens.verify(token, &[kind]).await.map_err(refusal)?;
         if !owns(&claims.subject, key) {
-            return Err(match &claims.subject {
+            return Err(Refusal::Forbidden(match &claims.subject {
                 Subject::Dataplane { mesh, name, .. } => format!(
                     "the token is for Dataplane {name:?} in mesh {mesh:?}, not {:?} in {:?}",
                     key.name, key.mesh
@@ -277,12 +279,12 @@ impl Auth {
                     key.name, key.name
                 ),
                 _ => "not a proxy token".into(),
-            });
+            }));
         }
         if let (Subject::Dataplane { tags, .. }, Some(resource)) = (&claims.subject, dataplane)
             && let Spec::Dataplane(dp) = &resource.spec
         {
-            dp.claims_only(tags)?;
+            dp.claims_only(tags).map_err(Refusal::Forbidden)?;
         }
         Ok(())
     }

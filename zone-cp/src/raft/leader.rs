@@ -68,13 +68,13 @@ pub async fn forward(
     authority: &Authority,
     timeout: Duration,
 ) -> Forwarded {
-    let unreachable = |why: String| {
+    let unreachable = |why: &dyn std::fmt::Display| {
         LeadError::Unreachable(format!(
             "forwarding to the leader (node {leader} at {}): {why}",
             route(&network.routes, leader, addr)
         ))
     };
-    let mut client = network.client(leader, addr).map_err(unreachable)?;
+    let mut client = network.client(leader, addr).map_err(|e| unreachable(&e))?;
     let forward = Forward {
         authority: authority.clone(),
         call: call.clone(),
@@ -84,8 +84,8 @@ pub async fn forward(
     let reply = client
         .forward(request)
         .await
-        .map_err(|e| unreachable(e.message().to_owned()))?;
-    decode::<Forwarded>(reply.get_ref()).map_err(|e| unreachable(e.message().to_owned()))?
+        .map_err(|e| unreachable(&e.message()))?;
+    decode::<Forwarded>(reply.get_ref()).map_err(|e| unreachable(&e.message()))?
 }
 
 fn voters(raft: &Raft<TypeConfig>) -> std::collections::BTreeSet<NodeId> {

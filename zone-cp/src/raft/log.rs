@@ -46,7 +46,7 @@ enum Op {
     Delete {
         sql: &'static str,
         index: u64,
-        done: oneshot::Sender<Result<(), String>>,
+        done: oneshot::Sender<Result<(), sqlx::Error>>,
     },
 }
 
@@ -118,12 +118,7 @@ async fn write(
                 }
             }
             Op::Delete { sql, index, done } => {
-                let result = sqlx::query(sql)
-                    .bind(index as i64)
-                    .execute(&pool)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string());
+                let result = sqlx::query(sql).bind(index as i64).execute(&pool).await.map(drop);
                 let _ = done.send(result);
             }
         }
@@ -176,12 +171,13 @@ impl LogStore {
     }
 
     /// Has the writer run `sql` with `index`, after everything queued before it.
-    async fn delete(&self, sql: &'static str, index: u64) -> Result<(), String> {
+    async fn delete(&self, sql: &'static str, index: u64) -> Result<(), sqlx::Error> {
         let (done, answer) = oneshot::channel();
+        // A writer that stopped is a crashed worker, in sqlx's terms.
         self.writer
             .send(Op::Delete { sql, index, done })
-            .map_err(|_| "the log writer stopped".to_owned())?;
-        answer.await.map_err(|_| "the log writer stopped".to_owned())?
+            .map_err(|_| sqlx::Error::WorkerCrashed)?;
+        answer.await.map_err(|_| sqlx::Error::WorkerCrashed)?
     }
 
     pub(crate) async fn meta<T: serde::de::DeserializeOwned>(

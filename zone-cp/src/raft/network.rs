@@ -39,18 +39,33 @@ pub(super) fn decode<T: DeserializeOwned>(payload: &RaftPayload) -> Result<T, St
     serde_json::from_slice(&payload.json).map_err(|e| Status::invalid_argument(format!("decoding: {e}")))
 }
 
+/// Why another node cannot be dialled at all (as opposed to not answering now).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("raft address {addr:?}: {reason}")]
+    Address { addr: String, reason: String },
+    #[error("peer TLS for node {target}: {reason}")]
+    Tls { target: NodeId, reason: String },
+}
+
 /// A gRPC channel to node `target` at `addr`, connected on first use; over mutual TLS when
 /// the zone has peer certificates.
-pub fn channel(addr: &str, target: NodeId, tls: Option<&PeerTls>) -> Result<Channel, String> {
+pub fn channel(addr: &str, target: NodeId, tls: Option<&PeerTls>) -> Result<Channel, DialError> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
-        .map_err(|e| format!("raft address {addr:?}: {e}"))?
+        .map_err(|e| DialError::Address {
+            addr: addr.to_owned(),
+            reason: e.to_string(),
+        })?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true);
     let endpoint = match tls {
         Some(tls) => endpoint
             .tls_config(tls.client(target))
-            .map_err(|e| format!("peer TLS for node {target}: {e}"))?,
+            .map_err(|e| DialError::Tls {
+                target,
+                reason: e.to_string(),
+            })?,
         None => endpoint,
     };
     Ok(endpoint.connect_lazy())
@@ -125,7 +140,7 @@ impl Network {
     }
 
     /// A client for node `target`, whose member address is `addr`.
-    pub fn client(&self, target: NodeId, addr: &str) -> Result<ZoneRaftClient<Channel>, String> {
+    pub fn client(&self, target: NodeId, addr: &str) -> Result<ZoneRaftClient<Channel>, DialError> {
         let addr = route(&self.routes, target, addr).to_owned();
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let channel = match channels.get(&(target, addr.clone())) {
@@ -155,13 +170,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// The link to one other node.
 pub struct Peer {
     target: NodeId,
-    client: Result<ZoneRaftClient<Channel>, String>,
+    client: Result<ZoneRaftClient<Channel>, DialError>,
     health: Health,
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct Failed(String);
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, E>>;
 
@@ -201,7 +212,7 @@ impl Peer {
         let client = self
             .client
             .as_mut()
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&Failed(e.clone()))))?;
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(e)))?;
         let payload = encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = Request::new(payload);
         request.set_timeout(option.hard_ttl());

@@ -27,6 +27,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::cache::{CLUSTER, LISTENER, Nack, ProxyId, SnapshotCache};
 use super::metrics::XdsMetrics;
 use super::streams::{DeltaStream, SotwStream, drive};
+use meridian_api::auth::Refusal;
 use meridian_api::tokens::TokenKind;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -138,7 +139,12 @@ impl AdsServer {
             if let Err(why) = checked {
                 warn!(proxy = %proxy, reason = %why, "xDS stream refused");
                 self.metrics.refused.inc();
-                return Err(Status::unauthenticated(format!("proxy {proxy}: {why}")));
+                let message = format!("proxy {proxy}: {why}");
+                return Err(match why {
+                    Refusal::Unauthenticated(_) => Status::unauthenticated(message),
+                    Refusal::Forbidden(_) => Status::permission_denied(message),
+                    Refusal::Unavailable(_) => Status::unavailable(message),
+                });
             }
         }
         Ok(proxy)

@@ -108,11 +108,14 @@ async fn a_stream_must_show_the_token_of_the_dataplane_it_claims() {
     let refused = open(Some(token("dp-2", None).await))
         .await
         .expect_err("another dataplane's token");
+    // Known, and not allowed: permission denied, as against no token at all.
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     assert!(refused.message().contains("\"dp-2\""), "{}", refused.message());
     // Its own name, but a token that allows only another service than it claims.
     let refused = open(Some(token("dp-1", Some("payments")).await))
         .await
         .expect_err("a service the token does not allow");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     assert!(refused.message().contains("payments"), "{}", refused.message());
     let mut accepted = open(Some(token("dp-1", Some("web")).await))
         .await
