@@ -26,7 +26,7 @@ use meridian_api::ca::{CaError, Leaf, MeshCa, spiffe_id};
 
 use meridian_model::policies::dataplane::DataplaneSpec;
 use meridian_model::policies::zone_ingress::ZoneIngressSpec;
-use meridian_model::{Kind, ResourceKey};
+use meridian_model::{Kind, Resource, ResourceKey};
 use meridian_store::{Change, Store, StoreError};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
@@ -47,7 +47,7 @@ use generate::{Generation, Proxy};
 
 pub use cas::create_mesh_cas;
 pub use probe::probe_ingresses;
-use view::{Touched, ZoneView, change_key, dataplane, served};
+use view::{Touched, ZoneView, change_key, served};
 
 const BATCH: u32 = 1000;
 
@@ -229,11 +229,9 @@ impl Reconciler {
             // An ingress routes to this zone's Dataplanes in meshes with mTLS: only those
             // kinds change what it gets.
             let mut ingress_inputs = false;
-            for change in &changes {
-                ingress_inputs |= matches!(
-                    change_key(change).kind,
-                    Kind::Dataplane | Kind::Mesh | Kind::ZoneIngress
-                );
+            for change in changes {
+                let key = change_key(&change);
+                ingress_inputs |= matches!(key.kind, Kind::Dataplane | Kind::Mesh | Kind::ZoneIngress);
                 // A change from a traced write: its push to this node's proxies ends the trace.
                 if tracing && let Some(parent) = change.trace(now_ms) {
                     let mut span = meridian_otlp::exporter::Span::start(
@@ -245,16 +243,16 @@ impl Reconciler {
                     span.set("zone.revision", change.revision());
                     traced.push(span);
                 }
-                self.view.affected(change, &mut affected);
-                self.view.apply(change);
+                self.view.affected(&change, &mut affected);
                 self.applied = change.revision();
-                if let Change::Delete { key, .. } = change {
+                if let Change::Delete { .. } = change {
                     match key.kind {
                         Kind::Dataplane => removed.push(ProxyId::new(key.mesh.clone(), key.name.clone())),
                         Kind::ZoneIngress => self.cache.remove(&ProxyId::new(INGRESS_MESH, key.name.clone())),
                         _ => {}
                     }
                 }
+                self.view.apply(change);
             }
             let mut pushed = 0;
             for (mesh, touched) in affected {
@@ -300,7 +298,7 @@ impl Reconciler {
     }
 
     /// This zone's ingresses: a filter chain per service of every mesh with mTLS.
-    fn regenerate_ingresses(&self) {
+    fn regenerate_ingresses(&mut self) {
         let local: Vec<(String, ZoneIngressSpec)> = self
             .view
             .ingresses()
@@ -310,14 +308,14 @@ impl Reconciler {
         if local.is_empty() {
             return;
         }
-        let contexts: Vec<MeshContext> = self
+        let zones = self.zones();
+        let contexts: Vec<Arc<MeshContext>> = self
             .view
             .mesh_names()
             .iter()
-            .filter_map(|m| self.view.meshes.get(m))
-            .map(|resources| MeshContext::new(resources.values()))
+            .map(|m| self.view.context(m, zones.clone()))
             .collect();
-        let refs: Vec<&MeshContext> = contexts.iter().collect();
+        let refs: Vec<&MeshContext> = contexts.iter().map(|c| &**c).collect();
         for (name, spec) in local {
             let id = ProxyId::new(INGRESS_MESH, name);
             match self.cache.set(&id, ingress_snapshot(&spec, &refs)) {
@@ -365,7 +363,7 @@ impl Reconciler {
         let now = SystemTime::now();
         let due: Vec<(ProxyId, Vec<String>)> = proxies
             .iter()
-            .map(|p| (p.id.clone(), identities(&p.id.mesh, &p.id.name, &p.dataplane)))
+            .filter_map(|p| Some((p.id.clone(), identities(&p.id.mesh, &p.id.name, p.dataplane()?))))
             .filter(|(id, ids)| {
                 !self.leaves.get(id).is_some_and(|i| {
                     i.ids == *ids
@@ -415,32 +413,34 @@ impl Reconciler {
         if mesh.is_empty() {
             return 0;
         }
-        let resources = self.view.meshes.get(mesh);
-        let mut ctx = MeshContext::new(resources.into_iter().flat_map(|m| m.values()));
-        ctx.zones = self.zones();
-        let ctx = Arc::new(ctx);
+        let zones = self.zones();
+        let ctx = self.view.context(mesh, zones);
+        // Only the proxies named are looked at, unless all are.
+        let candidates: Vec<Arc<Resource>> = match touched {
+            Touched::All => self.view.dataplanes(mesh).cloned().collect(),
+            Touched::Some { whole, endpoints } => {
+                let names: BTreeSet<&String> = whole.iter().chain(endpoints.keys()).collect();
+                names
+                    .into_iter()
+                    .filter_map(|name| self.view.get(&ResourceKey::new(Kind::Dataplane, mesh, name)))
+                    .filter(|r| r.key().synced_zone().is_none())
+                    .cloned()
+                    .collect()
+            }
+        };
         let (whole, endpoints) = match touched {
             Touched::All => (None, None),
             Touched::Some { whole, endpoints } => (Some(whole), Some(endpoints)),
         };
         let mut proxies: Vec<Proxy> = Vec::new();
         let mut patch: Vec<(Proxy, BTreeSet<String>)> = Vec::new();
-        for r in self.view.dataplanes(mesh) {
+        for r in candidates {
             let id = ProxyId::new(mesh, r.name.clone());
             let services = endpoints.and_then(|e| e.get(&r.name));
             let in_full = whole.is_none_or(|names| names.contains(&r.name));
-            if !in_full && services.is_none() {
-                continue;
-            }
-            let Some(dp) = dataplane(r) else { continue };
             // With mTLS on, only a proxy holding its certificate has outbounds to patch.
             let patchable = !in_full && (ctx.tls.is_none() || self.leaves.contains_key(&id));
-            let proxy = Proxy {
-                id,
-                labels: r.labels.clone(),
-                dataplane: dp.clone(),
-                leaf: None,
-            };
+            let Some(proxy) = Proxy::new(id, r) else { continue };
             match services {
                 Some(services) if patchable => patch.push((proxy, services.clone())),
                 _ => proxies.push(proxy),

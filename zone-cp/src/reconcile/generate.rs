@@ -2,11 +2,12 @@
 //! that serve the xDS streams, and split across the machine's cores. Certificates are issued
 //! the same way: key generation is the costliest step of turning mTLS on.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use meridian_api::ca::Leaf;
 use meridian_model::policies::dataplane::DataplaneSpec;
+use meridian_model::{Resource, Spec};
 use tracing::{debug, error};
 
 use crate::xds::cache::{Patch, ProxyId, SnapshotCache};
@@ -16,13 +17,30 @@ use crate::xds::translate::{Identity, MeshContext, outbounds_snapshot, proxy_sna
 /// Below this many items, threads cost more than they save.
 const SERIAL_BELOW: usize = 64;
 
-/// One proxy to generate.
+/// One proxy to generate: its Dataplane, shared with the zone's view.
 pub(super) struct Proxy {
     pub id: ProxyId,
-    pub labels: BTreeMap<String, String>,
-    pub dataplane: DataplaneSpec,
+    pub resource: Arc<Resource>,
     /// Its certificate, when the mesh has mTLS on.
     pub leaf: Option<Arc<Leaf>>,
+}
+
+impl Proxy {
+    /// A proxy for `resource`, if it is a Dataplane.
+    pub fn new(id: ProxyId, resource: Arc<Resource>) -> Option<Self> {
+        matches!(resource.spec, Spec::Dataplane(_)).then_some(Self {
+            id,
+            resource,
+            leaf: None,
+        })
+    }
+
+    pub fn dataplane(&self) -> Option<&DataplaneSpec> {
+        match &self.resource.spec {
+            Spec::Dataplane(dp) => Some(dp),
+            _ => None,
+        }
+    }
 }
 
 /// What every proxy of one mesh is generated from.
@@ -51,7 +69,8 @@ impl Generation {
             }),
             _ => None,
         };
-        let snapshot = proxy_snapshot(&self.ctx, &p.id.name, &p.labels, &p.dataplane, identity);
+        let Some(dp) = p.dataplane() else { return false };
+        let snapshot = proxy_snapshot(&self.ctx, &p.id.name, &p.resource.labels, dp, identity);
         self.metrics.generations.inc();
         match self.cache.set(&p.id, snapshot) {
             Ok(changed) => {
@@ -78,8 +97,13 @@ pub(super) async fn patch_endpoints(
 ) -> (usize, Vec<Proxy>) {
     let results = blocking(move || {
         in_parallel(callers, |(p, services)| {
-            let partial = outbounds_snapshot(&ctx, &p.id.name, &p.labels, &p.dataplane, &services);
-            let patch = cache.patch_endpoints(&p.id, &partial);
+            let patch = match p.dataplane() {
+                Some(dp) => {
+                    let partial = outbounds_snapshot(&ctx, &p.id.name, &p.resource.labels, dp, &services);
+                    cache.patch_endpoints(&p.id, &partial)
+                }
+                None => Patch::Diverged,
+            };
             if patch != Patch::Diverged {
                 metrics.endpoint_patches.inc();
             }

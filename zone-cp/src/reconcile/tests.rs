@@ -7,6 +7,7 @@ use meridian_model::{Format, parse_one};
 use meridian_store::{SqlStore, put_with_defaults};
 use prost::Message;
 
+use super::view::dataplane;
 use super::*;
 use crate::xds::cache::{CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot};
 use crate::xds::translate::{Identity, proxy_snapshot};
@@ -92,7 +93,7 @@ impl Zone {
     async fn translated(&self, name: &str) -> Snapshot {
         let r = &self.reconciler;
         let resources = r.view.meshes.get("default").expect("mesh");
-        let mut ctx = MeshContext::new(resources.values());
+        let mut ctx = MeshContext::new(resources.values().map(|r| &**r));
         ctx.zones = r.zones();
         let ca = match &ctx.tls {
             Some(tls) => Some(

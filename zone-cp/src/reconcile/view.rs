@@ -1,6 +1,9 @@
-//! The zone's view of its resources, and invalidation: which proxies a change can affect.
+//! The zone's view of its resources, kept up to date as changes are applied: each mesh's
+//! translation context, rebuilt only in the parts a change touches; and invalidation, which
+//! proxies a change can affect.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use meridian_model::policies::dataplane::{DataplaneSpec, SERVICE_TAG};
 use meridian_model::policies::zone_ingress::ZoneIngressSpec;
@@ -9,13 +12,30 @@ use meridian_model::targetref::TargetRefKind;
 use meridian_model::{Kind, Resource, ResourceKey, Spec};
 use meridian_store::Change;
 
+use crate::xds::crosszone::Zones;
+use crate::xds::translate::MeshContext;
+
 /// The zone's resources, by mesh then kind and name.
 #[derive(Default)]
 pub struct ZoneView {
-    pub(super) meshes: BTreeMap<String, BTreeMap<(Kind, String), Resource>>,
+    pub(super) meshes: BTreeMap<String, BTreeMap<(Kind, String), Arc<Resource>>>,
     /// Which of this zone's Dataplanes call each service, by mesh then service: what a
     /// Dataplane change invalidates, without scanning every Dataplane.
     callers: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
+    /// Which Dataplanes (of every zone) serve each service, by mesh then service: what a
+    /// service's part of the context is rebuilt from.
+    providers: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
+    contexts: BTreeMap<String, Kept>,
+}
+
+/// A mesh's last context, and what changed since it was built.
+#[derive(Default)]
+struct Kept {
+    context: Option<Arc<MeshContext>>,
+    /// A Mesh, policy or Secret changed.
+    policies: bool,
+    /// Services whose Dataplanes changed.
+    services: BTreeSet<String>,
 }
 
 /// What a batch of changes touches in one mesh's proxies.
@@ -77,7 +97,7 @@ pub(super) fn served(dp: &DataplaneSpec) -> impl Iterator<Item = &String> {
 }
 
 impl ZoneView {
-    pub(super) fn get(&self, key: &ResourceKey) -> Option<&Resource> {
+    pub(super) fn get(&self, key: &ResourceKey) -> Option<&Arc<Resource>> {
         let mesh = if key.kind == Kind::Mesh {
             &key.name
         } else {
@@ -86,30 +106,88 @@ impl ZoneView {
         self.meshes.get(mesh)?.get(&(key.kind, key.name.clone()))
     }
 
-    pub(super) fn apply(&mut self, change: &Change) {
-        let key = change_key(change);
+    /// Takes in a change. Applied after [`ZoneView::affected`] has judged it.
+    pub(super) fn apply(&mut self, change: Change) {
+        let key = change_key(&change);
         let mesh = if key.kind == Kind::Mesh {
-            &key.name
+            key.name.clone()
         } else {
-            &key.mesh
+            key.mesh.clone()
         };
-        let old = match change {
-            Change::Upsert(stored) => self
-                .meshes
-                .entry(mesh.clone())
-                .or_default()
-                .insert((key.kind, key.name.clone()), stored.resource.clone()),
-            Change::Delete { .. } => self
-                .meshes
-                .get_mut(mesh)
-                .and_then(|m| m.remove(&(key.kind, key.name.clone()))),
-        };
-        if let Some(old) = old {
-            self.index_calls(&old, false);
+        // The old version is forgotten before the new one is indexed: both may name the
+        // same services.
+        let resources = self.meshes.entry(mesh.clone()).or_default();
+        if let Some(old) = resources.remove(&(key.kind, key.name.clone())) {
+            self.index(&old, false);
         }
         if let Change::Upsert(stored) = change {
-            self.index_calls(&stored.resource, true);
+            let new = Arc::new(stored.resource);
+            self.index(&new, true);
+            self.meshes
+                .entry(mesh.clone())
+                .or_default()
+                .insert((key.kind, key.name.clone()), new);
         }
+        if key.kind != Kind::Dataplane {
+            self.contexts.entry(mesh).or_default().policies = true;
+        }
+    }
+
+    /// Records (or forgets) what a Dataplane serves and calls, and marks its services' part
+    /// of the context to be rebuilt.
+    fn index(&mut self, r: &Resource, present: bool) {
+        let Some(dp) = dataplane(r) else { return };
+        self.index_calls(r, present);
+        let providers = self.providers.entry(r.mesh.clone()).or_default();
+        let kept = self.contexts.entry(r.mesh.clone()).or_default();
+        for service in served(dp) {
+            kept.services.insert(service.clone());
+            let names = providers.entry(service.clone()).or_default();
+            if present {
+                names.insert(r.name.clone());
+            } else {
+                names.remove(&r.name);
+                if names.is_empty() {
+                    providers.remove(service);
+                }
+            }
+        }
+    }
+
+    /// The translation context of `mesh`, seeing the other zones as `zones`: the last one
+    /// built, with only what changed since rebuilt (in place, when no generation still holds
+    /// it).
+    pub(super) fn context(&mut self, mesh: &str, zones: Zones) -> Arc<MeshContext> {
+        let resources = self.meshes.get(mesh);
+        let kept = self.contexts.entry(mesh.to_owned()).or_default();
+        let mut ctx = match kept.context.take() {
+            Some(last) if !kept.policies && kept.services.is_empty() && last.zones == zones => {
+                kept.context = Some(last.clone());
+                return last;
+            }
+            Some(last) => {
+                let mut ctx = Arc::try_unwrap(last).unwrap_or_else(|shared| (*shared).clone());
+                if kept.policies {
+                    ctx.set_policies(resources.into_iter().flat_map(|m| m.values()).map(|r| &**r));
+                }
+                let providers = self.providers.get(mesh);
+                for service in &kept.services {
+                    let names = providers.and_then(|p| p.get(service)).into_iter().flatten();
+                    let dataplanes = names
+                        .filter_map(|name| resources?.get(&(Kind::Dataplane, name.clone())))
+                        .map(|r| &**r);
+                    ctx.set_service(service, dataplanes);
+                }
+                ctx
+            }
+            None => MeshContext::new(resources.into_iter().flat_map(|m| m.values()).map(|r| &**r)),
+        };
+        kept.policies = false;
+        kept.services.clear();
+        ctx.zones = zones;
+        let ctx = Arc::new(ctx);
+        kept.context = Some(ctx.clone());
+        ctx
     }
 
     /// Records (or forgets) which services a Dataplane of this zone calls.
@@ -141,7 +219,7 @@ impl ZoneView {
     }
 
     /// This zone's Dataplanes in `mesh` (not other zones', which only feed cross-zone endpoints).
-    pub(super) fn dataplanes<'a>(&'a self, mesh: &str) -> impl Iterator<Item = &'a Resource> + 'a {
+    pub(super) fn dataplanes<'a>(&'a self, mesh: &str) -> impl Iterator<Item = &'a Arc<Resource>> + 'a {
         self.meshes
             .get(mesh)
             .into_iter()
@@ -156,7 +234,7 @@ impl ZoneView {
             .into_iter()
             .flat_map(|m| m.values())
             .filter_map(|r| match &r.spec {
-                Spec::ZoneIngress(z) => Some((r, z)),
+                Spec::ZoneIngress(z) => Some((&**r, z)),
                 _ => None,
             })
     }
@@ -181,7 +259,7 @@ impl ZoneView {
             }
             Kind::Dataplane => {
                 let mut services: BTreeSet<&String> = BTreeSet::new();
-                if let Some(old) = self.get(&key).and_then(dataplane) {
+                if let Some(old) = self.get(&key).and_then(|r| dataplane(r)) {
                     services.extend(served(old));
                 }
                 if let Change::Upsert(s) = change
@@ -208,7 +286,10 @@ impl ZoneView {
                 // A policy touches the proxies its top-level targetRef selects, before or after
                 // the change; a mesh-wide one (or an older kind without targetRef), all of them.
                 let mut targets = Vec::new();
-                for version in [self.get(&key), upserted(change)].into_iter().flatten() {
+                for version in [self.get(&key).map(|r| &**r), upserted(change)]
+                    .into_iter()
+                    .flatten()
+                {
                     match top_target(&version.spec) {
                         Some(t) if t.kind != TargetRefKind::Mesh => targets.push(t),
                         _ => {
@@ -250,94 +331,5 @@ fn upserted(change: &Change) -> Option<&Resource> {
 }
 
 #[cfg(test)]
-mod tests {
-    use meridian_model::{Format, Stored, parse_one};
-
-    use super::*;
-
-    fn change(yaml: &str) -> Change {
-        let resource = parse_one(yaml, Format::Yaml).expect("valid").resource;
-        Change::Upsert(Box::new(Stored {
-            resource,
-            version: 1,
-            revision: 1,
-            creation_time_ms: 0,
-            modification_time_ms: 0,
-            trace: None,
-        }))
-    }
-
-    fn view() -> ZoneView {
-        let mut v = ZoneView::default();
-        for (name, service, outbound) in [
-            ("demo-1", "demo", "reg-server"),
-            ("reg-1", "reg-server", "db"),
-            ("db-1", "db", ""),
-        ] {
-            let out = if outbound.is_empty() {
-                String::new()
-            } else {
-                format!("  outbound:\n  - port: 20001\n    tags: {{kuma.io/service: {outbound}}}\n")
-            };
-            v.apply(&change(&format!(
-                "type: Dataplane\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 10001\n    tags: {{kuma.io/service: {service}}}\n{out}"
-            )));
-        }
-        v
-    }
-
-    fn affected(v: &ZoneView, c: &Change) -> BTreeMap<String, Touched> {
-        let mut out = BTreeMap::new();
-        v.affected(c, &mut out);
-        out
-    }
-
-    fn only(names: &[&str]) -> BTreeMap<String, Touched> {
-        BTreeMap::from([(
-            "default".to_owned(),
-            Touched::proxies(names.iter().map(|n| n.to_string())),
-        )])
-    }
-
-    #[test]
-    fn a_dataplane_affects_itself_and_the_endpoints_of_its_callers() {
-        let v = view();
-        let c = change(
-            "type: Dataplane\nname: reg-2\nnetworking:\n  address: 127.0.0.2\n  inbound:\n  - port: 10001\n    tags: {kuma.io/service: reg-server}\n",
-        );
-        let expected = Touched::Some {
-            whole: BTreeSet::from(["reg-2".to_owned()]),
-            endpoints: BTreeMap::from([("demo-1".to_owned(), BTreeSet::from(["reg-server".to_owned()]))]),
-        };
-        assert_eq!(
-            affected(&v, &c),
-            BTreeMap::from([("default".to_owned(), expected)])
-        );
-    }
-
-    #[test]
-    fn a_policy_affects_the_proxies_it_selects() {
-        let v = view();
-        let c = change(
-            "type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshService, name: reg-server}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n",
-        );
-        assert_eq!(affected(&v, &c), only(&["reg-1"]));
-        let mesh_wide = change(
-            "type: MeshTimeout\nname: t\nspec:\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n",
-        );
-        assert_eq!(
-            affected(&v, &mesh_wide),
-            BTreeMap::from([("default".to_owned(), Touched::All)])
-        );
-    }
-
-    #[test]
-    fn a_retargeted_policy_affects_old_and_new_targets() {
-        let mut v = view();
-        v.apply(&change("type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshService, name: reg-server}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n"));
-        let moved = change(
-            "type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshService, name: db}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n",
-        );
-        assert_eq!(affected(&v, &moved), only(&["db-1", "reg-1"]));
-    }
-}
+#[path = "view_tests.rs"]
+mod tests;

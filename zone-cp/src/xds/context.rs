@@ -1,14 +1,14 @@
 //! What translation reads about a mesh: its services and their endpoints, its mTLS settings,
 //! its policies (typed) and its Secrets, computed once per change for every proxy of the mesh.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use meridian_model::policies::dataplane::{PROTOCOL_TAG, SERVICE_TAG, speaks_http};
 use meridian_model::policies::mesh::MtlsMode;
 use meridian_model::resolve::MeshPolicies;
-use meridian_model::{Resource, Spec};
+use meridian_model::{Kind, Resource, Spec};
 
 use super::crosszone::Zones;
 
@@ -52,8 +52,10 @@ pub struct Identity<'a> {
     pub key: &'a str,
 }
 
-/// The parts of a mesh every proxy's translation reads, computed once per change.
-#[derive(Default)]
+/// The parts of a mesh every proxy's translation reads, computed once per change: in full by
+/// [`MeshContext::new`], or part by part ([`MeshContext::set_policies`],
+/// [`MeshContext::set_service`]) by the reconciler's index as changes come.
+#[derive(Clone, Debug, Default)]
 pub struct MeshContext {
     pub mesh: String,
     pub services: BTreeMap<String, ServiceInfo>,
@@ -69,16 +71,53 @@ pub struct MeshContext {
     pub zones: Zones,
 }
 
+/// The services a Dataplane's inbounds serve.
+fn served(r: &Resource) -> impl Iterator<Item = &String> {
+    let inbounds = match &r.spec {
+        Spec::Dataplane(dp) => dp.networking.inbound.as_deref().unwrap_or_default(),
+        _ => &[],
+    };
+    inbounds.iter().filter_map(|i| i.tags.get(SERVICE_TAG))
+}
+
 impl MeshContext {
     /// Indexes a mesh's Dataplanes and policies.
     pub fn new<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Self {
         let mut ctx = MeshContext::default();
+        let mut others = Vec::new();
+        let mut providers: BTreeMap<&String, Vec<&Resource>> = BTreeMap::new();
         for r in resources {
-            ctx.policies.add(r);
+            if r.kind() != Kind::Dataplane {
+                others.push(r);
+                continue;
+            }
+            for service in served(r).collect::<BTreeSet<_>>() {
+                providers.entry(service).or_default().push(r);
+            }
+        }
+        ctx.set_policies(others);
+        for (service, dataplanes) in providers {
+            ctx.set_service(service, dataplanes);
+        }
+        ctx
+    }
+
+    /// Recomputes the mesh's settings, policies and Secrets from its resources; Dataplanes
+    /// among them are skipped (what they serve is [`MeshContext::set_service`]'s).
+    pub fn set_policies<'a>(&mut self, resources: impl IntoIterator<Item = &'a Resource>) {
+        self.policies = MeshPolicies {
+            service_tags: std::mem::take(&mut self.policies.service_tags),
+            ..MeshPolicies::default()
+        };
+        self.mesh.clear();
+        self.tls = None;
+        self.secrets.clear();
+        for r in resources {
             match &r.spec {
+                Spec::Dataplane(_) => continue,
                 Spec::Mesh(mesh) => {
-                    ctx.mesh = r.name.clone();
-                    ctx.tls = mesh.enabled_ca().map(|ca| TlsSettings {
+                    self.mesh = r.name.clone();
+                    self.tls = mesh.enabled_ca().map(|ca| TlsSettings {
                         backend: ca.name.clone(),
                         permissive: ca.mode == Some(MtlsMode::Permissive),
                         cert_lifetime: ca
@@ -88,50 +127,66 @@ impl MeshContext {
                             .map_or(DEFAULT_CERT_LIFETIME, |r| r.expiration.as_duration()),
                     });
                 }
-                Spec::Dataplane(dp) => {
-                    let zone = r.key().synced_zone().map(str::to_owned);
-                    for inbound in dp.networking.inbound.iter().flatten() {
-                        let Some(service) = inbound.tags.get(SERVICE_TAG) else {
-                            continue;
-                        };
-                        let info = ctx.services.entry(service.clone()).or_default();
-                        info.http |= speaks_http(&inbound.tags);
-                        info.grpc |= inbound.tags.get(PROTOCOL_TAG).is_some_and(|p| p == "grpc");
-                        let ready = inbound.health.as_ref().is_none_or(|h| h.ready);
-                        if let Some(zone) = &zone {
-                            // Another zone's instance: reached through that zone's ingress.
-                            if ready {
-                                *ctx.remote
-                                    .entry(service.clone())
-                                    .or_default()
-                                    .entry(zone.clone())
-                                    .or_default() += 1;
-                            }
-                            continue;
-                        }
-                        Arc::make_mut(&mut info.endpoints).push(ServiceEndpoint {
-                            address: inbound
-                                .address
-                                .clone()
-                                .unwrap_or_else(|| dp.networking.address.clone()),
-                            port: inbound.port,
-                            ready,
-                            tags: inbound.tags.clone(),
-                        });
-                    }
-                }
                 Spec::Secret(secret) => {
                     if let Some(value) = secret.value() {
-                        ctx.secrets.insert(r.name.clone(), value);
+                        self.secrets.insert(r.name.clone(), value);
                     }
                 }
                 _ => {}
             }
+            self.policies.add(r);
         }
-        for info in ctx.services.values_mut() {
-            Arc::make_mut(&mut info.endpoints)
-                .sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
+    }
+
+    /// Recomputes what the mesh knows of `service` (its endpoints here, its ready instances
+    /// in other zones, its protocols and tag sets) from the Dataplanes, of any zone, that
+    /// serve it; with none, the service is gone.
+    pub fn set_service<'a>(&mut self, service: &str, dataplanes: impl IntoIterator<Item = &'a Resource>) {
+        let mut info = ServiceInfo::default();
+        let mut endpoints = Vec::new();
+        let mut remote: BTreeMap<String, u32> = BTreeMap::new();
+        let mut tags = Vec::new();
+        for r in dataplanes {
+            let Spec::Dataplane(dp) = &r.spec else { continue };
+            let zone = r.key().synced_zone().map(str::to_owned);
+            let inbounds = dp.networking.inbound.iter().flatten();
+            for inbound in inbounds.filter(|i| i.tags.get(SERVICE_TAG).is_some_and(|s| s == service)) {
+                tags.push(inbound.tags.clone());
+                info.http |= speaks_http(&inbound.tags);
+                info.grpc |= inbound.tags.get(PROTOCOL_TAG).is_some_and(|p| p == "grpc");
+                let ready = inbound.health.as_ref().is_none_or(|h| h.ready);
+                match &zone {
+                    // Another zone's instance: reached through that zone's ingress.
+                    Some(zone) => {
+                        if ready {
+                            *remote.entry(zone.clone()).or_default() += 1;
+                        }
+                    }
+                    None => endpoints.push(ServiceEndpoint {
+                        address: inbound
+                            .address
+                            .clone()
+                            .unwrap_or_else(|| dp.networking.address.clone()),
+                        port: inbound.port,
+                        ready,
+                        tags: inbound.tags.clone(),
+                    }),
+                }
+            }
         }
-        ctx
+        if tags.is_empty() {
+            self.services.remove(service);
+            self.remote.remove(service);
+            self.policies.service_tags.remove(service);
+            return;
+        }
+        endpoints.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
+        info.endpoints = Arc::new(endpoints);
+        self.services.insert(service.to_owned(), info);
+        match remote.is_empty() {
+            true => self.remote.remove(service),
+            false => self.remote.insert(service.to_owned(), remote),
+        };
+        self.policies.service_tags.insert(service.to_owned(), tags);
     }
 }

@@ -1,0 +1,194 @@
+//! Invalidation and the incremental context, against what a full rebuild makes.
+
+use meridian_model::{Format, Stored, parse_one};
+
+use super::*;
+
+fn change(yaml: &str) -> Change {
+    let resource = parse_one(yaml, Format::Yaml).expect("valid").resource;
+    Change::Upsert(Box::new(Stored {
+        resource,
+        version: 1,
+        revision: 1,
+        creation_time_ms: 0,
+        modification_time_ms: 0,
+        trace: None,
+    }))
+}
+
+fn view() -> ZoneView {
+    let mut v = ZoneView::default();
+    for (name, service, outbound) in [
+        ("demo-1", "demo", "reg-server"),
+        ("reg-1", "reg-server", "db"),
+        ("db-1", "db", ""),
+    ] {
+        let out = if outbound.is_empty() {
+            String::new()
+        } else {
+            format!("  outbound:\n  - port: 20001\n    tags: {{kuma.io/service: {outbound}}}\n")
+        };
+        v.apply(change(&format!(
+            "type: Dataplane\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 10001\n    tags: {{kuma.io/service: {service}}}\n{out}"
+        )));
+    }
+    v
+}
+
+fn affected(v: &ZoneView, c: &Change) -> BTreeMap<String, Touched> {
+    let mut out = BTreeMap::new();
+    v.affected(c, &mut out);
+    out
+}
+
+fn only(names: &[&str]) -> BTreeMap<String, Touched> {
+    BTreeMap::from([(
+        "default".to_owned(),
+        Touched::proxies(names.iter().map(|n| n.to_string())),
+    )])
+}
+
+#[test]
+fn a_dataplane_affects_itself_and_the_endpoints_of_its_callers() {
+    let v = view();
+    let c = change(
+        "type: Dataplane\nname: reg-2\nnetworking:\n  address: 127.0.0.2\n  inbound:\n  - port: 10001\n    tags: {kuma.io/service: reg-server}\n",
+    );
+    let expected = Touched::Some {
+        whole: BTreeSet::from(["reg-2".to_owned()]),
+        endpoints: BTreeMap::from([("demo-1".to_owned(), BTreeSet::from(["reg-server".to_owned()]))]),
+    };
+    assert_eq!(
+        affected(&v, &c),
+        BTreeMap::from([("default".to_owned(), expected)])
+    );
+}
+
+#[test]
+fn a_policy_affects_the_proxies_it_selects() {
+    let v = view();
+    let c = change(
+        "type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshService, name: reg-server}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n",
+    );
+    assert_eq!(affected(&v, &c), only(&["reg-1"]));
+    let mesh_wide = change(
+        "type: MeshTimeout\nname: t\nspec:\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n",
+    );
+    assert_eq!(
+        affected(&v, &mesh_wide),
+        BTreeMap::from([("default".to_owned(), Touched::All)])
+    );
+}
+
+#[test]
+fn a_retargeted_policy_affects_old_and_new_targets() {
+    let mut v = view();
+    v.apply(change("type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshService, name: reg-server}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n"));
+    let moved = change(
+        "type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshService, name: db}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n",
+    );
+    assert_eq!(affected(&v, &moved), only(&["db-1", "reg-1"]));
+}
+
+fn delete(kind: Kind, mesh: &str, name: &str) -> Change {
+    Change::Delete {
+        key: ResourceKey::new(kind, mesh, name),
+        revision: 1,
+        deleted_ms: 0,
+        trace: None,
+    }
+}
+
+fn dp(name: &str, inbounds: &[(&str, bool)]) -> Change {
+    let zone = synced_zone_label(name);
+    let inbounds: String = inbounds
+        .iter()
+        .enumerate()
+        .map(|(i, (service, ready))| {
+            format!(
+                "  - port: {}\n    health: {{ready: {ready}}}\n    tags: {{kuma.io/service: {service}, kuma.io/protocol: http}}\n",
+                10001 + i
+            )
+        })
+        .collect();
+    change(&format!(
+        "type: Dataplane\nname: {name}\n{zone}networking:\n  address: 127.0.0.{}\n  inbound:\n{inbounds}",
+        name.len()
+    ))
+}
+
+fn synced_zone_label(name: &str) -> String {
+    match meridian_model::synced_zone(name) {
+        Some(zone) => format!("labels: {{kuma.io/zone: {zone}}}\n"),
+        None => String::new(),
+    }
+}
+
+/// The context as a full rebuild of the mesh makes it.
+fn rebuilt(v: &ZoneView, zones: &Zones) -> String {
+    let resources = v.meshes.get("default").into_iter().flat_map(|m| m.values());
+    let mut ctx = MeshContext::new(resources.map(|r| &**r));
+    ctx.zones = zones.clone();
+    format!("{ctx:?}")
+}
+
+#[test]
+fn the_kept_context_is_what_a_full_rebuild_makes_after_every_change() {
+    let zones = Zones {
+        local: "zone-1".into(),
+        ..Zones::default()
+    };
+    let steps = [
+        change("type: Mesh\nname: default\n"),
+        dp("web-1", &[("web", true)]),
+        dp("web-2", &[("web", false)]),
+        dp("zone-2.web-9", &[("web", true)]),
+        dp("api-1", &[("api", true), ("api-admin", true)]),
+        change(
+            "type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshService, name: web}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n",
+        ),
+        change("type: Secret\nname: key\nmesh: default\ndata: c2VjcmV0\n"),
+        change(
+            "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n",
+        ),
+        // A readiness flip, here and in the other zone.
+        dp("web-2", &[("web", true)]),
+        dp("zone-2.web-9", &[("web", false)]),
+        // A Dataplane that moves to another service leaves the first one.
+        dp("api-1", &[("api-v2", true)]),
+        delete(Kind::Dataplane, "default", "web-1"),
+        delete(Kind::MeshTimeout, "default", "t"),
+        delete(Kind::Dataplane, "default", "zone-2.web-9"),
+        delete(Kind::Dataplane, "default", "web-2"),
+    ];
+    let mut v = ZoneView::default();
+    for (i, step) in steps.into_iter().enumerate() {
+        // Every other step a generation still holds the last context: it is copied, not
+        // changed in place under it.
+        let held = (i % 2 == 0).then(|| v.context("default", zones.clone()));
+        let before = held.as_ref().map(|c| format!("{c:?}"));
+        v.apply(step);
+        let kept = v.context("default", zones.clone());
+        assert_eq!(format!("{kept:?}"), rebuilt(&v, &zones), "after step {i}");
+        if let (Some(held), Some(before)) = (held, before) {
+            assert_eq!(
+                format!("{held:?}"),
+                before,
+                "a held context never changes (step {i})"
+            );
+        }
+        // Asked again with nothing changed: the same context, not rebuilt.
+        assert!(
+            Arc::ptr_eq(&kept, &v.context("default", zones.clone())),
+            "step {i}"
+        );
+    }
+    let other = Zones {
+        local: "zone-1".into(),
+        ingresses: BTreeMap::from([("zone-2".to_owned(), vec![("10.0.0.2".to_owned(), 10001)])]),
+    };
+    assert_eq!(
+        format!("{:?}", v.context("default", other.clone())),
+        rebuilt(&v, &other)
+    );
+}
