@@ -197,12 +197,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let (unreachable_tx, unreachable) = tokio::sync::watch::channel(Default::default());
-    tasks.critical(
-        "ingress prober",
-        reconcile::probe_ingresses(store.clone(), unreachable_tx, stop_rx.clone()),
-    );
     let mut reconciler = reconcile::Reconciler::new(store.clone(), cache.clone(), xds_metrics.clone())
         .with_zone(&zone, unreachable);
+    tasks.critical(
+        "ingress prober",
+        reconcile::probe_ingresses(reconciler.ingress_targets(), unreachable_tx, stop_rx.clone()),
+    );
     // Standalone, the zone makes its mesh CAs; federated, global makes them for every zone.
     if global_address.is_none() {
         let (wanted, asked) = tokio::sync::mpsc::unbounded_channel();

@@ -46,7 +46,7 @@ mod view;
 use generate::{Generation, Proxy};
 
 pub use cas::create_mesh_cas;
-pub use probe::probe_ingresses;
+pub use probe::{IngressTargets, probe_ingresses};
 use view::{Touched, ZoneView, change_key, served};
 
 const BATCH: u32 = 1000;
@@ -80,6 +80,8 @@ pub struct Reconciler {
     zone: String,
     /// Other zones' ingresses (by resource name) that this zone cannot reach now.
     unreachable: watch::Receiver<BTreeSet<String>>,
+    /// Other zones' ingresses, published for the prober.
+    ingress_targets: watch::Sender<IngressTargets>,
     /// Keep the default (never changing) reachability and CA channels open.
     _no_probe: Option<watch::Sender<BTreeSet<String>>>,
     _no_ca_job: Option<watch::Sender<u64>>,
@@ -112,6 +114,7 @@ impl Reconciler {
             waiting: BTreeSet::new(),
             zone: String::new(),
             unreachable: rx,
+            ingress_targets: watch::Sender::new(IngressTargets::new()),
             _no_probe: Some(tx),
             _no_ca_job: Some(ca_tx),
         }
@@ -126,6 +129,12 @@ impl Reconciler {
             _no_probe: None,
             ..self
         }
+    }
+
+    /// Other zones' ingresses as the zone's view has them, kept current: what
+    /// [`probe_ingresses`] probes.
+    pub fn ingress_targets(&self) -> watch::Receiver<IngressTargets> {
+        self.ingress_targets.subscribe()
     }
 
     /// The job that makes mesh CAs on a standalone zone ([`create_mesh_cas`]): where to ask
@@ -229,9 +238,11 @@ impl Reconciler {
             // An ingress routes to this zone's Dataplanes in meshes with mTLS: only those
             // kinds change what it gets.
             let mut ingress_inputs = false;
+            let mut ingresses_changed = false;
             for change in changes {
                 let key = change_key(&change);
                 ingress_inputs |= matches!(key.kind, Kind::Dataplane | Kind::Mesh | Kind::ZoneIngress);
+                ingresses_changed |= key.kind == Kind::ZoneIngress;
                 // A change from a traced write: its push to this node's proxies ends the trace.
                 if tracing && let Some(parent) = change.trace(now_ms) {
                     let mut span = meridian_otlp::exporter::Span::start(
@@ -272,7 +283,25 @@ impl Reconciler {
             if ingress_inputs {
                 self.regenerate_ingresses();
             }
+            if ingresses_changed {
+                self.publish_ingress_targets();
+            }
         }
+    }
+
+    /// Tells the prober which of other zones' ingresses there are now.
+    fn publish_ingress_targets(&self) {
+        let targets: IngressTargets = self
+            .view
+            .ingresses()
+            .filter(|(r, _)| r.key().synced_zone().is_some())
+            .map(|(r, z)| (r.name.clone(), z.advertised()))
+            .collect();
+        self.ingress_targets.send_if_modified(|current| {
+            let changed = *current != targets;
+            *current = targets;
+            changed
+        });
     }
 
     /// Other zones and their reachable ingresses, as every mesh's translation sees them.
