@@ -442,8 +442,6 @@ impl Reconciler {
         if mesh.is_empty() {
             return 0;
         }
-        let zones = self.zones();
-        let ctx = self.view.context(mesh, zones);
         // Only the proxies named are looked at, unless all are.
         let candidates: Vec<Arc<Resource>> = match touched {
             Touched::All => self.view.dataplanes(mesh).cloned().collect(),
@@ -457,6 +455,13 @@ impl Reconciler {
                     .collect()
             }
         };
+        if candidates.is_empty() {
+            // Nothing to generate: the context is not even brought up to date (the next
+            // generation does that, with whatever changed by then).
+            return 0;
+        }
+        let zones = self.zones();
+        let ctx = self.view.context(mesh, zones);
         let (whole, endpoints) = match touched {
             Touched::All => (None, None),
             Touched::Some { whole, endpoints } => (Some(whole), Some(endpoints)),

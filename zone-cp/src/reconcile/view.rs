@@ -32,8 +32,8 @@ pub struct ZoneView {
 #[derive(Default)]
 struct Kept {
     context: Option<Arc<MeshContext>>,
-    /// A Mesh, policy or Secret changed.
-    policies: bool,
+    /// Kinds other than Dataplane (the Mesh, a kind of policy, Secrets) that changed.
+    kinds: BTreeSet<Kind>,
     /// Services whose Dataplanes changed.
     services: BTreeSet<String>,
 }
@@ -129,7 +129,7 @@ impl ZoneView {
                 .insert((key.kind, key.name.clone()), new);
         }
         if key.kind != Kind::Dataplane {
-            self.contexts.entry(mesh).or_default().policies = true;
+            self.contexts.entry(mesh).or_default().kinds.insert(key.kind);
         }
     }
 
@@ -161,14 +161,20 @@ impl ZoneView {
         let resources = self.meshes.get(mesh);
         let kept = self.contexts.entry(mesh.to_owned()).or_default();
         let mut ctx = match kept.context.take() {
-            Some(last) if !kept.policies && kept.services.is_empty() && last.zones == zones => {
+            Some(last) if kept.kinds.is_empty() && kept.services.is_empty() && last.zones == zones => {
                 kept.context = Some(last.clone());
                 return last;
             }
             Some(last) => {
                 let mut ctx = Arc::try_unwrap(last).unwrap_or_else(|shared| (*shared).clone());
-                if kept.policies {
-                    ctx.set_policies(resources.into_iter().flat_map(|m| m.values()).map(|r| &**r));
+                for &kind in &kept.kinds {
+                    // A mesh's resources are kept by kind then name: one kind is one range.
+                    let of_kind = resources.into_iter().flat_map(|m| {
+                        m.range((kind, String::new())..)
+                            .take_while(move |((k, _), _)| *k == kind)
+                            .map(|(_, r)| &**r)
+                    });
+                    ctx.set_kind(kind, of_kind);
                 }
                 let providers = self.providers.get(mesh);
                 for service in &kept.services {
@@ -182,7 +188,7 @@ impl ZoneView {
             }
             None => MeshContext::new(resources.into_iter().flat_map(|m| m.values()).map(|r| &**r)),
         };
-        kept.policies = false;
+        kept.kinds.clear();
         kept.services.clear();
         ctx.zones = zones;
         let ctx = Arc::new(ctx);

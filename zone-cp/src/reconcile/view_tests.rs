@@ -148,6 +148,13 @@ fn the_kept_context_is_what_a_full_rebuild_makes_after_every_change() {
             "type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshService, name: web}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n",
         ),
         change("type: Secret\nname: key\nmesh: default\ndata: c2VjcmV0\n"),
+        // Another of the same kind, before it in name order, and a kind of its own.
+        change(
+            "type: MeshTimeout\nname: a\nspec:\n  targetRef: {kind: Mesh}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {idleTimeout: 5s}\n",
+        ),
+        change(
+            "type: MeshTrafficPermission\nname: p\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Deny}\n",
+        ),
         change(
             "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n",
         ),
@@ -158,6 +165,7 @@ fn the_kept_context_is_what_a_full_rebuild_makes_after_every_change() {
         dp("api-1", &[("api-v2", true)]),
         delete(Kind::Dataplane, "default", "web-1"),
         delete(Kind::MeshTimeout, "default", "t"),
+        delete(Kind::Secret, "default", "key"),
         delete(Kind::Dataplane, "default", "zone-2.web-9"),
         delete(Kind::Dataplane, "default", "web-2"),
     ];

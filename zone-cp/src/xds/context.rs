@@ -53,7 +53,7 @@ pub struct Identity<'a> {
 }
 
 /// The parts of a mesh every proxy's translation reads, computed once per change: in full by
-/// [`MeshContext::new`], or part by part ([`MeshContext::set_policies`],
+/// [`MeshContext::new`], or part by part ([`MeshContext::set_kind`],
 /// [`MeshContext::set_service`]) by the reconciler's index as changes come.
 #[derive(Clone, Debug, Default)]
 pub struct MeshContext {
@@ -84,57 +84,62 @@ impl MeshContext {
     /// Indexes a mesh's Dataplanes and policies.
     pub fn new<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Self {
         let mut ctx = MeshContext::default();
-        let mut others = Vec::new();
         let mut providers: BTreeMap<&String, Vec<&Resource>> = BTreeMap::new();
         for r in resources {
             if r.kind() != Kind::Dataplane {
-                others.push(r);
+                ctx.take_in(r);
                 continue;
             }
             for service in served(r).collect::<BTreeSet<_>>() {
                 providers.entry(service).or_default().push(r);
             }
         }
-        ctx.set_policies(others);
         for (service, dataplanes) in providers {
             ctx.set_service(service, dataplanes);
         }
         ctx
     }
 
-    /// Recomputes the mesh's settings, policies and Secrets from its resources; Dataplanes
-    /// among them are skipped (what they serve is [`MeshContext::set_service`]'s).
-    pub fn set_policies<'a>(&mut self, resources: impl IntoIterator<Item = &'a Resource>) {
-        self.policies = MeshPolicies {
-            service_tags: std::mem::take(&mut self.policies.service_tags),
-            ..MeshPolicies::default()
-        };
-        self.mesh.clear();
-        self.tls = None;
-        self.secrets.clear();
-        for r in resources {
-            match &r.spec {
-                Spec::Dataplane(_) => continue,
-                Spec::Mesh(mesh) => {
-                    self.mesh = r.name.clone();
-                    self.tls = mesh.enabled_ca().map(|ca| TlsSettings {
-                        backend: ca.name.clone(),
-                        permissive: ca.mode == Some(MtlsMode::Permissive),
-                        cert_lifetime: ca
-                            .dp_cert
-                            .as_ref()
-                            .and_then(|c| c.rotation.as_ref())
-                            .map_or(DEFAULT_CERT_LIFETIME, |r| r.expiration.as_duration()),
-                    });
-                }
-                Spec::Secret(secret) => {
-                    if let Some(value) = secret.value() {
-                        self.secrets.insert(r.name.clone(), value);
-                    }
-                }
-                _ => {}
+    /// Recomputes what the mesh's resources of `kind` give it (its settings for the Mesh, its
+    /// Secrets, or one kind of policy) from every resource of that kind in it. Dataplanes
+    /// are [`MeshContext::set_service`]'s.
+    pub fn set_kind<'a>(&mut self, kind: Kind, resources: impl IntoIterator<Item = &'a Resource>) {
+        match kind {
+            Kind::Dataplane => return,
+            Kind::Mesh => {
+                self.mesh.clear();
+                self.tls = None;
             }
-            self.policies.add(r);
+            Kind::Secret => self.secrets.clear(),
+            _ => self.policies.clear(kind),
+        }
+        for r in resources.into_iter().filter(|r| r.kind() == kind) {
+            self.take_in(r);
+        }
+    }
+
+    /// Adds what one resource other than a Dataplane gives the mesh.
+    fn take_in(&mut self, r: &Resource) {
+        match &r.spec {
+            Spec::Dataplane(_) => {}
+            Spec::Mesh(mesh) => {
+                self.mesh = r.name.clone();
+                self.tls = mesh.enabled_ca().map(|ca| TlsSettings {
+                    backend: ca.name.clone(),
+                    permissive: ca.mode == Some(MtlsMode::Permissive),
+                    cert_lifetime: ca
+                        .dp_cert
+                        .as_ref()
+                        .and_then(|c| c.rotation.as_ref())
+                        .map_or(DEFAULT_CERT_LIFETIME, |r| r.expiration.as_duration()),
+                });
+            }
+            Spec::Secret(secret) => {
+                if let Some(value) = secret.value() {
+                    self.secrets.insert(r.name.clone(), value);
+                }
+            }
+            _ => self.policies.add(r),
         }
     }
 

@@ -35,6 +35,26 @@ pub struct MeshPolicies {
 }
 
 impl MeshPolicies {
+    /// Forgets every policy of `kind` (what [`MeshPolicies::add`] took in of it), so that
+    /// one kind can be read again alone.
+    pub fn clear(&mut self, kind: Kind) {
+        match kind {
+            Kind::MeshTimeout => self.timeouts.clear(),
+            Kind::MeshRetry => self.retries.clear(),
+            Kind::MeshLoadBalancingStrategy => self.balancing.clear(),
+            Kind::MeshCircuitBreaker => self.breakers.clear(),
+            Kind::MeshHealthCheck => self.health_checks.clear(),
+            Kind::MeshTrace => self.traces.clear(),
+            Kind::MeshTrafficPermission => self.permissions.mesh.clear(),
+            Kind::TrafficPermission => self.permissions.legacy.clear(),
+            Kind::Extension(_) => {
+                self.extensions.remove(&kind);
+            }
+            Kind::Dataplane => self.service_tags.clear(),
+            _ => {}
+        }
+    }
+
     /// Takes in one resource of the mesh: a policy, or a Dataplane (for its service tags).
     pub fn add(&mut self, r: &Resource) {
         match &r.spec {
