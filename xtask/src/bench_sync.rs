@@ -31,8 +31,16 @@ pub(crate) struct Federation {
     pub global: String,
     /// Each zone's REST API and xDS address (`http://...`).
     pub zones: Vec<(String, String)>,
-    _processes: Vec<KillOnDrop>,
+    /// Global first, then the zones: stopped in the reverse order, so no zone sees global go
+    /// and logs a broken sync on the bench's terminal.
+    processes: Vec<KillOnDrop>,
     _dir: tempfile::TempDir,
+}
+
+impl Drop for Federation {
+    fn drop(&mut self) {
+        while self.processes.pop().is_some() {}
+    }
 }
 
 fn healthy(url: String) -> impl FnMut() -> bool {
@@ -131,7 +139,7 @@ impl Federation {
         Ok(Self {
             global,
             zones,
-            _processes: processes,
+            processes,
             _dir: dir,
         })
     }
