@@ -194,6 +194,8 @@ impl ChangeFeed {
             let Some(last) = changes.last().map(Change::revision) else {
                 return Ok(());
             };
+            // A short read was everything committed: no second read to find nothing.
+            let caught_up = changes.len() < READ as usize;
             {
                 let mut window = self.window.write().unwrap_or_else(|e| e.into_inner());
                 window
@@ -206,6 +208,9 @@ impl ChangeFeed {
                 }
             }
             self.publish.send_replace(last);
+            if caught_up {
+                return Ok(());
+            }
         }
     }
 }

@@ -228,6 +228,9 @@ impl Reconciler {
             if changes.is_empty() {
                 return Ok(());
             }
+            // Fewer than asked for: that was everything committed when they were read, and
+            // another read would cost a round of queries to find nothing.
+            let caught_up = changes.len() < BATCH as usize;
             let mut affected = BTreeMap::new();
             let mut removed = Vec::new();
             let mut traced = Vec::new();
@@ -285,6 +288,9 @@ impl Reconciler {
             }
             if ingresses_changed {
                 self.publish_ingress_targets();
+            }
+            if caught_up {
+                return Ok(());
             }
         }
     }

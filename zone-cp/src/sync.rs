@@ -283,6 +283,8 @@ async fn inventory_since(store: &dyn Store, after: i64) -> Result<(i64, Option<I
             break;
         };
         position = last;
+        // A short page was everything there was: no second read to find nothing.
+        let caught_up = page.len() < INVENTORY_BATCH as usize;
         changes.extend(page.iter().filter_map(|c| match c {
             Change::Upsert(s) if !from_global(&s.resource.key()) => {
                 Some(WireChange::upsert(s.revision, &s.resource))
@@ -292,6 +294,9 @@ async fn inventory_since(store: &dyn Store, after: i64) -> Result<(i64, Option<I
             }
             _ => None,
         }));
+        if caught_up {
+            break;
+        }
     }
     let inventory = (!changes.is_empty()).then_some(Inventory { full: false, changes });
     Ok((position, inventory))
