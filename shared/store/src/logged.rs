@@ -168,6 +168,35 @@ pub(super) async fn write_batch(
     Ok((outcomes, last))
 }
 
+/// The recorded replies (and their stamps) of those of `ids` recorded at or after `since`.
+async fn recorded_requests(
+    tx: &mut sqlx::AnyConnection,
+    ids: &[Option<&str>],
+    since: i64,
+) -> Result<std::collections::HashMap<String, (i64, String)>, StoreError> {
+    let ids: Vec<&str> = ids.iter().flatten().copied().collect();
+    let mut records = std::collections::HashMap::new();
+    // A bounded statement: SQLite takes at most 32,766 parameters.
+    for chunk in ids.chunks(500) {
+        let params: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT id, at_ms, reply FROM meridian_requests WHERE at_ms >= $1 AND id IN ({})",
+            params.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(since);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut *tx).await.map_err(db_error)? {
+            let id: String = row.try_get(0).map_err(db_error)?;
+            let at: i64 = row.try_get(1).map_err(db_error)?;
+            let reply: String = row.try_get(2).map_err(db_error)?;
+            records.insert(id, (at, reply));
+        }
+    }
+    Ok(records)
+}
+
 async fn set_marker(tx: &mut sqlx::AnyConnection, marker: &str) -> Result<(), StoreError> {
     sqlx::query("UPDATE meridian_applied SET value = $1 WHERE id = 1")
         .bind(marker)
@@ -256,6 +285,9 @@ impl SqlStore {
                     .filter(|_| w.write.as_ref().is_some_and(|w| !w.idempotent()))
             })
             .collect();
+        // Every record the batch could repeat, read at once: the clock only moves on, so none
+        // older than its first horizon counts. Each entry checks its own horizon below.
+        let mut records = recorded_requests(&mut tx, &ids, clock.saturating_sub(REQUEST_MEMORY_MS)).await?;
         for (i, (w, id)) in writes.iter().zip(&ids).enumerate() {
             let Some(id) = *id else {
                 repeats.push(None);
@@ -265,16 +297,10 @@ impl SqlStore {
             let recorded = match in_batch.get(id) {
                 Some((first, at)) if *at >= horizon => Some(Repeat::Of(*first)),
                 Some(_) => None,
-                None => sqlx::query("SELECT reply FROM meridian_requests WHERE id = $1 AND at_ms >= $2")
-                    .bind(id)
-                    .bind(horizon)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_error)?
-                    .map(|row| row.try_get::<String, _>(0))
-                    .transpose()
-                    .map_err(db_error)?
-                    .map(Repeat::Recorded),
+                None => records
+                    .remove(id)
+                    .filter(|(at, _)| *at >= horizon)
+                    .map(|(_, reply)| Repeat::Recorded(reply)),
             };
             if recorded.is_none() {
                 in_batch.insert(id, (i, w.at_ms));

@@ -131,13 +131,15 @@ pub(super) async fn put_in(
         trace,
     } = submission;
     let key = resource.key();
-    if key.kind.scope() == Scope::Mesh && !mesh_exists(&mut *tx, &key.mesh).await? {
+    let current = fetch(&mut *tx, &key).await?;
+    // A stored resource's mesh exists (a mesh goes only once empty, or with all it holds):
+    // only a new one needs the check.
+    if current.is_none() && key.kind.scope() == Scope::Mesh && !mesh_exists(&mut *tx, &key.mesh).await? {
         return Err(StoreError::NotFound(format!(
             "mesh {:?} not found: create it first",
             key.mesh
         )));
     }
-    let current = fetch(&mut *tx, &key).await?;
     check_version(&key, current.as_ref().map(|c| c.version), expected_version)?;
     if let Some(current) = &current
         && current.resource == resource
