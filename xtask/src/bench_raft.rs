@@ -1,5 +1,6 @@
 //! `cargo xtask bench raft`: a 3-node zone (release builds, standalone). Committed writes per
-//! second through the leader and through a follower (which forwards), then the time from
+//! second through the leader and through a follower (which forwards), linearizable reads from
+//! each (a read index round with the leader per GET), then the time from
 //! killing the leader (SIGKILL) to the survivors agreeing on a new one, over N kills. It prints
 //! figures; it asserts nothing.
 
@@ -194,25 +195,31 @@ pub fn raft(args: &[&str]) -> Result<()> {
         );
         println!(
             "{:<44} {:>10} {:>10} {:>10} {:>10}",
-            "", "writes/s", "p50 ms", "p99 ms", "max ms"
+            "", "ops/s", "p50 ms", "p99 ms", "max ms"
         );
         let term = |s: Option<serde_json::Value>| s.and_then(|s| s["term"].as_u64()).unwrap_or(0);
         let term_before = term(status(&http, &nodes[leader]).await);
         let follower = (leader + 1) % nodes.len();
-        for (phase, (label, node)) in [
-            ("through the leader", leader),
-            ("through a follower (forwarded)", follower),
+        // Writes, then linearizable reads (each GET first confirms with the leader that this
+        // node has applied everything acknowledged: a ReadIndex round).
+        for (phase, (op, write, label, node)) in [
+            ("writes", true, "through the leader", leader),
+            ("writes", true, "through a follower (forwarded)", follower),
+            ("reads", false, "from the leader", leader),
+            ("reads", false, "from a follower (read index)", follower),
         ]
         .into_iter()
         .enumerate()
         {
-            // Fresh names each phase: every write creates a resource.
+            // Fresh names each write phase: every write creates a resource; the reads read
+            // what the first phase wrote.
+            let first = if write { phase * options.writes } else { 0 };
             let url = nodes[node].url();
-            let (rate, mut latencies) = run_phase(&url, &options, true, phase * options.writes).await?;
+            let (rate, mut latencies) = run_phase(&url, &options, write, first).await?;
             latencies.sort();
             println!(
                 "{:<44} {:>10.0} {:>10.2} {:>10.2} {:>10.2}",
-                format!("{} writes {label}", options.writes),
+                format!("{} {op} {label}", options.writes),
                 rate,
                 percentile(&latencies, 0.5),
                 percentile(&latencies, 0.99),

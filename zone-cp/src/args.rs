@@ -118,12 +118,14 @@ pub struct RunArgs {
     /// a fifth of this, kept for followers that lag a little.
     #[arg(long, env = "MERIDIAN_RAFT_SNAPSHOT_EVERY", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]
     pub raft_snapshot_every: u64,
-    /// Raft heartbeat interval (20ms: a new leader 0.2 to 0.8 s after one dies; see
+    /// Raft heartbeat interval (20ms: a new leader about 0.15 to 0.45 s after one dies; see
     /// `cargo xtask bench raft`).
     #[arg(long, env = "MERIDIAN_RAFT_HEARTBEAT", default_value = "20ms", value_parser = parse_heartbeat)]
     pub raft_heartbeat: Duration,
-    /// Silence after which a follower calls an election: a random time between this and twice
-    /// this (default: three heartbeats). Must exceed the heartbeat.
+    /// Silence after which a follower calls an election: a random time between this and one
+    /// and a half times this (default: two heartbeats), after the old leader's lease (the
+    /// longest of those) has run out. Must exceed the heartbeat. Raise it where nodes may
+    /// stall longer than that (an overloaded host): each stall past it is an election.
     #[arg(long, env = "MERIDIAN_RAFT_ELECTION_TIMEOUT", value_parser = parse_heartbeat)]
     pub raft_election_timeout: Option<Duration>,
     #[command(flatten)]

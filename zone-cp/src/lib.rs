@@ -116,7 +116,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             join,
             dial: raft_dial.map(|d| d.0).unwrap_or_default(),
             heartbeat: raft_heartbeat,
-            election_timeout: raft_election_timeout.unwrap_or(raft_heartbeat * 3),
+            election_timeout: raft_election_timeout.unwrap_or(raft_heartbeat * 2),
             snapshot_every: raft_snapshot_every,
         },
         sql,

@@ -141,7 +141,10 @@ impl Node {
             cluster_name: format!("meridian-zone-{zone}"),
             heartbeat_interval: heartbeat.as_millis() as u64,
             election_timeout_min: election_timeout.as_millis() as u64,
-            election_timeout_max: 2 * election_timeout.as_millis() as u64,
+            // A narrow range: openraft waits out the old leader's lease (this maximum) before
+            // the election timeout, and twice it again after losing a vote to a longer log, so
+            // the maximum sets most of the time to a new leader.
+            election_timeout_max: 3 * election_timeout.as_millis() as u64 / 2,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
             max_in_snapshot_log_to_keep: snapshot_every / 5,
             ..Default::default()
