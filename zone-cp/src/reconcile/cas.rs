@@ -71,7 +71,12 @@ pub async fn create_mesh_cas(
         let (mesh, backend) = tokio::select! {
             asked = wanted.recv() => match asked {
                 Some(asked) => asked,
-                None => return Ok(()),
+                // The reconciler is gone: whatever ended it is for the supervisor to report,
+                // not this job's end, so it waits for the stop like the rest.
+                None => {
+                    let _ = stop.wait_for(|s| *s).await;
+                    return Ok(());
+                }
             },
             _ = stop.changed() => return Ok(()),
         };
@@ -164,9 +169,11 @@ mod tests {
             .expect("kept");
         assert_eq!(kept.fingerprint(), ca.fingerprint());
 
-        // The reconciler gone, the job ends.
+        // The reconciler gone, the job waits for the stop (its end is not what to report).
         drop(wanted);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!job.is_finished(), "the job outlives its asker until the stop");
+        stop_tx.send_replace(true);
         job.await.expect("joined").expect("ends cleanly");
-        drop(stop_tx);
     }
 }
