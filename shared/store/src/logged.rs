@@ -64,6 +64,49 @@ pub enum Written {
     Secret(Sensitive),
 }
 
+/// Each kind of write's answer, taken out of a [`Written`]; any other answer is a bug, said
+/// as one.
+impl Written {
+    fn unexpected(self, wanted: &str) -> StoreError {
+        StoreError::Internal(format!("a write answered {self:?} where {wanted} was due"))
+    }
+
+    pub fn into_put(self) -> Result<PutOutcome, StoreError> {
+        match self {
+            Written::Put(outcome) => Ok(*outcome),
+            other => Err(other.unexpected("a put's outcome")),
+        }
+    }
+
+    pub fn into_deleted(self) -> Result<i64, StoreError> {
+        match self {
+            Written::Deleted(revision) => Ok(revision),
+            other => Err(other.unexpected("a delete's revision")),
+        }
+    }
+
+    pub fn into_synced(self) -> Result<SyncedOutcome, StoreError> {
+        match self {
+            Written::Synced(outcome) => Ok(outcome),
+            other => Err(other.unexpected("a synced batch's outcome")),
+        }
+    }
+
+    pub fn into_secret(self) -> Result<String, StoreError> {
+        match self {
+            Written::Secret(secret) => Ok(secret.0),
+            other => Err(other.unexpected("a secret")),
+        }
+    }
+
+    pub fn into_status(self) -> Result<(), StoreError> {
+        match self {
+            Written::Status => Ok(()),
+            other => Err(other.unexpected("a status")),
+        }
+    }
+}
+
 /// A write as the log carries it: when, and the id its client gave it, the same on every retry.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoggedWrite {

@@ -289,11 +289,6 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// A write answered with another kind of outcome: a bug, said as one.
-fn unexpected(written: Written) -> StoreError {
-    StoreError::Internal(format!("a write answered {written:?}"))
-}
-
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -396,17 +391,13 @@ impl Resources for SqlStore {
     }
 
     async fn put(&self, submission: Submission) -> Result<PutOutcome, StoreError> {
-        match self.write(Write::Put(Box::new(submission))).await? {
-            Written::Put(outcome) => Ok(*outcome),
-            other => Err(unexpected(other)),
-        }
+        self.write(Write::Put(Box::new(submission))).await?.into_put()
     }
 
     async fn delete(&self, key: &ResourceKey, options: DeleteOptions) -> Result<i64, StoreError> {
-        match self.write(Write::Delete(key.clone(), options)).await? {
-            Written::Deleted(revision) => Ok(revision),
-            other => Err(unexpected(other)),
-        }
+        self.write(Write::Delete(key.clone(), options))
+            .await?
+            .into_deleted()
     }
 }
 
@@ -509,10 +500,7 @@ impl SyncLog for SqlStore {
         ops: Vec<SyncedOp>,
         position: Option<i64>,
     ) -> Result<SyncedOutcome, StoreError> {
-        match self.write(Write::Synced(ops, position)).await? {
-            Written::Synced(outcome) => Ok(outcome),
-            other => Err(unexpected(other)),
-        }
+        self.write(Write::Synced(ops, position)).await?.into_synced()
     }
 }
 

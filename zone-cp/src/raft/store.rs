@@ -139,10 +139,6 @@ fn time_left(deadline: tokio::time::Instant) -> Duration {
     deadline.saturating_duration_since(tokio::time::Instant::now())
 }
 
-fn unexpected(written: Written) -> StoreError {
-    StoreError::Internal(format!("unexpected answer from the zone's Raft: {written:?}"))
-}
-
 #[async_trait]
 impl Resources for ZoneStore {
     async fn get(&self, key: &ResourceKey) -> Result<Stored, StoreError> {
@@ -154,17 +150,13 @@ impl Resources for ZoneStore {
     }
 
     async fn put(&self, submission: Submission) -> Result<PutOutcome, StoreError> {
-        match self.write(Write::Put(Box::new(submission))).await? {
-            Written::Put(outcome) => Ok(*outcome),
-            other => Err(unexpected(other)),
-        }
+        self.write(Write::Put(Box::new(submission))).await?.into_put()
     }
 
     async fn delete(&self, key: &ResourceKey, options: DeleteOptions) -> Result<i64, StoreError> {
-        match self.write(Write::Delete(key.clone(), options)).await? {
-            Written::Deleted(revision) => Ok(revision),
-            other => Err(unexpected(other)),
-        }
+        self.write(Write::Delete(key.clone(), options))
+            .await?
+            .into_deleted()
     }
 
     async fn read_barrier(&self) -> Result<(), StoreError> {
@@ -208,10 +200,7 @@ impl SyncLog for ZoneStore {
         ops: Vec<SyncedOp>,
         position: Option<i64>,
     ) -> Result<SyncedOutcome, StoreError> {
-        match self.write(Write::Synced(ops, position)).await? {
-            Written::Synced(outcome) => Ok(outcome),
-            other => Err(unexpected(other)),
-        }
+        self.write(Write::Synced(ops, position)).await?.into_synced()
     }
 }
 
@@ -227,10 +216,7 @@ impl Secrets for ZoneStore {
             candidate: Sensitive(candidate.to_owned()),
             replace: false,
         };
-        match self.write(write).await? {
-            Written::Secret(secret) => Ok(secret.0),
-            other => Err(unexpected(other)),
-        }
+        self.write(write).await?.into_secret()
     }
 
     async fn put_secret(&self, name: &str, value: &str) -> Result<(), StoreError> {
@@ -242,10 +228,7 @@ impl Secrets for ZoneStore {
             candidate: Sensitive(value.to_owned()),
             replace: true,
         };
-        match self.write(write).await? {
-            Written::Secret(_) => Ok(()),
-            other => Err(unexpected(other)),
-        }
+        self.write(write).await?.into_secret().map(drop)
     }
 
     async fn stored_secret(&self, name: &str) -> Result<Option<String>, StoreError> {
@@ -264,10 +247,7 @@ impl Statuses for ZoneStore {
             name: name.to_owned(),
             value: value.to_owned(),
         };
-        match self.write(write).await? {
-            Written::Status => Ok(()),
-            other => Err(unexpected(other)),
-        }
+        self.write(write).await?.into_status()
     }
 
     async fn statuses(&self, prefix: &str) -> Result<Vec<StatusEntry>, StoreError> {
