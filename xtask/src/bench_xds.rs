@@ -186,10 +186,20 @@ async fn metric(http: &reqwest::Client, api: &str, name: &str) -> Result<u64> {
         .with_context(|| format!("metric {name} not found"))
 }
 
-/// Snapshots zone-cp has made: translated in full, or with endpoints patched in.
+/// Snapshots zone-cp has made: translated in full, in some types, or with endpoints patched in.
 async fn generated(http: &reqwest::Client, api: &str) -> Result<u64> {
-    let full = metric(http, api, "meridian_xds_generations_total").await?;
-    Ok(full + metric(http, api, "meridian_xds_endpoint_patches_total").await?)
+    let (full, partial, patched) = generations(http, api).await?;
+    Ok(full + partial + patched)
+}
+
+/// Snapshots translated in full, in the types a policy change can alter, and with endpoints
+/// patched in.
+async fn generations(http: &reqwest::Client, api: &str) -> Result<(u64, u64, u64)> {
+    Ok((
+        metric(http, api, "meridian_xds_generations_total").await?,
+        metric(http, api, "meridian_xds_partial_generations_total").await?,
+        metric(http, api, "meridian_xds_endpoint_patches_total").await?,
+    ))
 }
 
 /// Waits until zone-cp stops regenerating snapshots (what [`generated`] counts holds for
@@ -284,12 +294,7 @@ async fn change<F: std::future::Future<Output = Result<()>>>(
 ) -> Result<()> {
     progress.arrivals().clear();
     let http = reqwest::Client::new();
-    let counts = || async {
-        let full = metric(&http, api, "meridian_xds_generations_total").await?;
-        let patched = metric(&http, api, "meridian_xds_endpoint_patches_total").await?;
-        Ok::<_, anyhow::Error>((full, patched))
-    };
-    let (full0, patched0) = counts().await?;
+    let (full0, partial0, patched0) = generations(&http, api).await?;
     let cpu0 = cpu_ms(pid)?;
     let t0 = Instant::now();
     progress.epoch.fetch_add(1, Ordering::SeqCst);
@@ -299,7 +304,7 @@ async fn change<F: std::future::Future<Output = Result<()>>>(
     let cpu = cpu_ms(pid)? - cpu0;
     // Counted once generation is over: what the proxies received may not be all it did.
     settle(api).await?;
-    let (full, patched) = counts().await?;
+    let (full, partial, patched) = generations(&http, api).await?;
     let at = |q: f64| arrivals[((arrivals.len() - 1) as f64 * q) as usize].as_secs_f64() * 1000.0;
     println!(
         "{what}: REST write {:.1} ms; last of {expected} proxies received it {:.1} ms after the write began; zone-cp CPU {cpu} ms",
@@ -314,8 +319,9 @@ async fn change<F: std::future::Future<Output = Result<()>>>(
         at(0.99)
     );
     println!(
-        "  snapshots: {} translated in full, {} with endpoints patched in",
+        "  snapshots: {} translated in full, {} in the types the change can alter, {} with endpoints patched in",
         full - full0,
+        partial - partial0,
         patched - patched0
     );
     Ok(())

@@ -31,7 +31,7 @@ use meridian_store::{Change, Store, StoreError};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::xds::cache::{ProxyId, SnapshotCache};
+use crate::xds::cache::{ProxyId, SnapshotCache, Types};
 use crate::xds::crosszone::{INGRESS_MESH, Zones, ingress_snapshot};
 use crate::xds::metrics::XdsMetrics;
 use crate::xds::translate::{MeshContext, TlsSettings};
@@ -186,7 +186,7 @@ impl Reconciler {
                     if probing {
                         self.unreachable.borrow_and_update();
                         for mesh in self.view.mesh_names() {
-                            self.regenerate(&mesh, &Touched::All).await;
+                            self.regenerate(&mesh, &Touched::everything()).await;
                         }
                     }
                     continue;
@@ -368,12 +368,12 @@ impl Reconciler {
         let mut due: BTreeMap<String, Touched> = BTreeMap::new();
         for (id, issued) in &self.leaves {
             if issued.leaf.renew_at <= now {
-                let touched = due.entry(id.mesh.clone()).or_insert_with(|| Touched::proxies([]));
-                touched.add_whole([id.name.clone()]);
+                let touched = due.entry(id.mesh.clone()).or_default();
+                touched.add_whole([id.name.clone()], Types::ALL);
             }
         }
         for mesh in std::mem::take(&mut self.waiting) {
-            due.insert(mesh, Touched::All);
+            due.insert(mesh, Touched::everything());
         }
         for (mesh, touched) in due {
             self.regenerate(&mesh, &touched).await;
@@ -449,17 +449,16 @@ impl Reconciler {
             return 0;
         }
         // Only the proxies named are looked at, unless all are.
-        let candidates: Vec<Arc<Resource>> = match touched {
-            Touched::All => self.view.dataplanes(mesh).cloned().collect(),
-            Touched::Some { whole, endpoints } => {
-                let names: BTreeSet<&String> = whole.iter().chain(endpoints.keys()).collect();
-                names
-                    .into_iter()
-                    .filter_map(|name| self.view.get(&ResourceKey::new(Kind::Dataplane, mesh, name)))
-                    .filter(|r| r.key().synced_zone().is_none())
-                    .cloned()
-                    .collect()
-            }
+        let candidates: Vec<Arc<Resource>> = if touched.is_mesh_wide() {
+            self.view.dataplanes(mesh).cloned().collect()
+        } else {
+            let names: BTreeSet<&String> = touched.whole.keys().chain(touched.endpoints.keys()).collect();
+            names
+                .into_iter()
+                .filter_map(|name| self.view.get(&ResourceKey::new(Kind::Dataplane, mesh, name)))
+                .filter(|r| r.key().synced_zone().is_none())
+                .cloned()
+                .collect()
         };
         if candidates.is_empty() {
             // Nothing to generate: the context is not even brought up to date (the next
@@ -468,22 +467,25 @@ impl Reconciler {
         }
         let zones = self.zones();
         let ctx = self.view.context(mesh, zones);
-        let (whole, endpoints) = match touched {
-            Touched::All => (None, None),
-            Touched::Some { whole, endpoints } => (Some(whole), Some(endpoints)),
-        };
         let mut proxies: Vec<Proxy> = Vec::new();
         let mut patch: Vec<(Proxy, BTreeSet<String>)> = Vec::new();
         for r in candidates {
             let id = ProxyId::new(mesh, r.name.clone());
-            let services = endpoints.and_then(|e| e.get(&r.name));
-            let in_full = whole.is_none_or(|names| names.contains(&r.name));
+            let services = touched.endpoints.get(&r.name);
+            let types = touched.types_of(&r.name);
             // With mTLS on, only a proxy holding its certificate has outbounds to patch.
-            let patchable = !in_full && (ctx.tls.is_none() || self.leaves.contains_key(&id));
-            let Some(proxy) = Proxy::new(id, r) else { continue };
+            let patchable = types == Types::NONE && (ctx.tls.is_none() || self.leaves.contains_key(&id));
+            let Some(mut proxy) = Proxy::new(id, r) else {
+                continue;
+            };
             match services {
                 Some(services) if patchable => patch.push((proxy, services.clone())),
-                _ => proxies.push(proxy),
+                // Other endpoints may change any type (a service's protocol comes from them).
+                Some(_) => proxies.push(proxy),
+                None => {
+                    proxy.types = types;
+                    proxies.push(proxy);
+                }
             }
         }
         let mut pushed = 0;

@@ -10,9 +10,9 @@ use meridian_model::policies::dataplane::DataplaneSpec;
 use meridian_model::{Resource, Spec};
 use tracing::{debug, error};
 
-use crate::xds::cache::{Patch, ProxyId, SnapshotCache};
+use crate::xds::cache::{Patch, ProxyId, SECRET, SnapshotCache, Types};
 use crate::xds::metrics::XdsMetrics;
-use crate::xds::translate::{Identity, MeshContext, outbounds_snapshot, proxy_snapshot};
+use crate::xds::translate::{Identity, MeshContext, outbounds_snapshot, proxy_snapshot, proxy_snapshot_of};
 
 /// Below this many items, threads cost more than they save.
 const SERIAL_BELOW: usize = 64;
@@ -23,6 +23,8 @@ pub(super) struct Proxy {
     pub resource: Arc<Resource>,
     /// Its certificate, when the mesh has mTLS on.
     pub leaf: Option<Arc<Leaf>>,
+    /// The resource types to translate anew; the others are kept from its snapshot.
+    pub types: Types,
 }
 
 impl Proxy {
@@ -32,6 +34,7 @@ impl Proxy {
             id,
             resource,
             leaf: None,
+            types: Types::ALL,
         })
     }
 
@@ -70,11 +73,30 @@ impl Generation {
             _ => None,
         };
         let Some(dp) = p.dataplane() else { return false };
-        let snapshot = proxy_snapshot(&self.ctx, &p.id.name, &p.resource.labels, dp, identity);
-        self.metrics.generations.inc();
-        match self.cache.set(&p.id, snapshot) {
+        let (name, labels) = (&p.id.name, &p.resource.labels);
+        let types = match (&self.ctx.tls, &identity) {
+            (None, _) => p.types,
+            // Its certificate may have been renewed on the way; the secrets cost little.
+            (Some(_), Some(_)) => p.types.union(Types::of(&[SECRET])),
+            // Without its certificate a proxy gets no listeners: that is a change in full.
+            (Some(_), None) => Types::ALL,
+        };
+        let set = if types.is_all() {
+            None
+        } else {
+            let partial = proxy_snapshot_of(&self.ctx, name, labels, dp, identity, types);
+            self.metrics.partial_generations.inc();
+            // `None`: there is no snapshot to keep the rest of, so it is made in full.
+            self.cache.set_types(&p.id, partial, types).transpose()
+        };
+        let set = set.unwrap_or_else(|| {
+            let snapshot = proxy_snapshot(&self.ctx, name, labels, dp, identity);
+            self.metrics.generations.inc();
+            self.cache.set(&p.id, snapshot)
+        });
+        match set {
             Ok(changed) => {
-                debug!(proxy = %p.id, changed, "snapshot regenerated");
+                debug!(proxy = %p.id, changed, ?types, "snapshot regenerated");
                 changed
             }
             // A bug in generation: the proxy keeps its last good snapshot, and it shows.

@@ -210,3 +210,63 @@ async fn callers_whose_clusters_change_are_translated_in_full() {
     // A second TCP instance changes endpoints only.
     assert_eq!(zone.put(&dp_yaml("db-2", "db", "tcp", true, &[])).await, (1, 3));
 }
+
+const MTLS: &str = "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n";
+
+/// A mesh-wide MeshTrafficPermission that keeps `from` out (the mesh's default lets all in).
+fn deny(from: &str) -> String {
+    format!(
+        "type: MeshTrafficPermission\nmesh: default\nname: deny\nspec:\n  targetRef: {{kind: Mesh}}\n  from:\n  - targetRef: {{kind: MeshService, name: {from}}}\n    default: {{action: Deny}}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_policy_change_translates_only_the_types_its_kind_can_alter() {
+    let mut zone = Zone::new(MTLS).await;
+    let (web, backend) = (zone.snapshot("web-1"), zone.snapshot("backend-1"));
+    let partial = zone.metrics.partial_generations.get();
+    assert_eq!(zone.put(&deny("web")).await, (0, 0), "nothing in full");
+    assert_eq!(
+        zone.metrics.partial_generations.get() - partial,
+        4,
+        "every proxy, in its listeners"
+    );
+    assert_ne!(
+        versions(&backend, LISTENER),
+        versions(&zone.snapshot("backend-1"), LISTENER),
+        "backend-1 keeps web out"
+    );
+    for type_url in [CLUSTER, ENDPOINT, ROUTE] {
+        let now = zone.snapshot("web-1");
+        assert_eq!(versions(&web, type_url), versions(&now, type_url), "{type_url}");
+    }
+    zone.callers_hold_what_a_full_translation_makes().await;
+    assert_eq!(
+        zone.snapshot("backend-1").digest(),
+        zone.translated("backend-1").await.digest()
+    );
+}
+
+#[tokio::test]
+async fn a_policy_change_in_a_batch_with_other_endpoints_translates_those_callers_in_full() {
+    let mut zone = Zone::new(MTLS).await;
+    // Both committed before the reconciler looks: one batch.
+    for yaml in [deny("web"), dp_yaml("backend-1", "backend", "http", false, &[])] {
+        let submission = parse_one(&yaml, Format::Yaml).expect("valid");
+        put_with_defaults(&*zone.store, submission).await.expect("put");
+    }
+    let (full, partial) = (
+        zone.metrics.generations.get(),
+        zone.metrics.partial_generations.get(),
+    );
+    zone.reconciler.catch_up().await.expect("catch up");
+    assert_eq!(
+        (
+            zone.metrics.generations.get() - full,
+            zone.metrics.partial_generations.get() - partial
+        ),
+        (4, 0),
+        "backend-1 and its callers in full"
+    );
+    zone.callers_hold_what_a_full_translation_makes().await;
+}

@@ -12,7 +12,9 @@ use meridian_model::targetref::TargetRefKind;
 use meridian_model::{Kind, Resource, ResourceKey, Spec};
 use meridian_store::Change;
 
+use crate::xds::cache::Types;
 use crate::xds::crosszone::Zones;
+use crate::xds::policies;
 use crate::xds::translate::MeshContext;
 
 /// The zone's resources, by mesh then kind and name.
@@ -38,47 +40,60 @@ struct Kept {
     services: BTreeSet<String>,
 }
 
-/// What a batch of changes touches in one mesh's proxies.
-#[derive(Clone, Debug, PartialEq)]
-pub(super) enum Touched {
-    /// Every proxy, translated in full.
-    All,
-    Some {
-        /// Proxies translated in full.
-        whole: BTreeSet<String>,
-        /// Proxies whose only change is in the instances of services they call (named here):
-        /// they get those outbounds translated alone, and their endpoints patched when nothing
-        /// else differs.
-        endpoints: BTreeMap<String, BTreeSet<String>>,
-    },
+/// What a batch of changes touches in one mesh's proxies, and in which resource types.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct Touched {
+    /// Every proxy of the mesh is translated in these types (none: only those named below).
+    pub(super) all: Types,
+    /// Proxies translated in these types (beyond `all`).
+    pub(super) whole: BTreeMap<String, Types>,
+    /// Proxies whose only change is in the instances of services they call (named here): they
+    /// get those outbounds translated alone, and their endpoints patched when nothing else
+    /// differs.
+    pub(super) endpoints: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Touched {
-    /// The named proxies, in full.
-    pub(super) fn proxies(names: impl IntoIterator<Item = String>) -> Self {
-        Self::Some {
-            whole: names.into_iter().collect(),
-            endpoints: BTreeMap::new(),
+    /// Every proxy, in full.
+    pub(super) fn everything() -> Self {
+        Self {
+            all: Types::ALL,
+            ..Self::default()
         }
     }
 
-    pub(super) fn add_whole(&mut self, names: impl IntoIterator<Item = String>) {
-        if let Self::Some { whole, .. } = self {
-            whole.extend(names);
+    /// Every proxy, in `types`.
+    pub(super) fn add_all(&mut self, types: Types) {
+        self.all = self.all.union(types);
+    }
+
+    /// The named proxies, in `types`.
+    pub(super) fn add_whole(&mut self, names: impl IntoIterator<Item = String>, types: Types) {
+        for name in names {
+            let t = self.whole.entry(name).or_insert(Types::NONE);
+            *t = t.union(types);
         }
     }
 
     fn add_endpoints(&mut self, name: &str, services: &BTreeSet<&String>) {
-        if let Self::Some { endpoints, .. } = self {
-            let entry = endpoints.entry(name.to_owned()).or_default();
-            entry.extend(services.iter().map(|s| s.to_string()));
-        }
+        let entry = self.endpoints.entry(name.to_owned()).or_default();
+        entry.extend(services.iter().map(|s| s.to_string()));
+    }
+
+    /// Whether every proxy of the mesh is looked at, not just those named.
+    pub(super) fn is_mesh_wide(&self) -> bool {
+        self.all != Types::NONE
+    }
+
+    /// The types to translate `name` in, beyond an endpoints patch.
+    pub(super) fn types_of(&self, name: &str) -> Types {
+        self.whole.get(name).map_or(self.all, |t| t.union(self.all))
     }
 }
 
 /// The entry of `mesh` in `out`, touching nothing yet.
 fn touched<'a>(out: &'a mut BTreeMap<String, Touched>, mesh: &str) -> &'a mut Touched {
-    out.entry(mesh.to_owned()).or_insert_with(|| Touched::proxies([]))
+    out.entry(mesh.to_owned()).or_default()
 }
 
 pub(super) fn dataplane(r: &Resource) -> Option<&DataplaneSpec> {
@@ -257,12 +272,10 @@ impl ZoneView {
             // Where other zones are reached: every mesh's cross-zone endpoints.
             Kind::ZoneIngress => {
                 for mesh in self.mesh_names() {
-                    out.insert(mesh, Touched::All);
+                    touched(out, &mesh).add_all(Types::ALL);
                 }
             }
-            Kind::Mesh => {
-                out.insert(key.name.clone(), Touched::All);
-            }
+            Kind::Mesh => touched(out, &key.name).add_all(Types::ALL),
             Kind::Dataplane => {
                 let mut services: BTreeSet<&String> = BTreeSet::new();
                 if let Some(old) = self.get(&key).and_then(|r| dataplane(r)) {
@@ -275,7 +288,7 @@ impl ZoneView {
                 }
                 // The Dataplane itself, in full; its services' callers see other endpoints.
                 let entry = touched(out, &key.mesh);
-                entry.add_whole([key.name.clone()]);
+                entry.add_whole([key.name.clone()], Types::ALL);
                 let mut calls: BTreeMap<&String, BTreeSet<&String>> = BTreeMap::new();
                 if let Some(callers) = self.callers.get(&key.mesh) {
                     for service in services {
@@ -290,7 +303,9 @@ impl ZoneView {
             }
             _ => {
                 // A policy touches the proxies its top-level targetRef selects, before or after
-                // the change; a mesh-wide one (or an older kind without targetRef), all of them.
+                // the change; a mesh-wide one (or an older kind without targetRef), all of them;
+                // in the resource types its plugin shapes (all of them for other kinds).
+                let types = policies::shapes(key.kind);
                 let mut targets = Vec::new();
                 for version in [self.get(&key).map(|r| &**r), upserted(change)]
                     .into_iter()
@@ -299,7 +314,7 @@ impl ZoneView {
                     match top_target(&version.spec) {
                         Some(t) if t.kind != TargetRefKind::Mesh => targets.push(t),
                         _ => {
-                            out.insert(key.mesh.clone(), Touched::All);
+                            touched(out, &key.mesh).add_all(types);
                             return;
                         }
                     }
@@ -316,7 +331,7 @@ impl ZoneView {
                         names.insert(r.name.clone());
                     }
                 }
-                touched(out, &key.mesh).add_whole(names);
+                touched(out, &key.mesh).add_whole(names, types);
             }
         }
     }

@@ -3,6 +3,7 @@
 use meridian_model::{Format, Stored, parse_one};
 
 use super::*;
+use crate::xds::cache::{CLUSTER, LISTENER, ROUTE};
 
 fn change(yaml: &str) -> Change {
     let resource = parse_one(yaml, Format::Yaml).expect("valid").resource;
@@ -41,11 +42,14 @@ fn affected(v: &ZoneView, c: &Change) -> BTreeMap<String, Touched> {
     out
 }
 
-fn only(names: &[&str]) -> BTreeMap<String, Touched> {
-    BTreeMap::from([(
-        "default".to_owned(),
-        Touched::proxies(names.iter().map(|n| n.to_string())),
-    )])
+/// What a MeshTimeout can change: clusters, listeners and routes, never endpoints or secrets.
+const TIMEOUTS: Types = Types::of(&[CLUSTER, LISTENER, ROUTE]);
+
+/// The named proxies of `default`, in `types`.
+fn only(names: &[&str], types: Types) -> BTreeMap<String, Touched> {
+    let mut touched = Touched::default();
+    touched.add_whole(names.iter().map(|n| n.to_string()), types);
+    BTreeMap::from([("default".to_owned(), touched)])
 }
 
 #[test]
@@ -54,8 +58,9 @@ fn a_dataplane_affects_itself_and_the_endpoints_of_its_callers() {
     let c = change(
         "type: Dataplane\nname: reg-2\nnetworking:\n  address: 127.0.0.2\n  inbound:\n  - port: 10001\n    tags: {kuma.io/service: reg-server}\n",
     );
-    let expected = Touched::Some {
-        whole: BTreeSet::from(["reg-2".to_owned()]),
+    let expected = Touched {
+        all: Types::NONE,
+        whole: BTreeMap::from([("reg-2".to_owned(), Types::ALL)]),
         endpoints: BTreeMap::from([("demo-1".to_owned(), BTreeSet::from(["reg-server".to_owned()]))]),
     };
     assert_eq!(
@@ -70,13 +75,19 @@ fn a_policy_affects_the_proxies_it_selects() {
     let c = change(
         "type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshService, name: reg-server}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n",
     );
-    assert_eq!(affected(&v, &c), only(&["reg-1"]));
+    assert_eq!(affected(&v, &c), only(&["reg-1"], TIMEOUTS));
     let mesh_wide = change(
         "type: MeshTimeout\nname: t\nspec:\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n",
     );
     assert_eq!(
         affected(&v, &mesh_wide),
-        BTreeMap::from([("default".to_owned(), Touched::All)])
+        BTreeMap::from([(
+            "default".to_owned(),
+            Touched {
+                all: TIMEOUTS,
+                ..Touched::default()
+            }
+        )])
     );
 }
 
@@ -87,7 +98,7 @@ fn a_retargeted_policy_affects_old_and_new_targets() {
     let moved = change(
         "type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshService, name: db}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s}\n",
     );
-    assert_eq!(affected(&v, &moved), only(&["db-1", "reg-1"]));
+    assert_eq!(affected(&v, &moved), only(&["db-1", "reg-1"], TIMEOUTS));
 }
 
 fn delete(kind: Kind, mesh: &str, name: &str) -> Change {

@@ -21,6 +21,76 @@ pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfigur
 pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 pub const PUSH_ORDER: [&str; 5] = [SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE];
 
+/// A set of resource types: what a change can alter in a proxy's snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Types(u8);
+
+impl Types {
+    pub const NONE: Self = Self(0);
+    pub const ALL: Self = Self((1 << PUSH_ORDER.len()) - 1);
+
+    /// The set of `type_urls` (each one of [`PUSH_ORDER`]).
+    pub const fn of(type_urls: &[&str]) -> Self {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < type_urls.len() {
+            bits |= Self::bit(type_urls[i]);
+            i += 1;
+        }
+        Self(bits)
+    }
+
+    const fn bit(type_url: &str) -> u8 {
+        let mut i = 0;
+        while i < PUSH_ORDER.len() {
+            if const_eq(PUSH_ORDER[i], type_url) {
+                return 1 << i;
+            }
+            i += 1;
+        }
+        panic!("not an xDS resource type Meridian serves")
+    }
+
+    pub fn contains(self, type_url: &str) -> bool {
+        PUSH_ORDER
+            .iter()
+            .position(|t| *t == type_url)
+            .is_some_and(|i| self.0 & (1 << i) != 0)
+    }
+
+    pub const fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    pub const fn intersects(self, other: Self) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    pub fn is_all(self) -> bool {
+        self == Self::ALL
+    }
+
+    /// The types in the set, in push order.
+    pub fn iter(self) -> impl Iterator<Item = &'static str> {
+        PUSH_ORDER.into_iter().filter(move |t| self.contains(t))
+    }
+}
+
+const fn const_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// Identifies a proxy: its mesh and Dataplane name (Envoy's node id is `mesh.name`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProxyId {
@@ -227,6 +297,55 @@ impl SnapshotCache {
         });
         // The old snapshot (often its last owner) is dropped here, outside the shard's lock.
         Ok(replaced.is_some())
+    }
+
+    /// Replaces the resources of `types` in the proxy's snapshot with those of `partial` (what
+    /// a translation of those types alone made), keeping the rest, once the result is found
+    /// consistent. `None` when the proxy has no snapshot to start from (or another write came
+    /// first): it needs a full translation.
+    pub fn set_types(
+        &self,
+        id: &ProxyId,
+        partial: Snapshot,
+        types: Types,
+    ) -> Result<Option<bool>, Inconsistent> {
+        let current = self
+            .shard(id)
+            .get(id)
+            .filter(|e| e.registered)
+            .map(|e| (e.snapshot.borrow().clone(), e.digest));
+        let Some((current, base)) = current else {
+            return Ok(None);
+        };
+        let mut merged = Snapshot {
+            resources: current
+                .resources
+                .iter()
+                .filter(|(type_url, _)| !types.contains(type_url))
+                .map(|(type_url, items)| (*type_url, items.clone()))
+                .collect(),
+        };
+        for (type_url, items) in partial.resources {
+            if types.contains(type_url) {
+                merged.resources.insert(type_url, items);
+            }
+        }
+        consistency::check(&merged)?;
+        let digest = merged.digest();
+        let replaced = self.with_entry(id, |e| {
+            if e.digest != base {
+                return Err(());
+            }
+            if e.digest == digest {
+                return Ok(None);
+            }
+            e.digest = digest;
+            Ok(Some(e.snapshot.send_replace(Arc::new(merged))))
+        });
+        Ok(match replaced {
+            Err(()) => None,
+            Ok(old) => Some(old.is_some()),
+        })
     }
 
     /// Puts the endpoint assignments of `partial` into the proxy's snapshot, when `partial`

@@ -13,6 +13,8 @@ pub struct XdsMetrics {
     pub acks: Counter,
     pub nacks: Counter,
     pub generations: Counter,
+    /// Proxy snapshots regenerated in some resource types only (after a policy change).
+    pub partial_generations: Counter,
     /// Proxies whose endpoints were patched in, with no full translation.
     pub endpoint_patches: Counter,
     /// Streams refused for a missing or wrong dataplane token.
@@ -41,6 +43,11 @@ impl XdsMetrics {
             "xds_generations",
             "Proxy snapshots regenerated",
             m.generations.clone(),
+        );
+        registry.register(
+            "xds_partial_generations",
+            "Proxy snapshots regenerated in the resource types a policy change can alter, the rest kept",
+            m.partial_generations.clone(),
         );
         registry.register(
             "xds_endpoint_patches",

@@ -53,7 +53,7 @@ use meridian_model::resolve::access::Access;
 use meridian_model::resolve::ProxyView;
 use prost::{Message, Name};
 
-use super::cache::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot};
+use super::cache::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot, Types};
 use super::policies::mesh_timeout::DEFAULT_CONNECT_TIMEOUT;
 use super::policies::{self, Generated, InboundResources, OutboundResources, ProxyInput};
 use super::tls;
@@ -207,16 +207,31 @@ pub fn proxy_snapshot(
     dp: &DataplaneSpec,
     identity: Option<Identity<'_>>,
 ) -> Snapshot {
+    proxy_snapshot_of(ctx, name, labels, dp, identity, Types::ALL)
+}
+
+/// What [`proxy_snapshot`] makes of the resources of `types` alone: plugins that shape none
+/// of them do not run, and no other type is packed.
+pub fn proxy_snapshot_of(
+    ctx: &MeshContext,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    dp: &DataplaneSpec,
+    identity: Option<Identity<'_>>,
+    types: Types,
+) -> Snapshot {
     let mut snap = Snapshot::default();
     let (tls, complete) = match (&ctx.tls, identity) {
         (None, _) => (None, true),
         (Some(settings), Some(id)) => {
-            snap.insert(
-                SECRET,
-                tls::IDENTITY_SECRET.into(),
-                tls::identity_secret(id.cert, id.key),
-            );
-            snap.insert(SECRET, tls::CA_SECRET.into(), tls::ca_secret(id.ca_cert));
+            if types.contains(SECRET) {
+                snap.insert(
+                    SECRET,
+                    tls::IDENTITY_SECRET.into(),
+                    tls::identity_secret(id.cert, id.key),
+                );
+                snap.insert(SECRET, tls::CA_SECRET.into(), tls::ca_secret(id.ca_cert));
+            }
             (Some(settings), true)
         }
         (Some(_), None) => (None, false),
@@ -231,7 +246,7 @@ pub fn proxy_snapshot(
     } else {
         Generated::default()
     };
-    shape_and_pack(&mut snap, ctx, view, tls, generated);
+    shape_and_pack(&mut snap, ctx, view, tls, generated, types);
     snap
 }
 
@@ -254,7 +269,7 @@ pub fn outbounds_snapshot(
     };
     let tls = ctx.tls.as_ref();
     let generated = base_resources(ctx, dp, tls, Some(services));
-    shape_and_pack(&mut snap, ctx, view, tls, generated);
+    shape_and_pack(&mut snap, ctx, view, tls, generated, Types::ALL);
     snap
 }
 
@@ -264,6 +279,7 @@ fn shape_and_pack(
     view: ProxyView<'_>,
     tls: Option<&TlsSettings>,
     mut generated: Generated,
+    types: Types,
 ) {
     let dp = view.dataplane;
     let own_service = dp
@@ -279,8 +295,8 @@ fn shape_and_pack(
         tls,
         own_service,
     };
-    policies::apply_all(&input, &mut generated);
-    pack_into(snap, ctx, generated, tls);
+    policies::apply_all(&input, &mut generated, types);
+    pack_into(snap, ctx, generated, tls, types);
 }
 
 /// What a proxy gets before any policy shapes it: an inbound listener and a cluster to the
@@ -430,14 +446,26 @@ fn base_resources(
     generated
 }
 
-/// Packs the shaped resources into the snapshot: inbound filter chains (with RBAC and TLS as
-/// the mesh says), outbound listeners, clusters, endpoints and routes.
-fn pack_into(snap: &mut Snapshot, ctx: &MeshContext, generated: Generated, tls: Option<&TlsSettings>) {
-    for cluster in &generated.clusters {
+/// Packs the shaped resources of `types` into the snapshot: inbound filter chains (with RBAC
+/// and TLS as the mesh says), outbound listeners, clusters, endpoints and routes.
+fn pack_into(
+    snap: &mut Snapshot,
+    ctx: &MeshContext,
+    generated: Generated,
+    tls: Option<&TlsSettings>,
+    types: Types,
+) {
+    let (clusters, listeners) = (types.contains(CLUSTER), types.contains(LISTENER));
+    for cluster in generated.clusters.iter().filter(|_| clusters) {
         snap.insert(CLUSTER, cluster.name.clone(), pack(cluster));
     }
     for inbound in generated.inbounds {
-        snap.insert(CLUSTER, inbound.cluster.name.clone(), pack(&inbound.cluster));
+        if clusters {
+            snap.insert(CLUSTER, inbound.cluster.name.clone(), pack(&inbound.cluster));
+        }
+        if !listeners {
+            continue;
+        }
         let listener_name = format!("inbound:{}:{}", inbound.address, inbound.port);
         let stat_prefix = listener_name.replace(':', "_");
         let chain = |access: Option<&Access>| -> Vec<Filter> {
@@ -497,10 +525,17 @@ fn pack_into(snap: &mut Snapshot, ctx: &MeshContext, generated: Generated, tls: 
         snap.insert(LISTENER, listener_name, pack(&l));
     }
     for o in generated.outbounds {
-        snap.insert(CLUSTER, o.service.clone(), pack(&o.cluster));
-        snap.insert(ENDPOINT, o.service.clone(), pack(&o.endpoints));
-        if let Some(route) = &o.route {
+        if clusters {
+            snap.insert(CLUSTER, o.service.clone(), pack(&o.cluster));
+        }
+        if types.contains(ENDPOINT) {
+            snap.insert(ENDPOINT, o.service.clone(), pack(&o.endpoints));
+        }
+        if let Some(route) = o.route.as_ref().filter(|_| types.contains(ROUTE)) {
             snap.insert(ROUTE, route.name.clone(), pack(route));
+        }
+        if !listeners {
+            continue;
         }
         let filter = match (&o.http, &o.tcp) {
             (Some(hcm), _) => hcm_filter(hcm),

@@ -3,6 +3,7 @@
 //! applies (they are what makes a dead zone's traffic fail over). Inbound (`from` with
 //! `targetRef: Mesh`, and `rules`): the same on the cluster to the app, only as set.
 
+use crate::xds::cache::{CLUSTER, Types};
 use std::time::Duration as StdDuration;
 
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
@@ -24,6 +25,10 @@ pub struct Plugin;
 impl PolicyPlugin for Plugin {
     fn kinds(&self) -> &'static [Kind] {
         &[Kind::MeshCircuitBreaker]
+    }
+
+    fn shapes(&self) -> Types {
+        Types::of(&[CLUSTER])
     }
 
     fn apply(&self, input: &ProxyInput<'_>, generated: &mut Generated) {

@@ -2,6 +2,7 @@
 //! gRPC or TCP, as the service speaks and the policy says), with their timing, jitter,
 //! thresholds, logging and connection reuse, and the cluster's panic threshold.
 
+use crate::xds::cache::{CLUSTER, Types};
 use std::time::Duration as StdDuration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -39,6 +40,10 @@ pub struct Plugin;
 impl PolicyPlugin for Plugin {
     fn kinds(&self) -> &'static [Kind] {
         &[Kind::MeshHealthCheck]
+    }
+
+    fn shapes(&self) -> Types {
+        Types::of(&[CLUSTER])
     }
 
     fn apply(&self, input: &ProxyInput<'_>, generated: &mut Generated) {

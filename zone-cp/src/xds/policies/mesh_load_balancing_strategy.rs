@@ -4,6 +4,7 @@
 //! gives them, with the failover threshold as Envoy's overprovisioning factor. With no policy,
 //! every other zone with the service is the next priority (Kuma's default).
 
+use crate::xds::cache::{CLUSTER, ENDPOINT, ROUTE, Types};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     LbConfig, LbPolicy, LeastRequestLbConfig, MaglevLbConfig, RingHashLbConfig, ring_hash_lb_config,
@@ -35,6 +36,10 @@ pub struct Plugin;
 impl PolicyPlugin for Plugin {
     fn kinds(&self) -> &'static [Kind] {
         &[Kind::MeshLoadBalancingStrategy]
+    }
+
+    fn shapes(&self) -> Types {
+        Types::of(&[CLUSTER, ENDPOINT, ROUTE])
     }
 
     fn apply(&self, input: &ProxyInput<'_>, generated: &mut Generated) {

@@ -5,6 +5,7 @@
 //! default another host, away from the zone that failed). TCP services: the TCP proxy's
 //! connection attempts (`tcp.maxConnectAttempt`).
 
+use crate::xds::cache::{LISTENER, ROUTE, Types};
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType as HostPredicateConfig;
 use envoy_types::pb::envoy::config::route::v3::retry_policy::retry_priority::ConfigType as PriorityConfig;
@@ -34,6 +35,10 @@ pub struct Plugin;
 impl PolicyPlugin for Plugin {
     fn kinds(&self) -> &'static [Kind] {
         &[Kind::MeshRetry]
+    }
+
+    fn shapes(&self) -> Types {
+        Types::of(&[LISTENER, ROUTE])
     }
 
     fn apply(&self, input: &ProxyInput<'_>, generated: &mut Generated) {

@@ -4,6 +4,7 @@
 //! Inbound (`from` with `targetRef: Mesh`, and `rules`): the same on the inbound's listener,
 //! route and cluster to the app. Kuma's defaults apply where no policy sets a value.
 
+use crate::xds::cache::{CLUSTER, LISTENER, ROUTE, Types};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions;
@@ -54,6 +55,10 @@ fn shape_listener(hcm: &mut HttpConnectionManager, conf: &TimeoutConf, inbound: 
 impl PolicyPlugin for Plugin {
     fn kinds(&self) -> &'static [Kind] {
         &[Kind::MeshTimeout]
+    }
+
+    fn shapes(&self) -> Types {
+        Types::of(&[CLUSTER, LISTENER, ROUTE])
     }
 
     fn apply(&self, input: &ProxyInput<'_>, generated: &mut Generated) {

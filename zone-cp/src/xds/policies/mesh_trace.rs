@@ -13,6 +13,7 @@
 //! inbound's span and the outbound spans of the calls the app makes (the app passes the
 //! headers on) join one trace across sidecars.
 
+use crate::xds::cache::{CLUSTER, LISTENER, Types};
 use std::collections::{BTreeMap, HashMap};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -48,6 +49,10 @@ pub struct Plugin;
 impl PolicyPlugin for Plugin {
     fn kinds(&self) -> &'static [Kind] {
         &[Kind::MeshTrace]
+    }
+
+    fn shapes(&self) -> Types {
+        Types::of(&[CLUSTER, LISTENER])
     }
 
     /// Tracing on every HTTP connection manager of the proxy, and a cluster to the collector.

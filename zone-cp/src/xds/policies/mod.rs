@@ -34,6 +34,7 @@ use meridian_model::extension::{self, ExtensionKind, RegisterError};
 use meridian_model::resolve::ProxyView;
 use meridian_model::resolve::access::Access;
 
+use super::cache::Types;
 use super::translate::{MeshContext, ServiceEndpoint, TlsSettings};
 
 /// What a plugin reads: the mesh, the proxy, and whether mTLS is on for it.
@@ -104,6 +105,11 @@ impl Generated {
 pub trait PolicyPlugin: Sync {
     /// The kinds whose policies this applies.
     fn kinds(&self) -> &'static [Kind];
+    /// The resource types `apply` can change: a change to a policy of its kinds regenerates
+    /// these alone. All of them unless a plugin says otherwise.
+    fn shapes(&self) -> Types {
+        Types::ALL
+    }
     fn apply(&self, input: &ProxyInput<'_>, generated: &mut Generated);
 }
 
@@ -131,16 +137,27 @@ pub fn plugins() -> Vec<&'static dyn PolicyPlugin> {
         .collect()
 }
 
-/// Runs every plugin over `generated`.
-pub fn apply_all(input: &ProxyInput<'_>, generated: &mut Generated) {
+/// Runs every plugin that shapes any of `types` over `generated` (the others change nothing
+/// that is kept).
+pub fn apply_all(input: &ProxyInput<'_>, generated: &mut Generated, types: Types) {
     // Per proxy, on the generation path: no list is built, the lock is a read.
-    for plugin in PLUGINS {
-        plugin.apply(input, generated);
-    }
     let registered = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
-    for plugin in registered.iter() {
-        plugin.apply(input, generated);
+    for plugin in PLUGINS.iter().chain(registered.iter()) {
+        if plugin.shapes().intersects(types) {
+            plugin.apply(input, generated);
+        }
     }
+}
+
+/// The resource types a change to a resource of `kind` can alter in a proxy's snapshot: its
+/// plugin's, for a policy kind; all of them for any other kind.
+pub fn shapes(kind: Kind) -> Types {
+    let registered = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
+    PLUGINS
+        .iter()
+        .chain(registered.iter())
+        .find(|p| p.kinds().contains(&kind))
+        .map_or(Types::ALL, |p| p.shapes())
 }
 
 /// Why a policy kind and its plugin do not fit together.
