@@ -158,22 +158,25 @@ pub fn content_hash(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
-/// Everything one proxy should have, by type URL and resource name.
+/// The resources of one type, by name.
+pub type Resources = BTreeMap<String, Versioned>;
+
+/// Everything one proxy should have, by type URL and resource name. Each type's resources are
+/// shared, so a snapshot made from another (an endpoints patch, a policy change in some types)
+/// copies only the types it changes.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
-    pub resources: BTreeMap<&'static str, BTreeMap<String, Versioned>>,
+    pub resources: BTreeMap<&'static str, Arc<Resources>>,
 }
 
 impl Snapshot {
     pub fn insert(&mut self, type_url: &'static str, name: String, resource: Any) {
-        self.resources
-            .entry(type_url)
-            .or_default()
-            .insert(name, Versioned::new(resource));
+        let items = self.resources.entry(type_url).or_default();
+        Arc::make_mut(items).insert(name, Versioned::new(resource));
     }
 
-    pub fn of_type(&self, type_url: &str) -> Option<&BTreeMap<String, Versioned>> {
-        self.resources.get(type_url)
+    pub fn of_type(&self, type_url: &str) -> Option<&Resources> {
+        self.resources.get(type_url).map(|items| &**items)
     }
 
     /// A hash of every resource's type, name and version: equal digests, equal snapshots.
@@ -181,7 +184,7 @@ impl Snapshot {
         let mut h = DefaultHasher::new();
         for (type_url, items) in &self.resources {
             type_url.hash(&mut h);
-            for (name, r) in items {
+            for (name, r) in items.iter() {
                 name.hash(&mut h);
                 r.version.hash(&mut h);
             }
@@ -376,22 +379,24 @@ impl SnapshotCache {
         if !agrees {
             return Patch::Diverged;
         }
-        let mut patched = (*current).clone();
-        let mut changed = false;
-        if let (Some(assignments), Some(held)) =
-            (partial.of_type(ENDPOINT), patched.resources.get_mut(ENDPOINT))
+        let changed: Vec<(&String, &Versioned)> = match (partial.of_type(ENDPOINT), current.of_type(ENDPOINT))
         {
-            for (name, r) in assignments {
-                if let Some(slot) = held.get_mut(name)
-                    && slot.version != r.version
-                {
-                    *slot = r.clone();
-                    changed = true;
-                }
-            }
-        }
-        if !changed {
+            (Some(assignments), Some(held)) => assignments
+                .iter()
+                .filter(|(name, r)| held.get(*name).is_some_and(|h| h.version != r.version))
+                .collect(),
+            _ => Vec::new(),
+        };
+        if changed.is_empty() {
             return Patch::Patched(false);
+        }
+        // The other types stay shared with the snapshot patched.
+        let mut patched = (*current).clone();
+        if let Some(held) = patched.resources.get_mut(ENDPOINT) {
+            let held = Arc::make_mut(held);
+            for (name, r) in changed {
+                held.insert(name.clone(), r.clone());
+            }
         }
         let digest = patched.digest();
         let replaced = self.with_entry(id, |e| {

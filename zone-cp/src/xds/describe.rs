@@ -133,7 +133,7 @@ pub fn describe(any: &Any) -> String {
 pub fn describe_snapshot(snapshot: &Snapshot) -> String {
     let mut out = String::new();
     for (type_url, items) in &snapshot.resources {
-        for (name, r) in items {
+        for (name, r) in items.iter() {
             out.push_str(&format!(
                 "=== {} {name} (version {})\n",
                 type_url.rsplit('.').next().unwrap_or(type_url),
