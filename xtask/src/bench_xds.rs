@@ -238,6 +238,8 @@ pub(crate) struct Progress {
     /// Proxies that received their certificate.
     secured: AtomicUsize,
     last_secured: Mutex<Option<Instant>>,
+    /// Streams turned away while too many were starting, and tried again.
+    pub(crate) retries: AtomicUsize,
 }
 
 impl Progress {
@@ -349,27 +351,40 @@ async fn simulate(
     id: usize,
     progress: Arc<Progress>,
 ) -> Result<()> {
-    let (tx, rx) = mpsc::channel(8);
-    for (i, (type_url, names)) in TYPES.iter().enumerate() {
-        tx.send(DeltaDiscoveryRequest {
-            node: (i == 0).then(|| Node {
-                id: format!("default.dp-{id}"),
+    // Turned away while too many streams start at once, it tries again later, as Envoy does.
+    let mut attempt = 0u64;
+    let (tx, mut responses) = loop {
+        let (tx, rx) = mpsc::channel(8);
+        for (i, (type_url, names)) in TYPES.iter().enumerate() {
+            tx.send(DeltaDiscoveryRequest {
+                node: (i == 0).then(|| Node {
+                    id: format!("default.dp-{id}"),
+                    ..Default::default()
+                }),
+                type_url: (*type_url).into(),
+                resource_names_subscribe: if names.is_empty() {
+                    vec![]
+                } else {
+                    vec![(*names).into()]
+                },
                 ..Default::default()
-            }),
-            type_url: (*type_url).into(),
-            resource_names_subscribe: if names.is_empty() {
-                vec![]
-            } else {
-                vec![(*names).into()]
-            },
-            ..Default::default()
-        })
-        .await?;
-    }
-    let mut responses = client
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+            })
+            .await?;
+        }
+        match client.delta_aggregated_resources(ReceiverStream::new(rx)).await {
+            Ok(r) => break (tx, r.into_inner()),
+            Err(status) if status.code() == tonic::Code::Unavailable && attempt < 20 => {
+                attempt += 1;
+                progress.retries.fetch_add(1, Ordering::Relaxed);
+                // 0.5 s to 1.5 s, spread by the proxy's id.
+                tokio::time::sleep(Duration::from_millis(
+                    500 + (id as u64 * 7919 + attempt * 104_729) % 1000,
+                ))
+                .await;
+            }
+            Err(status) => return Err(status.into()),
+        }
+    };
     let mut seen_types = 0;
     let mut seen_epoch = 0;
     while let Some(r) = responses.message().await? {
@@ -456,8 +471,9 @@ async fn measure(pid: u32, api: &str, xds: &str, proxies: usize, mtls: bool, chu
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = rss_kib(pid)?;
     println!(
-        "streams held: {proxies}, all configured {:.2}s after the first connect",
-        connect_time.as_secs_f64()
+        "streams held: {proxies}, all configured {:.2}s after the first connect ({} turned away while too many were starting, and retried)",
+        connect_time.as_secs_f64(),
+        progress.retries.load(Ordering::Relaxed)
     );
     println!(
         "zone-cp RSS: {:.1} MiB before streams, {:.1} MiB with them: {:.1} KiB per stream",

@@ -6,6 +6,7 @@ pub mod describe;
 pub mod grpc;
 pub mod metrics;
 pub mod policies;
+pub mod resource_types;
 pub mod server;
 mod streams;
 pub mod tls;
