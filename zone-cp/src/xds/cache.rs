@@ -436,6 +436,69 @@ mod tests {
     }
 
     #[test]
+    fn an_inconsistent_snapshot_is_refused_and_the_last_good_one_stays() {
+        use crate::xds::translate::{eds_cluster, pack};
+        let cache = SnapshotCache::default();
+        let id = ProxyId::new("default", "dp-1");
+        let mut good = Snapshot::default();
+        good.insert(CLUSTER, "c".into(), any(b"1"));
+        cache.set(&id, good.clone()).expect("consistent");
+        let mut rx = cache.watch(&id);
+        rx.borrow_and_update();
+        // A cluster whose endpoints come over EDS, with no assignment for it.
+        let mut bad = good.clone();
+        bad.insert(CLUSTER, "web".into(), pack(&eds_cluster("web")));
+        assert!(matches!(
+            cache.set(&id, bad.clone()),
+            Err(Inconsistent::Missing { .. })
+        ));
+        let clusters = Types::of(&[CLUSTER]);
+        assert!(matches!(
+            cache.set_types(&id, bad, clusters),
+            Err(Inconsistent::Missing { .. })
+        ));
+        assert_eq!(
+            *cache.snapshot(&id).expect("held"),
+            good,
+            "the last good one stays"
+        );
+        assert!(!rx.has_changed().unwrap_or(true), "no stream woke");
+    }
+
+    #[test]
+    fn a_partial_snapshot_replaces_its_types_whole_and_keeps_the_rest() {
+        let cache = SnapshotCache::default();
+        let id = ProxyId::new("default", "dp-1");
+        let clusters = Types::of(&[CLUSTER]);
+        let mut partial = Snapshot::default();
+        partial.insert(CLUSTER, "b".into(), any(b"2"));
+        assert_eq!(
+            cache.set_types(&id, partial.clone(), clusters),
+            Ok(None),
+            "no snapshot to keep the rest of"
+        );
+        let mut full = Snapshot::default();
+        full.insert(CLUSTER, "a".into(), any(b"1"));
+        full.insert(LISTENER, "l".into(), any(b"listener"));
+        cache.set(&id, full.clone()).expect("consistent");
+        assert_eq!(cache.set_types(&id, partial.clone(), clusters), Ok(Some(true)));
+        let held = cache.snapshot(&id).expect("held");
+        let names: Vec<&String> = held
+            .of_type(CLUSTER)
+            .into_iter()
+            .flatten()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["b"], "clusters replaced as a whole: \"a\" is gone");
+        assert_eq!(held.of_type(LISTENER), full.of_type(LISTENER), "listeners kept");
+        assert_eq!(
+            cache.set_types(&id, partial, clusters),
+            Ok(Some(false)),
+            "no change"
+        );
+    }
+
+    #[test]
     fn endpoints_are_patched_only_into_a_snapshot_that_agrees() {
         let cache = SnapshotCache::default();
         let id = ProxyId::new("default", "dp-1");
