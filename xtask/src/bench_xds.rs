@@ -198,10 +198,7 @@ async fn generated(http: &reqwest::Client, api: &str) -> Result<u64> {
 async fn generations(http: &reqwest::Client, api: &str) -> Result<(u64, u64, u64)> {
     Ok((
         metric(http, api, "meridian_xds_generations_total").await?,
-        // Absent from a zone-cp older than partial generation, which the bench may compare.
-        metric(http, api, "meridian_xds_partial_generations_total")
-            .await
-            .unwrap_or(0),
+        metric(http, api, "meridian_xds_partial_generations_total").await?,
         metric(http, api, "meridian_xds_endpoint_patches_total").await?,
     ))
 }

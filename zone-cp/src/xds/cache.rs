@@ -235,11 +235,7 @@ impl SnapshotCache {
         partial: Snapshot,
         types: Types,
     ) -> Result<Option<bool>, Inconsistent> {
-        let current = self
-            .shard(id)
-            .get(id)
-            .filter(|e| e.registered)
-            .map(|e| (e.snapshot.borrow().clone(), e.digest));
+        let current = self.registered(id);
         let Some((current, base)) = current else {
             return Ok(None);
         };
@@ -257,21 +253,7 @@ impl SnapshotCache {
             }
         }
         consistency::check(&merged)?;
-        let digest = merged.digest();
-        let replaced = self.with_entry(id, |e| {
-            if e.digest != base {
-                return Err(());
-            }
-            if e.digest == digest {
-                return Ok(None);
-            }
-            e.digest = digest;
-            Ok(Some(e.snapshot.send_replace(Arc::new(merged))))
-        });
-        Ok(match replaced {
-            Err(()) => None,
-            Ok(old) => Some(old.is_some()),
-        })
+        Ok(self.replace_from(id, base, merged))
     }
 
     /// Puts the endpoint assignments of `partial` into the proxy's snapshot, when `partial`
@@ -281,11 +263,7 @@ impl SnapshotCache {
     /// would differ from the snapshot in those assignments alone, and no name changes, so the
     /// patched snapshot stays consistent without checking it again.
     pub fn patch_endpoints(&self, id: &ProxyId, partial: &Snapshot) -> Patch {
-        let current = self
-            .shard(id)
-            .get(id)
-            .filter(|e| e.registered)
-            .map(|e| (e.snapshot.borrow().clone(), e.digest));
+        let current = self.registered(id);
         let Some((current, base)) = current else {
             return Patch::Diverged;
         };
@@ -321,20 +299,37 @@ impl SnapshotCache {
                 held.insert(name.clone(), r.clone());
             }
         }
-        let digest = patched.digest();
+        match self.replace_from(id, base, patched) {
+            Some(changed) => Patch::Patched(changed),
+            None => Patch::Diverged,
+        }
+    }
+
+    /// The snapshot of a proxy the reconciler made, and its digest: what a partial write
+    /// starts from.
+    fn registered(&self, id: &ProxyId) -> Option<(Arc<Snapshot>, u64)> {
+        let map = self.shard(id);
+        let e = map.get(id).filter(|e| e.registered)?;
+        Some((e.snapshot.borrow().clone(), e.digest))
+    }
+
+    /// Replaces the snapshot whose digest was `base` with `snapshot`; returns whether that
+    /// changed it, or `None` when another write came first (what was made from `base` is
+    /// stale). Only the reconciler writes snapshots, so that is not expected.
+    fn replace_from(&self, id: &ProxyId, base: u64, snapshot: Snapshot) -> Option<bool> {
+        let digest = snapshot.digest();
         let replaced = self.with_entry(id, |e| {
-            // Only the reconciler writes snapshots; should another write have come first,
-            // this patch is stale.
             if e.digest != base {
                 return None;
             }
+            if e.digest == digest {
+                return Some(None);
+            }
             e.digest = digest;
-            Some(e.snapshot.send_replace(Arc::new(patched)))
+            Some(Some(e.snapshot.send_replace(Arc::new(snapshot))))
         });
-        match replaced {
-            Some(_) => Patch::Patched(true),
-            None => Patch::Diverged,
-        }
+        // The old snapshot (often its last owner) is dropped here, outside the shard's lock.
+        replaced.map(|old| old.is_some())
     }
 
     /// Drops a proxy whose Dataplane is gone; its stream, if any, sees an empty snapshot.

@@ -10,7 +10,7 @@ pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets
 pub const PUSH_ORDER: [&str; 5] = [SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE];
 
 /// A set of resource types: what a change can alter in a proxy's snapshot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Types(u8);
 
 impl Types {
@@ -64,6 +64,15 @@ impl Types {
     }
 }
 
+/// The short names of the types, as logs and test failures show them: `{"Cluster", "Listener"}`.
+impl std::fmt::Debug for Types {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set()
+            .entries(self.iter().map(|t| t.rsplit('.').next().unwrap_or(t)))
+            .finish()
+    }
+}
+
 const fn const_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     if a.len() != b.len() {
@@ -91,5 +100,6 @@ mod tests {
         assert_eq!(set.union(Types::of(&[SECRET, ENDPOINT, ROUTE])), Types::ALL);
         assert!(!Types::ALL.contains("type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"));
         assert_eq!(Types::NONE.iter().count(), 0);
+        assert_eq!(format!("{set:?}"), r#"{"Cluster", "Listener"}"#);
     }
 }
