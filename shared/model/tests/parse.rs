@@ -392,6 +392,58 @@ spec:
     - default:
         http: {requestHeadersTimeout: 500ms}
 ",
+"type: MeshHTTPRoute
+name: split
+mesh: default
+spec:
+  targetRef: {kind: Mesh}
+  to:
+    - targetRef: {kind: MeshService, name: backend}
+      rules:
+        - matches:
+            - path: {type: PathPrefix, value: /api}
+              method: GET
+              headers: [{type: Exact, name: x-version, value: v2}]
+              queryParams: [{type: RegularExpression, name: q, value: \"a.*\"}]
+          default:
+            filters:
+              - type: RequestHeaderModifier
+                requestHeaderModifier: {set: [{name: x-a, value: a}], remove: [x-b]}
+              - type: URLRewrite
+                urlRewrite: {hostname: backend.mesh, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
+              - type: RequestMirror
+                requestMirror: {percentage: 30, backendRef: {kind: MeshService, name: shadow}}
+            backendRefs:
+              - {kind: MeshServiceSubset, name: backend, tags: {version: v2}, weight: 80}
+              - {kind: MeshService, name: backend, weight: 20}
+",
+    "type: MeshFaultInjection
+name: faults
+mesh: default
+spec:
+  targetRef: {kind: MeshService, name: backend}
+  from:
+    - targetRef: {kind: Mesh}
+      default:
+        http:
+          - abort: {httpStatus: 503, percentage: 50}
+            delay: {value: 200ms, percentage: \"12.5\"}
+            responseBandwidth: {limit: 50kbps, percentage: 100}
+",
+    "type: MeshRateLimit
+name: limits
+mesh: default
+spec:
+  targetRef: {kind: Mesh}
+  rules:
+    - default:
+        local:
+          http:
+            requestRate: {num: 10, interval: 1s}
+            onRateLimit: {status: 423, headers: {set: [{name: x-limited, value: \"true\"}]}}
+          tcp:
+            connectionRate: {num: 100, interval: 1s}
+",
     "type: ZoneIngress
 name: ingress-1
 networking:

@@ -286,6 +286,22 @@ impl ZoneView {
                 {
                     services.extend(served(new));
                 }
+                // Services whose routes send to these: their callers hold these clusters too.
+                let routes = self.meshes.get(&key.mesh).into_iter().flat_map(|m| {
+                    m.range((Kind::MeshHTTPRoute, String::new())..)
+                        .take_while(|((k, _), _)| *k == Kind::MeshHTTPRoute)
+                });
+                let mut routed: BTreeSet<String> = BTreeSet::new();
+                for (_, r) in routes {
+                    if let Spec::MeshHTTPRoute(route) = &r.spec {
+                        for (from, backend) in route.backends() {
+                            if from != backend.name && services.contains(&&backend.name) {
+                                routed.insert(from.to_owned());
+                            }
+                        }
+                    }
+                }
+                let services: BTreeSet<&String> = services.into_iter().chain(routed.iter()).collect();
                 // The Dataplane itself, in full; its services' callers see other endpoints.
                 let entry = touched(out, &key.mesh);
                 entry.add_whole([key.name.clone()], Types::ALL);

@@ -65,6 +65,8 @@ pub struct MeshContext {
     pub policies: MeshPolicies,
     /// Ready instances of each service in other zones, by zone.
     pub remote: BTreeMap<String, BTreeMap<String, u32>>,
+    /// The tags of those instances, by service then zone (what a subset counts).
+    pub remote_tags: BTreeMap<String, BTreeMap<String, Vec<BTreeMap<String, String>>>>,
     /// The mesh's Secrets, decoded, by name (what policies refer to).
     pub secrets: BTreeMap<String, Vec<u8>>,
     /// The other zones and their ingresses (set by the reconciler).
@@ -150,6 +152,7 @@ impl MeshContext {
         let mut info = ServiceInfo::default();
         let mut endpoints = Vec::new();
         let mut remote: BTreeMap<String, u32> = BTreeMap::new();
+        let mut remote_tags: BTreeMap<String, Vec<BTreeMap<String, String>>> = BTreeMap::new();
         let mut tags = Vec::new();
         for r in dataplanes {
             let Spec::Dataplane(dp) = &r.spec else { continue };
@@ -165,6 +168,10 @@ impl MeshContext {
                     Some(zone) => {
                         if ready {
                             *remote.entry(zone.clone()).or_default() += 1;
+                            remote_tags
+                                .entry(zone.clone())
+                                .or_default()
+                                .push(inbound.tags.clone());
                         }
                     }
                     None => endpoints.push(ServiceEndpoint {
@@ -182,6 +189,7 @@ impl MeshContext {
         if tags.is_empty() {
             self.services.remove(service);
             self.remote.remove(service);
+            self.remote_tags.remove(service);
             self.policies.service_tags.remove(service);
             return;
         }
@@ -189,9 +197,40 @@ impl MeshContext {
         info.endpoints = Arc::new(endpoints);
         self.services.insert(service.to_owned(), info);
         match remote.is_empty() {
-            true => self.remote.remove(service),
-            false => self.remote.insert(service.to_owned(), remote),
+            true => {
+                self.remote.remove(service);
+                self.remote_tags.remove(service);
+            }
+            false => {
+                self.remote.insert(service.to_owned(), remote);
+                self.remote_tags.insert(service.to_owned(), remote_tags);
+            }
         };
         self.policies.service_tags.insert(service.to_owned(), tags);
+    }
+
+    /// Ready instances of `service` in other zones, by zone; of those with `tags` only, for a
+    /// subset. `None` when there are none.
+    pub fn remote_instances(
+        &self,
+        service: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Option<std::borrow::Cow<'_, BTreeMap<String, u32>>> {
+        if tags.is_empty() {
+            return self.remote.get(service).map(std::borrow::Cow::Borrowed);
+        }
+        let counts: BTreeMap<String, u32> = self
+            .remote_tags
+            .get(service)?
+            .iter()
+            .filter_map(|(zone, instances)| {
+                let n = instances
+                    .iter()
+                    .filter(|t| tags.iter().all(|(k, v)| t.get(k) == Some(v)))
+                    .count();
+                (n > 0).then(|| (zone.clone(), n as u32))
+            })
+            .collect();
+        (!counts.is_empty()).then_some(std::borrow::Cow::Owned(counts))
     }
 }

@@ -34,7 +34,23 @@ pub use meridian_model::policies::zone_ingress::INGRESS_NODE_MESH as INGRESS_MES
 
 /// The SNI that names a service of a mesh to a zone ingress (Kuma's form).
 pub fn sni(mesh: &str, service: &str) -> String {
-    format!("{service}{{mesh={mesh}}}")
+    sni_tagged(mesh, service, &BTreeMap::new())
+}
+
+/// The SNI of a service's instances with `tags` (`backend{mesh=default,version=v2}`).
+pub fn sni_tagged(mesh: &str, service: &str, tags: &BTreeMap<String, String>) -> String {
+    let mut all = tags.clone();
+    all.insert("mesh".into(), mesh.to_owned());
+    tagged(service, &all)
+}
+
+/// A service, or its instances with `tags` (`backend{version=v2}`): cluster names and SNIs.
+pub fn tagged(service: &str, tags: &BTreeMap<String, String>) -> String {
+    if tags.is_empty() {
+        return service.to_owned();
+    }
+    let pairs: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{service}{{{}}}", pairs.join(","))
 }
 
 /// What a zone knows of the others, for every mesh's translation.
@@ -103,11 +119,30 @@ pub fn ingress_snapshot(ingress: &ZoneIngressSpec, meshes: &[&MeshContext]) -> S
     let mut snap = Snapshot::default();
     let mut chains = Vec::new();
     for ctx in meshes.iter().filter(|c| c.tls.is_some()) {
-        for (service, info) in &ctx.services {
-            if info.endpoints.is_empty() {
+        // Each service whole, and each of its subsets that a route sends to.
+        let mut destinations: std::collections::BTreeSet<(&String, BTreeMap<String, String>)> =
+            ctx.services.keys().map(|s| (s, BTreeMap::new())).collect();
+        for route in &ctx.policies.http_routes {
+            for (_, backend) in route.spec.backends() {
+                if let Some((service, _)) = ctx.services.get_key_value(&backend.name)
+                    && backend.tags.is_some()
+                {
+                    destinations.insert((service, backend.subset()));
+                }
+            }
+        }
+        for (service, tags) in destinations {
+            let info = &ctx.services[service];
+            let endpoints: Vec<_> = info
+                .endpoints
+                .iter()
+                .filter(|e| tags.iter().all(|(k, v)| e.tags.get(k) == Some(v)))
+                .cloned()
+                .collect();
+            if endpoints.is_empty() {
                 continue;
             }
-            let target = sni(&ctx.mesh, service);
+            let target = sni_tagged(&ctx.mesh, service, &tags);
             let cluster = Cluster {
                 connect_timeout: Some(duration(DEFAULT_CONNECT_TIMEOUT)),
                 outlier_detection: super::policies::mesh_circuit_breaker::outlier_detection(None),
@@ -117,7 +152,7 @@ pub fn ingress_snapshot(ingress: &ZoneIngressSpec, meshes: &[&MeshContext]) -> S
             snap.insert(
                 ENDPOINT,
                 target.clone(),
-                pack(&load_assignment(&target, &info.endpoints)),
+                pack(&load_assignment(&target, &endpoints)),
             );
             chains.push(FilterChain {
                 filter_chain_match: Some(FilterChainMatch {
@@ -125,7 +160,7 @@ pub fn ingress_snapshot(ingress: &ZoneIngressSpec, meshes: &[&MeshContext]) -> S
                     ..Default::default()
                 }),
                 filters: vec![tcp_filter(&tcp_proxy(
-                    &format!("ingress_{}_{service}", ctx.mesh),
+                    &format!("ingress_{}_{}", ctx.mesh, tagged(service, &tags)),
                     &target,
                 ))],
                 name: target,

@@ -111,7 +111,14 @@ pub fn inbound_socket(ads: &ConfigSource) -> TransportSocket {
 }
 
 /// An outbound cluster's TLS: present our identity, accept only `service` of `mesh`.
-pub fn outbound_socket(ads: &ConfigSource, mesh: &str, service: &str) -> TransportSocket {
+/// TLS to `service`'s identity; the SNI names the service and, for a subset, its tags (what a
+/// zone ingress routes on).
+pub fn outbound_socket(
+    ads: &ConfigSource,
+    mesh: &str,
+    service: &str,
+    tags: &std::collections::BTreeMap<String, String>,
+) -> TransportSocket {
     let expected = SubjectAltNameMatcher {
         san_type: SanType::Uri as i32,
         matcher: Some(exact(&spiffe_id(mesh, service))),
@@ -132,7 +139,7 @@ pub fn outbound_socket(ads: &ConfigSource, mesh: &str, service: &str) -> Transpo
             )),
             ..Default::default()
         }),
-        sni: super::crosszone::sni(mesh, service),
+        sni: super::crosszone::sni_tagged(mesh, service, tags),
         ..Default::default()
     })
 }

@@ -78,6 +78,20 @@ pub(crate) fn duration(d: StdDuration) -> Duration {
     }
 }
 
+/// A percentage as Envoy's fraction: of a hundred when whole, of a million otherwise.
+pub(crate) fn fractional(percent: f64) -> envoy_types::pb::envoy::r#type::v3::FractionalPercent {
+    use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
+    let (numerator, denominator) = if percent.fract() == 0.0 {
+        (percent as u32, DenominatorType::Hundred)
+    } else {
+        ((percent * 10_000.0).round() as u32, DenominatorType::Million)
+    };
+    envoy_types::pb::envoy::r#type::v3::FractionalPercent {
+        numerator,
+        denominator: denominator as i32,
+    }
+}
+
 pub(crate) fn socket(address: &str, port: u32) -> Address {
     Address {
         address: Some(AddressKind::SocketAddress(SocketAddress {
@@ -375,6 +389,7 @@ fn base_resources(
             cluster,
             http,
             tcp,
+            network_filters: Vec::new(),
             access: None,
         });
     }
@@ -385,25 +400,11 @@ fn base_resources(
         if only.is_some_and(|services| !services.contains(service)) {
             continue;
         }
-        // A service with no instances anywhere gets HTTP, which answers its callers a fast 503
-        // (a TCP caller fails either way); flipping to TCP would turn that into resets.
-        let info = ctx.services.get(service).cloned().unwrap_or(ServiceInfo {
-            endpoints: Default::default(),
-            http: true,
-            grpc: false,
-        });
-        let cluster = Cluster {
-            typed_extension_protocol_options: if info.http {
-                upstream_http_options(None)
-            } else {
-                Default::default()
-            },
-            transport_socket: tls.map(|_| tls::outbound_socket(&ads(), &ctx.mesh, service)),
-            ..eds_cluster(service)
-        };
+        let own = upstream(ctx, tls, service, &BTreeMap::new());
+        let info_http = !own.cluster.typed_extension_protocol_options.is_empty();
         let address = outbound.address.clone().unwrap_or_else(|| "127.0.0.1".into());
         let stat_prefix = format!("outbound:{address}:{}", outbound.port).replace(':', "_");
-        let (route, http, tcp) = if info.http {
+        let (route, http, tcp) = if info_http {
             let route_name = format!("outbound:{service}");
             let routes = RouteConfiguration {
                 name: route_name.clone(),
@@ -434,16 +435,59 @@ fn base_resources(
             service: service.to_owned(),
             address,
             port: outbound.port,
-            cluster,
-            endpoints: load_assignment(service, &info.endpoints),
-            grpc: info.grpc,
-            local: info.endpoints,
+            grpc: own.grpc,
+            upstreams: vec![own],
             route,
             http,
             tcp,
         });
     }
     generated
+}
+
+/// The cluster to `service`, or to its instances with `tags` (its subset): EDS, HTTP options
+/// when the service speaks HTTP, TLS to the service's identity with mTLS on. A function of the
+/// service and tags alone, so every outbound that needs it makes the same one.
+pub(crate) fn upstream(
+    ctx: &MeshContext,
+    tls: Option<&TlsSettings>,
+    service: &str,
+    tags: &BTreeMap<String, String>,
+) -> policies::Upstream {
+    // A service with no instances anywhere gets HTTP, which answers its callers a fast 503
+    // (a TCP caller fails either way); flipping to TCP would turn that into resets.
+    let info = ctx.services.get(service).cloned().unwrap_or(ServiceInfo {
+        endpoints: Default::default(),
+        http: true,
+        grpc: false,
+    });
+    let name = super::crosszone::tagged(service, tags);
+    let cluster = Cluster {
+        typed_extension_protocol_options: if info.http {
+            upstream_http_options(None)
+        } else {
+            Default::default()
+        },
+        transport_socket: tls.map(|_| tls::outbound_socket(&ads(), &ctx.mesh, service, tags)),
+        ..eds_cluster(&name)
+    };
+    let local = if tags.is_empty() {
+        info.endpoints
+    } else {
+        let matching = info
+            .endpoints
+            .iter()
+            .filter(|e| tags.iter().all(|(k, v)| e.tags.get(k) == Some(v)));
+        std::sync::Arc::new(matching.cloned().collect())
+    };
+    policies::Upstream {
+        service: service.to_owned(),
+        tags: tags.clone(),
+        grpc: info.grpc,
+        endpoints: load_assignment(&name, &local),
+        cluster,
+        local,
+    }
 }
 
 /// Packs the shaped resources of `types` into the snapshot: inbound filter chains (with RBAC
@@ -469,17 +513,19 @@ fn pack_into(
         let listener_name = format!("inbound:{}:{}", inbound.address, inbound.port);
         let stat_prefix = listener_name.replace(':', "_");
         let chain = |access: Option<&Access>| -> Vec<Filter> {
+            let extra = inbound.network_filters.iter().cloned();
             match (&inbound.http, &inbound.tcp) {
                 (Some(hcm), _) => {
                     let mut hcm = hcm.clone();
                     if let Some(a) = access {
                         hcm.http_filters.insert(0, tls::http_rbac(&ctx.mesh, a));
                     }
-                    vec![hcm_filter(&hcm)]
+                    extra.chain([hcm_filter(&hcm)]).collect()
                 }
                 (None, Some(tcp)) => access
                     .map(|a| tls::network_rbac(&ctx.mesh, a, &stat_prefix))
                     .into_iter()
+                    .chain(extra)
                     .chain([tcp_filter(tcp)])
                     .collect(),
                 (None, None) => Vec::new(),
@@ -525,11 +571,13 @@ fn pack_into(
         snap.insert(LISTENER, listener_name, pack(&l));
     }
     for o in generated.outbounds {
-        if clusters {
-            snap.insert(CLUSTER, o.service.clone(), pack(&o.cluster));
-        }
-        if types.contains(ENDPOINT) {
-            snap.insert(ENDPOINT, o.service.clone(), pack(&o.endpoints));
+        for u in &o.upstreams {
+            if clusters {
+                snap.insert(CLUSTER, u.cluster.name.clone(), pack(&u.cluster));
+            }
+            if types.contains(ENDPOINT) {
+                snap.insert(ENDPOINT, u.cluster.name.clone(), pack(&u.endpoints));
+            }
         }
         if let Some(route) = o.route.as_ref().filter(|_| types.contains(ROUTE)) {
             snap.insert(ROUTE, route.name.clone(), pack(route));

@@ -15,6 +15,7 @@ pub mod access;
 pub mod locality;
 mod merge;
 pub mod proxy;
+pub mod route;
 pub mod trace;
 
 use std::cmp::Reverse;
@@ -203,6 +204,9 @@ pub fn top_target(spec: &Spec) -> Option<TargetRef> {
         Spec::MeshCircuitBreaker(s) => &s.target_ref,
         Spec::MeshRetry(s) => &s.target_ref,
         Spec::MeshTimeout(s) => &s.target_ref,
+        Spec::MeshHTTPRoute(s) => &s.target_ref,
+        Spec::MeshFaultInjection(s) => &s.target_ref,
+        Spec::MeshRateLimit(s) => &s.target_ref,
         Spec::Extension(e) => return Some(e.spec.target_ref().cloned().unwrap_or_else(TargetRef::mesh)),
         _ => return None,
     };

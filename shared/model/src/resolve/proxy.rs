@@ -5,13 +5,17 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::access::{Access, InboundPermissions, Permissions, ServiceTags};
+use super::route::{HttpRoutes, http_routes};
 use super::trace::{self, TraceConf};
 use super::{Policy, ProxyView, Resolved, outbound};
 use crate::extension::Extension;
 use crate::policies::dataplane::{Inbound, SERVICE_TAG};
 use crate::policies::mesh_circuit_breaker::{BreakerConf, MeshCircuitBreakerSpec};
+use crate::policies::mesh_fault_injection::{FaultConf, MeshFaultInjectionSpec};
 use crate::policies::mesh_health_check::{HealthCheckConf, MeshHealthCheckSpec};
+use crate::policies::mesh_http_route::MeshHttpRouteSpec;
 use crate::policies::mesh_load_balancing_strategy::{LbConf, MeshLoadBalancingStrategySpec};
+use crate::policies::mesh_rate_limit::{MeshRateLimitSpec, RateLimitConf};
 use crate::policies::mesh_retry::{MeshRetrySpec, RetryConf};
 use crate::policies::mesh_timeout::{MeshTimeoutSpec, TimeoutConf};
 use crate::policies::mesh_trace::MeshTraceSpec;
@@ -27,6 +31,9 @@ pub struct MeshPolicies {
     pub breakers: Vec<Policy<MeshCircuitBreakerSpec>>,
     pub health_checks: Vec<Policy<MeshHealthCheckSpec>>,
     pub traces: Vec<Policy<MeshTraceSpec>>,
+    pub http_routes: Vec<Policy<MeshHttpRouteSpec>>,
+    pub faults: Vec<Policy<MeshFaultInjectionSpec>>,
+    pub rate_limits: Vec<Policy<MeshRateLimitSpec>>,
     pub permissions: Permissions,
     /// Each service's inbound tag sets, to resolve permissions that select clients by tags.
     pub service_tags: ServiceTags,
@@ -45,6 +52,9 @@ impl MeshPolicies {
             Kind::MeshCircuitBreaker => self.breakers.clear(),
             Kind::MeshHealthCheck => self.health_checks.clear(),
             Kind::MeshTrace => self.traces.clear(),
+            Kind::MeshHTTPRoute => self.http_routes.clear(),
+            Kind::MeshFaultInjection => self.faults.clear(),
+            Kind::MeshRateLimit => self.rate_limits.clear(),
             Kind::MeshTrafficPermission => self.permissions.mesh.clear(),
             Kind::TrafficPermission => self.permissions.legacy.clear(),
             Kind::Extension(_) => {
@@ -64,6 +74,9 @@ impl MeshPolicies {
             Spec::MeshCircuitBreaker(s) => self.breakers.push(Policy::new(r, s)),
             Spec::MeshHealthCheck(s) => self.health_checks.push(Policy::new(r, s)),
             Spec::MeshTrace(s) => self.traces.push(Policy::new(r, s)),
+            Spec::MeshHTTPRoute(s) => self.http_routes.push(Policy::new(r, s)),
+            Spec::MeshFaultInjection(s) => self.faults.push(Policy::new(r, s)),
+            Spec::MeshRateLimit(s) => self.rate_limits.push(Policy::new(r, s)),
             Spec::MeshTrafficPermission(s) => self.permissions.mesh.push(Policy::new(r, s)),
             Spec::TrafficPermission(s) => self.permissions.legacy.push(Policy::new(r, s)),
             Spec::Extension(e) => self
@@ -114,6 +127,8 @@ impl MeshPolicies {
                 access: self.permissions(proxy, inbound).access(),
                 timeout: super::inbound(&self.timeouts, proxy, inbound),
                 circuit_breaker: super::inbound(&self.breakers, proxy, inbound),
+                fault_injection: super::inbound(&self.faults, proxy, inbound),
+                rate_limit: super::inbound(&self.rate_limits, proxy, inbound),
             })
             .collect();
         let outbounds = proxy
@@ -150,6 +165,7 @@ impl MeshPolicies {
             load_balancing: outbound(&self.balancing, proxy, service),
             circuit_breaker: outbound(&self.breakers, proxy, service),
             health_check: outbound(&self.health_checks, proxy, service),
+            http_routes: http_routes(&self.http_routes, proxy, service),
         }
     }
 }
@@ -172,6 +188,8 @@ pub struct InboundPolicy {
     pub access: Access,
     pub timeout: Option<Resolved<TimeoutConf>>,
     pub circuit_breaker: Option<Resolved<BreakerConf>>,
+    pub fault_injection: Option<Resolved<FaultConf>>,
+    pub rate_limit: Option<Resolved<RateLimitConf>>,
 }
 
 /// What applies to traffic to one service, kind by kind.
@@ -188,4 +206,7 @@ pub struct OutboundPolicy {
     pub circuit_breaker: Option<Resolved<BreakerConf>>,
     #[serde(rename = "MeshHealthCheck", skip_serializing_if = "Option::is_none")]
     pub health_check: Option<Resolved<HealthCheckConf>>,
+    /// The routes MeshHTTPRoutes give it, in the order they are tried.
+    #[serde(rename = "MeshHTTPRoute", skip_serializing_if = "Option::is_none")]
+    pub http_routes: Option<HttpRoutes>,
 }

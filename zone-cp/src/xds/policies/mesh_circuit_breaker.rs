@@ -33,12 +33,12 @@ impl PolicyPlugin for Plugin {
 
     fn apply(&self, input: &ProxyInput<'_>, generated: &mut Generated) {
         let policies = &input.ctx.policies.breakers;
-        for o in &mut generated.outbounds {
-            let resolved = outbound(policies, &input.view, &o.service);
+        for u in generated.outbounds.iter_mut().flat_map(|o| &mut o.upstreams) {
+            let resolved = outbound(policies, &input.view, &u.service);
             let conf = resolved.as_ref().map(|r| &r.conf);
-            o.cluster.outlier_detection = outlier_detection(conf);
+            u.cluster.outlier_detection = outlier_detection(conf);
             if let Some(conf) = conf {
-                limit(&mut o.cluster, conf);
+                limit(&mut u.cluster, conf);
             }
         }
         for i in &mut generated.inbounds {

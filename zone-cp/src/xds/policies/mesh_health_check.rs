@@ -48,9 +48,11 @@ impl PolicyPlugin for Plugin {
 
     fn apply(&self, input: &ProxyInput<'_>, generated: &mut Generated) {
         for o in &mut generated.outbounds {
-            if let Some(r) = outbound(&input.ctx.policies.health_checks, &input.view, &o.service) {
-                let http = o.http.is_some();
-                apply_health_check(&mut o.cluster, &r.conf, http, o.grpc);
+            let http = o.http.is_some();
+            for u in &mut o.upstreams {
+                if let Some(r) = outbound(&input.ctx.policies.health_checks, &input.view, &u.service) {
+                    apply_health_check(&mut u.cluster, &r.conf, http, u.grpc);
+                }
             }
         }
     }

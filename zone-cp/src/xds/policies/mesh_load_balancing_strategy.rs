@@ -27,7 +27,7 @@ use meridian_model::policies::mesh_load_balancing_strategy::{
 };
 use meridian_model::resolve::{locality, outbound};
 
-use super::{Generated, PolicyPlugin, ProxyInput};
+use super::{Generated, PolicyPlugin, ProxyInput, Upstream};
 use crate::xds::crosszone;
 use crate::xds::translate::{duration, route_actions, socket};
 
@@ -58,7 +58,6 @@ impl PolicyPlugin for Plugin {
             let resolved = outbound(&ctx.policies.balancing, &input.view, &o.service);
             let conf = resolved.as_ref().map(|r| &r.conf);
             if let Some(conf) = conf {
-                algorithm(&mut o.cluster, conf);
                 let hashing = hash_policies(conf);
                 if !hashing.is_empty() {
                     for action in o.route.iter_mut().flat_map(route_actions) {
@@ -66,50 +65,78 @@ impl PolicyPlugin for Plugin {
                     }
                 }
             }
-            if let Some(first) = o.endpoints.endpoints.first_mut() {
-                first.locality = Some(Locality {
-                    zone: ctx.zones.local.clone(),
-                    ..Default::default()
-                });
-                for (lb, e) in first.lb_endpoints.iter_mut().zip(o.local.iter()) {
-                    let w = locality::affinity_weight(conf, &caller, &e.tags);
-                    if w != 1 {
-                        lb.load_balancing_weight = Some(UInt32Value { value: w });
-                    }
-                }
+            for u in &mut o.upstreams {
+                let own;
+                let conf = if u.service == o.service {
+                    conf
+                } else {
+                    own = outbound(&ctx.policies.balancing, &input.view, &u.service);
+                    own.as_ref().map(|r| &r.conf)
+                };
+                shape_upstream(input, &caller, u, conf);
             }
-            // Other zones, through their ingresses: only with mTLS, which carries the service in SNI.
-            let Some(instances) = ctx.remote.get(&o.service).filter(|_| input.tls.is_some()) else {
-                continue;
-            };
-            let candidates: std::collections::BTreeSet<String> = instances.keys().cloned().collect();
-            let order = if locality::locality_disabled(conf) {
-                vec![candidates.into_iter().collect()]
-            } else {
-                locality::failover_order(conf, &ctx.zones.local, &candidates)
-            };
-            let first = u32::from(!locality::locality_disabled(conf));
-            o.endpoints.endpoints.extend(crosszone::remote_localities(
-                &ctx.zones,
-                &order,
-                instances,
-                first,
-                |host, port, weight| LbEndpoint {
-                    host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                        address: Some(socket(host, port)),
-                        ..Default::default()
-                    })),
-                    health_status: HealthStatus::Healthy as i32,
-                    load_balancing_weight: Some(UInt32Value { value: weight.max(1) }),
-                    ..Default::default()
-                },
-            ));
-            o.endpoints.policy = crosszone::overprovisioning(conf).map(|factor| Policy {
-                overprovisioning_factor: Some(factor),
-                ..Default::default()
-            });
         }
     }
+}
+
+/// An upstream's algorithm, its local endpoints' weights, and (with mTLS on) the other zones'
+/// ingresses at the priorities `crossZone` gives them, weighted by their instances (of the
+/// subset, for a subset's cluster).
+fn shape_upstream(
+    input: &ProxyInput<'_>,
+    caller: &std::collections::BTreeMap<&String, &String>,
+    u: &mut Upstream,
+    conf: Option<&LbConf>,
+) {
+    let ctx = input.ctx;
+    if let Some(conf) = conf {
+        algorithm(&mut u.cluster, conf);
+    }
+    if let Some(first) = u.endpoints.endpoints.first_mut() {
+        first.locality = Some(Locality {
+            zone: ctx.zones.local.clone(),
+            ..Default::default()
+        });
+        for (lb, e) in first.lb_endpoints.iter_mut().zip(u.local.iter()) {
+            let w = locality::affinity_weight(conf, caller, &e.tags);
+            if w != 1 {
+                lb.load_balancing_weight = Some(UInt32Value { value: w });
+            }
+        }
+    }
+    // Other zones, through their ingresses: only with mTLS, which carries the service in SNI.
+    let Some(instances) = ctx
+        .remote_instances(&u.service, &u.tags)
+        .filter(|_| input.tls.is_some())
+    else {
+        return;
+    };
+    let candidates: std::collections::BTreeSet<String> = instances.keys().cloned().collect();
+    let order = if locality::locality_disabled(conf) {
+        vec![candidates.into_iter().collect()]
+    } else {
+        locality::failover_order(conf, &ctx.zones.local, &candidates)
+    };
+    let first = u32::from(!locality::locality_disabled(conf));
+    u.endpoints.endpoints.extend(crosszone::remote_localities(
+        &ctx.zones,
+        &order,
+        &instances,
+        first,
+        |host, port, weight| LbEndpoint {
+            host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                address: Some(socket(host, port)),
+                ..Default::default()
+            })),
+            health_status: HealthStatus::Healthy as i32,
+            load_balancing_weight: Some(UInt32Value { value: weight.max(1) }),
+            ..Default::default()
+        },
+    ));
+    u.endpoints.policy = crosszone::overprovisioning(conf).map(|factor| Policy {
+        overprovisioning_factor: Some(factor),
+        ..Default::default()
+    });
 }
 
 /// The cluster's load-balancing algorithm and its settings.

@@ -119,7 +119,7 @@ fn rate_limited(r: &RateLimitedBackOff) -> RateLimitedRetryBackOff {
     }
 }
 
-fn header_matcher(m: &HeaderMatch) -> HeaderMatcher {
+pub(crate) fn header_matcher(m: &HeaderMatch) -> HeaderMatcher {
     let value = m.value.clone().unwrap_or_default();
     let string = |pattern| {
         HeaderMatchSpecifier::StringMatch(StringMatcher {

@@ -52,6 +52,32 @@ fn shape_listener(hcm: &mut HttpConnectionManager, conf: &TimeoutConf, inbound: 
     }
 }
 
+/// What a conf says about an upstream cluster: the connect timeout (Kuma's default without
+/// one), and an HTTP upstream's idle timeout and connection lifetime.
+fn shape_cluster(
+    cluster: &mut envoy_types::pb::envoy::config::cluster::v3::Cluster,
+    conf: Option<&TimeoutConf>,
+) {
+    let connect = conf
+        .and_then(|t| t.connection_timeout.as_ref())
+        .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.as_duration());
+    cluster.connect_timeout = Some(duration(connect));
+    let idle = conf.and_then(|t| d(&t.idle_timeout));
+    let lifetime = conf
+        .and_then(|t| t.http.as_ref())
+        .and_then(|h| d(&h.max_connection_duration));
+    if idle.is_some() || lifetime.is_some() {
+        set_upstream_options(
+            cluster,
+            HttpProtocolOptions {
+                idle_timeout: idle,
+                max_connection_duration: lifetime,
+                ..Default::default()
+            },
+        );
+    }
+}
+
 impl PolicyPlugin for Plugin {
     fn kinds(&self) -> &'static [Kind] {
         &[Kind::MeshTimeout]
@@ -66,26 +92,22 @@ impl PolicyPlugin for Plugin {
         for o in &mut generated.outbounds {
             let resolved = outbound(policies, &input.view, &o.service);
             let conf = resolved.as_ref().map(|r| &r.conf);
-            let connect = conf
-                .and_then(|t| t.connection_timeout.as_ref())
-                .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.as_duration());
-            o.cluster.connect_timeout = Some(duration(connect));
+            for u in &mut o.upstreams {
+                // Each cluster as the policies to its own service say (a route may send to another).
+                let own;
+                let conf = if u.service == o.service {
+                    conf
+                } else {
+                    own = outbound(policies, &input.view, &u.service);
+                    own.as_ref().map(|r| &r.conf)
+                };
+                shape_cluster(&mut u.cluster, conf);
+            }
             let idle = conf.and_then(|t| d(&t.idle_timeout));
             if let Some(tcp) = &mut o.tcp {
                 tcp.idle_timeout = idle;
             }
             let http = conf.and_then(|t| t.http.as_ref());
-            let lifetime = http.and_then(|h| d(&h.max_connection_duration));
-            if idle.is_some() || lifetime.is_some() {
-                set_upstream_options(
-                    &mut o.cluster,
-                    HttpProtocolOptions {
-                        idle_timeout: idle,
-                        max_connection_duration: lifetime,
-                        ..Default::default()
-                    },
-                );
-            }
             if let (Some(hcm), Some(conf)) = (&mut o.http, conf) {
                 shape_listener(hcm, conf, false);
             }

@@ -14,8 +14,11 @@
 //! [`check`] refuses a policy kind without exactly one plugin; zone-cp checks at start.
 
 pub mod mesh_circuit_breaker;
+pub mod mesh_fault_injection;
 pub mod mesh_health_check;
+pub mod mesh_http_route;
 pub mod mesh_load_balancing_strategy;
+pub mod mesh_rate_limit;
 pub mod mesh_retry;
 pub mod mesh_timeout;
 pub mod mesh_trace;
@@ -59,21 +62,36 @@ pub struct InboundResources {
     /// An HTTP inbound's connection manager (its routes inline); `None` for TCP.
     pub http: Option<HttpConnectionManager>,
     pub tcp: Option<TcpProxy>,
+    /// Network filters ahead of the HTTP or TCP one (a connection rate limit).
+    pub network_filters: Vec<envoy_types::pb::envoy::config::listener::v3::Filter>,
     /// Who may call, enforced over mTLS (set by the permissions plugin).
     pub access: Option<Access>,
 }
 
-/// Traffic to one service: its listener's filter, route, cluster and endpoints.
+/// One cluster traffic to an outbound may take: the service's own, one of its subsets (by
+/// tags), or another service a route sends to.
+pub struct Upstream {
+    /// The service the cluster reaches (whose policies shape it).
+    pub service: String,
+    /// The subset's tags; empty for the whole service.
+    pub tags: BTreeMap<String, String>,
+    /// The service speaks gRPC.
+    pub grpc: bool,
+    pub cluster: Cluster,
+    pub endpoints: ClusterLoadAssignment,
+    /// The local endpoints `endpoints` starts with, with their tags (for affinity).
+    pub local: std::sync::Arc<Vec<ServiceEndpoint>>,
+}
+
+/// Traffic to one service: its listener's filter, route, clusters and endpoints.
 pub struct OutboundResources {
     pub service: String,
     /// The service speaks gRPC.
     pub grpc: bool,
     pub address: String,
     pub port: u32,
-    pub cluster: Cluster,
-    pub endpoints: ClusterLoadAssignment,
-    /// The local endpoints `endpoints` starts with, with their tags (for affinity).
-    pub local: std::sync::Arc<Vec<ServiceEndpoint>>,
+    /// The service's own cluster first, then any a route added.
+    pub upstreams: Vec<Upstream>,
     /// HTTP: the route configuration (served by RDS) and the connection manager.
     pub route: Option<RouteConfiguration>,
     pub http: Option<HttpConnectionManager>,
@@ -115,7 +133,10 @@ pub trait PolicyPlugin: Sync {
 
 /// Every plugin, in the order they run.
 pub const PLUGINS: &[&dyn PolicyPlugin] = &[
+    &mesh_http_route::Plugin,
     &mesh_traffic_permission::Plugin,
+    &mesh_fault_injection::Plugin,
+    &mesh_rate_limit::Plugin,
     &mesh_timeout::Plugin,
     &mesh_retry::Plugin,
     &mesh_circuit_breaker::Plugin,

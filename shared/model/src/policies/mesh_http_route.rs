@@ -1,0 +1,624 @@
+//! MeshHTTPRoute: how a caller's HTTP requests to a service are matched, changed and split
+//! between backends (Kuma's shape). Rules are keyed by their `matches`: where several routes
+//! apply, the confs of equal matches merge (see [`crate::resolve::route`]).
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::validate_top;
+use super::mesh_retry::{HeaderMatch, HeaderMatchType};
+use crate::targetref::{TargetRef, TargetRefKind};
+use crate::validate::{Validate, Validator, check_header_name, validate_tag_map};
+use crate::values::Percentage;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshHttpRouteSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<TargetRef>,
+    #[serde(default)]
+    pub to: Vec<RouteTo>,
+}
+
+/// The routes of traffic to one service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteTo {
+    pub target_ref: TargetRef,
+    #[serde(default)]
+    pub rules: Vec<HttpRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRule {
+    /// A request matching any of these takes the rule.
+    #[serde(default)]
+    pub matches: Vec<HttpMatch>,
+    pub default: RuleConf,
+}
+
+/// Every condition given must hold.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<Method>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Vec<HeaderMatch>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_params: Option<Vec<QueryParamMatch>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PathMatch {
+    #[serde(rename = "type")]
+    pub match_type: PathMatchType,
+    pub value: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PathMatchType {
+    Exact,
+    /// Whole segments: `/api` matches `/api` and `/api/x`, not `/apix`.
+    #[serde(alias = "Prefix")]
+    PathPrefix,
+    RegularExpression,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    Connect,
+    Delete,
+    Get,
+    Head,
+    Options,
+    Patch,
+    Post,
+    Put,
+    Trace,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Connect => "CONNECT",
+            Method::Delete => "DELETE",
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Options => "OPTIONS",
+            Method::Patch => "PATCH",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Trace => "TRACE",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryParamMatch {
+    #[serde(rename = "type")]
+    pub match_type: QueryMatchType,
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum QueryMatchType {
+    Exact,
+    RegularExpression,
+}
+
+/// What a matched request gets. Lists replace whole where routes merge.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleConf {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters: Option<Vec<Filter>>,
+    /// Where matched requests go; the `to` service when none is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_refs: Option<Vec<BackendRef>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Filter {
+    #[serde(rename = "type")]
+    pub filter_type: FilterType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_header_modifier: Option<HeaderModifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_header_modifier: Option<HeaderModifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_redirect: Option<RequestRedirect>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "urlRewrite")]
+    pub url_rewrite: Option<UrlRewrite>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_mirror: Option<RequestMirror>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum FilterType {
+    RequestHeaderModifier,
+    ResponseHeaderModifier,
+    RequestRedirect,
+    #[serde(rename = "URLRewrite")]
+    UrlRewrite,
+    RequestMirror,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderModifier {
+    /// Replaces the header's value, or adds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<Vec<HeaderValue>>,
+    /// Appends a value to the header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add: Option<Vec<HeaderValue>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderValue {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestRedirect {
+    /// `http` or `https`; the request's when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathRewrite>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    /// 301, 302 (the default), 303, 307 or 308.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UrlRewrite {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathRewrite>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathRewrite {
+    #[serde(rename = "type")]
+    pub rewrite_type: PathRewriteType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_full_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_prefix_match: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PathRewriteType {
+    ReplaceFullPath,
+    ReplacePrefixMatch,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestMirror {
+    /// Of requests, mirrored; all when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percentage>,
+    pub backend_ref: BackendRef,
+}
+
+/// A destination: a service, or the instances of one with some tags (`MeshServiceSubset`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendRef {
+    pub kind: TargetRefKind,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// This backend's share is its weight over the sum of the rule's weights; 1 when unset,
+    /// and 0 sends it nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+impl BackendRef {
+    pub fn weight(&self) -> u32 {
+        self.weight.unwrap_or(1)
+    }
+
+    /// The subset's tags (none for a whole service).
+    pub fn subset(&self) -> BTreeMap<String, String> {
+        self.tags.clone().unwrap_or_default()
+    }
+}
+
+/// The kinds a backend may be.
+pub const BACKEND_KINDS: &[TargetRefKind] = &[TargetRefKind::MeshService, TargetRefKind::MeshServiceSubset];
+
+/// What a top-level targetRef of a route may select (sidecars, as in Kuma).
+const TOP: &[TargetRefKind] = &[
+    TargetRefKind::Mesh,
+    TargetRefKind::MeshSubset,
+    TargetRefKind::MeshService,
+    TargetRefKind::MeshServiceSubset,
+    TargetRefKind::Dataplane,
+];
+
+impl Validate for MeshHttpRouteSpec {
+    fn validate(&self, v: &mut Validator) {
+        validate_top(v, &self.target_ref, TOP);
+        if self.to.is_empty() {
+            v.error_at(
+                "to",
+                "must have at least one entry: the service whose traffic is routed",
+            );
+        }
+        v.field("to", |v| {
+            for (i, to) in self.to.iter().enumerate() {
+                v.index(i, |v| {
+                    v.field("targetRef", |v| {
+                        to.target_ref.validate_in(v, &[TargetRefKind::MeshService]);
+                    });
+                    if to.rules.is_empty() {
+                        v.error_at("rules", "must have at least one rule");
+                    }
+                    v.nested("rules", &to.rules);
+                });
+            }
+        });
+    }
+}
+
+impl Validate for HttpRule {
+    fn validate(&self, v: &mut Validator) {
+        if self.matches.is_empty() {
+            v.error_at(
+                "matches",
+                "must have at least one match (a rule for every request matches path PathPrefix /)",
+            );
+        }
+        v.nested("matches", &self.matches);
+        let prefix_only = self.matches.iter().all(|m| {
+            m.path
+                .as_ref()
+                .is_some_and(|p| p.match_type == PathMatchType::PathPrefix)
+        });
+        v.field("default", |v| validate_conf(v, &self.default, prefix_only));
+    }
+}
+
+impl Validate for HttpMatch {
+    fn validate(&self, v: &mut Validator) {
+        if let Some(path) = &self.path {
+            v.field("path", |v| {
+                v.field("value", |v| match path.match_type {
+                    PathMatchType::Exact | PathMatchType::PathPrefix if !path.value.starts_with('/') => {
+                        v.error("must start with /")
+                    }
+                    PathMatchType::PathPrefix if path.value.len() > 1 && path.value.ends_with('/') => {
+                        v.error("must not end with / (a prefix matches whole segments: /api matches /api and /api/x)")
+                    }
+                    PathMatchType::RegularExpression => check_regex(v, &path.value),
+                    _ => {}
+                })
+            });
+        }
+        if let Some(headers) = &self.headers {
+            v.field("headers", |v| {
+                for (i, h) in headers.iter().enumerate() {
+                    v.index(i, |v| {
+                        v.field("name", |v| check_header_name(v, &h.name));
+                        let kind = h.match_type.unwrap_or(HeaderMatchType::Exact);
+                        match (&h.value, kind) {
+                            (
+                                None,
+                                HeaderMatchType::Exact
+                                | HeaderMatchType::Prefix
+                                | HeaderMatchType::RegularExpression,
+                            ) => v.error_at("value", format!("must be set for type {kind:?}")),
+                            (Some(_), HeaderMatchType::Present | HeaderMatchType::Absent) => {
+                                v.error_at("value", format!("must not be set for type {kind:?}"))
+                            }
+                            (Some(value), HeaderMatchType::RegularExpression) => {
+                                v.field("value", |v| check_regex(v, value))
+                            }
+                            _ => {}
+                        }
+                    });
+                }
+            });
+        }
+        if let Some(params) = &self.query_params {
+            v.field("queryParams", |v| {
+                for (i, q) in params.iter().enumerate() {
+                    v.index(i, |v| {
+                        if q.name.is_empty() {
+                            v.error_at("name", "must not be empty");
+                        }
+                        if q.match_type == QueryMatchType::RegularExpression {
+                            v.field("value", |v| check_regex(v, &q.value));
+                        }
+                    });
+                }
+            });
+        }
+    }
+}
+
+/// Envoy takes RE2 regexes; what RE2 refuses (look-around, back-references) is refused here
+/// too, rather than by every proxy.
+pub fn check_regex(v: &mut Validator, pattern: &str) {
+    if pattern.is_empty() {
+        v.error("must not be empty");
+    } else if let Err(e) = regex_syntax::Parser::new().parse(pattern) {
+        let why = e.to_string();
+        let last = why.lines().last().unwrap_or("invalid").trim();
+        v.error(format!("is not a valid regular expression: {last}"));
+    }
+}
+
+fn validate_conf(v: &mut Validator, conf: &RuleConf, prefix_only: bool) {
+    let filters = conf.filters.as_deref().unwrap_or_default();
+    let redirect = filters
+        .iter()
+        .position(|f| f.filter_type == FilterType::RequestRedirect);
+    let rewrite = filters
+        .iter()
+        .position(|f| f.filter_type == FilterType::UrlRewrite);
+    if let (Some(_), Some(i)) = (redirect, rewrite) {
+        v.error_at(
+            &format!("filters[{i}]"),
+            "a rule may not both redirect and rewrite: a redirected request is answered, not forwarded",
+        );
+    }
+    v.field("filters", |v| {
+        for (i, f) in filters.iter().enumerate() {
+            v.index(i, |v| validate_filter(v, f, prefix_only));
+        }
+    });
+    if let Some(refs) = &conf.backend_refs {
+        v.field("backendRefs", |v| {
+            if refs.is_empty() {
+                v.error("must not be empty when set: leave it out to send to the to service");
+            } else if refs.iter().all(|b| b.weight() == 0) {
+                v.error("weights sum to 0: at least one backend needs a weight above 0");
+            }
+            refs.validate(v);
+        });
+    }
+}
+
+fn validate_filter(v: &mut Validator, f: &Filter, prefix_only: bool) {
+    use FilterType::*;
+    let set = [
+        (
+            RequestHeaderModifier,
+            "requestHeaderModifier",
+            f.request_header_modifier.is_some(),
+        ),
+        (
+            ResponseHeaderModifier,
+            "responseHeaderModifier",
+            f.response_header_modifier.is_some(),
+        ),
+        (RequestRedirect, "requestRedirect", f.request_redirect.is_some()),
+        (UrlRewrite, "urlRewrite", f.url_rewrite.is_some()),
+        (RequestMirror, "requestMirror", f.request_mirror.is_some()),
+    ];
+    for (kind, field, present) in set {
+        if kind == f.filter_type && !present {
+            v.error_at(field, format!("must be set for type {}", filter_name(kind)));
+        }
+        if kind != f.filter_type && present {
+            v.error_at(
+                field,
+                format!("must not be set for type {}", filter_name(f.filter_type)),
+            );
+        }
+    }
+    for (field, m) in [
+        ("requestHeaderModifier", &f.request_header_modifier),
+        ("responseHeaderModifier", &f.response_header_modifier),
+    ] {
+        if let Some(m) = m {
+            v.field(field, |v| validate_modifier(v, m));
+        }
+    }
+    if let Some(r) = &f.request_redirect {
+        v.field("requestRedirect", |v| {
+            if let Some(s) = r.scheme.as_deref().filter(|s| !matches!(*s, "http" | "https")) {
+                v.error_at("scheme", format!("must be http or https, got {s:?}"));
+            }
+            if let Some(code) = r.status_code.filter(|c| ![301, 302, 303, 307, 308].contains(c)) {
+                v.error_at(
+                    "statusCode",
+                    format!("must be one of 301, 302, 303, 307, 308, got {code}"),
+                );
+            }
+            if r.port.is_some_and(|p| p == 0 || p > 65535) {
+                v.error_at("port", "must be between 1 and 65535");
+            }
+            if let Some(h) = &r.hostname {
+                v.field("hostname", |v| check_hostname(v, h));
+            }
+            if let Some(p) = &r.path {
+                v.field("path", |v| validate_rewrite(v, p, prefix_only));
+            }
+        });
+    }
+    if let Some(r) = &f.url_rewrite {
+        v.field("urlRewrite", |v| {
+            if r.hostname.is_none() && r.path.is_none() {
+                v.error("at least one of hostname, path must be set");
+            }
+            if let Some(h) = &r.hostname {
+                v.field("hostname", |v| check_hostname(v, h));
+            }
+            if let Some(p) = &r.path {
+                v.field("path", |v| validate_rewrite(v, p, prefix_only));
+            }
+        });
+    }
+    if let Some(m) = &f.request_mirror {
+        v.field("requestMirror", |v| v.nested("backendRef", &m.backend_ref));
+    }
+}
+
+fn filter_name(t: FilterType) -> &'static str {
+    match t {
+        FilterType::RequestHeaderModifier => "RequestHeaderModifier",
+        FilterType::ResponseHeaderModifier => "ResponseHeaderModifier",
+        FilterType::RequestRedirect => "RequestRedirect",
+        FilterType::UrlRewrite => "URLRewrite",
+        FilterType::RequestMirror => "RequestMirror",
+    }
+}
+
+fn validate_modifier(v: &mut Validator, m: &HeaderModifier) {
+    if m.set.is_none() && m.add.is_none() && m.remove.is_none() {
+        v.error("at least one of set, add, remove must be set");
+    }
+    for (field, list) in [("set", &m.set), ("add", &m.add)] {
+        v.field(field, |v| {
+            for (i, h) in list.iter().flatten().enumerate() {
+                v.index(i, |v| v.field("name", |v| check_header_name(v, &h.name)));
+            }
+        });
+    }
+    v.field("remove", |v| {
+        for (i, name) in m.remove.iter().flatten().enumerate() {
+            v.index(i, |v| check_header_name(v, name));
+        }
+    });
+}
+
+fn validate_rewrite(v: &mut Validator, p: &PathRewrite, prefix_only: bool) {
+    let (field, value, other) = match p.rewrite_type {
+        PathRewriteType::ReplaceFullPath => (
+            "replaceFullPath",
+            &p.replace_full_path,
+            ("replacePrefixMatch", &p.replace_prefix_match),
+        ),
+        PathRewriteType::ReplacePrefixMatch => (
+            "replacePrefixMatch",
+            &p.replace_prefix_match,
+            ("replaceFullPath", &p.replace_full_path),
+        ),
+    };
+    match value {
+        None => v.error_at(field, format!("must be set for type {:?}", p.rewrite_type)),
+        Some(path) if !path.starts_with('/') => v.error_at(field, "must start with /"),
+        Some(_) => {}
+    }
+    if other.1.is_some() {
+        v.error_at(other.0, format!("must not be set for type {:?}", p.rewrite_type));
+    }
+    if p.rewrite_type == PathRewriteType::ReplacePrefixMatch && !prefix_only {
+        v.error_at(
+            "type",
+            "ReplacePrefixMatch needs every match of the rule to have a path of type PathPrefix: it replaces that prefix",
+        );
+    }
+}
+
+/// A host name (RFC 1123), not an address.
+fn check_hostname(v: &mut Validator, host: &str) {
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+        && host.parse::<std::net::IpAddr>().is_err();
+    if !ok {
+        v.error(format!(
+            "must be a host name (RFC 1123), not an address, got {host:?}"
+        ));
+    }
+}
+
+impl Validate for BackendRef {
+    fn validate(&self, v: &mut Validator) {
+        if !BACKEND_KINDS.contains(&self.kind) {
+            let why = match self.kind {
+                TargetRefKind::MeshExternalService | TargetRefKind::MeshMultiZoneService => {
+                    format!("{:?} is not supported yet", self.kind)
+                }
+                other => format!("{other:?} is not a backend"),
+            };
+            v.error_at(
+                "kind",
+                format!("{why}; expected MeshService or MeshServiceSubset"),
+            );
+        }
+        if self.name.is_empty() {
+            v.error_at("name", "must name the service");
+        }
+        match (self.kind, &self.tags) {
+            (TargetRefKind::MeshServiceSubset, None) => v.error_at(
+                "tags",
+                "must be set for kind MeshServiceSubset: they pick the instances",
+            ),
+            (TargetRefKind::MeshService, Some(_)) => v.error_at(
+                "tags",
+                "must not be set for kind MeshService (use MeshServiceSubset to pick instances by tags)",
+            ),
+            (_, Some(tags)) => v.field("tags", |v| validate_tag_map(v, tags)),
+            _ => {}
+        }
+    }
+}
+
+impl MeshHttpRouteSpec {
+    /// Every backend its rules send to or mirror to, with the service whose traffic it routes.
+    pub fn backends(&self) -> impl Iterator<Item = (&str, &BackendRef)> {
+        self.to.iter().flat_map(|to| {
+            let service = to.target_ref.name.as_deref().unwrap_or_default();
+            to.rules.iter().flat_map(move |rule| {
+                let refs = rule.default.backend_refs.iter().flatten();
+                let mirrors = rule
+                    .default
+                    .filters
+                    .iter()
+                    .flatten()
+                    .filter_map(|f| f.request_mirror.as_ref().map(|m| &m.backend_ref));
+                refs.chain(mirrors).map(move |b| (service, b))
+            })
+        })
+    }
+}
+
+impl crate::resolve::Targeted for MeshHttpRouteSpec {
+    const KIND: crate::Kind = crate::Kind::MeshHTTPRoute;
+    fn target_ref(&self) -> Option<&TargetRef> {
+        self.target_ref.as_ref()
+    }
+}
+
+crate::merge_fields!(RuleConf {
+    filters,
+    backend_refs
+});

@@ -1,0 +1,131 @@
+//! MeshRateLimit on inbounds: `local.http` becomes `envoy.filters.http.local_ratelimit`
+//! (a token bucket of `num` tokens refilled every `interval`, answering `onRateLimit`'s
+//! status, 429 by default, with its headers), first among the HTTP filters after the
+//! permissions check; `local.tcp` becomes `envoy.filters.network.local_ratelimit` on new
+//! connections, ahead of the inbound's HTTP or TCP filter.
+
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, RuntimeFractionalPercent};
+use envoy_types::pb::envoy::config::listener::v3::Filter;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as HttpLocalRateLimit;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
+use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3::LocalRateLimit as TcpLocalRateLimit;
+use envoy_types::pb::envoy::r#type::v3::{HttpStatus, TokenBucket};
+use envoy_types::pb::google::protobuf::UInt32Value;
+use meridian_model::Kind;
+use meridian_model::policies::mesh_rate_limit::{HttpLimit, Rate, TcpLimit};
+use meridian_model::resolve::inbound;
+
+use super::{Generated, PolicyPlugin, ProxyInput};
+use crate::xds::cache::{LISTENER, Types};
+use crate::xds::translate::{duration, fractional, pack};
+
+/// What a limited request is answered with when the policy does not say (Kuma's).
+pub const DEFAULT_STATUS: u32 = 429;
+
+pub struct Plugin;
+
+impl PolicyPlugin for Plugin {
+    fn kinds(&self) -> &'static [Kind] {
+        &[Kind::MeshRateLimit]
+    }
+
+    fn shapes(&self) -> Types {
+        Types::of(&[LISTENER])
+    }
+
+    fn apply(&self, input: &ProxyInput<'_>, generated: &mut Generated) {
+        let policies = &input.ctx.policies.rate_limits;
+        if policies.is_empty() {
+            return;
+        }
+        for i in &mut generated.inbounds {
+            let Some(resolved) = inbound(policies, &input.view, &i.spec) else {
+                continue;
+            };
+            let Some(local) = &resolved.conf.local else {
+                continue;
+            };
+            if let (Some(hcm), Some(limit)) = (
+                &mut i.http,
+                local.http.as_ref().filter(|h| h.disabled != Some(true)),
+            ) && let Some(filter) = http_limit(limit)
+            {
+                hcm.http_filters.insert(0, filter);
+            }
+            if let Some(limit) = local.tcp.as_ref().filter(|t| t.disabled != Some(true))
+                && let Some(filter) = tcp_limit(limit, &format!("inbound_{}", i.port))
+            {
+                i.network_filters.push(filter);
+            }
+        }
+    }
+}
+
+fn bucket(rate: &Rate) -> TokenBucket {
+    TokenBucket {
+        max_tokens: rate.num,
+        tokens_per_fill: Some(UInt32Value { value: rate.num }),
+        fill_interval: Some(duration(rate.interval.as_duration())),
+    }
+}
+
+fn http_limit(limit: &HttpLimit) -> Option<HttpFilter> {
+    let rate = limit.request_rate.as_ref()?;
+    let on = limit.on_rate_limit.as_ref();
+    let header = |name: &str, value: &str, action: HeaderAppendAction| HeaderValueOption {
+        header: Some(HeaderValue {
+            key: name.to_owned(),
+            value: value.to_owned(),
+            ..Default::default()
+        }),
+        append_action: action as i32,
+        ..Default::default()
+    };
+    let headers = on.and_then(|o| o.headers.as_ref());
+    let set = headers
+        .and_then(|h| h.set.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|h| header(&h.name, &h.value, HeaderAppendAction::OverwriteIfExistsOrAdd));
+    let add = headers
+        .and_then(|h| h.add.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|h| header(&h.name, &h.value, HeaderAppendAction::AppendIfExistsOrAdd));
+    let everything = RuntimeFractionalPercent {
+        default_value: Some(fractional(100.0)),
+        runtime_key: String::new(),
+    };
+    let config = HttpLocalRateLimit {
+        stat_prefix: "rate_limit".into(),
+        status: Some(HttpStatus {
+            code: on.and_then(|o| o.status).unwrap_or(DEFAULT_STATUS) as i32,
+        }),
+        token_bucket: Some(bucket(rate)),
+        filter_enabled: Some(everything.clone()),
+        filter_enforced: Some(everything),
+        response_headers_to_add: set.chain(add).collect(),
+        ..Default::default()
+    };
+    Some(HttpFilter {
+        name: "envoy.filters.http.local_ratelimit".into(),
+        config_type: Some(ConfigType::TypedConfig(pack(&config))),
+        ..Default::default()
+    })
+}
+
+fn tcp_limit(limit: &TcpLimit, stat_prefix: &str) -> Option<Filter> {
+    let rate = limit.connection_rate.as_ref()?;
+    let config = TcpLocalRateLimit {
+        stat_prefix: stat_prefix.to_owned(),
+        token_bucket: Some(bucket(rate)),
+        ..Default::default()
+    };
+    Some(Filter {
+        name: "envoy.filters.network.local_ratelimit".into(),
+        config_type: Some(FilterConfig::TypedConfig(pack(&config))),
+    })
+}
