@@ -244,6 +244,19 @@ pub fn show_rules(answer: &Value, output: OutputFormat) -> Result<(), Failure> {
                 .flatten()
                 .map(|m| text(m, "value"))
                 .collect();
+            // MeshHTTPRoute: a row per route, in the order they are tried.
+            if let Some(routes) = to["conf"]["routes"].as_array() {
+                for (i, r) in routes.iter().enumerate() {
+                    let from = names(&r["origin"]);
+                    rows.push(vec![
+                        kind.clone(),
+                        format!("to {} #{i}", target.join(",")),
+                        format!("match {} -> {}", flat(&r["match"]), flat(&r["conf"])),
+                        if from == "-" { "(catch-all)".into() } else { from },
+                    ]);
+                }
+                continue;
+            }
             rows.push(vec![
                 kind.clone(),
                 format!("to {}", target.join(",")),

@@ -4,6 +4,9 @@
 //! the delay with `{service, zone, instance}`; `POST /fail?status=500` makes it fail until
 //! `POST /recover`.
 //!
+//! Any other path answers at once with `{service, zone, instance, path, headers}`: what the
+//! request looked like when it arrived (after a route rewrote it).
+//!
 //! `demo-app --listen ADDR --name demo --upstream URL --calls 4` answers `GET /` by calling the
 //! upstream that many times in sequence (through its sidecar), passing trace headers on.
 
@@ -95,6 +98,7 @@ async fn main() -> std::process::ExitCode {
         .route("/", get(serve))
         .route("/fail", post(fail))
         .route("/recover", post(recover))
+        .fallback(echo)
         .with_state(app);
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
@@ -156,6 +160,21 @@ async fn serve(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         "zone": app.zone,
         "instance": app.instance,
         "calls": calls,
+    });
+    axum::Json(body).into_response()
+}
+
+async fn echo(State(app): State<Arc<App>>, uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    let headers: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .collect();
+    let body = serde_json::json!({
+        "service": app.name,
+        "zone": app.zone,
+        "instance": app.instance,
+        "path": uri.path_and_query().map_or("/", |p| p.as_str()),
+        "headers": headers,
     });
     axum::Json(body).into_response()
 }

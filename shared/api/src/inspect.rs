@@ -141,6 +141,7 @@ pub async fn rules(
             list.push(rule);
         }
     };
+    let mut route_warnings = Vec::new();
     for (service, o) in &resolved.outbounds {
         if let Some(r) = &o.timeout {
             to(Kind::MeshTimeout, to_rule(&mesh, service, r));
@@ -157,6 +158,34 @@ pub async fn rules(
         if let Some(r) = &o.health_check {
             to(Kind::MeshHealthCheck, to_rule(&mesh, service, r));
         }
+        if let Some(routes) = &o.http_routes {
+            // The routes in the order Envoy tries them, each with its own origin.
+            let mut sources: Vec<Source> = routes.routes.iter().flat_map(|r| r.origin.clone()).collect();
+            sources.sort();
+            sources.dedup();
+            let list: Vec<Value> = routes
+                .routes
+                .iter()
+                .map(|r| json!({ "match": r.matches, "conf": r.conf, "origin": origin(&mesh, &r.origin) }))
+                .collect();
+            to(
+                Kind::MeshHTTPRoute,
+                json!({
+                    "matchers": [{ "key": SERVICE_TAG, "value": service, "not": false }],
+                    "conf": { "routes": list },
+                    "origin": origin(&mesh, &sources),
+                }),
+            );
+            route_warnings.extend(
+                routes
+                    .warnings
+                    .iter()
+                    .map(|text| json!(format!("{service}: {text}"))),
+            );
+        }
+    }
+    if let Some(entry) = by_kind.get_mut(Kind::MeshHTTPRoute.name()) {
+        entry["warnings"] = Value::Array(route_warnings);
     }
     for (kind, rules) in [
         (
@@ -166,6 +195,14 @@ pub async fn rules(
         (
             Kind::MeshCircuitBreaker,
             from_rules(&mesh, &resolved.inbounds, |i| i.circuit_breaker.as_ref()),
+        ),
+        (
+            Kind::MeshFaultInjection,
+            from_rules(&mesh, &resolved.inbounds, |i| i.fault_injection.as_ref()),
+        ),
+        (
+            Kind::MeshRateLimit,
+            from_rules(&mesh, &resolved.inbounds, |i| i.rate_limit.as_ref()),
         ),
     ] {
         if !rules.is_empty() {

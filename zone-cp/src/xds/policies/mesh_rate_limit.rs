@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3::L
 use envoy_types::pb::envoy::r#type::v3::{HttpStatus, TokenBucket};
 use envoy_types::pb::google::protobuf::UInt32Value;
 use meridian_model::Kind;
-use meridian_model::policies::mesh_rate_limit::{HttpLimit, Rate, TcpLimit};
+use meridian_model::policies::mesh_rate_limit::{HttpLimit, MIN_INTERVAL, Rate, TcpLimit};
 use meridian_model::resolve::inbound;
 
 use super::{Generated, PolicyPlugin, ProxyInput};
@@ -64,11 +64,19 @@ impl PolicyPlugin for Plugin {
     }
 }
 
+/// `num` per `interval` as a bucket of `num` tokens, refilled a token at a time (every
+/// `interval / num`) rather than all at once, so that the rate holds over any stretch of
+/// time and not only on the interval's boundaries; where that would refill more often than
+/// Envoy's 50 ms, as few tokens at a time as keep it to 50 ms.
 fn bucket(rate: &Rate) -> TokenBucket {
+    let num = rate.num.max(1);
+    let interval = rate.interval.as_duration();
+    let per_token = (interval / num).as_nanos().max(1);
+    let per_fill = (MIN_INTERVAL.as_nanos().div_ceil(per_token) as u32).clamp(1, num);
     TokenBucket {
-        max_tokens: rate.num,
-        tokens_per_fill: Some(UInt32Value { value: rate.num }),
-        fill_interval: Some(duration(rate.interval.as_duration())),
+        max_tokens: num,
+        tokens_per_fill: Some(UInt32Value { value: per_fill }),
+        fill_interval: Some(duration(interval.mul_f64(f64::from(per_fill) / f64::from(num)))),
     }
 }
 
@@ -128,4 +136,38 @@ fn tcp_limit(limit: &TcpLimit, stat_prefix: &str) -> Option<Filter> {
         name: "envoy.filters.network.local_ratelimit".into(),
         config_type: Some(FilterConfig::TypedConfig(pack(&config))),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(num: u32, interval: &str) -> Rate {
+        Rate {
+            num,
+            interval: meridian_model::values::GoDuration::parse(interval).expect("duration"),
+        }
+    }
+
+    #[test]
+    fn buckets_refill_a_token_at_a_time_but_not_under_50ms() {
+        let b = bucket(&rate(10, "1s"));
+        assert_eq!((b.max_tokens, b.tokens_per_fill.map(|t| t.value)), (10, Some(1)));
+        assert_eq!(
+            b.fill_interval,
+            Some(duration(std::time::Duration::from_millis(100)))
+        );
+        let b = bucket(&rate(1000, "1s"));
+        assert_eq!(b.tokens_per_fill.map(|t| t.value), Some(50));
+        assert_eq!(
+            b.fill_interval,
+            Some(duration(std::time::Duration::from_millis(50)))
+        );
+        let b = bucket(&rate(3, "100ms"));
+        assert_eq!(
+            b.tokens_per_fill.map(|t| t.value),
+            Some(2),
+            "never refill under 50 ms"
+        );
+    }
 }

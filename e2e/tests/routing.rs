@@ -1,0 +1,291 @@
+//! Traffic policies with real Envoy: MeshHTTPRoute (header matches, weighted splits over
+//! subsets, rewrites, header modifiers, redirects), MeshFaultInjection and MeshRateLimit. A
+//! standalone zone, `backend` in versions v1 and v2 (each a demo-app beside its sidecar), and a
+//! client sidecar whose outbound the drills call. Each drill prints its counts.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use meridian_e2e::{Answer, DemoApp, Sidecar, ZoneCp, ok, requests};
+use meridian_testing::{free_port, wait_until};
+
+struct Mesh {
+    cp: ZoneCp,
+    /// The client's outbound to backend.
+    url: String,
+    _apps: Vec<DemoApp>,
+    _sidecars: Vec<Sidecar>,
+    _dir: tempfile::TempDir,
+}
+
+/// A zone with backend in each of `versions` and a client calling it.
+fn mesh(versions: &[&str]) -> Mesh {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ZoneCp::start("zone-1", &dir.path().join("zone")).expect("zone-cp");
+    let (mut apps, mut sidecars) = (Vec::new(), Vec::new());
+    for version in versions {
+        let app =
+            DemoApp::start(&["--name", "backend", "--instance", &format!("backend-{version}")]).expect("app");
+        let file = dir.path().join(format!("backend-{version}.yaml"));
+        let inbound = free_port().expect("port");
+        std::fs::write(
+            &file,
+            format!(
+                "type: Dataplane\nname: backend-{version}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {inbound}\n    servicePort: {}\n    tags:\n      kuma.io/service: backend\n      kuma.io/protocol: http\n      version: {version}\n",
+                app.port
+            ),
+        )
+        .expect("write");
+        sidecars
+            .push(Sidecar::start(&cp, &["--dataplane-file", &file.display().to_string()]).expect("sidecar"));
+        apps.push(app);
+    }
+    let client = DemoApp::start(&["--name", "client"]).expect("client");
+    let (inbound, outbound) = (free_port().expect("port"), free_port().expect("port"));
+    sidecars.push(
+        Sidecar::start(
+            &cp,
+            &[
+                "--name",
+                "client-1",
+                "--inbound",
+                &format!("{inbound}:{}:client:http", client.port),
+                "--outbound",
+                &format!("{outbound}:backend"),
+            ],
+        )
+        .expect("client sidecar"),
+    );
+    apps.push(client);
+    let url = format!("http://127.0.0.1:{outbound}");
+    wait_until(
+        "every backend to answer through the mesh",
+        Duration::from_secs(30),
+        || {
+            let seen = instances(&requests(&format!("{url}/"), 20, &[]));
+            versions
+                .iter()
+                .all(|v| seen.contains_key(&format!("backend-{v}")))
+        },
+    )
+    .expect("backends");
+    Mesh {
+        cp,
+        url,
+        _apps: apps,
+        _sidecars: sidecars,
+        _dir: dir,
+    }
+}
+
+impl Mesh {
+    fn apply(&self, yaml: &str) {
+        ok(self
+            .cp
+            .meshctl(&["apply", "-f", "-"], Some(yaml))
+            .expect("meshctl"));
+    }
+}
+
+/// How many answers each instance gave (`status NNN` for answers that are not a 200).
+fn instances(answers: &[Answer]) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for a in answers {
+        let key = match a.status {
+            200 => serde_json::from_str::<serde_json::Value>(&a.body)
+                .ok()
+                .and_then(|v| v["instance"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "unreadable".into()),
+            other => format!("status {other}"),
+        };
+        *seen.entry(key).or_default() += 1;
+    }
+    seen
+}
+
+fn share(seen: &BTreeMap<String, usize>, key: &str, total: usize) -> f64 {
+    100.0 * *seen.get(key).unwrap_or(&0) as f64 / total as f64
+}
+
+fn split(v1: u32, v2: u32) -> String {
+    format!(
+        "type: MeshHTTPRoute\nname: backend-route\nspec:\n  targetRef: {{kind: Mesh}}\n  to:\n  - targetRef: {{kind: MeshService, name: backend}}\n    rules:\n    - matches: [{{path: {{type: PathPrefix, value: /}}}}]\n      default:\n        backendRefs:\n        - {{kind: MeshServiceSubset, name: backend, tags: {{version: v1}}, weight: {v1}}}\n        - {{kind: MeshServiceSubset, name: backend, tags: {{version: v2}}, weight: {v2}}}\n"
+    )
+}
+
+const BY_HEADER: &str = "type: MeshHTTPRoute\nname: backend-route\nspec:\n  targetRef: {kind: Mesh}\n  to:\n  - targetRef: {kind: MeshService, name: backend}\n    rules:\n    - matches:\n      - headers: [{type: Exact, name: x-version, value: v2}]\n      default:\n        backendRefs: [{kind: MeshServiceSubset, name: backend, tags: {version: v2}}]\n    - matches: [{path: {type: PathPrefix, value: /}}]\n      default:\n        backendRefs: [{kind: MeshServiceSubset, name: backend, tags: {version: v1}}]\n";
+
+#[test]
+fn header_matches_and_weighted_splits_route_to_subsets() {
+    let m = mesh(&["v1", "v2"]);
+    let root = format!("{}/", m.url);
+    m.apply(BY_HEADER);
+    wait_until("the header route to take effect", Duration::from_secs(15), || {
+        instances(&requests(&root, 20, &[])) == BTreeMap::from([("backend-v1".into(), 20)])
+    })
+    .expect("route");
+    let with = instances(&requests(&root, 200, &[("x-version", "v2")]));
+    let without = instances(&requests(&root, 200, &[]));
+    println!("x-version: v2 -> {with:?}; no header -> {without:?}");
+    assert_eq!(with, BTreeMap::from([("backend-v2".into(), 200)]));
+    assert_eq!(without, BTreeMap::from([("backend-v1".into(), 200)]));
+
+    m.apply(&split(80, 20));
+    wait_until("the split to take effect", Duration::from_secs(15), || {
+        instances(&requests(&root, 50, &[("x-version", "v2")])).contains_key("backend-v1")
+    })
+    .expect("split");
+    let seen = instances(&requests(&root, 1000, &[]));
+    let v1 = share(&seen, "backend-v1", 1000);
+    println!("80/20 over 1000 requests: {seen:?} ({v1:.1}% to v1)");
+    assert!((75.0..=85.0).contains(&v1), "{seen:?}");
+
+    // The split changes to 50/50 while requests flow: none of them fails.
+    let url = root.clone();
+    let load = std::thread::spawn(move || requests(&url, 1500, &[]));
+    std::thread::sleep(Duration::from_millis(300));
+    m.apply(&split(50, 50));
+    let during = instances(&load.join().expect("load"));
+    println!("while changing to 50/50: {during:?}");
+    assert!(
+        during.keys().all(|k| k.starts_with("backend-")),
+        "a request failed: {during:?}"
+    );
+    let seen = instances(&requests(&root, 1000, &[]));
+    let v1 = share(&seen, "backend-v1", 1000);
+    println!("50/50 over 1000 requests: {seen:?} ({v1:.1}% to v1)");
+    assert!((45.0..=55.0).contains(&v1), "{seen:?}");
+
+    let rules = ok(m
+        .cp
+        .meshctl(&["inspect", "dataplane", "client-1", "--rules"], None)
+        .expect("meshctl"));
+    println!("{rules}");
+    assert!(
+        rules.contains("MeshHTTPRoute") && rules.contains("backend-route"),
+        "{rules}"
+    );
+}
+
+const REWRITES: &str = "type: MeshHTTPRoute\nname: rewrites\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: backend}\n    rules:\n    - matches: [{path: {type: PathPrefix, value: /old}}]\n      default:\n        filters:\n        - type: URLRewrite\n          urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}\n        - type: RequestHeaderModifier\n          requestHeaderModifier: {set: [{name: x-routed, value: 'yes'}], remove: [x-secret]}\n        - type: ResponseHeaderModifier\n          responseHeaderModifier: {add: [{name: x-served-by, value: mesh}]}\n    - matches: [{path: {type: Exact, value: /moved}}]\n      default:\n        filters:\n        - type: RequestRedirect\n          requestRedirect: {statusCode: 301, hostname: example.com, path: {type: ReplaceFullPath, replaceFullPath: /elsewhere}}\n";
+
+/// `curl -i`: the status line and headers, then the body.
+fn curl_i(url: &str, headers: &[&str]) -> String {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-s", "-i", "--max-time", "10", url]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    String::from_utf8_lossy(&cmd.output().expect("curl").stdout).into_owned()
+}
+
+#[test]
+fn rewrites_header_modifiers_and_redirects_are_seen() {
+    let m = mesh(&["v1"]);
+    m.apply(REWRITES);
+    let old = format!("{}/old/x?q=1", m.url);
+    wait_until("the rewrite to take effect", Duration::from_secs(15), || {
+        curl_i(&old, &[]).contains("\"path\":\"/new/x?q=1\"")
+    })
+    .expect("rewrite");
+    let answer = curl_i(&old, &["x-secret: s3cret"]);
+    println!("{answer}");
+    let body: serde_json::Value =
+        serde_json::from_str(answer.rsplit("\r\n\r\n").next().unwrap_or_default()).expect("json");
+    assert_eq!(body["path"], "/new/x?q=1", "the app sees the rewritten path");
+    assert_eq!(body["headers"]["x-routed"], "yes", "the app sees the set header");
+    assert!(
+        body["headers"].get("x-secret").is_none(),
+        "the removed header is gone: {body}"
+    );
+    assert!(
+        answer.to_ascii_lowercase().contains("x-served-by: mesh"),
+        "{answer}"
+    );
+
+    let moved = curl_i(&format!("{}/moved", m.url), &[]);
+    println!("{moved}");
+    assert!(moved.starts_with("HTTP/1.1 301"), "{moved}");
+    assert!(
+        moved
+            .to_ascii_lowercase()
+            .contains("location: http://example.com/elsewhere"),
+        "{moved}"
+    );
+}
+
+fn p50(answers: &[Answer]) -> Duration {
+    let mut took: Vec<Duration> = answers.iter().map(|a| a.took).collect();
+    took.sort();
+    took[took.len() / 2]
+}
+
+#[test]
+fn faults_abort_a_share_of_requests_and_delay_them() {
+    let m = mesh(&["v1"]);
+    let root = format!("{}/", m.url);
+    let before = p50(&requests(&root, 50, &[]));
+    m.apply("type: MeshFaultInjection\nname: faults\nspec:\n  targetRef: {kind: MeshService, name: backend}\n  from:\n  - targetRef: {kind: Mesh}\n    default:\n      http:\n      - abort: {httpStatus: 503, percentage: 50}\n");
+    wait_until("aborts to start", Duration::from_secs(15), || {
+        instances(&requests(&root, 20, &[])).contains_key("status 503")
+    })
+    .expect("abort");
+    let seen = instances(&requests(&root, 1000, &[]));
+    let aborted = share(&seen, "status 503", 1000);
+    println!("50% abort over 1000 requests: {seen:?} ({aborted:.1}% 503)");
+    assert!((45.0..=55.0).contains(&aborted), "{seen:?}");
+
+    m.apply("type: MeshFaultInjection\nname: faults\nspec:\n  targetRef: {kind: MeshService, name: backend}\n  from:\n  - targetRef: {kind: Mesh}\n    default:\n      http:\n      - delay: {value: 200ms, percentage: 100}\n");
+    wait_until("delays to start", Duration::from_secs(15), || {
+        requests(&root, 1, &[])[0].took >= Duration::from_millis(150)
+    })
+    .expect("delay");
+    let delayed = requests(&root, 50, &[]);
+    assert!(delayed.iter().all(|a| a.status == 200));
+    let after = p50(&delayed);
+    let added = after.saturating_sub(before);
+    println!("200 ms delay: p50 {before:?} -> {after:?} (+{added:?})");
+    assert!(
+        (Duration::from_millis(170)..=Duration::from_millis(230)).contains(&added),
+        "p50 rose by {added:?}"
+    );
+}
+
+#[test]
+fn a_rate_limit_answers_429_beyond_its_rate() {
+    let m = mesh(&["v1"]);
+    let root = format!("{}/", m.url);
+    m.apply("type: MeshRateLimit\nname: limit\nspec:\n  targetRef: {kind: MeshService, name: backend}\n  rules:\n  - default:\n      local:\n        http:\n          requestRate: {num: 10, interval: 1s}\n          onRateLimit: {status: 429, headers: {set: [{name: x-rate-limited, value: 'true'}]}}\n");
+    wait_until(
+        "the limit to take effect (its bucket drained)",
+        Duration::from_secs(15),
+        || instances(&requests(&root, 30, &[])).contains_key("status 429"),
+    )
+    .expect("limit");
+    let limited = curl_i(&root, &[]);
+    assert!(limited.starts_with("HTTP/1.1 429"), "{limited}");
+    assert!(limited.contains("x-rate-limited: true"), "{limited}");
+    // A 5 s burst, as fast as one client goes.
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    while started.elapsed() < Duration::from_secs(5) {
+        answers.extend(requests(&root, 20, &[]));
+    }
+    let window = started.elapsed().as_secs_f64();
+    let seen = instances(&answers);
+    let passed = *seen.get("backend-v1").unwrap_or(&0) as f64;
+    let expected = 10.0 * window;
+    println!(
+        "10/s over {window:.2} s: {} requests, {seen:?}; {passed} passed against {expected:.0} expected",
+        answers.len()
+    );
+    assert!(
+        (passed - expected).abs() <= expected * 0.1,
+        "{passed} passed, {expected:.0} expected: {seen:?}"
+    );
+    assert_eq!(
+        seen.get("status 429").copied().unwrap_or(0) + passed as usize,
+        answers.len(),
+        "every other request was limited: {seen:?}"
+    );
+}
