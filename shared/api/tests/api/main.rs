@@ -2,6 +2,7 @@
 //! bodies and their errors here; who may do what in `access.rs`.
 
 mod access;
+mod traffic;
 
 use meridian_store::prelude::*;
 use std::sync::Arc;

@@ -372,7 +372,12 @@ pub fn check_regex(v: &mut Validator, pattern: &str) {
         v.error("must not be empty");
     } else if let Err(e) = regex_syntax::Parser::new().parse(pattern) {
         let why = e.to_string();
-        let last = why.lines().last().unwrap_or("invalid").trim();
+        let last = why
+            .lines()
+            .last()
+            .unwrap_or("invalid")
+            .trim()
+            .trim_start_matches("error: ");
         v.error(format!("is not a valid regular expression: {last}"));
     }
 }
