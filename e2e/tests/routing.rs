@@ -18,8 +18,13 @@ struct Mesh {
     _dir: tempfile::TempDir,
 }
 
-/// A zone with backend in each of `versions` and a client calling it.
+/// A zone with backend (HTTP) in each of `versions` and a client calling it.
 fn mesh(versions: &[&str]) -> Mesh {
+    mesh_of(versions, "http")
+}
+
+/// A zone with backend in each of `versions`, speaking `protocol`, and a client calling it.
+fn mesh_of(versions: &[&str], protocol: &str) -> Mesh {
     let dir = tempfile::tempdir().expect("tempdir");
     let cp = ZoneCp::start("zone-1", &dir.path().join("zone")).expect("zone-cp");
     let (mut apps, mut sidecars) = (Vec::new(), Vec::new());
@@ -31,7 +36,7 @@ fn mesh(versions: &[&str]) -> Mesh {
         std::fs::write(
             &file,
             format!(
-                "type: Dataplane\nname: backend-{version}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {inbound}\n    servicePort: {}\n    tags:\n      kuma.io/service: backend\n      kuma.io/protocol: http\n      version: {version}\n",
+                "type: Dataplane\nname: backend-{version}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {inbound}\n    servicePort: {}\n    tags:\n      kuma.io/service: backend\n      kuma.io/protocol: {protocol}\n      version: {version}\n",
                 app.port
             ),
         )
@@ -62,7 +67,7 @@ fn mesh(versions: &[&str]) -> Mesh {
         "every backend to answer through the mesh",
         Duration::from_secs(30),
         || {
-            let seen = instances(&requests(&format!("{url}/"), 20, &[]));
+            let seen = instances(&connections(&format!("{url}/"), 20));
             versions
                 .iter()
                 .all(|v| seen.contains_key(&format!("backend-{v}")))
@@ -288,4 +293,59 @@ fn a_rate_limit_answers_429_beyond_its_rate() {
         answers.len(),
         "every other request was limited: {seen:?}"
     );
+}
+
+/// `n` requests, each on a connection of its own (what a TCP route splits).
+fn connections(url: &str, n: usize) -> Vec<Answer> {
+    (0..n)
+        .map(|_| {
+            let (status, body, took) = meridian_e2e::http_get(url);
+            Answer { status, body, took }
+        })
+        .collect()
+}
+
+fn tcp_split(v1: u32, v2: u32) -> String {
+    format!(
+        "type: MeshTCPRoute\nname: tcp-route\nspec:\n  targetRef: {{kind: Mesh}}\n  to:\n  - targetRef: {{kind: MeshService, name: backend}}\n    rules:\n    - default:\n        backendRefs:\n        - {{kind: MeshServiceSubset, name: backend, tags: {{version: v1}}, weight: {v1}}}\n        - {{kind: MeshServiceSubset, name: backend, tags: {{version: v2}}, weight: {v2}}}\n"
+    )
+}
+
+#[test]
+fn a_tcp_route_splits_connections_and_an_http_route_wins_over_it() {
+    let m = mesh_of(&["v1", "v2"], "tcp");
+    let root = format!("{}/", m.url);
+    m.apply(&tcp_split(1, 3));
+    wait_until("the TCP split to take effect", Duration::from_secs(15), || {
+        let seen = instances(&connections(&root, 20));
+        share(&seen, "backend-v2", 20) >= 50.0
+    })
+    .expect("tcp split");
+    let seen = instances(&connections(&root, 200));
+    let v2 = share(&seen, "backend-v2", 200);
+    println!("TCP 25/75 over 200 connections: {seen:?} ({v2:.1}% to v2)");
+    assert!((65.0..=85.0).contains(&v2), "{seen:?}");
+    drop(m);
+
+    // On an HTTP service, a MeshTCPRoute routes until a MeshHTTPRoute does.
+    let m = mesh(&["v1", "v2"]);
+    let root = format!("{}/", m.url);
+    m.apply(&tcp_split(0, 1));
+    wait_until("the TCP route to route HTTP", Duration::from_secs(15), || {
+        instances(&requests(&root, 20, &[])) == BTreeMap::from([("backend-v2".into(), 20)])
+    })
+    .expect("tcp route on http");
+    m.apply(&split(1, 0));
+    wait_until("the HTTP route to win", Duration::from_secs(15), || {
+        instances(&requests(&root, 20, &[])) == BTreeMap::from([("backend-v1".into(), 20)])
+    })
+    .expect("http route wins");
+    let seen = instances(&requests(&root, 200, &[]));
+    println!("MeshTCPRoute all to v2, MeshHTTPRoute all to v1: {seen:?}");
+    assert_eq!(seen, BTreeMap::from([("backend-v1".into(), 200)]));
+    let rules = ok(m
+        .cp
+        .meshctl(&["inspect", "dataplane", "client-1", "--rules"], None)
+        .expect("meshctl"));
+    assert!(rules.contains("the MeshTCPRoute is left out"), "{rules}");
 }

@@ -141,7 +141,7 @@ pub async fn rules(
             list.push(rule);
         }
     };
-    let mut route_warnings = Vec::new();
+    let (mut route_warnings, mut tcp_warnings) = (Vec::new(), Vec::new());
     for (service, o) in &resolved.outbounds {
         if let Some(r) = &o.timeout {
             to(Kind::MeshTimeout, to_rule(&mesh, service, r));
@@ -157,6 +157,14 @@ pub async fn rules(
         }
         if let Some(r) = &o.health_check {
             to(Kind::MeshHealthCheck, to_rule(&mesh, service, r));
+        }
+        if let Some(r) = &o.tcp_route {
+            to(Kind::MeshTCPRoute, to_rule(&mesh, service, r));
+            if o.http_routes.is_some() {
+                tcp_warnings.push(json!(format!(
+                    "{service}: a MeshHTTPRoute routes this traffic, so the MeshTCPRoute is left out"
+                )));
+            }
         }
         if let Some(routes) = &o.http_routes {
             // The routes in the order Envoy tries them, each with its own origin.
@@ -186,6 +194,9 @@ pub async fn rules(
     }
     if let Some(entry) = by_kind.get_mut(Kind::MeshHTTPRoute.name()) {
         entry["warnings"] = Value::Array(route_warnings);
+    }
+    if let Some(entry) = by_kind.get_mut(Kind::MeshTCPRoute.name()) {
+        entry["warnings"] = Value::Array(tcp_warnings);
     }
     for (kind, rules) in [
         (

@@ -110,6 +110,7 @@ kinds! {
     MeshRetry { spec: MeshRetrySpec, plural: "meshretries", scope: Mesh, inline: false },
     MeshTimeout { spec: MeshTimeoutSpec, plural: "meshtimeouts", scope: Mesh, inline: false },
     MeshHTTPRoute { spec: MeshHttpRouteSpec, plural: "meshhttproutes", scope: Mesh, inline: false },
+    MeshTCPRoute { spec: MeshTcpRouteSpec, plural: "meshtcproutes", scope: Mesh, inline: false },
     MeshFaultInjection { spec: MeshFaultInjectionSpec, plural: "meshfaultinjections", scope: Mesh, inline: false },
     MeshRateLimit { spec: MeshRateLimitSpec, plural: "meshratelimits", scope: Mesh, inline: false },
     ZoneIngress { spec: ZoneIngressSpec, plural: "zoneingresses", scope: Global, inline: true },

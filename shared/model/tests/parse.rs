@@ -444,6 +444,19 @@ spec:
           tcp:
             connectionRate: {num: 100, interval: 1s}
 ",
+    "type: MeshTCPRoute
+name: tcp-split
+mesh: default
+spec:
+  targetRef: {kind: Mesh}
+  to:
+    - targetRef: {kind: MeshService, name: db}
+      rules:
+        - default:
+            backendRefs:
+              - {kind: MeshServiceSubset, name: db, tags: {role: primary}, weight: 90}
+              - {kind: MeshService, name: db-replica, weight: 10}
+",
     "type: ZoneIngress
 name: ingress-1
 networking:

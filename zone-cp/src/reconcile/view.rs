@@ -288,16 +288,27 @@ impl ZoneView {
                 }
                 // Services whose routes send to these: their callers hold these clusters too.
                 let routes = self.meshes.get(&key.mesh).into_iter().flat_map(|m| {
-                    m.range((Kind::MeshHTTPRoute, String::new())..)
-                        .take_while(|((k, _), _)| *k == Kind::MeshHTTPRoute)
+                    [Kind::MeshHTTPRoute, Kind::MeshTCPRoute]
+                        .into_iter()
+                        .flat_map(move |kind| {
+                            m.range((kind, String::new())..)
+                                .take_while(move |((k, _), _)| *k == kind)
+                        })
                 });
                 let mut routed: BTreeSet<String> = BTreeSet::new();
                 for (_, r) in routes {
-                    if let Spec::MeshHTTPRoute(route) = &r.spec {
-                        for (from, backend) in route.backends() {
-                            if from != backend.name && services.contains(&&backend.name) {
-                                routed.insert(from.to_owned());
-                            }
+                    let backends: Vec<(&str, &str)> = match &r.spec {
+                        Spec::MeshHTTPRoute(route) => {
+                            route.backends().map(|(f, b)| (f, b.name.as_str())).collect()
+                        }
+                        Spec::MeshTCPRoute(route) => {
+                            route.backends().map(|(f, b)| (f, b.name.as_str())).collect()
+                        }
+                        _ => Vec::new(),
+                    };
+                    for (from, backend) in backends {
+                        if from != backend && services.iter().any(|s| s.as_str() == backend) {
+                            routed.insert(from.to_owned());
                         }
                     }
                 }

@@ -122,8 +122,10 @@ pub fn ingress_snapshot(ingress: &ZoneIngressSpec, meshes: &[&MeshContext]) -> S
         // Each service whole, and each of its subsets that a route sends to.
         let mut destinations: std::collections::BTreeSet<(&String, BTreeMap<String, String>)> =
             ctx.services.keys().map(|s| (s, BTreeMap::new())).collect();
-        for route in &ctx.policies.http_routes {
-            for (_, backend) in route.spec.backends() {
+        let http = ctx.policies.http_routes.iter().flat_map(|r| r.spec.backends());
+        let tcp = ctx.policies.tcp_routes.iter().flat_map(|r| r.spec.backends());
+        {
+            for (_, backend) in http.chain(tcp) {
                 if let Some((service, _)) = ctx.services.get_key_value(&backend.name)
                     && backend.tags.is_some()
                 {

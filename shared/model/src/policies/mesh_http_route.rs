@@ -402,14 +402,19 @@ fn validate_conf(v: &mut Validator, conf: &RuleConf, prefix_only: bool) {
         }
     });
     if let Some(refs) = &conf.backend_refs {
-        v.field("backendRefs", |v| {
-            if refs.is_empty() {
-                v.error("must not be empty when set: leave it out to send to the to service");
-            } else if refs.iter().all(|b| b.weight() == 0) {
-                v.error("weights sum to 0: at least one backend needs a weight above 0");
-            }
-            refs.validate(v);
-        });
+        v.field("backendRefs", |v| validate_backend_refs(v, refs));
+    }
+}
+
+/// A rule's backends: at least one, and some weight to share out.
+pub fn validate_backend_refs(v: &mut Validator, refs: &[BackendRef]) {
+    if refs.is_empty() {
+        v.error("must not be empty when set: leave it out to send to the to service");
+    } else if refs.iter().all(|b| b.weight() == 0) {
+        v.error("weights sum to 0: at least one backend needs a weight above 0");
+    }
+    for (i, b) in refs.iter().enumerate() {
+        v.index(i, |v| b.validate(v));
     }
 }
 

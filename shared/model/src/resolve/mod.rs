@@ -205,6 +205,7 @@ pub fn top_target(spec: &Spec) -> Option<TargetRef> {
         Spec::MeshRetry(s) => &s.target_ref,
         Spec::MeshTimeout(s) => &s.target_ref,
         Spec::MeshHTTPRoute(s) => &s.target_ref,
+        Spec::MeshTCPRoute(s) => &s.target_ref,
         Spec::MeshFaultInjection(s) => &s.target_ref,
         Spec::MeshRateLimit(s) => &s.target_ref,
         Spec::Extension(e) => return Some(e.spec.target_ref().cloned().unwrap_or_else(TargetRef::mesh)),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::access::{Access, InboundPermissions, Permissions, ServiceTags};
-use super::route::{HttpRoutes, http_routes};
+use super::route::{HttpRoutes, http_routes, tcp_route};
 use super::trace::{self, TraceConf};
 use super::{Policy, ProxyView, Resolved, outbound};
 use crate::extension::Extension;
@@ -17,6 +17,7 @@ use crate::policies::mesh_http_route::MeshHttpRouteSpec;
 use crate::policies::mesh_load_balancing_strategy::{LbConf, MeshLoadBalancingStrategySpec};
 use crate::policies::mesh_rate_limit::{MeshRateLimitSpec, RateLimitConf};
 use crate::policies::mesh_retry::{MeshRetrySpec, RetryConf};
+use crate::policies::mesh_tcp_route::{MeshTcpRouteSpec, TcpRuleConf};
 use crate::policies::mesh_timeout::{MeshTimeoutSpec, TimeoutConf};
 use crate::policies::mesh_trace::MeshTraceSpec;
 use crate::{Kind, Resource, Spec};
@@ -32,6 +33,7 @@ pub struct MeshPolicies {
     pub health_checks: Vec<Policy<MeshHealthCheckSpec>>,
     pub traces: Vec<Policy<MeshTraceSpec>>,
     pub http_routes: Vec<Policy<MeshHttpRouteSpec>>,
+    pub tcp_routes: Vec<Policy<MeshTcpRouteSpec>>,
     pub faults: Vec<Policy<MeshFaultInjectionSpec>>,
     pub rate_limits: Vec<Policy<MeshRateLimitSpec>>,
     pub permissions: Permissions,
@@ -53,6 +55,7 @@ impl MeshPolicies {
             Kind::MeshHealthCheck => self.health_checks.clear(),
             Kind::MeshTrace => self.traces.clear(),
             Kind::MeshHTTPRoute => self.http_routes.clear(),
+            Kind::MeshTCPRoute => self.tcp_routes.clear(),
             Kind::MeshFaultInjection => self.faults.clear(),
             Kind::MeshRateLimit => self.rate_limits.clear(),
             Kind::MeshTrafficPermission => self.permissions.mesh.clear(),
@@ -75,6 +78,7 @@ impl MeshPolicies {
             Spec::MeshHealthCheck(s) => self.health_checks.push(Policy::new(r, s)),
             Spec::MeshTrace(s) => self.traces.push(Policy::new(r, s)),
             Spec::MeshHTTPRoute(s) => self.http_routes.push(Policy::new(r, s)),
+            Spec::MeshTCPRoute(s) => self.tcp_routes.push(Policy::new(r, s)),
             Spec::MeshFaultInjection(s) => self.faults.push(Policy::new(r, s)),
             Spec::MeshRateLimit(s) => self.rate_limits.push(Policy::new(r, s)),
             Spec::MeshTrafficPermission(s) => self.permissions.mesh.push(Policy::new(r, s)),
@@ -166,6 +170,7 @@ impl MeshPolicies {
             circuit_breaker: outbound(&self.breakers, proxy, service),
             health_check: outbound(&self.health_checks, proxy, service),
             http_routes: http_routes(&self.http_routes, proxy, service),
+            tcp_route: tcp_route(&self.tcp_routes, proxy, service),
         }
     }
 }
@@ -209,4 +214,7 @@ pub struct OutboundPolicy {
     /// The routes MeshHTTPRoutes give it, in the order they are tried.
     #[serde(rename = "MeshHTTPRoute", skip_serializing_if = "Option::is_none")]
     pub http_routes: Option<HttpRoutes>,
+    /// Where MeshTCPRoutes send its connections (left out where a MeshHTTPRoute routes it).
+    #[serde(rename = "MeshTCPRoute", skip_serializing_if = "Option::is_none")]
+    pub tcp_route: Option<Resolved<TcpRuleConf>>,
 }

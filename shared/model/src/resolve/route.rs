@@ -13,9 +13,10 @@
 
 use serde::Serialize;
 
-use super::{Policy, ProxyView, Source, covers, precedence, selects};
+use super::{Policy, ProxyView, Resolved, Source, covers, merge_all, precedence, selects};
 use crate::Kind;
 use crate::policies::mesh_http_route::{HttpMatch, MeshHttpRouteSpec, PathMatch, PathMatchType, RuleConf};
+use crate::policies::mesh_tcp_route::{MeshTcpRouteSpec, TcpRuleConf};
 use crate::resolve::Merge;
 use crate::targetref::TargetRef;
 
@@ -165,6 +166,35 @@ pub fn http_routes(
 /// A rule by its matches: its merged conf, the policies behind it, and where it was first
 /// written (policy, `to` and rule index).
 type Keyed = (Vec<HttpMatch>, RuleConf, Vec<Source>, (String, (usize, usize)));
+
+/// Where the MeshTCPRoutes that apply send connections from `proxy` to `service`: their one
+/// rule each, merged in precedence order (the most specific wins). `None` when none applies.
+pub fn tcp_route(
+    policies: &[Policy<MeshTcpRouteSpec>],
+    proxy: &ProxyView<'_>,
+    service: &str,
+) -> Option<Resolved<TcpRuleConf>> {
+    let mesh = TargetRef::mesh();
+    let mut contributions = Vec::new();
+    for policy in policies {
+        let top = policy.spec.target_ref.as_ref().unwrap_or(&mesh);
+        if !selects(top, proxy) {
+            continue;
+        }
+        for (i, to) in policy.spec.to.iter().enumerate() {
+            if covers(&to.target_ref, service)
+                && let Some(rule) = to.rules.first()
+            {
+                contributions.push((
+                    precedence(policy, top, Some(&to.target_ref), i),
+                    policy.name.as_str(),
+                    &rule.default,
+                ));
+            }
+        }
+    }
+    merge_all(Kind::MeshTCPRoute, contributions)
+}
 
 /// How specific a match is: the greater is tried first.
 fn specificity(m: &HttpMatch) -> (u8, usize, bool, usize, usize) {

@@ -160,28 +160,41 @@ fn envoy_route(input: &ProxyInput<'_>, o: &mut OutboundResources, r: &HttpRoute)
 }
 
 /// Where a rule's requests go: the `to` service, one backend, or several by weight.
-fn backends(input: &ProxyInput<'_>, o: &mut OutboundResources, conf: &RuleConf) -> ClusterSpecifier {
-    let refs: Vec<&BackendRef> = conf
-        .backend_refs
-        .iter()
-        .flatten()
-        .filter(|b| b.weight() > 0)
-        .collect();
-    match refs.as_slice() {
-        [] => ClusterSpecifier::Cluster(o.service.clone()),
-        [one] => ClusterSpecifier::Cluster(cluster_for(input, o, one)),
+pub(super) fn backends(
+    input: &ProxyInput<'_>,
+    o: &mut OutboundResources,
+    conf: &RuleConf,
+) -> ClusterSpecifier {
+    match weighted(input, o, conf.backend_refs.as_deref()).as_slice() {
+        [(one, _)] => ClusterSpecifier::Cluster(one.clone()),
         many => ClusterSpecifier::WeightedClusters(WeightedCluster {
             clusters: many
                 .iter()
-                .map(|b| ClusterWeight {
-                    name: cluster_for(input, o, b),
-                    weight: Some(UInt32Value { value: b.weight() }),
+                .map(|(name, weight)| ClusterWeight {
+                    name: name.clone(),
+                    weight: Some(UInt32Value { value: *weight }),
                     ..Default::default()
                 })
                 .collect(),
             ..Default::default()
         }),
     }
+}
+
+/// The clusters of a rule's backends that get traffic, with their weights (the `to`
+/// service's own cluster when it names none), added to the outbound's upstreams as needed.
+pub(super) fn weighted(
+    input: &ProxyInput<'_>,
+    o: &mut OutboundResources,
+    refs: Option<&[BackendRef]>,
+) -> Vec<(String, u32)> {
+    let live: Vec<&BackendRef> = refs.into_iter().flatten().filter(|b| b.weight() > 0).collect();
+    if live.is_empty() {
+        return vec![(o.service.clone(), 1)];
+    }
+    live.into_iter()
+        .map(|b| (cluster_for(input, o, b), b.weight()))
+        .collect()
 }
 
 /// The cluster of a backend, added to the outbound's upstreams when it is not there yet.

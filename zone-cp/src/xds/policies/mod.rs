@@ -20,6 +20,7 @@ pub mod mesh_http_route;
 pub mod mesh_load_balancing_strategy;
 pub mod mesh_rate_limit;
 pub mod mesh_retry;
+pub mod mesh_tcp_route;
 pub mod mesh_timeout;
 pub mod mesh_trace;
 pub mod mesh_traffic_permission;
@@ -134,6 +135,7 @@ pub trait PolicyPlugin: Sync {
 /// Every plugin, in the order they run.
 pub const PLUGINS: &[&dyn PolicyPlugin] = &[
     &mesh_http_route::Plugin,
+    &mesh_tcp_route::Plugin,
     &mesh_traffic_permission::Plugin,
     &mesh_fault_injection::Plugin,
     &mesh_rate_limit::Plugin,
