@@ -25,12 +25,24 @@ fn mesh(versions: &[&str]) -> Mesh {
 
 /// A zone with backend in each of `versions`, speaking `protocol`, and a client calling it.
 fn mesh_of(versions: &[&str], protocol: &str) -> Mesh {
+    mesh_with(versions, protocol, "0ms")
+}
+
+/// ... its instances answering after `delay`.
+fn mesh_with(versions: &[&str], protocol: &str, delay: &str) -> Mesh {
     let dir = tempfile::tempdir().expect("tempdir");
     let cp = ZoneCp::start("zone-1", &dir.path().join("zone")).expect("zone-cp");
     let (mut apps, mut sidecars) = (Vec::new(), Vec::new());
     for version in versions {
-        let app =
-            DemoApp::start(&["--name", "backend", "--instance", &format!("backend-{version}")]).expect("app");
+        let app = DemoApp::start(&[
+            "--name",
+            "backend",
+            "--instance",
+            &format!("backend-{version}"),
+            "--delay",
+            delay,
+        ])
+        .expect("app");
         let file = dir.path().join(format!("backend-{version}.yaml"));
         let inbound = free_port().expect("port");
         std::fs::write(
@@ -348,4 +360,39 @@ fn a_tcp_route_splits_connections_and_an_http_route_wins_over_it() {
         .meshctl(&["inspect", "dataplane", "client-1", "--rules"], None)
         .expect("meshctl"));
     assert!(rules.contains("the MeshTCPRoute is left out"), "{rules}");
+}
+
+#[test]
+fn a_timeout_on_a_route_cuts_its_requests_alone() {
+    let m = mesh_with(&["v1"], "http", "300ms");
+    m.apply("type: MeshHTTPRoute\nname: api-route\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: backend}\n    rules:\n    - matches: [{path: {type: PathPrefix, value: /api}}]\n      default: {}\n");
+    m.apply("type: MeshTimeout\nname: api-timeout\nspec:\n  targetRef: {kind: MeshHTTPRoute, name: api-route}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {http: {requestTimeout: 100ms}}\n");
+    let api = format!("{}/api/x", m.url);
+    wait_until(
+        "the route's timeout to take effect",
+        Duration::from_secs(15),
+        || requests(&api, 1, &[])[0].status == 504,
+    )
+    .expect("timeout");
+    let on_route = requests(&api, 10, &[]);
+    let elsewhere = requests(&format!("{}/other", m.url), 10, &[]);
+    let statuses = |a: &[Answer]| a.iter().map(|a| a.status).collect::<Vec<_>>();
+    println!(
+        "with a 300 ms backend: /api/x (100 ms route timeout) {:?} in {:?}; /other {:?} in {:?}",
+        statuses(&on_route),
+        p50(&on_route),
+        statuses(&elsewhere),
+        p50(&elsewhere)
+    );
+    assert!(
+        on_route.iter().all(|a| a.status == 504),
+        "{:?}",
+        statuses(&on_route)
+    );
+    assert!(p50(&on_route) < Duration::from_millis(250));
+    assert!(
+        elsewhere.iter().all(|a| a.status == 200),
+        "{:?}",
+        statuses(&elsewhere)
+    );
 }

@@ -4,8 +4,8 @@
 //! the delay with `{service, zone, instance}`; `POST /fail?status=500` makes it fail until
 //! `POST /recover`.
 //!
-//! Any other path answers at once with `{service, zone, instance, path, headers}`: what the
-//! request looked like when it arrived (after a route rewrote it).
+//! Any other path answers (after the delay too) with `{service, zone, instance, path,
+//! headers}`: what the request looked like when it arrived (after a route rewrote it).
 //!
 //! `demo-app --listen ADDR --name demo --upstream URL --calls 4` answers `GET /` by calling the
 //! upstream that many times in sequence (through its sidecar), passing trace headers on.
@@ -165,6 +165,7 @@ async fn serve(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 }
 
 async fn echo(State(app): State<Arc<App>>, uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    tokio::time::sleep(app.delay).await;
     let headers: serde_json::Map<String, serde_json::Value> = headers
         .iter()
         .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))

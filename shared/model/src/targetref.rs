@@ -140,7 +140,6 @@ const UNSUPPORTED: &[TargetRefKind] = &[
     TargetRefKind::MeshExternalService,
     TargetRefKind::MeshMultiZoneService,
     TargetRefKind::MeshGateway,
-    TargetRefKind::MeshHTTPRoute,
 ];
 
 /// Kinds a policy's top-level `targetRef` may name (what translation applies).
@@ -154,6 +153,51 @@ pub const TOP_LEVEL: &[TargetRefKind] = &[
 
 /// Kinds a `to[].targetRef` (outbound traffic) may name.
 pub const TO: &[TargetRefKind] = &[TargetRefKind::Mesh, TargetRefKind::MeshService];
+
+/// What the top-level `targetRef` of a policy that may shape one route's rules (MeshTimeout,
+/// MeshRetry) names: [`TOP_LEVEL`], or a MeshHTTPRoute (the proxies it selects, its rules).
+pub const TOP_LEVEL_OR_ROUTE: &[TargetRefKind] = &[
+    TargetRefKind::Mesh,
+    TargetRefKind::MeshSubset,
+    TargetRefKind::MeshService,
+    TargetRefKind::MeshServiceSubset,
+    TargetRefKind::Dataplane,
+    TargetRefKind::MeshHTTPRoute,
+];
+
+/// What their `to[].targetRef` names: [`TO`], or a MeshHTTPRoute (its rules).
+pub const TO_OR_ROUTE: &[TargetRefKind] = &[
+    TargetRefKind::Mesh,
+    TargetRefKind::MeshService,
+    TargetRefKind::MeshHTTPRoute,
+];
+
+/// Checks a policy whose `to` entries may shape one route's rules: under a top-level
+/// MeshHTTPRoute they name `Mesh` (the route's traffic), and there is no inbound section.
+pub fn validate_route_target(
+    v: &mut Validator,
+    top: Option<&TargetRef>,
+    to_kinds: impl Iterator<Item = TargetRefKind>,
+    inbound: bool,
+) {
+    if top.is_none_or(|t| t.kind != TargetRefKind::MeshHTTPRoute) {
+        return;
+    }
+    if inbound {
+        v.error_at(
+            "targetRef.kind",
+            "MeshHTTPRoute shapes outbound traffic only: from and rules must not be set with it",
+        );
+    }
+    for (i, kind) in to_kinds.enumerate() {
+        if kind != TargetRefKind::Mesh {
+            v.error_at(
+                &format!("to[{i}].targetRef.kind"),
+                format!("must be Mesh under a top-level MeshHTTPRoute (its own traffic), got {kind:?}"),
+            );
+        }
+    }
+}
 
 /// What a `from[].targetRef` may name where a conf applies to every client (MeshTimeout,
 /// MeshCircuitBreaker: Kuma takes only `Mesh` there).
@@ -197,7 +241,7 @@ mod tests {
         let errs = errors(&tr, FROM);
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(
-            errs[0].starts_with("targetRef.kind: MeshHTTPRoute is not supported yet"),
+            errs[0].starts_with("targetRef.kind: MeshHTTPRoute is not allowed here"),
             "{errs:?}"
         );
         assert_eq!(errs[1], "targetRef.name: must be set for kind MeshHTTPRoute");

@@ -338,8 +338,22 @@ impl ZoneView {
                     .into_iter()
                     .flatten()
                 {
-                    match top_target(&version.spec) {
-                        Some(t) if t.kind != TargetRefKind::Mesh => targets.push(t),
+                    // A policy on a MeshHTTPRoute's rules touches the proxies that route selects.
+                    let top = top_target(&version.spec).map(|t| match t.kind {
+                        TargetRefKind::MeshHTTPRoute => {
+                            let route = ResourceKey::new(
+                                Kind::MeshHTTPRoute,
+                                &key.mesh,
+                                t.name.as_deref().unwrap_or_default(),
+                            );
+                            self.get(&route).and_then(|r| top_target(&r.spec))
+                        }
+                        _ => Some(t),
+                    });
+                    match top {
+                        // It names no route there is: nothing takes it.
+                        Some(None) => {}
+                        Some(Some(t)) if t.kind != TargetRefKind::Mesh => targets.push(t),
                         _ => {
                             touched(out, &key.mesh).add_all(types);
                             return;

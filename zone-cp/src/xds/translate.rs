@@ -438,6 +438,7 @@ fn base_resources(
             grpc: own.grpc,
             upstreams: vec![own],
             route,
+            route_origins: Vec::new(),
             http,
             tcp,
         });

@@ -275,9 +275,11 @@ impl JsonSchema for HttpRetryOn {
 
 impl Validate for MeshRetrySpec {
     fn validate(&self, v: &mut Validator) {
-        validate_top(v, &self.target_ref, targetref::TOP_LEVEL);
+        validate_top(v, &self.target_ref, targetref::TOP_LEVEL_OR_ROUTE);
+        let to_kinds = self.to.iter().flatten().map(|t| t.target_ref.kind);
+        targetref::validate_route_target(v, self.target_ref.as_ref(), to_kinds, false);
         // As Kuma: an empty or absent `to` is valid and configures nothing.
-        validate_to(v, &self.to, targetref::TO);
+        validate_to(v, &self.to, targetref::TO_OR_ROUTE);
     }
 }
 

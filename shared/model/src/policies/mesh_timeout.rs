@@ -55,7 +55,9 @@ pub struct HttpTimeouts {
 impl Validate for MeshTimeoutSpec {
     fn validate(&self, v: &mut Validator) {
         let inbound = non_empty(&self.from) || non_empty(&self.rules);
-        validate_top_for(v, &self.target_ref, targetref::TOP_LEVEL, inbound);
+        validate_top_for(v, &self.target_ref, targetref::TOP_LEVEL_OR_ROUTE, inbound);
+        let to_kinds = self.to.iter().flatten().map(|t| t.target_ref.kind);
+        targetref::validate_route_target(v, self.target_ref.as_ref(), to_kinds, inbound);
         if non_empty(&self.to) && self.target_ref.as_ref().is_some_and(|t| t.section_name.is_some()) {
             v.error_at(
                 "to",
@@ -77,7 +79,7 @@ impl Validate for MeshTimeoutSpec {
             );
         }
         validate_from(v, &self.from, targetref::FROM_ALL);
-        validate_to(v, &self.to, targetref::TO);
+        validate_to(v, &self.to, targetref::TO_OR_ROUTE);
         validate_rules(v, &self.rules);
     }
 }

@@ -294,7 +294,7 @@ spec:
             "{base}  from:\n    - targetRef: {{kind: MeshHTTPRoute, name: r}}\n      default: {{action: Deny}}\n"
         ));
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].starts_with("spec.from[0].targetRef.kind: MeshHTTPRoute is not supported yet"));
+        assert!(errs[0].starts_with("spec.from[0].targetRef.kind: MeshHTTPRoute is not allowed here"));
 
         let errs = errors(&format!(
             "{base}  from:\n    - targetRef: {{kind: Mesh}}\n      default: {{action: Allow}}\n  rules:\n    - default:\n        allow:\n          - spiffeID: {{type: Exact, value: 'spiffe://default/web'}}\n"

@@ -319,6 +319,58 @@ pub fn outbound<S: Outbound>(
     merge_all(S::KIND, contributions)
 }
 
+/// Whether any of `policies` names a MeshHTTPRoute, top-level or in `to`: only then may a
+/// route's conf differ from its service's.
+pub fn names_routes<S: Outbound>(policies: &[Policy<S>]) -> bool {
+    policies.iter().any(|p| {
+        p.spec
+            .target_ref()
+            .is_some_and(|t| t.kind == TargetRefKind::MeshHTTPRoute)
+            || p.spec
+                .to()
+                .iter()
+                .any(|e| e.target_ref.kind == TargetRefKind::MeshHTTPRoute)
+    })
+}
+
+/// What [`outbound`] gives traffic from `proxy` to `service` that takes a route made by the
+/// MeshHTTPRoutes `routes`: beyond the service's conf, that of policies whose top-level
+/// targetRef names one of them (their `to` entries apply to its traffic), and of `to`
+/// entries naming one of them (in policies selecting the proxy). A route is more specific
+/// than a service, so its conf wins.
+pub fn outbound_route<S: Outbound>(
+    policies: &[Policy<S>],
+    proxy: &ProxyView<'_>,
+    service: &str,
+    routes: &[String],
+) -> Option<Resolved<S::Conf>> {
+    let mesh = TargetRef::mesh();
+    let named = |t: &TargetRef| t.name.as_ref().is_some_and(|n| routes.contains(n));
+    let mut contributions = Vec::new();
+    for policy in policies {
+        let top = policy.spec.target_ref().unwrap_or(&mesh);
+        // A route applies to this traffic only where it selected the proxy.
+        let on_route = top.kind == TargetRefKind::MeshHTTPRoute;
+        if (on_route && !named(top)) || (!on_route && !selects(top, proxy)) {
+            continue;
+        }
+        for (i, entry) in policy.spec.to().iter().enumerate() {
+            let applies = match entry.target_ref.kind {
+                TargetRefKind::MeshHTTPRoute => !on_route && named(&entry.target_ref),
+                _ => covers(&entry.target_ref, service),
+            };
+            if applies {
+                contributions.push((
+                    precedence(policy, top, Some(&entry.target_ref), i),
+                    policy.name.as_str(),
+                    &entry.default,
+                ));
+            }
+        }
+    }
+    merge_all(S::KIND, contributions)
+}
+
 /// The merged conf of every `from` (for all clients) and `rules` entry of `policies` that
 /// applies to traffic into `inbound` of `proxy`, or `None` when none does.
 pub fn inbound<S: Inbound>(

@@ -325,3 +325,66 @@ fn a_section_name_picks_one_inbound_by_name_or_port() {
     assert_eq!(applies("9090"), [false, true]);
     assert_eq!(applies("nope"), [false, false]);
 }
+
+#[test]
+fn a_route_takes_the_conf_of_policies_naming_it_over_its_service_s() {
+    let policies = timeouts(&[
+        "type: MeshTimeout\nname: service\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: web}\n    default: {http: {requestTimeout: 5s, streamIdleTimeout: 9s}}\n",
+        "type: MeshTimeout\nname: on-route\nspec:\n  targetRef: {kind: MeshHTTPRoute, name: api}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {http: {requestTimeout: 1s}}\n",
+        "type: MeshTimeout\nname: in-to\nspec:\n  targetRef: {kind: Mesh}\n  to:\n  - targetRef: {kind: MeshHTTPRoute, name: admin}\n    default: {http: {requestTimeout: 2s}}\n",
+    ]);
+    assert!(names_routes(&policies) && !names_routes(&policies[..1]));
+    with_demo(|proxy| {
+        let plain = outbound(&policies, proxy, "web").expect("applies").conf;
+        assert_eq!(
+            plain.http.and_then(|h| h.request_timeout),
+            Some(d("5s")),
+            "routes' confs stay on routes"
+        );
+        let api = outbound_route(&policies, proxy, "web", &["api".into()]).expect("applies");
+        let http = api.conf.http.expect("http");
+        assert_eq!(http.request_timeout, Some(d("1s")), "the route's conf wins");
+        assert_eq!(
+            http.stream_idle_timeout,
+            Some(d("9s")),
+            "the service's fills in the rest"
+        );
+        let admin = outbound_route(&policies, proxy, "web", &["admin".into()]).expect("applies");
+        assert_eq!(admin.conf.http.and_then(|h| h.request_timeout), Some(d("2s")));
+        let other = outbound_route(&policies, proxy, "web", &["other".into()]).expect("applies");
+        assert_eq!(other.conf.http.and_then(|h| h.request_timeout), Some(d("5s")));
+    });
+}
+
+#[test]
+fn a_policy_on_a_route_shapes_its_outbound_traffic_alone() {
+    let refused = |yaml: &str| -> Vec<String> {
+        match parse_one(yaml, Format::Yaml) {
+            Ok(_) => panic!("accepted:\n{yaml}"),
+            Err(e) => e.causes().iter().map(|c| c.field.clone()).collect(),
+        }
+    };
+    assert_eq!(
+        refused(
+            "type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshHTTPRoute, name: api}\n  to:\n  - targetRef: {kind: MeshService, name: web}\n    default: {idleTimeout: 1s}\n"
+        ),
+        ["spec.to[0].targetRef.kind"]
+    );
+    assert_eq!(
+        refused(
+            "type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshHTTPRoute, name: api}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {idleTimeout: 1s}\n"
+        ),
+        ["spec.targetRef.kind"]
+    );
+    assert_eq!(
+        refused(
+            "type: MeshCircuitBreaker\nname: c\nspec:\n  targetRef: {kind: MeshHTTPRoute, name: api}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionLimits: {maxConnections: 1}}\n"
+        ),
+        ["spec.targetRef.kind"]
+    );
+    parse_one(
+        "type: MeshRetry\nname: r\nspec:\n  to:\n  - targetRef: {kind: MeshHTTPRoute, name: api}\n    default: {http: {numRetries: 2}}\n",
+        Format::Yaml,
+    )
+    .expect("a route in to");
+}

@@ -64,6 +64,11 @@ impl PolicyPlugin for Plugin {
             let routes: Vec<Route> = resolved.routes.iter().map(|r| envoy_route(input, o, r)).collect();
             if let Some(vh) = o.route.as_mut().and_then(|r| r.virtual_hosts.first_mut()) {
                 vh.routes = routes;
+                o.route_origins = resolved
+                    .routes
+                    .iter()
+                    .map(|r| r.origin.iter().map(|s| s.name.clone()).collect())
+                    .collect();
             }
         }
     }

@@ -24,7 +24,7 @@ use meridian_model::policies::mesh_retry::{
     BackOff, DEFAULT_BASE_INTERVAL, GrpcRetryOn, HeaderMatch, HeaderMatchType, HttpRetryOn, PredicateType,
     RateLimitFormat, RateLimitedBackOff, RetryConf,
 };
-use meridian_model::resolve::outbound;
+use meridian_model::resolve::{names_routes, outbound, outbound_route};
 use meridian_model::values::GoDuration;
 
 use super::{Generated, PolicyPlugin, ProxyInput};
@@ -42,8 +42,23 @@ impl PolicyPlugin for Plugin {
     }
 
     fn apply(&self, input: &ProxyInput<'_>, generated: &mut Generated) {
+        let policies = &input.ctx.policies.retries;
+        let per_route = names_routes(policies);
         for o in &mut generated.outbounds {
-            let resolved = outbound(&input.ctx.policies.retries, &input.view, &o.service);
+            let resolved = outbound(policies, &input.view, &o.service);
+            if per_route && !o.route_origins.is_empty() {
+                // Routes a MeshHTTPRoute made may have retries of their own.
+                let grpc = o.grpc;
+                let (service, actions) = o.actions_with_origins();
+                for (origins, action) in actions {
+                    let own = outbound_route(policies, &input.view, service, origins);
+                    action.retry_policy = own.as_ref().and_then(|r| match r.conf.grpc.is_some() && grpc {
+                        true => grpc_retry_policy(&r.conf),
+                        false => retry_policy(&r.conf),
+                    });
+                }
+                continue;
+            }
             let Some(conf) = resolved.as_ref().map(|r| &r.conf) else {
                 continue;
             };

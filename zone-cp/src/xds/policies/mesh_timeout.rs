@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::config::route::v3::route_action::MaxStreamDuration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use meridian_model::Kind;
 use meridian_model::policies::mesh_timeout::TimeoutConf;
-use meridian_model::resolve::{inbound, outbound};
+use meridian_model::resolve::{inbound, names_routes, outbound, outbound_route};
 use meridian_model::values::GoDuration;
 
 use super::{Generated, PolicyPlugin, ProxyInput};
@@ -111,7 +111,17 @@ impl PolicyPlugin for Plugin {
             if let (Some(hcm), Some(conf)) = (&mut o.http, conf) {
                 shape_listener(hcm, conf, false);
             }
-            for action in o.route.iter_mut().flat_map(route_actions) {
+            let per_route = names_routes(policies);
+            let (service, actions) = o.actions_with_origins();
+            for (origins, action) in actions {
+                // A route a MeshHTTPRoute made may have timeouts of its own.
+                let own;
+                let http = if per_route && !origins.is_empty() {
+                    own = outbound_route(policies, &input.view, service, origins);
+                    own.as_ref().and_then(|r| r.conf.http.as_ref())
+                } else {
+                    http
+                };
                 let request = http
                     .and_then(|h| h.request_timeout.as_ref())
                     .map_or(DEFAULT_REQUEST_TIMEOUT, |d| d.as_duration());

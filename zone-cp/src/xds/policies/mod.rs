@@ -30,7 +30,8 @@ use std::sync::RwLock;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::{RouteAction, RouteConfiguration};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use meridian_model::Kind;
@@ -95,6 +96,8 @@ pub struct OutboundResources {
     pub upstreams: Vec<Upstream>,
     /// HTTP: the route configuration (served by RDS) and the connection manager.
     pub route: Option<RouteConfiguration>,
+    /// The MeshHTTPRoutes behind each of `route`'s routes, in order (empty: none made them).
+    pub route_origins: Vec<Vec<String>>,
     pub http: Option<HttpConnectionManager>,
     pub tcp: Option<TcpProxy>,
 }
@@ -106,6 +109,33 @@ pub struct Generated {
     pub outbounds: Vec<OutboundResources>,
     /// Clusters that belong to no inbound or outbound (a trace collector's).
     pub clusters: Vec<Cluster>,
+}
+
+impl OutboundResources {
+    /// Each route action, with the MeshHTTPRoutes behind its route (none for the service's
+    /// own route), and the service: what a policy that may target routes shapes.
+    pub fn actions_with_origins(&mut self) -> (&str, Vec<(&[String], &mut RouteAction)>) {
+        let Self {
+            service,
+            route,
+            route_origins,
+            ..
+        } = self;
+        let routes = route
+            .iter_mut()
+            .flat_map(|r| r.virtual_hosts.iter_mut())
+            .flat_map(|vh| vh.routes.iter_mut());
+        let actions = routes
+            .enumerate()
+            .filter_map(|(i, r)| match &mut r.action {
+                Some(Action::Route(action)) => {
+                    Some((route_origins.get(i).map_or(&[][..], Vec::as_slice), action))
+                }
+                _ => None,
+            })
+            .collect();
+        (service.as_str(), actions)
+    }
 }
 
 impl Generated {

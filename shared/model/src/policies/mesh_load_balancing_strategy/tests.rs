@@ -104,7 +104,7 @@ fn invalid_examples_name_their_fields() {
         "  to:\n    - targetRef: {kind: MeshHTTPRoute, name: r}\n      default:\n        loadBalancer: {type: Random}\n",
     );
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].starts_with("spec.to[0].targetRef.kind: MeshHTTPRoute is not supported yet"));
+    assert!(errs[0].starts_with("spec.to[0].targetRef.kind: MeshHTTPRoute is not allowed here"));
     // An empty `to` is valid, as in Kuma: it configures nothing.
     assert!(crate::parse_one(&format!("{HEAD}  to: []\n"), crate::Format::Yaml).is_ok());
     let errs = errors(&format!(
