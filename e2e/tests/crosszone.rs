@@ -51,13 +51,22 @@ fn zone(name: &str, dir: &std::path::Path, global: &GlobalCp) -> Zone {
     )
     .expect("ingress");
     let reg = DemoApp::start(&["--name", "reg-server", "--zone", name]).expect("reg-server");
+    // Each zone's instance is tagged with its zone as its version, for routes to pick.
+    let reg_file = files.path().join("reg-server.yaml");
+    std::fs::write(
+        &reg_file,
+        format!(
+            "type: Dataplane\nname: reg-server-{name}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {}\n    tags: {{kuma.io/service: reg-server, kuma.io/protocol: http, version: {name}}}\n",
+            free_port().expect("port"),
+            reg.port
+        ),
+    )
+    .expect("write");
     let reg_sidecar = Sidecar::start(
         &cp,
         &[
-            "--name",
-            &format!("reg-server-{name}"),
-            "--inbound",
-            &format!("{}:{}:reg-server:http", free_port().expect("port"), reg.port),
+            "--dataplane-file",
+            &reg_file.display().to_string(),
             // reg-server's `/` does no work: a fair health check, which catches a 500.
             "--probe-http-path",
             "/",
@@ -370,4 +379,59 @@ fn failover_follows_the_zone_order_the_user_gave() {
     let outcome = load.finish(since, "zone-1");
     report("failover None with zone-1 down", &outcome);
     assert_eq!(outcome.1, outcome.0, "nothing leaves zone-1: {outcome:?}");
+}
+
+#[test]
+fn a_route_sends_to_a_subset_in_another_zone_through_its_ingress() {
+    let w = World::start(&["zone-1", "zone-2"]);
+    // x-version: zone-2 goes to the instances tagged so, in zone-2 alone; the rest stay home.
+    w.apply("type: MeshHTTPRoute\nname: by-zone\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: reg-server}\n    rules:\n    - matches: [{headers: [{name: x-version, value: zone-2}]}]\n      default:\n        backendRefs: [{kind: MeshServiceSubset, name: reg-server, tags: {version: zone-2}}]\n    - matches: [{path: {type: PathPrefix, value: /}}]\n      default:\n        backendRefs: [{kind: MeshServiceSubset, name: reg-server, tags: {version: zone-1}}]\n");
+    let answered_by = |header: Option<&str>| -> BTreeMap<String, usize> {
+        let mut seen = BTreeMap::new();
+        for _ in 0..50 {
+            let mut cmd = std::process::Command::new("curl");
+            cmd.args(["-s", "--max-time", "10", &w.url]);
+            if let Some(h) = header {
+                cmd.args(["-H", h]);
+            }
+            let body = cmd
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let zone = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["zone"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("failed: {body}"));
+            *seen.entry(zone).or_default() += 1;
+        }
+        seen
+    };
+    wait_until(
+        "the route to reach zone-2's subset",
+        Duration::from_secs(30),
+        || {
+            answered_by(Some("x-version: zone-2"))
+                .keys()
+                .eq(["zone-2"].iter())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", answered_by(Some("x-version: zone-2"))));
+    let remote = answered_by(Some("x-version: zone-2"));
+    let home = answered_by(None);
+    println!("x-version: zone-2 -> {remote:?}; no header -> {home:?}");
+    assert_eq!(remote, BTreeMap::from([("zone-2".into(), 50)]));
+    assert_eq!(home, BTreeMap::from([("zone-1".into(), 50)]));
+    // The subset's endpoints: none here, zone-2's ingress next.
+    let config = w.zones[0]
+        .cp
+        .proxy_config("default", "demo-1")
+        .unwrap_or_default();
+    let subset = &config["endpoints"]["reg-server{version=zone-2}"];
+    println!("reg-server{{version=zone-2}} endpoints: {subset}");
+    assert!(
+        subset
+            .as_array()
+            .is_some_and(|e| e.iter().all(|e| e["zone"] == "zone-2") && !e.is_empty()),
+        "{subset}"
+    );
 }
