@@ -61,6 +61,15 @@ pub enum Command {
         #[arg(short = 'f', long = "file")]
         file: String,
     },
+    /// Print what a file's resources come to in today's kinds: Kuma's older policies
+    /// (TrafficRoute, Timeout, Retry, CircuitBreaker, HealthCheck, FaultInjection, RateLimit)
+    /// as their targetRef equivalents, everything else as it is. Nothing is written.
+    Convert {
+        #[arg(short = 'f', long = "file")]
+        file: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Yaml)]
+        output: OutputFormat,
+    },
     /// Show one resource, or list a kind.
     Get {
         /// The kind: MeshTrace, meshtrace or meshtraces all work.
@@ -261,6 +270,7 @@ impl Cli {
         };
         let result = match command {
             Command::Apply { file } => apply(&client, &file).await,
+            Command::Convert { file, output } => resources::convert(&file, output),
             Command::Get {
                 kind,
                 name,
@@ -407,6 +417,7 @@ impl Command {
     fn name(&self) -> &'static str {
         match self {
             Command::Apply { .. } => "apply",
+            Command::Convert { .. } => "convert",
             Command::Get { .. } => "get",
             Command::Delete { .. } => "delete",
             Command::Inspect { .. } => "inspect",

@@ -9,6 +9,52 @@ use meridian_model::{Format, Kind, ResourceError, Scope, Submission};
 use crate::client::{self, Client, Failure};
 use crate::{OutputFormat, output, parse_kind};
 
+/// `meshctl convert -f FILE`: every document in today's kinds, in the universal form.
+pub(crate) fn convert(file: &str, output: OutputFormat) -> Result<(), Failure> {
+    let text = read_input(file)?;
+    let docs =
+        meridian_model::parse_documents(&text, Format::Yaml).map_err(|e| Failure::Invalid(e.to_string()))?;
+    let mut out: Vec<serde_json::Value> = Vec::new();
+    let mut problems = Vec::new();
+    for (i, doc) in docs.iter().enumerate() {
+        let resource = match meridian_model::from_value(doc.clone()) {
+            Ok(s) => s.resource,
+            Err(e) => {
+                problems.push(format!("{}: {e}", describe(i, doc)));
+                continue;
+            }
+        };
+        match meridian_model::policies::legacy::convert_resource(&resource) {
+            None => out.push(resource.to_universal()),
+            Some(Ok(converted)) => {
+                if converted.is_empty() {
+                    eprintln!(
+                        "{} {:?} converts to nothing: it does what a mesh does without it",
+                        resource.kind(),
+                        resource.name
+                    );
+                }
+                out.extend(converted.iter().map(|r| r.to_universal()));
+            }
+            Some(Err(e)) => problems.push(format!("{}: {e}", describe(i, doc))),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Failure::Invalid(format!(
+            "cannot convert:\n  {}",
+            problems.join("\n  ")
+        )));
+    }
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default()),
+        _ => {
+            let docs: Vec<String> = out.iter().map(meridian_model::text::to_yaml).collect();
+            print!("{}", docs.join("---\n"));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn read_input(file: &str) -> Result<String, Failure> {
     if file == "-" {
         let mut text = String::new();

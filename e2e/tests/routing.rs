@@ -396,3 +396,91 @@ fn a_timeout_on_a_route_cuts_its_requests_alone() {
         statuses(&elsewhere)
     );
 }
+
+const LEGACY_SPLIT: &str = "type: TrafficRoute\nname: split\nmesh: default\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\nconf:\n  loadBalancer: {roundRobin: {}}\n  split:\n  - {weight: 80, destination: {kuma.io/service: backend, version: v1}}\n  - {weight: 20, destination: {kuma.io/service: backend, version: v2}}\n";
+
+const LEGACY_FAULT: &str = "type: FaultInjection\nname: abort\nmesh: default\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend, kuma.io/protocol: http}\nconf:\n  abort: {httpStatus: 503, percentage: 50}\n";
+
+/// The client's routes and clusters and a backend's listeners, as the zone generated them.
+fn generated(m: &Mesh) -> serde_json::Value {
+    let client = m.cp.proxy_config("default", "client-1").unwrap_or_default();
+    let backend = m.cp.proxy_config("default", "backend-v1").unwrap_or_default();
+    serde_json::json!({
+        "routes": client["resources"]["routes"],
+        "clusters": client["resources"]["clusters"],
+        "listeners": backend["resources"]["listeners"],
+    })
+}
+
+#[test]
+fn legacy_traffic_route_and_fault_injection_behave_like_their_new_forms() {
+    let m = mesh(&["v1", "v2"]);
+    let root = format!("{}/", m.url);
+    // What meshctl convert prints is what the older policies come to.
+    let out = std::process::Command::new(meridian_e2e::bin("meshctl").expect("meshctl"))
+        .args(["convert", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(format!("{LEGACY_SPLIT}---\n{LEGACY_FAULT}").as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("meshctl convert");
+    let converted = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{converted}");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for kind in [
+        "type: MeshHTTPRoute",
+        "type: MeshTCPRoute",
+        "type: MeshFaultInjection",
+    ] {
+        assert!(converted.contains(kind), "{converted}");
+    }
+
+    m.apply(LEGACY_SPLIT);
+    wait_until("the legacy split to take effect", Duration::from_secs(15), || {
+        instances(&requests(&root, 50, &[]))
+            .get("backend-v2")
+            .is_some_and(|n| *n < 25)
+    })
+    .expect("legacy split");
+    let seen = instances(&requests(&root, 1000, &[]));
+    let v1 = share(&seen, "backend-v1", 1000);
+    println!("legacy TrafficRoute 80/20 over 1000 requests: {seen:?} ({v1:.1}% to v1)");
+    assert!((75.0..=85.0).contains(&v1), "{seen:?}");
+    m.apply(LEGACY_FAULT);
+    wait_until("the legacy abort to take effect", Duration::from_secs(15), || {
+        instances(&requests(&root, 20, &[])).contains_key("status 503")
+    })
+    .expect("legacy abort");
+    let seen = instances(&requests(&root, 1000, &[]));
+    let aborted = share(&seen, "status 503", 1000);
+    println!("legacy FaultInjection 50% abort over 1000 requests: {seen:?} ({aborted:.1}% 503)");
+    assert!((45.0..=55.0).contains(&aborted), "{seen:?}");
+    let legacy = generated(&m);
+
+    // The converted forms in their place: the same Envoy config.
+    ok(m.cp
+        .meshctl(&["delete", "traffic-route", "split"], None)
+        .expect("meshctl"));
+    ok(m.cp
+        .meshctl(&["delete", "fault-injection", "abort"], None)
+        .expect("meshctl"));
+    m.apply(&converted);
+    wait_until(
+        "the new forms to give the same config",
+        Duration::from_secs(15),
+        || generated(&m) == legacy,
+    )
+    .unwrap_or_else(|e| panic!("{e}:\n{:#}\nagainst\n{legacy:#}", generated(&m)));
+    assert!(
+        legacy["routes"].as_object().is_some_and(|r| !r.is_empty()),
+        "{legacy:#}"
+    );
+}

@@ -51,6 +51,13 @@ fn policies() -> Vec<Resource> {
         "type: MeshTCPRoute\nname: tcp-routes\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: db}\n    rules:\n    - default:\n        backendRefs: [{kind: MeshServiceSubset, name: db, tags: {role: primary}, weight: 9}, {kind: MeshService, name: db, weight: 1}]\n",
         "type: MeshFaultInjection\nname: faults\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {http: [{abort: {httpStatus: 503, percentage: 50}}, {delay: {value: 1s, percentage: 10}}]}\n",
         "type: MeshRateLimit\nname: limits\nspec:\n  targetRef: {kind: Mesh}\n  rules:\n  - default: {local: {http: {requestRate: {num: 10, interval: 1s}}, tcp: {connectionRate: {num: 5, interval: 1s}}}}\n",
+"type: Timeout\nname: legacy-timeout\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\nconf:\n  connectTimeout: 2s\n  http: {requestTimeout: 5s}\n",
+        "type: Retry\nname: legacy-retry\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\nconf:\n  http: {numRetries: 3, retryOn: [all_5xx]}\n",
+        "type: CircuitBreaker\nname: legacy-cb\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\nconf:\n  thresholds: {maxConnections: 7}\n",
+        "type: HealthCheck\nname: legacy-hc\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\nconf: {interval: 7s, timeout: 1s, unhealthyThreshold: 2, healthyThreshold: 1, healthyPanicThreshold: 40}\n",
+        "type: TrafficRoute\nname: legacy-route\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\nconf:\n  split:\n  - {weight: 90, destination: {kuma.io/service: backend, version: v1}}\n  - {weight: 10, destination: {kuma.io/service: backend, version: v2}}\n",
+        "type: FaultInjection\nname: legacy-fault\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\nconf:\n  delay: {value: 1s, percentage: 5}\n",
+        "type: RateLimit\nname: legacy-limit\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\nconf:\n  http: {requests: 100, interval: 1s}\n",
         "type: MeshTrace\nname: traces\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    backends:\n    - type: OpenTelemetry\n      openTelemetry: {endpoint: 'otel-collector:4317'}\n    sampling: {overall: 80}\n",
     ]
     .into_iter()

@@ -457,6 +457,13 @@ spec:
               - {kind: MeshServiceSubset, name: db, tags: {role: primary}, weight: 90}
               - {kind: MeshService, name: db-replica, weight: 10}
 ",
+"type: Timeout\nname: legacy-timeout\nmesh: default\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\nconf:\n  connectTimeout: 2s\n  http: {requestTimeout: 5s}\n",
+    "type: Retry\nname: legacy-retry\nmesh: default\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\nconf:\n  http: {numRetries: 3, retryOn: [all_5xx]}\n",
+    "type: CircuitBreaker\nname: legacy-cb\nmesh: default\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\nconf:\n  thresholds: {maxConnections: 7}\n",
+    "type: HealthCheck\nname: legacy-hc\nmesh: default\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\nconf: {interval: 7s, timeout: 1s, unhealthyThreshold: 2, healthyThreshold: 1}\n",
+    "type: TrafficRoute\nname: legacy-route\nmesh: default\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\nconf:\n  split:\n  - {weight: 90, destination: {kuma.io/service: backend, version: v1}}\n  - {weight: 10, destination: {kuma.io/service: backend, version: v2}}\n",
+    "type: FaultInjection\nname: legacy-fault\nmesh: default\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\nconf:\n  delay: {value: 1s, percentage: 5}\n",
+    "type: RateLimit\nname: legacy-limit\nmesh: default\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\nconf:\n  http: {requests: 100, interval: 1s}\n",
     "type: ZoneIngress
 name: ingress-1
 networking:

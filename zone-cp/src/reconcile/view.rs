@@ -184,10 +184,13 @@ impl ZoneView {
                 let mut ctx = Arc::try_unwrap(last).unwrap_or_else(|shared| (*shared).clone());
                 for &kind in &kept.kinds {
                     // A mesh's resources are kept by kind then name: one kind is one range.
-                    let of_kind = resources.into_iter().flat_map(|m| {
-                        m.range((kind, String::new())..)
-                            .take_while(move |((k, _), _)| *k == kind)
-                            .map(|(_, r)| &**r)
+                    let group = meridian_model::resolve::MeshPolicies::group(kind);
+                    let of_kind = group.into_iter().flat_map(|kind| {
+                        resources.into_iter().flat_map(move |m| {
+                            m.range((kind, String::new())..)
+                                .take_while(move |((k, _), _)| *k == kind)
+                                .map(|(_, r)| &**r)
+                        })
                     });
                     ctx.set_kind(kind, of_kind);
                 }

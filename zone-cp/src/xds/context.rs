@@ -103,8 +103,9 @@ impl MeshContext {
     }
 
     /// Recomputes what the mesh's resources of `kind` give it (its settings for the Mesh, its
-    /// Secrets, or one kind of policy) from every resource of that kind in it. Dataplanes
-    /// are [`MeshContext::set_service`]'s.
+    /// Secrets, or one kind of policy with the older kinds converted to it, its
+    /// [`MeshPolicies::group`]) from every resource of those kinds in it. Dataplanes are
+    /// [`MeshContext::set_service`]'s.
     pub fn set_kind<'a>(&mut self, kind: Kind, resources: impl IntoIterator<Item = &'a Resource>) {
         match kind {
             Kind::Dataplane => return,
@@ -115,7 +116,8 @@ impl MeshContext {
             Kind::Secret => self.secrets.clear(),
             _ => self.policies.clear(kind),
         }
-        for r in resources.into_iter().filter(|r| r.kind() == kind) {
+        let group = MeshPolicies::group(kind);
+        for r in resources.into_iter().filter(|r| group.contains(&r.kind())) {
             self.take_in(r);
         }
     }

@@ -2,6 +2,7 @@
 
 pub mod common;
 pub mod dataplane;
+pub mod legacy;
 pub mod mesh;
 pub mod mesh_circuit_breaker;
 pub mod mesh_fault_injection;
@@ -19,6 +20,10 @@ pub mod traffic_permission;
 pub mod zone_ingress;
 
 pub use dataplane::DataplaneSpec;
+pub use legacy::{
+    CircuitBreakerSpec, FaultInjectionSpec, HealthCheckSpec, RateLimitSpec, RetrySpec, TimeoutSpec,
+    TrafficRouteSpec,
+};
 pub use mesh::MeshSpec;
 pub use mesh_circuit_breaker::MeshCircuitBreakerSpec;
 pub use mesh_fault_injection::MeshFaultInjectionSpec;

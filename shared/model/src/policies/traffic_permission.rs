@@ -24,7 +24,7 @@ pub struct Selector {
     pub match_tags: BTreeMap<String, String>,
 }
 
-fn validate_selectors(v: &mut Validator, field: &str, selectors: &[Selector]) {
+pub(crate) fn validate_selectors(v: &mut Validator, field: &str, selectors: &[Selector]) {
     v.field(field, |v| {
         if selectors.is_empty() {
             v.error("must have at least one entry");

@@ -44,9 +44,31 @@ pub struct MeshPolicies {
 }
 
 impl MeshPolicies {
-    /// Forgets every policy of `kind` (what [`MeshPolicies::add`] took in of it), so that
-    /// one kind can be read again alone.
+    /// The kinds whose policies share a list with `kind`'s: a targetRef kind and the older
+    /// kinds converted to it (a TrafficRoute becomes routes of both kinds).
+    pub fn group(kind: Kind) -> Vec<Kind> {
+        use Kind::*;
+        match kind {
+            MeshTimeout | Timeout => vec![MeshTimeout, Timeout],
+            MeshRetry | Retry => vec![MeshRetry, Retry],
+            MeshCircuitBreaker | CircuitBreaker => vec![MeshCircuitBreaker, CircuitBreaker],
+            MeshHealthCheck | HealthCheck => vec![MeshHealthCheck, HealthCheck],
+            MeshFaultInjection | FaultInjection => vec![MeshFaultInjection, FaultInjection],
+            MeshRateLimit | RateLimit => vec![MeshRateLimit, RateLimit],
+            MeshHTTPRoute | MeshTCPRoute | TrafficRoute => vec![MeshHTTPRoute, MeshTCPRoute, TrafficRoute],
+            other => vec![other],
+        }
+    }
+
+    /// Forgets every policy of `kind`'s [`MeshPolicies::group`] (what [`MeshPolicies::add`]
+    /// took in of it), so that the group can be read again alone.
     pub fn clear(&mut self, kind: Kind) {
+        for kind in Self::group(kind) {
+            self.clear_one(kind);
+        }
+    }
+
+    fn clear_one(&mut self, kind: Kind) {
         match kind {
             Kind::MeshTimeout => self.timeouts.clear(),
             Kind::MeshRetry => self.retries.clear(),
@@ -68,9 +90,21 @@ impl MeshPolicies {
         }
     }
 
-    /// Takes in one resource of the mesh: a policy, or a Dataplane (for its service tags).
+    /// Takes in one resource of the mesh: a policy (an older kind as what it converts to; one
+    /// that does not convert was refused when written), or a Dataplane (for its service tags).
     pub fn add(&mut self, r: &Resource) {
-        match &r.spec {
+        match crate::policies::legacy::converted(&r.spec) {
+            Some(converted) => {
+                for c in converted.into_iter().flatten() {
+                    self.add_spec(r, &c.spec);
+                }
+            }
+            None => self.add_spec(r, &r.spec),
+        }
+    }
+
+    fn add_spec(&mut self, r: &Resource, spec: &Spec) {
+        match spec {
             Spec::MeshTimeout(s) => self.timeouts.push(Policy::new(r, s)),
             Spec::MeshRetry(s) => self.retries.push(Policy::new(r, s)),
             Spec::MeshLoadBalancingStrategy(s) => self.balancing.push(Policy::new(r, s)),

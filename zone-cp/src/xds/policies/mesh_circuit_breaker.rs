@@ -24,7 +24,7 @@ pub struct Plugin;
 
 impl PolicyPlugin for Plugin {
     fn kinds(&self) -> &'static [Kind] {
-        &[Kind::MeshCircuitBreaker]
+        &[Kind::MeshCircuitBreaker, Kind::CircuitBreaker]
     }
 
     fn shapes(&self) -> Types {

@@ -23,7 +23,7 @@ pub struct Plugin;
 
 impl PolicyPlugin for Plugin {
     fn kinds(&self) -> &'static [Kind] {
-        &[Kind::MeshFaultInjection]
+        &[Kind::MeshFaultInjection, Kind::FaultInjection]
     }
 
     fn shapes(&self) -> Types {

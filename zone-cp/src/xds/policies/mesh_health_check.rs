@@ -39,7 +39,7 @@ pub struct Plugin;
 
 impl PolicyPlugin for Plugin {
     fn kinds(&self) -> &'static [Kind] {
-        &[Kind::MeshHealthCheck]
+        &[Kind::MeshHealthCheck, Kind::HealthCheck]
     }
 
     fn shapes(&self) -> Types {

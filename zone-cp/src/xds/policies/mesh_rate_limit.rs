@@ -29,7 +29,7 @@ pub struct Plugin;
 
 impl PolicyPlugin for Plugin {
     fn kinds(&self) -> &'static [Kind] {
-        &[Kind::MeshRateLimit]
+        &[Kind::MeshRateLimit, Kind::RateLimit]
     }
 
     fn shapes(&self) -> Types {

@@ -34,7 +34,7 @@ pub struct Plugin;
 
 impl PolicyPlugin for Plugin {
     fn kinds(&self) -> &'static [Kind] {
-        &[Kind::MeshRetry]
+        &[Kind::MeshRetry, Kind::Retry]
     }
 
     fn shapes(&self) -> Types {

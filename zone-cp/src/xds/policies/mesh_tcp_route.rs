@@ -19,7 +19,7 @@ pub struct Plugin;
 
 impl PolicyPlugin for Plugin {
     fn kinds(&self) -> &'static [Kind] {
-        &[Kind::MeshTCPRoute]
+        &[Kind::MeshTCPRoute, Kind::TrafficRoute]
     }
 
     fn shapes(&self) -> Types {

@@ -80,7 +80,7 @@ fn shape_cluster(
 
 impl PolicyPlugin for Plugin {
     fn kinds(&self) -> &'static [Kind] {
-        &[Kind::MeshTimeout]
+        &[Kind::MeshTimeout, Kind::Timeout]
     }
 
     fn shapes(&self) -> Types {
