@@ -317,3 +317,83 @@ fn every_zone_trusts_the_root_global_made() {
     // Each zone issued its own proxy's certificate from it.
     assert_ne!(own_cert(&sidecars[0]).1, own_cert(&sidecars[1]).1);
 }
+
+/// Whether the inbound at 127.0.0.1:`port` takes TLS `version` (`-tls1_2`, `-tls1_3`): the
+/// handshake fails without a client certificate either way, but not over the version.
+fn handshakes(port: u16, version: &str) -> bool {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            version,
+            "-brief",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refused = [
+        "protocol version",
+        "unsupported protocol",
+        "no protocols available",
+        "wrong version number",
+    ];
+    let connected = !text.contains("Connection refused") && !text.contains("connect:errno");
+    println!(
+        "openssl {version}: {}",
+        text.lines()
+            .filter(|l| l.contains("error") || l.contains("alert"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    connected && !refused.iter().any(|r| text.contains(r))
+}
+
+#[test]
+fn mesh_tls_sets_an_inbound_s_versions_and_mode() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ZoneCp::start("zone-1", &dir.path().join("zone")).expect("zone-cp");
+    let pair = DemoPair::start(&cp).expect("demo pair");
+    let plaintext_url = format!("http://127.0.0.1:{}/", pair.reg_inbound);
+    ok(cp
+        .meshctl(&["apply", "-f", "-"], Some(&mtls_mesh("")))
+        .expect("meshctl"));
+    settle("the inbound to require TLS", &plaintext_url, 0);
+    settle("demo to answer over mTLS", &pair.demo.url("/"), 200);
+    assert!(
+        handshakes(pair.reg_inbound, "-tls1_2"),
+        "TLS 1.2 is taken by default"
+    );
+
+    // TLS 1.3 only, and plaintext taken too on reg-server's inbound (the Mesh stays STRICT).
+    ok(cp
+        .meshctl(
+            &["apply", "-f", "-"],
+            Some("type: MeshTLS\nname: reg-tls\nspec:\n  targetRef: {kind: MeshService, name: reg-server}\n  from:\n  - targetRef: {kind: Mesh}\n    default:\n      tlsVersion: {min: TLS13, max: TLS13}\n      mode: Permissive\n"),
+        )
+        .expect("meshctl"));
+    settle("reg-server to take plaintext", &plaintext_url, 200);
+    wait_until("TLS 1.2 to be refused", Duration::from_secs(15), || {
+        !handshakes(pair.reg_inbound, "-tls1_2")
+    })
+    .expect("tls 1.2 refused");
+    assert!(handshakes(pair.reg_inbound, "-tls1_3"), "TLS 1.3 is still taken");
+    settle(
+        "demo still reaches reg-server over mTLS",
+        &pair.demo.url("/"),
+        200,
+    );
+    println!("with MeshTLS: plaintext 200, TLS 1.2 refused, TLS 1.3 taken, mesh traffic 200");
+
+    // Gone: the Mesh's STRICT again.
+    ok(cp
+        .meshctl(&["delete", "meshtls", "reg-tls"], None)
+        .expect("meshctl"));
+    settle("plaintext to be refused again", &plaintext_url, 0);
+    assert!(handshakes(pair.reg_inbound, "-tls1_2"));
+}

@@ -58,6 +58,7 @@ fn policies() -> Vec<Resource> {
         "type: TrafficRoute\nname: legacy-route\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\nconf:\n  split:\n  - {weight: 90, destination: {kuma.io/service: backend, version: v1}}\n  - {weight: 10, destination: {kuma.io/service: backend, version: v2}}\n",
         "type: FaultInjection\nname: legacy-fault\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\nconf:\n  delay: {value: 1s, percentage: 5}\n",
         "type: RateLimit\nname: legacy-limit\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\nconf:\n  http: {requests: 100, interval: 1s}\n",
+"type: MeshTLS\nname: tls\nspec:\n  targetRef: {kind: MeshService, name: backend}\n  from:\n  - targetRef: {kind: Mesh}\n    default:\n      tlsVersion: {min: TLS12, max: TLS13}\n      tlsCiphers: [ECDHE-ECDSA-AES128-GCM-SHA256]\n      mode: Permissive\n",
         "type: MeshTrace\nname: traces\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    backends:\n    - type: OpenTelemetry\n      openTelemetry: {endpoint: 'otel-collector:4317'}\n    sampling: {overall: 80}\n",
     ]
     .into_iter()

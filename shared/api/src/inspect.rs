@@ -215,6 +215,10 @@ pub async fn rules(
             Kind::MeshRateLimit,
             from_rules(&mesh, &resolved.inbounds, |i| i.rate_limit.as_ref()),
         ),
+        (
+            Kind::MeshTLS,
+            from_rules(&mesh, &resolved.inbounds, |i| i.tls.as_ref()),
+        ),
     ] {
         if !rules.is_empty() {
             let entry = by_kind.entry(kind.name()).or_insert_with(

@@ -113,6 +113,7 @@ kinds! {
     MeshTCPRoute { spec: MeshTcpRouteSpec, plural: "meshtcproutes", scope: Mesh, inline: false },
     MeshFaultInjection { spec: MeshFaultInjectionSpec, plural: "meshfaultinjections", scope: Mesh, inline: false },
     MeshRateLimit { spec: MeshRateLimitSpec, plural: "meshratelimits", scope: Mesh, inline: false },
+    MeshTLS { spec: MeshTlsSpec, plural: "meshtlses", scope: Mesh, inline: false },
     TrafficRoute { spec: TrafficRouteSpec, plural: "traffic-routes", scope: Mesh, inline: true },
     FaultInjection { spec: FaultInjectionSpec, plural: "fault-injections", scope: Mesh, inline: true },
     RateLimit { spec: RateLimitSpec, plural: "rate-limits", scope: Mesh, inline: true },

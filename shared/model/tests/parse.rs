@@ -464,6 +464,7 @@ spec:
     "type: TrafficRoute\nname: legacy-route\nmesh: default\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\nconf:\n  split:\n  - {weight: 90, destination: {kuma.io/service: backend, version: v1}}\n  - {weight: 10, destination: {kuma.io/service: backend, version: v2}}\n",
     "type: FaultInjection\nname: legacy-fault\nmesh: default\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\nconf:\n  delay: {value: 1s, percentage: 5}\n",
     "type: RateLimit\nname: legacy-limit\nmesh: default\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\nconf:\n  http: {requests: 100, interval: 1s}\n",
+"type: MeshTLS\nname: tls\nmesh: default\nspec:\n  targetRef: {kind: MeshService, name: backend}\n  from:\n  - targetRef: {kind: Mesh}\n    default:\n      tlsVersion: {min: TLS12, max: TLS13}\n      tlsCiphers: [ECDHE-ECDSA-AES128-GCM-SHA256]\n      mode: Permissive\n",
     "type: ZoneIngress
 name: ingress-1
 networking:

@@ -28,9 +28,10 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_c
     CombinedCertificateValidationContext, ValidationContextType,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::tls_parameters::TlsProtocol;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
-    SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext, secret,
+    SubjectAltNameMatcher, TlsCertificate, TlsParameters, UpstreamTlsContext, secret,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
@@ -96,9 +97,10 @@ fn socket<M: prost::Message + prost::Name>(context: &M) -> TransportSocket {
 }
 
 /// An inbound's TLS: present our identity, require a certificate signed by the mesh CA.
-pub fn inbound_socket(ads: &ConfigSource) -> TransportSocket {
+pub fn inbound_socket(ads: &ConfigSource, params: Option<TlsParameters>) -> TransportSocket {
     socket(&DownstreamTlsContext {
         common_tls_context: Some(CommonTlsContext {
+            tls_params: params,
             tls_certificate_sds_secret_configs: vec![sds(IDENTITY_SECRET, ads)],
             validation_context_type: Some(ValidationContextType::ValidationContextSdsSecretConfig(sds(
                 CA_SECRET, ads,
@@ -126,6 +128,12 @@ pub fn outbound_socket(
     };
     socket(&UpstreamTlsContext {
         common_tls_context: Some(CommonTlsContext {
+            // Envoy's clients stop at TLS 1.2 unless told; a MeshTLS may ask servers for 1.3.
+            tls_params: Some(TlsParameters {
+                tls_minimum_protocol_version: TlsProtocol::TlSv12 as i32,
+                tls_maximum_protocol_version: TlsProtocol::TlSv13 as i32,
+                ..Default::default()
+            }),
             tls_certificate_sds_secret_configs: vec![sds(IDENTITY_SECRET, ads)],
             validation_context_type: Some(ValidationContextType::CombinedValidationContext(
                 CombinedCertificateValidationContext {

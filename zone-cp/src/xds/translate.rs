@@ -390,6 +390,7 @@ fn base_resources(
             http,
             tcp,
             network_filters: Vec::new(),
+            tls: None,
             access: None,
         });
     }
@@ -532,20 +533,23 @@ fn pack_into(
                 (None, None) => Vec::new(),
             }
         };
+        // A MeshTLS may set this inbound's mode and TLS parameters.
+        let own = inbound.tls.as_ref();
+        let permissive = tls.is_some_and(|t| own.and_then(|o| o.permissive).unwrap_or(t.permissive));
         let chains = match tls {
             None => vec![chain_of(chain(None))],
-            Some(settings) => {
+            Some(_) => {
                 let mut chains = vec![FilterChain {
-                    filter_chain_match: settings.permissive.then(|| FilterChainMatch {
+                    filter_chain_match: permissive.then(|| FilterChainMatch {
                         transport_protocol: "tls".into(),
                         ..Default::default()
                     }),
                     filters: chain(inbound.access.as_ref()),
-                    transport_socket: Some(tls::inbound_socket(&ads())),
+                    transport_socket: Some(tls::inbound_socket(&ads(), own.and_then(|o| o.params.clone()))),
                     name: "mtls".into(),
                     ..Default::default()
                 }];
-                if settings.permissive {
+                if permissive {
                     chains.push(FilterChain {
                         filter_chain_match: Some(FilterChainMatch {
                             transport_protocol: "raw_buffer".into(),
@@ -566,7 +570,7 @@ fn pack_into(
             TrafficDirection::Inbound,
             chains,
         );
-        if tls.is_some_and(|t| t.permissive) {
+        if permissive {
             l.listener_filters = vec![tls::tls_inspector()];
         }
         snap.insert(LISTENER, listener_name, pack(&l));

@@ -208,6 +208,7 @@ pub fn top_target(spec: &Spec) -> Option<TargetRef> {
         Spec::MeshTCPRoute(s) => &s.target_ref,
         Spec::MeshFaultInjection(s) => &s.target_ref,
         Spec::MeshRateLimit(s) => &s.target_ref,
+        Spec::MeshTLS(s) => &s.target_ref,
         Spec::Extension(e) => return Some(e.spec.target_ref().cloned().unwrap_or_else(TargetRef::mesh)),
         _ => return None,
     };

@@ -19,6 +19,7 @@ use crate::policies::mesh_rate_limit::{MeshRateLimitSpec, RateLimitConf};
 use crate::policies::mesh_retry::{MeshRetrySpec, RetryConf};
 use crate::policies::mesh_tcp_route::{MeshTcpRouteSpec, TcpRuleConf};
 use crate::policies::mesh_timeout::{MeshTimeoutSpec, TimeoutConf};
+use crate::policies::mesh_tls::{MeshTlsSpec, TlsConf};
 use crate::policies::mesh_trace::MeshTraceSpec;
 use crate::{Kind, Resource, Spec};
 
@@ -36,6 +37,7 @@ pub struct MeshPolicies {
     pub tcp_routes: Vec<Policy<MeshTcpRouteSpec>>,
     pub faults: Vec<Policy<MeshFaultInjectionSpec>>,
     pub rate_limits: Vec<Policy<MeshRateLimitSpec>>,
+    pub tls: Vec<Policy<MeshTlsSpec>>,
     pub permissions: Permissions,
     /// Each service's inbound tag sets, to resolve permissions that select clients by tags.
     pub service_tags: ServiceTags,
@@ -80,6 +82,7 @@ impl MeshPolicies {
             Kind::MeshTCPRoute => self.tcp_routes.clear(),
             Kind::MeshFaultInjection => self.faults.clear(),
             Kind::MeshRateLimit => self.rate_limits.clear(),
+            Kind::MeshTLS => self.tls.clear(),
             Kind::MeshTrafficPermission => self.permissions.mesh.clear(),
             Kind::TrafficPermission => self.permissions.legacy.clear(),
             Kind::Extension(_) => {
@@ -115,6 +118,7 @@ impl MeshPolicies {
             Spec::MeshTCPRoute(s) => self.tcp_routes.push(Policy::new(r, s)),
             Spec::MeshFaultInjection(s) => self.faults.push(Policy::new(r, s)),
             Spec::MeshRateLimit(s) => self.rate_limits.push(Policy::new(r, s)),
+            Spec::MeshTLS(s) => self.tls.push(Policy::new(r, s)),
             Spec::MeshTrafficPermission(s) => self.permissions.mesh.push(Policy::new(r, s)),
             Spec::TrafficPermission(s) => self.permissions.legacy.push(Policy::new(r, s)),
             Spec::Extension(e) => self
@@ -167,6 +171,7 @@ impl MeshPolicies {
                 circuit_breaker: super::inbound(&self.breakers, proxy, inbound),
                 fault_injection: super::inbound(&self.faults, proxy, inbound),
                 rate_limit: super::inbound(&self.rate_limits, proxy, inbound),
+                tls: super::inbound(&self.tls, proxy, inbound),
             })
             .collect();
         let outbounds = proxy
@@ -229,6 +234,7 @@ pub struct InboundPolicy {
     pub circuit_breaker: Option<Resolved<BreakerConf>>,
     pub fault_injection: Option<Resolved<FaultConf>>,
     pub rate_limit: Option<Resolved<RateLimitConf>>,
+    pub tls: Option<Resolved<TlsConf>>,
 }
 
 /// What applies to traffic to one service, kind by kind.

@@ -22,6 +22,7 @@ pub mod mesh_rate_limit;
 pub mod mesh_retry;
 pub mod mesh_tcp_route;
 pub mod mesh_timeout;
+pub mod mesh_tls;
 pub mod mesh_trace;
 pub mod mesh_traffic_permission;
 
@@ -66,6 +67,8 @@ pub struct InboundResources {
     pub tcp: Option<TcpProxy>,
     /// Network filters ahead of the HTTP or TCP one (a connection rate limit).
     pub network_filters: Vec<envoy_types::pb::envoy::config::listener::v3::Filter>,
+    /// How mTLS into it is taken, where a MeshTLS says (the Mesh's mode otherwise).
+    pub tls: Option<InboundTls>,
     /// Who may call, enforced over mTLS (set by the permissions plugin).
     pub access: Option<Access>,
 }
@@ -83,6 +86,15 @@ pub struct Upstream {
     pub endpoints: ClusterLoadAssignment,
     /// The local endpoints `endpoints` starts with, with their tags (for affinity).
     pub local: std::sync::Arc<Vec<ServiceEndpoint>>,
+}
+
+/// What a MeshTLS says of an inbound's mTLS.
+#[derive(Clone, Debug, Default)]
+pub struct InboundTls {
+    /// Plaintext is taken beside mTLS (`None`: as the Mesh says).
+    pub permissive: Option<bool>,
+    /// The TLS versions and cipher suites accepted.
+    pub params: Option<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::TlsParameters>,
 }
 
 /// Traffic to one service: its listener's filter, route, clusters and endpoints.
@@ -169,6 +181,7 @@ pub const PLUGINS: &[&dyn PolicyPlugin] = &[
     &mesh_traffic_permission::Plugin,
     &mesh_fault_injection::Plugin,
     &mesh_rate_limit::Plugin,
+    &mesh_tls::Plugin,
     &mesh_timeout::Plugin,
     &mesh_retry::Plugin,
     &mesh_circuit_breaker::Plugin,
