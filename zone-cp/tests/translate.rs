@@ -147,6 +147,69 @@ fn cross_zone_endpoints_follow_the_failover_rules() {
     insta::assert_snapshot!(endpoints);
 }
 
+/// A route's subset in other zones: only the zones with instances of the subset, in the
+/// failover order MeshLoadBalancingStrategy gives, weighted by their instances of it.
+#[test]
+fn a_subset_fails_over_to_the_zones_that_have_it_in_order() {
+    use meridian_zone_cp::xds::crosszone::Zones;
+    let mut world = mtls_world("STRICT");
+    for (zone, version, n) in [("zone-2", "v2", 1), ("zone-3", "v2", 2), ("zone-4", "v1", 1)] {
+        for i in 0..n {
+            world.push(resource(&format!(
+                "type: Dataplane\nname: {zone}.reg-server-{i}\nlabels: {{kuma.io/zone: {zone}}}\nnetworking:\n  address: 10.0.0.{i}\n  inbound:\n  - port: 10002\n    tags: {{kuma.io/service: reg-server, kuma.io/protocol: http, version: {version}}}\n"
+            )));
+        }
+    }
+    world.push(resource(
+        "type: MeshHTTPRoute\nname: to-v2\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: reg-server}\n    rules:\n    - matches: [{path: {type: PathPrefix, value: /}}]\n      default: {backendRefs: [{kind: MeshServiceSubset, name: reg-server, tags: {version: v2}}]}\n",
+    ));
+    world.push(resource(
+        "type: MeshLoadBalancingStrategy\nname: prefer-zone-3\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: reg-server}\n    default:\n      localityAwareness:\n        crossZone:\n          failover:\n          - to: {type: Only, zones: [zone-3]}\n          - to: {type: Any}\n",
+    ));
+    let mut ctx = MeshContext::new(world.iter());
+    ctx.zones = Zones {
+        local: "zone-1".into(),
+        ingresses: ["zone-2", "zone-3", "zone-4"]
+            .iter()
+            .enumerate()
+            .map(|(i, z)| (z.to_string(), vec![(format!("192.0.2.{}", i + 2), 10001)]))
+            .collect(),
+    };
+    let dp = world.iter().find(|r| r.name == "demo-1").expect("demo");
+    let Spec::Dataplane(spec) = &dp.spec else { panic!() };
+    let identity = Identity {
+        ca_cert: "CA CERT",
+        cert: "CERT",
+        key: "KEY",
+    };
+    let snap = proxy_snapshot(&ctx, &dp.name, &dp.labels, spec, Some(identity));
+    consistent(&snap);
+    let endpoints = snap
+        .of_type(meridian_zone_cp::xds::cache::ENDPOINT)
+        .and_then(|e| e.get("reg-server{version=v2}"))
+        .map(|e| meridian_zone_cp::xds::describe::describe(&e.resource))
+        .expect("the subset's endpoints");
+    println!("{endpoints}");
+    let (three, two) = (endpoints.find("zone-3"), endpoints.find("zone-2"));
+    assert!(
+        three.is_some() && two.is_some() && three < two,
+        "zone-3 first, then zone-2: {endpoints}"
+    );
+    assert!(!endpoints.contains("zone-4"), "zone-4 has no v2: {endpoints}");
+    assert!(
+        !endpoints.contains("127.0.0.1"),
+        "no local instance is v2: {endpoints}"
+    );
+    let clusters = snap
+        .of_type(meridian_zone_cp::xds::cache::CLUSTER)
+        .expect("clusters");
+    assert!(
+        clusters.contains_key("reg-server{version=v2}"),
+        "{:?}",
+        clusters.keys()
+    );
+}
+
 #[test]
 fn an_ingress_passes_each_services_tls_through_by_sni() {
     let world = mtls_world("STRICT");

@@ -174,6 +174,18 @@ fn the_kept_context_is_what_a_full_rebuild_makes_after_every_change() {
         dp("zone-2.web-9", &[("web", false)]),
         // A Dataplane that moves to another service leaves the first one.
         dp("api-1", &[("api-v2", true)]),
+        // Older kinds share their new kind's list: each change reads the group again.
+        change(
+            "type: Timeout\nname: legacy\nmesh: default\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: web}\nconf: {connectTimeout: 3s}\n",
+        ),
+        change(
+            "type: MeshHTTPRoute\nname: r\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: web}\n    rules:\n    - matches: [{path: {type: PathPrefix, value: /a}}]\n      default: {backendRefs: [{kind: MeshService, name: api}]}\n",
+        ),
+        change(
+            "type: TrafficRoute\nname: tr\nmesh: default\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: api}\nconf: {destination: {kuma.io/service: web}}\n",
+        ),
+        delete(Kind::Timeout, "default", "legacy"),
+        delete(Kind::MeshHTTPRoute, "default", "r"),
         delete(Kind::Dataplane, "default", "web-1"),
         delete(Kind::MeshTimeout, "default", "t"),
         delete(Kind::Secret, "default", "key"),
@@ -209,5 +221,42 @@ fn the_kept_context_is_what_a_full_rebuild_makes_after_every_change() {
     assert_eq!(
         format!("{:?}", v.context("default", other.clone())),
         rebuilt(&v, &other)
+    );
+}
+
+#[test]
+fn a_policy_on_a_route_affects_the_proxies_the_route_selects() {
+    let mut v = view();
+    let on_route = change(
+        "type: MeshTimeout\nname: t\nspec:\n  targetRef: {kind: MeshHTTPRoute, name: r}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {http: {requestTimeout: 1s}}\n",
+    );
+    assert_eq!(
+        affected(&v, &on_route),
+        only(&[], TIMEOUTS),
+        "no such route: nothing takes it"
+    );
+    v.apply(change(
+        "type: MeshHTTPRoute\nname: r\nspec:\n  targetRef: {kind: MeshService, name: demo}\n  to:\n  - targetRef: {kind: MeshService, name: reg-server}\n    rules:\n    - matches: [{path: {type: PathPrefix, value: /}}]\n      default: {backendRefs: [{kind: MeshService, name: db}]}\n",
+    ));
+    assert_eq!(affected(&v, &on_route), only(&["demo-1"], TIMEOUTS));
+}
+
+#[test]
+fn instances_of_a_service_a_route_sends_to_patch_the_route_s_callers() {
+    let mut v = view();
+    v.apply(change(
+        "type: MeshHTTPRoute\nname: r\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: reg-server}\n    rules:\n    - matches: [{path: {type: PathPrefix, value: /}}]\n      default: {backendRefs: [{kind: MeshService, name: db}]}\n",
+    ));
+    let c = change(
+        "type: Dataplane\nname: db-2\nnetworking:\n  address: 127.0.0.3\n  inbound:\n  - port: 10001\n    tags: {kuma.io/service: db}\n",
+    );
+    let touched = affected(&v, &c).remove("default").expect("default");
+    // reg-1 calls db itself; demo-1 calls reg-server, whose route sends to db.
+    assert_eq!(
+        touched.endpoints,
+        BTreeMap::from([
+            ("demo-1".to_owned(), BTreeSet::from(["reg-server".to_owned()])),
+            ("reg-1".to_owned(), BTreeSet::from(["db".to_owned()])),
+        ])
     );
 }
