@@ -1,7 +1,9 @@
 //! `cargo xtask bench xds`: N simulated delta-xDS clients on one zone-cp node (release build).
 //! Prints streams held, zone-cp memory per stream, and the time from one mesh-wide policy
 //! change (a REST write) to the last client's receipt of it, with the CPU zone-cp spent on it:
-//! a MeshTimeout (clusters, listeners and routes), then a MeshCircuitBreaker (clusters alone).
+//! a MeshTimeout (clusters, listeners and routes), then a MeshCircuitBreaker (clusters alone),
+//! then a MeshHTTPRoute splitting traffic to backend with a subset of it (routes, and a cluster
+//! and endpoints more per proxy).
 //! With `--churn`, the one instance every proxy calls then turns unready and ready again (an
 //! endpoints-only change), measured the same way. With `--mtls`, it then turns on the
 //! mesh's mTLS and prints how long until every proxy has its certificate (issued and pushed
@@ -498,6 +500,27 @@ async fn measure(pid: u32, api: &str, xds: &str, proxies: usize, mtls: bool, chu
         &progress,
         proxies,
         "mesh-wide MeshCircuitBreaker",
+        write,
+    )
+    .await?;
+    // A route for every caller: a 90/10 split between backend and a subset of it.
+    settle(api).await?;
+    let route = serde_json::json!({
+        "type": "MeshHTTPRoute", "mesh": "default", "name": "bench",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [{
+            "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+            "default": {"backendRefs": [
+                {"kind": "MeshService", "name": "backend", "weight": 90},
+                {"kind": "MeshServiceSubset", "name": "backend", "tags": {"kuma.io/protocol": "http"}, "weight": 10}
+            ]}
+        }]}]}
+    });
+    let write = put(api, "/meshes/default/meshhttproutes/bench", route);
+    change(
+        (pid, api),
+        &progress,
+        proxies,
+        "mesh-wide MeshHTTPRoute (a split to a subset)",
         write,
     )
     .await?;
