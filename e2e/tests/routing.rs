@@ -14,7 +14,8 @@ struct Mesh {
     /// The client's outbound to backend.
     url: String,
     _apps: Vec<DemoApp>,
-    _sidecars: Vec<Sidecar>,
+    /// The backends' sidecars, then the client's.
+    sidecars: Vec<Sidecar>,
     _dir: tempfile::TempDir,
 }
 
@@ -90,7 +91,7 @@ fn mesh_with(versions: &[&str], protocol: &str, delay: &str) -> Mesh {
         cp,
         url,
         _apps: apps,
-        _sidecars: sidecars,
+        sidecars,
         _dir: dir,
     }
 }
@@ -184,7 +185,7 @@ fn header_matches_and_weighted_splits_route_to_subsets() {
     );
 }
 
-const REWRITES: &str = "type: MeshHTTPRoute\nname: rewrites\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: backend}\n    rules:\n    - matches: [{path: {type: PathPrefix, value: /old}}]\n      default:\n        filters:\n        - type: URLRewrite\n          urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}\n        - type: RequestHeaderModifier\n          requestHeaderModifier: {set: [{name: x-routed, value: 'yes'}], remove: [x-secret]}\n        - type: ResponseHeaderModifier\n          responseHeaderModifier: {add: [{name: x-served-by, value: mesh}]}\n    - matches: [{path: {type: Exact, value: /moved}}]\n      default:\n        filters:\n        - type: RequestRedirect\n          requestRedirect: {statusCode: 301, hostname: example.com, path: {type: ReplaceFullPath, replaceFullPath: /elsewhere}}\n";
+const REWRITES: &str = "type: MeshHTTPRoute\nname: rewrites\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: backend}\n    rules:\n    - matches: [{path: {type: PathPrefix, value: /old}}]\n      default:\n        filters:\n        - type: URLRewrite\n          urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}\n        - type: RequestHeaderModifier\n          requestHeaderModifier: {set: [{name: x-routed, value: 'yes'}], remove: [x-secret]}\n        - type: ResponseHeaderModifier\n          responseHeaderModifier: {add: [{name: x-served-by, value: mesh}]}\n    - matches: [{path: {type: Exact, value: /moved}}]\n      default:\n        filters:\n        - type: RequestRedirect\n          requestRedirect: {statusCode: 301, hostname: example.com, path: {type: ReplaceFullPath, replaceFullPath: /elsewhere}}\n    - matches: [{path: {type: Exact, value: /mirrored}}]\n      default:\n        filters:\n        - type: RequestMirror\n          requestMirror: {backendRef: {kind: MeshServiceSubset, name: backend, tags: {version: v2}}}\n        backendRefs: [{kind: MeshServiceSubset, name: backend, tags: {version: v1}}]\n";
 
 /// `curl -i`: the status line and headers, then the body.
 fn curl_i(url: &str, headers: &[&str]) -> String {
@@ -197,8 +198,8 @@ fn curl_i(url: &str, headers: &[&str]) -> String {
 }
 
 #[test]
-fn rewrites_header_modifiers_and_redirects_are_seen() {
-    let m = mesh(&["v1"]);
+fn rewrites_header_modifiers_redirects_and_mirrors_are_seen() {
+    let m = mesh(&["v1", "v2"]);
     m.apply(REWRITES);
     let old = format!("{}/old/x?q=1", m.url);
     wait_until("the rewrite to take effect", Duration::from_secs(15), || {
@@ -483,4 +484,34 @@ fn legacy_traffic_route_and_fault_injection_behave_like_their_new_forms() {
         legacy["routes"].as_object().is_some_and(|r| !r.is_empty()),
         "{legacy:#}"
     );
+}
+
+#[test]
+fn a_connection_rate_limit_closes_the_excess_connections() {
+    let m = mesh_of(&["v1"], "tcp");
+    let root = format!("{}/", m.url);
+    m.apply("type: MeshRateLimit\nname: conns\nspec:\n  targetRef: {kind: MeshService, name: backend}\n  rules:\n  - default:\n      local:\n        tcp: {connectionRate: {num: 5, interval: 1s}}\n");
+    wait_until(
+        "the connection limit to take effect",
+        Duration::from_secs(15),
+        || instances(&connections(&root, 20)).contains_key("status 0"),
+    )
+    .expect("limit");
+    std::thread::sleep(Duration::from_secs(1));
+    // A 2 s burst of new connections: 5 in the bucket, one more every 200 ms.
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    while started.elapsed() < Duration::from_secs(2) {
+        answers.extend(connections(&root, 5));
+    }
+    let window = started.elapsed().as_secs_f64();
+    let seen = instances(&answers);
+    let passed = *seen.get("backend-v1").unwrap_or(&0) as f64;
+    let expected = 5.0 + 5.0 * window;
+    println!(
+        "5 connections/s over {window:.2} s: {} tried, {seen:?}; {passed} passed against {expected:.0} expected",
+        answers.len()
+    );
+    assert!((passed - expected).abs() <= expected * 0.25, "{seen:?}");
+    assert!(seen.get("status 0").is_some_and(|n| *n > 0), "{seen:?}");
 }
