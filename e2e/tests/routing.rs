@@ -230,6 +230,28 @@ fn rewrites_header_modifiers_redirects_and_mirrors_are_seen() {
             .contains("location: http://example.com/elsewhere"),
         "{moved}"
     );
+
+    // A mirror: v1 answers, v2 gets a copy of every request.
+    let client = m.sidecars.last().expect("client sidecar");
+    let mirrored = |client: &Sidecar| -> u64 {
+        let (_, stats, _) = meridian_e2e::http_get(&format!("http://127.0.0.1:{}/stats", client.admin_port));
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cluster.backend{version=v2}.upstream_rq_total: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let before = mirrored(client);
+    let answers = instances(&requests(&format!("{}/mirrored", m.url), 20, &[]));
+    wait_until("the copies to reach v2", Duration::from_secs(10), || {
+        mirrored(client) >= before + 20
+    })
+    .unwrap_or_else(|e| panic!("{e}: {} copies", mirrored(client) - before));
+    println!(
+        "/mirrored: answers {answers:?}; copies to v2: {}",
+        mirrored(client) - before
+    );
+    assert_eq!(answers, BTreeMap::from([("backend-v1".into(), 20)]));
 }
 
 fn p50(answers: &[Answer]) -> Duration {
