@@ -136,3 +136,34 @@ async fn a_match_that_is_never_reached_is_stored_and_warned_about_in_rules() {
         "{warnings:?}"
     );
 }
+
+#[tokio::test]
+async fn an_older_kind_selects_what_its_new_form_selects() {
+    let api = super::api_as("zone", None).await;
+    for (name, service) in [("web-1", "web"), ("db-1", "db")] {
+        let dp = format!(
+            "type: Dataplane\nname: {name}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 10001\n    tags: {{kuma.io/service: {service}}}\n  outbound:\n  - port: 20001\n    tags: {{kuma.io/service: other}}\n"
+        );
+        let (s, b) = api.yaml(&format!("/meshes/default/dataplanes/{name}"), &dp).await;
+        assert_eq!(s, StatusCode::CREATED, "{b:#}");
+    }
+    let timeout = "type: Timeout\nname: t\nmesh: default\nsources:\n- match: {kuma.io/service: web}\ndestinations:\n- match: {kuma.io/service: '*'}\nconf: {connectTimeout: 1s}\n";
+    let (s, b) = api.yaml("/meshes/default/timeouts/t", timeout).await;
+    assert_eq!(s, StatusCode::CREATED, "{b:#}");
+    let (s, list) = api
+        .send("GET", "/meshes/default/timeouts/t/_resources/dataplanes", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{list:#}");
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    assert_eq!(names, ["web-1"], "{list:#}");
+    let (s, rules) = api
+        .send("GET", "/meshes/default/dataplanes/web-1/_rules", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(rules.to_string().contains("MeshTimeout"), "{rules:#}");
+}

@@ -217,6 +217,11 @@ pub fn top_target(spec: &Spec) -> Option<TargetRef> {
 
 /// Whether a policy selects `proxy`; `None` for kinds that are not policies.
 pub fn affects(spec: &Spec, proxy: &ProxyView<'_>) -> Option<bool> {
+    // An older kind selects what the policies it converts to select.
+    if let Some(converted) = crate::policies::legacy::converted(spec) {
+        let converted = converted.unwrap_or_default();
+        return Some(converted.iter().any(|c| affects(&c.spec, proxy) == Some(true)));
+    }
     if let Spec::TrafficPermission(tp) = spec {
         let mut tags = proxy.inbound_tags();
         return Some(tags.any(|t| tp.destinations.iter().any(|d| access::selector_matches(d, t))));

@@ -89,6 +89,7 @@ impl PolicyPlugin for Plugin {
 
     fn apply(&self, input: &ProxyInput<'_>, generated: &mut Generated) {
         let policies = &input.ctx.policies.timeouts;
+        let per_route = names_routes(policies);
         for o in &mut generated.outbounds {
             let resolved = outbound(policies, &input.view, &o.service);
             let conf = resolved.as_ref().map(|r| &r.conf);
@@ -111,7 +112,6 @@ impl PolicyPlugin for Plugin {
             if let (Some(hcm), Some(conf)) = (&mut o.http, conf) {
                 shape_listener(hcm, conf, false);
             }
-            let per_route = names_routes(policies);
             let (service, actions) = o.actions_with_origins();
             for (origins, action) in actions {
                 // A route a MeshHTTPRoute made may have timeouts of its own.
