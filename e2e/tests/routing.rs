@@ -185,7 +185,7 @@ fn header_matches_and_weighted_splits_route_to_subsets() {
     );
 }
 
-const REWRITES: &str = "type: MeshHTTPRoute\nname: rewrites\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: backend}\n    rules:\n    - matches: [{path: {type: PathPrefix, value: /old}}]\n      default:\n        filters:\n        - type: URLRewrite\n          urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}\n        - type: RequestHeaderModifier\n          requestHeaderModifier: {set: [{name: x-routed, value: 'yes'}], remove: [x-secret]}\n        - type: ResponseHeaderModifier\n          responseHeaderModifier: {add: [{name: x-served-by, value: mesh}]}\n    - matches: [{path: {type: Exact, value: /moved}}]\n      default:\n        filters:\n        - type: RequestRedirect\n          requestRedirect: {statusCode: 301, hostname: example.com, path: {type: ReplaceFullPath, replaceFullPath: /elsewhere}}\n    - matches: [{path: {type: Exact, value: /mirrored}}]\n      default:\n        filters:\n        - type: RequestMirror\n          requestMirror: {backendRef: {kind: MeshServiceSubset, name: backend, tags: {version: v2}}}\n        backendRefs: [{kind: MeshServiceSubset, name: backend, tags: {version: v1}}]\n";
+const REWRITES: &str = "type: MeshHTTPRoute\nname: rewrites\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: backend}\n    rules:\n    - matches: [{path: {type: PathPrefix, value: /old}}]\n      default:\n        filters:\n        - type: URLRewrite\n          urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}\n        - type: RequestHeaderModifier\n          requestHeaderModifier: {set: [{name: x-routed, value: 'yes'}], remove: [x-secret]}\n        - type: ResponseHeaderModifier\n          responseHeaderModifier: {add: [{name: x-served-by, value: mesh}]}\n    - matches: [{path: {type: Exact, value: /moved}}]\n      default:\n        filters:\n        - type: RequestRedirect\n          requestRedirect: {statusCode: 301, hostname: example.com, path: {type: ReplaceFullPath, replaceFullPath: /elsewhere}}\n    - matches: [{path: {type: RegularExpression, value: '^/re/[a-z]+/[0-9]+$'}, queryParams: [{type: Exact, name: q, value: '1'}]}]\n      default:\n        filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /regex-matched}}}]\n    - matches: [{path: {type: Exact, value: /mirrored}}]\n      default:\n        filters:\n        - type: RequestMirror\n          requestMirror: {backendRef: {kind: MeshServiceSubset, name: backend, tags: {version: v2}}}\n        backendRefs: [{kind: MeshServiceSubset, name: backend, tags: {version: v1}}]\n";
 
 /// `curl -i`: the status line and headers, then the body.
 fn curl_i(url: &str, headers: &[&str]) -> String {
@@ -230,6 +230,14 @@ fn rewrites_header_modifiers_redirects_and_mirrors_are_seen() {
             .contains("location: http://example.com/elsewhere"),
         "{moved}"
     );
+
+    // A regex and a query parameter, and a full-path rewrite; Envoy took it all.
+    let re = curl_i(&format!("{}/re/abc/123?q=1", m.url), &[]);
+    assert!(re.contains("\"path\":\"/regex-matched?q=1\""), "{re}");
+    let other = curl_i(&format!("{}/re/abc/123?q=2", m.url), &[]);
+    assert!(other.contains("\"path\":\"/re/abc/123?q=2\""), "{other}");
+    let config = m.cp.proxy_config("default", "client-1").expect("_config");
+    assert_eq!(config["nacks"], 0, "{config}");
 
     // A mirror: v1 answers, v2 gets a copy of every request.
     let client = m.sidecars.last().expect("client sidecar");

@@ -238,13 +238,21 @@ impl Reconciler {
             let now_ms = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);
-            // An ingress routes to this zone's Dataplanes in meshes with mTLS: only those
-            // kinds change what it gets.
+            // An ingress routes to this zone's Dataplanes in meshes with mTLS, and to the
+            // subsets routes name: only those kinds change what it gets.
             let mut ingress_inputs = false;
             let mut ingresses_changed = false;
             for change in changes {
                 let key = change_key(&change);
-                ingress_inputs |= matches!(key.kind, Kind::Dataplane | Kind::Mesh | Kind::ZoneIngress);
+                ingress_inputs |= matches!(
+                    key.kind,
+                    Kind::Dataplane
+                        | Kind::Mesh
+                        | Kind::ZoneIngress
+                        | Kind::MeshHTTPRoute
+                        | Kind::MeshTCPRoute
+                        | Kind::TrafficRoute
+                );
                 ingresses_changed |= key.kind == Kind::ZoneIngress;
                 // A change from a traced write: its push to this node's proxies ends the trace.
                 if tracing && let Some(parent) = change.trace(now_ms) {

@@ -142,6 +142,15 @@ pub async fn rules(
         }
     };
     let (mut route_warnings, mut tcp_warnings) = (Vec::new(), Vec::new());
+    let speaks_http = |service: &str| {
+        resources.iter().any(|r| match &r.spec {
+            Spec::Dataplane(dp) => dp.networking.inbound.iter().flatten().any(|i| {
+                i.tags.get(SERVICE_TAG).is_some_and(|s| s == service)
+                    && meridian_model::policies::dataplane::speaks_http(&i.tags)
+            }),
+            _ => false,
+        })
+    };
     for (service, o) in &resolved.outbounds {
         if let Some(r) = &o.timeout {
             to(Kind::MeshTimeout, to_rule(&mesh, service, r));
@@ -160,7 +169,8 @@ pub async fn rules(
         }
         if let Some(r) = &o.tcp_route {
             to(Kind::MeshTCPRoute, to_rule(&mesh, service, r));
-            if o.http_routes.is_some() {
+            // Only HTTP traffic takes the MeshHTTPRoute; TCP traffic keeps the MeshTCPRoute.
+            if o.http_routes.is_some() && speaks_http(service) {
                 tcp_warnings.push(json!(format!(
                     "{service}: a MeshHTTPRoute routes this traffic, so the MeshTCPRoute is left out"
                 )));

@@ -291,7 +291,7 @@ impl ZoneView {
                 }
                 // Services whose routes send to these: their callers hold these clusters too.
                 let routes = self.meshes.get(&key.mesh).into_iter().flat_map(|m| {
-                    [Kind::MeshHTTPRoute, Kind::MeshTCPRoute]
+                    [Kind::MeshHTTPRoute, Kind::MeshTCPRoute, Kind::TrafficRoute]
                         .into_iter()
                         .flat_map(move |kind| {
                             m.range((kind, String::new())..)
@@ -300,18 +300,25 @@ impl ZoneView {
                 });
                 let mut routed: BTreeSet<String> = BTreeSet::new();
                 for (_, r) in routes {
-                    let backends: Vec<(&str, &str)> = match &r.spec {
-                        Spec::MeshHTTPRoute(route) => {
-                            route.backends().map(|(f, b)| (f, b.name.as_str())).collect()
-                        }
-                        Spec::MeshTCPRoute(route) => {
-                            route.backends().map(|(f, b)| (f, b.name.as_str())).collect()
-                        }
-                        _ => Vec::new(),
+                    // An older TrafficRoute routes as the routes it converts to.
+                    let specs: Vec<Spec> = match meridian_model::policies::legacy::converted(&r.spec) {
+                        Some(converted) => converted.into_iter().flatten().map(|c| c.spec).collect(),
+                        None => vec![r.spec.clone()],
                     };
-                    for (from, backend) in backends {
-                        if from != backend && services.iter().any(|s| s.as_str() == backend) {
-                            routed.insert(from.to_owned());
+                    for spec in &specs {
+                        let backends: Vec<(&str, &str)> = match spec {
+                            Spec::MeshHTTPRoute(route) => {
+                                route.backends().map(|(f, b)| (f, b.name.as_str())).collect()
+                            }
+                            Spec::MeshTCPRoute(route) => {
+                                route.backends().map(|(f, b)| (f, b.name.as_str())).collect()
+                            }
+                            _ => Vec::new(),
+                        };
+                        for (from, backend) in backends {
+                            if from != backend && services.iter().any(|s| s.as_str() == backend) {
+                                routed.insert(from.to_owned());
+                            }
                         }
                     }
                 }

@@ -260,3 +260,20 @@ fn instances_of_a_service_a_route_sends_to_patch_the_route_s_callers() {
         ])
     );
 }
+
+#[test]
+fn instances_of_a_service_an_older_traffic_route_sends_to_patch_its_callers() {
+    let mut v = view();
+    v.apply(change(
+        "type: TrafficRoute\nname: tr\nmesh: default\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: reg-server}\nconf: {destination: {kuma.io/service: db}}\n",
+    ));
+    let c = change(
+        "type: Dataplane\nname: db-2\nnetworking:\n  address: 127.0.0.3\n  inbound:\n  - port: 10001\n    tags: {kuma.io/service: db}\n",
+    );
+    let touched = affected(&v, &c).remove("default").expect("default");
+    assert_eq!(
+        touched.endpoints.get("demo-1"),
+        Some(&BTreeSet::from(["reg-server".to_owned()])),
+        "{touched:?}"
+    );
+}

@@ -63,6 +63,26 @@ async fn bad_traffic_policies_are_refused_naming_the_field_and_nothing_is_writte
             "spec.to[0].rules[0].matches[0].path.value".into(),
         ),
         (
+            "a Host header modifier",
+            ROUTE.replace("set: [{name: x-a, value: a}]", "set: [{name: Host, value: a}]"),
+            format!("{rule}.filters[0].requestHeaderModifier.set[0].name"),
+        ),
+        (
+            "a header value with a line break",
+            ROUTE.replace("{name: x-a, value: a}", "{name: x-a, value: \"a\\nb\"}"),
+            format!("{rule}.filters[0].requestHeaderModifier.set[0].value"),
+        ),
+        (
+            "a path prefix with a query",
+            ROUTE.replace("value: /api}", "value: /api?x=1}"),
+            "spec.to[0].rules[0].matches[0].path.value".into(),
+        ),
+        (
+            "a regular expression too large for Envoy",
+            ROUTE.replace("{type: PathPrefix, value: /api}", "{type: RegularExpression, value: '^/users/[a-z0-9-]{1,64}/orders$'}"),
+            "spec.to[0].rules[0].matches[0].path.value".into(),
+        ),
+        (
             "a subset without tags",
             ROUTE.replace(", tags: {version: v1}", ""),
             format!("{rule}.backendRefs[0].tags"),
@@ -89,6 +109,16 @@ async fn bad_traffic_policies_are_refused_naming_the_field_and_nothing_is_writte
         println!("{what}: {s} {}", b["causes"]);
         api.refused(s, b, StatusCode::BAD_REQUEST, field, before).await;
     }
+    let teapot = "type: MeshRateLimit\nname: l\nmesh: default\nspec:\n  rules:\n  - default:\n      local:\n        http:\n          requestRate: {num: 10, interval: 1s}\n          onRateLimit: {status: 418}\n";
+    let (s, b) = api.yaml("/meshes/default/meshratelimits/l", teapot).await;
+    api.refused(
+        s,
+        b,
+        StatusCode::BAD_REQUEST,
+        "spec.rules[0].default.local.http.onRateLimit.status",
+        before,
+    )
+    .await;
     let rate = "type: MeshRateLimit\nname: l\nmesh: default\nspec:\n  rules:\n  - default:\n      local:\n        http:\n          requestRate: {num: 10, interval: 10ms}\n";
     let (s, b) = api.yaml("/meshes/default/meshratelimits/l", rate).await;
     api.refused(

@@ -315,6 +315,9 @@ impl Validate for HttpMatch {
                     PathMatchType::Exact | PathMatchType::PathPrefix if !path.value.starts_with('/') => {
                         v.error("must start with /")
                     }
+                    PathMatchType::Exact | PathMatchType::PathPrefix if path.value.contains(['?', '#']) => {
+                        v.error("must not hold ? or #: a path match is on the path alone, not its query or fragment")
+                    }
                     PathMatchType::PathPrefix if path.value.len() > 1 && path.value.ends_with('/') => {
                         v.error("must not end with / (a prefix matches whole segments: /api matches /api and /api/x)")
                     }
@@ -341,6 +344,9 @@ impl Validate for HttpMatch {
                             }
                             (Some(value), HeaderMatchType::RegularExpression) => {
                                 v.field("value", |v| check_regex(v, value))
+                            }
+                            (Some(value), HeaderMatchType::Prefix) if value.is_empty() => {
+                                v.error_at("value", "must not be empty for type Prefix (use Present)")
                             }
                             _ => {}
                         }
@@ -369,8 +375,9 @@ impl Validate for HttpMatch {
 /// too, rather than by every proxy.
 pub fn check_regex(v: &mut Validator, pattern: &str) {
     if pattern.is_empty() {
-        v.error("must not be empty");
-    } else if let Err(e) = regex_syntax::Parser::new().parse(pattern) {
+        return v.error("must not be empty");
+    }
+    if let Err(e) = regex_syntax::Parser::new().parse(pattern) {
         let why = e.to_string();
         let last = why
             .lines()
@@ -378,7 +385,47 @@ pub fn check_regex(v: &mut Validator, pattern: &str) {
             .unwrap_or("invalid")
             .trim()
             .trim_start_matches("error: ");
-        v.error(format!("is not a valid regular expression: {last}"));
+        return v.error(format!("is not a valid regular expression: {last}"));
+    }
+    // RE2's classes are ASCII (as `\w`, `\d` are there): size it as RE2 compiles it.
+    let ascii = regex_syntax::ParserBuilder::new()
+        .unicode(false)
+        .utf8(false)
+        .build()
+        .parse(pattern);
+    if let Ok(hir) = ascii
+        && program_size(&hir) > MAX_PROGRAM_SIZE
+    {
+        v.error(format!(
+            "is too large for Envoy's regex engine (about {} steps, Envoy takes {MAX_PROGRAM_SIZE}): use fewer or smaller counted repeats",
+            program_size(&hir)
+        ));
+    }
+}
+
+/// The RE2 program size above which Envoy refuses a regex (its default).
+pub const MAX_PROGRAM_SIZE: usize = 100;
+
+/// About how many instructions RE2 compiles `h` to: literals a byte each, classes a range
+/// each, a counted repeat its body that many times.
+fn program_size(h: &regex_syntax::hir::Hir) -> usize {
+    use regex_syntax::hir::{Class, HirKind};
+    match h.kind() {
+        HirKind::Empty => 0,
+        HirKind::Literal(l) => l.0.len(),
+        HirKind::Class(Class::Unicode(c)) => c.ranges().len().max(1),
+        HirKind::Class(Class::Bytes(c)) => c.ranges().len().max(1),
+        HirKind::Look(_) => 1,
+        HirKind::Repetition(r) => {
+            let body = program_size(&r.sub);
+            match r.max {
+                Some(max) => body * max as usize + (max - r.min) as usize,
+                None => body * (r.min.max(1) as usize) + 1,
+            }
+        }
+        HirKind::Capture(c) => program_size(&c.sub) + 2,
+        HirKind::Concat(parts) => parts.iter().map(program_size).sum(),
+        HirKind::Alternation(parts) => parts.iter().map(program_size).sum::<usize>() + parts.len() - 1,
     }
 }
 
@@ -511,15 +558,28 @@ fn validate_modifier(v: &mut Validator, m: &HeaderModifier) {
     for (field, list) in [("set", &m.set), ("add", &m.add)] {
         v.field(field, |v| {
             for (i, h) in list.iter().flatten().enumerate() {
-                v.index(i, |v| v.field("name", |v| check_header_name(v, &h.name)));
+                v.index(i, |v| {
+                    v.field("name", |v| check_modifiable(v, &h.name));
+                    if h.value.contains(['\r', '\n', '\0']) {
+                        v.error_at("value", "must not hold CR, LF or NUL");
+                    }
+                });
             }
         });
     }
     v.field("remove", |v| {
         for (i, name) in m.remove.iter().flatten().enumerate() {
-            v.index(i, |v| check_header_name(v, name));
+            v.index(i, |v| check_modifiable(v, name));
         }
     });
+}
+
+/// A header a route may change: not `Host` (Envoy refuses; URLRewrite's hostname does it).
+fn check_modifiable(v: &mut Validator, name: &str) {
+    check_header_name(v, name);
+    if name.eq_ignore_ascii_case("host") {
+        v.error("Host cannot be modified by a header modifier: use a URLRewrite filter's hostname");
+    }
 }
 
 fn validate_rewrite(v: &mut Validator, p: &PathRewrite, prefix_only: bool) {

@@ -85,6 +85,13 @@ pub struct ResponseHeaders {
     pub add: Option<Vec<HeaderValue>>,
 }
 
+/// The statuses a limited request may be answered with: the 4xx and 5xx of Envoy's status
+/// enum (it refuses others, and answers 429 for anything under 400).
+pub const LIMIT_STATUSES: &[u32] = &[
+    400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 421, 422, 423,
+    424, 426, 428, 429, 431, 500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511,
+];
+
 /// Envoy refills a token bucket no more often than every 50 ms.
 pub const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -129,8 +136,13 @@ impl Validate for RateLimitConf {
                     validate_rate(v, "requestRate", &h.request_rate, h.disabled);
                     let Some(on) = &h.on_rate_limit else { return };
                     v.field("onRateLimit", |v| {
-                        if let Some(s) = on.status.filter(|s| !(200..600).contains(s)) {
-                            v.error_at("status", format!("must be an HTTP status (200-599), got {s}"));
+                        if let Some(s) = on.status.filter(|s| !LIMIT_STATUSES.contains(s)) {
+                            v.error_at(
+                                "status",
+                                format!(
+                                    "must be a 4xx or 5xx status Envoy knows (429, 423, 503, ...), got {s}"
+                                ),
+                            );
                         }
                         let headers = on.headers.iter().flat_map(|h| [("set", &h.set), ("add", &h.add)]);
                         for (field, list) in headers {

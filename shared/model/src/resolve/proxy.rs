@@ -96,10 +96,11 @@ impl MeshPolicies {
     /// Takes in one resource of the mesh: a policy (an older kind as what it converts to; one
     /// that does not convert was refused when written), or a Dataplane (for its service tags).
     pub fn add(&mut self, r: &Resource) {
-        match crate::policies::legacy::converted(&r.spec) {
+        match crate::policies::legacy::convert_resource(r) {
+            // Named as `meshctl convert` names them.
             Some(converted) => {
                 for c in converted.into_iter().flatten() {
-                    self.add_spec(r, &c.spec);
+                    self.add_spec(&c, &c.spec);
                 }
             }
             None => self.add_spec(r, &r.spec),

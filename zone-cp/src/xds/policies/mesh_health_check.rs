@@ -47,12 +47,11 @@ impl PolicyPlugin for Plugin {
     }
 
     fn apply(&self, input: &ProxyInput<'_>, generated: &mut Generated) {
-        for o in &mut generated.outbounds {
-            let http = o.http.is_some();
-            for u in &mut o.upstreams {
-                if let Some(r) = outbound(&input.ctx.policies.health_checks, &input.view, &u.service) {
-                    apply_health_check(&mut u.cluster, &r.conf, http, u.grpc);
-                }
+        for u in generated.outbounds.iter_mut().flat_map(|o| &mut o.upstreams) {
+            if let Some(r) = outbound(&input.ctx.policies.health_checks, &input.view, &u.service) {
+                // The cluster's own service's protocol: a route may send to another service.
+                let http = !u.cluster.typed_extension_protocol_options.is_empty();
+                apply_health_check(&mut u.cluster, &r.conf, http, u.grpc);
             }
         }
     }
@@ -171,7 +170,8 @@ fn headers(m: &HeaderModifier) -> Vec<HeaderValueOption> {
             .map(move |h| HeaderValueOption {
                 header: Some(HeaderValue {
                     key: h.name.clone(),
-                    value: h.value.clone(),
+                    // Envoy reads `%...%` in a header value as a variable: a value is a literal.
+                    value: h.value.replace('%', "%%"),
                     ..Default::default()
                 }),
                 append_action: action as i32,

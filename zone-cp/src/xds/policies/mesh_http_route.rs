@@ -283,7 +283,8 @@ fn modifier(m: &HeaderModifier) -> (Vec<HeaderValueOption>, Vec<String>) {
         HeaderValueOption {
             header: Some(HeaderValue {
                 key: h.name.clone(),
-                value: h.value.clone(),
+                // Envoy reads `%...%` in a header value as a variable: a value is a literal.
+                value: h.value.replace('%', "%%"),
                 ..Default::default()
             }),
             append_action: action as i32,
@@ -315,11 +316,16 @@ fn rewrite(p: &PathRewrite, prefix: Option<&str>) -> Rewrite {
         PathRewriteType::ReplaceFullPath => Rewrite::Full(p.replace_full_path.clone().unwrap_or_default()),
         PathRewriteType::ReplacePrefixMatch => {
             let to = p.replace_prefix_match.clone().unwrap_or_default();
+            // As Gateway API: `/api` to `/` makes `/api/x` `/x`, `/` to `/v2` makes `/x` `/v2/x`,
+            // `/api` to `/v2/` makes `/api/x` `/v2/x`: no `//`, no lost `/`.
             match prefix {
-                // `/api` to `/` must make `/api/x` `/x`, not `//x`.
-                Some(from) if from != "/" && to == "/" => Rewrite::Regex(RegexMatchAndSubstitute {
+                Some("/") => Rewrite::Regex(RegexMatchAndSubstitute {
+                    pattern: Some(regex("^/")),
+                    substitution: format!("{}/", to.trim_end_matches('/')),
+                }),
+                Some(from) if to.ends_with('/') => Rewrite::Regex(RegexMatchAndSubstitute {
                     pattern: Some(regex(&format!("^{}/*", escape(from)))),
-                    substitution: "/".into(),
+                    substitution: to,
                 }),
                 _ => Rewrite::Prefix(to),
             }
@@ -337,4 +343,35 @@ fn escape(text: &str) -> String {
         out.push(c);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefix(to: &str, from: &str) -> String {
+        let p = PathRewrite {
+            rewrite_type: PathRewriteType::ReplacePrefixMatch,
+            replace_full_path: None,
+            replace_prefix_match: Some(to.into()),
+        };
+        match rewrite(&p, Some(from)) {
+            Rewrite::Prefix(to) => format!("prefix {to}"),
+            Rewrite::Regex(m) => format!(
+                "regex {} -> {}",
+                m.pattern.map(|p| p.regex).unwrap_or_default(),
+                m.substitution
+            ),
+            Rewrite::Full(to) => format!("full {to}"),
+        }
+    }
+
+    #[test]
+    fn prefix_rewrites_keep_one_slash_between_segments() {
+        assert_eq!(prefix("/v2", "/api"), "prefix /v2");
+        assert_eq!(prefix("/", "/api"), "regex ^/api/* -> /");
+        assert_eq!(prefix("/v2/", "/api"), "regex ^/api/* -> /v2/");
+        assert_eq!(prefix("/v2", "/"), "regex ^/ -> /v2/");
+        assert_eq!(prefix("/", "/"), "regex ^/ -> /");
+    }
 }

@@ -86,7 +86,8 @@ fn http_limit(limit: &HttpLimit) -> Option<HttpFilter> {
     let header = |name: &str, value: &str, action: HeaderAppendAction| HeaderValueOption {
         header: Some(HeaderValue {
             key: name.to_owned(),
-            value: value.to_owned(),
+            // Envoy reads `%...%` in a header value as a variable: a value is a literal.
+            value: value.replace('%', "%%"),
             ..Default::default()
         }),
         append_action: action as i32,

@@ -255,6 +255,12 @@ fn rule(field: &str, to: &str, r: &HttpRoute) -> Result<Value, FieldError> {
                         "needs match.path.prefix: it replaces that prefix",
                     ));
                 }
+                // The match's prefix lost its trailing slash: so does its replacement.
+                let p = if p.len() > 1 {
+                    p.trim_end_matches('/')
+                } else {
+                    p.as_str()
+                };
                 rewrite.insert(
                     "path".into(),
                     json!({ "type": "ReplacePrefixMatch", "replacePrefixMatch": p }),
