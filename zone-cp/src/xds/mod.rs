@@ -5,6 +5,7 @@ pub mod crosszone;
 pub mod describe;
 pub mod grpc;
 pub mod metrics;
+mod pack;
 pub mod policies;
 pub mod resource_types;
 pub mod server;

@@ -63,32 +63,28 @@ pub struct ResponseBandwidth {
 
 impl ResponseBandwidth {
     /// The limit in kilobits per second, or why it cannot be read.
-    pub fn kbps(&self) -> Result<u64, String> {
+    pub fn kbps(&self) -> Result<u64, &'static str> {
         parse_kbps(&self.limit)
     }
 }
 
 /// `50kbps`, `10mbps`, `1gbps` (and `bps`, rounded up to 1 kbps) in kilobits per second.
-pub fn parse_kbps(text: &str) -> Result<u64, String> {
+pub fn parse_kbps(text: &str) -> Result<u64, &'static str> {
     let t = text.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (n, unit) = t.split_at(digits);
     let n: u64 = n
         .parse()
-        .map_err(|_| format!("expected a number and a unit (bps, kbps, mbps, gbps), got {text:?}"))?;
+        .map_err(|_| "expected a number and a unit (bps, kbps, mbps, gbps), as 50kbps")?;
     let kbps = match unit.trim() {
         "bps" => n.div_ceil(1000),
         "kbps" => n,
         "mbps" => n.saturating_mul(1000),
         "gbps" => n.saturating_mul(1_000_000),
-        _ => {
-            return Err(format!(
-                "expected a unit of bps, kbps, mbps or gbps, got {text:?}"
-            ));
-        }
+        _ => return Err("expected a unit of bps, kbps, mbps or gbps, as 50kbps"),
     };
     if kbps == 0 {
-        return Err("must be above 0".into());
+        return Err("must be above 0");
     }
     Ok(kbps)
 }
