@@ -89,6 +89,21 @@ pub fn validate_rules<T: Validate>(v: &mut Validator, rules: &Option<Vec<Rule<T>
     }
 }
 
+/// A policy of a kind that shapes inbounds alone, for every client (MeshFaultInjection,
+/// MeshRateLimit, MeshTLS): a top-level targetRef that may name an inbound, and `from` entries
+/// with `targetRef: Mesh` or `rules`, at least one of them.
+pub fn validate_inbound_only<T: Validate>(
+    v: &mut Validator,
+    target_ref: &Option<TargetRef>,
+    from: &Option<Vec<From<T>>>,
+    rules: &Option<Vec<Rule<T>>>,
+) {
+    validate_top_for(v, target_ref, crate::targetref::TOP_LEVEL, true);
+    require_some(v, &[("from", non_empty(from)), ("rules", non_empty(rules))]);
+    validate_from(v, from, crate::targetref::FROM_ALL);
+    validate_rules(v, rules);
+}
+
 /// A policy must say what it configures: at least one of the listed sections must be non-empty.
 pub fn require_some(v: &mut Validator, sections: &[(&str, bool)]) {
     if sections.iter().all(|(_, present)| !present) {

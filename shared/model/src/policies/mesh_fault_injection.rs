@@ -4,8 +4,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{From, Rule, non_empty, require_some, validate_from, validate_rules, validate_top_for};
-use crate::targetref::{self, TargetRef};
+use super::common::{From, Rule, validate_inbound_only};
+use crate::targetref::TargetRef;
 use crate::validate::{Validate, Validator};
 use crate::values::{GoDuration, Percentage};
 
@@ -91,13 +91,7 @@ pub fn parse_kbps(text: &str) -> Result<u64, &'static str> {
 
 impl Validate for MeshFaultInjectionSpec {
     fn validate(&self, v: &mut Validator) {
-        validate_top_for(v, &self.target_ref, targetref::TOP_LEVEL, true);
-        require_some(
-            v,
-            &[("from", non_empty(&self.from)), ("rules", non_empty(&self.rules))],
-        );
-        validate_from(v, &self.from, targetref::FROM_ALL);
-        validate_rules(v, &self.rules);
+        validate_inbound_only(v, &self.target_ref, &self.from, &self.rules);
     }
 }
 

@@ -5,9 +5,9 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{From, Rule, non_empty, require_some, validate_from, validate_rules, validate_top_for};
+use super::common::{From, Rule, validate_inbound_only};
 use super::mesh_http_route::HeaderValue;
-use crate::targetref::{self, TargetRef};
+use crate::targetref::TargetRef;
 use crate::validate::{Validate, Validator, check_header_name};
 use crate::values::GoDuration;
 
@@ -112,13 +112,7 @@ fn validate_rate(v: &mut Validator, field: &str, rate: &Option<Rate>, disabled: 
 
 impl Validate for MeshRateLimitSpec {
     fn validate(&self, v: &mut Validator) {
-        validate_top_for(v, &self.target_ref, targetref::TOP_LEVEL, true);
-        require_some(
-            v,
-            &[("from", non_empty(&self.from)), ("rules", non_empty(&self.rules))],
-        );
-        validate_from(v, &self.from, targetref::FROM_ALL);
-        validate_rules(v, &self.rules);
+        validate_inbound_only(v, &self.target_ref, &self.from, &self.rules);
     }
 }
 

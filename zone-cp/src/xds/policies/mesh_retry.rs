@@ -45,7 +45,6 @@ impl PolicyPlugin for Plugin {
         let policies = &input.ctx.policies.retries;
         let per_route = names_routes(policies);
         for o in &mut generated.outbounds {
-            let resolved = outbound(policies, &input.view, &o.service);
             if per_route && !o.route_origins.is_empty() {
                 // Routes a MeshHTTPRoute made may have retries of their own.
                 let grpc = o.grpc;
@@ -59,6 +58,7 @@ impl PolicyPlugin for Plugin {
                 }
                 continue;
             }
+            let resolved = outbound(policies, &input.view, &o.service);
             let Some(conf) = resolved.as_ref().map(|r| &r.conf) else {
                 continue;
             };

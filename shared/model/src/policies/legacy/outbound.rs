@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::{LegacyConf, json as j, to_targets};
+use crate::policies::mesh_circuit_breaker::{Consecutive, FailurePercentage};
+use crate::policies::mesh_retry::BackOff;
 use crate::policies::traffic_permission::Selector;
 use crate::targetref::TargetRef;
 use crate::values::{GoDuration, IntOrDecimal, Percentage};
@@ -129,15 +131,6 @@ pub struct RetryConf {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct BackOff {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base_interval: Option<GoDuration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_interval: Option<GoDuration>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRetry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_retries: Option<u32>,
@@ -210,6 +203,26 @@ fn method_retry_on(method: &str) -> Option<String> {
     })
 }
 
+/// A MeshRetry `http` or `grpc` section: attempts, per-try timeout, back-off, conditions.
+fn retry_section(
+    num_retries: &Option<u32>,
+    per_try_timeout: &Option<GoDuration>,
+    back_off: &Option<BackOff>,
+    on: Vec<Value>,
+) -> Value {
+    let on = if on.is_empty() {
+        Value::Null
+    } else {
+        Value::Array(on)
+    };
+    object(&[
+        ("numRetries", j(num_retries)),
+        ("perTryTimeout", j(per_try_timeout)),
+        ("backOff", j(back_off)),
+        ("retryOn", on),
+    ])
+}
+
 impl LegacyConf for RetryConf {
     const BECOMES: &'static [Kind] = &[Kind::MeshRetry];
     const INBOUND: bool = false;
@@ -247,19 +260,7 @@ impl LegacyConf for RetryConf {
                     })?;
                     on.push(json!(name));
                 }
-                object(&[
-                    ("numRetries", j(&h.num_retries)),
-                    ("perTryTimeout", j(&h.per_try_timeout)),
-                    ("backOff", j(&h.back_off)),
-                    (
-                        "retryOn",
-                        if on.is_empty() {
-                            Value::Null
-                        } else {
-                            Value::Array(on)
-                        },
-                    ),
-                ])
+                retry_section(&h.num_retries, &h.per_try_timeout, &h.back_off, on)
             }
         };
         let grpc = match &self.grpc {
@@ -275,19 +276,7 @@ impl LegacyConf for RetryConf {
                     })?;
                     on.push(json!(n));
                 }
-                object(&[
-                    ("numRetries", j(&g.num_retries)),
-                    ("perTryTimeout", j(&g.per_try_timeout)),
-                    ("backOff", j(&g.back_off)),
-                    (
-                        "retryOn",
-                        if on.is_empty() {
-                            Value::Null
-                        } else {
-                            Value::Array(on)
-                        },
-                    ),
-                ])
+                retry_section(&g.num_retries, &g.per_try_timeout, &g.back_off, on)
             }
         };
         let tcp = self.tcp.as_ref().map_or(Value::Null, |t| {
@@ -342,14 +331,7 @@ pub struct Detectors {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standard_deviation: Option<StandardDeviation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure: Option<Failure>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Consecutive {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consecutive: Option<u32>,
+    pub failure: Option<FailurePercentage>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -361,17 +343,6 @@ pub struct StandardDeviation {
     pub minimum_hosts: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub factor: Option<IntOrDecimal>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Failure {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_volume: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub minimum_hosts: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub threshold: Option<u32>,
 }
 
 impl LegacyConf for CircuitBreakerConf {
