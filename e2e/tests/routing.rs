@@ -284,8 +284,12 @@ fn faults_abort_a_share_of_requests_and_delay_them() {
     assert!((45.0..=55.0).contains(&aborted), "{seen:?}");
 
     m.apply("type: MeshFaultInjection\nname: faults\nspec:\n  targetRef: {kind: MeshService, name: backend}\n  from:\n  - targetRef: {kind: Mesh}\n    default:\n      http:\n      - delay: {value: 200ms, percentage: 100}\n");
-    wait_until("delays to start", Duration::from_secs(15), || {
-        requests(&root, 1, &[])[0].took >= Duration::from_millis(150)
+    // Connections opened under the abort conf serve on until they drain (1 s here): wait
+    // until a run of answers is all delayed and none aborted.
+    wait_until("delays to replace the aborts", Duration::from_secs(15), || {
+        requests(&root, 10, &[])
+            .iter()
+            .all(|a| a.status == 200 && a.took >= Duration::from_millis(150))
     })
     .expect("delay");
     let delayed = requests(&root, 50, &[]);
