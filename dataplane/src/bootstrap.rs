@@ -32,6 +32,17 @@ impl std::str::FromStr for CpAddress {
     }
 }
 
+impl CpAddress {
+    /// The same port's HTTP base URL, where a proxy registers.
+    pub fn http_base(&self) -> String {
+        if self.host.contains(':') {
+            format!("http://[{}]:{}", self.host, self.port)
+        } else {
+            format!("http://{}:{}", self.host, self.port)
+        }
+    }
+}
+
 /// Everything the bootstrap needs.
 pub struct BootstrapParams<'a> {
     pub mesh: &'a str,

@@ -43,7 +43,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// A zone control plane's xDS address; repeat (or separate by commas) to list every node.
+    /// The zone control plane's dataplane port (5678): registration and xDS both go there.
+    /// Repeat (or separate by commas) to list every node: an unreachable one is skipped.
     #[arg(
         long = "cp-address",
         env = "MERIDIAN_CP_ADDRESS",
@@ -51,15 +52,10 @@ pub struct RunArgs {
         default_value = "http://127.0.0.1:5678"
     )]
     pub cp_addresses: Vec<CpAddress>,
-    /// The zone control plane's REST API, where the Dataplane is registered; repeat (or
-    /// separate by commas) to list every node: an unreachable one is skipped.
-    #[arg(
-        long = "api-address",
-        env = "MERIDIAN_API_ADDRESS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:5681"
-    )]
-    pub api_addresses: Vec<String>,
+    /// How long to keep trying to register while no control plane answers (or the mesh does
+    /// not exist yet) before giving up with an error; `0s` waits for ever.
+    #[arg(long, env = "MERIDIAN_REGISTER_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub register_timeout: Duration,
     /// The Dataplane, in either form (universal or Kubernetes YAML); with `--proxy-type
     /// ingress`, the ZoneIngress.
     #[arg(long, env = "MERIDIAN_DATAPLANE_FILE", conflicts_with_all = ["name", "address", "inbound"])]
@@ -238,6 +234,47 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Why a registration ended without success.
+#[derive(Debug)]
+enum RegisterError {
+    Refused {
+        status: reqwest::StatusCode,
+        body: String,
+    },
+    NoAddress,
+}
+
+impl RegisterError {
+    fn into_anyhow(self) -> anyhow::Error {
+        match self {
+            Self::Refused { status, body } if status == reqwest::StatusCode::UNAUTHORIZED => anyhow::anyhow!(
+                "the control plane refused the dataplane token ({status}): {body}; \
+                 give a valid one with --dataplane-token-file \
+                 (meshctl generate dataplane-token --mesh M --name N)"
+            ),
+            Self::Refused { status, body } if status == reqwest::StatusCode::FORBIDDEN => {
+                anyhow::anyhow!("the dataplane token does not allow this Dataplane ({status}): {body}")
+            }
+            Self::Refused { status, body } => {
+                anyhow::anyhow!("the control plane refused the Dataplane ({status}): {body}")
+            }
+            Self::NoAddress => anyhow::anyhow!("no control-plane address to register with"),
+        }
+    }
+}
+
+/// An error with its causes, as one line (reqwest's own message hides the cause).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 #[derive(Clone)]
 struct Registration {
     http: reqwest::Client,
@@ -246,7 +283,7 @@ struct Registration {
 }
 
 impl Registration {
-    fn new(apis: &[String], resource: &Resource, token: Option<&str>) -> anyhow::Result<Self> {
+    fn new(control_planes: &[CpAddress], resource: &Resource, token: Option<&str>) -> anyhow::Result<Self> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = token {
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
@@ -256,26 +293,61 @@ impl Registration {
         }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(3))
             .default_headers(headers)
             .build()?;
-        let urls = apis
+        let urls = control_planes
             .iter()
-            .map(|api| match resource.kind() {
-                Kind::ZoneIngress => format!("{}/zoneingresses/{}", api.trim_end_matches('/'), resource.name),
-                _ => format!(
-                    "{}/meshes/{}/dataplanes/{}",
-                    api.trim_end_matches('/'),
-                    resource.mesh,
-                    resource.name
-                ),
+            .map(|cp| {
+                let base = cp.http_base();
+                match resource.kind() {
+                    Kind::ZoneIngress => format!("{base}/zoneingresses/{}", resource.name),
+                    _ => format!("{base}/meshes/{}/dataplanes/{}", resource.mesh, resource.name),
+                }
             })
             .collect();
         Ok(Self { http, urls })
     }
 
-    /// Registers, retrying (on the next node) while the control plane is unreachable; a
-    /// refusal is final.
+    /// Registers, retrying (on the next node) while no control plane answers or the mesh does
+    /// not exist yet, for at most `timeout` (zero: for ever); a refusal is final at once.
+    async fn register_within(&self, resource: &Resource, timeout: Duration) -> anyhow::Result<()> {
+        if timeout.is_zero() {
+            return self.register(resource).await;
+        }
+        let last = std::sync::Mutex::new(None);
+        match tokio::time::timeout(timeout, self.register_noting(resource, &last)).await {
+            Ok(r) => r.map_err(RegisterError::into_anyhow),
+            Err(_) => {
+                let why = last.lock().map(|l| l.clone()).unwrap_or_default();
+                bail!(
+                    "could not register with the control plane at {} within {} ({}); \
+                     check --cp-address (the zone control plane's dataplane port, 5678), \
+                     or pass --register-timeout 0s to wait for ever",
+                    self.urls.join(", "),
+                    humantime::format_duration(timeout),
+                    why.unwrap_or_else(|| "no answer".to_owned())
+                )
+            }
+        }
+    }
+
     async fn register(&self, resource: &Resource) -> anyhow::Result<()> {
+        self.register_noting(resource, &std::sync::Mutex::new(None))
+            .await
+            .map_err(RegisterError::into_anyhow)
+    }
+
+    async fn register_noting(
+        &self,
+        resource: &Resource,
+        last: &std::sync::Mutex<Option<String>>,
+    ) -> Result<(), RegisterError> {
+        let note = |why: String| {
+            if let Ok(mut l) = last.lock() {
+                *l = Some(why);
+            }
+        };
         let mut delay = Duration::from_millis(200);
         for url in self.urls.iter().cycle() {
             match self.http.put(url).json(&resource.to_universal()).send().await {
@@ -286,19 +358,26 @@ impl Registration {
                 // A federated zone may not have the mesh from global yet.
                 Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
                     warn!(url = %url, "the mesh does not exist (yet); retrying");
+                    note(format!("{url}: mesh {:?} not found", resource.mesh));
                 }
                 Ok(r) if r.status().is_client_error() => {
                     let status = r.status();
                     let body = r.text().await.unwrap_or_default();
-                    bail!("the control plane refused the Dataplane ({status}): {body}");
+                    return Err(RegisterError::Refused { status, body });
                 }
-                Ok(r) => warn!(status = %r.status(), "registration failed; retrying"),
-                Err(e) => warn!(error = %e, "control plane unreachable; retrying"),
+                Ok(r) => {
+                    warn!(status = %r.status(), "registration failed; retrying");
+                    note(format!("{url} answered {}", r.status()));
+                }
+                Err(e) => {
+                    warn!(url = %url, error = %e, "control plane unreachable; retrying");
+                    note(format!("{url} unreachable: {}", error_chain(&e)));
+                }
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }
-        bail!("no control-plane address to register with")
+        Err(RegisterError::NoAddress)
     }
 
     /// Deregisters through the first node that answers.
@@ -319,7 +398,7 @@ impl Registration {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let RunArgs {
         cp_addresses,
-        api_addresses,
+        register_timeout,
         dataplane_file,
         proxy_type,
         probe_interval,
@@ -379,9 +458,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     std::fs::write(&bootstrap_path, serde_json::to_vec_pretty(&bootstrap)?)?;
 
-    let registration = Registration::new(&api_addresses, &resource, token.as_deref())?;
+    let registration = Registration::new(&cp_addresses, &resource, token.as_deref())?;
     tokio::select! {
-        r = registration.register(&resource) => r?,
+        r = registration.register_within(&resource, register_timeout) => r?,
         _ = shutdown_signal() => return Ok(()),
     }
     let probing = (!probe_interval.is_zero() && proxy_type == ProxyType::Sidecar).then(|| {

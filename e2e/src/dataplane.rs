@@ -74,10 +74,9 @@ impl Sidecar {
         Self::start_on(&[cp], dataplane_args)
     }
 
-    /// Against every node of a zone (`--cp-address` and `--api-address` list them all).
+    /// Against every node of a zone (`--cp-address` lists them all).
     pub fn start_on(cps: &[&ZoneCp], dataplane_args: &[&str]) -> Result<Self> {
         let xds: Vec<&str> = cps.iter().map(|c| c.xds_url.as_str()).collect();
-        let api: Vec<&str> = cps.iter().map(|c| c.api_url.as_str()).collect();
         let admin_port = free_port()?;
         let work_dir = tempfile::tempdir()?;
         let process = KillOnDrop::new(
@@ -85,7 +84,7 @@ impl Sidecar {
                 .arg("run")
                 .arg("--work-dir")
                 .arg(work_dir.path())
-                .args(["--cp-address", &xds.join(","), "--api-address", &api.join(",")])
+                .args(["--cp-address", &xds.join(",")])
                 .arg("--envoy-binary")
                 .arg(envoy()?)
                 .args(["--admin-port", &admin_port.to_string(), "--drain-time", "1"])

@@ -194,14 +194,7 @@ fn malformed_dataplanes_are_refused_at_registration_and_on_the_api() {
         let file = dir.path().join("dp.yaml");
         std::fs::write(&file, &yaml).expect("write");
         let out = std::process::Command::new(meridian_e2e::bin("meridian-dp").expect("bin"))
-            .args([
-                "run",
-                "--cp-address",
-                &cp.xds_url,
-                "--api-address",
-                &cp.api_url,
-                "--dataplane-file",
-            ])
+            .args(["run", "--cp-address", &cp.xds_url, "--dataplane-file"])
             .arg(&file)
             .output()
             .expect("meridian-dp");
@@ -313,7 +306,7 @@ fn a_sidecar_needs_its_own_dataplane_token_where_the_host_is_not_trusted() {
 
     // Another Dataplane showing web-1's token is refused, and nothing is registered.
     let out = std::process::Command::new(meridian_e2e::bin("meridian-dp").expect("bin"))
-        .args(["run", "--cp-address", &cp.xds_url, "--api-address", &cp.api_url])
+        .args(["run", "--cp-address", &cp.xds_url])
         .args([
             "--name",
             "other-1",
@@ -332,7 +325,7 @@ fn a_sidecar_needs_its_own_dataplane_token_where_the_host_is_not_trusted() {
     );
     // And no token at all: the zone's API refuses the registration.
     let out = std::process::Command::new(meridian_e2e::bin("meridian-dp").expect("bin"))
-        .args(["run", "--cp-address", &cp.xds_url, "--api-address", &cp.api_url])
+        .args(["run", "--cp-address", &cp.xds_url])
         .args(["--name", "anon-1", "--inbound", &inbound])
         .output()
         .expect("meridian-dp");
@@ -350,7 +343,7 @@ fn a_sidecar_needs_its_own_dataplane_token_where_the_host_is_not_trusted() {
     .expect("write");
     let ingress_path = ingress_file.display().to_string();
     let out = std::process::Command::new(meridian_e2e::bin("meridian-dp").expect("bin"))
-        .args(["run", "--cp-address", &cp.xds_url, "--api-address", &cp.api_url])
+        .args(["run", "--cp-address", &cp.xds_url])
         .args(["--proxy-type", "ingress", "--dataplane-file", &ingress_path])
         .args(["--dataplane-token-file", &token_path])
         .output()
@@ -387,4 +380,74 @@ fn a_sidecar_needs_its_own_dataplane_token_where_the_host_is_not_trusted() {
         http_get(&format!("{}/zoneingresses/ingress-1", cp.api_url)).0,
         200
     );
+}
+
+#[test]
+fn a_sidecar_needs_only_the_dataplane_port_and_says_why_it_cannot_register() {
+    use meridian_testing::free_port;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ZoneCp::start("zone-1", &dir.path().join("zone")).expect("zone-cp");
+    let inbound = format!(
+        "{}:{}:web",
+        free_port().expect("port"),
+        free_port().expect("port")
+    );
+    let run = |cp_address: &str, timeout: &str| {
+        std::process::Command::new(meridian_e2e::bin("meridian-dp").expect("bin"))
+            .args(["run", "--cp-address", cp_address, "--register-timeout", timeout])
+            .args(["--name", "web-1", "--inbound", &inbound])
+            .args(["--envoy-binary", "/bin/false"])
+            .output()
+            .expect("meridian-dp")
+    };
+
+    // Nothing answers: a bounded wait, then an error naming the address and the cause.
+    let nobody = format!("http://127.0.0.1:{}", free_port().expect("port"));
+    let started = std::time::Instant::now();
+    let out = run(&nobody, "2s");
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let err = stderr(&out);
+    assert!(
+        err.contains("could not register") && err.contains(&nobody),
+        "{err}"
+    );
+    // Why, as far as it got (a port that is closed refuses at once: "unreachable").
+    assert!(err.contains("unreachable") || err.contains("no answer"), "{err}");
+
+    // The zone's REST API is not the dataplane port: it is not where a sidecar registers,
+    // and the dataplane port answers nothing but the proxies' own kinds.
+    let (status, body, _) = http_get(&format!("{}/meshes/default/meshtraces", cp.xds_url));
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("dataplane port"), "{body}");
+    let (status, _, _) = http_get(&format!("{}/healthz", cp.xds_url));
+    assert_eq!(status, 200);
+
+    // The dataplane port alone registers the Dataplane (Envoy is /bin/false: it exits and
+    // is restarted; the Dataplane stays until SIGTERM).
+    let mut dp = meridian_testing::KillOnDrop::new(
+        std::process::Command::new(meridian_e2e::bin("meridian-dp").expect("bin"))
+            .args([
+                "run",
+                "--cp-address",
+                &cp.xds_url,
+                "--name",
+                "web-1",
+                "--inbound",
+                &inbound,
+            ])
+            .args(["--envoy-binary", "/bin/false"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("meridian-dp"),
+    );
+    wait_until("web-1 to register", Duration::from_secs(20), || {
+        http_get(&format!("{}/meshes/default/dataplanes/web-1", cp.api_url)).0 == 200
+    })
+    .expect("registered");
+    dp.terminate(Duration::from_secs(10)).expect("sigterm");
+    wait_until("web-1 to deregister", Duration::from_secs(20), || {
+        http_get(&format!("{}/meshes/default/dataplanes/web-1", cp.api_url)).0 == 404
+    })
+    .expect("deregistered");
 }

@@ -194,16 +194,10 @@ fn start_zone(z: &ZonePorts, dir: &Path, envoy: &Path, processes: &mut Vec<KillO
 /// `meridian-dp run` against every node of zone `z`.
 fn sidecar(z: &ZonePorts, envoy: &Path) -> Command {
     let mut cmd = Command::new(bin("meridian-dp"));
-    cmd.args([
-        "run",
-        "--cp-address",
-        &z.list(z.xds),
-        "--api-address",
-        &z.list(z.api),
-    ])
-    .arg("--envoy-binary")
-    .arg(envoy)
-    .env("RUST_LOG", "warn,openraft=off");
+    cmd.args(["run", "--cp-address", &z.list(z.xds)])
+        .arg("--envoy-binary")
+        .arg(envoy)
+        .env("RUST_LOG", "warn,openraft=off");
     cmd
 }
 

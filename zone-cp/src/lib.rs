@@ -241,6 +241,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         // Envoy's largest request is a reconnecting delta stream listing every resource it has.
         4 << 20,
     );
+    let state = ApiState {
+        store,
+        metrics: Arc::new(metrics),
+        role: "zone",
+        managed_by: global_address.clone(),
+    };
     let mut stop = stop_rx.clone();
     tasks.critical(
         "xDS server",
@@ -252,7 +258,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             // (in its own buffers) until its stream is admitted.
             .initial_stream_window_size(Some(64 << 10))
             .initial_connection_window_size(Some(256 << 10))
-            .add_service(ads)
+            // Proxies register over HTTP/1.1 on the same port (as kuma-dp does on 5678).
+            .accept_http1(true)
+            .add_routes(
+                tonic::service::Routes::from(meridian_api::proxy_app(state.clone(), auth.clone()))
+                    .add_service(ads),
+            )
             .serve_with_incoming_shutdown(
                 meridian_api::serve::grpc_incoming(
                     xds_listener,
@@ -267,12 +278,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             ),
     );
 
-    let state = ApiState {
-        store,
-        metrics: Arc::new(metrics),
-        role: "zone",
-        managed_by: global_address.clone(),
-    };
     let router = meridian_api::app(
         state,
         auth,

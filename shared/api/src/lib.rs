@@ -83,6 +83,65 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// What a proxy speaks on the zone's dataplane port (beside xDS): registering, reporting
+/// readiness and deregistering its own Dataplane or ZoneIngress. Authorized as on the REST
+/// API, so a dataplane token may change only the proxy it names.
+pub fn proxy_app(state: ApiState, auth: auth::Auth) -> Router {
+    use resources::*;
+    let metrics = state.metrics.clone();
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route(
+            "/meshes/{mesh}/{plural}/{name}",
+            get(get_resource).put(put_resource).delete(delete_resource),
+        )
+        .route(
+            "/{plural}/{name}",
+            get(get_global).put(put_global).delete(delete_global),
+        )
+        .layer(middleware::from_fn(only_proxies))
+        .fallback(|request: Request| async move { not_a_proxy_path(request.uri().path()) })
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn_with_state(auth, auth::authorize))
+        .layer(middleware::from_fn_with_state(metrics, observe))
+        .layer(middleware::from_fn(peer_from_tonic))
+}
+
+/// tonic records the peer as its own `TcpConnectInfo`; authorization reads axum's.
+async fn peer_from_tonic(mut request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|c| c.remote_addr());
+    if let Some(peer) = peer {
+        request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+    }
+    next.run(request).await
+}
+
+/// The dataplane port serves the proxies' own kinds only.
+async fn only_proxies(request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let proxy_kind = matches!(
+        segments.as_slice(),
+        ["healthz"] | ["meshes", _, "dataplanes", _] | ["zoneingresses", _]
+    );
+    if proxy_kind {
+        return next.run(request).await;
+    }
+    not_a_proxy_path(path).into_response()
+}
+
+fn not_a_proxy_path(path: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "{path}: the dataplane port serves only /meshes/{{mesh}}/dataplanes/{{name}} and \
+         /zoneingresses/{{name}}; use the REST API (port 5681) for the rest"
+    ))
+}
+
 /// The API as served: the resource routes, `extra` (a control plane's own routes), the token
 /// routes for the kinds it `issues`, each request authorized, counted and traced. Refusals
 /// (401, 403) are counted like any answer.
