@@ -10,6 +10,7 @@
 
 pub mod bootstrap;
 mod probe;
+pub mod transparent_proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -39,6 +40,30 @@ pub struct Cli {
 pub enum Command {
     /// Register the Dataplane and run its Envoy until SIGTERM.
     Run(RunArgs),
+    /// Set something up on this host.
+    #[command(subcommand)]
+    Install(Install),
+    /// Remove what `install` set up.
+    #[command(subcommand)]
+    Uninstall(Uninstall),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Install {
+    /// iptables rules that send the workload's TCP and DNS through its sidecar (as root, in
+    /// the workload's network namespace); running it again replaces the rules.
+    TransparentProxy(transparent_proxy::TransparentProxyArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Uninstall {
+    /// Removes every rule and chain `install transparent-proxy` made, and nothing else.
+    TransparentProxy {
+        #[arg(long, env = "MERIDIAN_IP_FAMILY_MODE", value_enum, default_value_t = transparent_proxy::IpFamilyMode::Dualstack)]
+        ip_family_mode: transparent_proxy::IpFamilyMode,
+        #[command(flatten)]
+        log: LogArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -168,6 +193,14 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Run(args) => run(args).await,
+            Command::Install(Install::TransparentProxy(args)) => {
+                init_logging(meridian_telemetry::LogFormat::Text);
+                transparent_proxy::install(&args)
+            }
+            Command::Uninstall(Uninstall::TransparentProxy { ip_family_mode, log }) => {
+                init_logging(log.log_format);
+                transparent_proxy::uninstall(ip_family_mode)
+            }
         }
     }
 }

