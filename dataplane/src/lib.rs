@@ -39,7 +39,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Register the Dataplane and run its Envoy until SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Set something up on this host.
     #[command(subcommand)]
     Install(Install),
@@ -192,7 +192,7 @@ impl DataplaneFlags {
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
-            Command::Run(args) => run(args).await,
+            Command::Run(args) => run(*args).await,
             Command::Install(Install::TransparentProxy(args)) => {
                 init_logging(meridian_telemetry::LogFormat::Text);
                 transparent_proxy::install(&args)
