@@ -47,7 +47,9 @@ fn zone_cp_unit() {
 fn meridian_dp_unit() {
     use meridian_dp::{Cli, Command};
     let cli = Cli::try_parse_from(exec_start("meridian-dp.service")).expect("flags parse");
-    let Command::Run(run) = cli.command;
+    let Command::Run(run) = cli.command else {
+        panic!("not run")
+    };
     assert!(
         run.dataplane_token_file.is_some(),
         "deployed sidecars show their token"
