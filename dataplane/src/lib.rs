@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bootstrap;
+pub mod dns;
 mod probe;
 pub mod transparent_proxy;
 
@@ -101,6 +102,11 @@ pub struct RunArgs {
     pub probe_http_path: Option<String>,
     #[command(flatten)]
     pub flags: DataplaneFlags,
+    /// Where a transparently proxied workload's DNS is answered (`install transparent-proxy`
+    /// redirects port 53 here): `<service>.mesh` from the zone's records, the rest forwarded
+    /// to /etc/resolv.conf's servers. Only for Dataplanes with `transparentProxying`; `0` off.
+    #[arg(long, env = "MERIDIAN_DNS_PORT", default_value_t = 15053)]
+    pub dns_port: u16,
     /// The Envoy to run (default: ./.venv/bin/envoy, else envoy on PATH).
     #[arg(long, env = "MERIDIAN_ENVOY_BINARY")]
     pub envoy_binary: Option<PathBuf>,
@@ -437,6 +443,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         probe_interval,
         probe_http_path,
         flags,
+        dns_port,
         envoy_binary: given_envoy,
         admin_port,
         dataplane_token_file,
@@ -504,6 +511,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             probe_http_path.clone(),
         ))
     });
+    let transparent =
+        matches!(&resource.spec, Spec::Dataplane(dp) if dp.networking.transparent_proxying.is_some());
+    let dns = (transparent && dns_port != 0).then(|| {
+        let (records_tx, records) = tokio::sync::watch::channel(Default::default());
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let upstreams = dns::upstreams(&resolv);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], dns_port));
+        (
+            tokio::spawn(dns::follow_records(admin_port, records_tx)),
+            tokio::spawn(async move {
+                if let Err(e) = dns::serve(addr, records, upstreams).await {
+                    tracing::error!(%addr, error = %e, "mesh DNS could not start");
+                }
+            }),
+        )
+    });
     let envoy = envoy_binary(given_envoy);
     info!(envoy = %envoy.display(), admin_port, bootstrap = %bootstrap_path.display(), "starting envoy");
     let result = supervise(
@@ -518,6 +541,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .await;
     if let Some(p) = probing {
         p.abort();
+    }
+    if let Some((follow, serve)) = dns {
+        follow.abort();
+        serve.abort();
     }
     if result.is_err() {
         registration.deregister().await;

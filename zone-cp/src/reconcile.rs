@@ -42,12 +42,14 @@ mod probe;
 #[cfg(test)]
 mod tests;
 mod view;
+pub mod vips;
 
 use generate::{Generation, Proxy};
 
 pub use cas::create_mesh_cas;
 pub use probe::{IngressTargets, probe_ingresses};
 use view::{Touched, ZoneView, change_key, served};
+pub use vips::allocate_vips;
 
 const BATCH: u32 = 1000;
 
@@ -85,6 +87,8 @@ pub struct Reconciler {
     /// Keep the default (never changing) reachability and CA channels open.
     _no_probe: Option<watch::Sender<BTreeSet<String>>>,
     _no_ca_job: Option<watch::Sender<u64>>,
+    /// Where to ask for virtual IPs, and whether this node is the one that asks.
+    vip_job: Option<(mpsc::UnboundedSender<vips::Wanted>, watch::Receiver<bool>)>,
 }
 
 /// The identities a proxy's certificate carries: one per service it serves.
@@ -117,6 +121,7 @@ impl Reconciler {
             ingress_targets: watch::Sender::new(IngressTargets::new()),
             _no_probe: Some(tx),
             _no_ca_job: Some(ca_tx),
+            vip_job: None,
         }
     }
 
@@ -152,6 +157,42 @@ impl Reconciler {
         }
     }
 
+    /// The job that allocates virtual IPs ([`vips::allocate_vips`]): where to ask, and the
+    /// node's leadership (only the leader asks).
+    pub fn with_vip_job(
+        self,
+        wanted: mpsc::UnboundedSender<vips::Wanted>,
+        leading: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            vip_job: Some((wanted, leading)),
+            ..self
+        }
+    }
+
+    /// Asks for virtual IPs where a mesh with transparent proxies has services without one,
+    /// or keeps some for services gone.
+    fn check_vips<'a>(&mut self, meshes: impl IntoIterator<Item = &'a String>) {
+        let Some((wanted, leading)) = &self.vip_job else {
+            return;
+        };
+        if !*leading.borrow() {
+            return;
+        }
+        let wanted = wanted.clone();
+        for mesh in meshes {
+            if self.view.transparent(mesh).next().is_none() {
+                continue;
+            }
+            let zones = self.zones();
+            let ctx = self.view.context(mesh, zones);
+            if !ctx.services.keys().eq(ctx.vips.keys()) {
+                let services = ctx.services.keys().cloned().collect();
+                let _ = wanted.send((mesh.clone(), services));
+            }
+        }
+    }
+
     /// When the next certificate is due for renewal.
     fn next_renewal(&self) -> Option<SystemTime> {
         self.leaves.values().map(|i| i.leaf.renew_at).min()
@@ -167,6 +208,8 @@ impl Reconciler {
         let mut retry_at: Option<tokio::time::Instant> = None;
         // A channel whose sender is gone (its task ended) would be ready at once, forever.
         let (mut probing, mut ca_job) = (true, true);
+        // A new leader looks at every mesh's virtual IPs once.
+        let mut leading = self.vip_job.as_ref().map(|(_, l)| l.clone());
         loop {
             let renewal = self.next_renewal().map(|at| {
                 let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
@@ -188,6 +231,15 @@ impl Reconciler {
                         for mesh in self.view.mesh_names() {
                             self.regenerate(&mesh, &Touched::everything()).await;
                         }
+                    }
+                    continue;
+                }
+                changed = async { leading.as_mut().expect("guarded").changed().await }, if leading.is_some() => {
+                    if changed.is_err() {
+                        leading = None;
+                    } else {
+                        let meshes = self.view.mesh_names();
+                        self.check_vips(&meshes);
                     }
                     continue;
                 }
@@ -277,9 +329,11 @@ impl Reconciler {
                 self.view.apply(change);
             }
             let mut pushed = 0;
+            let meshes: Vec<String> = affected.keys().cloned().collect();
             for (mesh, touched) in affected {
                 pushed += self.regenerate(&mesh, &touched).await;
             }
+            self.check_vips(&meshes);
             for mut span in traced {
                 span.set("proxies.pushed", pushed);
             }

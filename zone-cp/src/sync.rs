@@ -30,7 +30,12 @@ use tracing::{info, warn};
 /// Whether a zone holds this resource because global sent it: global's kinds, and what other
 /// zones reported (named `ZONE.NAME`). The rest is the zone's own inventory.
 pub fn from_global(key: &ResourceKey) -> bool {
-    !key.kind.zone_owned() || key.synced_zone().is_some()
+    (!key.kind.zone_owned() && !key.kind.zone_local()) || key.synced_zone().is_some()
+}
+
+/// Whether the zone reports this resource to global: its own Dataplanes and ZoneIngresses.
+fn reported(key: &ResourceKey) -> bool {
+    key.kind.zone_owned() && key.synced_zone().is_none()
 }
 
 /// Changes per inventory message after the first.
@@ -259,7 +264,7 @@ async fn full_inventory(store: &dyn Store) -> Result<(i64, Inventory), StoreErro
     let (revision, items) = store.snapshot().await?;
     let changes = items
         .iter()
-        .filter(|s| !from_global(&s.resource.key()))
+        .filter(|s| reported(&s.resource.key()))
         .map(|s| WireChange::upsert(s.revision, &s.resource))
         .collect();
     Ok((revision, Inventory { full: true, changes }))
@@ -286,12 +291,10 @@ async fn inventory_since(store: &dyn Store, after: i64) -> Result<(i64, Option<I
         // A short page was everything there was: no second read to find nothing.
         let caught_up = page.len() < INVENTORY_BATCH as usize;
         changes.extend(page.iter().filter_map(|c| match c {
-            Change::Upsert(s) if !from_global(&s.resource.key()) => {
+            Change::Upsert(s) if reported(&s.resource.key()) => {
                 Some(WireChange::upsert(s.revision, &s.resource))
             }
-            Change::Delete { key, revision, .. } if !from_global(key) => {
-                Some(WireChange::delete(*revision, key))
-            }
+            Change::Delete { key, revision, .. } if reported(key) => Some(WireChange::delete(*revision, key)),
             _ => None,
         }));
         if caught_up {

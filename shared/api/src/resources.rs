@@ -235,6 +235,11 @@ fn check_matches_path(submission: &Submission, key: &ResourceKey) -> Result<(), 
 fn check_writable(state: &ApiState, key: &ResourceKey) -> Result<(), ApiError> {
     let kind = key.kind;
     let forbidden = |details: String| Err(ApiError::new(StatusCode::FORBIDDEN, "Forbidden", details));
+    if kind.zone_local() {
+        return forbidden(format!(
+            "{kind} are allocated by each zone's control plane for its transparent proxies; they can be read, not written"
+        ));
+    }
     if kind.zone_owned()
         && let Some(zone) = key.synced_zone()
     {

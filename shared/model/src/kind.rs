@@ -124,6 +124,7 @@ kinds! {
     ZoneIngress { spec: ZoneIngressSpec, plural: "zoneingresses", scope: Global, inline: true },
     Secret { spec: SecretSpec, plural: "secrets", scope: Mesh, inline: true },
     GlobalSecret { spec: SecretSpec, plural: "global-secrets", scope: Global, inline: true },
+    VirtualIPs { spec: VirtualIpsSpec, plural: "virtualips", scope: Mesh, inline: true },
 }
 
 impl Kind {
@@ -131,6 +132,12 @@ impl Kind {
     /// flows from global to zones.
     pub fn zone_owned(self) -> bool {
         matches!(self, Kind::Dataplane | Kind::ZoneIngress)
+    }
+
+    /// Kinds a zone control plane makes for itself: never written by users, never sent to
+    /// global nor taken from it (a full resync from global keeps them).
+    pub fn zone_local(self) -> bool {
+        matches!(self, Kind::VirtualIPs)
     }
 
     /// Kinds whose content only admins may read (Kuma's Secret and GlobalSecret).

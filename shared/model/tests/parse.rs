@@ -478,6 +478,12 @@ name: api.key
 mesh: default
 data: c2VjcmV0
 ",
+    "type: VirtualIPs
+name: default
+mesh: default
+services:
+  reg-server: 240.0.0.7
+",
     "type: GlobalSecret
 name: global-key
 data: c2VjcmV0

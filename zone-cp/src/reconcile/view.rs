@@ -27,6 +27,9 @@ pub struct ZoneView {
     /// Which Dataplanes (of every zone) serve each service, by mesh then service: what a
     /// service's part of the context is rebuilt from.
     providers: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
+    /// This zone's transparently proxied Dataplanes, by mesh: they may call any service, so
+    /// every service's instances, the mesh's permissions and its virtual IPs concern them.
+    transparent: BTreeMap<String, BTreeSet<String>>,
     contexts: BTreeMap<String, Kept>,
 }
 
@@ -153,6 +156,14 @@ impl ZoneView {
     fn index(&mut self, r: &Resource, present: bool) {
         let Some(dp) = dataplane(r) else { return };
         self.index_calls(r, present);
+        if dp.networking.transparent_proxying.is_some() && r.key().synced_zone().is_none() {
+            let names = self.transparent.entry(r.mesh.clone()).or_default();
+            if present {
+                names.insert(r.name.clone());
+            } else {
+                names.remove(&r.name);
+            }
+        }
         let providers = self.providers.entry(r.mesh.clone()).or_default();
         let kept = self.contexts.entry(r.mesh.clone()).or_default();
         for service in served(dp) {
@@ -242,6 +253,11 @@ impl ZoneView {
         }
     }
 
+    /// This zone's transparently proxied Dataplanes in `mesh`.
+    pub(super) fn transparent(&self, mesh: &str) -> impl Iterator<Item = &String> {
+        self.transparent.get(mesh).into_iter().flatten()
+    }
+
     /// This zone's Dataplanes in `mesh` (not other zones', which only feed cross-zone endpoints).
     pub(super) fn dataplanes<'a>(&'a self, mesh: &str) -> impl Iterator<Item = &'a Arc<Resource>> + 'a {
         self.meshes
@@ -328,8 +344,8 @@ impl ZoneView {
                 entry.add_whole([key.name.clone()], Types::ALL);
                 let mut calls: BTreeMap<&String, BTreeSet<&String>> = BTreeMap::new();
                 if let Some(callers) = self.callers.get(&key.mesh) {
-                    for service in services {
-                        for caller in callers.get(service).into_iter().flatten() {
+                    for service in &services {
+                        for caller in callers.get(*service).into_iter().flatten() {
                             calls.entry(caller).or_default().insert(service);
                         }
                     }
@@ -337,12 +353,26 @@ impl ZoneView {
                 for (caller, services) in calls {
                     entry.add_endpoints(caller, &services);
                 }
+                // Transparent proxies may call any of them.
+                for caller in self.transparent(&key.mesh) {
+                    entry.add_endpoints(caller, &services);
+                }
+            }
+            // What transparent proxies reach, and where: their outbounds.
+            Kind::VirtualIPs => {
+                let names: Vec<String> = self.transparent(&key.mesh).cloned().collect();
+                touched(out, &key.mesh).add_whole(names, Types::ALL);
             }
             _ => {
                 // A policy touches the proxies its top-level targetRef selects, before or after
                 // the change; a mesh-wide one (or an older kind without targetRef), all of them;
                 // in the resource types its plugin shapes (all of them for other kinds).
                 let types = policies::shapes(key.kind);
+                if matches!(key.kind, Kind::MeshTrafficPermission | Kind::TrafficPermission) {
+                    // Who may call what: which outbounds transparent proxies get.
+                    let names: Vec<String> = self.transparent(&key.mesh).cloned().collect();
+                    touched(out, &key.mesh).add_whole(names, Types::ALL);
+                }
                 let mut targets = Vec::new();
                 for version in [self.get(&key).map(|r| &**r), upserted(change)]
                     .into_iter()

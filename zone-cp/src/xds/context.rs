@@ -2,12 +2,14 @@
 //! its policies (typed) and its Secrets, computed once per change for every proxy of the mesh.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration as StdDuration;
 
 use meridian_model::policies::dataplane::{PROTOCOL_TAG, SERVICE_TAG, speaks_http};
 use meridian_model::policies::mesh::MtlsMode;
 use meridian_model::resolve::MeshPolicies;
+use meridian_model::resolve::reach::Reach;
 use meridian_model::{Kind, Resource, Spec};
 
 use super::crosszone::Zones;
@@ -71,6 +73,13 @@ pub struct MeshContext {
     pub secrets: BTreeMap<String, Vec<u8>>,
     /// The other zones and their ingresses (set by the reconciler).
     pub zones: Zones,
+    /// Transparent proxies let traffic to destinations outside the mesh through (the Mesh's
+    /// `networking.outbound.passthrough`, on unless it says otherwise).
+    pub passthrough: bool,
+    /// Each service's virtual IP in this zone (the mesh's VirtualIPs), for transparent proxies.
+    pub vips: BTreeMap<String, Ipv4Addr>,
+    /// Who may reach which service (with mTLS on), made at first use after a change.
+    reach: OnceLock<Arc<Reach>>,
 }
 
 /// The services a Dataplane's inbounds serve.
@@ -107,6 +116,7 @@ impl MeshContext {
     /// [`MeshPolicies::group`]) from every resource of those kinds in it. Dataplanes are
     /// [`MeshContext::set_service`]'s.
     pub fn set_kind<'a>(&mut self, kind: Kind, resources: impl IntoIterator<Item = &'a Resource>) {
+        self.reach = OnceLock::new();
         match kind {
             Kind::Dataplane => return,
             Kind::Mesh => {
@@ -114,6 +124,7 @@ impl MeshContext {
                 self.tls = None;
             }
             Kind::Secret => self.secrets.clear(),
+            Kind::VirtualIPs => self.vips.clear(),
             _ => self.policies.clear(kind),
         }
         let group = MeshPolicies::group(kind);
@@ -128,6 +139,12 @@ impl MeshContext {
             Spec::Dataplane(_) => {}
             Spec::Mesh(mesh) => {
                 self.mesh = r.name.clone();
+                self.passthrough = mesh
+                    .networking
+                    .as_ref()
+                    .and_then(|n| n.outbound.as_ref())
+                    .and_then(|o| o.passthrough)
+                    .unwrap_or(true);
                 self.tls = mesh.enabled_ca().map(|ca| TlsSettings {
                     backend: ca.name.clone(),
                     permissive: ca.mode == Some(MtlsMode::Permissive),
@@ -143,6 +160,7 @@ impl MeshContext {
                     self.secrets.insert(r.name.clone(), value);
                 }
             }
+            Spec::VirtualIPs(v) => self.vips = v.services.clone(),
             _ => self.policies.add(r),
         }
     }
@@ -151,6 +169,7 @@ impl MeshContext {
     /// in other zones, its protocols and tag sets) from the Dataplanes, of any zone, that
     /// serve it; with none, the service is gone.
     pub fn set_service<'a>(&mut self, service: &str, dataplanes: impl IntoIterator<Item = &'a Resource>) {
+        self.reach = OnceLock::new();
         let mut info = ServiceInfo::default();
         let mut endpoints = Vec::new();
         let mut remote: BTreeMap<String, u32> = BTreeMap::new();
@@ -209,6 +228,12 @@ impl MeshContext {
             }
         };
         self.policies.service_tags.insert(service.to_owned(), tags);
+    }
+
+    /// Who may reach which service of the mesh (what a transparent proxy gets outbounds for).
+    pub fn reach(&self) -> &Reach {
+        self.reach
+            .get_or_init(|| Arc::new(Reach::new(&self.mesh, &self.policies)))
     }
 
     /// Ready instances of `service` in other zones, by zone; of those with `tags` only, for a

@@ -12,3 +12,4 @@ pub mod server;
 mod streams;
 pub mod tls;
 pub mod translate;
+mod transparent;

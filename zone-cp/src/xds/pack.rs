@@ -4,6 +4,7 @@
 
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch};
+use envoy_types::pb::google::protobuf::BoolValue;
 use meridian_model::resolve::access::Access;
 
 use super::cache::{CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot, Types};
@@ -92,6 +93,9 @@ pub(crate) fn pack_into(
         if permissive {
             l.listener_filters = vec![tls::tls_inspector()];
         }
+        if !inbound.bind {
+            l.bind_to_port = Some(BoolValue { value: false });
+        }
         snap.insert(LISTENER, listener_name, pack(&l));
     }
     for o in generated.outbounds {
@@ -115,13 +119,19 @@ pub(crate) fn pack_into(
             (None, None) => continue,
         };
         let listener_name = format!("outbound:{}:{}", o.address, o.port);
-        let l = listener(
+        let mut l = listener(
             listener_name.clone(),
             &o.address,
             o.port,
             TrafficDirection::Outbound,
             vec![chain_of(vec![filter])],
         );
+        if !o.bind {
+            l.bind_to_port = Some(BoolValue { value: false });
+        }
         snap.insert(LISTENER, listener_name, pack(&l));
+    }
+    for l in generated.listeners.iter().filter(|_| listeners) {
+        snap.insert(LISTENER, l.name.clone(), pack(l));
     }
 }

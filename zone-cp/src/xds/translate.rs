@@ -49,6 +49,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 };
 use envoy_types::pb::google::protobuf::{Any, Duration};
 use meridian_model::policies::dataplane::{DataplaneSpec, SERVICE_TAG, speaks_http};
+use meridian_model::policies::virtual_ips::VIP_PORT;
 use meridian_model::resolve::ProxyView;
 use prost::{Message, Name};
 
@@ -255,7 +256,7 @@ pub fn proxy_snapshot_of(
         dataplane: dp,
     };
     let generated = if complete {
-        base_resources(ctx, dp, tls, None)
+        base_resources(ctx, name, dp, tls, None)
     } else {
         Generated::default()
     };
@@ -281,7 +282,7 @@ pub fn outbounds_snapshot(
         dataplane: dp,
     };
     let tls = ctx.tls.as_ref();
-    let generated = base_resources(ctx, dp, tls, Some(services));
+    let generated = base_resources(ctx, name, dp, tls, Some(services));
     shape_and_pack(&mut snap, ctx, view, tls, generated, Types::ALL);
     snap
 }
@@ -317,6 +318,7 @@ fn shape_and_pack(
 /// HTTP, a route. With `only`, just the outbounds to those services.
 fn base_resources(
     ctx: &MeshContext,
+    name: &str,
     dp: &DataplaneSpec,
     tls: Option<&TlsSettings>,
     only: Option<&BTreeSet<String>>,
@@ -391,6 +393,7 @@ fn base_resources(
             network_filters: Vec::new(),
             tls: None,
             access: None,
+            bind: true,
         });
     }
     for outbound in dp.networking.outbound.iter().flatten() {
@@ -400,50 +403,80 @@ fn base_resources(
         if only.is_some_and(|services| !services.contains(service)) {
             continue;
         }
-        let own = upstream(ctx, tls, service, &BTreeMap::new());
-        let info_http = !own.cluster.typed_extension_protocol_options.is_empty();
         let address = outbound.address.clone().unwrap_or_else(|| "127.0.0.1".into());
-        let stat_prefix = format!("outbound:{address}:{}", outbound.port).replace(':', "_");
-        let (route, http, tcp) = if info_http {
-            let route_name = format!("outbound:{service}");
-            let routes = RouteConfiguration {
-                name: route_name.clone(),
-                virtual_hosts: vec![VirtualHost {
-                    name: service.to_owned(),
-                    domains: vec!["*".into()],
-                    routes: vec![route_to(service, RouteAction::default())],
-                    ..Default::default()
-                }],
-                validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
-                ..Default::default()
-            };
-            let hcm = HttpConnectionManager {
-                stat_prefix,
-                codec_type: CodecType::Auto as i32,
-                route_specifier: Some(RouteSpecifier::Rds(Rds {
-                    config_source: Some(ads()),
-                    route_config_name: route_name,
-                })),
-                http_filters: vec![router_filter()],
-                ..Default::default()
-            };
-            (Some(routes), Some(hcm), None)
-        } else {
-            (None, None, Some(tcp_proxy(&stat_prefix, service)))
-        };
-        generated.outbounds.push(OutboundResources {
-            service: service.to_owned(),
-            address,
-            port: outbound.port,
-            grpc: own.grpc,
-            upstreams: vec![own],
-            route,
-            route_origins: Vec::new(),
-            http,
-            tcp,
-        });
+        let o = outbound_resources(ctx, tls, service, address, outbound.port, true);
+        generated.outbounds.push(o);
+    }
+    if let Some(tp) = &dp.networking.transparent_proxying {
+        for (service, vip) in super::transparent::reachable(ctx, name, dp, tp) {
+            if only.is_some_and(|services| !services.contains(&service)) {
+                continue;
+            }
+            let o = outbound_resources(ctx, tls, &service, vip.to_string(), VIP_PORT, false);
+            generated.outbounds.push(o);
+        }
+        if only.is_none() {
+            super::transparent::redirect(ctx, tp, &mut generated);
+            for inbound in &mut generated.inbounds {
+                inbound.bind = false;
+            }
+        }
     }
     generated
+}
+
+/// Traffic to `service` on `address:port`: a listener (bound, or virtual at the service's
+/// virtual IP), the service's cluster and endpoints and, for HTTP, a route.
+fn outbound_resources(
+    ctx: &MeshContext,
+    tls: Option<&TlsSettings>,
+    service: &str,
+    address: String,
+    port: u32,
+    bind: bool,
+) -> OutboundResources {
+    let own = upstream(ctx, tls, service, &BTreeMap::new());
+    let info_http = !own.cluster.typed_extension_protocol_options.is_empty();
+    let stat_prefix = format!("outbound:{address}:{port}").replace(':', "_");
+    let (route, http, tcp) = if info_http {
+        let route_name = format!("outbound:{service}");
+        let routes = RouteConfiguration {
+            name: route_name.clone(),
+            virtual_hosts: vec![VirtualHost {
+                name: service.to_owned(),
+                domains: vec!["*".into()],
+                routes: vec![route_to(service, RouteAction::default())],
+                ..Default::default()
+            }],
+            validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+            ..Default::default()
+        };
+        let hcm = HttpConnectionManager {
+            stat_prefix,
+            codec_type: CodecType::Auto as i32,
+            route_specifier: Some(RouteSpecifier::Rds(Rds {
+                config_source: Some(ads()),
+                route_config_name: route_name,
+            })),
+            http_filters: vec![router_filter()],
+            ..Default::default()
+        };
+        (Some(routes), Some(hcm), None)
+    } else {
+        (None, None, Some(tcp_proxy(&stat_prefix, service)))
+    };
+    OutboundResources {
+        service: service.to_owned(),
+        address,
+        port,
+        grpc: own.grpc,
+        upstreams: vec![own],
+        route,
+        route_origins: Vec::new(),
+        http,
+        tcp,
+        bind,
+    }
 }
 
 /// The cluster to `service`, or to its instances with `tags` (its subset): EDS, HTTP options

@@ -46,9 +46,54 @@ pub struct DataplaneNetworking {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Gateway>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transparent_proxying: Option<Value>,
+    pub transparent_proxying: Option<TransparentProxying>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<Admin>,
+}
+
+/// The proxy's workload is transparently proxied (`meridian-dp install transparent-proxy`):
+/// iptables send its connections to Envoy, which then takes every outbound it may reach at the
+/// service's virtual IP, and its inbounds on the redirect port.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TransparentProxying {
+    /// Where redirected inbound connections arrive (15006).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_port_inbound: Option<u32>,
+    /// Where redirected outbound connections arrive (15001).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_port_outbound: Option<u32>,
+    /// The only services this proxy calls: it gets outbounds for these alone. Unset, it gets
+    /// the services its MeshTrafficPermissions let it reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reachable_services: Option<Vec<String>>,
+    /// Which address families the redirect listeners take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_family_mode: Option<IpFamilyMode>,
+}
+
+/// Kuma's `ipFamilyMode` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum IpFamilyMode {
+    DualStack,
+    #[serde(rename = "IPv4")]
+    Ipv4,
+    #[serde(rename = "IPv6")]
+    Ipv6,
+}
+
+/// Default redirect ports, as kumactl and `meridian-dp install transparent-proxy` set them.
+pub const REDIRECT_PORT_INBOUND: u32 = 15006;
+pub const REDIRECT_PORT_OUTBOUND: u32 = 15001;
+
+impl TransparentProxying {
+    pub fn inbound_port(&self) -> u32 {
+        self.redirect_port_inbound.unwrap_or(REDIRECT_PORT_INBOUND)
+    }
+
+    pub fn outbound_port(&self) -> u32 {
+        self.redirect_port_outbound.unwrap_or(REDIRECT_PORT_OUTBOUND)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -267,6 +312,35 @@ impl Validate for DataplaneSpec {
             });
             if let Some(gw) = &n.gateway {
                 v.field("gateway", |v| validate_tags(v, &gw.tags, true));
+            }
+            if let Some(tp) = &n.transparent_proxying {
+                v.field("transparentProxying", |v| {
+                    for (field, port) in [
+                        ("redirectPortInbound", tp.redirect_port_inbound),
+                        ("redirectPortOutbound", tp.redirect_port_outbound),
+                    ] {
+                        if let Some(port) = port {
+                            validate_port(v, field, port);
+                        }
+                    }
+                    if tp.redirect_port_inbound.is_some() && tp.inbound_port() == tp.outbound_port() {
+                        v.error_at("redirectPortOutbound", "must differ from redirectPortInbound");
+                    }
+                    let redirect = [tp.inbound_port(), tp.outbound_port()];
+                    v.field("reachableServices", |v| {
+                        for (i, service) in tp.reachable_services.iter().flatten().enumerate() {
+                            if service.is_empty() || service.len() > 253 {
+                                v.index(i, |v| v.error("must be a service name (kuma.io/service)"));
+                            }
+                        }
+                    });
+                    if let Some(ib) = inbound.iter().position(|ib| redirect.contains(&ib.port)) {
+                        v.error_at(
+                            "redirectPortInbound",
+                            format!("{} is also inbound[{ib}]'s port", inbound[ib].port),
+                        );
+                    }
+                });
             }
             if let Some(admin) = &n.admin {
                 v.field("admin", |v| {

@@ -18,6 +18,7 @@ pub mod mesh_trace;
 pub mod mesh_traffic_permission;
 pub mod secret;
 pub mod traffic_permission;
+pub mod virtual_ips;
 pub mod zone_ingress;
 
 pub use dataplane::DataplaneSpec;
@@ -40,4 +41,5 @@ pub use mesh_trace::MeshTraceSpec;
 pub use mesh_traffic_permission::MeshTrafficPermissionSpec;
 pub use secret::SecretSpec;
 pub use traffic_permission::TrafficPermissionSpec;
+pub use virtual_ips::VirtualIpsSpec;
 pub use zone_ingress::ZoneIngressSpec;

@@ -15,6 +15,7 @@ pub mod access;
 pub mod locality;
 mod merge;
 pub mod proxy;
+pub mod reach;
 pub mod route;
 pub mod trace;
 

@@ -71,6 +71,9 @@ pub struct InboundResources {
     pub tls: Option<InboundTls>,
     /// Who may call, enforced over mTLS (set by the permissions plugin).
     pub access: Option<Access>,
+    /// Whether its listener binds its address; a transparent proxy's inbounds do not (the
+    /// redirect listener hands their connections over).
+    pub bind: bool,
 }
 
 /// One cluster traffic to an outbound may take: the service's own, one of its subsets (by
@@ -112,6 +115,10 @@ pub struct OutboundResources {
     pub route_origins: Vec<Vec<String>>,
     pub http: Option<HttpConnectionManager>,
     pub tcp: Option<TcpProxy>,
+    /// Whether its listener binds its address: a declared outbound does; a transparent
+    /// proxy's listener at the service's virtual IP does not (the redirect listener hands
+    /// connections to it).
+    pub bind: bool,
 }
 
 /// A proxy's resources while plugins shape them.
@@ -119,8 +126,11 @@ pub struct OutboundResources {
 pub struct Generated {
     pub inbounds: Vec<InboundResources>,
     pub outbounds: Vec<OutboundResources>,
-    /// Clusters that belong to no inbound or outbound (a trace collector's).
+    /// Clusters that belong to no inbound or outbound (a trace collector's, passthrough).
     pub clusters: Vec<Cluster>,
+    /// Listeners that belong to no inbound or outbound (transparent proxying's redirect
+    /// listeners, and the DNS records meridian-dp answers from).
+    pub listeners: Vec<envoy_types::pb::envoy::config::listener::v3::Listener>,
 }
 
 impl OutboundResources {
@@ -262,7 +272,8 @@ pub fn register(
 
 /// A policy kind is one whose resources select proxies; each needs exactly one plugin.
 fn is_policy(kind: Kind) -> bool {
-    kind.scope() == meridian_model::Scope::Mesh && !matches!(kind, Kind::Dataplane | Kind::Secret)
+    kind.scope() == meridian_model::Scope::Mesh
+        && !matches!(kind, Kind::Dataplane | Kind::Secret | Kind::VirtualIPs)
 }
 
 /// Checks that every policy kind, built-in or registered, has exactly one plugin.
