@@ -183,7 +183,8 @@ fn item_ops(kind: Kind, role: Role, params: Vec<Value>) -> Value {
         }
     });
     let get = op(&format!("Read a {name}"), name, read_security(), params, get);
-    if role == Role::Global && kind.zone_owned() {
+    // Read-only: a zone's inventory on global; what a zone allocates itself, everywhere.
+    if (role == Role::Global && kind.zone_owned()) || kind.zone_local() {
         return json!({ "get": get });
     }
     json!({
