@@ -453,3 +453,104 @@ fn apps_call_mesh_names_through_their_sidecars_and_permissions_decide_live() {
         assert_eq!(rules(ns), before);
     }
 }
+
+/// Dataplanes in the store alone (no sidecar): enough for the zone to allocate.
+fn register(cp: &meridian_e2e::ZoneCp, name: &str, service: &str, transparent: bool) {
+    let tp = if transparent {
+        "  transparentProxying: {}\n"
+    } else {
+        ""
+    };
+    let yaml = format!(
+        "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 10001\n    tags: {{kuma.io/service: {service}}}\n{tp}"
+    );
+    meridian_e2e::ok(cp.meshctl(&["apply", "-f", "-"], Some(&yaml)).expect("meshctl"));
+}
+
+fn vips(cp: &meridian_e2e::ZoneCp) -> serde_json::Map<String, serde_json::Value> {
+    let (status, body, _) =
+        meridian_e2e::http_get(&format!("{}/meshes/default/virtualips/default", cp.api_url));
+    if status != 200 {
+        return Default::default();
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    v["services"].as_object().cloned().unwrap_or_default()
+}
+
+#[test]
+fn virtual_ips_stay_through_restarts_and_leader_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nodes = meridian_e2e::ZoneCp::start_cluster("zone-1", dir.path(), 3).expect("cluster");
+    wait_until("the default mesh", Duration::from_secs(30), || {
+        meridian_e2e::http_get(&format!("{}/meshes/default", nodes[0].api_url)).0 == 200
+    })
+    .expect("mesh");
+    register(&nodes[0], "web-1", "web", true);
+    register(&nodes[0], "api-1", "api", false);
+    wait_until("virtual IPs for web and api", Duration::from_secs(20), || {
+        vips(&nodes[0]).len() == 2
+    })
+    .expect("allocated");
+    let first = vips(&nodes[0]);
+    // Every node reads the same.
+    wait_until("every node to agree", Duration::from_secs(20), || {
+        nodes.iter().all(|n| vips(n) == first)
+    })
+    .expect("replicated");
+    // A user cannot write them.
+    let out = nodes[0]
+        .meshctl(
+            &["apply", "-f", "-"],
+            Some("type: VirtualIPs\nname: default\nmesh: default\nservices: {web: 240.0.0.1}\n"),
+        )
+        .expect("meshctl");
+    assert!(!out.status.success());
+    assert!(
+        meridian_e2e::stderr(&out).contains("can be read, not written"),
+        "{}",
+        meridian_e2e::stderr(&out)
+    );
+
+    eprintln!("--- every node restarts: the addresses stay");
+    for i in 0..nodes.len() {
+        let node = nodes.remove(i);
+        nodes.insert(i, node.restart().expect("restart"));
+    }
+    wait_until("the cluster back", Duration::from_secs(30), || {
+        nodes.iter().all(|n| vips(n) == first)
+    })
+    .expect("same after restarts");
+
+    eprintln!("--- the leader dies; the next one allocates for a new service and keeps the rest");
+    let leader = nodes
+        .iter()
+        .position(|n| {
+            let (_, body, _) = meridian_e2e::http_get(&format!("{}/raft", n.api_url));
+            body.contains("\"role\":\"leader\"")
+        })
+        .expect("a leader");
+    nodes[leader].kill_9().expect("kill");
+    let rest: Vec<&meridian_e2e::ZoneCp> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, n)| n)
+        .collect();
+    wait_until("a write through a new leader", Duration::from_secs(30), || {
+        rest[0]
+            .meshctl(
+                &["apply", "-f", "-"],
+                Some("type: Dataplane\nmesh: default\nname: db-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 10001\n    tags: {kuma.io/service: db}\n"),
+            )
+            .is_ok_and(|o| o.status.success())
+    })
+    .expect("registered");
+    wait_until("db's address", Duration::from_secs(30), || {
+        vips(rest[0]).len() == 3
+    })
+    .expect("allocated");
+    let after = vips(rest[0]);
+    assert_eq!((&after["web"], &after["api"]), (&first["web"], &first["api"]));
+    assert_ne!(after["db"], after["web"]);
+    assert_ne!(after["db"], after["api"]);
+}

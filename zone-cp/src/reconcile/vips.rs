@@ -111,3 +111,58 @@ pub(crate) async fn write(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use meridian_model::policies::virtual_ips::DEFAULT_RANGE;
+    use meridian_model::{Format, parse_one};
+    use meridian_store::SqlStore;
+
+    use super::*;
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    async fn stored(store: &dyn Store) -> (i64, BTreeMap<String, std::net::Ipv4Addr>) {
+        let s = store
+            .get(&ResourceKey::new(Kind::VirtualIPs, "default", "default"))
+            .await
+            .expect("stored");
+        let Spec::VirtualIPs(v) = s.resource.spec else {
+            panic!("not VirtualIPs")
+        };
+        (s.version, v.services)
+    }
+
+    #[tokio::test]
+    async fn writes_keep_every_address_given_and_skip_when_nothing_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sql = SqlStore::open_sqlite(dir.path()).await.expect("open");
+        sql.migrate().await.expect("migrate");
+        let store: Arc<dyn Store> = Arc::new(sql);
+        store
+            .put(parse_one("type: Mesh\nname: default\n", Format::Yaml).expect("valid"))
+            .await
+            .expect("mesh");
+        write(&*store, "default", &set(&["a", "b"]), DEFAULT_RANGE)
+            .await
+            .expect("write");
+        let (v1, first) = stored(&*store).await;
+        write(&*store, "default", &set(&["a", "b"]), DEFAULT_RANGE)
+            .await
+            .expect("write");
+        assert_eq!(stored(&*store).await.0, v1, "no write when nothing changes");
+        write(&*store, "default", &set(&["a", "b", "c"]), DEFAULT_RANGE)
+            .await
+            .expect("write");
+        let (v2, more) = stored(&*store).await;
+        assert_eq!(v2, v1 + 1);
+        assert_eq!((more["a"], more["b"]), (first["a"], first["b"]));
+        let tiny = "10.0.0.0/30".parse().expect("range");
+        let err = write(&*store, "default", &set(&["x", "y", "z"]), tiny)
+            .await
+            .expect_err("full");
+        assert!(err.to_string().contains("no room"), "{err}");
+    }
+}

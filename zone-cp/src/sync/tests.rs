@@ -29,6 +29,8 @@ fn trace(name: &str, endpoint: &str) -> String {
     )
 }
 
+const VIPS: &str = "type: VirtualIPs\nname: default\nmesh: default\nservices: {web: 240.0.0.9}\n";
+
 fn batch(to: i64, snapshot: bool, changes: Vec<WireChange>) -> Batch {
     Batch {
         secrets: Vec::new(),
@@ -117,6 +119,11 @@ async fn a_snapshot_replaces_global_resources_and_keeps_the_zones_own() {
         .put(parse_one(&dataplane("dp-1", ""), Format::Yaml).expect("valid"))
         .await
         .expect("zone's own dataplane");
+    // The zone's own virtual IPs: what users lost on a resync in Kuma (kumahq/kuma#13592).
+    store
+        .put(parse_one(VIPS, Format::Yaml).expect("valid"))
+        .await
+        .expect("virtual IPs");
     let snap = batch(
         9,
         true,
@@ -147,6 +154,11 @@ async fn a_snapshot_replaces_global_resources_and_keeps_the_zones_own() {
         .get(&ResourceKey::new(Kind::Dataplane, "default", "dp-1"))
         .await
         .expect("the zone's Dataplane stays");
+    let vips = store
+        .get(&ResourceKey::new(Kind::VirtualIPs, "default", "default"))
+        .await
+        .expect("the zone's virtual IPs stay");
+    assert_eq!(vips.version, 1, "untouched");
     assert!(
         store
             .get(&ResourceKey::new(Kind::Dataplane, "default", "zone-2.gone"))
@@ -174,10 +186,11 @@ async fn a_batch_with_a_bad_resource_is_refused_whole() {
         "nothing was written"
     );
     assert_eq!(store.sync_position().await.expect("position"), 0);
-    // Global never sends a zone its own inventory.
+    // Global never sends a zone its own inventory, nor its virtual IPs.
     for own in [
         dataplane("web", ""),
         dataplane("zone-1.web", "labels: {kuma.io/zone: zone-1}\n"),
+        VIPS.to_owned(),
     ] {
         let err = apply(&store, "zone-1", &batch(3, false, vec![upsert(3, &own)]))
             .await
@@ -220,10 +233,18 @@ async fn the_inventory_is_the_zones_own_resources_and_their_changes() {
     .expect("apply");
     let mine = parse_one(&dataplane("web", ""), Format::Yaml).expect("valid");
     store.put(mine.clone()).await.expect("put");
+    store
+        .put(parse_one(VIPS, Format::Yaml).expect("valid"))
+        .await
+        .expect("virtual IPs");
     let (at, full) = full_inventory(&store).await.expect("inventory");
     assert!(full.full);
     let names: Vec<&str> = full.changes.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(names, ["web"], "not the mesh, not zone-2's Dataplane");
+    assert_eq!(
+        names,
+        ["web"],
+        "not the mesh, not zone-2's Dataplane, not the virtual IPs"
+    );
 
     assert_eq!(inventory_since(&store, at).await.expect("since"), (at, None));
     store
