@@ -41,7 +41,7 @@ const TYPES: [(&str, &str); 5] = [
 /// Streams multiplexed on one HTTP/2 connection, as many proxies behind one NAT would be.
 const STREAMS_PER_CONNECTION: usize = 100;
 
-fn rss_kib(pid: u32) -> Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
@@ -79,6 +79,8 @@ pub fn xds(args: &[&str]) -> Result<()> {
     let mut proxies = 1000;
     let mut mtls = false;
     let mut churn = false;
+    let mut transparent = false;
+    let mut services = 100;
     let mut rest = args;
     loop {
         match rest {
@@ -95,7 +97,17 @@ pub fn xds(args: &[&str]) -> Result<()> {
                 churn = true;
                 rest = tail;
             }
-            _ => bail!("usage: cargo xtask bench xds [--proxies N] [--mtls] [--churn]"),
+            ["--transparent", tail @ ..] => {
+                transparent = true;
+                rest = tail;
+            }
+            ["--services", n, tail @ ..] => {
+                services = n.parse().context("--services: expected a number")?;
+                rest = tail;
+            }
+            _ => bail!(
+                "usage: cargo xtask bench xds [--proxies N] [--mtls] [--churn] | [--proxies N] --transparent [--services N]"
+            ),
         }
     }
     if !(1..=50_000).contains(&proxies) {
@@ -134,14 +146,20 @@ pub fn xds(args: &[&str]) -> Result<()> {
     })?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(measure(
-        cp.id(),
-        &api,
-        &format!("http://127.0.0.1:{xds_port}"),
-        proxies,
-        mtls,
-        churn,
-    ))
+    let xds = format!("http://127.0.0.1:{xds_port}");
+    if transparent {
+        if !(1..=proxies).contains(&services) {
+            bail!("--services must be from 1 to --proxies");
+        }
+        return runtime.block_on(crate::bench_transparent::measure(
+            cp.id(),
+            &api,
+            &xds,
+            proxies,
+            services,
+        ));
+    }
+    runtime.block_on(measure(cp.id(), &api, &xds, proxies, mtls, churn))
 }
 
 /// Registers `backend-0`, and `dp-1` to `dp-N` that all call it, on the zone at `api`.
@@ -235,10 +253,12 @@ pub(crate) struct Progress {
     /// When each proxy received the change being measured.
     received: std::sync::Mutex<Vec<Instant>>,
     /// Proxies that received their certificate.
-    secured: AtomicUsize,
+    pub(crate) secured: AtomicUsize,
     last_secured: Mutex<Option<Instant>>,
     /// Streams turned away while too many were starting, and tried again.
     pub(crate) retries: AtomicUsize,
+    /// Bytes of every resource received, by every stream.
+    pub(crate) bytes: AtomicUsize,
 }
 
 impl Progress {
@@ -290,7 +310,7 @@ fn cpu_ms(pid: u32) -> Result<u64> {
 
 /// Makes one change with `write`, waits until `expected` proxies have received a response
 /// after it, and prints when they did and the CPU zone-cp spent meanwhile.
-async fn change<F: std::future::Future<Output = Result<()>>>(
+pub(crate) async fn change<F: std::future::Future<Output = Result<()>>>(
     (pid, api): (u32, &str),
     progress: &Progress,
     expected: usize,
@@ -393,6 +413,13 @@ async fn simulate(
             ..Default::default()
         })
         .await?;
+        let bytes: usize = r
+            .resources
+            .iter()
+            .filter_map(|x| x.resource.as_ref())
+            .map(|a| a.value.len())
+            .sum();
+        progress.bytes.fetch_add(bytes, Ordering::Relaxed);
         seen_types += 1;
         if seen_types == TYPES.len() {
             progress.initialized.fetch_add(1, Ordering::Relaxed);

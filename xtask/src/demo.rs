@@ -7,6 +7,8 @@
 //!     │     reg-server (:8081, sidecar :10002)
 //!     └── zone-2: 3 zone-cp nodes (REST :5811-5813)   ingress :10020
 //!           reg-server (:8082, sidecar :10003)
+//!   As root with iptables, zone-1's demo and reg-server run transparently proxied, each in a
+//!   network namespace (`demo_transparent`): demo calls http://reg-server.mesh/, no outbound.
 //!   mesh default: mTLS (PERMISSIVE, so curl can reach demo), the seed's TrafficPermission,
 //!   a MeshRetry, the seed's MeshTrace pointed at a trace receiver on :4317 that prints
 //!   every finished trace as a waterfall.
@@ -283,50 +285,88 @@ pub fn demo(flags: &[&str]) -> Result<()> {
         start_zone(z, &state.join(z.name), &envoy, &mut processes)?;
     }
     let [z1, z2] = &zones;
-    processes.push(spawn(
-        "reg-server (zone-1)",
-        &mut app("reg-server", "zone-1", 8081, &["--delay", "250ms"]),
-    )?);
+    // demo and zone-1's reg-server transparently proxied, in namespaces, where root and
+    // iptables allow; declared outbounds otherwise.
+    let venv = workspace_root().join(".venv");
+    let why_not = crate::demo_transparent::unavailable().or_else(|| {
+        crate::demo_transparent::envoy_binary(&venv)
+            .is_none()
+            .then(|| "no Envoy binary in .venv".to_owned())
+    });
+    let mut _transparent = None;
+    match &why_not {
+        None => {
+            eprintln!(
+                "==> zone-1: demo and reg-server transparently proxied, each in a network namespace (iptables, \
+                 virtual IPs, DNS): demo calls http://reg-server.mesh/ and declares no outbound"
+            );
+            let bin_of = |name: &str| bin(name);
+            _transparent = Some(crate::demo_transparent::start(crate::demo_transparent::Host {
+                xds_ports: (0..3).map(|i| z1.xds + i).collect(),
+                shared_ports: vec![z2.ingress, 4317],
+                state: &state,
+                bin: &bin_of,
+                envoy: crate::demo_transparent::envoy_binary(&venv).unwrap_or_default(),
+            })?);
+        }
+        Some(why) => {
+            eprintln!(
+                "==> transparent proxying is not available here ({why}): demo declares its outbound to reg-server"
+            );
+            processes.push(spawn(
+                "reg-server (zone-1)",
+                &mut app("reg-server", "zone-1", 8081, &["--delay", "250ms"]),
+            )?);
+            processes.push(spawn(
+                "demo",
+                &mut app(
+                    "demo",
+                    "zone-1",
+                    8080,
+                    &["--upstream", "http://127.0.0.1:20001/", "--calls", "4"],
+                ),
+            )?);
+            for (name, args) in [
+                (
+                    "reg-server-1",
+                    vec!["--inbound", "10002:8081:reg-server:http", "--admin-port", "9902"],
+                ),
+                (
+                    "demo-1",
+                    vec![
+                        "--inbound",
+                        "10001:8080:demo:http",
+                        "--outbound",
+                        "20001:reg-server",
+                        "--admin-port",
+                        "9901",
+                    ],
+                ),
+            ] {
+                eprintln!("==> zone-1: meridian-dp + Envoy for {name}");
+                processes.push(spawn(
+                    name,
+                    sidecar(z1, &envoy).args(["--name", name]).args(args),
+                )?);
+            }
+        }
+    }
     processes.push(spawn(
         "reg-server (zone-2)",
         &mut app("reg-server", "zone-2", 8082, &["--delay", "250ms"]),
     )?);
+    eprintln!("==> zone-2: meridian-dp + Envoy for reg-server-2");
     processes.push(spawn(
-        "demo",
-        &mut app(
-            "demo",
-            "zone-1",
-            8080,
-            &["--upstream", "http://127.0.0.1:20001/", "--calls", "4"],
-        ),
-    )?);
-    for (z, name, args) in [
-        (
-            z1,
-            "reg-server-1",
-            vec!["--inbound", "10002:8081:reg-server:http", "--admin-port", "9902"],
-        ),
-        (
-            z2,
+        "reg-server-2",
+        sidecar(z2, &envoy).args([
+            "--name",
             "reg-server-2",
-            vec!["--inbound", "10003:8082:reg-server:http", "--admin-port", "9903"],
-        ),
-        (
-            z1,
-            "demo-1",
-            vec![
-                "--inbound",
-                "10001:8080:demo:http",
-                "--outbound",
-                "20001:reg-server",
-                "--admin-port",
-                "9901",
-            ],
-        ),
-    ] {
-        eprintln!("==> {}: meridian-dp + Envoy for {name}", z.name);
-        processes.push(spawn(name, sidecar(z, &envoy).args(["--name", name]).args(args))?);
-    }
+            "--inbound",
+            "10003:8082:reg-server:http",
+            "--admin-port",
+            "9903",
+        ]),
+    )?);
     wait_until(
         "demo to answer through its sidecar",
         Duration::from_secs(90),

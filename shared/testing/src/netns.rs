@@ -30,8 +30,33 @@ pub struct NetNs {
     pub name: String,
 }
 
+/// Removes the namespaces of test processes that are gone (killed before their guards ran,
+/// or a demo stopped with Ctrl-C), with whatever still runs in them.
+fn remove_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next().filter(|n| n.starts_with("mtest-")) else {
+            continue;
+        };
+        let mut parts = name.rsplit('-');
+        let pid = parts.nth(1).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_none_or(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            continue;
+        }
+        if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
+            for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = ip(&["netns", "del", name]);
+    }
+}
+
 impl NetNs {
     pub fn new(role: &str) -> Result<Self> {
+        remove_stale();
         let name = format!(
             "mtest-{role}-{}-{}",
             std::process::id(),

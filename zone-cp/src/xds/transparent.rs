@@ -148,12 +148,18 @@ pub(crate) fn redirect(ctx: &MeshContext, tp: &TransparentProxying, generated: &
         TrafficDirection::Outbound,
         outbound_cluster,
     ));
-    generated.listeners.push(redirect_listener(
+    let mut inbound = redirect_listener(
         INBOUND_PASSTHROUGH,
         tp.inbound_port(),
         TrafficDirection::Inbound,
         INBOUND_PASSTHROUGH,
-    ));
+    );
+    // A permissive inbound tells TLS from plaintext by what the connection starts with: the
+    // listener that takes the connection first looks.
+    if ctx.tls.as_ref().is_some_and(|t| t.permissive) {
+        inbound.listener_filters.push(super::tls::tls_inspector());
+    }
+    generated.listeners.push(inbound);
     let mut records: Vec<String> = generated
         .outbounds
         .iter()
