@@ -140,3 +140,24 @@ fn services_without_a_virtual_ip_yet_wait_for_one() {
     );
     assert!(listeners.contains("outbound:passthrough:ipv4"));
 }
+
+#[test]
+fn ip_family_mode_decides_the_redirect_addresses() {
+    let text = |mode: &str| describe_snapshot(&web(&world(MTLS, &format!("{{ipFamilyMode: {mode}}}"))));
+    let v4 = text("IPv4");
+    assert!(!v4.contains("\"::\"") && !v4.contains("\"::6\""), "IPv4 only");
+    let dual = text("DualStack");
+    assert!(
+        dual.contains("additional_addresses: [") && dual.contains("\"::\""),
+        "both families"
+    );
+    assert!(
+        dual.contains("\"127.0.0.6\"") && dual.contains("\"::6\""),
+        "a source in each family"
+    );
+    let v6 = text("IPv6");
+    assert!(
+        v6.contains("\"::6\"") && !v6.contains("\"127.0.0.6\""),
+        "IPv6 only"
+    );
+}

@@ -19,14 +19,14 @@ use std::net::Ipv4Addr;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
-use envoy_types::pb::envoy::config::core::v3::{BindConfig, Metadata, TrafficDirection};
+use envoy_types::pb::envoy::config::core::v3::{BindConfig, ExtraSourceAddress, Metadata, TrafficDirection};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
-use envoy_types::pb::envoy::config::listener::v3::{Filter, Listener, ListenerFilter};
+use envoy_types::pb::envoy::config::listener::v3::{AdditionalAddress, Filter, Listener, ListenerFilter};
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::network::direct_response::v3::Config as DirectResponse;
 use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value, value::Kind as ValueKind};
-use meridian_model::policies::dataplane::{DataplaneSpec, SERVICE_TAG, TransparentProxying};
+use meridian_model::policies::dataplane::{DataplaneSpec, IpFamilyMode, SERVICE_TAG, TransparentProxying};
 use meridian_model::policies::virtual_ips::DOMAIN;
 
 use super::policies::Generated;
@@ -43,6 +43,7 @@ pub const DNS_METADATA: &str = "meridian.dns";
 /// The source address of inbound passthrough connections to the app: the iptables rules let
 /// it through unredirected (Kuma's).
 const INBOUND_PASSTHROUGH_SOURCE: &str = "127.0.0.6";
+const INBOUND_PASSTHROUGH_SOURCE_V6: &str = "::6";
 
 /// The services (with their virtual IPs) the proxy `name` gets outbounds for: those in
 /// `reachableServices` if listed, else those its permissions let it reach (every one, with
@@ -87,31 +88,65 @@ fn original_dst() -> ListenerFilter {
     }
 }
 
-fn original_dst_cluster(name: &str, source: Option<&str>) -> Cluster {
+fn socket_address(ip: &str) -> Option<envoy_types::pb::envoy::config::core::v3::SocketAddress> {
+    match socket(ip, 0).address {
+        Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(a)) => Some(a),
+        _ => None,
+    }
+}
+
+/// An ORIGINAL_DST cluster; `sources` are the addresses it binds from, one per family (Envoy
+/// picks the one matching the destination's).
+fn original_dst_cluster(name: &str, sources: &[&str]) -> Cluster {
     Cluster {
         name: name.to_owned(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::OriginalDst as i32)),
         lb_policy: LbPolicy::ClusterProvided as i32,
         connect_timeout: Some(duration(DEFAULT_CONNECT_TIMEOUT)),
-        upstream_bind_config: source.map(|s| BindConfig {
-            source_address: match socket(s, 0).address {
-                Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(a)) => Some(a),
-                _ => None,
-            },
+        upstream_bind_config: sources.split_first().map(|(first, rest)| BindConfig {
+            source_address: socket_address(first),
+            extra_source_addresses: rest
+                .iter()
+                .map(|ip| ExtraSourceAddress {
+                    address: socket_address(ip),
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         }),
         ..Default::default()
     }
 }
 
-fn redirect_listener(name: &str, port: u32, direction: TrafficDirection, cluster: &str) -> Listener {
+/// A redirect listener on every address of the families `ipFamilyMode` asks for (IPv4 unless
+/// it says DualStack or IPv6).
+fn redirect_listener(
+    name: &str,
+    port: u32,
+    direction: TrafficDirection,
+    cluster: &str,
+    families: Option<IpFamilyMode>,
+) -> Listener {
     let stat_prefix = name.replace(':', "_");
+    let (primary, v6_too) = match families {
+        Some(IpFamilyMode::Ipv6) => ("::", false),
+        Some(IpFamilyMode::DualStack) => ("0.0.0.0", true),
+        _ => ("0.0.0.0", false),
+    };
     Listener {
         use_original_dst: Some(BoolValue { value: true }),
         listener_filters: vec![original_dst()],
+        additional_addresses: if v6_too {
+            vec![AdditionalAddress {
+                address: Some(socket("::", port)),
+                ..Default::default()
+            }]
+        } else {
+            Vec::new()
+        },
         ..listener(
             name.to_owned(),
-            "0.0.0.0",
+            primary,
             port,
             direction,
             vec![chain_of(vec![tcp_filter(&tcp_proxy(&stat_prefix, cluster))])],
@@ -124,7 +159,7 @@ pub(crate) fn redirect(ctx: &MeshContext, tp: &TransparentProxying, generated: &
     let outbound_cluster = if ctx.passthrough {
         generated
             .clusters
-            .push(original_dst_cluster(OUTBOUND_PASSTHROUGH, None));
+            .push(original_dst_cluster(OUTBOUND_PASSTHROUGH, &[]));
         OUTBOUND_PASSTHROUGH
     } else {
         generated.clusters.push(Cluster {
@@ -138,21 +173,29 @@ pub(crate) fn redirect(ctx: &MeshContext, tp: &TransparentProxying, generated: &
         });
         BLOCKED
     };
-    generated.clusters.push(original_dst_cluster(
-        INBOUND_PASSTHROUGH,
-        Some(INBOUND_PASSTHROUGH_SOURCE),
-    ));
+    // The inbound hand-off comes from an address the rules let through unredirected, in each
+    // family the proxy listens on.
+    let sources: &[&str] = match tp.ip_family_mode {
+        Some(IpFamilyMode::Ipv6) => &[INBOUND_PASSTHROUGH_SOURCE_V6],
+        Some(IpFamilyMode::DualStack) => &[INBOUND_PASSTHROUGH_SOURCE, INBOUND_PASSTHROUGH_SOURCE_V6],
+        _ => &[INBOUND_PASSTHROUGH_SOURCE],
+    };
+    generated
+        .clusters
+        .push(original_dst_cluster(INBOUND_PASSTHROUGH, sources));
     generated.listeners.push(redirect_listener(
         OUTBOUND_PASSTHROUGH,
         tp.outbound_port(),
         TrafficDirection::Outbound,
         outbound_cluster,
+        tp.ip_family_mode,
     ));
     let mut inbound = redirect_listener(
         INBOUND_PASSTHROUGH,
         tp.inbound_port(),
         TrafficDirection::Inbound,
         INBOUND_PASSTHROUGH,
+        tp.ip_family_mode,
     );
     // A permissive inbound tells TLS from plaintext by what the connection starts with: the
     // listener that takes the connection first looks.
