@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod args;
+pub mod kubernetes;
 pub mod raft;
 pub mod reconcile;
 pub mod sync;
