@@ -11,6 +11,7 @@
 pub mod bootstrap;
 pub mod dns;
 mod probe;
+pub mod ready;
 pub mod transparent_proxy;
 
 use std::path::{Path, PathBuf};
@@ -107,6 +108,15 @@ pub struct RunArgs {
     /// to /etc/resolv.conf's servers. Only for Dataplanes with `transparentProxying`; `0` off.
     #[arg(long, env = "MERIDIAN_DNS_PORT", default_value_t = 15053)]
     pub dns_port: u16,
+    /// The Dataplane was made by the control plane (on Kubernetes, from this pod): fetch it
+    /// by `--name` and `--mesh` instead of registering one, wait for it up to
+    /// --register-timeout, and leave it in place on exit (its owner removes it).
+    #[arg(long, env = "MERIDIAN_DATAPLANE_REGISTERED", conflicts_with_all = ["dataplane_file", "inbound", "outbound"])]
+    pub dataplane_registered: bool,
+    /// Serve `GET /ready` on this port on every address (for the kubelet's probes): 200 once
+    /// Envoy is LIVE. Unset: not served.
+    #[arg(long, env = "MERIDIAN_READINESS_PORT")]
+    pub readiness_port: Option<u16>,
     /// The Envoy to run (default: ./.venv/bin/envoy, else envoy on PATH).
     #[arg(long, env = "MERIDIAN_ENVOY_BINARY")]
     pub envoy_binary: Option<PathBuf>,
@@ -319,6 +329,8 @@ struct Registration {
     http: reqwest::Client,
     /// The Dataplane's URL on each control-plane node.
     urls: Vec<String>,
+    /// This process registered the Dataplane, and so removes it.
+    owned: bool,
 }
 
 impl Registration {
@@ -345,7 +357,11 @@ impl Registration {
                 }
             })
             .collect();
-        Ok(Self { http, urls })
+        Ok(Self {
+            http,
+            urls,
+            owned: true,
+        })
     }
 
     /// Registers, retrying (on the next node) while no control plane answers or the mesh does
@@ -419,8 +435,57 @@ impl Registration {
         Err(RegisterError::NoAddress)
     }
 
-    /// Deregisters through the first node that answers.
+    /// The Dataplane its owner made, retried (on the next node) until it exists, for at most
+    /// `timeout` (zero: for ever).
+    async fn fetch_within(&self, timeout: Duration) -> anyhow::Result<Resource> {
+        let fetch = async {
+            let mut delay = Duration::from_millis(200);
+            for url in self.urls.iter().cycle() {
+                match self.http.get(url).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let body = r.text().await.unwrap_or_default();
+                        let submission = parse_one(&body, Format::Json).map_err(|e| {
+                            anyhow::anyhow!("{url} answered a Dataplane that does not parse: {e}")
+                        })?;
+                        info!(url = %url, "dataplane found");
+                        return Ok(submission.resource);
+                    }
+                    Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
+                        info!(url = %url, "the dataplane is not made yet; waiting");
+                    }
+                    Ok(r) if r.status().is_client_error() => {
+                        let status = r.status();
+                        let body = r.text().await.unwrap_or_default();
+                        return Err(RegisterError::Refused { status, body }.into_anyhow());
+                    }
+                    Ok(r) => {
+                        warn!(url = %url, status = %r.status(), "fetching the dataplane failed; retrying")
+                    }
+                    Err(e) => warn!(url = %url, error = %e, "control plane unreachable; retrying"),
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(RegisterError::NoAddress.into_anyhow())
+        };
+        if timeout.is_zero() {
+            return fetch.await;
+        }
+        tokio::time::timeout(timeout, fetch).await.unwrap_or_else(|_| {
+            bail!(
+                "the control plane at {} made no Dataplane for this proxy within {}; \
+                 check that its pod was injected and its mesh exists",
+                self.urls.join(", "),
+                humantime::format_duration(timeout)
+            )
+        })
+    }
+
+    /// Deregisters through the first node that answers (only a Dataplane this process made).
     async fn deregister(&self) {
+        if !self.owned {
+            return;
+        }
         for url in &self.urls {
             match self.http.delete(url).send().await {
                 Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND => {
@@ -444,6 +509,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         probe_http_path,
         flags,
         dns_port,
+        dataplane_registered,
+        readiness_port,
         envoy_binary: given_envoy,
         admin_port,
         dataplane_token_file,
@@ -460,7 +527,28 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("reading --dataplane-token-file {}", file.display()))
         })
         .transpose()?;
-    let resource = load_proxy(dataplane_file.as_deref(), &flags, proxy_type)?;
+    let resource = if dataplane_registered {
+        let Some(name) = flags.name.as_deref() else {
+            bail!("--dataplane-registered needs --name (the Dataplane the control plane made)");
+        };
+        let placeholder = load_dataplane(
+            None,
+            &DataplaneFlags {
+                name: Some(name.to_owned()),
+                mesh: flags.mesh.clone(),
+                address: None,
+                inbound: Vec::new(),
+                outbound: Vec::new(),
+            },
+        )?;
+        let lookup = Registration::new(&cp_addresses, &placeholder, token.as_deref())?;
+        tokio::select! {
+            r = lookup.fetch_within(register_timeout) => r?,
+            _ = shutdown_signal() => return Ok(()),
+        }
+    } else {
+        load_proxy(dataplane_file.as_deref(), &flags, proxy_type)?
+    };
     let (mesh, service) = match &resource.spec {
         Spec::Dataplane(dp) => (
             resource.mesh.clone(),
@@ -498,19 +586,33 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     std::fs::write(&bootstrap_path, serde_json::to_vec_pretty(&bootstrap)?)?;
 
-    let registration = Registration::new(&cp_addresses, &resource, token.as_deref())?;
-    tokio::select! {
-        r = registration.register_within(&resource, register_timeout) => r?,
-        _ = shutdown_signal() => return Ok(()),
+    let mut registration = Registration::new(&cp_addresses, &resource, token.as_deref())?;
+    if dataplane_registered {
+        // Its owner reports readiness (from the pod) and removes it.
+        registration.owned = false;
+    } else {
+        tokio::select! {
+            r = registration.register_within(&resource, register_timeout) => r?,
+            _ = shutdown_signal() => return Ok(()),
+        }
     }
-    let probing = (!probe_interval.is_zero() && proxy_type == ProxyType::Sidecar).then(|| {
-        tokio::spawn(probe::run(
-            resource.clone(),
-            registration.clone(),
-            probe_interval,
-            probe_http_path.clone(),
-        ))
+    let readiness = readiness_port.map(|port| {
+        tokio::spawn(async move {
+            let addr = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+            if let Err(e) = ready::serve(addr, admin_port).await {
+                tracing::error!(%addr, error = %e, "the readiness port could not be served");
+            }
+        })
     });
+    let probing =
+        (!probe_interval.is_zero() && proxy_type == ProxyType::Sidecar && registration.owned).then(|| {
+            tokio::spawn(probe::run(
+                resource.clone(),
+                registration.clone(),
+                probe_interval,
+                probe_http_path.clone(),
+            ))
+        });
     let transparent =
         matches!(&resource.spec, Spec::Dataplane(dp) if dp.networking.transparent_proxying.is_some());
     let dns = (transparent && dns_port != 0).then(|| {
@@ -541,6 +643,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .await;
     if let Some(p) = probing {
         p.abort();
+    }
+    if let Some(r) = readiness {
+        r.abort();
     }
     if let Some((follow, serve)) = dns {
         follow.abort();
